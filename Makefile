@@ -1,0 +1,37 @@
+# Setup, demo and tests on a fresh machine. Every install goes through constraints.txt.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-geoseg
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the bundled sample.
+demo: install
+	$(BIN)/geoseg tile data/sample --labels data/sample/labels/buildings.gpkg \
+		--val-scenes 'kampala_blockB*' --val-fraction 0 --out outputs/demo/patches --overwrite
+
+## The whole test suite (what CI runs).
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check geoseg tests bench
+
+bench: install
+	$(BIN)/python bench/tile.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,3 @@
+"""geoseg: directories of satellite and aerial GeoTIFFs to georeferenced polygons."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from geoseg.cli.main import main
+
+main()

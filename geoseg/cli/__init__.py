@@ -1,0 +1,1 @@
+"""The `geoseg` command line: parsing and progress only, logic lives in the library."""

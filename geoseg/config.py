@@ -1,0 +1,125 @@
+"""Typed, validated configuration.
+
+Configs are YAML files that map one to one onto pydantic models with ``extra="forbid"``:
+an unknown key is an error that names the key and the file, never silently ignored.
+YAML is read with ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from geoseg.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, values are validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming the first offending key, what is wrong, and the source.
+
+    Args:
+        err: the pydantic error.
+        source: the file (or "option") the values came from.
+
+    Returns:
+        A message such as ``unknown key 'model.pv.encodr' in configs/x.yaml``.
+    """
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        what = f"unknown key '{key}'"
+        hint = "remove it or check its spelling against docs/cli.md"
+    elif first["type"] == "missing":
+        what = f"missing key '{key}'"
+        hint = "add it"
+    else:
+        what = f"invalid value for '{key}': {first['msg']}"
+        hint = "fix the value"
+    extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"{what} in {source}{extra}; {hint}"
+
+
+def validate(model: type[M], data: dict[str, Any], source: str) -> M:
+    """Validate a plain mapping against a config model.
+
+    Raises:
+        ConfigError: one line naming the key and the source.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with safe loading.
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror}; check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; fix its syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``overrides`` merged in, recursing into nested mappings.
+
+    Examples:
+        >>> deep_update({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}})
+        {'a': {'b': 1, 'c': 3}}
+    """
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> M:
+    """Load a YAML config, apply overrides (CLI options win), and validate it.
+
+    Args:
+        model: the pydantic model of the config.
+        path: YAML file, or None for the model's defaults.
+        overrides: nested mapping of values that take precedence (None values are ignored).
+
+    Raises:
+        ConfigError: unreadable file, unknown key or invalid value.
+    """
+    data = read_yaml(path) if path is not None else {}
+    clean = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = deep_update(data, clean)
+    return validate(model, data, str(path) if path is not None else "options")
+
+
+def dump_yaml(model: BaseModel) -> str:
+    """The resolved config as YAML text (JSON-compatible values only)."""
+    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)

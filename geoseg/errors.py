@@ -1,0 +1,49 @@
+"""Errors and warnings of geoseg.
+
+Every error a user can cause is a :class:`GeoSegError`; the CLI prints its message as one
+line ``geoseg: error: ...`` and exits 1. Subclasses also inherit the builtin they refine,
+so ``except OSError`` still catches an unreadable raster (as rasterio does).
+Messages name the file or value at fault and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class GeoSegError(Exception):
+    """Root of every geoseg error."""
+
+
+class ConfigError(GeoSegError, ValueError):
+    """A configuration file or option is invalid (unknown key, wrong type, bad value)."""
+
+
+class InputRasterError(GeoSegError, OSError):
+    """A raster cannot be read or lacks what geoseg needs (e.g. a CRS)."""
+
+
+class InputVectorError(GeoSegError, OSError):
+    """A vector file cannot be read or lacks what geoseg needs (e.g. a CRS)."""
+
+
+class OutputExistsError(GeoSegError, FileExistsError):
+    """An output exists and would be clobbered without ``--overwrite``."""
+
+
+class CheckpointError(GeoSegError, ValueError):
+    """A checkpoint file is corrupt, foreign, or incompatible."""
+
+
+class DependencyError(GeoSegError, ImportError):
+    """An optional dependency is missing; the message gives the pip command."""
+
+
+class GeoSegWarning(UserWarning):
+    """Root of geoseg's warnings: non-fatal problems the user should know about."""
+
+
+class EmptyLabelsWarning(GeoSegWarning):
+    """A label file holds no usable geometry: only negative chips will be written."""
+
+
+class SkippedInputWarning(GeoSegWarning):
+    """An input was skipped (``--skip-bad``)."""

@@ -1,0 +1,163 @@
+"""Finding and inspecting rasters.
+
+Nothing here reads pixels of a whole scene: :func:`inspect_scene` opens the file and
+reads its metadata only, so that bad inputs are found before any output is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
+
+from geoseg.errors import InputRasterError
+
+#: Extensions taken from a directory (explicit files may have any extension GDAL reads).
+RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    """Metadata of one scene, enough to plan windows without reading pixels.
+
+    Attributes:
+        path: the raster file.
+        name: the scene name used in outputs (the file stem).
+        width: columns.
+        height: rows.
+        count: band count.
+        dtype: numpy dtype name of the bands.
+        crs: CRS as a string (``EPSG:nnnn`` when it has one, else WKT).
+        transform: affine transform, GDAL order is not used: ``Affine`` order (a..f).
+        nodata: nodata value or None.
+        has_mask: whether some pixels can be invalid (nodata, per-dataset mask or alpha).
+    """
+
+    path: Path
+    name: str
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    nodata: float | None
+    has_mask: bool
+
+    @property
+    def affine(self) -> Affine:
+        """The transform as an :class:`affine.Affine`."""
+        return Affine(*self.transform)
+
+    @property
+    def rio_crs(self) -> CRS:
+        """The CRS as a :class:`rasterio.crs.CRS`."""
+        return CRS.from_user_input(self.crs)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(minx, miny, maxx, maxy) in the scene CRS."""
+        return array_bounds(self.height, self.width, self.affine)  # type: ignore[no-any-return]
+
+
+def crs_to_string(crs: CRS) -> str:
+    """``EPSG:nnnn`` when the CRS has an EPSG code, its WKT otherwise."""
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
+
+
+def list_rasters(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand directories into the rasters they hold (by extension), keep files as given.
+
+    Raises:
+        InputRasterError: an input does not exist, or a directory holds no raster.
+    """
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            if not found:
+                raise InputRasterError(
+                    f"{path} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}); "
+                    "pass the folder of your scenes or the files themselves"
+                )
+            out.extend(found)
+        elif path.exists():
+            out.append(path)
+        else:
+            raise InputRasterError(f"{path} does not exist; check the path")
+    names = [p.stem for p in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputRasterError(
+            f"two scenes share the name '{dupes[0]}'; scene names (file stems) must be unique"
+        )
+    return out
+
+
+def inspect_scene(path: str | Path) -> SceneInfo:
+    """Open a raster and return its metadata.
+
+    Raises:
+        InputRasterError: unreadable or corrupt, no CRS, no geotransform, or mixed dtypes.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise InputRasterError(
+                    f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})"
+                )
+            if src.transform == Affine.identity() and src.gcps[0] == []:
+                raise InputRasterError(f"{path} has no geotransform; georeference it first")
+            if len(set(src.dtypes)) != 1:
+                raise InputRasterError(f"{path} mixes band types {src.dtypes}; convert it first")
+            flags = src.mask_flag_enums
+            has_mask = any(MaskFlags.all_valid not in f for f in flags)
+            # Touch the first block so that a truncated file fails here, not mid-run.
+            src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+            return SceneInfo(
+                path=path, name=path.stem, width=src.width, height=src.height,
+                count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
+                transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
+                nodata=src.nodata, has_mask=has_mask,
+            )
+    except InputRasterError:
+        raise
+    except (RasterioError, OSError) as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputRasterError(
+            f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
+        ) from None
+
+
+def inspect_scenes(
+    paths: Sequence[Path], skip_bad: bool = False
+) -> tuple[list[SceneInfo], list[tuple[Path, str]]]:
+    """Inspect every scene before any work starts.
+
+    Returns:
+        The good scenes, and (path, reason) of those skipped (only with ``skip_bad``).
+
+    Raises:
+        InputRasterError: the first bad scene, unless ``skip_bad``.
+    """
+    good: list[SceneInfo] = []
+    bad: list[tuple[Path, str]] = []
+    for p in paths:
+        try:
+            good.append(inspect_scene(p))
+        except InputRasterError as err:
+            if not skip_bad:
+                raise
+            bad.append((p, str(err)))
+    return good, bad

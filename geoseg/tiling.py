@@ -1,0 +1,456 @@
+"""`geoseg tile`: scenes + vector labels to GeoTIFF chips, COCO instances and band stats.
+
+The flow (see docs/architecture.md):
+
+1. inspect every scene and read the labels before writing anything (bad input fails
+   early, nothing half-written);
+2. plan a grid of windows per scene; group windows into square *split blocks* that are
+   wholly train or wholly val (neighbouring chips overlap, so a chip-level split leaks);
+3. one Dask task per (scene, block): windowed reads, chips written atomically, instances
+   rasterized, band sums of valid pixels; its result is a small *part file*;
+4. assemble ``annotations.json`` and ``stats.json`` from the part files, streaming.
+
+A rerun with the same parameters skips blocks whose part file exists and rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import numpy as np
+import rasterio
+import shapely
+from pydantic import Field, model_validator
+from rasterio.windows import Window
+
+from geoseg import __version__
+from geoseg.config import Strict
+from geoseg.errors import InputRasterError, OutputExistsError
+from geoseg.io.atomic import atomic_path, write_json
+from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.vectors import CLASS, read_labels
+from geoseg.labels import chip_annotations
+from geoseg.parallel import check_scheduler, compute
+
+log = logging.getLogger(__name__)
+
+PARTS = ".parts"
+MANIFEST = "tile.json"
+OWNED = ("images", PARTS, "annotations.json", "stats.json", MANIFEST)
+
+
+class TileConfig(Strict):
+    """Parameters of `geoseg tile` (YAML section ``tile`` of a pipeline)."""
+
+    size: int = Field(512, ge=8, description="chip side in pixels")
+    overlap: int = Field(64, ge=0, description="pixels shared by neighbouring chips")
+    min_valid: float = Field(0.5, ge=0.0, le=1.0, description="skip chips with less valid")
+    val_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of split blocks in val")
+    split_block: int = Field(4, ge=1, description="side of a split block, in chips")
+    val_scenes: tuple[str, ...] = Field((), description="glob patterns of scenes wholly in val")
+    class_field: str = "class"
+    class_name: str = "object"
+    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> TileConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+def axis_offsets(length: int, size: int, stride: int) -> list[int]:
+    """Window offsets along one axis: a regular stride, the last one flush with the edge.
+
+    Examples:
+        >>> axis_offsets(1536, 512, 448)
+        [0, 448, 896, 1024]
+        >>> axis_offsets(300, 512, 448)
+        [0]
+    """
+    if length <= size:
+        return [0]
+    offs = list(range(0, length - size, stride))
+    if offs[-1] != length - size:
+        offs.append(length - size)
+    return offs
+
+
+def window_grid(width: int, height: int, size: int, overlap: int) -> list[list[Window]]:
+    """Rows of windows covering a ``width`` × ``height`` raster.
+
+    Windows are ``size`` square (smaller only when the raster is), with at least
+    ``overlap`` pixels shared by neighbours; the last row and column are flush with the
+    raster edge, so no chip needs padding.
+    """
+    stride = size - overlap
+    rows = axis_offsets(height, size, stride)
+    cols = axis_offsets(width, size, stride)
+    h, w = min(size, height), min(size, width)
+    return [[Window(c, r, w, h) for c in cols] for r in rows]
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """The work of one Dask task: the windows of one split block of one scene."""
+
+    scene: SceneInfo
+    block: tuple[int, int]
+    windows: tuple[Window, ...]
+    split: Literal["train", "val"]
+    geoms: np.ndarray
+    category_ids: np.ndarray
+    label_ids: np.ndarray
+    images_dir: Path
+    part_path: Path
+    min_valid: float
+    compress: str
+
+
+@dataclass
+class TileSummary:
+    """What a `geoseg tile` run did."""
+
+    out_dir: Path
+    scenes: int = 0
+    scenes_skipped: list[tuple[Path, str]] = field(default_factory=list)
+    chips_written: int = 0
+    chips_done_before: int = 0
+    chips_low_valid: int = 0
+    chips_train: int = 0
+    chips_val: int = 0
+    instances: int = 0
+    labels: int = 0
+    labels_outside: int = 0
+    rewrote_outputs: bool = True
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        out = [
+            f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
+            f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
+            f"{self.chips_low_valid} skipped (too little valid data); "
+            f"{self.chips_train} train / {self.chips_val} val",
+            f"instances: {self.instances} in chips; labels: {self.labels}, "
+            f"{self.labels_outside} outside every scene",
+            f"output: {self.out_dir} ({self.seconds:.1f} s)",
+        ]
+        out += [f"skipped {p}: {why}" for p, why in self.scenes_skipped]
+        return out
+
+
+def _chip_profile(scene: SceneInfo, window: Window, compress: str) -> dict[str, Any]:
+    h, w = int(window.height), int(window.width)
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": w, "height": h, "count": scene.count, "dtype": scene.dtype,
+        "crs": scene.rio_crs, "transform": rasterio.windows.transform(window, scene.affine),
+        "nodata": scene.nodata,
+    }
+    if compress != "none":
+        profile["compress"] = compress
+        if np.issubdtype(np.dtype(scene.dtype), np.integer):
+            profile["predictor"] = 2
+    if w % 16 == 0 and h % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(256, w), blockysize=min(256, h))
+    return profile
+
+
+def tile_block(job: BlockJob) -> dict[str, int]:
+    """Tile the windows of one block; write its chips and its part file.
+
+    Chips that exist already (complete: they are renamed into place) are not rewritten.
+
+    Returns:
+        Counts: ``written``, ``existing``, ``low_valid``, ``chips``, ``instances``.
+    """
+    counts = {"written": 0, "existing": 0, "low_valid": 0, "chips": 0, "instances": 0}
+    scene = job.scene
+    tree = shapely.STRtree(job.geoms)
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
+    sums = np.zeros(scene.count)
+    sumsq = np.zeros(scene.count)
+    npix = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(scene.path) as src:
+        for win in job.windows:
+            mask = src.dataset_mask(window=win) > 0
+            frac = float(mask.mean())
+            if frac < job.min_valid:
+                counts["low_valid"] += 1
+                continue
+            row, col = int(win.row_off), int(win.col_off)
+            name = f"{scene.name}_{row}_{col}.tif"
+            path = job.images_dir / name
+            data = src.read(window=win)
+            profile = _chip_profile(scene, win, job.compress)
+            if path.exists():
+                counts["existing"] += 1
+            else:
+                with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+                    dst.write(data)
+                    if scene.has_mask and scene.nodata is None:
+                        dst.write_mask(mask)
+                counts["written"] += 1
+            if job.split == "train" and mask.any():
+                valid = data.reshape(scene.count, -1)[:, mask.ravel()].astype(np.float64)
+                sums += valid.sum(axis=1)
+                sumsq += (valid * valid).sum(axis=1)
+                npix += int(mask.sum())
+            shape = (int(win.height), int(win.width))
+            local = len(images)
+            for ann in chip_annotations(job.geoms, job.category_ids, job.label_ids,
+                                        profile["transform"], shape, tree):
+                ann["image"] = local
+                anns.append(ann)
+            images.append({
+                "file_name": name, "width": shape[1], "height": shape[0],
+                "scene": scene.name, "window": [col, row, shape[1], shape[0]],
+                "crs": scene.crs, "transform": list(profile["transform"])[:6],
+                "split": job.split, "valid_fraction": round(frac, 6),
+            })
+    counts["chips"] = len(images)
+    counts["instances"] = len(anns)
+    part = {"images": images, "annotations": anns,
+            "stats": {"sum": sums.tolist(), "sumsq": sumsq.tolist(), "count": npix},
+            "counts": counts}
+    write_json(job.part_path, part)
+    return counts
+
+
+def plan_splits(
+    scenes: Sequence[SceneInfo], blocks: dict[str, list[tuple[int, int]]], cfg: TileConfig
+) -> dict[tuple[str, tuple[int, int]], Literal["train", "val"]]:
+    """Assign each split block to train or val.
+
+    Scenes matching ``val_scenes`` go wholly to val. Of the other blocks,
+    ``round(val_fraction × n)`` chosen by a seeded shuffle go to val.
+    """
+    out: dict[tuple[str, tuple[int, int]], Literal["train", "val"]] = {}
+    pool: list[tuple[str, tuple[int, int]]] = []
+    for s in scenes:
+        forced = any(fnmatch.fnmatch(s.name, pat) for pat in cfg.val_scenes)
+        for b in blocks[s.name]:
+            if forced:
+                out[(s.name, b)] = "val"
+            else:
+                pool.append((s.name, b))
+    n_val = round(cfg.val_fraction * len(pool))
+    order = np.random.default_rng(cfg.seed).permutation(len(pool))
+    for rank, k in enumerate(order):
+        out[pool[k]] = "val" if rank < n_val else "train"
+    return out
+
+
+def _manifest(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
+    def stamp(p: Path) -> dict[str, Any]:
+        st = p.stat()
+        return {"name": p.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    return {
+        "tile": cfg.model_dump(mode="json"),
+        "scenes": [stamp(s.path) for s in scenes],
+        "labels": stamp(labels) if labels is not None else None,
+    }
+
+
+def _prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    mpath = out / MANIFEST
+    if overwrite:
+        for name in OWNED:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    elif mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is None or old.get("params") != manifest:
+            raise OutputExistsError(
+                f"{out} holds chips tiled with other parameters or inputs; "
+                "pass --overwrite to replace them, or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise OutputExistsError(
+            f"{out} is not empty and was not written by geoseg tile; "
+            "pass --overwrite or choose an empty --out"
+        )
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / PARTS).mkdir(exist_ok=True)
+    write_json(mpath, {"geoseg_version": __version__, "params": manifest}, indent=2)
+
+
+def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: TileConfig,
+              scenes: Sequence[SceneInfo], summary: TileSummary) -> None:
+    """Write annotations.json (streamed, two passes over the parts) and stats.json."""
+    count = scenes[0].count
+    sums = {s: np.zeros(count) for s in ("train", "val")}
+    sumsq = {s: np.zeros(count) for s in ("train", "val")}
+    npix = {"train": 0, "val": 0}
+    offsets: list[int] = []
+    categories = [{"id": i + 1, "name": c, "supercategory": "object"}
+                  for i, c in enumerate(classes)]
+    with atomic_path(out / "annotations.json") as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.write('{"info": ' + json.dumps({"description": "geoseg tile", "version": __version__}))
+        f.write(', "licenses": [], "categories": ' + json.dumps(categories) + ', "images": [')
+        n_img = 0
+        for job in jobs:
+            part = json.loads(job.part_path.read_text())
+            offsets.append(n_img)
+            for img in part["images"]:
+                n_img += 1
+                f.write(("," if n_img > 1 else "") + json.dumps({"id": n_img, **img}))
+            summary.chips_train += len(part["images"]) * (job.split == "train")
+            summary.chips_val += len(part["images"]) * (job.split == "val")
+            st = part["stats"]
+            sums[job.split] += st["sum"]
+            sumsq[job.split] += st["sumsq"]
+            npix[job.split] += st["count"]
+        f.write('], "annotations": [')
+        n_ann = 0
+        for job, off in zip(jobs, offsets, strict=True):
+            part = json.loads(job.part_path.read_text())
+            for ann in part["annotations"]:
+                n_ann += 1
+                ann["image_id"] = off + 1 + ann.pop("image")
+                f.write(("," if n_ann > 1 else "") + json.dumps({"id": n_ann, **ann}))
+        f.write("]}")
+    summary.instances = n_ann
+    src = "train" if npix["train"] > 0 else "val"
+    n = max(npix[src], 1)
+    mean = sums[src] / n
+    std = np.sqrt(np.maximum(sumsq[src] / n - mean * mean, 0.0))
+    write_json(out / "stats.json", {
+        "bands": count, "dtype": scenes[0].dtype,
+        "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
+        "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
+        "tile": cfg.model_dump(mode="json"),
+    }, indent=2)
+
+
+def tile(
+    scenes: Sequence[str | Path],
+    labels: str | Path | None,
+    out: str | Path,
+    cfg: TileConfig | None = None,
+    *,
+    scheduler: Any = "threads",
+    overwrite: bool = False,
+    skip_bad: bool = False,
+    progress: bool | None = None,
+) -> TileSummary:
+    """Tile scenes into chips with COCO instance annotations and band stats.
+
+    Args:
+        scenes: raster files or directories of rasters.
+        labels: vector file of instance polygons (None: negatives only).
+        out: output directory (layout in docs/formats.md).
+        cfg: tiling parameters (defaults when None).
+        scheduler: Dask scheduler (see :func:`geoseg.parallel.compute`).
+        overwrite: replace outputs of an earlier run with other parameters.
+        skip_bad: skip unreadable scenes instead of failing.
+        progress: show a progress bar (None: on a TTY).
+
+    Returns:
+        A :class:`TileSummary`.
+
+    Raises:
+        InputRasterError: a bad scene (unless ``skip_bad``), or band counts that differ.
+        InputVectorError: unreadable labels or labels without CRS.
+        OutputExistsError: ``out`` holds other outputs and ``overwrite`` is False.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or TileConfig()
+    check_scheduler(scheduler)
+    out = Path(out).resolve()
+    good, bad = inspect_scenes([p.resolve() for p in list_rasters(scenes)], skip_bad=skip_bad)
+    if not good:
+        raise InputRasterError("no readable scene to tile; check the inputs")
+    counts = {s.count for s in good}
+    if len(counts) > 1:
+        desc = ", ".join(f"{s.name}: {s.count}" for s in good)
+        raise InputRasterError(
+            f"scenes have different band counts ({desc}); tile them into separate folders"
+        )
+    gdf = read_labels(labels, cfg.class_field, cfg.class_name) if labels is not None else None
+    classes = sorted(set(gdf[CLASS])) if gdf is not None and len(gdf) else [cfg.class_name]
+    cat_of = {c: i + 1 for i, c in enumerate(classes)}
+    summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
+                          labels=0 if gdf is None else len(gdf))
+
+    manifest = _manifest(cfg, good, Path(labels).resolve() if labels is not None else None)
+    _prepare_out_dir(out, manifest, overwrite)
+
+    grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
+    sb = cfg.split_block
+    blocks = {
+        name: sorted({(i // sb, j // sb) for i, row in enumerate(g) for j in range(len(row))})
+        for name, g in grids.items()
+    }
+    splits = plan_splits(good, blocks, cfg)
+
+    touched: set[int] = set()
+    by_crs: dict[str, Any] = {}
+    jobs: list[BlockJob] = []
+    for s in good:
+        if gdf is not None and s.crs not in by_crs:
+            g = gdf.to_crs(s.crs)
+            by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
+        geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
+        if sindex is not None:
+            touched.update(sindex.query(shapely.box(*s.bounds), predicate="intersects").tolist())
+        for b in blocks[s.name]:
+            wins = tuple(w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
+                         if (i // sb, j // sb) == b)
+            union = rasterio.windows.union(*wins)
+            bbox = shapely.box(*rasterio.windows.bounds(union, s.affine))
+            idx = (np.sort(sindex.query(bbox, predicate="intersects"))
+                   if sindex is not None else np.empty(0, dtype=int))
+            jobs.append(BlockJob(
+                scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
+                category_ids=np.array([cat_of[c] for c in gdf[CLASS].to_numpy()[idx]], dtype=int)
+                if gdf is not None else np.empty(0, dtype=int),
+                label_ids=gdf["label_id"].to_numpy()[idx] if gdf is not None
+                else np.empty(0, dtype=int),
+                images_dir=out / "images", part_path=out / PARTS / f"{s.name}__{b[0]}_{b[1]}.json",
+                min_valid=cfg.min_valid, compress=cfg.compress,
+            ))
+    summary.labels_outside = summary.labels - len(touched)
+
+    pending = [j for j in jobs if not j.part_path.exists()]
+    for j in jobs:
+        if j.part_path.exists():
+            done = json.loads(j.part_path.read_text())["counts"]
+            summary.chips_done_before += done["chips"]
+            summary.chips_low_valid += done["low_valid"]
+    log.info("%d blocks to tile (%d done before)", len(pending), len(jobs) - len(pending))
+    tasks = [dask.delayed(tile_block, pure=False)(j) for j in pending]
+    for c in compute(tasks, scheduler=scheduler, desc="tile", progress=progress):
+        summary.chips_written += c["written"]
+        summary.chips_done_before += c["existing"]
+        summary.chips_low_valid += c["low_valid"]
+
+    finished = (out / "annotations.json").exists() and (out / "stats.json").exists()
+    if pending or not finished:
+        _assemble(out, jobs, classes, cfg, good, summary)
+    else:
+        summary.rewrote_outputs = False
+        stats = json.loads((out / "stats.json").read_text())
+        summary.chips_train, summary.chips_val = stats["chips"]["train"], stats["chips"]["val"]
+        with (out / "annotations.json").open() as f:
+            summary.instances = len(json.load(f)["annotations"])
+    summary.seconds = time.perf_counter() - t0
+    return summary
