@@ -93,8 +93,9 @@ def compute(
         client = Client(scheduler, set_as_default=False) if own else scheduler
         try:
             futures = client.compute(list(tasks), retries=retries)
-            for _ in as_completed(futures):
-                bar.update(1)
+            with client.as_current():
+                for _ in as_completed(futures):
+                    bar.update(1)
             return list(client.gather(futures))
         finally:
             if own:

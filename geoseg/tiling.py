@@ -290,7 +290,8 @@ def _prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> No
         )
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / PARTS).mkdir(exist_ok=True)
-    write_json(mpath, {"geoseg_version": __version__, "params": manifest}, indent=2)
+    if not mpath.exists():
+        write_json(mpath, {"geoseg_version": __version__, "params": manifest}, indent=2)
 
 
 def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: TileConfig,

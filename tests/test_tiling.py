@@ -1,0 +1,289 @@
+"""`geoseg tile`: chips, COCO instance masks, stats, splits, resume, errors, Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from conftest import SAMPLE, labels_for, write_raster
+from hypothesis import given
+from hypothesis import strategies as st
+from pycocotools.coco import COCO
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+
+from geoseg.cli.main import cli
+from geoseg.errors import (
+    EmptyLabelsWarning,
+    InputRasterError,
+    InputVectorError,
+    OutputExistsError,
+)
+from geoseg.labels import decode_rle
+from geoseg.tiling import TileConfig, axis_offsets, tile, window_grid
+
+BOXES = [(10, 10, 40, 30), (100, 50, 150, 120), (180, 150, 260, 190)]  # pixel boxes
+
+
+def _mtimes(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
+
+
+@given(length=st.integers(1, 5000), size=st.integers(8, 1024), overlap_frac=st.floats(0, 0.9))
+def test_axis_offsets_cover_the_axis(length: int, size: int, overlap_frac: float) -> None:
+    overlap = min(int(size * overlap_frac), size - 1)
+    offs = axis_offsets(length, size, size - overlap)
+    ext = min(size, length)
+    assert offs[0] == 0 and offs[-1] + ext == length  # flush with both edges
+    assert all(b > a for a, b in zip(offs, offs[1:]))
+    assert all(b - a <= size - overlap for a, b in zip(offs, offs[1:]))  # no gap, overlap kept
+
+
+def test_window_grid_small_raster_gives_one_smaller_window() -> None:
+    grid = window_grid(100, 60, 512, 64)
+    assert len(grid) == 1 and len(grid[0]) == 1
+    assert (grid[0][0].width, grid[0][0].height) == (100, 60)
+
+
+@pytest.mark.parametrize("fixture", ["utm_uint16", "merc_rgb", "nodata_4band"])
+def test_instance_masks_equal_rasterized_truth(fixture: str, request, tmp_path: Path) -> None:
+    scene: Path = request.getfixturevalue(fixture)
+    boxes = [(5, 5, 25, 20), (40, 30, 90, 70), (100, 80, 118, 110)]
+    labels = labels_for(scene, tmp_path / "labels.gpkg", boxes, crs="EPSG:4326")
+    out = tmp_path / "out"
+    summary = tile([scene], labels, out, TileConfig(size=64, overlap=16, min_valid=0.0),
+                   scheduler="sync")
+    coco = COCO(str(out / "annotations.json"))
+    assert summary.chips_written == len(coco.imgs) > 0
+    truth = gpd.read_file(labels).to_crs(rasterio.open(scene).crs)
+    with rasterio.open(scene) as src:
+        profile = src.profile
+    for img in coco.imgs.values():
+        with rasterio.open(out / "images" / img["file_name"]) as chip:
+            # georeferencing kept per chip
+            assert chip.crs == profile["crs"]
+            assert chip.dtypes[0] == profile["dtype"] and chip.count == profile["count"]
+            assert chip.nodata == profile["nodata"]
+            col, row, w, h = img["window"]
+            expected_t = profile["transform"] @ rasterio.Affine.translation(col, row)
+            assert chip.transform.almost_equals(expected_t)
+            assert list(chip.transform)[:6] == pytest.approx(img["transform"])
+        # each polygon rasterized alone on the chip grid is exactly its annotation
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        got = sorted((a["area"], decode_rle(a["segmentation"]).tobytes()) for a in anns)
+        want = []
+        for geom in truth.geometry:
+            m = rasterize([(geom, 1)], out_shape=(h, w), transform=expected_t, dtype="uint8")
+            if m.any():
+                want.append((int(m.sum()), m.astype(bool).tobytes()))
+        assert got == sorted(want)
+        for a in anns:
+            assert coco.annToMask(a).sum() == a["area"]
+            assert a["iscrowd"] == 0 and len(a["bbox"]) == 4
+
+
+def test_nodata_chips_skipped_and_stats_over_valid_pixels(nodata_4band: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = tile([nodata_4band], None, out, TileConfig(size=60, overlap=0, min_valid=0.5,
+                                                   val_fraction=0.0), scheduler="sync")
+    # 3 columns of 60 px, the first all nodata: one third of the chips skipped
+    assert s.chips_low_valid == 2 and s.chips_written == 4
+    stats = json.loads((out / "stats.json").read_text())
+    with rasterio.open(nodata_4band) as src:
+        data = src.read()
+    valid = data[:, :, 60:].reshape(4, -1).astype(np.float64)
+    assert stats["bands"] == 4 and stats["dtype"] == "float32"
+    np.testing.assert_allclose(stats["mean"], valid.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], valid.std(axis=1), rtol=1e-4)
+
+
+def test_labels_repaired_exploded_and_outside_counted(merc_rgb: Path, tmp_path: Path) -> None:
+    with rasterio.open(merc_rgb) as src:
+        b = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    w, h = b[2] - b[0], b[3] - b[1]
+    bowtie = shapely.Polygon([(b[0] + 0.1 * w, b[1] + 0.1 * h), (b[0] + 0.4 * w, b[1] + 0.4 * h),
+                              (b[0] + 0.4 * w, b[1] + 0.1 * h), (b[0] + 0.1 * w, b[1] + 0.4 * h)])
+    assert not bowtie.is_valid
+    outside = shapely.box(b[2] + w, b[3] + h, b[2] + 2 * w, b[3] + 2 * h)
+    two = shapely.MultiPolygon([shapely.box(b[0] + 0.6 * w, b[1] + 0.6 * h, b[0] + 0.7 * w, b[1] + 0.7 * h),
+                                shapely.box(b[0] + 0.8 * w, b[1] + 0.8 * h, b[0] + 0.9 * w, b[1] + 0.9 * h)])
+    labels = tmp_path / "l.geojson"
+    gpd.GeoDataFrame({"class": ["a", "a", "b"]}, geometry=[bowtie, outside, two],
+                     crs="EPSG:4326").to_file(labels)
+    out = tmp_path / "out"
+    s = tile([merc_rgb], labels, out, TileConfig(size=256, overlap=0), scheduler="sync")
+    # bow-tie -> 2 triangles, multipolygon -> 2 instances, 1 outside
+    assert s.labels == 5 and s.labels_outside == 1
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["a", "b"]
+    assert len(coco["annotations"]) == 4
+    assert sorted(a["category_id"] for a in coco["annotations"]) == [1, 1, 2, 2]
+
+
+def test_split_by_blocks_not_chips(utm_uint16: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tile([utm_uint16], None, out, TileConfig(size=20, overlap=0, split_block=3, val_fraction=0.5),
+         scheduler="sync")
+    imgs = json.loads((out / "annotations.json").read_text())["images"]
+    split_of_block: dict[tuple[int, int], set[str]] = {}
+    for im in imgs:
+        col, row = im["window"][:2]
+        split_of_block.setdefault((row // 60, col // 60), set()).add(im["split"])
+    assert all(len(s) == 1 for s in split_of_block.values())  # one split per block
+    splits = [next(iter(s)) for s in split_of_block.values()]
+    assert "train" in splits and "val" in splits
+
+
+def test_val_scenes_go_wholly_to_val(utm_uint16: Path, tmp_path: Path) -> None:
+    other = write_raster(tmp_path / "other.tif", np.ones((1, 50, 50), np.uint16), "EPSG:32636",
+                         from_origin(450000, 40000, 0.5, 0.5))
+    out = tmp_path / "out"
+    tile([utm_uint16, other], None, out, TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("oth*",)),
+         scheduler="sync")
+    imgs = json.loads((out / "annotations.json").read_text())["images"]
+    assert {im["split"] for im in imgs if im["scene"] == "other"} == {"val"}
+    assert {im["split"] for im in imgs if im["scene"] == "utm"} == {"train"}
+
+
+def test_rerun_writes_nothing_and_resumes(merc_rgb: Path, tmp_path: Path) -> None:
+    labels = labels_for(merc_rgb, tmp_path / "l.gpkg", BOXES[:2])
+    out = tmp_path / "out"
+    cfg = TileConfig(size=64, overlap=8)
+    first = tile([merc_rgb], labels, out, cfg, scheduler="sync")
+    before = _mtimes(out)
+    again = tile([merc_rgb], labels, out, cfg, scheduler="sync")
+    assert _mtimes(out) == before
+    assert again.chips_written == 0 and again.chips_done_before == first.chips_written
+    assert not again.rewrote_outputs and again.instances == first.instances
+    # a crash after some blocks: drop a part file and a chip; the rerun redoes only those
+    ann_before = json.loads((out / "annotations.json").read_text())
+    part = sorted((out / ".parts").iterdir())[0]
+    part.unlink()
+    victim = sorted((out / "images").iterdir())[0]
+    victim.unlink()
+    third = tile([merc_rgb], labels, out, cfg, scheduler="sync")
+    assert third.chips_written == 1
+    assert json.loads((out / "annotations.json").read_text()) == ann_before
+
+
+def test_other_parameters_need_overwrite(merc_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tile([merc_rgb], None, out, TileConfig(size=64, overlap=0), scheduler="sync")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        tile([merc_rgb], None, out, TileConfig(size=128, overlap=0), scheduler="sync")
+    s = tile([merc_rgb], None, out, TileConfig(size=128, overlap=0), scheduler="sync",
+             overwrite=True)
+    assert len(list((out / "images").iterdir())) == s.chips_written == 4
+
+
+def test_no_tmp_files_left(merc_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    tile([merc_rgb], None, out, TileConfig(size=64, overlap=0), scheduler="threads")
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_corrupt_raster_one_line_error_and_nothing_written(merc_rgb: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "scenes" / "bad.tif"
+    bad.parent.mkdir()
+    bad.write_bytes(merc_rgb.read_bytes()[:3000])
+    os.link(merc_rgb, tmp_path / "scenes" / "good.tif")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["tile", str(bad.parent), "--out", str(out)])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("geoseg: error:") and "bad.tif" in lines[0]
+    assert "Traceback" not in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(cli, ["tile", str(bad.parent), "--out", str(out), "--skip-bad",
+                                   "--size", "128", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "bad.tif" in res.output
+    assert len(list((out / "images").iterdir())) == 4
+
+
+def test_raster_without_crs_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
+                       transform=from_origin(0, 10, 1, 1)) as dst:
+        dst.write(np.zeros((1, 10, 10), np.uint8))
+    with pytest.raises(InputRasterError, match="nocrs.tif has no CRS"):
+        tile([path], None, tmp_path / "out")
+
+
+def test_labels_without_crs_is_an_error(merc_rgb: Path, tmp_path: Path) -> None:
+    path = tmp_path / "nocrs.geojson"
+    path.write_text('{"type": "FeatureCollection", "features": []}')
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pyogrio: "'crs' was not provided"
+        gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)]).to_file(tmp_path / "nocrs.gpkg")
+    with pytest.raises(InputVectorError, match="nocrs.gpkg has no CRS"):
+        tile([merc_rgb], tmp_path / "nocrs.gpkg", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_labels_warn_and_give_negatives(merc_rgb: Path, tmp_path: Path) -> None:
+    path = tmp_path / "empty.gpkg"
+    gpd.GeoDataFrame({"class": []}, geometry=[], crs="EPSG:4326").to_file(path)
+    with pytest.warns(EmptyLabelsWarning):
+        s = tile([merc_rgb], path, tmp_path / "out", TileConfig(size=128, overlap=0),
+                 scheduler="sync")
+    assert s.chips_written == 4 and s.instances == 0
+
+
+def test_unknown_config_key_names_key_and_file(merc_rgb: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("size: 64\novrlap: 8\n")
+    res = CliRunner().invoke(cli, ["tile", str(merc_rgb), "--out", str(tmp_path / "o"),
+                                   "--config", str(cfg)])
+    assert res.exit_code == 1
+    assert "unknown key 'ovrlap'" in res.output and "t.yaml" in res.output
+    # CLI options override config values
+    cfg.write_text("size: 64\noverlap: 0\n")
+    res = CliRunner().invoke(cli, ["tile", str(merc_rgb), "--out", str(tmp_path / "o"),
+                                   "--config", str(cfg), "--size", "128", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "stats.json").read_text())["tile"]["size"] == 128
+
+
+def test_distributed_cluster_equals_local(merc_rgb: Path, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    labels = labels_for(merc_rgb, tmp_path / "l.gpkg", BOXES)
+    cfg = TileConfig(size=64, overlap=16, split_block=2)
+    tile([merc_rgb], labels, tmp_path / "local", cfg, scheduler="threads")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        tile([merc_rgb], labels, tmp_path / "dist", cfg, scheduler=cluster.scheduler_address)
+    a = json.loads((tmp_path / "local" / "annotations.json").read_text())
+    b = json.loads((tmp_path / "dist" / "annotations.json").read_text())
+    assert a == b
+    for p in (tmp_path / "local" / "images").iterdir():
+        with rasterio.open(p) as x, rasterio.open(tmp_path / "dist" / "images" / p.name) as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+
+
+def test_kampala_sample(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    s = tile([SAMPLE], SAMPLE / "labels" / "buildings.gpkg", out,
+             TileConfig(val_fraction=0.0, val_scenes=("kampala_blockB*",)), scheduler="threads")
+    assert s.scenes == 2 and s.labels_outside == 0
+    coco = COCO(str(out / "annotations.json"))
+    by_split = {sp: [i for i in coco.imgs.values() if i["split"] == sp] for sp in ("train", "val")}
+    assert len(by_split["val"]) == 1 and len(by_split["train"]) == 12
+    assert all(i["crs"] == "EPSG:3857" for i in coco.imgs.values())
+    # block B is a dense settlement: many instances, touching
+    val_anns = coco.getAnnIds(imgIds=[by_split["val"][0]["id"]])
+    assert len(val_anns) >= 90
+    # the internal mask of the scene is carried into the chip
+    with rasterio.open(out / "images" / "kampala_blockB_z20_0_0.tif") as chip, \
+            rasterio.open(SAMPLE / "kampala_blockB_z20.tif") as src:
+        np.testing.assert_array_equal(chip.dataset_mask(), src.dataset_mask())
+        np.testing.assert_array_equal(chip.read(), src.read())
