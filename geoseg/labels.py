@@ -8,19 +8,40 @@ the rasterized truth (RLE is lossless, unlike COCO polygons re-rasterized by pyc
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 import shapely
 from affine import Affine
 from pycocotools import mask as mask_utils
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 
+# rasterize() under Dask's threads scheduler sometimes reports its temporary in-memory
+# raster as not georeferenced although the output is right (tests/test_tiling.py checks
+# threads == sync); the warning is noise there.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
-def instance_mask(polygon: shapely.Geometry, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
-    """Rasterize one polygon into a boolean mask of ``shape``.
 
-    Only the polygon's bounding window is rasterized, then pasted into the full mask.
+def _pixel_bounds(
+    polygon: shapely.Geometry, transform: Affine, shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the pixels a polygon's bounds cover, clipped to the grid."""
+    h, w = shape
+    minx, miny, maxx, maxy = polygon.bounds
+    inv = ~transform
+    cols, rows = zip(*(inv @ (x, y) for x, y in ((minx, miny), (maxx, maxy),
+                                                 (minx, maxy), (maxx, miny))), strict=True)
+    c0, c1 = max(0, math.floor(min(cols))), min(w, math.ceil(max(cols)))
+    r0, r1 = max(0, math.floor(min(rows))), min(h, math.ceil(max(rows)))
+    return r0, max(r0, r1), c0, max(c0, c1)
+
+
+def instance_window(
+    polygon: shapely.Geometry, transform: Affine, shape: tuple[int, int]
+) -> tuple[np.ndarray, int, int]:
+    """Rasterize one polygon on its bounding window of a grid.
 
     Args:
         polygon: a Polygon in the CRS of ``transform``.
@@ -28,23 +49,27 @@ def instance_mask(polygon: shapely.Geometry, transform: Affine, shape: tuple[int
         shape: (height, width) of the target grid.
 
     Returns:
-        Boolean array of ``shape``.
+        ``(sub, row_off, col_off)``: the boolean mask of the polygon's pixel window
+        (possibly empty) and where that window starts in the grid.
     """
-    h, w = shape
-    out = np.zeros(shape, dtype=bool)
-    minx, miny, maxx, maxy = polygon.bounds
-    inv = ~transform
-    cols, rows = zip(*(inv @ (x, y) for x, y in ((minx, miny), (maxx, maxy),
-                                                 (minx, maxy), (maxx, miny))), strict=True)
-    c0, c1 = max(0, math.floor(min(cols))), min(w, math.ceil(max(cols)))
-    r0, r1 = max(0, math.floor(min(rows))), min(h, math.ceil(max(rows)))
+    r0, r1, c0, c1 = _pixel_bounds(polygon, transform, shape)
     if c1 <= c0 or r1 <= r0:
-        return out
+        return np.zeros((0, 0), dtype=bool), 0, 0
     sub = rasterize(
         [(polygon, 1)], out_shape=(r1 - r0, c1 - c0),
         transform=transform @ Affine.translation(c0, r0), fill=0, dtype="uint8",
     )
-    out[r0:r1, c0:c1] = sub.astype(bool)
+    return sub.view(bool), r0, c0
+
+
+def instance_mask(polygon: shapely.Geometry, transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterize one polygon into a boolean mask of ``shape`` (pixel-centre rule).
+
+    Only the polygon's bounding window is rasterized, then pasted into the full mask.
+    """
+    out = np.zeros(shape, dtype=bool)
+    sub, r0, c0 = instance_window(polygon, transform, shape)
+    out[r0:r0 + sub.shape[0], c0:c0 + sub.shape[1]] = sub
     return out
 
 
@@ -97,24 +122,45 @@ def chip_annotations(
     east, south = transform @ (w, h)
     chip_box = shapely.box(min(west, east), min(south, north), max(west, east), max(south, north))
     tree = tree if tree is not None else shapely.STRtree(geoms)
+    hits = np.sort(tree.query(chip_box, predicate="intersects"))
+    if len(hits) == 0:
+        return []
+    parts, which = shapely.get_parts(shapely.intersection(geoms[hits], chip_box), return_index=True)
+    keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) > 0)
+    parts, src = parts[keep], hits[which[keep]]
+    # Parts that touch or overlap no other part can share one rasterize call (same pixels
+    # as alone); the others are rasterized one by one so each keeps its own mask.
+    pairs = shapely.STRtree(parts).query(parts, predicate="intersects")
+    shared = np.zeros(len(parts), dtype=bool)
+    shared[pairs[0][pairs[0] != pairs[1]]] = True
+    alone = np.flatnonzero(~shared)
+    burnt = (rasterize(zip(parts[alone], alone + 1, strict=True), out_shape=shape,
+                       transform=transform, fill=0, dtype="int32")
+             if len(alone) else None)
     anns: list[dict[str, Any]] = []
-    for k in sorted(tree.query(chip_box, predicate="intersects")):
-        clipped = shapely.intersection(geoms[k], chip_box)
-        for part in shapely.get_parts(clipped):
-            if shapely.get_type_id(part) != shapely.GeometryType.POLYGON or part.area <= 0:
-                continue
-            mask = instance_mask(part, transform, shape)
-            area = int(mask.sum())
-            if area == 0:
-                continue
-            ys, xs = np.nonzero(mask)
-            anns.append({
-                "category_id": int(category_ids[k]),
-                "label_id": int(label_ids[k]),
-                "segmentation": encode_rle(mask),
-                "area": area,
-                "bbox": [int(xs.min()), int(ys.min()),
-                         int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
-                "iscrowd": 0,
-            })
+    full = np.zeros(shape, dtype=np.uint8, order="F")  # reused: RLE encodes Fortran order
+    for i, part in enumerate(parts):
+        if shared[i]:
+            sub, r0, c0 = instance_window(part, transform, shape)
+        else:
+            r0, r1, c0, c1 = _pixel_bounds(part, transform, shape)
+            sub = burnt[r0:r1, c0:c1] == i + 1 if burnt is not None else np.zeros((0, 0), bool)
+        area = int(np.count_nonzero(sub))
+        if area == 0:
+            continue
+        rows = np.flatnonzero(sub.any(axis=1))
+        cols = np.flatnonzero(sub.any(axis=0))
+        sl = (slice(r0, r0 + sub.shape[0]), slice(c0, c0 + sub.shape[1]))
+        full[sl] = sub
+        rle = mask_utils.encode(full)
+        full[sl] = 0
+        anns.append({
+            "category_id": int(category_ids[src[i]]),
+            "label_id": int(label_ids[src[i]]),
+            "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+            "area": area,
+            "bbox": [c0 + int(cols[0]), r0 + int(rows[0]),
+                     int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)],
+            "iscrowd": 0,
+        })
     return anns

@@ -6,7 +6,7 @@ The flow (see docs/architecture.md):
    early, nothing half-written);
 2. plan a grid of windows per scene; group windows into square *split blocks* that are
    wholly train or wholly val (neighbouring chips overlap, so a chip-level split leaks);
-3. one Dask task per (scene, block): windowed reads, chips written atomically, instances
+3. one Dask task per (scene, a few windows of one block): windowed reads, chips written atomically, instances
    rasterized, band sums of valid pixels; its result is a small *part file*;
 4. assemble ``annotations.json`` and ``stats.json`` from the part files, streaming.
 
@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 PARTS = ".parts"
 MANIFEST = "tile.json"
 OWNED = ("images", PARTS, "annotations.json", "stats.json", MANIFEST)
+#: Windows per Dask task. Tasks are finer than split blocks so that a few large blocks
+#: still keep every core busy; memory per task is bounded by this many chips.
+TASK_WINDOWS = 4
 
 
 class TileConfig(Strict):
@@ -203,9 +206,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
                         dst.write_mask(mask)
                 counts["written"] += 1
             if job.split == "train" and mask.any():
-                valid = data.reshape(scene.count, -1)[:, mask.ravel()].astype(np.float64)
+                flat = data.reshape(scene.count, -1)
+                valid = (flat if mask.all() else flat[:, mask.ravel()]).astype(np.float64)
                 sums += valid.sum(axis=1)
-                sumsq += (valid * valid).sum(axis=1)
+                sumsq += np.einsum("ij,ij->i", valid, valid)
                 npix += int(mask.sum())
             shape = (int(win.height), int(win.width))
             local = len(images)
@@ -414,21 +418,24 @@ def tile(
         if sindex is not None:
             touched.update(sindex.query(shapely.box(*s.bounds), predicate="intersects").tolist())
         for b in blocks[s.name]:
-            wins = tuple(w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
-                         if (i // sb, j // sb) == b)
-            union = rasterio.windows.union(*wins)
-            bbox = shapely.box(*rasterio.windows.bounds(union, s.affine))
-            idx = (np.sort(sindex.query(bbox, predicate="intersects"))
-                   if sindex is not None else np.empty(0, dtype=int))
-            jobs.append(BlockJob(
-                scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
-                category_ids=np.array([cat_of[c] for c in gdf[CLASS].to_numpy()[idx]], dtype=int)
-                if gdf is not None else np.empty(0, dtype=int),
-                label_ids=gdf["label_id"].to_numpy()[idx] if gdf is not None
-                else np.empty(0, dtype=int),
-                images_dir=out / "images", part_path=out / PARTS / f"{s.name}__{b[0]}_{b[1]}.json",
-                min_valid=cfg.min_valid, compress=cfg.compress,
-            ))
+            block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
+                          if (i // sb, j // sb) == b]
+            for k in range(0, len(block_wins), TASK_WINDOWS):
+                wins = tuple(block_wins[k:k + TASK_WINDOWS])
+                union = rasterio.windows.union(*wins)
+                bbox = shapely.box(*rasterio.windows.bounds(union, s.affine))
+                idx = (np.sort(sindex.query(bbox, predicate="intersects"))
+                       if sindex is not None else np.empty(0, dtype=int))
+                jobs.append(BlockJob(
+                    scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
+                    category_ids=np.array([cat_of[c] for c in gdf[CLASS].to_numpy()[idx]], dtype=int)
+                    if gdf is not None else np.empty(0, dtype=int),
+                    label_ids=gdf["label_id"].to_numpy()[idx] if gdf is not None
+                    else np.empty(0, dtype=int),
+                    images_dir=out / "images",
+                    part_path=out / PARTS / f"{s.name}__{b[0]}_{b[1]}_{k // TASK_WINDOWS}.json",
+                    min_valid=cfg.min_valid, compress=cfg.compress,
+                ))
     summary.labels_outside = summary.labels - len(touched)
 
     pending = [j for j in jobs if not j.part_path.exists()]

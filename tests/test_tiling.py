@@ -56,7 +56,9 @@ def test_window_grid_small_raster_gives_one_smaller_window() -> None:
 @pytest.mark.parametrize("fixture", ["utm_uint16", "merc_rgb", "nodata_4band"])
 def test_instance_masks_equal_rasterized_truth(fixture: str, request, tmp_path: Path) -> None:
     scene: Path = request.getfixturevalue(fixture)
-    boxes = [(5, 5, 25, 20), (40, 30, 90, 70), (100, 80, 118, 110)]
+    # an overlapping pair, a touching pair, and one alone: each keeps its own mask
+    boxes = [(5, 5, 25, 20), (20, 10, 35, 30), (40, 30, 90, 70), (90, 30, 100, 50),
+             (100, 80, 118, 110)]
     labels = labels_for(scene, tmp_path / "labels.gpkg", boxes, crs="EPSG:4326")
     out = tmp_path / "out"
     summary = tile([scene], labels, out, TileConfig(size=64, overlap=16, min_valid=0.0),
@@ -268,6 +270,20 @@ def test_distributed_cluster_equals_local(merc_rgb: Path, tmp_path: Path) -> Non
     for p in (tmp_path / "local" / "images").iterdir():
         with rasterio.open(p) as x, rasterio.open(tmp_path / "dist" / "images" / p.name) as y:
             np.testing.assert_array_equal(x.read(), y.read())
+
+
+def test_threads_and_processes_equal_sync(merc_rgb: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    boxes = [(c, r, c + int(rng.integers(3, 30)), r + int(rng.integers(3, 30)))
+             for c, r in rng.integers(0, 240, (150, 2))]
+    labels = labels_for(merc_rgb, tmp_path / "l.gpkg", boxes)
+    cfg = TileConfig(size=64, overlap=16, split_block=1)
+    outs = {}
+    for sch in ("sync", "threads", "processes"):
+        tile([merc_rgb], labels, tmp_path / sch, cfg, scheduler=sch)
+        outs[sch] = json.loads((tmp_path / sch / "annotations.json").read_text())
+    assert len(outs["sync"]["annotations"]) > 150
+    assert outs["threads"] == outs["sync"] == outs["processes"]
 
 
 def test_kampala_sample(tmp_path: Path) -> None:
