@@ -1,0 +1,414 @@
+"""Training samples from the output of `geoseg tile`: chips, targets, normalisation.
+
+A :class:`ChipDataset` reads ``DIR/annotations.json`` (COCO) and ``DIR/stats.json`` once
+and keeps a compact index (numpy arrays and one bytes blob of RLE counts, so DataLoader
+workers share it without copy-on-write growth); rasters are opened in ``__getitem__``.
+
+One sample, in order:
+
+1. a window of the chip (a random ``crop`` × ``crop`` window for ``train``, the whole
+   chip for ``val``) read with rasterio; ``valid`` = ``dataset_mask() > 0`` and finite;
+2. targets by :func:`geoseg.targets.make_targets` on the instances of the chip in that
+   window plus a halo (so neighbours just outside the window count), then cropped;
+3. raw values scaled to [0, 1] per band by :func:`scale_to_unit`, the augmentation
+   applied to image, targets and ``valid`` together;
+4. standardised by :func:`unit_to_normalized`; invalid pixels are 0 in the image and
+   background in the targets (``extent`` = ``boundary`` = ``contact`` = 0, ``sdf`` = 1,
+   ``classes`` = −1); losses should be masked by ``valid``.
+
+Steps 3 and 4 together are :func:`normalize`, which is what the predictor applies to raw
+values: ``clip((x − mean) / std, −3, 3)`` per band, with the train-split band statistics
+of ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import rasterio
+import torch
+from pycocotools import mask as mask_utils
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from geoseg.errors import ConfigError, InputRasterError
+from geoseg.targets import halo, make_targets
+
+SIGMAS = 3.0
+"""Half-width, in standard deviations, of the value range kept by :func:`normalize`."""
+
+PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
+       "valid": False, "classes": -1}
+"""Fill of each key outside the data: in padding (:func:`collate`) and invalid pixels."""
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+AugmentFn = Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Per-band statistics of the valid train pixels (``stats.json`` of `geoseg tile`)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...] = ("object",)
+    dtype: str = "float32"
+
+    @property
+    def bands(self) -> int:
+        """Number of bands."""
+        return len(self.mean)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BandStats:
+        """From the mapping of ``stats.json`` (or a checkpoint)."""
+        return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                   classes=tuple(d.get("classes", ("object",))), dtype=str(d.get("dtype", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping (for checkpoints)."""
+        return {"mean": list(self.mean), "std": list(self.std), "classes": list(self.classes),
+                "dtype": self.dtype, "bands": self.bands}
+
+
+def load_stats(root: str | Path) -> BandStats:
+    """Read ``root/stats.json``.
+
+    Raises:
+        InputRasterError: the file is missing or not valid stats.
+    """
+    path = Path(root) / "stats.json"
+    if not path.is_file():
+        raise InputRasterError(f"{path} not found: {Path(root)} is not a tile directory; "
+                               "run `geoseg tile SCENES --labels LABELS --out DIR` first")
+    try:
+        stats = BandStats.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise InputRasterError(f"{path} is not valid band statistics ({err}); "
+                               "rerun `geoseg tile` with --overwrite") from None
+    if len(stats.std) != stats.bands or stats.bands == 0:
+        raise InputRasterError(f"{path} has {stats.bands} means and {len(stats.std)} stds; "
+                               "rerun `geoseg tile` with --overwrite")
+    return stats
+
+
+def _band_params(stats: BandStats, like: Array, channel_axis: int) -> tuple[Array, Array]:
+    """Mean and safe std (0 -> 1) shaped to broadcast along ``channel_axis`` of ``like``."""
+    mean = np.asarray(stats.mean, dtype=np.float64)
+    std = np.asarray(stats.std, dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    ax = channel_axis % like.ndim
+    if like.shape[ax] != len(mean):
+        raise ValueError(f"image has {like.shape[ax]} bands on axis {channel_axis}, "
+                         f"stats have {len(mean)}")
+    shape = [1] * like.ndim
+    shape[ax] = len(mean)
+    if isinstance(like, torch.Tensor):
+        dt = like.dtype if like.dtype.is_floating_point else torch.float32
+        return (torch.as_tensor(mean, dtype=dt, device=like.device).reshape(shape),
+                torch.as_tensor(std, dtype=dt, device=like.device).reshape(shape))
+    return mean.astype(np.float32).reshape(shape), std.astype(np.float32).reshape(shape)
+
+
+def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> Array:
+    """Raw values to [0, 1] per band, for augmentation.
+
+    ``u = clip((x − (mean − 3·std)) / (6·std), 0, 1)``: mean − 3 std maps to 0, mean to
+    0.5, mean + 3 std to 1.
+
+    Args:
+        image: raw values, bands on ``channel_axis``.
+        stats: band statistics.
+        channel_axis: axis of the bands (0 for (C, H, W), -1 for (H, W, C)).
+
+    Returns:
+        float32 array (or tensor) of the same shape.
+    """
+    mean, std = _band_params(stats, image, channel_axis)
+    if isinstance(image, torch.Tensor):
+        x = image.to(mean.dtype)
+        return torch.clamp((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
+    x = image.astype(np.float32, copy=False)
+    return np.clip((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0).astype(np.float32)
+
+
+def unit_to_normalized(unit: Array) -> Array:
+    """[0, 1] values of :func:`scale_to_unit` to standardised ones: ``(u − 0.5) · 6``."""
+    return (unit - 0.5) * (2 * SIGMAS)
+
+
+def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
+              valid: Array | None = None) -> Array:
+    """Standardise raw values per band: the model's input, in training and prediction.
+
+    ``z = clip((x − mean) / std, −3, 3)`` per band (a band with std 0 uses std 1), which is
+    exactly ``unit_to_normalized(scale_to_unit(x))``; pixels where ``valid`` is False
+    become 0 (the mean).
+
+    Args:
+        image: raw values (numpy array or torch tensor), bands on ``channel_axis``.
+        stats: band statistics of the training chips (:func:`load_stats`, checkpoint).
+        channel_axis: axis of the bands (0 for (C, H, W), 1 for (B, C, H, W), -1 for HWC).
+        valid: optional boolean mask of the image without the band axis.
+
+    Returns:
+        float32 array (tensor) of the shape of ``image``.
+
+    Raises:
+        ValueError: the band count differs from the stats.
+    """
+    mean, std = _band_params(stats, image, channel_axis)
+    if isinstance(image, torch.Tensor):
+        z = torch.clamp((image.to(mean.dtype) - mean) / std, -SIGMAS, SIGMAS)
+        if valid is not None:
+            z = z * valid.unsqueeze(channel_axis % image.ndim).to(z.dtype)
+        return z
+    z = np.clip((image.astype(np.float32, copy=False) - mean) / std, -SIGMAS, SIGMAS)
+    if valid is not None:
+        z = z * np.expand_dims(valid, channel_axis % image.ndim)
+    return z.astype(np.float32, copy=False)
+
+
+class _Index:
+    """Compact per-split index of a COCO file: numpy arrays, RLE counts in one blob."""
+
+    def __init__(self, coco: dict[str, Any], split: str) -> None:
+        cat_pos = {c["id"]: i for i, c in enumerate(coco.get("categories", []))}
+        images = [im for im in coco["images"] if im.get("split") == split]
+        self.ids = np.array([im["id"] for im in images], dtype=np.int64)
+        self.files = np.array([im["file_name"] for im in images], dtype=str)
+        self.hw = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)
+        self.hw = self.hw.reshape(-1, 2)
+        row_of = {int(i): r for r, i in enumerate(self.ids)}
+        per: list[list[dict[str, Any]]] = [[] for _ in images]
+        for ann in coco.get("annotations", []):
+            r = row_of.get(int(ann["image_id"]))
+            if r is not None:
+                per[r].append(ann)
+        anns = [a for group in per for a in group]
+        self.start = np.cumsum([0] + [len(g) for g in per], dtype=np.int64)
+        self.bbox = np.array([a["bbox"] for a in anns], dtype=np.int64).reshape(-1, 4)
+        self.cat = np.array([cat_pos.get(a["category_id"], a["category_id"] - 1) for a in anns],
+                            dtype=np.int64)
+        counts = [a["segmentation"]["counts"].encode("ascii") for a in anns]
+        self.rle_start = np.cumsum([0] + [len(c) for c in counts], dtype=np.int64)
+        self.blob = np.frombuffer(b"".join(counts), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def labels(self, i: int, rows: tuple[int, int], cols: tuple[int, int]
+               ) -> tuple[np.ndarray, list[int]]:
+        """Instance label image of chip ``i`` in a window, and the class of each label."""
+        h, w = (int(v) for v in self.hw[i])
+        (r0, r1), (c0, c1) = rows, cols
+        labels = np.zeros((r1 - r0, c1 - c0), dtype=np.int32)
+        cats: list[int] = []
+        for a in range(self.start[i], self.start[i + 1]):
+            x, y, bw, bh = self.bbox[a]
+            if x >= c1 or y >= r1 or x + bw <= c0 or y + bh <= r0:
+                continue
+            rle = {"size": [h, w],
+                   "counts": self.blob[self.rle_start[a]:self.rle_start[a + 1]].tobytes()}
+            m = mask_utils.decode(rle)[r0:r1, c0:c1].astype(bool)
+            cats.append(int(self.cat[a]))
+            labels[m] = len(cats)
+        return labels, cats
+
+
+class ChipDataset(Dataset):
+    """Samples of one split of a tile directory (see the module doc for the steps).
+
+    Args:
+        root: output directory of `geoseg tile`.
+        split: ``"train"`` (random crops) or ``"val"`` (whole chips).
+        crop: side of the random training crops (None: whole chips); chips smaller than
+            ``crop`` are used whole.
+        augment: per-sample augmentation, e.g. :func:`geoseg.augment.build_augment`;
+            reseeded per sample when it has a ``reseed`` method.
+        boundary_width: see :func:`geoseg.targets.make_targets`.
+        contact_distance: see :func:`geoseg.targets.make_targets`.
+        sdf_clip: see :func:`geoseg.targets.make_targets`.
+        seed: crops and augmentations are a function of (seed, epoch, index), whatever
+            the number of DataLoader workers; call :meth:`set_epoch` (or :meth:`reseed`)
+            each epoch before creating the DataLoader iterator (with persistent workers
+            the change would not reach them).
+
+    Raises:
+        InputRasterError: ``annotations.json`` or ``stats.json`` missing or unreadable.
+        ConfigError: unknown split, or no chip in the split.
+    """
+
+    def __init__(self, root: str | Path, split: Literal["train", "val"] = "train", *,
+                 crop: int | None = 512, augment: AugmentFn | None = None,
+                 boundary_width: int = 2, contact_distance: float = 3, sdf_clip: float = 20.0,
+                 seed: int = 0) -> None:
+        self.root = Path(root)
+        if split not in ("train", "val"):
+            raise ConfigError(f"split must be 'train' or 'val', not {split!r}")
+        if crop is not None and crop < 1:
+            raise ConfigError(f"crop must be a positive number of pixels or None, not {crop}")
+        ann_path = self.root / "annotations.json"
+        if not ann_path.is_file():
+            raise InputRasterError(f"{ann_path} not found: {self.root} is not a tile directory; "
+                                   "run `geoseg tile SCENES --labels LABELS --out DIR` first")
+        self.stats = load_stats(self.root)
+        try:
+            with ann_path.open(encoding="utf-8") as f:
+                coco = json.load(f)
+            self.index = _Index(coco, split)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise InputRasterError(f"{ann_path} is not COCO as written by geoseg tile ({err!r}); "
+                                   "rerun `geoseg tile` with --overwrite") from None
+        self.classes: tuple[str, ...] = tuple(c["name"] for c in coco.get("categories", []))
+        del coco
+        if len(self.index) == 0:
+            hint = ("tile with val_fraction > 0 or val_scenes set" if split == "val"
+                    else "tile more scenes or lower val_fraction")
+            raise ConfigError(f"no '{split}' chips in {ann_path}; {hint}")
+        bands = getattr(augment, "bands", self.stats.bands)
+        if bands != self.stats.bands:
+            raise ConfigError(f"the augmentation is built for {bands} bands but the chips in "
+                              f"{self.root} have {self.stats.bands}; build it with "
+                              f"bands={self.stats.bands}")
+        self.split = split
+        self.crop = crop
+        self.augment = augment
+        self.boundary_width = boundary_width
+        self.contact_distance = contact_distance
+        self.sdf_clip = sdf_clip
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def image_ids(self) -> list[int]:
+        """COCO image ids of the chips, in dataset order."""
+        return self.index.ids.tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other crops and augmentations (deterministically) for ``epoch``."""
+        self.epoch = int(epoch)
+
+    def reseed(self, key: int) -> None:
+        """Select the crops and augmentations of the next samples (same as :meth:`set_epoch`).
+
+        Args:
+            key: any int that changes per epoch, e.g. drawn from a seeded generator.
+        """
+        self.set_epoch(key)
+
+    def window(self, i: int, rng: np.random.Generator | None = None) -> Window:
+        """The window of chip ``i`` that sample ``i`` reads (random for train crops)."""
+        h, w = (int(v) for v in self.index.hw[i])
+        if self.split == "val" or self.crop is None:
+            return Window(0, 0, w, h)
+        rng = rng if rng is not None else self._rng(i)
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        return Window(int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch)
+
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, i])
+
+    def _read(self, path: Path, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with rasterio.open(path) as src:
+                if src.count != self.stats.bands:
+                    raise InputRasterError(
+                        f"{path} has {src.count} bands but stats.json {self.stats.bands}; "
+                        "rerun `geoseg tile` with --overwrite")
+                raw = src.read(window=win)
+                valid = src.dataset_mask(window=win) > 0
+        except RasterioError as err:
+            raise InputRasterError(f"cannot read chip {path}: {err}; "
+                                   "rerun `geoseg tile` to rewrite it") from None
+        if np.issubdtype(raw.dtype, np.floating):
+            valid &= np.isfinite(raw).all(axis=0)
+        return raw, valid
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Sample ``i``.
+
+        Returns:
+            ``image`` (C, H, W) float32 normalised; ``extent``, ``boundary``,
+            ``contact``, ``sdf`` (H, W) float32; ``valid`` (H, W) bool; ``classes``
+            (H, W) int64; ``image_id`` int (the COCO id).
+
+        Raises:
+            InputRasterError: the chip cannot be read.
+        """
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} chips")
+        rng = self._rng(i)
+        win = self.window(i, rng)
+        raw, valid = self._read(self.root / "images" / str(self.index.files[i]), win)
+        h, w = (int(v) for v in self.index.hw[i])
+        r0, c0, ch, cw = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
+        pad = halo(self.boundary_width, self.contact_distance, self.sdf_clip)
+        R0, C0 = max(r0 - pad, 0), max(c0 - pad, 0)
+        labels, cats = self.index.labels(i, (R0, min(r0 + ch + pad, h)),
+                                         (C0, min(c0 + cw + pad, w)))
+        t = make_targets(labels, cats, boundary_width=self.boundary_width,
+                         contact_distance=self.contact_distance, sdf_clip=self.sdf_clip)
+        maps: dict[str, np.ndarray] = {k: v[r0 - R0:r0 - R0 + ch, c0 - C0:c0 - C0 + cw]
+                                       for k, v in t.items()}
+        maps["valid"] = valid
+        unit = scale_to_unit(raw, self.stats, channel_axis=0).transpose(1, 2, 0)
+        unit = np.where(valid[..., None], unit, 0.0).astype(np.float32)
+        if self.augment is not None:
+            if hasattr(self.augment, "reseed"):
+                self.augment.reseed(int(rng.integers(2**31)))
+            unit, maps = self.augment(unit, maps)
+        valid = maps["valid"].astype(bool)
+        image = unit_to_normalized(unit) * valid[..., None]
+        out: dict[str, Any] = {"image": torch.from_numpy(
+            np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))}
+        for key in ("extent", "boundary", "contact", "sdf", "classes"):
+            dtype = np.int64 if key == "classes" else np.float32
+            out[key] = torch.from_numpy(np.where(valid, maps[key], PAD[key]).astype(dtype))
+        out["valid"] = torch.from_numpy(valid)
+        out["image_id"] = int(self.index.ids[i])
+        return out
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack samples, padding bottom/right to the largest H and W of the batch.
+
+    Padding is invalid (``valid`` False) and background (see ``PAD``).
+
+    Args:
+        batch: samples of :class:`ChipDataset`.
+
+    Returns:
+        The same keys; ``image_id`` as an int64 tensor.
+
+    Shape:
+        - image: (B, C, H, W)
+        - extent, boundary, contact, sdf, valid, classes: (B, H, W)
+        - image_id: (B,)
+    """
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    hmax = max(int(s["valid"].shape[-2]) for s in batch)
+    wmax = max(int(s["valid"].shape[-1]) for s in batch)
+    out: dict[str, torch.Tensor] = {}
+    for key in batch[0]:
+        if key == "image_id":
+            out[key] = torch.tensor([int(s[key]) for s in batch], dtype=torch.int64)
+            continue
+        first = batch[0][key]
+        shape = (len(batch), *first.shape[:-2], hmax, wmax)
+        stacked = torch.full(shape, PAD.get(key, 0), dtype=first.dtype)
+        for b, s in enumerate(batch):
+            v = s[key]
+            stacked[b, ..., : v.shape[-2], : v.shape[-1]] = v
+        out[key] = stacked
+    return out
