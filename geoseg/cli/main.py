@@ -21,6 +21,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 #: `geoseg --help` and `geoseg tile` never pay for importing torch.
 COMMANDS: dict[str, str] = {
     "tile": "geoseg.cli.tile:tile_cmd",
+    "evaluate": "geoseg.cli.evaluate:evaluate_cmd",
+    "train": "geoseg.cli.train:train_cmd",
 }
 
 

@@ -1,0 +1,431 @@
+"""Predicted polygons against truth polygons: SpaceNet F1, COCO-style AP, boundary IoU.
+
+Every feature is one object (a MultiPolygon feature is one object of several parts).
+Geometries are repaired with ``make_valid`` and their polygonal parts kept; features
+with no area left are dropped (logged).
+
+Numbers, all in one plain dict (see :data:`KEYS`):
+
+- ``tp``, ``fp``, ``fn``, ``precision``, ``recall``, ``f1``, ``mean_iou``: SpaceNet
+  matching: one-to-one, greedy by IoU descending; a pair is a match at IoU >= ``iou``.
+  ``mean_iou`` is the mean IoU of the matches.
+- ``ap``, ``ap50``, ``ap75``: COCO-style average precision over polygons. Predictions
+  are ranked by their ``score`` column (all 1 when there is none); at each IoU
+  threshold 0.50:0.05:0.95 each prediction in turn takes the unmatched truth of highest
+  IoU above the threshold (pycocotools' rule); AP is the mean of the interpolated
+  precision at recalls 0:0.01:1. ``ap`` is the mean over the 10 thresholds. No
+  ``maxDets`` cap: a file is one big image.
+- ``boundary_iou``: mean over the matches of the boundary IoU of Cheng et al. 2021
+  (https://arxiv.org/abs/2103.16562) in vector form: the IoU of the inner bands
+  ``poly - poly.buffer(-d)`` of the two polygons, with ``d`` = 2 % of the diagonal of
+  the pair's joint bounding box, or a fixed ``boundary_width`` in metres.
+
+With a class column in both inputs, matches are only made within a class, ``per_class``
+holds the numbers of each class, and the overall ``tp``/``fp``/``fn`` are their sums;
+the overall ``ap*`` are the mean over the classes that have truth (as COCO). A ratio
+with a zero denominator is 0.0 (scikit-learn's ``zero_division=0``).
+
+Lengths and areas are computed in the CRS of the predictions (truth is reprojected to
+it), or in the UTM zone of the data when that CRS is geographic or a (non-transverse)
+Mercator, whose metres are not ground metres.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import CRS
+
+from geoseg.errors import InputVectorError
+
+log = logging.getLogger(__name__)
+
+#: The numbers of a report, in table order; ``per_class`` maps class -> the same keys.
+KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "mean_iou", "ap", "ap50", "ap75", "boundary_iou")
+#: COCO IoU thresholds 0.50, 0.55, ..., 0.95 (each the double nearest the decimal).
+THRESHOLDS = (50 + 5 * np.arange(10)) / 100
+RECALLS = np.linspace(0.0, 1.0, 101)
+#: IoU is compared with a threshold to this tolerance (80/120 >= 2/3 whatever the rounding).
+EPS = 1e-9
+
+
+def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
+    """Read a vector file (anything pyogrio reads), checking that it exists and has a CRS.
+
+    Args:
+        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf...
+        role: what the file is ("prediction", "truth"), for messages.
+
+    Raises:
+        InputVectorError: missing or unreadable file, or no CRS.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputVectorError(f"{role} file {path} does not exist; check the path")
+    try:
+        gdf = gpd.read_file(path, engine="pyogrio")
+    except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputVectorError(
+            f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile") from None
+    if gdf.crs is None:
+        raise InputVectorError(
+            f"{role} file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path})")
+    return gdf
+
+
+def polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Repair geometries and keep their polygonal parts (None where none is left).
+
+    Examples:
+        >>> bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+        >>> [g.geom_type if g else None for g in polygonal(np.array([bowtie, shapely.Point(0, 0)]))]
+        ['MultiPolygon', None]
+    """
+    geoms = np.asarray(geoms, dtype=object).copy()
+    geoms[shapely.is_missing(geoms)] = shapely.Polygon()
+    bad = ~shapely.is_valid(geoms)
+    geoms[bad] = shapely.make_valid(geoms[bad])
+    kinds = shapely.get_type_id(geoms)
+    odd = ~np.isin(kinds, [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON])
+    if odd.any():  # collections from make_valid, lines, points: keep only the polygons
+        parts, owner = shapely.get_parts(geoms[odd], return_index=True)
+        parts, sub = shapely.get_parts(parts, return_index=True)  # a collection may hold a MultiPolygon
+        owner = owner[sub]
+        keep = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+        fixed = np.full(int(odd.sum()), None, dtype=object)
+        for i in np.unique(owner[keep]):  # only the few odd features
+            polys = parts[keep & (owner == i)]
+            fixed[i] = polys[0] if len(polys) == 1 else shapely.MultiPolygon(list(polys))
+        geoms[odd] = fixed
+    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    empty[~empty] = shapely.area(geoms[~empty]) <= 0
+    geoms[empty] = None
+    return geoms
+
+
+def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:
+    crs = CRS.from_user_input(pred.crs)
+    method = crs.coordinate_operation.method_name if crs.coordinate_operation else ""
+    if crs.is_projected and not ("Mercator" in method and "Transverse" not in method):
+        return crs
+    ref = pred if len(pred) else truth
+    return CRS.from_user_input(ref.estimate_utm_crs()) if len(ref) else crs
+
+
+def _prepare(gdf: gpd.GeoDataFrame, crs: CRS, role: str) -> gpd.GeoDataFrame:
+    gdf = gdf.to_crs(crs)
+    geoms = polygonal(gdf.geometry.to_numpy())
+    keep = np.array([g is not None for g in geoms], dtype=bool)
+    if not keep.all():
+        log.warning("%d %s features have no polygonal area and are ignored", int((~keep).sum()), role)
+    out = gdf.iloc[np.flatnonzero(keep)].copy()
+    out.geometry = gpd.GeoSeries(geoms[keep], index=out.index, crs=crs)
+    return out.reset_index(drop=True)
+
+
+def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray | None = None,
+                    truth_class: np.ndarray | None = None, *,
+                    min_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-class (pred, truth) pair with IoU > ``min_iou``, IoU computed vectorised.
+
+    Pairs come from an STRtree query; those whose IoU cannot exceed ``min_iou`` by their
+    bounding boxes alone (neighbours that merely touch) are dropped before the costly
+    exact intersection.
+
+    Returns:
+        Indices into ``pred`` and ``truth``, and the IoU of each pair.
+
+    Examples:
+        >>> p, t, iou = candidate_pairs(np.array([shapely.box(2, 0, 12, 10)]),
+        ...                             np.array([shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10)]))
+        >>> p.tolist(), t.tolist(), iou.round(4).tolist()
+        ([0], [0], [0.6667])
+    """
+    pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
+    if pred_class is not None and truth_class is not None:
+        same = pred_class[pi] == truth_class[ti]
+        pi, ti = pi[same], ti[same]
+    area_p, area_t = shapely.area(pred), shapely.area(truth)
+    if min_iou > 0 and len(pi):
+        bp, bt = shapely.bounds(pred[pi]), shapely.bounds(truth[ti])
+        box = (np.clip(np.minimum(bp[:, 2], bt[:, 2]) - np.maximum(bp[:, 0], bt[:, 0]), 0, None)
+               * np.clip(np.minimum(bp[:, 3], bt[:, 3]) - np.maximum(bp[:, 1], bt[:, 1]), 0, None))
+        most = np.minimum(box, np.minimum(area_p[pi], area_t[ti]))  # the intersection is at most this
+        hope = most >= min_iou * (area_p[pi] + area_t[ti] - most) * (1 - 1e-9)
+        pi, ti = pi[hope], ti[hope]
+    inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+    union = area_p[pi] + area_t[ti] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    keep = iou > min_iou
+    return pi[keep].astype(np.int64), ti[keep].astype(np.int64), iou[keep]
+
+
+def _greedy(pi: np.ndarray, ti: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Pairs taken one-to-one in ``order``: a pair is kept when both ends are still free."""
+    out = np.zeros(len(pi), dtype=bool)
+    pi, ti = pi[order], ti[order]
+    taken = np.zeros(len(order), dtype=bool)
+    if len(np.unique(pi)) == len(pi) and len(np.unique(ti)) == len(ti):
+        taken[:] = True  # no conflicts (the usual case at IoU >= 0.5): nothing to arbitrate
+    else:
+        used_p: set[int] = set()
+        used_t: set[int] = set()
+        for k, (p, t) in enumerate(zip(pi.tolist(), ti.tolist(), strict=True)):
+            if p not in used_p and t not in used_t:
+                used_p.add(p)
+                used_t.add(t)
+                taken[k] = True
+    out[order] = taken
+    return out
+
+
+def match_by_iou(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, threshold: float) -> np.ndarray:
+    """SpaceNet matching: one-to-one, greedy by IoU descending, pairs at IoU >= threshold.
+
+    Args:
+        pi: prediction index of each candidate pair (see :func:`candidate_pairs`).
+        ti: truth index of each pair.
+        iou: IoU of each pair.
+        threshold: a pair can match at IoU >= threshold.
+
+    Returns:
+        bool per pair: whether it is a match.
+
+    Examples:
+        >>> match_by_iou(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0.9, 0.6, 0.7]), 0.5).tolist()
+        [True, False, True]
+    """
+    ok = np.flatnonzero(iou >= threshold - EPS)
+    order = ok[np.lexsort((ti[ok], pi[ok], -iou[ok]))]
+    return _greedy(pi, ti, order)
+
+
+def match_by_score(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, rank: np.ndarray,
+                   threshold: float) -> np.ndarray:
+    """COCO matching: predictions by rank, each takes the free truth of highest IoU >= threshold.
+
+    Args:
+        pi: prediction index of each candidate pair (see :func:`candidate_pairs`).
+        ti: truth index of each pair.
+        iou: IoU of each pair.
+        rank: rank of each prediction (0 = highest score).
+        threshold: IoU threshold.
+
+    Returns:
+        bool per pair: whether it is a match.
+    """
+    ok = np.flatnonzero(iou >= threshold - EPS)
+    order = ok[np.lexsort((ti[ok], -iou[ok], rank[pi[ok]]))]
+    return _greedy(pi, ti, order)
+
+
+def average_precision(matched: np.ndarray, rank: np.ndarray, n_truth: int) -> float:
+    """COCO 101-point interpolated AP of ranked predictions.
+
+    Args:
+        matched: bool per prediction: is it a true positive.
+        rank: rank of each prediction (0 = highest score).
+        n_truth: number of truth objects.
+
+    Examples:
+        >>> average_precision(np.array([True, False, True]), np.array([0, 1, 2]), 2)  # doctest: +ELLIPSIS
+        0.83...
+    """
+    if n_truth == 0 or len(matched) == 0:
+        return 0.0
+    tp = np.cumsum(matched[np.argsort(rank, kind="stable")])
+    recall = tp / n_truth
+    precision = tp / np.arange(1, len(tp) + 1)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # the precision envelope
+    idx = np.searchsorted(recall, RECALLS, side="left")
+    return float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).mean())
+
+
+def boundary_iou(a: np.ndarray, b: np.ndarray, width: float | None = None) -> np.ndarray:
+    """Boundary IoU (Cheng et al. 2021) of polygon pairs, in vector form.
+
+    The boundary band of a polygon is ``poly - poly.buffer(-d)``: its points closer than
+    ``d`` to its outline. ``d`` is ``width`` (CRS units) or, when None, 2 % of the
+    diagonal of the pair's joint bounding box (the paper's 2 % of the image diagonal,
+    per object here since a map has no image).
+
+    Examples:
+        >>> sq = shapely.box(0, 0, 10, 10)
+        >>> boundary_iou(np.array([sq]), np.array([sq]), width=1.0).tolist()
+        [1.0]
+        >>> lower = shapely.box(0, 0, 10, 9)  # bands of 36 and 34, sharing 26: 26 / 44
+        >>> float(boundary_iou(np.array([sq]), np.array([lower]), width=1.0)[0])
+        0.5909090909090909
+    """
+    if len(a) == 0:
+        return np.zeros(0)
+    if width is None:
+        bounds = np.concatenate([shapely.bounds(a), shapely.bounds(b)], axis=1)
+        w = bounds[:, [2, 6]].max(1) - bounds[:, [0, 4]].min(1)
+        h = bounds[:, [3, 7]].max(1) - bounds[:, [1, 5]].min(1)
+        d = 0.02 * np.hypot(w, h)
+    else:
+        d = np.full(len(a), float(width))
+    band_a = shapely.difference(a, shapely.buffer(a, -d))
+    band_b = shapely.difference(b, shapely.buffer(b, -d))
+    inter = shapely.area(shapely.intersection(band_a, band_b))
+    union = shapely.area(band_a) + shapely.area(band_b) - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 0.0
+
+
+def _summary(pairs: np.ndarray, iou: np.ndarray, biou: np.ndarray, n_pred: int, n_truth: int,
+             aps: np.ndarray) -> dict[str, Any]:
+    tp = int(len(pairs))
+    fp, fn = n_pred - tp, n_truth - tp
+    return {
+        "tp": tp, "fp": fp, "fn": fn,
+        "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn), "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "mean_iou": float(iou[pairs].mean()) if tp else 0.0,
+        "ap": float(aps.mean()), "ap50": float(aps[0]), "ap75": float(aps[5]),
+        "boundary_iou": float(biou[pairs].mean()) if tp else 0.0,
+    }
+
+
+def evaluate_frames(
+    pred: gpd.GeoDataFrame,
+    truth: gpd.GeoDataFrame,
+    *,
+    iou: float = 0.5,
+    class_field: str = "class",
+    score_field: str = "score",
+    boundary_width: float | None = None,
+) -> dict[str, Any]:
+    """Compare predicted with true polygons (see the module docstring for the metrics).
+
+    Args:
+        pred: predicted polygons; ``score_field`` ranks them for AP when present.
+        truth: true polygons, in any CRS (reprojected to that of ``pred``).
+        iou: IoU at which a pair counts as a match for tp/fp/fn.
+        class_field: class column; per-class numbers when both frames have it.
+        score_field: confidence column of ``pred`` (all 1 when absent).
+        boundary_width: band width of boundary IoU in metres; None: 2 % of each pair's
+            bounding-box diagonal.
+
+    Returns:
+        JSON-able dict with the :data:`KEYS` and ``per_class`` (class -> the same keys;
+        empty when the evaluation is class-agnostic).
+
+    Raises:
+        InputVectorError: a frame has no CRS, or non-numeric scores.
+        ValueError: ``iou`` is not in (0, 1].
+    """
+    if not 0 < iou <= 1:
+        raise ValueError(f"iou must be in (0, 1], got {iou}")
+    for role, gdf in (("prediction", pred), ("truth", truth)):
+        if gdf.crs is None:
+            raise InputVectorError(f"the {role} polygons have no CRS; set one with gdf.set_crs(...)")
+    crs = _metric_crs(pred, truth)
+    pred, truth = _prepare(pred, crs, "prediction"), _prepare(truth, crs, "truth")
+    if boundary_width is not None:
+        boundary_width /= crs.axis_info[0].unit_conversion_factor  # metres -> CRS units
+
+    if score_field in pred.columns:
+        try:
+            scores = pd.to_numeric(pred[score_field]).to_numpy(dtype=np.float64)
+        except (ValueError, TypeError):
+            raise InputVectorError(f"prediction column '{score_field}' is not numeric; "
+                                   "give each polygon a numeric confidence") from None
+    else:
+        scores = np.ones(len(pred))
+    rank = np.empty(len(pred), dtype=np.int64)
+    rank[np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")] = np.arange(len(pred))
+
+    by_class = class_field in pred.columns and class_field in truth.columns
+    if not by_class and (class_field in pred.columns or class_field in truth.columns):
+        log.info("only one input has a '%s' column: matching ignores classes", class_field)
+    pcls = pred[class_field].astype(str).to_numpy() if by_class else np.zeros(len(pred), dtype=str)
+    tcls = truth[class_field].astype(str).to_numpy() if by_class else np.zeros(len(truth), dtype=str)
+
+    pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
+    # pairs below both thresholds can never match: skip them early
+    pi, ti, pair_iou = candidate_pairs(pg, tg, pcls, tcls, min_iou=min(iou, THRESHOLDS[0]) - 2 * EPS)
+    matched = match_by_iou(pi, ti, pair_iou, iou)
+    biou = np.zeros(len(pi))
+    biou[matched] = boundary_iou(pg[pi[matched]], tg[ti[matched]], boundary_width)
+    tp_at = np.zeros((len(THRESHOLDS), len(pred)), dtype=bool)  # COCO matches per threshold
+    for k, thr in enumerate(THRESHOLDS):
+        tp_at[k, pi[match_by_score(pi, ti, pair_iou, rank, thr)]] = True
+
+    classes = sorted(set(pcls) | set(tcls))
+    per_class: dict[str, dict[str, Any]] = {}
+    class_aps = []
+    for c in classes:
+        pm, n_truth = pcls == c, int((tcls == c).sum())
+        aps = np.array([average_precision(tp_at[k, pm], rank[pm], n_truth) for k in range(len(THRESHOLDS))])
+        if n_truth:
+            class_aps.append(aps)
+        per_class[c] = _summary(np.flatnonzero(matched & (pcls[pi] == c)), pair_iou, biou,
+                                int(pm.sum()), n_truth, aps)
+    aps = np.mean(class_aps, axis=0) if class_aps else np.zeros(len(THRESHOLDS))
+    report = _summary(np.flatnonzero(matched), pair_iou, biou, len(pred), len(truth), aps)
+    report["per_class"] = per_class if by_class else {}
+    if by_class and not (set(pcls) & set(tcls)) and len(pred) and len(truth):
+        log.warning("no class is in both inputs (%s vs %s): nothing can match; check the class field",
+                    sorted(set(pcls))[:5], sorted(set(tcls))[:5])
+    return report
+
+
+def evaluate(
+    pred: str | Path,
+    truth: str | Path,
+    *,
+    iou: float = 0.5,
+    class_field: str = "class",
+    boundary_width: float | None = None,
+) -> dict[str, Any]:
+    """Compare a file of predicted polygons with a file of true polygons (first layer of each).
+
+    Args:
+        pred: vector file of predictions (e.g. the output of ``geoseg predict``).
+        truth: vector file of true polygons, any CRS.
+        iou: IoU at which a pair counts as a match.
+        class_field: class column; per-class numbers when both files have it.
+        boundary_width: band width of boundary IoU in metres (None: 2 % of the diagonal).
+
+    Returns:
+        See :func:`evaluate_frames`.
+
+    Raises:
+        InputVectorError: a file is missing, unreadable, or has no CRS.
+    """
+    pred_gdf = read_polygons(pred, "prediction")
+    truth_gdf = read_polygons(truth, "truth")
+    return evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
+                           boundary_width=boundary_width)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """An aligned text table of a report: one row overall, one per class.
+
+    Examples:
+        >>> row = dict.fromkeys(KEYS, 0.0) | {"tp": 3, "fp": 1, "fn": 0, "precision": 0.75,
+        ...                                   "recall": 1.0, "f1": 0.857}
+        >>> print(format_report(row | {"per_class": {}}))
+        class  tp  fp  fn  precision  recall     f1  mean_iou     ap   ap50   ap75  boundary_iou
+        all     3   1   0      0.750   1.000  0.857     0.000  0.000  0.000  0.000         0.000
+    """
+    rows = [("all", report)] + [(str(c), r) for c, r in report.get("per_class", {}).items()]
+    table = [["class", *KEYS]] + [
+        [name, *(str(r[k]) if k in ("tp", "fp", "fn") else f"{r[k]:.3f}" for k in KEYS)] for name, r in rows]
+    widths = [max(len(row[j]) for row in table) for j in range(len(table[0]))]
+    lines = []
+    for row in table:
+        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+from click.testing import CliRunner
+from conftest import SAMPLE
+
+from geoseg.cli.main import cli
+from geoseg.errors import GeoSegError, InputVectorError
+from geoseg.evaluate import (
+    KEYS,
+    average_precision,
+    boundary_iou,
+    candidate_pairs,
+    evaluate,
+    evaluate_frames,
+    format_report,
+    match_by_iou,
+    match_by_score,
+    polygonal,
+)
+
+UTM = "EPSG:32636"
+X0, Y0 = 450000.0, 40000.0
+
+
+def grid(n: int = 6, side: float = 10.0, gap: float = 10.0, dx: float = 0.0, **cols) -> gpd.GeoDataFrame:
+    """n squares of ``side`` m in a row, ``gap`` m apart, shifted east by ``dx``, in UTM 36N."""
+    x = X0 + dx + np.arange(n) * (side + gap)
+    return gpd.GeoDataFrame(cols, geometry=shapely.box(x, Y0, x + side, Y0 + side), crs=UTM)
+
+
+def test_exact_copies_are_perfect():
+    truth = grid()
+    r = evaluate_frames(truth.copy(), truth)
+    assert set(r) == {*KEYS, "per_class"}
+    assert (r["tp"], r["fp"], r["fn"]) == (6, 0, 0)
+    assert r["f1"] == r["precision"] == r["recall"] == 1.0
+    assert r["mean_iou"] == 1.0 and r["ap"] == r["ap50"] == r["ap75"] == 1.0
+    assert r["boundary_iou"] == 1.0
+    assert r["per_class"] == {}
+    json.dumps(r)  # plain JSON-able
+
+
+def test_shift_by_two_has_analytic_iou():
+    truth, pred = grid(1), grid(1, dx=2.0)  # 10x10 shifted by 2: IoU = 80 / 120
+    r = evaluate_frames(pred, truth, iou=0.5)
+    assert r["tp"] == 1 and r["mean_iou"] == pytest.approx(80 / 120)
+    r = evaluate_frames(pred, truth, iou=2 / 3)  # exactly the IoU: still a match
+    assert r["tp"] == 1
+    r = evaluate_frames(pred, truth, iou=0.7)
+    assert (r["tp"], r["fp"], r["fn"], r["f1"], r["mean_iou"]) == (0, 1, 1, 0.0, 0.0)
+    # matched at 0.50, 0.55, 0.60, 0.65 out of the 10 COCO thresholds
+    assert r["ap"] == pytest.approx(0.4) and r["ap50"] == 1.0 and r["ap75"] == 0.0
+    # boundary IoU with d = 1 m: bands of 36 m² each sharing only the top and bottom 8x1 strips
+    r = evaluate_frames(pred, truth, boundary_width=1.0)
+    assert r["boundary_iou"] == pytest.approx(16 / 56)
+
+
+def test_missing_and_extra_polygons():
+    truth = grid(6)
+    pred = truth.iloc[:4].copy()  # two missing
+    extra = grid(3, dx=5000.0)    # three far away
+    pred = gpd.GeoDataFrame(geometry=[*pred.geometry, *extra.geometry], crs=UTM)
+    r = evaluate_frames(pred, truth)
+    assert (r["tp"], r["fp"], r["fn"]) == (4, 3, 2)
+    assert r["precision"] == pytest.approx(4 / 7) and r["recall"] == pytest.approx(4 / 6)
+    assert r["f1"] == pytest.approx(8 / 13)
+
+
+def test_matching_is_one_to_one():
+    truth = grid(1)
+    pred = gpd.GeoDataFrame(geometry=[truth.geometry[0], truth.geometry[0].buffer(0.1, join_style="mitre")],
+                            crs=UTM)
+    r = evaluate_frames(pred, truth)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 0) and r["mean_iou"] == 1.0
+
+
+def test_ap_follows_the_score():
+    truth = grid(2)
+    far = grid(1, dx=9000.0).geometry[0]
+    good = [*truth.geometry, far]
+    high_fp = evaluate_frames(gpd.GeoDataFrame({"score": [0.5, 0.4, 0.9]}, geometry=good, crs=UTM), truth)
+    low_fp = evaluate_frames(gpd.GeoDataFrame({"score": [0.9, 0.8, 0.1]}, geometry=good, crs=UTM), truth)
+    assert low_fp["ap"] == 1.0
+    assert high_fp["ap"] < 1.0 and high_fp["f1"] == low_fp["f1"] == 0.8
+    # false positive first: precision 1/2 at recall 0.5, 2/3 at recall 1 -> envelope 2/3
+    assert high_fp["ap50"] == pytest.approx(2 / 3)
+
+
+def test_truth_in_wgs84_same_as_utm():
+    truth, pred = grid(5), grid(5, dx=1.5)
+    utm = evaluate_frames(pred, truth)
+    mixed = evaluate_frames(pred, truth.to_crs(4326))
+    both_geo = evaluate_frames(pred.to_crs(4326), truth.to_crs(4326))
+    for r in (mixed, both_geo):
+        assert (r["tp"], r["fp"], r["fn"]) == (utm["tp"], utm["fp"], utm["fn"]) == (5, 0, 0)
+        assert r["mean_iou"] == pytest.approx(utm["mean_iou"], rel=1e-4)
+        assert r["boundary_iou"] == pytest.approx(utm["boundary_iou"], rel=1e-3)
+
+
+def test_per_class_matches_within_class():
+    truth = grid(4, **{"class": ["house", "house", "shed", "shed"]})
+    pred = grid(4, **{"class": ["house", "shed", "shed", "shed"]})
+    r = evaluate_frames(pred, truth)
+    assert set(r["per_class"]) == {"house", "shed"}
+    assert (r["tp"], r["fp"], r["fn"]) == (3, 1, 1)
+    house, shed = r["per_class"]["house"], r["per_class"]["shed"]
+    assert (house["tp"], house["fp"], house["fn"]) == (1, 0, 1)
+    assert (shed["tp"], shed["fp"], shed["fn"]) == (2, 1, 0)
+    assert set(house) == set(KEYS)
+    assert r["ap"] == pytest.approx((house["ap"] + shed["ap"]) / 2)
+    # class-agnostic when one side has no class column
+    r = evaluate_frames(pred.drop(columns="class"), truth)
+    assert r["tp"] == 4 and r["per_class"] == {}
+
+
+def test_invalid_and_empty_geometries(caplog):
+    truth = grid(2)
+    bowtie = shapely.Polygon([(X0, Y0), (X0 + 10, Y0 + 10), (X0 + 10, Y0), (X0, Y0 + 10)])
+    pred = gpd.GeoDataFrame(geometry=[truth.geometry[1], bowtie, shapely.Point(X0, Y0), None], crs=UTM)
+    r = evaluate_frames(pred, truth)
+    # the bow-tie is repaired into one MultiPolygon of two triangles: half the square, IoU 0.5
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 0, 0) and r["mean_iou"] == pytest.approx(0.75)
+    assert evaluate_frames(pred, truth, iou=0.6)["tp"] == 1
+    assert "2 prediction features have no polygonal area" in caplog.text
+    empty = evaluate_frames(pred.iloc[:0], truth)
+    assert (empty["tp"], empty["fp"], empty["fn"], empty["ap"]) == (0, 0, 2, 0.0)
+
+
+def test_no_crs_and_bad_iou():
+    truth = grid(1)
+    with pytest.raises(InputVectorError, match="prediction polygons have no CRS"):
+        evaluate_frames(truth.set_crs(None, allow_override=True), truth)
+    with pytest.raises(ValueError, match="iou"):
+        evaluate_frames(truth, truth, iou=0)
+
+
+def test_helpers():
+    pi, ti = np.array([0, 1, 1]), np.array([0, 0, 1])
+    iou = np.array([0.6, 0.9, 0.7])
+    assert match_by_iou(pi, ti, iou, 0.5).tolist() == [False, True, False]  # (1, 0) first
+    # COCO order: prediction 0 ranks first and takes truth 0
+    assert match_by_score(pi, ti, iou, np.array([0, 1]), 0.5).tolist() == [True, False, True]
+    assert average_precision(np.array([], bool), np.array([], int), 3) == 0.0
+    assert average_precision(np.array([True]), np.array([0]), 0) == 0.0
+    assert boundary_iou(np.array([], object), np.array([], object)).tolist() == []
+    assert polygonal(np.array([shapely.LineString([(0, 0), (1, 1)])], object)).tolist() == [None]
+    text = format_report(evaluate_frames(grid(2), grid(2)))
+    assert text.splitlines()[0].split() == ["class", *KEYS]
+
+
+def test_touching_neighbours_are_pruned_before_intersection():
+    truth = grid(3, gap=0.0)          # squares sharing edges
+    pred = grid(3, gap=0.0, dx=1.0)   # each overlaps its truth by 90 % and the next by 10 %
+    pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
+    pi, ti, iou = candidate_pairs(pg, tg)
+    assert len(pi) == 5 and iou.min() == pytest.approx(10 / 190)
+    pi, ti, iou = candidate_pairs(pg, tg, min_iou=0.5)
+    assert pi.tolist() == ti.tolist() == [0, 1, 2] and iou == pytest.approx(90 / 110)
+
+
+def test_watershed_to_polygons_to_metrics(tmp_path):
+    from rasterio.transform import from_origin
+
+    from geoseg.instances import watershed_instances
+    from geoseg.vectorize import instances_to_frame, write_vector
+
+    extent = np.zeros((20, 40), np.float32)
+    extent[5:15, 5:25] = 0.9           # two touching 10x10 buildings ...
+    contact = np.zeros_like(extent)
+    contact[5:15, 15] = 0.9            # ... split by a contact line
+    extent[5:15, 30:36] = 0.8          # and a third one
+    inst = watershed_instances(extent, np.zeros_like(extent), contact)
+    gdf = instances_to_frame(inst.labels, from_origin(X0, Y0 + 20, 1, 1), UTM, score=inst.score,
+                             class_index=inst.class_index, class_names=["building"])
+    pred = write_vector(gdf, tmp_path / "pred.gpkg")
+    truth = gpd.GeoDataFrame({"class": ["building"] * 3}, crs=UTM, geometry=[
+        shapely.box(X0 + 5, Y0 + 5, X0 + 15, Y0 + 15), shapely.box(X0 + 15, Y0 + 5, X0 + 25, Y0 + 15),
+        shapely.box(X0 + 30, Y0 + 5, X0 + 36, Y0 + 15)]).to_crs(4326)
+    truth.to_file(tmp_path / "truth.geojson")
+    r = evaluate(pred, tmp_path / "truth.geojson")
+    assert (r["tp"], r["fp"], r["fn"]) == (3, 0, 0)
+    assert r["mean_iou"] > 0.95  # the contact column is shared out between the two (IoU ~0.94 each)
+
+
+def test_sample_labels_against_themselves():
+    labels = SAMPLE / "labels" / "buildings.gpkg"  # EPSG:4326, one invalid polygon
+    r = evaluate(labels, labels)
+    assert (r["tp"], r["fp"], r["fn"]) == (206, 0, 0)
+    assert r["f1"] == r["ap"] == 1.0 and r["mean_iou"] == pytest.approx(1.0)
+    assert r["boundary_iou"] == pytest.approx(1.0)
+
+
+@pytest.fixture
+def files(tmp_path):
+    truth = grid(4, **{"class": ["building"] * 4})
+    pred = grid(4, dx=2.0, score=[0.9, 0.8, 0.7, 0.6], **{"class": ["building"] * 4})
+    truth.to_crs(4326).to_file(tmp_path / "truth.geojson")
+    pred.to_file(tmp_path / "pred.gpkg")
+    return tmp_path / "pred.gpkg", tmp_path / "truth.geojson"
+
+
+def test_evaluate_files(files):
+    r = evaluate(*files)
+    assert r["tp"] == 4 and r["mean_iou"] == pytest.approx(80 / 120, rel=1e-5)
+    assert list(r["per_class"]) == ["building"]
+
+
+def test_evaluate_file_errors(tmp_path):
+    with pytest.raises(InputVectorError, match="does not exist"):
+        evaluate(tmp_path / "nope.gpkg", tmp_path / "t.gpkg")
+    (tmp_path / "bad.gpkg").write_text("not a geopackage")
+    with pytest.raises(InputVectorError, match="cannot read prediction"):
+        evaluate(tmp_path / "bad.gpkg", tmp_path / "bad.gpkg")
+    with pytest.warns(UserWarning, match="crs"):
+        gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)]).to_file(tmp_path / "nocrs.gpkg")
+    with pytest.raises(GeoSegError, match="has no CRS; assign one"):
+        evaluate(tmp_path / "nocrs.gpkg", tmp_path / "nocrs.gpkg")
+
+
+def test_cli_table_and_json(files, tmp_path):
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(cli, ["evaluate", *map(str, files), "--iou", "0.6", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1].split() == ["class", *KEYS]
+    assert lines[2].split()[:4] == ["all", "4", "0", "0"] and lines[3].startswith("building")
+    report = json.loads(out.read_text())
+    assert set(report) == {*KEYS, "per_class"} and report["tp"] == 4
+    assert set(report["per_class"]["building"]) == set(KEYS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "pred.gpkg", "truth.geojson"]
+    res = CliRunner().invoke(cli, ["evaluate", *map(str, files), "--iou", "0.7"])
+    assert res.exit_code == 0 and res.output.splitlines()[2].split()[:4] == ["all", "0", "4", "4"]
+
+
+def test_cli_errors(tmp_path, files):
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "missing.gpkg"), str(files[1])])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [
+        f"geoseg: error: prediction file {tmp_path / 'missing.gpkg'} does not exist; check the path"]
+    res = CliRunner().invoke(cli, ["evaluate", *map(str, files), "--iou", "1.5"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(cli, ["evaluate", "--help"])
+    assert res.exit_code == 0 and "$ geoseg evaluate buildings.gpkg" in res.output

@@ -1,0 +1,141 @@
+import numpy as np
+import pytest
+
+from geoseg.instances import Instances, instance_means, relabel, watershed_instances
+
+
+def touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two 8x8 squares side by side (columns 2-9 and 10-17) with a contact line at column 10."""
+    extent = np.zeros((12, 20), np.float32)
+    extent[2:10, 2:18] = 0.9
+    boundary = np.zeros_like(extent)
+    contact = np.zeros_like(extent)
+    contact[2:10, 10] = 0.95
+    return extent, boundary, contact
+
+
+def test_contact_line_splits_touching_squares():
+    extent, boundary, contact = touching_squares()
+    inst = watershed_instances(extent, boundary, contact)
+    assert len(inst) == 2
+    assert inst.labels.dtype == np.int32
+    assert set(np.unique(inst.labels[2:10, 2:10])) == {1}
+    assert set(np.unique(inst.labels[2:10, 11:18])) == {2}
+    assert inst.area.sum() == 8 * 16  # the contact line goes to one of the two
+    assert inst.labels[0].max() == 0
+
+
+def test_without_contact_they_merge():
+    extent, boundary, _ = touching_squares()
+    inst = watershed_instances(extent, boundary, np.zeros_like(extent))
+    assert len(inst) == 1
+    assert inst.area.tolist() == [128]
+
+
+def test_contact_ridge_decides_where_fronts_meet():
+    # Seeds of unequal size: the split still follows the contact line, not the midpoint.
+    extent = np.zeros((6, 30), np.float32)
+    extent[1:5, 1:29] = 0.9
+    contact = np.zeros_like(extent)
+    contact[1:5, 20] = 0.6  # ridge, below the seed threshold there: 0.9 * 0.4 < 0.7
+    core = np.zeros_like(extent)
+    core[1:5, 2:4] = 0.9    # seed A (small, far left)
+    core[1:5, 22:28] = 0.9  # seed B
+    boundary = np.where(core > 0, 0.0, 0.5).astype(np.float32)  # no seeds elsewhere
+    inst = watershed_instances(extent, boundary, contact, min_seed_area=1)
+    assert len(inst) == 2
+    row = inst.labels[2]
+    assert (row[1:20] == 1).all() and (row[21:29] == 2).all()
+
+
+def test_thresholds():
+    extent = np.zeros((10, 10), np.float32)
+    extent[2:8, 2:8] = 0.6  # inside the extent, never a seed at 0.7
+    zero = np.zeros_like(extent)
+    # unseeded but above the extent threshold: still one instance
+    assert len(watershed_instances(extent, zero, zero)) == 1
+    assert len(watershed_instances(extent, zero, zero, extent_threshold=0.6)) == 0  # strict >
+    assert len(watershed_instances(extent, zero, zero, extent_threshold=0.65)) == 0
+    extent[4:6, 4:6] = 0.8
+    inst = watershed_instances(extent, zero, zero, seed_threshold=0.75, min_seed_area=4)
+    assert len(inst) == 1 and inst.area[0] == 36
+
+
+def test_boundary_suppresses_seeds_but_object_survives():
+    extent = np.zeros((10, 10), np.float32)
+    extent[2:8, 2:8] = 0.9
+    boundary = np.full_like(extent, 0.5)
+    inst = watershed_instances(extent, boundary, np.zeros_like(extent))
+    assert len(inst) == 1 and inst.area.tolist() == [36]
+
+
+def test_min_area_and_relabelling():
+    extent = np.zeros((10, 20), np.float32)
+    extent[1:3, 1:4] = 0.9   # 6 px
+    extent[5:9, 5:9] = 0.9   # 16 px
+    extent[1:4, 12:15] = 0.9  # 9 px
+    zero = np.zeros_like(extent)
+    inst = watershed_instances(extent, zero, zero, min_area=8, min_seed_area=1)
+    assert inst.area.tolist() == [9, 16]
+    assert sorted(np.unique(inst.labels).tolist()) == [0, 1, 2]
+    assert (inst.labels[1:3, 1:4] == 0).all()
+    assert len(watershed_instances(extent, zero, zero, min_area=1, min_seed_area=1)) == 3
+    assert len(watershed_instances(extent, zero, zero, min_area=17)) == 0
+
+
+def test_score_and_class_exact():
+    extent = np.zeros((6, 12), np.float32)
+    extent[1:5, 1:5] = 0.75
+    extent[1:3, 1:5] = 1.0       # object 1: 8 px at 1.0, 8 px at 0.75 -> mean 0.875
+    extent[1:5, 7:11] = 0.875    # object 2: mean 0.875
+    extent[1:5, 7:9] = 0.625     # -> 8 px at 0.625, 8 px at 0.875 -> mean 0.75
+    zero = np.zeros_like(extent)
+    probs = np.zeros((3, 6, 12), np.float32)
+    probs[0, :, :6] = 0.5
+    probs[2, :, :6] = 0.25
+    probs[2, 1:3, 1:5] = 1.0     # class 2 mean over object 1 = (8 * 1 + 8 * .25) / 16 = .625 > .5
+    probs[1, :, 6:] = 0.75
+    inst = watershed_instances(extent, zero, zero, probs, seed_threshold=0.6, min_seed_area=1)
+    assert len(inst) == 2
+    assert inst.score.tolist() == [0.875, 0.75]
+    assert inst.class_index.tolist() == [2, 1]
+    assert inst.area.tolist() == [16, 16]
+
+
+def test_single_class_index_is_zero():
+    extent = np.zeros((6, 6), np.float32)
+    extent[1:5, 1:5] = 0.9
+    zero = np.zeros_like(extent)
+    inst = watershed_instances(extent, zero, zero)
+    assert inst.class_index.tolist() == [0]
+    assert inst.score.dtype == np.float64 and inst.class_index.dtype == np.int64
+
+
+def test_valid_mask_and_nan():
+    extent = np.zeros((8, 8), np.float32)
+    extent[1:7, 1:7] = 0.9
+    zero = np.zeros_like(extent)
+    valid = np.ones_like(extent, bool)
+    valid[:, 4:] = False
+    inst = watershed_instances(extent, zero, zero, valid=valid)
+    assert inst.area.tolist() == [18]
+    assert (inst.labels[:, 4:] == 0).all()
+    extent[1:7, 4:] = np.nan
+    assert watershed_instances(extent, zero, zero).area.tolist() == [18]
+
+
+def test_empty_and_bad_shapes():
+    zero = np.zeros((5, 5), np.float32)
+    inst = watershed_instances(zero, zero, zero, np.zeros((2, 5, 5)))
+    assert len(inst) == 0 and inst.labels.shape == (5, 5) and not inst.labels.any()
+    with pytest.raises(ValueError, match="contact has shape"):
+        watershed_instances(zero, zero, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="class_probs"):
+        watershed_instances(zero, zero, zero, np.zeros((5, 5)))
+    with pytest.raises(ValueError, match="one value per instance"):
+        Instances(np.zeros((2, 2), np.int32), np.zeros(1), np.zeros(2), np.zeros(1))
+
+
+def test_helpers():
+    assert relabel(np.array([[0, 2], [2, 1]]), np.array([False, True])).tolist() == [[0, 1], [1, 0]]
+    assert instance_means(np.array([1, 1, 3]), np.array([0.5, 1.5, 2.0]), 3).tolist() == [1.0, 0.0, 2.0]
