@@ -1,0 +1,49 @@
+"""`geoseg train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import overwrite_option, progress_option
+
+
+@click.command("train")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--patches", type=click.Path(path_type=Path),
+              help="Output directory of geoseg tile (default: 'patches' of the config).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--epochs", type=int, help="Train up to this epoch (overrides the config).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.")
+@click.option("--seed", type=int, help="Seed of weights, sampling and augmentation.")
+@overwrite_option
+@progress_option
+def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None, resume: bool,
+              device: str | None, seed: int | None, overwrite: bool, progress: bool | None) -> None:
+    """Train the routed instance-segmentation model on chips from geoseg tile.
+
+    Writes OUT/checkpoints/{last,best}.pt, OUT/metrics.csv (one row per epoch: losses,
+    lr, AP, AP50, IoU, F1, seconds), OUT/curves.png and OUT/config.yaml (resolved).
+
+    \b
+    $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1
+    $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1 --resume --epochs 30
+    """
+    from geoseg.config import load_config
+    from geoseg.errors import ConfigError
+    from geoseg.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, config)
+    patches = patches or (Path(cfg.patches) if cfg.patches else None)
+    if patches is None:
+        raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")
+    result = train(cfg, patches, out, epochs=epochs, resume=resume, overwrite=overwrite,
+                   device=device, seed=seed, progress=progress)
+    last = result.history[-1] if result.history else {}
+    scores = ", ".join(f"{k} {last[k]:.3f}" for k in ("ap", "ap50", "iou", "f1") if k in last)
+    click.echo(f"trained {result.epochs} epochs; last: {scores or 'no validation chips'}; "
+               f"best {result.best['metric']} {result.best['value']:.3f} at epoch "
+               f"{result.best['epoch']}", err=True)
+    click.echo(f"run: {out} (checkpoints/best.pt, metrics.csv, curves.png)", err=True)

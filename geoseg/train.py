@@ -1,0 +1,427 @@
+"""`geoseg train`: the training loop of the routed model.
+
+A short loop with named steps (no god trainer): build data, model, loss and optimiser
+from one validated :class:`TrainConfig`; per epoch, train on random crops, update an EMA
+of the weights, validate the EMA weights (COCO mask AP, pixel IoU, instance F1), save
+``last.pt`` and ``best.pt``, append ``metrics.csv`` and redraw ``curves.png``.
+``resume=True`` restores everything needed to end with the same weights as a run that
+was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from geoseg.augment import AugmentConfig, build_augment
+from geoseg.checkpoint import load_checkpoint, save_checkpoint
+from geoseg.config import Strict, dump_yaml, validate
+from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.io.atomic import atomic_path, write_text
+from geoseg.losses import LossConfig, RoutedLoss
+from geoseg.models.config import ModelConfig
+from geoseg.models.routed import RoutedModel
+from geoseg.postprocess import PostprocessConfig
+
+log = logging.getLogger(__name__)
+
+Metric = Literal["ap", "ap50", "iou", "f1"]
+
+
+class DataConfig(Strict):
+    """What the loader feeds the model."""
+
+    crop: int | None = Field(512, ge=32, description="random crop side (None: whole chips)")
+    batch_size: int = Field(4, ge=1)
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="random crops per epoch (None: one per train chip)")
+    workers: int = Field(2, ge=0)
+    boundary_width: int = Field(2, ge=1)
+    contact_distance: int = Field(3, ge=1)
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up then cosine decay, clipping, EMA, AMP."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="None disables EMA")
+    amp: bool = Field(True, description="mixed precision on CUDA (always off on CPU)")
+
+
+class ValConfig(Strict):
+    """When and how to validate."""
+
+    every: int = Field(1, ge=1, description="validate every N epochs (and at the last)")
+    metric: Metric = "ap"
+    batch_size: int = Field(1, ge=1)
+    budget: float | None = Field(None, gt=0, le=1, description="router budget (None: model's)")
+
+
+class TrainConfig(Strict):
+    """The whole training config (``configs/*.yaml``)."""
+
+    epochs: int = Field(20, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    patches: str | None = Field(None, description="output directory of geoseg tile")
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    val: ValConfig = ValConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    run_dir: Path
+    epochs: int
+    best: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    seed = int(info.seed % 2**32) if info is not None else int(torch.initial_seed() % 2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``min_ratio``.
+
+    Examples:
+        >>> [round(lr_lambda(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
+        [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _read_stats(patches: Path) -> dict[str, Any]:
+    import json
+
+    path = patches / "stats.json"
+    if not path.is_file():
+        raise ConfigError(f"{patches} has no stats.json; run geoseg tile first (--patches DIR)")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+#: Called after each epoch's outputs are written: ``hook(trainer, row)``.
+Hook = Callable[["Trainer", dict[str, float]], None]
+
+
+class Trainer:
+    """Everything one run needs, built from a :class:`TrainConfig` (``from_config``)."""
+
+    def __init__(self, cfg: TrainConfig, patches: Path, run_dir: Path, device: torch.device,
+                 progress: bool | None = None, hooks: Sequence[Hook] = ()) -> None:
+        from pycocotools.coco import COCO
+
+        from geoseg.data import ChipDataset, collate
+
+        self.patches, self.run_dir, self.device, self.progress = patches, run_dir, device, progress
+        self.hooks = list(hooks)
+        self.stats = _read_stats(patches)
+        model_cfg = cfg.model.model_copy(update={
+            "in_channels": int(self.stats["bands"]), "classes": tuple(self.stats["classes"])})
+        self.cfg = cfg.model_copy(update={"model": model_cfg, "patches": str(patches)})
+        # Re-validate: the update above bypassed validation.
+        self.cfg = validate(TrainConfig, self.cfg.model_dump(mode="json"), "resolved config")
+        d = self.cfg.data
+        aug = build_augment(self.cfg.augment, int(self.stats["bands"]), seed=self.cfg.seed)
+        self.train_ds = ChipDataset(patches, "train", crop=d.crop, augment=aug,
+                                    boundary_width=d.boundary_width,
+                                    contact_distance=d.contact_distance, seed=self.cfg.seed)
+        self.val_ds = ChipDataset(patches, "val", crop=None, augment=None,
+                                  boundary_width=d.boundary_width,
+                                  contact_distance=d.contact_distance, seed=self.cfg.seed)
+        self.collate = collate
+        with _quiet_stdout():
+            self.coco = COCO(str(patches / "annotations.json"))
+        self.val_ids = [i for i, im in self.coco.imgs.items() if im.get("split") == "val"]
+        self.samples = d.samples_per_epoch or len(self.train_ds)
+        self.steps_per_epoch = max(1, self.samples // d.batch_size)
+        self.total_steps = self.steps_per_epoch * self.cfg.epochs
+
+        torch.manual_seed(self.cfg.seed)
+        self.model = RoutedModel.from_config(self.cfg.model).to(device)
+        self.loss = RoutedLoss(self.cfg.loss)
+        o = self.cfg.optim
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr,
+                                           weight_decay=o.weight_decay)
+        warmup = int(o.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_lambda(s, self.total_steps, warmup, o.min_lr_ratio))
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema_decay),
+            use_buffers=True) if o.ema_decay else None)
+        self.amp = bool(o.amp and device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch = 0
+        self.step = 0
+        self.best: dict[str, Any] = {"metric": self.cfg.val.metric, "value": -1.0, "epoch": -1}
+        self.history: list[dict[str, float]] = []
+
+    # -- state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (see :mod:`geoseg.checkpoint`)."""
+        return {
+            "config": self.cfg.model_dump(mode="json"),
+            "stats": {k: self.stats[k] for k in ("bands", "dtype", "mean", "std")},
+            "classes": list(self.stats["classes"]),
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_n_averaged": self.ema.n_averaged if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best": self.best,
+            "history": self.history,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore a :meth:`state` payload (``--resume``)."""
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.n_averaged.copy_(ckpt["ema_n_averaged"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.best, self.history = dict(ckpt["best"]), list(ckpt["history"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    # -- steps -------------------------------------------------------------------------
+    def _loader(self, train: bool) -> torch.utils.data.DataLoader:
+        d = self.cfg.data
+        if train:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.epoch)
+            sampler = torch.utils.data.RandomSampler(self.train_ds, replacement=True,
+                                                     num_samples=self.steps_per_epoch * d.batch_size,
+                                                     generator=gen)
+            self.train_ds.set_epoch(self.epoch)  # crops/augmentations: f(seed, epoch, index)
+            return torch.utils.data.DataLoader(
+                self.train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
+                num_workers=d.workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
+                generator=gen, persistent_workers=False)
+        return torch.utils.data.DataLoader(self.val_ds, batch_size=self.cfg.val.batch_size,
+                                           shuffle=False, num_workers=0, collate_fn=self.collate)
+
+    def train_epoch(self) -> dict[str, float]:
+        """One epoch of optimisation; returns the mean of every logged loss term."""
+        self.model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(self._loader(True), total=self.steps_per_epoch, file=sys.stderr,
+                   desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress)
+        for batch in bar:
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in batch.items()}
+            with torch.autocast(self.device.type, enabled=self.amp):
+                out = self.model(batch["image"])
+                total, terms = self.loss(out, batch, progress=self.step / max(1, self.total_steps))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if self.cfg.optim.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            n += 1
+            sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights used for validation and best.pt: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics of the EMA weights on the val chips."""
+        from geoseg.validate import run_validation
+
+        if not self.val_ids:
+            return {}
+        return run_validation(self.eval_model(), self._loader(False), self.coco, self.val_ids,
+                              self.cfg.postprocess, self.device, self.cfg.val.budget)
+
+    # -- outputs -----------------------------------------------------------------------
+    def write_outputs(self, row: dict[str, float]) -> None:
+        """Append the epoch's row: metrics.csv, curves.png, last.pt, best.pt."""
+        self.history.append(row)
+        ckdir = self.run_dir / "checkpoints"
+        metric = self.cfg.val.metric
+        improved = metric in row and row[metric] > self.best["value"]
+        if improved:
+            self.best = {"metric": metric, "value": row[metric], "epoch": int(row["epoch"])}
+        state = self.state()
+        save_checkpoint(ckdir / "last.pt", state)
+        if improved or not (ckdir / "best.pt").exists():
+            save_checkpoint(ckdir / "best.pt", state)
+        keys: list[str] = []
+        for r in self.history:
+            keys += [k for k in r if k not in keys]
+        with atomic_path(self.run_dir / "metrics.csv") as tmp, tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.history)
+        plot_curves(self.history, self.run_dir / "curves.png")
+
+    def fit(self) -> TrainResult:
+        """Train from the current epoch to ``cfg.epochs``."""
+        while self.epoch < self.cfg.epochs:
+            t0 = time.perf_counter()
+            terms = self.train_epoch()
+            self.epoch += 1
+            row: dict[str, float] = {"epoch": self.epoch,
+                                     "lr": self.optimizer.param_groups[0]["lr"], **terms}
+            if self.epoch % self.cfg.val.every == 0 or self.epoch == self.cfg.epochs:
+                row.update(self.validate())
+            row["seconds"] = time.perf_counter() - t0
+            self.write_outputs(row)
+            for hook in self.hooks:
+                hook(self, row)
+            log.info("epoch %d: %s", self.epoch,
+                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        return TrainResult(self.run_dir, self.epoch, self.best, self.history)
+
+
+class _quiet_stdout:
+    def __enter__(self) -> None:
+        import contextlib
+        import io
+
+        self._cm = contextlib.redirect_stdout(io.StringIO())
+        self._cm.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+def plot_curves(history: list[dict[str, float]], path: Path) -> None:
+    """Loss and validation metrics per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "pv_extent", "ff_extent", "utility"):
+        if any(key in r for r in history):
+            ax1.plot(epochs, [r.get(key, np.nan) for r in history], label=key)
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    ax1.legend()
+    for key in ("ap", "ap50", "iou", "f1"):
+        if any(key in r for r in history):
+            ax2.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=key)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation")
+    ax2.set_ylim(0, 1)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs: int | None = None,
+          resume: bool = False, overwrite: bool = False, device: str | None = None,
+          seed: int | None = None, progress: bool | None = None,
+          hooks: Sequence[Hook] = ()) -> TrainResult:
+    """Train the routed model on the output of `geoseg tile`.
+
+    Args:
+        cfg: the training config.
+        patches: directory written by `geoseg tile`.
+        run_dir: where checkpoints, metrics.csv, curves.png and config.yaml go.
+        epochs: overrides ``cfg.epochs`` (with ``resume``: train on up to this epoch).
+        resume: continue from ``run_dir/checkpoints/last.pt`` exactly.
+        overwrite: start afresh even if ``run_dir`` holds a run.
+        device: overrides ``cfg.device``.
+        seed: overrides ``cfg.seed``.
+        progress: progress bar per epoch (None: on a TTY).
+        hooks: callables run after each epoch (e.g. early stopping, logging to a tracker).
+
+    Raises:
+        OutputExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
+        ConfigError: bad config, no stats.json, CUDA asked for without a GPU.
+        CheckpointError: ``resume`` with a corrupt checkpoint.
+    """
+    updates: dict[str, Any] = {}
+    if epochs is not None:
+        updates["epochs"] = epochs
+    if device is not None:
+        updates["device"] = device
+    if seed is not None:
+        updates["seed"] = seed
+    cfg = validate(TrainConfig, {**cfg.model_dump(mode="json"), **updates}, "options")
+    patches, run_dir = Path(patches), Path(run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() and not resume and not overwrite:
+        raise OutputExistsError(f"{run_dir} holds a run; pass --resume to continue it or "
+                                "--overwrite to start again")
+    seed_everything(cfg.seed)
+    if resume and last.exists():
+        ckpt = load_checkpoint(last)
+        saved = validate(TrainConfig, ckpt["config"], str(last))
+        cfg = saved.model_copy(update={"epochs": cfg.epochs})
+    trainer = Trainer(cfg, patches, run_dir, resolve_device(cfg.device), progress, hooks)
+    if resume and last.exists():
+        trainer.load_state(ckpt)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", dump_yaml(trainer.cfg))
+    return trainer.fit()
