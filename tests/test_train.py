@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, labels_for, write_raster
 from rasterio.transform import from_origin
 
-from conftest import REPO, labels_for, write_raster
 from geoseg.checkpoint import load_checkpoint
 from geoseg.cli.main import cli
 from geoseg.config import load_config
