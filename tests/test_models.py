@@ -225,21 +225,20 @@ def test_other_architectures_build(arch: str) -> None:
 # ----------------------------------------------------------------- the routed model
 def test_budget_one_is_ff_everywhere() -> None:
     model = tiny_model().eval()
-    with torch.no_grad():  # a non-trivial Enhance, so FF must see the enhanced image
+    with torch.no_grad():  # a non-trivial Enhance, so FF must see the enhanced tiles
         model.enhancer.amount.fill_(0.5)
         model.enhancer.bias.fill_(0.1)
         x = torch.randn(2, 3, 80, 96)
         out = model(x, budget=1.0)
-        xe = model.enhance(model.pad(x))
         cells = all_cells(2, 3, 3)
         assert torch.equal(out.cells, cells)
-        dense = model.fuse(out.pv_logits, cells, model.forward_ff(xe, cells), (80, 96))
+        dense = model.fuse(out.pv_logits, cells, model.forward_ff(model.pad(x), cells), (80, 96))
         torch.testing.assert_close(out.logits, dense, rtol=0, atol=0)
-        # independent reference: FF on each reflect-padded window, one at a time
-        xp = F.pad(xe, (16, 16, 16, 16), mode="reflect")
+        # independent reference: Enhance + FF on each reflect-padded window, one at a time
+        xp = F.pad(model.pad(x), (16, 16, 16, 16), mode="reflect")
         ref = torch.zeros(2, 3, 96, 96)
         for b, r, c in cells.tolist():
-            tile = xp[b : b + 1, :, r * 32 : r * 32 + 64, c * 32 : c * 32 + 64]
+            tile = model.enhance(xp[b : b + 1, :, r * 32 : r * 32 + 64, c * 32 : c * 32 + 64])
             ref[b, :, r * 32 : r * 32 + 32, c * 32 : c * 32 + 32] = model.ff(tile)[0, :, 16:48, 16:48]
         torch.testing.assert_close(out.logits, ref[..., :80, :96], rtol=1e-4, atol=1e-4)
 

@@ -2,10 +2,17 @@
 
 Data flow (see DESIGN.md, "train: the routed instance-segmentation model")::
 
-    x ─pad─▶ Enhance ─▶ avg-pool 1/scale ─▶ PV ─▶ pv_logits, utility per cell
-                 │                                        │ router: top-K (+ random in training)
-                 └─────────── pack cells with halo ─▶ FF ─▶ ff_logits (centre crops)
+    x ─pad─▶ avg-pool 1/scale ─▶ [PV graph: Enhance ─▶ PV ─▶ pv_logits, utility per cell]
+       │                                                        │ router: top-K (+ random in training)
+       └──── pack cells with halo ─▶ [FF graph: Enhance ─▶ FF ─▶ centre crop] ─▶ ff_logits
     fuse: bilinear PV upsampled to full res, chosen cells overwritten by FF, crop to H, W
+
+The two bracketed graphs (:meth:`RoutedModel.pv_graph`, :meth:`RoutedModel.ff_graph`) are
+what a predictor runs and what `geoseg export` writes to ONNX. Enhance sits inside each,
+with the same weights: PV's input is the image averaged to 1/scale *before* Enhance, so
+a predictor can read it decimated (COG overviews), and Enhance runs at full resolution
+only on the tiles FF sees, so the cost of the full-resolution path scales with the budget.
+Enhance reaches ``RECEPTIVE_HALO`` (4) pixels, well inside the FF halo.
 
 Map channels: 0 extent, 1 boundary, 2 contact, 3.. class logits (only if > 1 class); logits.
 
@@ -15,7 +22,7 @@ too small to reflect), runs every stage on the padded image and crops ``logits``
 (H, W). ``pv_logits``, ``utility`` and ``cells`` refer to the padded image; cells wholly
 in the padding are never chosen. The stages (:meth:`forward_pv`, :meth:`forward_ff`,
 :meth:`fuse`) take already padded images so that a sliding-window predictor can call them
-one by one. FF sees the *enhanced* image (``enhance(x)``), exactly as in training.
+one by one.
 """
 
 from __future__ import annotations
@@ -125,29 +132,33 @@ class RoutedModel(nn.Module):
                 f"stride); pad with model.pad(x) first (forward() does it for you)"
             )
 
-    def forward_pv(self, x: torch.Tensor, *, enhanced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """PV stream on the whole image at 1/scale and the utility of each cell.
-
-        Args:
-            x: padded images (see :meth:`pad`).
-            enhanced: True when ``x`` already went through :meth:`enhance`.
-
-        Returns:
-            ``(pv_logits, utility)``.
-
-        Raises:
-            ValueError: sides not multiples of ``cfg.multiple``.
+    def downsample(self, x: torch.Tensor) -> torch.Tensor:
+        """Average to 1/scale: the input of :meth:`pv_graph` (what decimated reads give).
 
         Shape:
-            - x: (B, C_in, H, W)
-            - pv_logits: (B, C, H / scale, W / scale)
-            - utility: (B, H / cell, W / cell)
+            - x: (B, C_in, H, W), sides multiples of ``scale``
+            - output: (B, C_in, H / scale, W / scale)
         """
-        self._check_padded(x)
-        xe = x if enhanced else self.enhance(x)
-        small = F.avg_pool2d(xe, self.cfg.scale) if self.cfg.scale > 1 else xe
-        logits, feats = self.pv.forward_features(small)
-        grid = (x.shape[-2] // self.cfg.cell, x.shape[-1] // self.cfg.cell)
+        return F.avg_pool2d(x, self.cfg.scale) if self.cfg.scale > 1 else x
+
+    def pv_graph(self, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Enhance + PV + utility head on an image already at 1/scale.
+
+        Args:
+            small: ``downsample(pad(x))``; sides multiples of ``cfg.multiple / scale``.
+
+        Returns:
+            ``(pv_logits, utility)``; one utility per ``cell / scale`` low-res pixels.
+
+        Shape:
+            - small: (B, C_in, h, w)
+            - pv_logits: (B, C, h, w)
+            - utility: (B, h * scale / cell, w * scale / cell)
+        """
+        c = self.cfg
+        logits, feats = self.pv.forward_features(self.enhance(small))
+        step = c.cell // c.scale
+        grid = (small.shape[-2] // step, small.shape[-1] // step)
         # the router is a probe on PV: its loss does not reshape the PV features
         feats, lg = feats.detach(), logits.detach()
         stats = torch.cat(
@@ -162,8 +173,28 @@ class RoutedModel(nn.Module):
         )
         return logits, self.utility_head(stats)[:, 0]
 
-    def run_ff(self, tiles: torch.Tensor) -> torch.Tensor:
-        """FF on tiles that already carry their halo; returns the centre crops.
+    def forward_pv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PV stream on the whole (padded, full-resolution) image and the utility per cell.
+
+        Args:
+            x: padded images (see :meth:`pad`).
+
+        Returns:
+            ``(pv_logits, utility)``.
+
+        Raises:
+            ValueError: sides not multiples of ``cfg.multiple``.
+
+        Shape:
+            - x: (B, C_in, H, W)
+            - pv_logits: (B, C, H / scale, W / scale)
+            - utility: (B, H / cell, W / cell)
+        """
+        self._check_padded(x)
+        return self.pv_graph(self.downsample(x))
+
+    def ff_graph(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Enhance + FF on raw tiles that carry their halo; returns the centre crops.
 
         Shape:
             - tiles: (N, C_in, cell + 2 * halo, cell + 2 * halo)
@@ -172,13 +203,13 @@ class RoutedModel(nn.Module):
         c = self.cfg
         if tiles.shape[0] == 0:
             return tiles.new_zeros(0, c.n_outputs, c.cell, c.cell)
-        return crop_centre(self.ff(tiles), c.halo)
+        return crop_centre(self.ff(self.enhance(tiles)), c.halo)
 
     def forward_ff(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-        """FF on the chosen cells of (enhanced) images, packed with a halo.
+        """FF graph on the chosen cells of padded images, packed with a halo.
 
         Args:
-            x: the enhanced images (``enhance(pad(x))``); FF is trained on enhanced input.
+            x: padded images (``pad(x)``, not enhanced: :meth:`ff_graph` enhances the tiles).
             cells: (batch, row, col) of the cells.
 
         Returns:
@@ -189,7 +220,7 @@ class RoutedModel(nn.Module):
             - cells: (N, 3) int64
             - output: (N, C, cell, cell)
         """
-        return self.run_ff(pack_cells(x, cells, self.cfg.cell, self.cfg.halo))
+        return self.ff_graph(pack_cells(x, cells, self.cfg.cell, self.cfg.halo))
 
     def fuse(
         self,
@@ -265,8 +296,8 @@ class RoutedModel(nn.Module):
         """
         c = self.cfg
         bsz, _, h, w = x.shape
-        xe = self.enhance(self.pad(x))
-        pv_logits, utility = self.forward_pv(xe, enhanced=True)
+        xp = self.pad(x)
+        pv_logits, utility = self.forward_pv(xp)
         gh, gw = utility.shape[-2:]
         ih, iw = grid_shape(h, w, c.cell)  # cells that touch the input
         allowed = torch.zeros(bsz, gh, gw, dtype=torch.bool, device=x.device)
@@ -278,7 +309,7 @@ class RoutedModel(nn.Module):
             n_extra = round(c.train_random_cells * ih * iw)
             mask = random_extra_mask(mask, n_extra, allowed)
         cells = mask_to_cells(mask)
-        ff_logits = self.forward_ff(xe, cells)
+        ff_logits = self.forward_ff(xp, cells)
         logits = self.fuse(pv_logits, cells, ff_logits, (h, w))
         return RoutedOutput(logits, pv_logits, utility, cells, ff_logits)
 
@@ -320,7 +351,7 @@ class RoutedModel(nn.Module):
                     runs.append((time.perf_counter() - t0) * 1000.0)
             return statistics.median(runs)
 
-        self.ms_per_cell = timed(lambda: self.run_ff(tiles)) / n
+        self.ms_per_cell = timed(lambda: self.ff_graph(tiles)) / n
         pv_ms = timed(lambda: self.forward_pv(image))
         self.pv_ms_per_cell = pv_ms / (c.multiple // c.cell) ** 2
         self.train(was_training)
