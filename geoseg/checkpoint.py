@@ -80,3 +80,45 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise CheckpointError(f"{path} lacks '{key}'; it is incomplete: retrain")
     return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], *, ema: bool = True) -> torch.nn.Module:
+    """Build the routed model of a checkpoint, in eval mode (EMA weights when present).
+
+    Args:
+        ckpt: a dict from :func:`load_checkpoint`.
+        ema: use the EMA weights if the checkpoint has them.
+
+    Raises:
+        CheckpointError: the weights do not fit the config (a foreign or edited file).
+    """
+    from geoseg.config import validate
+    from geoseg.models.config import ModelConfig
+    from geoseg.models.routed import RoutedModel
+
+    cfg = validate(ModelConfig, ckpt["config"]["model"], "checkpoint config")
+    model = RoutedModel.from_config(cfg)
+    weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"checkpoint weights do not fit its config ({first[:120]}); "
+                              "retrain or pass another checkpoint") from None
+    return model.eval()
+
+
+def load_model(model: str | Path, device: str | torch.device = "cpu"
+               ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model and metadata (config, stats, classes) of a run directory or ``.pt`` file.
+
+    Returns:
+        ``(model, meta)`` where meta holds ``config``, ``stats``, ``classes``, ``version``
+        and ``path`` (the checkpoint file).
+    """
+    path = resolve_checkpoint(model)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    net = model_from_checkpoint(ckpt).to(device)
+    meta = {k: ckpt[k] for k in ("config", "stats", "classes", "version")}
+    meta["path"] = path
+    return net, meta

@@ -148,3 +148,14 @@ def test_presets_are_valid() -> None:
     for name in ("buildings-cpu.yaml", "buildings-gpu.yaml"):
         cfg = load_config(TrainConfig, REPO / "configs" / name)
         assert cfg.model.pv.encoder_weights is None and cfg.model.ff.encoder_weights is None
+
+
+def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:
+    from geoseg.checkpoint import load_model
+
+    train(tiny(), patches, tmp_path / "run", epochs=1)
+    model, meta = load_model(tmp_path / "run")
+    ckpt = load_checkpoint(meta["path"])
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, ckpt["ema"][k], rtol=0, atol=0)
+    assert not model.training and meta["stats"]["bands"] == 3
