@@ -83,3 +83,58 @@ def labels_for(raster: Path, out: Path, boxes_px: list[tuple[int, int, int, int]
         )
     gdf.to_file(out)
     return out
+
+
+def bright_boxes_scene(path: Path, shape: tuple[int, int], boxes: list[tuple[int, int, int, int]],
+                       seed: int = 0, crs: str = "EPSG:32636", bands: int = 3,
+                       dtype: str = "uint8", transform=None) -> Path:
+    """Bright rectangles (col0, row0, col1, row1) on a dark noisy field: an easy scene."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    img = np.full((bands, h, w), 40, np.float64)
+    for c0, r0, c1, r1 in boxes:
+        img[:, r0:r1, c0:c1] = 200
+    img += rng.integers(0, 10, img.shape)
+    if dtype == "uint16":
+        img *= 20
+    return write_raster(path, img.astype(dtype), crs,
+                        transform or from_origin(450000, 40000, 0.5, 0.5))
+
+
+def grid_boxes(shape: tuple[int, int], step: int = 16, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for r in range(4, shape[0] - 12, step):
+        for c in range(4, shape[1] - 12, step):
+            w, h = rng.integers(6, 11, 2)
+            boxes.append((c, r, c + int(w), r + int(h)))
+    return boxes
+
+
+@pytest.fixture(scope="session")
+def tiny_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tile output of a 64x64 scene of bright boxes; the val scene has the same layout."""
+    from geoseg.tiling import TileConfig, tile
+
+    root = tmp_path_factory.mktemp("tiny")
+    boxes = grid_boxes((64, 64))
+    bright_boxes_scene(root / "train_scene.tif", (64, 64), boxes, seed=0)
+    bright_boxes_scene(root / "val_scene.tif", (64, 64), boxes, seed=1)
+    labels_for(root / "train_scene.tif", root / "l.gpkg", boxes)
+    tile([root / "train_scene.tif", root / "val_scene.tif"], root / "l.gpkg", root / "p",
+         TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
+    return root / "p"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_patches: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny routed model trained until it finds the boxes (AP > 0.9 on val)."""
+    from geoseg.config import load_config
+    from geoseg.train import TrainConfig, train
+
+    cfg = load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml",
+                      {"data": {"samples_per_epoch": 32}, "val": {"every": 8}})
+    run = tmp_path_factory.mktemp("tinyrun") / "run"
+    res = train(cfg, tiny_patches, run, epochs=8)
+    assert res.history[-1]["ap"] > 0.9, res.history[-1]
+    return run

@@ -1,0 +1,391 @@
+"""What every inference backend offers, and how a model path picks one.
+
+A :class:`Backend` runs the two exportable graphs of the routed model (see
+:mod:`geoseg.models.routed`) with numpy in and out, so that predict code never knows
+whether torch, ONNX Runtime or TensorRT did the work::
+
+    small (B, C_in, h, w) ──pv──▶ pv_logits (B, C, h, w), utility (B, h·scale/cell, w·scale/cell)
+    tiles (N, C_in, cell+2·halo, cell+2·halo) ──ff──▶ ff_logits (N, C, cell, cell)
+
+``downsample``, ``pad``, the router and ``fuse`` stay in Python around these calls.
+
+Backends are chosen by name through :data:`BACKENDS`, an explicit dict (a bad name is a
+:class:`~geoseg.errors.ConfigError` listing the valid ones). The torch backend reads a run
+directory or ``.pt`` checkpoint; the onnx and tensorrt backends read an *export directory*,
+the output of ``geoseg export``, recognised by its ``geoseg-export.json`` (see
+``docs/export.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from geoseg.errors import CheckpointError, ConfigError
+
+#: Name of the metadata file that marks an export directory.
+EXPORT_FILE = "geoseg-export.json"
+#: Value of its ``format`` key.
+EXPORT_FORMAT = "geoseg-export"
+#: Version of the export directory layout this geoseg writes and reads.
+EXPORT_FORMAT_VERSION = 1
+
+BackendName = Literal["torch", "onnx", "tensorrt"]
+
+#: Backend name -> "module:class", imported only when chosen (tensorrt is optional).
+BACKENDS: dict[str, str] = {
+    "torch": "geoseg.backends.torch_backend:TorchBackend",
+    "onnx": "geoseg.backends.onnx_backend:OnnxBackend",
+    "tensorrt": "geoseg.backends.tensorrt_backend:TensorRTBackend",
+}
+
+
+class Backend:
+    """Runs the PV and FF graphs of one model; numpy float32 in and out.
+
+    Subclasses implement :meth:`_pv` and :meth:`_ff`; this class checks shapes, converts
+    inputs to contiguous float32, handles empty FF batches and splits FF into chunks of
+    ``ff_batch`` tiles.
+
+    Attributes:
+        name: the backend's name in :data:`BACKENDS`.
+        meta: what predict needs: ``bands``, ``stats`` (``mean``/``std``), ``classes``,
+            ``scale``, ``cell``, ``halo``, ``tile``, ``multiple``, ``pv_multiple``,
+            ``pv_stride``, ``n_outputs``, ``budget``, ``deadline_ms``, ``postprocess``,
+            ``model`` (the training config's model section), ``checkpoint``; an export
+            directory's JSON adds the keys listed in ``docs/export.md``.
+        source: the file whose size and modification time identify the model (the
+            checkpoint, or the export's JSON).
+        device: where the graphs run (``"cpu"`` or ``"cuda"``).
+        ff_batch: most FF tiles per call of the underlying graph.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, meta: dict[str, Any], source: Path, device: str, ff_batch: int = 32) -> None:
+        if ff_batch < 1:
+            raise ConfigError(f"ff_batch must be >= 1, got {ff_batch}")
+        self.meta = meta
+        self.source = Path(source)
+        self.device = device
+        self.ff_batch = int(ff_batch)
+
+    # ------------------------------------------------------------------ public
+    def pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Enhance + PV + utility head on images already at 1/scale and padded.
+
+        Args:
+            small: normalised images at 1/scale; sides multiples of ``meta["pv_multiple"]``.
+
+        Returns:
+            ``(pv_logits, utility)`` as float32 arrays.
+
+        Raises:
+            ValueError: wrong rank, band count or side lengths (the message gives the fix).
+
+        Shape:
+            - small: (B, C_in, h, w)
+            - pv_logits: (B, C, h, w)
+            - utility: (B, h * scale / cell, w * scale / cell)
+        """
+        x = self._as_input(small, "small")
+        step = int(self.meta["pv_multiple"])
+        if x.shape[2] % step or x.shape[3] % step:
+            raise ValueError(f"pv input sides {x.shape[2:]} must be multiples of {step} "
+                             f"(multiple / scale); pad the decimated image first")
+        pv_logits, utility = self._pv(x)
+        return np.asarray(pv_logits, dtype=np.float32), np.asarray(utility, dtype=np.float32)
+
+    def ff(self, tiles: np.ndarray) -> np.ndarray:
+        """Enhance + FF on normalised full-resolution tiles that carry their halo.
+
+        Runs in chunks of ``ff_batch`` tiles; an empty batch returns an empty array.
+
+        Args:
+            tiles: normalised tiles, side ``cell + 2 * halo``.
+
+        Returns:
+            FF logits of the cells (halo cropped), float32.
+
+        Raises:
+            ValueError: wrong rank, band count or tile side.
+
+        Shape:
+            - tiles: (N, C_in, cell + 2 * halo, cell + 2 * halo)
+            - output: (N, C, cell, cell)
+        """
+        x = self._as_input(tiles, "tiles")
+        side, cell = int(self.meta["tile"]), int(self.meta["cell"])
+        if x.shape[2:] != (side, side):
+            raise ValueError(f"ff tiles must be {side}x{side} (cell {cell} + 2 * halo "
+                             f"{self.meta['halo']}), got {x.shape[2]}x{x.shape[3]}")
+        if x.shape[0] == 0:
+            return np.zeros((0, int(self.meta["n_outputs"]), cell, cell), dtype=np.float32)
+        outs = [np.asarray(self._ff(x[k:k + self.ff_batch]), dtype=np.float32)
+                for k in range(0, x.shape[0], self.ff_batch)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def ms_per_cell(self, ff_batch: int | None = None, repeats: int = 3) -> float:
+        """Milliseconds of FF per cell, timed on a batch of random tiles.
+
+        Args:
+            ff_batch: tiles per timed batch (default: ``self.ff_batch``).
+            repeats: timed runs after one warm-up; the median is kept.
+
+        Returns:
+            Median milliseconds per cell (used to turn a deadline into a K).
+        """
+        n = ff_batch or self.ff_batch
+        side = int(self.meta["tile"])
+        tiles = np.random.default_rng(0).standard_normal((n, int(self.meta["bands"]), side, side),
+                                                       dtype=np.float32)
+        runs = []
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            self.ff(tiles)
+            if i:
+                runs.append((time.perf_counter() - t0) * 1000.0 / n)
+        return statistics.median(runs)
+
+    def close(self) -> None:
+        """Release sessions, engines and device memory (idempotent)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(source={str(self.source)!r}, device={self.device!r})"
+
+    # --------------------------------------------------------------- subclasses
+    def _pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _ff(self, tiles: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _as_input(self, x: np.ndarray, what: str) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        bands = int(self.meta["bands"])
+        if x.ndim != 4 or x.shape[1] != bands:
+            raise ValueError(f"{what} must be (batch, {bands} bands, height, width) for this "
+                             f"model, got shape {tuple(x.shape)}")
+        return x
+
+
+# ---------------------------------------------------------------------------- metadata
+def model_meta(model_cfg: Any, ckpt_meta: dict[str, Any]) -> dict[str, Any]:
+    """The backend metadata of a model: what predict needs besides the two graphs.
+
+    Args:
+        model_cfg: the model's :class:`~geoseg.models.config.ModelConfig`.
+        ckpt_meta: the ``meta`` of :func:`geoseg.checkpoint.load_model` (``config``,
+            ``stats``, ``classes``, ``version``, ``path``).
+
+    Returns:
+        A JSON-ready dict (see :class:`Backend` ``meta``).
+
+    Raises:
+        ConfigError: the checkpoint's postprocess section is invalid.
+    """
+    from geoseg.config import validate
+    from geoseg.postprocess import PostprocessConfig
+
+    c = model_cfg
+    config = ckpt_meta.get("config") or {}
+    post = validate(PostprocessConfig, dict(config.get("postprocess") or {}), "checkpoint config")
+    stats = dict(ckpt_meta["stats"])
+    return {
+        "bands": int(c.in_channels),
+        "stats": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in stats.items()},
+        "classes": list(ckpt_meta.get("classes") or c.classes),
+        "scale": int(c.scale),
+        "cell": int(c.cell),
+        "halo": int(c.halo),
+        "tile": int(c.cell + 2 * c.halo),
+        "multiple": int(c.multiple),
+        "pv_multiple": int(c.multiple // c.scale),
+        "pv_stride": int(c.pv.output_stride),
+        "n_outputs": int(c.n_outputs),
+        "budget": float(c.budget),
+        "deadline_ms": c.deadline_ms,
+        "postprocess": post.model_dump(mode="json"),
+        "model": c.model_dump(mode="json"),
+        "checkpoint": str(Path(ckpt_meta["path"]).resolve()) if ckpt_meta.get("path") else "",
+        "checkpoint_version": str(ckpt_meta.get("version", "")),
+    }
+
+
+def is_export_dir(path: str | Path) -> bool:
+    """True when ``path`` is a directory holding ``geoseg-export.json``."""
+    p = Path(path)
+    return p.is_dir() and (p / EXPORT_FILE).is_file()
+
+
+def read_export_meta(export_dir: str | Path) -> dict[str, Any]:
+    """Read and check the ``geoseg-export.json`` of an export directory.
+
+    Args:
+        export_dir: the directory written by ``geoseg export``.
+
+    Returns:
+        The metadata dict (see ``docs/export.md``).
+
+    Raises:
+        CheckpointError: no such file, not JSON, not a geoseg export, or a newer layout.
+    """
+    path = Path(export_dir) / EXPORT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{Path(export_dir)} is not an export directory (no {EXPORT_FILE}); "
+                              "run `geoseg export --model RUN --out DIR` and pass DIR")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not readable JSON ({err}); re-run geoseg export") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise CheckpointError(f"{path} is not a geoseg export (no '{EXPORT_FORMAT}' format marker); "
+                              "re-run geoseg export")
+    if int(meta.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has export format {meta['format_version']}, newer than this "
+                              f"geoseg reads ({EXPORT_FORMAT_VERSION}); upgrade geoseg or re-export")
+    missing = [k for k in ("bands", "stats", "classes", "scale", "cell", "halo", "multiple", "files")
+               if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete: re-run geoseg export")
+    return meta
+
+
+def export_file(export_dir: str | Path, meta: dict[str, Any], kind: str, graph: str) -> Path:
+    """Path of one graph file of an export (``kind`` ``onnx`` or ``tensorrt``, ``graph`` pv/ff).
+
+    Raises:
+        CheckpointError: the export has no such file (e.g. engines never built).
+    """
+    root = Path(export_dir)
+    name = (meta.get("files") or {}).get(kind, {}).get(graph)
+    if not name or not (root / name).is_file():
+        hint = ("build engines with `geoseg export --model " f"{root} --format tensorrt --out NEW_DIR` on a GPU"
+                if kind == "tensorrt" else "re-run `geoseg export --format onnx`")
+        raise CheckpointError(f"{root} holds no {kind} {graph} graph ({name or 'not listed in ' + EXPORT_FILE}); "
+                              f"{hint}")
+    return root / name
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------- checks
+def random_inputs(meta: dict[str, Any], pv_max: tuple[int, ...] | None = None,
+                  ff_max: int | None = None) -> dict[str, list[np.ndarray]]:
+    """Random normalised inputs for both graphs: two batch sizes, two PV image sizes.
+
+    Args:
+        meta: the model's backend metadata.
+        pv_max: largest PV input shape allowed (a TensorRT profile maximum).
+        ff_max: largest FF batch allowed.
+
+    Returns:
+        ``{"pv": [small, ...], "ff": [tiles, ...]}``, float32, seeded (the same every time).
+    """
+    rng = np.random.default_rng(0)
+    b, m, t = int(meta["bands"]), int(meta["pv_multiple"]), int(meta["tile"])
+    big_b, rows, cols, n = 2, 2 * m, 3 * m, 5
+    if pv_max is not None:
+        big_b = min(big_b, pv_max[0])
+        rows, cols = max(m, min(rows, pv_max[2] // m * m)), max(m, min(cols, pv_max[3] // m * m))
+    if ff_max is not None:
+        n = min(n, ff_max)
+    shapes = {"pv": [(1, b, m, m), (big_b, b, rows, cols)], "ff": [(1, b, t, t), (n, b, t, t)]}
+    return {g: [rng.standard_normal(s, dtype=np.float32) for s in ss] for g, ss in shapes.items()}
+
+
+def max_abs_diff(reference: Backend, candidate: Backend, cases: dict[str, list[np.ndarray]]) -> dict[str, float]:
+    """Largest absolute difference per graph between two backends on the same inputs.
+
+    Args:
+        reference: the backend taken as truth.
+        candidate: the backend checked.
+        cases: inputs per graph (see :func:`random_inputs`).
+
+    Returns:
+        ``{"pv": diff, "ff": diff}``; ``inf`` where outputs differ in shape or are not finite.
+
+    Raises:
+        Exception: whatever the candidate raises when it cannot run an input.
+    """
+    diffs = {}
+    for graph, inputs in cases.items():
+        worst = 0.0
+        for x in inputs:
+            ref, got = getattr(reference, graph)(x), getattr(candidate, graph)(x)
+            ref, got = (ref, got) if isinstance(ref, tuple) else ((ref,), (got,))
+            for a, c in zip(ref, got, strict=True):
+                d = np.abs(a.astype(np.float64) - c) if a.shape == c.shape else np.array([np.inf])
+                worst = max(worst, float(d.max()) if np.isfinite(d).all() else float("inf"))
+        diffs[graph] = worst
+    return diffs
+
+
+# ---------------------------------------------------------------------------- dispatch
+def open_backend(
+    model_path: str | Path,
+    backend: BackendName | str = "torch",
+    device: str = "auto",
+    **options: Any,
+) -> Backend:
+    """Open a model with the named backend.
+
+    Args:
+        model_path: run directory or ``.pt`` checkpoint (torch), or export directory from
+            ``geoseg export`` (onnx, tensorrt; its ``geoseg-export.json`` also works).
+        backend: ``"torch"``, ``"onnx"`` or ``"tensorrt"``.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        **options: backend options, e.g. ``ff_batch`` (all), ``threads`` (onnx).
+
+    Returns:
+        The opened :class:`Backend`.
+
+    Raises:
+        ConfigError: unknown backend or device, or a model path of the wrong kind for the
+            backend (the message says to run ``geoseg export`` first).
+        CheckpointError: the model files are missing or corrupt.
+        DependencyError: the backend's package or a GPU is missing.
+    """
+    target = BACKENDS.get(str(backend))
+    if target is None:
+        raise ConfigError(f"unknown backend '{backend}'; valid backends: {', '.join(BACKENDS)}")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device '{device}'; valid devices: auto, cpu, cuda")
+    path = Path(model_path)
+    if path.is_file() and path.name == EXPORT_FILE:
+        path = path.parent
+    if not path.exists():
+        raise CheckpointError(f"model {path} does not exist; pass a run directory, a .pt "
+                              "checkpoint or an export directory from geoseg export")
+    exported = is_export_dir(path)
+    if backend == "torch" and exported:
+        src = read_export_meta(path).get("checkpoint") or "its run directory"
+        raise ConfigError(f"{path} is an export directory; the torch backend reads the checkpoint it "
+                          f"came from ({src}): pass that, or use --backend onnx")
+    if backend != "torch" and not exported:
+        raise ConfigError(f"the {backend} backend needs an export directory, but {path} is a run "
+                          f"directory or checkpoint; run `geoseg export --model {path} --format "
+                          f"{'tensorrt' if backend == 'tensorrt' else 'onnx'} --out DIR` first and pass DIR")
+    module, attr = target.split(":")
+    cls: type[Backend] = getattr(importlib.import_module(module), attr)
+    backend_obj: Backend = cls(path, device=device, **options)  # type: ignore[call-arg]
+    return backend_obj

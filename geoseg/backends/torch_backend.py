@@ -1,0 +1,94 @@
+"""The torch backend: the checkpoint's model in eager mode, on the CPU or a CUDA GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from geoseg.backends.base import Backend, model_meta
+from geoseg.errors import ConfigError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU.
+
+    Raises:
+        ConfigError: ``cuda`` asked for without a GPU, or an unknown name.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown device '{device}'; valid devices: auto, cpu, cuda")
+    return torch.device(device)
+
+
+class TorchBackend(Backend):
+    """``RoutedModel.pv_graph`` / ``ff_graph`` under :func:`torch.inference_mode`.
+
+    Args:
+        model_path: run directory or ``.pt`` checkpoint (EMA weights when present).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        ff_batch: most FF tiles per forward.
+
+    Raises:
+        CheckpointError: missing or corrupt checkpoint.
+        ConfigError: bad device.
+    """
+
+    name: ClassVar[str] = "torch"
+
+    def __init__(self, model_path: str | Path, device: str = "auto", ff_batch: int = 32) -> None:
+        from geoseg.checkpoint import load_model
+
+        dev = resolve_device(device)
+        model, ckpt_meta = load_model(model_path, dev)
+        self._init(model, ckpt_meta, dev, ff_batch)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, ckpt_meta: dict[str, Any], device: str = "cpu",
+                   ff_batch: int = 32) -> TorchBackend:
+        """Wrap an already loaded model (as :func:`geoseg.checkpoint.load_model` returns it).
+
+        Args:
+            model: a :class:`~geoseg.models.routed.RoutedModel`; it is put in eval mode on ``device``.
+            ckpt_meta: the ``meta`` returned with it.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+            ff_batch: most FF tiles per forward.
+
+        Returns:
+            The backend.
+        """
+        self = cls.__new__(cls)
+        dev = resolve_device(device)
+        self._init(model.to(dev).eval(), ckpt_meta, dev, ff_batch)
+        return self
+
+    def _init(self, model: torch.nn.Module, ckpt_meta: dict[str, Any], dev: torch.device,
+              ff_batch: int) -> None:
+        super().__init__(model_meta(model.cfg, ckpt_meta), Path(ckpt_meta.get("path", "")),
+                         dev.type, ff_batch)
+        self.model = model
+        self._dev = dev
+
+    def _run(self, fn: Any, x: np.ndarray) -> Any:
+        with torch.inference_mode():
+            return fn(torch.from_numpy(x).to(self._dev, non_blocking=True))
+
+    def _pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, utility = self._run(self.model.pv_graph, small)
+        return logits.float().cpu().numpy(), utility.float().cpu().numpy()
+
+    def _ff(self, tiles: np.ndarray) -> np.ndarray:
+        out: np.ndarray = self._run(self.model.ff_graph, tiles).float().cpu().numpy()
+        return out
+
+    def close(self) -> None:
+        """Drop the model (frees GPU memory once no other reference holds it)."""
+        self.__dict__.pop("model", None)
+        if self._dev.type == "cuda":
+            torch.cuda.empty_cache()

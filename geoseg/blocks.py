@@ -1,0 +1,347 @@
+"""The per-block work of `geoseg predict`, one function per phase.
+
+A scene is cut into square *blocks* (``--block`` px, a multiple of the router cell).
+Each phase runs as one Dask task per block and leaves its result in a per-scene cache
+directory, written atomically, so a killed run resumes where it stopped:
+
+- :func:`pv_block`: PV on the block (plus a context ring) read decimated, giving the
+  utility of each cell, whether the cell holds valid pixels, and PV logits at 1/scale;
+- :func:`ff_block`: FF on the chosen cells of the block core, pasted over the PV logits
+  upsampled to full resolution; probabilities cached as uint8;
+- :func:`instances_block`: probabilities of the block plus a halo, assembled from the
+  3×3 neighbouring caches; watershed; an instance is kept only by the block that holds
+  its centroid (nothing duplicated, nothing cut at seams); vectorized.
+
+Memory of a task is bounded by the block size, whatever the scene size.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+import torch.nn.functional as F
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.windows import Window
+
+from geoseg.data import BandStats, normalize
+from geoseg.io.atomic import atomic_path
+from geoseg.io.rasters import SceneInfo
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Geometry of the blocks of one scene and the model's grid.
+
+    Attributes:
+        scene: the scene.
+        block: block side in full-resolution pixels (multiple of ``cell``).
+        halo: pixels around a block that the instance phase sees (< ``block``).
+        cell: router cell side; scale: PV decimation; model_halo: FF tile halo;
+        multiple: the model's input multiple; bands: 1-based band indexes to read.
+        cache: the scene's cache directory.
+    """
+
+    scene: SceneInfo
+    block: int
+    halo: int
+    cell: int
+    scale: int
+    model_halo: int
+    multiple: int
+    bands: tuple[int, ...]
+    cache: Path
+
+    @property
+    def blocks_shape(self) -> tuple[int, int]:
+        """Rows and columns of blocks."""
+        return math.ceil(self.scene.height / self.block), math.ceil(self.scene.width / self.block)
+
+    @property
+    def cells_shape(self) -> tuple[int, int]:
+        """Rows and columns of router cells in the scene."""
+        return math.ceil(self.scene.height / self.cell), math.ceil(self.scene.width / self.cell)
+
+    def core(self, bi: int, bj: int) -> Window:
+        """The full-resolution window of block (bi, bj), clipped to the scene."""
+        r0, c0 = bi * self.block, bj * self.block
+        return Window(c0, r0, min(self.block, self.scene.width - c0),
+                      min(self.block, self.scene.height - r0))
+
+    def path(self, kind: str, bi: int, bj: int) -> Path:
+        """Cache file of one phase of one block."""
+        suffix = {"pv": ".npz", "probs": ".npz", "polys": ".gpkg"}[kind]
+        return self.cache / f"{kind}_{bi}_{bj}{suffix}"
+
+
+# ----------------------------------------------------------------------------- reading
+def _clip(win: Window, scene: SceneInfo) -> tuple[Window, tuple[int, int, int, int]]:
+    """Clip a window to the scene; return it and the (top, bottom, left, right) cut."""
+    r0, c0 = int(win.row_off), int(win.col_off)
+    r1, c1 = r0 + int(win.height), c0 + int(win.width)
+    cr0, cc0 = max(r0, 0), max(c0, 0)
+    cr1, cc1 = min(r1, scene.height), min(c1, scene.width)
+    return Window(cc0, cr0, cc1 - cc0, cr1 - cr0), (cr0 - r0, r1 - cr1, cc0 - c0, c1 - cc1)
+
+
+def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Full-resolution pixels and validity of a window that may pass the scene edge.
+
+    Outside the scene the image is padded (reflect, as the model's training padding)
+    and marked invalid.
+
+    Returns:
+        ``(image (C, h, w) float32 raw values, valid (h, w) bool)``.
+    """
+    inner, (t, b, left, right) = _clip(win, plan.scene)
+    data = src.read(plan.bands, window=inner).astype(np.float32)
+    valid = src.dataset_mask(window=inner) > 0
+    if t or b or left or right:
+        mode = pad_mode if min(data.shape[1:]) > max(t, b, left, right) else "edge"
+        data = np.pad(data, ((0, 0), (t, b), (left, right)), mode=mode)  # type: ignore[call-overload]
+        valid = np.pad(valid, ((t, b), (left, right)), constant_values=False)
+    return data, valid
+
+
+# ----------------------------------------------------------------------------- backend cache
+_BACKENDS: dict[tuple[str, str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def get_backend(model: str, backend: str, device: str) -> Any:
+    """The backend for a model, opened once per process (per Dask worker)."""
+    from geoseg.backends import open_backend
+
+    key = (model, backend, device)
+    with _LOCK:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = open_backend(model, backend, device)
+        return _BACKENDS[key]
+
+
+# ----------------------------------------------------------------------------- phase 1
+def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
+             stats: BandStats) -> dict[str, Any]:
+    """PV over one block read decimated; cache its logits; return utilities.
+
+    Args:
+        plan: the scene's block plan.
+        bi: block row.
+        bj: block column.
+        model: (model path, backend name, device) of the backend to use.
+        stats: band statistics for normalisation.
+
+    Returns:
+        ``utility`` and ``allowed`` (cells of the block with valid pixels), the block's
+        cell offset ``cell0`` and ``model_s`` (seconds in the model).
+    """
+    out = plan.path("pv", bi, bj)
+    core = plan.core(bi, bj)
+    gh, gw = math.ceil(core.height / plan.cell), math.ceil(core.width / plan.cell)
+    cell0 = (int(core.row_off) // plan.cell, int(core.col_off) // plan.cell)
+    if out.exists():
+        with np.load(out) as z:
+            return {"utility": z["utility"], "allowed": z["allowed"], "cell0": cell0, "model_s": 0.0}
+    s, m = plan.scale, plan.multiple
+    ctx = m  # context ring for PV's receptive field, aligned to the cell grid
+    r0, c0 = max(0, int(core.row_off) - ctx), max(0, int(core.col_off) - ctx)
+    r1 = min(plan.scene.height, int(core.row_off + core.height) + ctx)
+    c1 = min(plan.scene.width, int(core.col_off + core.width) + ctx)
+    h, w = (r1 - r0) // s * s, (c1 - c0) // s * s  # whole low-res pixels only
+    win = Window(c0, r0, w, h)
+    with rasterio.open(plan.scene.path) as src:
+        small = src.read(plan.bands, window=win, out_shape=(len(plan.bands), h // s, w // s),
+                         resampling=Resampling.average).astype(np.float32)
+        valid = src.dataset_mask(window=win, out_shape=(h // s, w // s)) > 0
+    x = normalize(small, stats, valid=valid)
+    ph, pw = -x.shape[1] % (m // s), -x.shape[2] % (m // s)
+    x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
+    backend = get_backend(*model)
+    t0 = time.perf_counter()
+    pv_logits, utility = backend.pv(x[None])
+    model_s = time.perf_counter() - t0
+    lr0, lc0 = (int(core.row_off) - r0) // s, (int(core.col_off) - c0) // s
+    lh, lw = math.ceil(core.height / s), math.ceil(core.width / s)
+    logits = pv_logits[0, :, lr0:lr0 + lh, lc0:lc0 + lw]
+    if logits.shape[1:] != (lh, lw):  # the far scene edge lost < scale px: repeat the edge
+        logits = np.pad(logits, ((0, 0), (0, lh - logits.shape[1]), (0, lw - logits.shape[2])),
+                        mode="edge")
+    step = plan.cell // s
+    cr, cc = (int(core.row_off) - r0) // plan.cell, (int(core.col_off) - c0) // plan.cell
+    util = utility[0, cr:cr + gh, cc:cc + gw].astype(np.float32)
+    vpad = np.pad(valid, ((0, -valid.shape[0] % step + step * gh), (0, -valid.shape[1] % step + step * gw)))
+    vr, vc = (int(core.row_off) - r0) // s, (int(core.col_off) - c0) // s
+    vcore = vpad[vr:vr + gh * step, vc:vc + gw * step]
+    allowed = vcore.reshape(gh, step, gw, step).any(axis=(1, 3))
+    if util.shape != (gh, gw):  # last partial cells of the scene: no utility, not allowed
+        util = np.pad(util, ((0, gh - util.shape[0]), (0, gw - util.shape[1])),
+                      constant_values=-np.inf)
+    with atomic_path(out) as tmp, tmp.open("wb") as f:
+        np.savez(f, logits=logits.astype(np.float16), utility=util, allowed=allowed)
+    return {"utility": util, "allowed": allowed, "cell0": cell0, "model_s": model_s}
+
+
+# ----------------------------------------------------------------------------- phase 2
+def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
+    """PV logits of the block core with a ring of one low-res pixel from the neighbours."""
+    with np.load(plan.path("pv", bi, bj)) as z:
+        centre = z["logits"].astype(np.float32)
+    out = np.pad(centre, ((0, 0), (1, 1), (1, 1)), mode="edge")  # scene edge: clamp
+    nbh, nbw = plan.blocks_shape
+    for di, dj in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
+        ni, nj = bi + di, bj + dj
+        if not (0 <= ni < nbh and 0 <= nj < nbw):
+            continue
+        with np.load(plan.path("pv", ni, nj)) as z:
+            nb = z["logits"]
+        rows = slice(-1, None) if di == -1 else (slice(0, 1) if di == 1 else slice(None))
+        cols = slice(-1, None) if dj == -1 else (slice(0, 1) if dj == 1 else slice(None))
+        orow = slice(0, 1) if di == -1 else (slice(-1, None) if di == 1 else slice(1, -1))
+        ocol = slice(0, 1) if dj == -1 else (slice(-1, None) if dj == 1 else slice(1, -1))
+        out[:, orow, ocol] = nb[:, rows, cols]
+    return out
+
+
+def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple[str, str, str],
+             stats: BandStats, ff_batch: int, *deps: Any) -> dict[str, Any]:
+    """Fuse PV and FF on one block core; cache probabilities (uint8, C × h × w).
+
+    Args:
+        plan: the scene's block plan.
+        bi: block row.
+        bj: block column.
+        chosen: (K, 2) scene cell (row, col) chosen for FF that lie in this block.
+        model: (model path, backend name, device) of the backend to use.
+        stats: band statistics for normalisation.
+        ff_batch: FF tiles per model call.
+        deps: upstream tasks (the PV of the neighbours), for ordering only.
+
+    Returns:
+        ``cells`` run by FF and ``model_s`` (seconds in the model).
+    """
+    from geoseg.postprocess import probabilities
+
+    out = plan.path("probs", bi, bj)
+    if out.exists():
+        return {"cells": len(chosen), "model_s": 0.0}
+    core = plan.core(bi, bj)
+    s, c, hl = plan.scale, plan.cell, plan.model_halo
+    pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
+    up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
+    logits = up[:, s:s + int(core.height), s:s + int(core.width)].numpy().copy()
+    model_s = 0.0
+    if len(chosen):
+        backend = get_backend(*model)
+        tiles, valids = [], []
+        with rasterio.open(plan.scene.path) as src:
+            for r, cc in chosen:
+                win = Window(cc * c - hl, r * c - hl, c + 2 * hl, c + 2 * hl)
+                img, valid = read_window(src, plan, win)
+                tiles.append(normalize(img, stats, valid=valid))
+                valids.append(valid)
+        batch = np.stack(tiles).astype(np.float32)
+        outs = []
+        t0 = time.perf_counter()
+        for k in range(0, len(batch), ff_batch):
+            outs.append(backend.ff(batch[k:k + ff_batch]))
+        model_s = time.perf_counter() - t0
+        ff = np.concatenate(outs)
+        for (r, cc), tile in zip(chosen, ff, strict=True):
+            y0, x0 = r * c - int(core.row_off), cc * c - int(core.col_off)
+            h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
+            logits[:, y0:y0 + h, x0:x0 + w] = tile[:, :h, :w]
+    probs = np.round(probabilities(logits) * 255).astype(np.uint8)
+    with atomic_path(out) as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, probs=probs)
+    return {"cells": len(chosen), "model_s": model_s}
+
+
+# ----------------------------------------------------------------------------- phase 3
+def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window]:
+    """Probabilities (float32) of the block core plus ``halo``, from the neighbour caches."""
+    core = plan.core(bi, bj)
+    r0, c0 = max(0, int(core.row_off) - plan.halo), max(0, int(core.col_off) - plan.halo)
+    r1 = min(plan.scene.height, int(core.row_off + core.height) + plan.halo)
+    c1 = min(plan.scene.width, int(core.col_off + core.width) + plan.halo)
+    region = None
+    nbh, nbw = plan.blocks_shape
+    for ni in range(max(0, bi - 1), min(nbh, bi + 2)):
+        for nj in range(max(0, bj - 1), min(nbw, bj + 2)):
+            nwin = plan.core(ni, nj)
+            nr0, nc0 = int(nwin.row_off), int(nwin.col_off)
+            nr1, nc1 = nr0 + int(nwin.height), nc0 + int(nwin.width)
+            ir0, ic0, ir1, ic1 = max(r0, nr0), max(c0, nc0), min(r1, nr1), min(c1, nc1)
+            if ir0 >= ir1 or ic0 >= ic1:
+                continue
+            with np.load(plan.path("probs", ni, nj)) as z:
+                probs = z["probs"]
+            if region is None:
+                region = np.zeros((probs.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
+            region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = (
+                probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0].astype(np.float32) / 255.0)
+    assert region is not None
+    return region, Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple[str, ...],
+                    simplify: float, min_area: float, *deps: Any) -> Path:
+    """Watershed instances whose centroid lies in the block core, as polygons (cached GPKG).
+
+    Args:
+        plan: the scene's block plan.
+        bi: block row.
+        bj: block column.
+        post: :class:`geoseg.postprocess.PostprocessConfig`.
+        classes: class names.
+        simplify: tolerance in metres.
+        min_area: smallest polygon kept, in m².
+        deps: upstream tasks (the FF of the 3×3 neighbours), for ordering only.
+
+    Returns:
+        The cache GPKG of the block (possibly with no feature).
+    """
+    from geoseg.postprocess import instances_from_probs
+    from geoseg.vectorize import instances_to_frame, write_vector
+
+    out = plan.path("polys", bi, bj)
+    if out.exists():
+        return out
+    probs, win = _probs_region(plan, bi, bj)
+    with rasterio.open(plan.scene.path) as src:
+        valid = src.dataset_mask(window=win) > 0
+    inst = instances_from_probs(probs, post, valid)
+    labels = inst.labels
+    n = len(inst)
+    core = plan.core(bi, bj)
+    if n:
+        rows, cols = np.indices(labels.shape)
+        flat = labels.ravel()
+        cnt = np.bincount(flat, minlength=n + 1)[1:]
+        cy = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / np.maximum(cnt, 1)
+        cx = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / np.maximum(cnt, 1)
+        cy += int(win.row_off) + 0.5
+        cx += int(win.col_off) + 0.5
+        keep = ((cy >= core.row_off) & (cy < core.row_off + core.height)
+                & (cx >= core.col_off) & (cx < core.col_off + core.width))
+        lut = np.zeros(n + 1, dtype=np.int32)
+        lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        labels = lut[labels]
+        score, cls = inst.score[keep], inst.class_index[keep]
+    else:
+        score = cls = np.zeros(0)
+    transform = plan.scene.affine @ Affine.translation(int(win.col_off), int(win.row_off))
+    gdf = instances_to_frame(labels, transform, plan.scene.crs, score=score, class_index=cls,
+                             class_names=classes, simplify=simplify,
+                             extra={"scene": plan.scene.name})
+    gdf = gdf[gdf["area_m2"] >= min_area]
+    write_vector(gdf, out)
+    return out

@@ -1,0 +1,73 @@
+"""`geoseg predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from geoseg.cli.options import overwrite_option, progress_option, scheduler_option
+
+
+def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
+                                 "e.g. 1,2,3 or 1,1,1") from None
+
+
+@click.command("predict")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="Run directory, .pt checkpoint, or export directory (onnx/tensorrt).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output .gpkg or .geojson (GeoJSON is written in EPSG:4326).")
+@click.option("--budget", type=float, help="Share of cells run at full resolution; 1.0 is dense.  "
+              "[default: the model's]")
+@click.option("--deadline-ms", type=float, help="Per scene: run as many FF cells as this allows.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt"]), default="torch",
+              show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--block", type=int, default=2048, show_default=True, help="Block side in pixels.")
+@click.option("--halo", type=int, default=256, show_default=True,
+              help="Pixels around a block seen by the watershed (largest object / 2).")
+@click.option("--bands", callback=_bands, help="1-based bands to read, e.g. 1,1,1 for a single band.")
+@click.option("--simplify", type=float, default=0.5, show_default=True, help="Tolerance in metres.")
+@click.option("--min-area", type=float, default=4.0, show_default=True, help="Smallest polygon in m².")
+@click.option("--ff-batch", type=int, default=32, show_default=True, help="FF cells per model call.")
+@click.option("--prob-out", type=click.Path(path_type=Path),
+              help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
+@scheduler_option
+@overwrite_option
+@progress_option
+def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, budget: float | None,
+                deadline_ms: float | None, backend: str, device: str, block: int, halo: int,
+                bands: tuple[int, ...] | None, simplify: float, min_area: float, ff_batch: int,
+                prob_out: Path | None, scheduler: str, overwrite: bool, progress: bool | None) -> None:
+    """Find objects in SCENES and write them as polygons in the scene CRS.
+
+    Routed inference: a cheap pass over every scene picks the cells worth a
+    full-resolution pass (--budget or --deadline-ms); instances are cut by watershed
+    and vectorized with class, score, area_m2 and scene attributes. A killed run
+    resumes where it stopped when rerun with the same options.
+
+    \b
+    $ geoseg predict data/sample/kampala_blockB_z20.tif --model runs/b1 --out buildings.gpkg
+    $ geoseg predict scenes/ --model export/ --backend onnx --budget 0.25 \\
+          --scheduler tcp://10.0.0.5:8786 --out buildings.gpkg --prob-out probs.tif
+    """
+    from geoseg.config import load_config
+    from geoseg.predict import PredictConfig, predict
+
+    cfg = load_config(PredictConfig, None, {
+        "budget": budget, "deadline_ms": deadline_ms, "backend": backend, "device": device,
+        "block": block, "halo": halo, "bands": bands, "simplify": simplify, "min_area": min_area,
+        "ff_batch": ff_batch, "prob_out": str(prob_out) if prob_out else None})
+    summary = predict(scenes, model, out, cfg, scheduler=scheduler, overwrite=overwrite,
+                      progress=progress)
+    for line in summary.lines():
+        click.echo(line, err=True)
+    click.echo(f"open {summary.out} in QGIS (Layer > Add Layer > Add Vector Layer)", err=True)

@@ -1,0 +1,308 @@
+"""`geoseg predict`: routed sliding-window inference from scenes to georeferenced polygons.
+
+For each scene (see :mod:`geoseg.blocks` for the per-block phases):
+
+1. PV over the whole scene at 1/scale, block by block, read decimated (GDAL uses COG
+   overviews when present) → a utility map of the scene's cells;
+2. the router picks the top-K cells scene-wide: ``K = ceil(budget × valid cells)``, or
+   the K that ``deadline_ms`` allows from the measured FF cost per cell;
+3. FF on the chosen cells (windowed full-resolution reads with a halo, batched), pasted
+   over the upsampled PV maps, block by block;
+4. watershed instances per block with a halo; an instance is kept only by the block
+   holding its centroid, so nothing is duplicated or cut along block seams;
+5. polygons (``class``, ``score``, ``area_m2``, ``scene``) in the scene CRS, written
+   atomically as one GeoPackage layer or GeoJSON (RFC 7946: EPSG:4326).
+
+All phases of all scenes form one Dask graph, so I/O, stitching and vectorizing of one
+block overlap with model work on others. Every per-block result is cached next to the
+output (``.<out name>.geoseg-cache/``): a killed run resumes without redoing finished
+blocks and without duplicates; the cache is removed when the output is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask
+import numpy as np
+import pandas as pd
+import rasterio
+from pydantic import Field
+
+from geoseg.blocks import BlockPlan, ff_block, get_backend, instances_block, pv_block
+from geoseg.config import Strict, validate
+from geoseg.data import BandStats
+from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
+from geoseg.io.atomic import atomic_path, write_json
+from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.parallel import check_scheduler, compute
+from geoseg.postprocess import PostprocessConfig
+
+log = logging.getLogger(__name__)
+
+
+class PredictConfig(Strict):
+    """Parameters of `geoseg predict`."""
+
+    budget: float | None = Field(None, gt=0, le=1, description="share of cells run by FF "
+                                 "(None: the model's); 1.0 is dense sliding-window inference")
+    deadline_ms: float | None = Field(None, gt=0, description="per scene: the K it allows")
+    backend: Literal["torch", "onnx", "tensorrt"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    block: int = Field(2048, ge=16, description="block side in px (rounded to the model grid)")
+    halo: int = Field(256, ge=0, description="px around a block seen by the watershed")
+    bands: tuple[int, ...] | None = Field(None, description="1-based bands to read, e.g. 1,1,1")
+    simplify: float = Field(0.5, ge=0, description="topology-preserving, in metres")
+    min_area: float = Field(4.0, ge=0, description="smallest polygon kept, in m²")
+    ff_batch: int = Field(32, ge=1, description="FF cells per model call")
+    prob_out: str | None = Field(None, description="extent probabilities as a COG")
+
+
+@dataclass
+class PredictSummary:
+    """What a predict run did."""
+
+    out: Path
+    scenes: int = 0
+    blocks: int = 0
+    cells: int = 0
+    ff_cells: int = 0
+    polygons: int = 0
+    model_seconds: float = 0.0
+    seconds: float = 0.0
+    resumed_blocks: int = 0
+    prob_out: list[Path] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        share = self.ff_cells / max(self.cells, 1)
+        return [
+            f"scenes: {self.scenes}, blocks: {self.blocks} ({self.resumed_blocks} resumed)",
+            f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%})",
+            f"polygons: {self.polygons} -> {self.out}",
+            f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
+        ] + [f"probabilities: {p}" for p in self.prob_out]
+
+
+def _meta_value(meta: dict[str, Any], key: str) -> Any:
+    if key not in meta:
+        raise ConfigError(f"the model's metadata lacks '{key}'; re-export or retrain it")
+    return meta[key]
+
+
+def _plan(scene: SceneInfo, meta: dict[str, Any], cfg: PredictConfig, cache: Path) -> BlockPlan:
+    bands = cfg.bands or tuple(range(1, scene.count + 1))
+    need = int(_meta_value(meta, "bands"))
+    if len(bands) != need:
+        raise InputRasterError(
+            f"{scene.path} has {scene.count} bands but the model takes {need}; "
+            f"map them with --bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
+    if any(b < 1 or b > scene.count for b in bands):
+        raise ConfigError(f"--bands {','.join(map(str, bands))} names a band that "
+                          f"{scene.path} (bands 1..{scene.count}) does not have")
+    multiple = int(meta["multiple"])
+    block = math.ceil(cfg.block / multiple) * multiple
+    return BlockPlan(scene=scene, block=block, halo=min(cfg.halo, block), cell=int(meta["cell"]),
+                     scale=int(meta["scale"]), model_halo=int(meta["halo"]), multiple=multiple,
+                     bands=tuple(bands), cache=cache / scene.name)
+
+
+def _choose(pv_results: list[dict[str, Any]], plan: BlockPlan, k_of: Any) -> np.ndarray:
+    """Scene-wide top-K cells from the per-block utilities; (K, 2) rows and cols."""
+    import torch
+
+    from geoseg.models.router import select_topk_scene
+
+    gh, gw = plan.cells_shape
+    util = np.full((gh, gw), -np.inf, dtype=np.float32)
+    allowed = np.zeros((gh, gw), dtype=bool)
+    for res in pv_results:
+        r, c = res["cell0"]
+        h, w = res["utility"].shape
+        util[r:r + h, c:c + w] = res["utility"]
+        allowed[r:r + h, c:c + w] = res["allowed"]
+    k = min(k_of(int(allowed.sum())), int(allowed.sum()))
+    if k <= 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    chosen = select_topk_scene(torch.from_numpy(util), k, torch.from_numpy(allowed))
+    return chosen.numpy()
+
+
+def _cells_of_block(chosen: np.ndarray, plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
+    per = plan.block // plan.cell
+    sel = (chosen[:, 0] // per == bi) & (chosen[:, 1] // per == bj)
+    return chosen[sel]
+
+
+def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) -> str:
+    st = model_path.stat()
+    payload = {"model": [str(model_path), st.st_size, st.st_mtime_ns],
+               "cfg": cfg.model_dump(mode="json", exclude={"prob_out"}),
+               "scenes": [[str(s.path), s.path.stat().st_size, s.path.stat().st_mtime_ns]
+                          for s in scenes]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _write_probs(plan: BlockPlan, path: Path) -> None:
+    """Extent probabilities of a scene, assembled block by block, as a COG (uint8, 0-255)."""
+    from rasterio.shutil import copy as rio_copy
+
+    s = plan.scene
+    tmp_tif = plan.cache / "probs_full.tif"
+    profile = {"driver": "GTiff", "width": s.width, "height": s.height, "count": 1,
+               "dtype": "uint8", "crs": s.rio_crs, "transform": s.affine, "tiled": True,
+               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+    nbh, nbw = plan.blocks_shape
+    with rasterio.open(tmp_tif, "w", **profile) as dst:
+        for bi in range(nbh):
+            for bj in range(nbw):
+                with np.load(plan.path("probs", bi, bj)) as z:
+                    dst.write(z["probs"][0], 1, window=plan.core(bi, bj))
+        dst.update_tags(1, scale="1/255", meaning="probability of object extent")
+    with atomic_path(path) as tmp:
+        rio_copy(tmp_tif, tmp, driver="COG", compress="deflate", overview_resampling="average")
+
+
+def predict(
+    scenes: Sequence[str | Path],
+    model: str | Path,
+    out: str | Path,
+    cfg: PredictConfig | None = None,
+    *,
+    scheduler: Any = "threads",
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> PredictSummary:
+    """Detect objects in scenes and write them as polygons.
+
+    Args:
+        scenes: raster files or directories of rasters.
+        model: run directory, ``.pt`` checkpoint, or export directory (onnx/tensorrt).
+        out: ``.gpkg`` or ``.geojson`` file (one layer for the whole run).
+        cfg: parameters (defaults when None).
+        scheduler: Dask scheduler (see :func:`geoseg.parallel.compute`).
+        overwrite: replace an existing output.
+        progress: show a progress bar (None: on a TTY).
+
+    Returns:
+        A :class:`PredictSummary`.
+
+    Raises:
+        InputRasterError: unreadable scene, or bands that do not fit the model.
+        CheckpointError / ConfigError / DependencyError: model, backend or options at fault.
+        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    from geoseg.vectorize import vector_driver, write_vector
+
+    t0 = time.perf_counter()
+    cfg = cfg or PredictConfig()
+    check_scheduler(scheduler)
+    out = Path(out).resolve()
+    vector_driver(out)  # unknown extension: fail before any work
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
+    model_path = Path(model).resolve()
+    device = cfg.device
+    backend = get_backend(str(model_path), cfg.backend, device)
+    meta = backend.meta
+    stats = BandStats.from_dict(_meta_value(meta, "stats"))
+    classes = tuple(_meta_value(meta, "classes"))
+    post = validate(PostprocessConfig, meta.get("postprocess") or {}, "model metadata")
+    budget = cfg.budget if cfg.budget is not None else float(meta.get("budget", 0.25))
+    cache = out.parent / f".{out.name}.geoseg-cache"
+    stamp = _stamp(backend.source, cfg, infos)
+    if cache.exists():
+        old = cache / "stamp.json"
+        same = old.exists() and json.loads(old.read_text()).get("stamp") == stamp
+        if not same:
+            shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    write_json(cache / "stamp.json", {"stamp": stamp})
+    plans = [_plan(s, meta, cfg, cache) for s in infos]
+    for p in plans:
+        p.cache.mkdir(exist_ok=True)
+
+    if cfg.deadline_ms is not None:
+        ms_per_cell = backend.ms_per_cell(cfg.ff_batch)
+        deadline = float(cfg.deadline_ms)
+
+        def k_of(n: int) -> int:
+            return int(deadline // ms_per_cell)
+    else:
+        from geoseg.models.router import k_for_budget
+
+        def k_of(n: int) -> int:
+            return k_for_budget(n, budget) if n else 0
+
+    model_key = (str(model_path), cfg.backend, device)
+    summary = PredictSummary(out=out, scenes=len(plans))
+    tasks: list[Any] = []
+    final: list[tuple[BlockPlan, int, int, Any]] = []
+    for plan in plans:
+        nbh, nbw = plan.blocks_shape
+        summary.blocks += nbh * nbw
+        summary.resumed_blocks += sum(plan.path("polys", i, j).exists()
+                                      for i in range(nbh) for j in range(nbw))
+        pv = {(i, j): dask.delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
+              for i in range(nbh) for j in range(nbw)}
+        chosen = dask.delayed(_choose, pure=False)(list(pv.values()), plan, k_of)
+        ff = {}
+        for (i, j) in pv:
+            nb = [pv[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in pv]
+            cells = dask.delayed(_cells_of_block, pure=False)(chosen, plan, i, j)
+            ff[(i, j)] = dask.delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats,
+                                                            cfg.ff_batch, *nb)
+        for (i, j) in pv:
+            nb = [ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff]
+            polys = dask.delayed(instances_block, pure=False)(plan, i, j, post, classes,
+                                                              cfg.simplify, cfg.min_area, *nb)
+            final.append((plan, i, j, polys))
+        tasks += list(pv.values()) + [chosen] + list(ff.values())
+    results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
+                      progress=progress)
+    for r in results[:len(tasks)]:
+        if isinstance(r, dict):
+            summary.model_seconds += r.get("model_s", 0.0)
+            summary.ff_cells += r.get("cells", 0)
+        elif isinstance(r, np.ndarray):
+            pass
+    for plan in plans:
+        gh, gw = plan.cells_shape
+        summary.cells += gh * gw
+
+    frames = []
+    import geopandas as gpd
+
+    target_crs = plans[0].scene.crs
+    for path in results[len(tasks):]:
+        g = gpd.read_file(path)
+        if len(g):
+            frames.append(g.to_crs(target_crs) if g.crs != target_crs else g)
+    if frames:
+        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target_crs)
+    else:
+        gdf = gpd.GeoDataFrame({"class": [], "score": [], "area_m2": [], "scene": []},
+                               geometry=gpd.GeoSeries([], crs=target_crs), crs=target_crs)
+    if len({p.scene.crs for p in plans}) > 1:
+        log.info("scenes have several CRSs; polygons are written in %s", target_crs)
+    summary.polygons = len(gdf)
+    if cfg.prob_out:
+        base = Path(cfg.prob_out)
+        for plan in plans:
+            path = base if len(plans) == 1 else base.with_name(f"{base.stem}_{plan.scene.name}{base.suffix}")
+            _write_probs(plan, path)
+            summary.prob_out.append(path)
+    write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
+    shutil.rmtree(cache, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t0
+    return summary

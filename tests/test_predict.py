@@ -1,0 +1,149 @@
+"""`geoseg predict`: blocks, seams, CRS, bands, resume, Dask, errors (tiny trained model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, labels_for
+
+import geoseg.predict as predict_mod
+from geoseg.cli.main import cli
+from geoseg.errors import InputRasterError, OutputExistsError
+from geoseg.evaluate import evaluate_frames
+from geoseg.predict import PredictConfig, predict
+
+SHAPE = (96, 128)
+# one box straddles the seam between blocks at x = 64 and y = 32
+SEAM_BOX = (58, 26, 70, 38)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("scene")
+    boxes = [b for b in grid_boxes(SHAPE, step=20, seed=5)
+             if shapely.box(*b).distance(shapely.box(*SEAM_BOX)) > 3] + [SEAM_BOX]
+    path = bright_boxes_scene(root / "scene.tif", SHAPE, boxes, seed=7)
+    truth = labels_for(path, root / "truth.gpkg", boxes, crs="EPSG:32636")
+    return path, truth
+
+
+def cfg(**kw) -> PredictConfig:
+    base = {"block": 32, "halo": 16, "simplify": 0.0, "min_area": 1.0, "budget": 1.0}
+    return PredictConfig(**{**base, **kw})
+
+
+def run(scene: Path, model: Path, out: Path, **kw) -> gpd.GeoDataFrame:
+    predict([scene], model, out, cfg(**kw))
+    return gpd.read_file(out)
+
+
+def test_polygons_match_truth_and_schema(scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, truth = scene
+    gdf = run(path, tiny_run, tmp_path / "b.gpkg")
+    with rasterio.open(path) as src:
+        assert gdf.crs == src.crs
+    assert {"class", "score", "area_m2", "scene", "geometry"} <= set(gdf.columns)
+    assert gdf.is_valid.all() and (gdf["class"] == "building").all()
+    assert ((gdf["score"] > 0) & (gdf["score"] <= 1)).all()
+    assert (gdf["scene"] == "scene").all()
+    rep = evaluate_frames(gdf, gpd.read_file(truth), iou=0.5)
+    assert rep["f1"] > 0.9, rep
+    # the box across the block seam is found exactly once
+    seam = gpd.read_file(truth).geometry.iloc[-1]
+    hits = gdf[gdf.intersects(seam)]
+    assert len(hits) == 1
+    assert hits.geometry.iloc[0].intersection(seam).area / hits.geometry.iloc[0].union(seam).area > 0.7
+
+
+def test_block_size_does_not_change_the_result(scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, _ = scene
+    small = run(path, tiny_run, tmp_path / "s.gpkg", block=32)
+    big = run(path, tiny_run, tmp_path / "l.gpkg", block=256)
+    assert abs(len(small) - len(big)) <= 1
+    rep = evaluate_frames(small, big, iou=0.5)
+    assert rep["f1"] > 0.97
+
+
+def test_routed_budget_runs_fewer_cells(scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, _ = scene
+    dense = predict([path], tiny_run, tmp_path / "d.gpkg", cfg(budget=1.0))
+    routed = predict([path], tiny_run, tmp_path / "r.gpkg", cfg(budget=0.25))
+    assert dense.ff_cells == dense.cells == 48
+    assert routed.ff_cells == 12
+
+
+def test_distributed_equals_local(scene, tiny_run: Path, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    path, _ = scene
+    local = run(path, tiny_run, tmp_path / "a.gpkg")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        predict([path], tiny_run, tmp_path / "b.gpkg", cfg(), scheduler=cluster.scheduler_address)
+    dist = gpd.read_file(tmp_path / "b.gpkg")
+    assert len(local) == len(dist) > 0
+    assert evaluate_frames(local, dist, iou=0.999)["f1"] == 1.0
+
+
+def test_single_band_uint16_with_band_mapping(tiny_run: Path, tmp_path: Path) -> None:
+    boxes = grid_boxes((64, 64), seed=3)
+    path = bright_boxes_scene(tmp_path / "pan.tif", (64, 64), boxes, bands=1, dtype="uint16")
+    with pytest.raises(InputRasterError, match="--bands"):
+        predict([path], tiny_run, tmp_path / "x.gpkg", cfg())
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "pan.gpkg"), "--bands", "1,1,1", "--block", "32",
+                                   "--budget", "1.0", "--min-area", "1"])
+    assert res.exit_code == 0, res.output
+    assert gpd.read_file(tmp_path / "pan.gpkg").crs.to_epsg() == 32636
+
+
+def test_resume_after_interruption_gives_the_same_file(scene, tiny_run: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    path, _ = scene
+    ref = run(path, tiny_run, tmp_path / "ref.gpkg")
+    real = predict_mod.instances_block
+    calls = {"n": 0}
+
+    def dies_midway(plan, bi, bj, *a):
+        calls["n"] += 1
+        if (bi, bj) == (2, 3):
+            raise KeyboardInterrupt("killed")
+        return real(plan, bi, bj, *a)
+
+    monkeypatch.setattr(predict_mod, "instances_block", dies_midway)
+    out = tmp_path / "out.gpkg"
+    with pytest.raises(KeyboardInterrupt):
+        predict([path], tiny_run, out, cfg(), scheduler="sync")
+    assert not out.exists()
+    cache = tmp_path / ".out.gpkg.geoseg-cache"
+    assert any(cache.rglob("polys_*.gpkg"))
+    monkeypatch.setattr(predict_mod, "instances_block", real)
+    summary = predict([path], tiny_run, out, cfg(), scheduler="sync")
+    assert summary.resumed_blocks > 0
+    again = gpd.read_file(out)
+    assert len(again) == len(ref)
+    assert evaluate_frames(again, ref, iou=0.99)["f1"] == 1.0
+    assert not cache.exists()
+
+
+def test_geojson_prob_out_and_errors(scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, _ = scene
+    out = tmp_path / "b.geojson"
+    s = predict([path], tiny_run, out, cfg(prob_out=str(tmp_path / "p.tif")))
+    assert gpd.read_file(out).crs.to_epsg() == 4326
+    with rasterio.open(s.prob_out[0]) as p, rasterio.open(path) as src:
+        assert p.crs == src.crs and p.transform == src.transform and p.dtypes[0] == "uint8"
+        assert p.tags(1)["scale"] == "1/255"
+    with pytest.raises(OutputExistsError):
+        predict([path], tiny_run, out, cfg())
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tmp_path / "nope"),
+                                   "--out", str(tmp_path / "c.gpkg")])
+    assert res.exit_code == 1 and res.output.startswith("geoseg: error:")
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run),
+                                   "--out", str(tmp_path / "c.shp")])
+    assert res.exit_code == 1 and "c.shp" in res.output
