@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "geoseg.cli.evaluate:evaluate_cmd",
     "train": "geoseg.cli.train:train_cmd",
     "predict": "geoseg.cli.predict:predict_cmd",
+    "run": "geoseg.cli.run:run_cmd",
 }
 
 

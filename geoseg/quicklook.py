@@ -1,0 +1,161 @@
+"""Quick-look PNG of a scene with predicted and true outlines, for a glance without QGIS.
+
+The scene is read decimated (``out_shape`` with ``Resampling.average``: GDAL uses COG
+overviews when present), so a scene of any size costs about ``max_side``² pixels of
+memory. The first three bands are stretched to RGB between their 2nd and 98th
+percentiles (one band: grey); polygons are reprojected to the scene CRS and drawn as
+outlines, truth in yellow and predictions in cyan, with a legend. Rendering uses the
+Agg canvas directly (no pyplot state, safe in threads) and the PNG is written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+
+from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.io.atomic import atomic_path
+
+#: Outline colours (RGB 0-255); the tests look for PRED_COLOR in the pixels.
+PRED_COLOR = (0, 255, 255)
+TRUTH_COLOR = (255, 215, 0)
+#: Smaller scenes are drawn up to this long side (nearest neighbour), so outlines and
+#: legend stay readable.
+MIN_SIDE = 600
+DPI = 100
+
+
+def stretch(bands: np.ma.MaskedArray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
+    """Stretch (bands, rows, cols) to an RGB float image in [0, 1], masked pixels black.
+
+    Each band is scaled between its ``low`` and ``high`` percentiles over valid pixels;
+    one band becomes grey.
+
+    Returns:
+        (rows, cols, 3) float32.
+
+    Examples:
+        >>> img = stretch(np.ma.masked_array(np.arange(100.0).reshape(1, 10, 10)))
+        >>> img.shape, float(img.min()), float(img.max())
+        ((10, 10, 3), 0.0, 1.0)
+    """
+    data = np.ma.masked_invalid(np.ma.asarray(bands, dtype=np.float64))
+    out = np.zeros(data.shape, dtype=np.float32)
+    for i, band in enumerate(data):
+        valid = band.compressed()
+        if valid.size == 0:
+            continue
+        lo, hi = np.percentile(valid, [low, high])
+        scaled = (band.filled(lo) - lo) / (hi - lo if hi > lo else 1.0)
+        out[i] = np.where(np.ma.getmaskarray(band), 0.0, np.clip(scaled, 0.0, 1.0))
+    if out.shape[0] == 1:
+        out = np.repeat(out, 3, axis=0)
+    return np.moveaxis(out[:3], 0, -1)
+
+
+def _frame(obj: gpd.GeoDataFrame | gpd.GeoSeries | str | Path | None, role: str) -> gpd.GeoSeries | None:
+    if obj is None:
+        return None
+    if isinstance(obj, (str, Path)):
+        from geoseg.evaluate import read_polygons
+
+        obj = read_polygons(obj, role)
+    geoms = obj.geometry if isinstance(obj, gpd.GeoDataFrame) else obj
+    if geoms.crs is None:
+        raise InputVectorError(f"the {role} polygons have no CRS; set one with gdf.set_crs(...)")
+    return geoms
+
+
+def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
+    """Every ring (exterior and holes) of the polygonal parts of ``geoms``, as (n, 2) arrays."""
+    parts = shapely.get_parts(shapely.make_valid(geoms))
+    polys = shapely.get_parts(parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON])
+    rings = shapely.get_rings(polys)
+    if len(rings) == 0:
+        return []
+    coords, idx = shapely.get_coordinates(rings, return_index=True)
+    return np.split(coords, np.flatnonzero(np.diff(idx)) + 1)
+
+
+def quicklook(
+    scene: str | Path,
+    out_png: str | Path,
+    *,
+    pred: gpd.GeoDataFrame | str | Path | None = None,
+    truth: gpd.GeoDataFrame | str | Path | None = None,
+    max_side: int = 1500,
+    title: str | None = None,
+) -> Path:
+    """Draw a scene with predicted and true polygon outlines into a PNG.
+
+    Args:
+        scene: raster file (any size: it is read decimated).
+        out_png: the PNG to write (atomically).
+        pred: predicted polygons (GeoDataFrame or vector file), any CRS.
+        truth: true polygons (GeoDataFrame or vector file), any CRS.
+        max_side: long side of the PNG in pixels at most. Scenes smaller than 600 px
+            are drawn enlarged to 600 px (or ``max_side`` if smaller).
+        title: text in the top-left corner (default: the scene's file name).
+
+    Returns:
+        ``out_png`` as a Path.
+
+    Raises:
+        InputRasterError: the scene cannot be read, or has no CRS while polygons are given.
+        InputVectorError: a polygon file cannot be read or has no CRS.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    scene, out_png = Path(scene), Path(out_png)
+    layers = [(g, c, name) for g, c, name in (
+        (_frame(truth, "truth"), TRUTH_COLOR, "truth"), (_frame(pred, "prediction"), PRED_COLOR, "prediction"))
+        if g is not None]
+    try:
+        with rasterio.open(scene) as src:
+            long = max(src.width, src.height)
+            side = min(max_side, max(long, MIN_SIDE))  # long side of the PNG
+            width = max(1, round(src.width * side / long))
+            height = max(1, round(src.height * side / long))
+            shape = (min(height, src.height), min(width, src.width))  # never read more than needed
+            indexes = [1, 2, 3] if src.count >= 3 else [1]
+            data = src.read(indexes, out_shape=(len(indexes), *shape),
+                            resampling=Resampling.average, masked=True)
+            crs, (left, bottom, right, top) = src.crs, src.bounds
+    except RasterioError as err:
+        raise InputRasterError(f"cannot read scene {scene}: {err}; check the file (gdalinfo)") from None
+    if layers and crs is None:
+        raise InputRasterError(f"{scene} has no CRS, so polygons cannot be placed on it; assign one "
+                               f"(e.g. gdal_edit.py -a_srs EPSG:32636 {scene})")
+
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.imshow(stretch(data), extent=(left, right, bottom, top), aspect="auto",
+              interpolation="nearest" if shape[0] < height else "antialiased")
+    handles = []
+    for geoms, color, name in layers:
+        g = geoms.to_crs(crs).to_numpy()
+        g = g[shapely.intersects(g, shapely.box(left, bottom, right, top))]  # those on the scene
+        rgb = tuple(c / 255 for c in color)
+        ax.add_collection(LineCollection(outline_segments(g), colors=[rgb], linewidths=1.5))
+        handles.append(Line2D([], [], color=rgb, linewidth=2, label=f"{name} ({len(g)})"))
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_axis_off()
+    if handles:
+        ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
+    ax.text(0.01, 0.99, title if title is not None else scene.name, transform=ax.transAxes,
+            ha="left", va="top", fontsize=9, color="white",
+            bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    return out_png
