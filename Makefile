@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## The main job on the bundled sample.
+## The main job on the bundled sample: tile -> train (short) -> predict -> evaluate,
+## writing outputs/demo/{buildings.gpkg,quicklook.png,evaluation.json}.
 demo: install
-	$(BIN)/geoseg tile data/sample --labels data/sample/labels/buildings.gpkg \
-		--val-scenes 'kampala_blockB*' --val-fraction 0 --out outputs/demo/patches --overwrite
+	$(BIN)/geoseg run pipelines/kampala.yaml
 
 ## The whole test suite (what CI runs).
 test: install
@@ -32,6 +32,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/tile.py
+	$(BIN)/python bench/routed_forward.py
+	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/evaluate.py
 
 clean:
 	rm -rf outputs .pytest_cache
