@@ -202,7 +202,9 @@ class _Engine:
         name = self.inputs[0]
         with self.lock, torch.cuda.stream(self.stream):
             inp = torch.from_numpy(x).to("cuda").to(self.dtypes[name]).contiguous()
-            self.context.set_input_shape(name, tuple(inp.shape))
+            if not self.context.set_input_shape(name, tuple(inp.shape)):
+                raise ValueError(f"{self.path.name} refuses input shape {tuple(inp.shape)}; rebuild it with "
+                                 "geoseg export --format tensorrt")
             self.context.set_tensor_address(name, inp.data_ptr())
             outs = {}
             for o in self.outputs:
