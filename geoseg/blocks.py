@@ -204,6 +204,15 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
 
 
 # ----------------------------------------------------------------------------- phase 2
+def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
+    """As :func:`geoseg.postprocess.probabilities`, quantised to uint8 (x 255), in torch."""
+    probs = torch.empty_like(logits)
+    probs[:3] = torch.sigmoid(logits[:3])
+    if logits.shape[0] > 3:
+        probs[3:] = torch.softmax(logits[3:], dim=0)
+    return probs.mul_(255).round_().to(torch.uint8).numpy()
+
+
 def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     """PV logits of the block core with a ring of one low-res pixel from the neighbours."""
     with np.load(plan.path("pv", bi, bj)) as z:
@@ -241,8 +250,6 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple
     Returns:
         ``cells`` run by FF and ``model_s`` (seconds in the model).
     """
-    from geoseg.postprocess import probabilities
-
     out = plan.path("probs", bi, bj)
     if out.exists():
         return {"cells": len(chosen), "model_s": 0.0}
@@ -250,7 +257,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple
     s, c, hl = plan.scale, plan.cell, plan.model_halo
     pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
     up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
-    logits = up[:, s:s + int(core.height), s:s + int(core.width)].numpy().copy()
+    logits = up[:, s:s + int(core.height), s:s + int(core.width)].contiguous()
     model_s = 0.0
     if len(chosen):
         backend = get_backend(*model)
@@ -267,14 +274,14 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple
         for k in range(0, len(batch), ff_batch):
             outs.append(backend.ff(batch[k:k + ff_batch]))
         model_s = time.perf_counter() - t0
-        ff = np.concatenate(outs)
+        ff = torch.from_numpy(np.concatenate(outs))
         for (r, cc), tile in zip(chosen, ff, strict=True):
             y0, x0 = r * c - int(core.row_off), cc * c - int(core.col_off)
             h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
             logits[:, y0:y0 + h, x0:x0 + w] = tile[:, :h, :w]
-    probs = np.round(probabilities(logits) * 255).astype(np.uint8)
+    probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
-        np.savez_compressed(f, probs=probs)
+        np.savez(f, probs=probs)  # uncompressed: zlib would cost more than the model at low budgets
     return {"cells": len(chosen), "model_s": model_s}
 
 
