@@ -28,7 +28,7 @@ from geoseg.errors import CheckpointError, ConfigError, DependencyError
 
 #: How to get TensorRT (in every DependencyError of this module).
 INSTALL = ('pip install -c constraints.txt "geoseg[gpu]" on a machine with an NVIDIA GPU, CUDA and '
-           "access to NVIDIA's tensorrt wheels (pypi.nvidia.com)")
+           "access to NVIDIA's package index for the tensorrt wheels")
 
 Shape = tuple[int, ...]
 
