@@ -1,0 +1,135 @@
+"""The stages a pipeline runs: one function per stage, over a :class:`~geoseg.pipeline.Stage`.
+
+Each runner gets the stage's resolved arguments and a :class:`~geoseg.pipeline.StageRun`
+(why it runs, the shared Dask scheduler) and returns ``(outputs, summary lines)``.
+Library modules are imported when a stage runs, so that a pipeline without train or
+predict never imports torch for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geoseg.errors import OutputExistsError
+from geoseg.io.atomic import write_json
+
+if TYPE_CHECKING:
+    from geoseg.pipeline import Stage, StageRun
+
+Runner = Callable[["Stage", "StageRun"], tuple[list[Path], list[str]]]
+
+
+def show(path: Path, cwd: Path | None = None) -> str:
+    """``path`` relative to ``cwd`` (default: the current folder) when inside it, else absolute."""
+    rel = os.path.relpath(Path(path).absolute(), (cwd or Path.cwd()).absolute())
+    return str(Path(path).absolute()) if rel.startswith("..") else rel
+
+
+
+# Each returns (outputs, summary lines). Library modules are imported when a stage runs,
+# so that a pipeline without train or predict never imports torch for them.
+def _foreign(stage: str, out: Path) -> OutputExistsError:
+    return OutputExistsError(f"{out} holds outputs that this pipeline did not record; delete "
+                             f"it, or rerun with --from {stage} to replace them")
+
+
+def run_tile(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+    """Tile; replaces earlier chips when parameters or inputs changed, else resumes."""
+    from geoseg.tiling import tile
+
+    a = stage.args
+    overwrite = run.changed
+    try:
+        summary = tile(a["scenes"], a["labels"], a["out"], a["cfg"], scheduler=run.scheduler.get(),
+                       overwrite=overwrite, skip_bad=a["skip_bad"], progress=run.progress)
+    except OutputExistsError:
+        if overwrite:
+            raise
+        raise _foreign("tile", a["out"]) from None
+    return [a["out"]], summary.lines()
+
+
+def run_train(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+    """Train afresh, or resume an unfinished run when nothing changed."""
+    from geoseg.train import train
+
+    a = stage.args
+    resume = run.unfinished
+    try:
+        res = train(a["cfg"], a["patches"], a["out"], resume=resume,
+                    overwrite=not resume and not run.first, progress=run.progress)
+    except OutputExistsError:
+        raise _foreign("train", a["out"]) from None
+    b = res.best
+    return [a["out"]], [f"trained {res.epochs} epochs; best {b['metric']} {b['value']:.3f} at "
+                        f"epoch {b['epoch']}"]
+
+
+def run_predict(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+    """Predict, replacing the output of an earlier run of the pipeline."""
+    from geoseg.predict import predict
+
+    a = stage.args
+    try:
+        summary = predict(a["scenes"], a["model"], a["out"], a["cfg"], scheduler=run.scheduler.get(),
+                          overwrite=not run.first, progress=run.progress)
+    except OutputExistsError:
+        raise _foreign("predict", a["out"]) from None
+    return [a["out"], *summary.prob_out], summary.lines()
+
+
+def run_evaluate(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+    """Evaluate (inside the scenes' footprint with ``clip``); write the JSON and quick-look."""
+    from geoseg.evaluate import evaluate_frames, format_report, read_polygons
+    from geoseg.io.rasters import list_rasters
+
+    a = stage.args
+    pred, truth = read_polygons(a["pred"], "prediction"), read_polygons(a["truth"], "truth")
+    scenes = list_rasters(a["scenes"]) if a["scenes"] else []
+    if a["clip"]:
+        area = footprint(scenes)
+        pred, truth = _clip(pred, area), _clip(truth, area)
+    report = evaluate_frames(pred, truth, iou=a["iou"], class_field=a["class_field"],
+                             boundary_width=a["boundary_width"])
+    outputs: list[Path] = []
+    if "json" in a:
+        write_json(a["json"], report, indent=2)
+        outputs.append(a["json"])
+    if "quicklook" in a:
+        from geoseg.quicklook import quicklook
+
+        title = f"{scenes[0].stem}: F1 {report['f1']:.3f} at IoU {a['iou']:g}"
+        outputs.append(quicklook(scenes[0], a["quicklook"], pred=pred, truth=truth,
+                                 max_side=a["max_side"], title=title))
+    head = (f"IoU >= {a['iou']:g}: {show(a['pred'])} vs {show(a['truth'])}"
+            + (" (inside the scenes)" if a["clip"] else ""))
+    return outputs, [head, *format_report(report).splitlines()]
+
+
+def footprint(scenes: Sequence[Path]) -> Any:
+    """Union of the scenes' bounding boxes: a one-row GeoSeries in the first scene's CRS."""
+    import geopandas as gpd
+    import rasterio
+    import shapely
+
+    boxes, crs = [], None
+    for p in scenes:
+        with rasterio.open(p) as src:
+            box, scrs = shapely.box(*src.bounds), src.crs
+        crs = crs or scrs
+        box = shapely.segmentize(box, box.length / 400)  # edges stay true when reprojected
+        boxes.append(gpd.GeoSeries([box], crs=scrs).to_crs(crs).iloc[0])
+    return gpd.GeoSeries([shapely.union_all(boxes)], crs=crs)
+
+
+def _clip(gdf: Any, area: Any) -> Any:
+    import geopandas as gpd
+
+    return gpd.clip(gdf.to_crs(area.crs), area)
+
+
+RUNNERS: dict[str, Runner] = {"tile": run_tile, "train": run_train, "predict": run_predict,
+                              "evaluate": run_evaluate}
