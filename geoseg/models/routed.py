@@ -47,6 +47,7 @@ from geoseg.models.router import (
     topk_mask,
 )
 from geoseg.models.streams import build_stream
+from geoseg.models.triton_cells import pack_cells_triton, paste_cells_triton, use_triton
 
 
 @dataclass
@@ -220,7 +221,8 @@ class RoutedModel(nn.Module):
             - cells: (N, 3) int64
             - output: (N, C, cell, cell)
         """
-        return self.ff_graph(pack_cells(x, cells, self.cfg.cell, self.cfg.halo))
+        pack = pack_cells_triton if use_triton(x) else pack_cells  # same numbers
+        return self.ff_graph(pack(x, cells, self.cfg.cell, self.cfg.halo))
 
     def fuse(
         self,
@@ -249,7 +251,8 @@ class RoutedModel(nn.Module):
         s = self.cfg.scale
         full = (pv_logits.shape[-2] * s, pv_logits.shape[-1] * s)
         base = F.interpolate(pv_logits, size=full, mode="bilinear", align_corners=False)
-        fused = paste_cells(base, cells, ff_logits, self.cfg.cell, 0)
+        paste = paste_cells_triton if use_triton(base) else paste_cells  # same numbers
+        fused = paste(base, cells, ff_logits, self.cfg.cell, 0)
         return fused[..., : size[0], : size[1]]
 
     # ----------------------------------------------------------------- router

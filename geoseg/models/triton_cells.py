@@ -1,0 +1,137 @@
+"""Triton kernels for the cell gather (pack) and scatter (paste) of the routed model.
+
+Same semantics and numbers as :func:`geoseg.models.cells.pack_cells` and
+:func:`geoseg.models.cells.paste_cells` (the torch reference, used for training and on
+CPU), for inference on a CUDA GPU: one kernel launch gathers every chosen cell with its
+halo into the FF batch, one writes the FF centre crops back over the PV maps, with no
+intermediate strided views or index tensors. Padding (reflect, or zeros where reflect is
+impossible) is done by torch first, exactly as in the reference.
+
+The kernels are plain index arithmetic, so they also run under Triton's interpreter
+(``TRITON_INTERPRET=1``) on CPU tensors: that is how ``tests/test_triton_cells.py``
+checks them against the torch reference without a GPU. No autograd: inference only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from geoseg.models.cells import _check, grid_shape, pad_mode
+
+BLOCK = 1024
+
+
+@functools.cache
+def available() -> bool:
+    """Whether Triton imports (it ships with torch's CUDA builds on Linux)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels() -> tuple[object, object]:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gather(src, cells, out, C, Hp, Wp, CELL: tl.constexpr, T: tl.constexpr,
+               BLOCK: tl.constexpr):
+        nc = tl.program_id(0)
+        n = nc // C
+        ch = nc % C
+        b = tl.load(cells + n * 3)
+        r = tl.load(cells + n * 3 + 1)
+        c = tl.load(cells + n * 3 + 2)
+        k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = k < T * T
+        i = k // T
+        j = k % T
+        s = ((b * C + ch) * Hp + r * CELL + i) * Wp + c * CELL + j
+        tl.store(out + nc * T * T + k, tl.load(src + s, mask=m), mask=m)
+
+    @triton.jit
+    def scatter(tiles, cells, out, C, Hg, Wg, CELL: tl.constexpr, T: tl.constexpr,
+                HALO: tl.constexpr, BLOCK: tl.constexpr):
+        nc = tl.program_id(0)
+        n = nc // C
+        ch = nc % C
+        b = tl.load(cells + n * 3)
+        r = tl.load(cells + n * 3 + 1)
+        c = tl.load(cells + n * 3 + 2)
+        k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        m = k < CELL * CELL
+        i = k // CELL
+        j = k % CELL
+        s = (nc * T + HALO + i) * T + HALO + j
+        d = ((b * C + ch) * Hg + r * CELL + i) * Wg + c * CELL + j
+        tl.store(out + d, tl.load(tiles + s, mask=m), mask=m)
+
+    return gather, scatter
+
+
+def pack_cells_triton(x: torch.Tensor, cells: torch.Tensor, cell: int, halo: int) -> torch.Tensor:
+    """:func:`~geoseg.models.cells.pack_cells` as one Triton kernel launch.
+
+    Shape:
+        - x: (B, C, H, W)
+        - cells: (N, 3) int64
+        - output: (N, C, cell + 2 * halo, cell + 2 * halo)
+    """
+    import triton
+
+    _check(x, cells, cell, halo)
+    _, ch, h, w = x.shape
+    gh, gw = grid_shape(h, w, cell)
+    side = cell + 2 * halo
+    pads = (halo, halo + gw * cell - w, halo, halo + gh * cell - h)
+    if any(pads):
+        x = F.pad(x, pads, mode=pad_mode(h, w, pads))
+    x = x.contiguous()
+    n = cells.shape[0]
+    out = torch.empty((n, ch, side, side), dtype=x.dtype, device=x.device)
+    if n:
+        gather, _ = _kernels()
+        grid = (n * ch, triton.cdiv(side * side, BLOCK))
+        gather[grid](x, cells.contiguous(), out, ch, x.shape[2], x.shape[3],
+                     CELL=cell, T=side, BLOCK=BLOCK)
+    return out
+
+
+def paste_cells_triton(maps: torch.Tensor, cells: torch.Tensor, tiles: torch.Tensor, cell: int,
+                       halo: int) -> torch.Tensor:
+    """:func:`~geoseg.models.cells.paste_cells` as one Triton kernel launch (no autograd).
+
+    Shape:
+        - maps: (B, C, H, W)
+        - cells: (N, 3) int64, unique
+        - tiles: (N, C, cell + 2 * halo, cell + 2 * halo)
+        - output: (B, C, H, W)
+    """
+    import triton
+
+    _check(maps, cells, cell, halo)
+    bsz, ch, h, w = maps.shape
+    side = cell + 2 * halo
+    if tiles.shape != (cells.shape[0], ch, side, side):
+        raise ValueError(f"expected tiles of shape {(cells.shape[0], ch, side, side)}, "
+                         f"got {tuple(tiles.shape)}")
+    gh, gw = grid_shape(h, w, cell)
+    out = F.pad(maps, (0, gw * cell - w, 0, gh * cell - h)).contiguous()
+    n = cells.shape[0]
+    if n:
+        _, scatter = _kernels()
+        grid = (n * ch, triton.cdiv(cell * cell, BLOCK))
+        scatter[grid](tiles.to(maps.dtype).contiguous(), cells.contiguous(), out, ch,
+                      out.shape[2], out.shape[3], CELL=cell, T=side, HALO=halo, BLOCK=BLOCK)
+    return out[..., :h, :w]
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Use the kernels: CUDA tensors, no autograd (inference), and Triton available."""
+    return x.is_cuda and not torch.is_grad_enabled() and available()
