@@ -147,3 +147,11 @@ def test_geojson_prob_out_and_errors(scene, tiny_run: Path, tmp_path: Path) -> N
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run),
                                    "--out", str(tmp_path / "c.shp")])
     assert res.exit_code == 1 and "c.shp" in res.output
+
+
+def test_deadline_sets_k_from_the_measured_cost(scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, _ = scene
+    few = predict([path], tiny_run, tmp_path / "few.gpkg", cfg(budget=None, deadline_ms=1e-3))
+    assert few.ff_cells == 0 and few.cells == 48  # no time for any FF cell: PV only
+    many = predict([path], tiny_run, tmp_path / "many.gpkg", cfg(budget=None, deadline_ms=1e6))
+    assert many.ff_cells == 48
