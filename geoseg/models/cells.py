@@ -66,6 +66,28 @@ def pad_mode(height: int, width: int, pads: tuple[int, ...]) -> str:
     return "reflect" if max(pads, default=0) < min(height, width) else "constant"
 
 
+def pad_for_cells(x: torch.Tensor, cell: int, halo: int) -> torch.Tensor:
+    """Pad images so every cell of the grid has a full halo (reflect, else zeros).
+
+    Shared by the torch and Triton gathers so that both see the same pixels at the edges.
+
+    Shape:
+        - x: (B, C, H, W)
+        - output: (B, C, Gh * cell + 2 * halo, Gw * cell + 2 * halo)
+    """
+    h, w = x.shape[-2:]
+    gh, gw = grid_shape(h, w, cell)
+    pads = (halo, halo + gw * cell - w, halo, halo + gh * cell - h)
+    return F.pad(x, pads, mode=pad_mode(h, w, pads)) if any(pads) else x
+
+
+def check_tiles(tiles: torch.Tensor, cells: torch.Tensor, channels: int, side: int) -> None:
+    """Raise ValueError unless ``tiles`` is (N, channels, side, side) with N = len(cells)."""
+    if tiles.shape != (cells.shape[0], channels, side, side):
+        raise ValueError(f"expected tiles of shape {(cells.shape[0], channels, side, side)}, "
+                         f"got {tuple(tiles.shape)}")
+
+
 def _check(x: torch.Tensor, cells: torch.Tensor, cell: int, halo: int) -> None:
     if x.dim() != 4:
         raise ValueError(f"expected images of shape (B, C, H, W), got {tuple(x.shape)}")
@@ -97,12 +119,8 @@ def pack_cells(x: torch.Tensor, cells: torch.Tensor, cell: int, halo: int) -> to
         - output: (N, C, cell + 2 * halo, cell + 2 * halo)
     """
     _check(x, cells, cell, halo)
-    _, _, h, w = x.shape
-    gh, gw = grid_shape(h, w, cell)
     side = cell + 2 * halo
-    pads = (halo, halo + gw * cell - w, halo, halo + gh * cell - h)
-    if any(pads):
-        x = F.pad(x, pads, mode=pad_mode(h, w, pads))
+    x = pad_for_cells(x, cell, halo)
     # (B, C, Gh, Gw, T, T): a strided view, no copy
     windows = x.unfold(2, side, cell).unfold(3, side, cell)
     b, r, c = cells[:, 0], cells[:, 1], cells[:, 2]
@@ -145,9 +163,7 @@ def paste_cells(maps: torch.Tensor, cells: torch.Tensor, tiles: torch.Tensor, ce
     """
     _check(maps, cells, cell, halo)
     bsz, ch, h, w = maps.shape
-    side = cell + 2 * halo
-    if tiles.shape != (cells.shape[0], ch, side, side):
-        raise ValueError(f"expected tiles of shape {(cells.shape[0], ch, side, side)}, got {tuple(tiles.shape)}")
+    check_tiles(tiles, cells, ch, cell + 2 * halo)
     centre = crop_centre(tiles, halo).to(maps.dtype)
     gh, gw = grid_shape(h, w, cell)
     base = maps

@@ -19,7 +19,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from geoseg.models.cells import _check, grid_shape, pad_mode
+from geoseg.models.cells import _check, check_tiles, grid_shape, pad_for_cells
 
 BLOCK = 1024
 
@@ -86,13 +86,9 @@ def pack_cells_triton(x: torch.Tensor, cells: torch.Tensor, cell: int, halo: int
     import triton
 
     _check(x, cells, cell, halo)
-    _, ch, h, w = x.shape
-    gh, gw = grid_shape(h, w, cell)
+    ch = x.shape[1]
     side = cell + 2 * halo
-    pads = (halo, halo + gw * cell - w, halo, halo + gh * cell - h)
-    if any(pads):
-        x = F.pad(x, pads, mode=pad_mode(h, w, pads))
-    x = x.contiguous()
+    x = pad_for_cells(x, cell, halo).contiguous()
     n = cells.shape[0]
     out = torch.empty((n, ch, side, side), dtype=x.dtype, device=x.device)
     if n:
@@ -118,9 +114,7 @@ def paste_cells_triton(maps: torch.Tensor, cells: torch.Tensor, tiles: torch.Ten
     _check(maps, cells, cell, halo)
     bsz, ch, h, w = maps.shape
     side = cell + 2 * halo
-    if tiles.shape != (cells.shape[0], ch, side, side):
-        raise ValueError(f"expected tiles of shape {(cells.shape[0], ch, side, side)}, "
-                         f"got {tuple(tiles.shape)}")
+    check_tiles(tiles, cells, ch, side)
     gh, gw = grid_shape(h, w, cell)
     out = F.pad(maps, (0, gw * cell - w, 0, gh * cell - h)).contiguous()
     n = cells.shape[0]
