@@ -97,7 +97,7 @@ def model_only_seconds(model: Path, scene: Path, budget: float) -> float:
     """PV over every block and FF over K tiles, on arrays already in memory."""
     import rasterio
 
-    from geoseg.blocks import get_backend
+    from geoseg.backends.cache import get_backend
     from geoseg.models.router import k_for_budget
 
     be = get_backend(str(model), "torch", "cpu")
@@ -157,7 +157,7 @@ def prepare_model(work: Path, epochs: int) -> None:
     import geopandas as gpd
 
     from geoseg.config import load_config
-    from geoseg.tiling import TileConfig, tile
+    from geoseg.tile import TileConfig, tile
     from geoseg.train import TrainConfig, train
 
     tr_labels, _ = boxes_scene(work / "train.tif", 1024, 0.5, seed=0)
@@ -185,7 +185,7 @@ def run_benchmarks(work: Path, scene: Path, big: Path, truth: Path) -> None:
     from geoseg.evaluate import evaluate_frames
 
     truth_gdf = gpd.read_file(truth)
-    from geoseg.blocks import get_backend
+    from geoseg.backends.cache import get_backend
     from geoseg.predict import PredictConfig, predict
 
     t0 = time.perf_counter()

@@ -66,7 +66,8 @@ def floor_read_write(scene: Path, out: Path, size: int, overlap: int) -> tuple[f
     import rasterio
 
     from geoseg.io.rasters import inspect_scene
-    from geoseg.tiling import _chip_profile, window_grid
+    from geoseg.tile.grid import window_grid
+    from geoseg.tile.stage import _chip_profile
 
     info = inspect_scene(scene)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +86,7 @@ def floor_read_write(scene: Path, out: Path, size: int, overlap: int) -> tuple[f
 
 def child(scene: str, labels: str, out: str) -> None:
     """Run geoseg tile in this (fresh) process; print seconds, chips and peak RSS as JSON."""
-    from geoseg.tiling import TileConfig, tile
+    from geoseg.tile import TileConfig, tile
 
     t0 = time.perf_counter()
     s = tile([scene], labels, out, TileConfig(min_valid=0.0), scheduler="threads", progress=False)

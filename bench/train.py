@@ -30,8 +30,9 @@ def main() -> None:
     import torch
 
     from geoseg.config import load_config
-    from geoseg.tiling import TileConfig, tile
-    from geoseg.train import TrainConfig, Trainer, resolve_device
+    from geoseg.tile import TileConfig, tile
+    from geoseg.train import TrainConfig
+    from geoseg.train.loop import Trainer, resolve_device
 
     work = Path(tempfile.mkdtemp(prefix="geoseg-bench-train-"))
     sample = REPO / "data" / "sample"

@@ -114,7 +114,7 @@ def grid_boxes(shape: tuple[int, int], step: int = 16, seed: int = 0) -> list[tu
 @pytest.fixture(scope="session")
 def tiny_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tile output of a 64x64 scene of bright boxes; the val scene has the same layout."""
-    from geoseg.tiling import TileConfig, tile
+    from geoseg.tile import TileConfig, tile
 
     root = tmp_path_factory.mktemp("tiny")
     boxes = grid_boxes((64, 64))

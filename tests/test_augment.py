@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from geoseg.augment import AugmentConfig, build_augment, build_gpu_augment
 from geoseg.config import validate
 from geoseg.errors import ConfigError
+from geoseg.train.augment import AugmentConfig, build_augment, build_gpu_augment
 
 FAMILIES = ("d4", "shift_scale_rotate", "haze", "clouds_shadows", "blur", "noise", "jpeg",
             "downscale", "brightness_contrast_gamma")

@@ -160,7 +160,7 @@ def test_tensorrt_backend_errors_without_gpu(onnx_export: tuple[Path, str],  # n
 
 
 def test_trt_profiles_cover_predict_defaults() -> None:
-    from geoseg.backends.tensorrt_backend import TrtProfiles
+    from geoseg.export.tensorrt import TrtProfiles
 
     meta = {"bands": 4, "pv_multiple": 32, "multiple": 128, "scale": 4, "tile": 96}
     lo, opt, hi = TrtProfiles().pv(meta)

@@ -13,20 +13,13 @@ import torch
 from conftest import SAMPLE, labels_for, write_raster
 from rasterio.transform import from_origin
 
-from geoseg.augment import AugmentConfig, build_augment
-from geoseg.data import (
-    BandStats,
-    ChipDataset,
-    collate,
-    load_stats,
-    normalize,
-    scale_to_unit,
-    unit_to_normalized,
-)
+from geoseg.bands import BandStats, load_stats, normalize, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.labels import decode_rle
-from geoseg.targets import make_targets
-from geoseg.tiling import TileConfig, tile
+from geoseg.tile import TileConfig, tile
+from geoseg.tile.labels import decode_rle
+from geoseg.train.augment import AugmentConfig, build_augment
+from geoseg.train.dataset import ChipDataset, collate
+from geoseg.train.targets import make_targets
 
 H, W = 96, 128
 NODATA = 65535

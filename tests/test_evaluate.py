@@ -165,8 +165,8 @@ def test_touching_neighbours_are_pruned_before_intersection():
 def test_watershed_to_polygons_to_metrics(tmp_path):
     from rasterio.transform import from_origin
 
-    from geoseg.instances import watershed_instances
-    from geoseg.vectorize import instances_to_frame, write_vector
+    from geoseg.predict.instances import watershed_instances
+    from geoseg.predict.vectorize import instances_to_frame, write_vector
 
     extent = np.zeros((20, 40), np.float32)
     extent[5:15, 5:25] = 0.9           # two touching 10x10 buildings ...

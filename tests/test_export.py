@@ -85,11 +85,11 @@ def test_onnx_axes_are_dynamic(onnx_export: tuple[Path, str]) -> None:
 
 
 def test_export_json_has_what_predict_needs(onnx_export: tuple[Path, str], trained_run: Path) -> None:
-    from geoseg.checkpoint import load_checkpoint
+    from geoseg.bands import BandStats
     from geoseg.config import validate
-    from geoseg.data import BandStats
+    from geoseg.models.checkpoint import load_checkpoint
     from geoseg.models.config import ModelConfig
-    from geoseg.postprocess import PostprocessConfig
+    from geoseg.models.postprocess import PostprocessConfig
 
     out, _ = onnx_export
     meta = read_export_meta(out)
@@ -113,6 +113,7 @@ def test_export_json_has_what_predict_needs(onnx_export: tuple[Path, str], train
 
 def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import geoseg.export as ex
+    import geoseg.export.onnx as ex_onnx
 
     def half_then_fail(module, example, path, graph, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
         path.write_bytes(b"partial")
@@ -120,7 +121,7 @@ def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeyp
             raise ex.ExportError("ONNX export of the ff graph failed (simulated)")
         return "dynamo"
 
-    monkeypatch.setattr(ex, "_export_graph", half_then_fail)
+    monkeypatch.setattr(ex_onnx, "_export_graph", half_then_fail)
     out = tmp_path / "sub" / "exp"
     with pytest.raises(ex.ExportError, match="simulated"):
         ex.export_onnx(trained_run, out)
@@ -128,7 +129,8 @@ def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeyp
 
 
 def test_tolerance_failure_names_graph_and_fix() -> None:
-    from geoseg.export import ExportError, _check
+    from geoseg.export import ExportError
+    from geoseg.export.verify import _check
 
     _check({"pv": 1e-6, "ff": 5e-4}, 1e-3, "ONNX Runtime", Path("o"))
     with pytest.raises(ExportError, match=r"ff 2\.00e-03 > tolerance 1e-03; nothing written to o") as err:
@@ -173,7 +175,7 @@ def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_export_tensorrt_without_tensorrt_names_pip(no_tensorrt: None, tmp_path: Path) -> None:
-    from geoseg.export import export_tensorrt
+    from geoseg.export.tensorrt import export_tensorrt
 
     with pytest.raises(DependencyError) as err:
         export_tensorrt(tmp_path / "onnx", tmp_path / "trt")
@@ -228,7 +230,7 @@ def test_fp16_export_within_fp16_tolerance(trained_run: Path, tmp_path: Path) ->
 @requires_trt
 def test_tensorrt_engines_match_onnxruntime(onnx_export: tuple[Path, str], tmp_path: Path) -> None:
     from geoseg.backends import open_backend
-    from geoseg.export import export_tensorrt
+    from geoseg.export.tensorrt import export_tensorrt
 
     rep = export_tensorrt(onnx_export[0], tmp_path / "trt", fp16=False)
     assert rep.reference == "onnxruntime" and all(d <= 1e-3 for d in rep.max_abs_diff.values())

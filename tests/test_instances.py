@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from geoseg.instances import Instances, instance_means, relabel, watershed_instances
+from geoseg.predict.instances import Instances, instance_means, relabel, watershed_instances
 
 
 def touching_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

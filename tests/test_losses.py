@@ -11,14 +11,8 @@ from segmentation_models_pytorch.losses import LovaszLoss
 
 from geoseg.config import validate
 from geoseg.errors import ConfigError
-from geoseg.losses import (
-    BoundaryAwareConfig,
-    LossConfig,
-    RoutedLoss,
-    lovasz_hinge_per_sample,
-    per_sample_terms,
-)
 from geoseg.models import RoutedOutput, pack_cells
+from geoseg.train.losses import BoundaryAwareConfig, LossConfig, RoutedLoss, lovasz_hinge_per_sample, per_sample_terms
 
 H = W = 16
 

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from geoseg.config import deep_update, validate
 from geoseg.errors import CheckpointError, ConfigError
-from geoseg.losses import RoutedLoss
 from geoseg.models import (
     Enhance,
     EnhanceConfig,
@@ -30,6 +29,7 @@ from geoseg.models import (
     select_topk_scene,
 )
 from geoseg.models.router import random_extra_mask, topk_mask
+from geoseg.train.losses import RoutedLoss
 
 torch.set_num_threads(1)
 

@@ -20,10 +20,12 @@ from conftest import REPO
 from rasterio.transform import from_origin
 
 import geoseg.pipeline as pl
+import geoseg.pipeline.scheduler as pl_scheduler
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.evaluate import KEYS
-from geoseg.pipeline import load_pipeline, run_pipeline
+from geoseg.pipeline.model import load_pipeline
+from geoseg.pipeline.run import run_pipeline
 
 TINY = REPO / "tests" / "conf" / "tiny.yaml"
 ALL = ["tile", "train", "predict", "evaluate"]
@@ -83,10 +85,10 @@ class Fakes:
         self.fail: set[str] = set()
         import geoseg.predict
         import geoseg.quicklook
-        import geoseg.tiling
+        import geoseg.tile
         import geoseg.train
 
-        monkeypatch.setattr(geoseg.tiling, "tile", self.tile)
+        monkeypatch.setattr(geoseg.tile, "tile", self.tile)
         monkeypatch.setattr(geoseg.train, "train", self.train)
         monkeypatch.setattr(geoseg.predict, "predict", self.predict)
         monkeypatch.setattr(geoseg.quicklook, "quicklook", self.quicklook)
@@ -333,7 +335,7 @@ def test_one_shared_client_for_tile_and_predict(project: Path, fakes: Fakes,
         made.append((address, cluster, client))
         return client, [client]
 
-    monkeypatch.setattr(pl, "make_client", make_client)
+    monkeypatch.setattr(pl_scheduler, "make_client", make_client)
     spec = read_spec(project)
     spec["cluster"] = {"workers": 3}
     write_spec(project, spec)

@@ -12,7 +12,7 @@ import rasterio
 from conftest import SHARED_DATA, requires_shared_data
 
 from geoseg.evaluate import evaluate
-from geoseg.tiling import TileConfig, tile
+from geoseg.tile import TileConfig, tile
 
 pytestmark = requires_shared_data
 NEON = SHARED_DATA / "neon_osbs_trees"

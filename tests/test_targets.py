@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoseg.targets import disk, halo, make_targets, signed_distance
+from geoseg.train.targets import disk, halo, make_targets, signed_distance
 
 
 def _square(shape: tuple[int, int], r0: int, c0: int, r1: int, c1: int) -> np.ndarray:

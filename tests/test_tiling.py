@@ -27,8 +27,9 @@ from geoseg.errors import (
     InputVectorError,
     OutputExistsError,
 )
-from geoseg.labels import decode_rle
-from geoseg.tiling import TileConfig, axis_offsets, tile, window_grid
+from geoseg.tile import TileConfig, tile
+from geoseg.tile.grid import axis_offsets, window_grid
+from geoseg.tile.labels import decode_rle
 
 BOXES = [(10, 10, 40, 30), (100, 50, 150, 120), (180, 150, 260, 190)]  # pixel boxes
 

@@ -11,10 +11,10 @@ import torch
 from click.testing import CliRunner
 from conftest import REPO
 
-from geoseg.checkpoint import load_checkpoint
 from geoseg.cli.main import cli
 from geoseg.config import load_config
 from geoseg.errors import CheckpointError, OutputExistsError
+from geoseg.models.checkpoint import load_checkpoint
 from geoseg.train import TrainConfig, train
 
 TINY = REPO / "tests" / "conf" / "tiny.yaml"
@@ -130,7 +130,7 @@ def test_presets_are_valid() -> None:
 
 
 def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:
-    from geoseg.checkpoint import load_model
+    from geoseg.models.checkpoint import load_model
 
     train(tiny(), patches, tmp_path / "run", epochs=1)
     model, meta = load_model(tmp_path / "run")

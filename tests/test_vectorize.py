@@ -9,7 +9,7 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 
 from geoseg.errors import GeoSegError
-from geoseg.vectorize import VectorFormatError, geodesic_area, instances_to_frame, write_vector
+from geoseg.predict.vectorize import VectorFormatError, geodesic_area, instances_to_frame, write_vector
 
 UTM = "EPSG:32636"
 T_UTM = from_origin(500000, 4000, 1.0, 1.0)  # 1 m pixels whose left edge is the central meridian
@@ -87,7 +87,7 @@ def test_disconnected_pieces_give_one_polygon(caplog):
     lab[1:4, 1:4] = 1
     lab[5:7, 5:7] = 1   # a second, smaller piece of label 1
     lab[4, 4] = 1       # touching the first only at a corner
-    with caplog.at_level(logging.INFO, logger="geoseg.vectorize"):
+    with caplog.at_level(logging.INFO, logger="geoseg.predict.vectorize"):
         gdf = instances_to_frame(lab, T_UTM, UTM)
     assert len(gdf) == 1 and gdf.geom_type.iloc[0] == "Polygon"
     assert gdf.geometry.area.iloc[0] == 9.0
@@ -147,7 +147,7 @@ def test_write_gpkg_atomic(tmp_path):
 
 def test_write_geojson_in_wgs84(tmp_path, caplog):
     gdf = instances_to_frame(squares(), T_UTM, UTM)
-    with caplog.at_level(logging.INFO, logger="geoseg.vectorize"):
+    with caplog.at_level(logging.INFO, logger="geoseg.predict.vectorize"):
         out = write_vector(gdf, tmp_path / "b.geojson")
     assert "EPSG:4326" in caplog.text
     back = gpd.read_file(out)

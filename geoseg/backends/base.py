@@ -188,7 +188,7 @@ def model_meta(model_cfg: Any, ckpt_meta: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         model_cfg: the model's :class:`~geoseg.models.config.ModelConfig`.
-        ckpt_meta: the ``meta`` of :func:`geoseg.checkpoint.load_model` (``config``,
+        ckpt_meta: the ``meta`` of :func:`geoseg.models.checkpoint.load_model` (``config``,
             ``stats``, ``classes``, ``version``, ``path``).
 
     Returns:
@@ -198,7 +198,7 @@ def model_meta(model_cfg: Any, ckpt_meta: dict[str, Any]) -> dict[str, Any]:
         ConfigError: the checkpoint's postprocess section is invalid.
     """
     from geoseg.config import validate
-    from geoseg.postprocess import PostprocessConfig
+    from geoseg.models.postprocess import PostprocessConfig
 
     c = model_cfg
     config = ckpt_meta.get("config") or {}
@@ -286,58 +286,6 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-
-
-# ---------------------------------------------------------------------------- checks
-def random_inputs(meta: dict[str, Any], pv_max: tuple[int, ...] | None = None,
-                  ff_max: int | None = None) -> dict[str, list[np.ndarray]]:
-    """Random normalised inputs for both graphs: two batch sizes, two PV image sizes.
-
-    Args:
-        meta: the model's backend metadata.
-        pv_max: largest PV input shape allowed (a TensorRT profile maximum).
-        ff_max: largest FF batch allowed.
-
-    Returns:
-        ``{"pv": [small, ...], "ff": [tiles, ...]}``, float32, seeded (the same every time).
-    """
-    rng = np.random.default_rng(0)
-    b, m, t = int(meta["bands"]), int(meta["pv_multiple"]), int(meta["tile"])
-    big_b, rows, cols, n = 2, 2 * m, 3 * m, 5
-    if pv_max is not None:
-        big_b = min(big_b, pv_max[0])
-        rows, cols = max(m, min(rows, pv_max[2] // m * m)), max(m, min(cols, pv_max[3] // m * m))
-    if ff_max is not None:
-        n = min(n, ff_max)
-    shapes = {"pv": [(1, b, m, m), (big_b, b, rows, cols)], "ff": [(1, b, t, t), (n, b, t, t)]}
-    return {g: [rng.standard_normal(s, dtype=np.float32) for s in ss] for g, ss in shapes.items()}
-
-
-def max_abs_diff(reference: Backend, candidate: Backend, cases: dict[str, list[np.ndarray]]) -> dict[str, float]:
-    """Largest absolute difference per graph between two backends on the same inputs.
-
-    Args:
-        reference: the backend taken as truth.
-        candidate: the backend checked.
-        cases: inputs per graph (see :func:`random_inputs`).
-
-    Returns:
-        ``{"pv": diff, "ff": diff}``; ``inf`` where outputs differ in shape or are not finite.
-
-    Raises:
-        Exception: whatever the candidate raises when it cannot run an input.
-    """
-    diffs = {}
-    for graph, inputs in cases.items():
-        worst = 0.0
-        for x in inputs:
-            ref, got = getattr(reference, graph)(x), getattr(candidate, graph)(x)
-            ref, got = (ref, got) if isinstance(ref, tuple) else ((ref,), (got,))
-            for a, c in zip(ref, got, strict=True):
-                d = np.abs(a.astype(np.float64) - c) if a.shape == c.shape else np.array([np.inf])
-                worst = max(worst, float(d.max()) if np.isfinite(d).all() else float("inf"))
-        diffs[graph] = worst
-    return diffs
 
 
 # ---------------------------------------------------------------------------- dispatch

@@ -1,4 +1,4 @@
-"""TensorRT engines: building them from the ONNX of an export, and running them.
+"""TensorRT engines of an export directory, run on a CUDA GPU (built by :mod:`geoseg.export.tensorrt`).
 
 Written against the TensorRT 10 Python API (name-based I/O: ``set_input_shape``,
 ``set_tensor_address``, ``execute_async_v3``; explicit batch always). Buffers are torch
@@ -15,9 +15,7 @@ Not run in the environment this was written in (no GPU, no tensorrt wheel); see
 
 from __future__ import annotations
 
-import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,92 +62,6 @@ def require_cuda() -> Any:
         raise DependencyError(f"TensorRT needs a CUDA GPU, and torch sees none; {INSTALL}")
     return torch
 
-
-@dataclass(frozen=True)
-class TrtProfiles:
-    """Optimisation-profile ranges of the dynamic axes (min / opt / max).
-
-    PV sides are low-resolution pixels (the ``small`` input); they are rounded down to
-    multiples of ``pv_multiple``. Inputs outside these ranges are refused at run time with
-    a message that says how to rebuild.
-
-    Attributes:
-        pv_max_batch: most images per PV call (predict sends one block at a time).
-        pv_opt_side: side TensorRT tunes PV for (default: predict's default 2048 px block
-            plus its context ring, at 1/scale).
-        pv_max_side: largest PV side.
-        ff_opt_batch: FF batch TensorRT tunes for (predict's default ``ff_batch``).
-        ff_max_batch: largest FF batch.
-    """
-
-    pv_max_batch: int = 2
-    pv_opt_side: int | None = None
-    pv_max_side: int = 1024
-    ff_opt_batch: int = 32
-    ff_max_batch: int = 128
-
-    def pv(self, meta: dict[str, Any]) -> tuple[Shape, Shape, Shape]:
-        """(min, opt, max) shapes of the PV input ``small`` for a model's metadata."""
-        c, m = int(meta["bands"]), int(meta["pv_multiple"])
-        top = max(m, self.pv_max_side // m * m)
-        opt = self.pv_opt_side or math.ceil((2048 + 2 * int(meta["multiple"])) / int(meta["scale"]))
-        opt = min(top, max(m, math.ceil(opt / m) * m))
-        return (1, c, m, m), (1, c, opt, opt), (max(1, self.pv_max_batch), c, top, top)
-
-    def ff(self, meta: dict[str, Any]) -> tuple[Shape, Shape, Shape]:
-        """(min, opt, max) shapes of the FF input ``tiles`` for a model's metadata."""
-        c, t = int(meta["bands"]), int(meta["tile"])
-        top = max(1, self.ff_max_batch)
-        return (1, c, t, t), (min(top, max(1, self.ff_opt_batch)), c, t, t), (top, c, t, t)
-
-
-def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
-                 shapes: tuple[Shape, Shape, Shape], *, fp16: bool, onnx_fp16: bool = False,
-                 workspace_gb: float = 4.0) -> None:
-    """Build and serialise one engine from an ONNX file.
-
-    Args:
-        onnx_path: the ONNX graph.
-        engine_path: where to write the serialised engine.
-        input_name: the graph's one input (``small`` or ``tiles``).
-        shapes: its (min, opt, max) shapes for the optimisation profile.
-        fp16: let TensorRT pick FP16 kernels (``BuilderFlag.FP16``).
-        onnx_fp16: the ONNX already computes in FP16 (``geoseg export --fp16``); needed
-            for FP16 on TensorRT versions that only build strongly typed networks.
-        workspace_gb: workspace memory pool limit.
-
-    Raises:
-        DependencyError: tensorrt or a GPU missing.
-        ExportError: the ONNX does not parse, or the build fails.
-    """
-    from geoseg.export import ExportError
-
-    trt = import_tensorrt()
-    require_cuda()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: networks are always explicit-batch
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT cannot parse {onnx_path} ({errors[:300]}); re-export the ONNX "
-                          "with another --opset or report the failing operator")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    if fp16 and not onnx_fp16:
-        if not hasattr(trt.BuilderFlag, "FP16"):
-            raise ExportError(f"tensorrt {trt.__version__} builds strongly typed networks only: FP16 must "
-                              "come from the ONNX; export with `geoseg export --format tensorrt --fp16` "
-                              "from the run directory (not from an FP32 ONNX export)")
-        config.set_flag(trt.BuilderFlag.FP16)
-    profile = builder.create_optimization_profile()
-    profile.set_shape(input_name, *shapes)
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path} (see its log above); "
-                          "try a larger workspace or smaller profile maxima")
-    engine_path.write_bytes(bytes(serialized))
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:

@@ -43,7 +43,7 @@ class TorchBackend(Backend):
     name: ClassVar[str] = "torch"
 
     def __init__(self, model_path: str | Path, device: str = "auto", ff_batch: int = 32) -> None:
-        from geoseg.checkpoint import load_model
+        from geoseg.models.checkpoint import load_model
 
         dev = resolve_device(device)
         model, ckpt_meta = load_model(model_path, dev)
@@ -52,7 +52,7 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(cls, model: torch.nn.Module, ckpt_meta: dict[str, Any], device: str = "cpu",
                    ff_batch: int = 32) -> TorchBackend:
-        """Wrap an already loaded model (as :func:`geoseg.checkpoint.load_model` returns it).
+        """Wrap an already loaded model (as :func:`geoseg.models.checkpoint.load_model` returns it).
 
         Args:
             model: a :class:`~geoseg.models.routed.RoutedModel`; it is put in eval mode on ``device``.

@@ -38,11 +38,11 @@ def export_cmd(model: Path, fmt: str, out: Path, fp16: bool, opset: int | None, 
     $ geoseg export --model runs/b1 --format tensorrt --fp16 --out export/b1-trt
     $ geoseg predict scenes/ --model export/b1 --backend onnx --out buildings.gpkg
     """
-    from geoseg.export import export_model
+    from geoseg.export.stage import export_model
 
     profiles = None
     if fmt == "tensorrt":
-        from geoseg.backends.tensorrt_backend import TrtProfiles
+        from geoseg.export.tensorrt import TrtProfiles
 
         profiles = TrtProfiles(pv_max_side=pv_max_side, ff_max_batch=ff_max_batch)
     reports = export_model(model, out, fmt, fp16=fp16, opset=opset, tolerance=tolerance,  # type: ignore[arg-type]

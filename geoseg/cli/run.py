@@ -34,7 +34,8 @@ def run_cmd(pipeline: Path, from_stage: str | None, force: bool, scheduler: str 
     $ geoseg run pipelines/kampala.yaml --from train
     $ geoseg run pipelines/kampala.yaml --force --scheduler tcp://10.0.0.5:8786
     """
-    from geoseg.pipeline import StageResult, load_pipeline, qgis_hint, run_pipeline, show
+    from geoseg.pipeline.model import StageResult, load_pipeline, show
+    from geoseg.pipeline.run import qgis_hint, run_pipeline
 
     # dask.distributed sets its loggers to INFO when imported: import it first, then make
     # them follow -v/-q like geoseg's own (the cluster's chatter is not for the user)

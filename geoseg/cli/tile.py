@@ -46,7 +46,7 @@ def tile_cmd(scenes: tuple[Path, ...], labels: Path | None, out: Path, config_pa
           --scheduler tcp://10.0.0.5:8786 --out patches/
     """
     from geoseg.config import load_config
-    from geoseg.tiling import TileConfig, tile
+    from geoseg.tile import TileConfig, tile
 
     overrides = {"size": size, "overlap": overlap, "min_valid": min_valid,
                  "val_fraction": val_fraction, "split_block": split_block,

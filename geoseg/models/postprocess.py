@@ -1,4 +1,4 @@
-"""From the network's logits to instances: the one place both validation and predict use."""
+"""The watershed thresholds a model is trained and served with, and logits to probabilities."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 from pydantic import Field
 
 from geoseg.config import Strict
-from geoseg.instances import Instances, watershed_instances
 
 
 class PostprocessConfig(Strict):
@@ -37,14 +36,3 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
         e = np.exp(z)
         out[3:] = e / e.sum(axis=0, keepdims=True)
     return out
-
-
-def instances_from_probs(
-    probs: np.ndarray, cfg: PostprocessConfig, valid: np.ndarray | None = None
-) -> Instances:
-    """Watershed instances from probability maps (C, H, W) as made by :func:`probabilities`."""
-    return watershed_instances(
-        probs[0], probs[1], probs[2], probs[3:] if probs.shape[0] > 3 else None,
-        valid=valid, extent_threshold=cfg.extent_threshold, seed_threshold=cfg.seed_threshold,
-        min_area=cfg.min_area, min_seed_area=cfg.min_seed_area,
-    )

@@ -1,31 +1,50 @@
-"""The stages a pipeline runs: one function per stage, over a :class:`~geoseg.pipeline.Stage`.
+"""The stages a pipeline runs: one function per stage, over a :class:`~geoseg.pipeline.model.Stage`.
 
-Each runner gets the stage's resolved arguments and a :class:`~geoseg.pipeline.StageRun`
+Each runner gets the stage's resolved arguments and a :class:`~geoseg.pipeline.model.StageRun`
 (why it runs, the shared Dask scheduler) and returns ``(outputs, summary lines)``.
 Library modules are imported when a stage runs, so that a pipeline without train or
 predict never imports torch for them.
 """
 
+
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geoseg.errors import OutputExistsError
 from geoseg.io.atomic import write_json
+from geoseg.pipeline.model import FIRST, FORCE, FROM, INPUT_NEWER, PARAMS, UNFINISHED, UPSTREAM, Stage, show
+from geoseg.pipeline.scheduler import SharedScheduler
 
-if TYPE_CHECKING:
-    from geoseg.pipeline import Stage, StageRun
-
-Runner = Callable[["Stage", "StageRun"], tuple[list[Path], list[str]]]
+Runner = Callable[[Stage, "StageRun"], tuple[list[Path], list[str]]]
 
 
-def show(path: Path, cwd: Path | None = None) -> str:
-    """``path`` relative to ``cwd`` (default: the current folder) when inside it, else absolute."""
-    rel = os.path.relpath(Path(path).absolute(), (cwd or Path.cwd()).absolute())
-    return str(Path(path).absolute()) if rel.startswith("..") else rel
+@dataclass
+class StageRun:
+    """What a stage function gets besides its :class:`Stage`: why it runs, and the scheduler."""
+
+    code: str
+    scheduler: SharedScheduler
+    progress: bool | None
+
+    @property
+    def first(self) -> bool:
+        """The stage never ran: an existing output is not this pipeline's."""
+        return self.code == FIRST
+
+    @property
+    def changed(self) -> bool:
+        """Parameters, inputs or upstream outputs changed, or a rerun was asked for."""
+        return self.code in (FORCE, FROM, PARAMS, UPSTREAM, INPUT_NEWER)
+
+    @property
+    def unfinished(self) -> bool:
+        """The last run of the stage stopped before it finished, and nothing changed."""
+        return self.code == UNFINISHED
+
 
 
 
@@ -38,7 +57,7 @@ def _foreign(stage: str, out: Path) -> OutputExistsError:
 
 def run_tile(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
     """Tile; replaces earlier chips when parameters or inputs changed, else resumes."""
-    from geoseg.tiling import tile
+    from geoseg.tile import tile
 
     a = stage.args
     overwrite = run.changed

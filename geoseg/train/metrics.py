@@ -18,8 +18,9 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from geoseg.labels import encode_rle
-from geoseg.postprocess import PostprocessConfig, instances_from_probs, probabilities
+from geoseg.models.postprocess import PostprocessConfig, probabilities
+from geoseg.predict.instances import instances_from_probs
+from geoseg.tile.labels import encode_rle
 
 
 def greedy_match(ious: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:

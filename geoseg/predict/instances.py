@@ -17,7 +17,7 @@ several classes. Instances are cut from them in three steps:
    ``numpy.bincount`` (no Python loop over instances or pixels).
 
 See Also:
-    :func:`geoseg.vectorize.instances_to_frame`, which turns the labels into polygons.
+    :func:`geoseg.predict.vectorize.instances_to_frame`, which turns the labels into polygons.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
+
+from geoseg.models.postprocess import PostprocessConfig
 
 #: 4-connectivity: objects touching only at a corner stay apart (as in rasterio.features.shapes).
 _FOUR = ndimage.generate_binary_structure(2, 1)
@@ -185,3 +187,14 @@ def watershed_instances(
         means = np.stack([instance_means(labels, p, n) for p in class_probs])  # loop over K classes
         class_index = means.argmax(axis=0).astype(np.int64)
     return Instances(labels=labels, score=score, class_index=class_index, area=area)
+
+
+def instances_from_probs(
+    probs: np.ndarray, cfg: PostprocessConfig, valid: np.ndarray | None = None
+) -> Instances:
+    """Watershed instances from probability maps (C, H, W) as made by :func:`probabilities`."""
+    return watershed_instances(
+        probs[0], probs[1], probs[2], probs[3:] if probs.shape[0] > 3 else None,
+        valid=valid, extent_threshold=cfg.extent_threshold, seed_threshold=cfg.seed_threshold,
+        min_area=cfg.min_area, min_seed_area=cfg.min_seed_area,
+    )

@@ -8,7 +8,7 @@ One sample, in order:
 
 1. a window of the chip (a random ``crop`` × ``crop`` window for ``train``, the whole
    chip for ``val``) read with rasterio; ``valid`` = ``dataset_mask() > 0`` and finite;
-2. targets by :func:`geoseg.targets.make_targets` on the instances of the chip in that
+2. targets by :func:`geoseg.train.targets.make_targets` on the instances of the chip in that
    window plus a halo (so neighbours just outside the window count), then cropped;
 3. raw values scaled to [0, 1] per band by :func:`scale_to_unit`, the augmentation
    applied to image, targets and ``valid`` together;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -37,11 +36,9 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
+from geoseg.bands import load_stats, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.targets import halo, make_targets
-
-SIGMAS = 3.0
-"""Half-width, in standard deviations, of the value range kept by :func:`normalize`."""
+from geoseg.train.targets import halo, make_targets
 
 PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
        "valid": False, "classes": -1}
@@ -49,130 +46,6 @@ PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 AugmentFn = Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
-
-
-@dataclass(frozen=True)
-class BandStats:
-    """Per-band statistics of the valid train pixels (``stats.json`` of `geoseg tile`)."""
-
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    classes: tuple[str, ...] = ("object",)
-    dtype: str = "float32"
-
-    @property
-    def bands(self) -> int:
-        """Number of bands."""
-        return len(self.mean)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BandStats:
-        """From the mapping of ``stats.json`` (or a checkpoint)."""
-        return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
-                   classes=tuple(d.get("classes", ("object",))), dtype=str(d.get("dtype", "")))
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping (for checkpoints)."""
-        return {"mean": list(self.mean), "std": list(self.std), "classes": list(self.classes),
-                "dtype": self.dtype, "bands": self.bands}
-
-
-def load_stats(root: str | Path) -> BandStats:
-    """Read ``root/stats.json``.
-
-    Raises:
-        InputRasterError: the file is missing or not valid stats.
-    """
-    path = Path(root) / "stats.json"
-    if not path.is_file():
-        raise InputRasterError(f"{path} not found: {Path(root)} is not a tile directory; "
-                               "run `geoseg tile SCENES --labels LABELS --out DIR` first")
-    try:
-        stats = BandStats.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise InputRasterError(f"{path} is not valid band statistics ({err}); "
-                               "rerun `geoseg tile` with --overwrite") from None
-    if len(stats.std) != stats.bands or stats.bands == 0:
-        raise InputRasterError(f"{path} has {stats.bands} means and {len(stats.std)} stds; "
-                               "rerun `geoseg tile` with --overwrite")
-    return stats
-
-
-def _band_params(stats: BandStats, like: Array, channel_axis: int) -> tuple[Array, Array]:
-    """Mean and safe std (0 -> 1) shaped to broadcast along ``channel_axis`` of ``like``."""
-    mean = np.asarray(stats.mean, dtype=np.float64)
-    std = np.asarray(stats.std, dtype=np.float64)
-    std = np.where(std > 0, std, 1.0)
-    ax = channel_axis % like.ndim
-    if like.shape[ax] != len(mean):
-        raise ValueError(f"image has {like.shape[ax]} bands on axis {channel_axis}, "
-                         f"stats have {len(mean)}")
-    shape = [1] * like.ndim
-    shape[ax] = len(mean)
-    if isinstance(like, torch.Tensor):
-        dt = like.dtype if like.dtype.is_floating_point else torch.float32
-        return (torch.as_tensor(mean, dtype=dt, device=like.device).reshape(shape),
-                torch.as_tensor(std, dtype=dt, device=like.device).reshape(shape))
-    return mean.astype(np.float32).reshape(shape), std.astype(np.float32).reshape(shape)
-
-
-def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> Array:
-    """Raw values to [0, 1] per band, for augmentation.
-
-    ``u = clip((x − (mean − 3·std)) / (6·std), 0, 1)``: mean − 3 std maps to 0, mean to
-    0.5, mean + 3 std to 1.
-
-    Args:
-        image: raw values, bands on ``channel_axis``.
-        stats: band statistics.
-        channel_axis: axis of the bands (0 for (C, H, W), -1 for (H, W, C)).
-
-    Returns:
-        float32 array (or tensor) of the same shape.
-    """
-    mean, std = _band_params(stats, image, channel_axis)
-    if isinstance(image, torch.Tensor):
-        x = image.to(mean.dtype)
-        return torch.clamp((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
-    x = image.astype(np.float32, copy=False)
-    return np.clip((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0).astype(np.float32)
-
-
-def unit_to_normalized(unit: Array) -> Array:
-    """[0, 1] values of :func:`scale_to_unit` to standardised ones: ``(u − 0.5) · 6``."""
-    return (unit - 0.5) * (2 * SIGMAS)
-
-
-def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
-              valid: Array | None = None) -> Array:
-    """Standardise raw values per band: the model's input, in training and prediction.
-
-    ``z = clip((x − mean) / std, −3, 3)`` per band (a band with std 0 uses std 1), which is
-    exactly ``unit_to_normalized(scale_to_unit(x))``; pixels where ``valid`` is False
-    become 0 (the mean).
-
-    Args:
-        image: raw values (numpy array or torch tensor), bands on ``channel_axis``.
-        stats: band statistics of the training chips (:func:`load_stats`, checkpoint).
-        channel_axis: axis of the bands (0 for (C, H, W), 1 for (B, C, H, W), -1 for HWC).
-        valid: optional boolean mask of the image without the band axis.
-
-    Returns:
-        float32 array (tensor) of the shape of ``image``.
-
-    Raises:
-        ValueError: the band count differs from the stats.
-    """
-    mean, std = _band_params(stats, image, channel_axis)
-    if isinstance(image, torch.Tensor):
-        z = torch.clamp((image.to(mean.dtype) - mean) / std, -SIGMAS, SIGMAS)
-        if valid is not None:
-            z = z * valid.unsqueeze(channel_axis % image.ndim).to(z.dtype)
-        return z
-    z = np.clip((image.astype(np.float32, copy=False) - mean) / std, -SIGMAS, SIGMAS)
-    if valid is not None:
-        z = z * np.expand_dims(valid, channel_axis % image.ndim)
-    return z.astype(np.float32, copy=False)
 
 
 class _Index:
@@ -230,11 +103,11 @@ class ChipDataset(Dataset):
         split: ``"train"`` (random crops) or ``"val"`` (whole chips).
         crop: side of the random training crops (None: whole chips); chips smaller than
             ``crop`` are used whole.
-        augment: per-sample augmentation, e.g. :func:`geoseg.augment.build_augment`;
+        augment: per-sample augmentation, e.g. :func:`geoseg.train.augment.build_augment`;
             reseeded per sample when it has a ``reseed`` method.
-        boundary_width: see :func:`geoseg.targets.make_targets`.
-        contact_distance: see :func:`geoseg.targets.make_targets`.
-        sdf_clip: see :func:`geoseg.targets.make_targets`.
+        boundary_width: see :func:`geoseg.train.targets.make_targets`.
+        contact_distance: see :func:`geoseg.train.targets.make_targets`.
+        sdf_clip: see :func:`geoseg.train.targets.make_targets`.
         seed: crops and augmentations are a function of (seed, epoch, index), whatever
             the number of DataLoader workers; call :meth:`set_epoch` (or :meth:`reseed`)
             each epoch before creating the DataLoader iterator (with persistent workers

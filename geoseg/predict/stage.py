@@ -1,6 +1,6 @@
 """`geoseg predict`: routed sliding-window inference from scenes to georeferenced polygons.
 
-For each scene (see :mod:`geoseg.blocks` for the per-block phases):
+For each scene (see :mod:`geoseg.predict.phases` for the per-block phases):
 
 1. PV over the whole scene at 1/scale, block by block, read decimated (GDAL uses COG
    overviews when present) → a utility map of the scene's cells;
@@ -38,14 +38,16 @@ import pandas as pd
 import rasterio
 from pydantic import Field
 
-from geoseg.blocks import BlockPlan, ff_block, get_backend, instances_block, pv_block
+from geoseg.backends.cache import get_backend
+from geoseg.bands import BandStats
 from geoseg.config import Strict, validate
-from geoseg.data import BandStats
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.models.postprocess import PostprocessConfig
 from geoseg.parallel import check_scheduler, compute
-from geoseg.postprocess import PostprocessConfig
+from geoseg.predict.phases import ff_block, instances_block, pv_block
+from geoseg.predict.plan import BlockPlan
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ def predict(
         CheckpointError / ConfigError / DependencyError: model, backend or options at fault.
         OutputExistsError: ``out`` exists and ``overwrite`` is False.
     """
-    from geoseg.vectorize import vector_driver, write_vector
+    from geoseg.predict.vectorize import vector_driver, write_vector
 
     t0 = time.perf_counter()
     cfg = cfg or PredictConfig()

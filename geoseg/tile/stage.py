@@ -13,9 +13,9 @@ The flow (see docs/architecture.md):
 A rerun with the same parameters skips blocks whose part file exists and rewrites nothing.
 """
 
+
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import shutil
@@ -29,17 +29,17 @@ import dask
 import numpy as np
 import rasterio
 import shapely
-from pydantic import Field, model_validator
 from rasterio.windows import Window
 
 from geoseg import __version__
-from geoseg.config import Strict
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
 from geoseg.io.vectors import CLASS, read_labels
-from geoseg.labels import chip_annotations
 from geoseg.parallel import check_scheduler, compute
+from geoseg.tile.config import TileConfig
+from geoseg.tile.grid import plan_splits, window_grid
+from geoseg.tile.labels import chip_annotations
 
 log = logging.getLogger(__name__)
 
@@ -49,58 +49,6 @@ OWNED = ("images", PARTS, "annotations.json", "stats.json", MANIFEST)
 #: Windows per Dask task. Tasks are finer than split blocks so that a few large blocks
 #: still keep every core busy; memory per task is bounded by this many chips.
 TASK_WINDOWS = 4
-
-
-class TileConfig(Strict):
-    """Parameters of `geoseg tile` (YAML section ``tile`` of a pipeline)."""
-
-    size: int = Field(512, ge=8, description="chip side in pixels")
-    overlap: int = Field(64, ge=0, description="pixels shared by neighbouring chips")
-    min_valid: float = Field(0.5, ge=0.0, le=1.0, description="skip chips with less valid")
-    val_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of split blocks in val")
-    split_block: int = Field(4, ge=1, description="side of a split block, in chips")
-    val_scenes: tuple[str, ...] = Field((), description="glob patterns of scenes wholly in val")
-    class_field: str = "class"
-    class_name: str = "object"
-    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _overlap_below_size(self) -> TileConfig:
-        if self.overlap >= self.size:
-            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
-        return self
-
-
-def axis_offsets(length: int, size: int, stride: int) -> list[int]:
-    """Window offsets along one axis: a regular stride, the last one flush with the edge.
-
-    Examples:
-        >>> axis_offsets(1536, 512, 448)
-        [0, 448, 896, 1024]
-        >>> axis_offsets(300, 512, 448)
-        [0]
-    """
-    if length <= size:
-        return [0]
-    offs = list(range(0, length - size, stride))
-    if offs[-1] != length - size:
-        offs.append(length - size)
-    return offs
-
-
-def window_grid(width: int, height: int, size: int, overlap: int) -> list[list[Window]]:
-    """Rows of windows covering a ``width`` × ``height`` raster.
-
-    Windows are ``size`` square (smaller only when the raster is), with at least
-    ``overlap`` pixels shared by neighbours; the last row and column are flush with the
-    raster edge, so no chip needs padding.
-    """
-    stride = size - overlap
-    rows = axis_offsets(height, size, stride)
-    cols = axis_offsets(width, size, stride)
-    h, w = min(size, height), min(size, width)
-    return [[Window(c, r, w, h) for c in cols] for r in rows]
 
 
 @dataclass(frozen=True)
@@ -230,30 +178,6 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             "counts": counts}
     write_json(job.part_path, part)
     return counts
-
-
-def plan_splits(
-    scenes: Sequence[SceneInfo], blocks: dict[str, list[tuple[int, int]]], cfg: TileConfig
-) -> dict[tuple[str, tuple[int, int]], Literal["train", "val"]]:
-    """Assign each split block to train or val.
-
-    Scenes matching ``val_scenes`` go wholly to val. Of the other blocks,
-    ``round(val_fraction × n)`` chosen by a seeded shuffle go to val.
-    """
-    out: dict[tuple[str, tuple[int, int]], Literal["train", "val"]] = {}
-    pool: list[tuple[str, tuple[int, int]]] = []
-    for s in scenes:
-        forced = any(fnmatch.fnmatch(s.name, pat) for pat in cfg.val_scenes)
-        for b in blocks[s.name]:
-            if forced:
-                out[(s.name, b)] = "val"
-            else:
-                pool.append((s.name, b))
-    n_val = round(cfg.val_fraction * len(pool))
-    order = np.random.default_rng(cfg.seed).permutation(len(pool))
-    for rank, k in enumerate(order):
-        out[pool[k]] = "val" if rank < n_val else "train"
-    return out
 
 
 def _manifest(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:

@@ -18,9 +18,7 @@ Memory of a task is bounded by the block size, whatever the scene size.
 from __future__ import annotations
 
 import math
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,113 +30,10 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from geoseg.data import BandStats, normalize
+from geoseg.backends.cache import get_backend
+from geoseg.bands import BandStats, normalize
 from geoseg.io.atomic import atomic_path
-from geoseg.io.rasters import SceneInfo
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """Geometry of the blocks of one scene and the model's grid.
-
-    Attributes:
-        scene: the scene.
-        block: block side in full-resolution pixels (multiple of ``cell``).
-        halo: pixels around a block that the instance phase sees (< ``block``).
-        cell: router cell side; scale: PV decimation; model_halo: FF tile halo;
-        multiple: the model's input multiple; bands: 1-based band indexes to read.
-        cache: the scene's cache directory.
-    """
-
-    scene: SceneInfo
-    block: int
-    halo: int
-    cell: int
-    scale: int
-    model_halo: int
-    multiple: int
-    bands: tuple[int, ...]
-    cache: Path
-
-    @property
-    def blocks_shape(self) -> tuple[int, int]:
-        """Rows and columns of blocks."""
-        return math.ceil(self.scene.height / self.block), math.ceil(self.scene.width / self.block)
-
-    @property
-    def cells_shape(self) -> tuple[int, int]:
-        """Rows and columns of router cells in the scene."""
-        return math.ceil(self.scene.height / self.cell), math.ceil(self.scene.width / self.cell)
-
-    def core(self, bi: int, bj: int) -> Window:
-        """The full-resolution window of block (bi, bj), clipped to the scene."""
-        r0, c0 = bi * self.block, bj * self.block
-        return Window(c0, r0, min(self.block, self.scene.width - c0),
-                      min(self.block, self.scene.height - r0))
-
-    def path(self, kind: str, bi: int, bj: int) -> Path:
-        """Cache file of one phase of one block."""
-        suffix = {"pv": ".npz", "probs": ".npz", "polys": ".gpkg"}[kind]
-        return self.cache / f"{kind}_{bi}_{bj}{suffix}"
-
-
-# ----------------------------------------------------------------------------- reading
-def _clip(win: Window, scene: SceneInfo) -> tuple[Window, tuple[int, int, int, int]]:
-    """Clip a window to the scene; return it and the (top, bottom, left, right) cut."""
-    r0, c0 = int(win.row_off), int(win.col_off)
-    r1, c1 = r0 + int(win.height), c0 + int(win.width)
-    cr0, cc0 = max(r0, 0), max(c0, 0)
-    cr1, cc1 = min(r1, scene.height), min(c1, scene.width)
-    return Window(cc0, cr0, cc1 - cc0, cr1 - cr0), (cr0 - r0, r1 - cr1, cc0 - c0, c1 - cc1)
-
-
-def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution pixels and validity of a window that may pass the scene edge.
-
-    Outside the scene the image is padded (reflect, as the model's training padding)
-    and marked invalid.
-
-    Returns:
-        ``(image (C, h, w) float32 raw values, valid (h, w) bool)``.
-    """
-    inner, (t, b, left, right) = _clip(win, plan.scene)
-    data = src.read(plan.bands, window=inner).astype(np.float32)
-    valid = src.dataset_mask(window=inner) > 0
-    if t or b or left or right:
-        mode = pad_mode if min(data.shape[1:]) > max(t, b, left, right) else "edge"
-        data = np.pad(data, ((0, 0), (t, b), (left, right)), mode=mode)  # type: ignore[call-overload]
-        valid = np.pad(valid, ((t, b), (left, right)), constant_values=False)
-    return data, valid
-
-
-# ----------------------------------------------------------------------------- backend cache
-_BACKENDS: dict[tuple[str, str, str, int], Any] = {}
-_LOCK = threading.Lock()
-
-
-def _model_mtime(model: str) -> int:
-    """Newest mtime of the files that make a model (so a retrained model is reloaded)."""
-    path = Path(model)
-    if path.is_dir():
-        files = [*path.glob("checkpoints/*.pt"), *path.glob("*.pt"), *path.glob("*.json"),
-                 *path.glob("*.onnx"), *path.glob("*.engine")]
-        return max((f.stat().st_mtime_ns for f in files), default=0)
-    return path.stat().st_mtime_ns if path.exists() else 0
-
-
-def get_backend(model: str, backend: str, device: str) -> Any:
-    """The backend for a model, opened once per process (per Dask worker) and per version."""
-    from geoseg.backends import open_backend
-
-    key = (model, backend, device, _model_mtime(model))
-    with _LOCK:
-        if key not in _BACKENDS:
-            stale = [k for k in _BACKENDS if k[:3] == key[:3]]
-            for k in stale:
-                del _BACKENDS[k]
-            _BACKENDS[key] = open_backend(model, backend, device)
-        return _BACKENDS[key]
+from geoseg.predict.plan import BlockPlan, read_window
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -205,7 +100,7 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
 
 # ----------------------------------------------------------------------------- phase 2
 def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
-    """As :func:`geoseg.postprocess.probabilities`, quantised to uint8 (x 255), in torch."""
+    """As :func:`geoseg.models.postprocess.probabilities`, quantised to uint8 (x 255), in torch."""
     probs = torch.empty_like(logits)
     probs[:3] = torch.sigmoid(logits[:3])
     if logits.shape[0] > 3:
@@ -320,7 +215,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple
         plan: the scene's block plan.
         bi: block row.
         bj: block column.
-        post: :class:`geoseg.postprocess.PostprocessConfig`.
+        post: :class:`geoseg.models.postprocess.PostprocessConfig`.
         classes: class names.
         simplify: tolerance in metres.
         min_area: smallest polygon kept, in m².
@@ -329,8 +224,8 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple
     Returns:
         The cache GPKG of the block (possibly with no feature).
     """
-    from geoseg.postprocess import instances_from_probs
-    from geoseg.vectorize import instances_to_frame, write_vector
+    from geoseg.predict.instances import instances_from_probs
+    from geoseg.predict.vectorize import instances_to_frame, write_vector
 
     out = plan.path("polys", bi, bj)
     if out.exists():

@@ -19,75 +19,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from geoseg.augment import AugmentConfig, build_augment
-from geoseg.checkpoint import load_checkpoint, save_checkpoint
-from geoseg.config import Strict, dump_yaml, validate
+from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_text
-from geoseg.losses import LossConfig, RoutedLoss
-from geoseg.models.config import ModelConfig
+from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.routed import RoutedModel
-from geoseg.postprocess import PostprocessConfig
+from geoseg.train.augment import build_augment
+from geoseg.train.config import TrainConfig
+from geoseg.train.losses import RoutedLoss
 
 log = logging.getLogger(__name__)
-
-Metric = Literal["ap", "ap50", "iou", "f1"]
-
-
-class DataConfig(Strict):
-    """What the loader feeds the model."""
-
-    crop: int | None = Field(512, ge=32, description="random crop side (None: whole chips)")
-    batch_size: int = Field(4, ge=1)
-    samples_per_epoch: int | None = Field(
-        None, ge=1, description="random crops per epoch (None: one per train chip)")
-    workers: int = Field(2, ge=0)
-    boundary_width: int = Field(2, ge=1)
-    contact_distance: int = Field(3, ge=1)
-
-
-class OptimConfig(Strict):
-    """AdamW with linear warm-up then cosine decay, clipping, EMA, AMP."""
-
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(1.0, ge=0)
-    min_lr_ratio: float = Field(0.01, ge=0, le=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="None disables EMA")
-    amp: bool = Field(True, description="mixed precision on CUDA (always off on CPU)")
-
-
-class ValConfig(Strict):
-    """When and how to validate."""
-
-    every: int = Field(1, ge=1, description="validate every N epochs (and at the last)")
-    metric: Metric = "ap"
-    batch_size: int = Field(1, ge=1)
-    budget: float | None = Field(None, gt=0, le=1, description="router budget (None: model's)")
-
-
-class TrainConfig(Strict):
-    """The whole training config (``configs/*.yaml``)."""
-
-    epochs: int = Field(20, ge=1)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    patches: str | None = Field(None, description="output directory of geoseg tile")
-    data: DataConfig = DataConfig()
-    augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optim: OptimConfig = OptimConfig()
-    val: ValConfig = ValConfig()
-    postprocess: PostprocessConfig = PostprocessConfig()
 
 
 @dataclass
@@ -156,7 +103,7 @@ class Trainer:
                  progress: bool | None = None, hooks: Sequence[Hook] = ()) -> None:
         from pycocotools.coco import COCO
 
-        from geoseg.data import ChipDataset, collate
+        from geoseg.train.dataset import ChipDataset, collate
 
         self.patches, self.run_dir, self.device, self.progress = patches, run_dir, device, progress
         self.hooks = list(hooks)
@@ -203,7 +150,7 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The checkpoint payload (see :mod:`geoseg.checkpoint`)."""
+        """The checkpoint payload (see :mod:`geoseg.models.checkpoint`)."""
         return {
             "config": self.cfg.model_dump(mode="json"),
             "stats": {k: self.stats[k] for k in ("bands", "dtype", "mean", "std")},
@@ -289,7 +236,7 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics of the EMA weights on the val chips."""
-        from geoseg.validate import run_validation
+        from geoseg.train.metrics import run_validation
 
         if not self.val_ids:
             return {}

@@ -1,0 +1,54 @@
+"""The one Dask scheduler (or client) that all stages of a pipeline run share."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from geoseg.parallel import LOCAL_SCHEDULERS
+from geoseg.pipeline.model import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+
+class SharedScheduler:
+    """The Dask scheduler of a run: a local name, or ONE client shared by all stages.
+
+    The client (of a ``tcp://`` address, or of a LocalCluster for ``cluster: local``) is
+    started when a stage first asks for it and closed by :meth:`close`.
+    """
+
+    def __init__(self, scheduler: Any, cluster: ClusterConfig | None) -> None:
+        self.spec, self.cluster = scheduler, cluster
+        self._client: Any = None
+        self._owned: list[Any] = []
+
+    def get(self) -> Any:
+        """The value to pass as ``scheduler=`` to :func:`geoseg.parallel.compute`."""
+        if not isinstance(self.spec, str) or (self.cluster is None and self.spec in LOCAL_SCHEDULERS):
+            return self.spec  # a local scheduler name, or the caller's own Client
+        if self._client is None:
+            self._client, self._owned = make_client(self.spec, self.cluster)
+        return self._client
+
+    def close(self) -> None:
+        """Close the client and cluster started here (never the caller's)."""
+        for obj in self._owned:
+            with contextlib.suppress(Exception):
+                obj.close()
+        self._client, self._owned = None, []
+
+
+def make_client(address: str, cluster: ClusterConfig | None) -> tuple[Any, list[Any]]:
+    """A ``distributed.Client`` of ``address`` or of a new LocalCluster, and what to close."""
+    from distributed import Client, LocalCluster
+
+    if cluster is None:
+        client = Client(address, set_as_default=False)
+        return client, [client]
+    lc = LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
+                      dashboard_address=None)
+    log.info("started a LocalCluster of %d workers at %s", cluster.workers, lc.scheduler_address)
+    client = Client(lc, set_as_default=False)
+    return client, [client, lc]

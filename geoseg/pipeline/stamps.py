@@ -1,0 +1,80 @@
+"""Stamps of finished stages, and whether a stage must run again."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from geoseg.pipeline.model import (
+    FIRST,
+    INPUT_MISSING,
+    INPUT_NEWER,
+    OUTPUT_MISSING,
+    PARAMS,
+    UNFINISHED,
+    UP_TO_DATE,
+    UPSTREAM,
+    Stage,
+    show,
+)
+
+
+def newest_mtime(path: Path) -> int | None:
+    """The mtime (ns) of a file, or the newest of a folder and all in it; None when missing."""
+    try:
+        newest = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    if path.is_dir():
+        for top, dirs, files in os.walk(path):
+            for name in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.stat(os.path.join(top, name)).st_mtime_ns)
+    return newest
+
+
+def _decide(stage: Stage, stamp: dict[str, Any] | None, rebuilt: dict[Path, str],
+            root: Path) -> tuple[str, str]:
+    """Whether ``stage`` must run: (reason code, reason in words)."""
+    if stamp is None:
+        return FIRST, "first run"
+    if stamp.get("digest") != stage.digest:
+        return PARAMS, "parameters changed"
+    for inp in stage.inputs:
+        for made, by in rebuilt.items():
+            if inp == made or made in inp.parents or inp in made.parents:
+                return UPSTREAM, f"input {show(inp)} rebuilt by {by}"
+    times = {p: newest_mtime(p) for p in stage.inputs}
+    if stamp.get("status") != "done":
+        if max((t for t in times.values() if t), default=0) > stamp.get("inputs_mtime_ns", 0):
+            return INPUT_NEWER, "last run did not finish, and an input changed since"
+        return UNFINISHED, "last run did not finish"
+    outputs = dict.fromkeys(stage.outputs + _recorded(stamp, root))
+    out_times = [newest_mtime(o) for o in outputs]
+    for o, t in zip(outputs, out_times, strict=True):
+        if t is None:
+            return OUTPUT_MISSING, f"output {show(o)} missing"
+    for p, t in times.items():
+        if t is None:
+            return INPUT_MISSING, f"input {show(p)} missing"
+    oldest = min((t for t in out_times if t is not None), default=stamp.get("finished_ns", 0))
+    for p, t in times.items():
+        if t is not None and t > oldest:
+            return INPUT_NEWER, f"input {show(p)} newer than the outputs"
+    return UP_TO_DATE, "up to date"
+
+
+def _recorded(stamp: dict[str, Any] | None, root: Path) -> list[Path]:
+    """The outputs a stamp records (relative to the pipeline's folder) as paths."""
+    return [Path(os.path.normpath(root / o)) for o in (stamp or {}).get("outputs", [])]
+
+
+def _read_stamp(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # missing or damaged: the stage reruns
+    return data if isinstance(data, dict) else None

@@ -1,0 +1,30 @@
+"""Parameters of `geoseg tile`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from geoseg.config import Strict
+
+
+class TileConfig(Strict):
+    """Parameters of `geoseg tile` (YAML section ``tile`` of a pipeline)."""
+
+    size: int = Field(512, ge=8, description="chip side in pixels")
+    overlap: int = Field(64, ge=0, description="pixels shared by neighbouring chips")
+    min_valid: float = Field(0.5, ge=0.0, le=1.0, description="skip chips with less valid")
+    val_fraction: float = Field(0.2, ge=0.0, le=1.0, description="share of split blocks in val")
+    split_block: int = Field(4, ge=1, description="side of a split block, in chips")
+    val_scenes: tuple[str, ...] = Field((), description="glob patterns of scenes wholly in val")
+    class_field: str = "class"
+    class_name: str = "object"
+    compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> TileConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self

@@ -1,0 +1,64 @@
+"""The training configuration: one validated :class:`TrainConfig` (YAML presets in configs/)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from geoseg.config import Strict
+from geoseg.models.config import ModelConfig
+from geoseg.models.postprocess import PostprocessConfig
+from geoseg.train.augment import AugmentConfig
+from geoseg.train.losses import LossConfig
+
+Metric = Literal["ap", "ap50", "iou", "f1"]
+
+
+class DataConfig(Strict):
+    """What the loader feeds the model."""
+
+    crop: int | None = Field(512, ge=32, description="random crop side (None: whole chips)")
+    batch_size: int = Field(4, ge=1)
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="random crops per epoch (None: one per train chip)")
+    workers: int = Field(2, ge=0)
+    boundary_width: int = Field(2, ge=1)
+    contact_distance: int = Field(3, ge=1)
+
+
+class OptimConfig(Strict):
+    """AdamW with linear warm-up then cosine decay, clipping, EMA, AMP."""
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(0.99, gt=0, lt=1, description="None disables EMA")
+    amp: bool = Field(True, description="mixed precision on CUDA (always off on CPU)")
+
+
+class ValConfig(Strict):
+    """When and how to validate."""
+
+    every: int = Field(1, ge=1, description="validate every N epochs (and at the last)")
+    metric: Metric = "ap"
+    batch_size: int = Field(1, ge=1)
+    budget: float | None = Field(None, gt=0, le=1, description="router budget (None: model's)")
+
+
+class TrainConfig(Strict):
+    """The whole training config (``configs/*.yaml``)."""
+
+    epochs: int = Field(20, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    patches: str | None = Field(None, description="output directory of geoseg tile")
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    val: ValConfig = ValConfig()
+    postprocess: PostprocessConfig = PostprocessConfig()
