@@ -43,6 +43,8 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
+from geoseg.io.vectors import polygonal_parts
+from geoseg.matching import EPS, greedy, match_by_iou
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,6 @@ KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "mean_iou", "ap", "ap50",
 #: COCO IoU thresholds 0.50, 0.55, ..., 0.95 (each the double nearest the decimal).
 THRESHOLDS = (50 + 5 * np.arange(10)) / 100
 RECALLS = np.linspace(0.0, 1.0, 101)
-#: IoU is compared with a threshold to this tolerance (80/120 >= 2/3 whatever the rounding).
-EPS = 1e-9
 
 
 def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
@@ -81,33 +81,25 @@ def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
 
 
 def polygonal(geoms: np.ndarray) -> np.ndarray:
-    """Repair geometries and keep their polygonal parts (None where none is left).
+    """Repair geometries (:func:`~geoseg.io.vectors.polygonal_parts`), one per feature.
+
+    Returns:
+        Per feature, its Polygon, a MultiPolygon of its parts, or None where none is left.
 
     Examples:
         >>> bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
         >>> [g.geom_type if g else None for g in polygonal(np.array([bowtie, shapely.Point(0, 0)]))]
         ['MultiPolygon', None]
     """
-    geoms = np.asarray(geoms, dtype=object).copy()
-    geoms[shapely.is_missing(geoms)] = shapely.Polygon()
-    bad = ~shapely.is_valid(geoms)
-    geoms[bad] = shapely.make_valid(geoms[bad])
-    kinds = shapely.get_type_id(geoms)
-    odd = ~np.isin(kinds, [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON])
-    if odd.any():  # collections from make_valid, lines, points: keep only the polygons
-        parts, owner = shapely.get_parts(geoms[odd], return_index=True)
-        parts, sub = shapely.get_parts(parts, return_index=True)  # a collection may hold a MultiPolygon
-        owner = owner[sub]
-        keep = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
-        fixed = np.full(int(odd.sum()), None, dtype=object)
-        for i in np.unique(owner[keep]):  # only the few odd features
-            polys = parts[keep & (owner == i)]
-            fixed[i] = polys[0] if len(polys) == 1 else shapely.MultiPolygon(list(polys))
-        geoms[odd] = fixed
-    empty = shapely.is_missing(geoms) | shapely.is_empty(geoms)
-    empty[~empty] = shapely.area(geoms[~empty]) <= 0
-    geoms[empty] = None
-    return geoms
+    parts, owner = polygonal_parts(geoms)
+    out = np.full(len(geoms), None, dtype=object)
+    count = np.bincount(owner, minlength=len(geoms))
+    one = count[owner] == 1
+    out[owner[one]] = parts[one]
+    if not one.all():
+        owners, idx = np.unique(owner[~one], return_inverse=True)
+        out[owners] = shapely.multipolygons(parts[~one], indices=idx)
+    return out
 
 
 def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:
@@ -167,46 +159,6 @@ def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray 
     return pi[keep].astype(np.int64), ti[keep].astype(np.int64), iou[keep]
 
 
-def _greedy(pi: np.ndarray, ti: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Pairs taken one-to-one in ``order``: a pair is kept when both ends are still free."""
-    out = np.zeros(len(pi), dtype=bool)
-    pi, ti = pi[order], ti[order]
-    taken = np.zeros(len(order), dtype=bool)
-    if len(np.unique(pi)) == len(pi) and len(np.unique(ti)) == len(ti):
-        taken[:] = True  # no conflicts (the usual case at IoU >= 0.5): nothing to arbitrate
-    else:
-        used_p: set[int] = set()
-        used_t: set[int] = set()
-        for k, (p, t) in enumerate(zip(pi.tolist(), ti.tolist(), strict=True)):
-            if p not in used_p and t not in used_t:
-                used_p.add(p)
-                used_t.add(t)
-                taken[k] = True
-    out[order] = taken
-    return out
-
-
-def match_by_iou(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, threshold: float) -> np.ndarray:
-    """SpaceNet matching: one-to-one, greedy by IoU descending, pairs at IoU >= threshold.
-
-    Args:
-        pi: prediction index of each candidate pair (see :func:`candidate_pairs`).
-        ti: truth index of each pair.
-        iou: IoU of each pair.
-        threshold: a pair can match at IoU >= threshold.
-
-    Returns:
-        bool per pair: whether it is a match.
-
-    Examples:
-        >>> match_by_iou(np.array([0, 0, 1]), np.array([0, 1, 1]), np.array([0.9, 0.6, 0.7]), 0.5).tolist()
-        [True, False, True]
-    """
-    ok = np.flatnonzero(iou >= threshold - EPS)
-    order = ok[np.lexsort((ti[ok], pi[ok], -iou[ok]))]
-    return _greedy(pi, ti, order)
-
-
 def match_by_score(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, rank: np.ndarray,
                    threshold: float) -> np.ndarray:
     """COCO matching: predictions by rank, each takes the free truth of highest IoU >= threshold.
@@ -223,7 +175,7 @@ def match_by_score(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, rank: np.nda
     """
     ok = np.flatnonzero(iou >= threshold - EPS)
     order = ok[np.lexsort((ti[ok], -iou[ok], rank[pi[ok]]))]
-    return _greedy(pi, ti, order)
+    return greedy(pi, ti, order)
 
 
 def average_precision(matched: np.ndarray, rank: np.ndarray, n_truth: int) -> float:

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import dask
-from dask.callbacks import Callback
 from tqdm.auto import tqdm
+from tqdm.dask import TqdmCallback
 
 from geoseg.errors import ConfigError
 
@@ -40,23 +40,40 @@ def check_scheduler(scheduler: Any) -> None:
     )
 
 
-class _TqdmCallback(Callback):  # type: ignore[misc]
-    """Advance a tqdm bar each time one of the top-level task keys finishes."""
+class _KeysCallback(TqdmCallback):  # type: ignore[misc]
+    """tqdm's Dask callback, counting the caller's tasks rather than every graph node.
 
-    def __init__(self, keys: set[Any], bar: tqdm) -> None:
-        super().__init__()
+    ``TqdmCallback`` totals and advances on each node of the graph (a tile task may be
+    several nodes); here the bar counts only the top-level keys, one per task handed in.
+    """
+
+    def __init__(self, keys: set[Any], **tqdm_kwargs: Any) -> None:
+        super().__init__(**tqdm_kwargs)
         self._keys = keys
-        self._bar = bar
+        self._probe = next(iter(keys))
+        self.pbar: Any = None
+
+    def _ours(self, dsk: Any) -> bool:
+        """Whether a graph is the caller's (a task may run a nested compute of its own)."""
+        return self._probe in dsk
+
+    def _start_state(self, dsk: Any, state: Any) -> None:
+        if self.pbar is None and self._ours(dsk):
+            self.pbar = self.tqdm_class(total=len(self._keys))
+
+    def _finish(self, dsk: Any, state: Any, errored: bool) -> None:
+        if self.pbar is not None and self._ours(dsk):
+            self.pbar.close()
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if key in self._keys:
-            self._bar.update(1)
+        if self.pbar is not None and key in self._keys:
+            self.pbar.update(1)
 
 
-def _progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
+def _bar_kwargs(desc: str, progress: bool | None) -> dict[str, Any]:
     disable = (not sys.stderr.isatty()) if progress is None else (not progress)
-    return tqdm(total=total, desc=desc, unit="task", file=sys.stderr, disable=disable,
-                delay=PROGRESS_DELAY_S, dynamic_ncols=True)
+    return {"desc": desc, "unit": "task", "file": sys.stderr, "disable": disable,
+            "delay": PROGRESS_DELAY_S, "dynamic_ncols": True}
 
 
 def compute(
@@ -82,21 +99,20 @@ def compute(
     check_scheduler(scheduler)
     if not tasks:
         return []
-    with _progress_bar(len(tasks), desc, progress) as bar:
-        if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
-            keys = {t.key for t in tasks}
-            with _TqdmCallback(keys, bar):
-                return list(dask.compute(*tasks, scheduler=scheduler))
-        from distributed import Client, as_completed
+    kwargs = _bar_kwargs(desc, progress)
+    if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
+        with _KeysCallback({t.key for t in tasks}, tqdm_class=tqdm, **kwargs):
+            return list(dask.compute(*tasks, scheduler=scheduler))
+    from distributed import Client, as_completed
 
-        own = isinstance(scheduler, str)
-        client = Client(scheduler, set_as_default=False) if own else scheduler
-        try:
-            futures = client.compute(list(tasks), retries=retries)
-            with client.as_current():
-                for _ in as_completed(futures):
-                    bar.update(1)
-            return list(client.gather(futures))
-        finally:
-            if own:
-                client.close()
+    own = isinstance(scheduler, str)
+    client = Client(scheduler, set_as_default=False) if own else scheduler
+    try:
+        futures = client.compute(list(tasks), retries=retries)
+        with client.as_current(), tqdm(total=len(futures), **kwargs) as bar:
+            for _ in as_completed(futures):
+                bar.update(1)
+        return list(client.gather(futures))
+    finally:
+        if own:
+            client.close()

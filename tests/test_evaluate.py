@@ -245,3 +245,20 @@ def test_cli_errors(tmp_path, files):
     assert res.exit_code == 2
     res = CliRunner().invoke(cli, ["evaluate", "--help"])
     assert res.exit_code == 0 and "$ geoseg evaluate buildings.gpkg" in res.output
+
+
+def test_one_polygon_repair():
+    from geoseg.io.vectors import polygonal_parts
+
+    bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+    collapsed = shapely.Polygon([(0, 0), (1, 0), (2, 0), (0, 0)])
+    nested = shapely.GeometryCollection([shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(2, 0, 3, 1)]),
+                                         shapely.Point(5, 5)])
+    geoms = np.array([bowtie, None, collapsed, nested, shapely.box(0, 0, 1, 1)], dtype=object)
+    parts, index = polygonal_parts(geoms)
+    assert index.tolist() == [0, 0, 3, 3, 4]
+    assert set(shapely.get_type_id(parts).tolist()) == {shapely.GeometryType.POLYGON}
+    assert shapely.area(parts).sum() == pytest.approx(2 + 2 + 1)
+    kinds = [g.geom_type if g is not None else None for g in polygonal(geoms)]
+    assert kinds == ["MultiPolygon", None, None, "MultiPolygon", "Polygon"]
+    assert polygonal(geoms)[4].equals(geoms[4])

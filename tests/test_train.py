@@ -138,3 +138,19 @@ def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, ckpt["ema"][k], rtol=0, atol=0)
     assert not model.training and meta["stats"]["bands"] == 3
+
+
+def test_greedy_match_is_the_evaluation_matcher() -> None:
+    import numpy as np
+
+    from geoseg.matching import match_by_iou
+    from geoseg.train.metrics import greedy_match
+
+    ious = np.array([[0.9, 0.6, 0.0], [0.7, 0.8, 0.55], [0.0, 0.5, 0.4]])
+    assert greedy_match(ious, 0.5) == [(0, 0, 0.9), (1, 1, 0.8)]  # truth 1 is taken before (2, 1)
+    p, t = np.nonzero(ious > 0)
+    hit = match_by_iou(p, t, ious[p, t], 0.5)
+    pairs = {(int(i), int(j)) for i, j in zip(p[hit], t[hit], strict=True)}
+    assert {(i, j) for i, j, _ in greedy_match(ious, 0.5)} == pairs
+    assert greedy_match(np.zeros((0, 2)), 0.5) == []
+    assert greedy_match(np.array([[2 / 3]]), 80 / 120) == [(0, 0, 2 / 3)]  # same tolerance

@@ -172,3 +172,14 @@ def test_write_errors_leave_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_vector(gdf, tmp_path / "b.gpkg")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_polygon_is_repaired_to_its_largest_part():
+    from geoseg.predict.vectorize import _largest_polygons
+
+    bowtie = shapely.Polygon([(0, 0), (3, 3), (3, 0), (1, 2), (0, 3)])  # two lobes, one larger
+    line = shapely.LineString([(0, 0), (1, 1)])
+    out = _largest_polygons(np.array([bowtie, line], dtype=object))
+    parts = shapely.get_parts(shapely.make_valid(bowtie))
+    assert out[0].geom_type == "Polygon" and out[0].area == pytest.approx(max(p.area for p in parts))
+    assert out[1].is_empty

@@ -15,25 +15,30 @@ from geoseg.errors import EmptyLabelsWarning, InputVectorError
 CLASS = "class"
 
 
-def polygonal_parts(geoms: np.ndarray) -> np.ndarray:
+def polygonal_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Repair geometries and keep only their polygonal parts, as single Polygons.
 
-    ``make_valid`` can turn a bow-tie into a MultiPolygon, or a sliver into a
-    LineString; lines and points carry no area and are dropped.
+    The one polygon repair of geoseg (labels, evaluation, vectorizing): shapely's
+    ``make_valid(method="structure", keep_collapsed=False)`` (a bow-tie becomes two
+    triangles, collapsed rings vanish), then ``get_parts``; lines, points and parts
+    without area are dropped. Missing geometries yield no part.
 
     Returns:
-        An array of Polygons and the index of the input each came from (2 arrays).
+        The Polygons, and the index of the input each came from (ascending).
+
+    Examples:
+        >>> bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+        >>> parts, index = polygonal_parts(np.array([shapely.Point(0, 0), bowtie], dtype=object))
+        >>> shapely.get_type_id(parts).tolist(), index.tolist()
+        ([3, 3], [1, 1])
     """
-    fixed = shapely.make_valid(geoms)
+    fixed = shapely.make_valid(np.asarray(geoms, dtype=object), method="structure", keep_collapsed=False)
     parts, index = shapely.get_parts(fixed, return_index=True)
-    # GeometryCollections (from make_valid) need one more level of unpacking.
-    nested = shapely.get_type_id(parts) == shapely.GeometryType.GEOMETRYCOLLECTION
-    if nested.any():
-        sub, sub_idx = shapely.get_parts(parts[nested], return_index=True)
-        parts = np.concatenate([parts[~nested], sub])
-        index = np.concatenate([index[~nested], index[nested][sub_idx]])
-    keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(parts)
-    keep &= shapely.area(parts) > 0
+    # a GeometryCollection (an input one; make_valid passes it on) may hold MultiPolygons
+    parts, sub = shapely.get_parts(parts, return_index=True)
+    index = index[sub]
+    keep = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+    keep[keep] = shapely.area(parts[keep]) > 0
     return parts[keep], index[keep]
 
 

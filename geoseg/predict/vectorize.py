@@ -30,6 +30,7 @@ from shapely.geometry import shape
 
 from geoseg.errors import GeoSegError
 from geoseg.io.atomic import atomic_path
+from geoseg.io.vectors import polygonal_parts
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +205,7 @@ def instances_to_frame(
     geoms = _to_crs_coords(geoms, transform)
     bad = ~shapely.is_valid(geoms)
     if bad.any():
-        fixed = shapely.make_valid(geoms[bad])
-        geoms[bad] = [_largest_polygon(g) for g in fixed]
+        geoms[bad] = _largest_polygons(geoms[bad])
 
     idx = values - 1
     columns: dict[str, Any] = {
@@ -224,11 +224,14 @@ def instances_to_frame(
     return gpd.GeoDataFrame(columns, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
 
 
-def _largest_polygon(geom: shapely.Geometry) -> shapely.Geometry:
-    """The largest Polygon in a repaired geometry (make_valid may return a collection)."""
-    parts = [p for p in shapely.get_parts(geom) if p.geom_type in ("Polygon", "MultiPolygon")]
-    polys = [q for p in parts for q in shapely.get_parts(p)]
-    return max(polys, key=lambda p: p.area) if polys else shapely.Polygon()
+def _largest_polygons(geoms: np.ndarray) -> np.ndarray:
+    """The largest Polygon of each repaired geometry (:func:`polygonal_parts`); empty if none."""
+    parts, owner = polygonal_parts(geoms)
+    out = np.array([shapely.Polygon()] * len(geoms), dtype=object)
+    order = np.lexsort((-shapely.area(parts), owner))  # by owner, largest first
+    owners, first = np.unique(owner[order], return_index=True)
+    out[owners] = parts[order[first]]
+    return out
 
 
 def vector_driver(path: str | Path) -> str:

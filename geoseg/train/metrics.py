@@ -18,32 +18,24 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from geoseg.matching import EPS, match_by_iou
 from geoseg.models.postprocess import PostprocessConfig, probabilities
 from geoseg.predict.instances import instances_from_probs
 from geoseg.tile.labels import encode_rle
 
 
 def greedy_match(ious: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """One-to-one matches (pred, truth, iou), greedily by IoU descending, IoU >= threshold.
+    """One-to-one matches (pred, truth, iou) of an IoU matrix: :func:`geoseg.matching.match_by_iou`.
 
     Examples:
         >>> greedy_match(np.array([[0.9, 0.6], [0.7, 0.2]]), 0.5)
         [(0, 0, 0.9)]
     """
-    if ious.size == 0:
-        return []
-    p, t = np.nonzero(ious >= threshold)
-    order = np.argsort(-ious[p, t], kind="stable")
-    used_p: set[int] = set()
-    used_t: set[int] = set()
-    out = []
-    for k in order:
-        i, j = int(p[k]), int(t[k])
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-            out.append((i, j, float(ious[i, j])))
-    return out
+    p, t = np.nonzero(ious >= threshold - EPS)
+    iou = ious[p, t]
+    k = np.flatnonzero(match_by_iou(p, t, iou, threshold))
+    k = k[np.argsort(-iou[k], kind="stable")]  # best match first
+    return [(int(p[i]), int(t[i]), float(iou[i])) for i in k]
 
 
 def _as_rle(seg: dict[str, Any]) -> dict[str, Any]:

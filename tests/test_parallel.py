@@ -1,0 +1,74 @@
+"""geoseg.parallel: results in order, and a tqdm bar that counts the caller's tasks."""
+
+import dask
+import pytest
+
+import geoseg.parallel as parallel
+from geoseg.errors import ConfigError
+from geoseg.parallel import check_scheduler, compute
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _nested(x: int) -> int:
+    """A task that runs a compute of its own (the bar must ignore its graph)."""
+    return dask.compute(dask.delayed(_inc)(x), scheduler="sync")[0]
+
+
+def _tasks(n: int) -> list:
+    # two graph nodes per task: the bar must still count n
+    return [dask.delayed(_inc)(dask.delayed(_inc)(i)) for i in range(n)]
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    """Every tqdm bar parallel.py makes, as the kwargs it got and its final count."""
+    made = []
+
+    class Recording(parallel.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(parallel, "tqdm", Recording)
+    monkeypatch.setattr(parallel, "PROGRESS_DELAY_S", 0.0)
+    return made
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_bar_counts_tasks_not_graph_nodes(bars, capsys, scheduler):
+    assert compute(_tasks(5), scheduler=scheduler, desc="tiles", progress=True) == [2, 3, 4, 5, 6]
+    assert len(bars) == 1
+    bar = bars[0]
+    assert (bar.desc, bar.total, bar.n, bar.unit) == ("tiles", 5, 5, "task")
+    err = capsys.readouterr().err
+    assert "tiles" in err and "5/5" in err
+
+
+def test_nested_compute_in_a_task_keeps_one_bar(bars):
+    tasks = [dask.delayed(_nested)(i) for i in range(4)]
+    assert compute(tasks, scheduler="threads", desc="predict", progress=True) == [1, 2, 3, 4]
+    assert [(b.desc, b.total, b.n) for b in bars] == [("predict", 4, 4)]
+
+
+def test_progress_off_is_silent(bars, capsys):
+    assert compute(_tasks(3), scheduler="threads", progress=False) == [2, 3, 4]
+    assert all(b.disable for b in bars)
+    assert capsys.readouterr().err == ""
+
+
+def test_empty_and_bad_scheduler():
+    assert compute([], scheduler="threads") == []
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        check_scheduler("gpu")
+    check_scheduler("tcp://localhost:8786")
+
+
+def test_distributed_client_bar(bars):
+    distributed = pytest.importorskip("distributed")
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        assert compute(_tasks(3), scheduler=client, desc="dist", progress=True) == [2, 3, 4]
+    assert [(b.desc, b.total, b.n) for b in bars] == [("dist", 3, 3)]
