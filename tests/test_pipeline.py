@@ -392,3 +392,32 @@ def test_stage_without_outputs_is_skipped_until_an_input_changes(project: Path, 
     age(project)
     os.utime(project / "data" / "truth.geojson")
     assert ran(run(project)) == ["evaluate"]
+
+
+@pytest.mark.parametrize("stage", ALL)
+def test_unknown_key_in_each_stage_section_names_key_and_stage(project: Path, stage: str) -> None:
+    spec = read_spec(project)
+    spec[stage]["bogus"] = 1
+    with pytest.raises(ConfigError, match=rf"unknown key '{stage}\.bogus' in .*p\.yaml"):
+        load_pipeline(write_spec(project, spec))
+
+
+def test_stage_args_are_the_typed_model_of_their_kind(project: Path) -> None:
+    from pydantic import ValidationError
+
+    from geoseg.pipeline.model import ARGS, EvaluateArgs, PredictArgs, TileArgs, TrainArgs
+    from geoseg.pipeline.stages import RUNNERS
+
+    assert list(ARGS) == ALL and RUNNERS.keys() == ARGS.keys()
+    pipe = load_pipeline(project / "pipe" / "p.yaml")
+    kinds = {"tile": TileArgs, "train": TrainArgs, "predict": PredictArgs, "evaluate": EvaluateArgs}
+    assert {n: type(s.args) for n, s in pipe.stages.items()} == kinds
+    out = project / "out"
+    t, r, p, e = (pipe.stages[n].args for n in ALL)
+    assert t.out == out / "patches" and t.cfg.size == 16 and t.skip_bad is False
+    assert r.patches == t.out and r.cfg.epochs == 1 and r.out == out / "run"
+    assert p.model == r.out and p.scenes == [project / "data" / "c.tif"] and p.cfg.budget == 0.5
+    assert e.pred == p.out and e.scenes == p.scenes and e.json_out == out / "evaluation.json"
+    assert (e.iou, e.clip, e.max_side) == (0.5, True, 1500)  # the section model's defaults
+    with pytest.raises(ValidationError, match="extra"):
+        TrainArgs(**dict(r), bogus=1)

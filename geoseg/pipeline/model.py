@@ -8,17 +8,23 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geoseg.config import Strict, deep_update, format_validation_error, read_yaml, validate
 from geoseg.errors import ConfigError
 from geoseg.parallel import LOCAL_SCHEDULERS, check_scheduler
 
+if TYPE_CHECKING:  # the real types for mypy; imported only when a stage is resolved
+    from geoseg.predict import PredictConfig
+    from geoseg.tile import TileConfig
+    from geoseg.train import TrainConfig
+else:
+    PredictConfig = TileConfig = TrainConfig = Any
+
 log = logging.getLogger(__name__)
 
-STAGES = ("tile", "train", "predict", "evaluate")
 STAMPS = ".stamps"
 # Why a stage runs (StageRun.code); stage functions pick overwrite/resume from it.
 FORCE, FROM, FIRST, UNFINISHED, PARAMS = "force", "from", "first", "unfinished", "params"
@@ -123,19 +129,39 @@ class PipelineFile(Strict):
         return self
 
 
+class StageArgs(Strict):
+    """Base of the resolved arguments of one stage kind (what its runner gets).
+
+    Subclasses have no defaults of their own (those live in the stage's section model)
+    and, like every config model, reject unknown keys.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    section: ClassVar[type[Strict]]  # the model of the stage's section of the pipeline file
+
+    @classmethod
+    def resolve(cls, section: Any, ctx: _Resolver) -> Stage[Any]:
+        """The stage of ``section`` (an instance of :attr:`section`), paths resolved."""
+        raise NotImplementedError
+
+
+A = TypeVar("A", bound=StageArgs)
+
+
 @dataclass
-class Stage:
+class Stage(Generic[A]):
     """A stage with its paths resolved and parameters validated.
 
     ``config`` (JSON-able, paths relative to the pipeline file) is what the stamp's
-    digest covers; ``args`` is what the stage function gets.
+    digest covers; ``args`` (the stage kind's :class:`StageArgs` model) is what the
+    stage function gets.
     """
 
     name: str
     inputs: list[Path]
     outputs: list[Path]
     config: dict[str, Any]
-    args: dict[str, Any] = field(default_factory=dict)
+    args: A
 
     @property
     def digest(self) -> str:
@@ -151,7 +177,7 @@ class Pipeline:
     workdir: Path
     scheduler: str
     cluster: ClusterConfig | None
-    stages: dict[str, Stage]
+    stages: dict[str, Stage[Any]]
 
     def stamp_path(self, stage: str) -> Path:
         """Where the stamp of ``stage`` lives."""
@@ -189,6 +215,153 @@ def _params(model: type[Any], where: str, config: Path | None, params: dict[str,
     return validate(model, deep_update(base, params), str(source))
 
 
+class TileArgs(StageArgs):
+    """What :func:`~geoseg.pipeline.stages.run_tile` gets."""
+
+    section: ClassVar[type[Strict]] = TileStage
+    scenes: list[Path]
+    labels: Path | None
+    out: Path
+    cfg: TileConfig
+    skip_bad: bool
+
+    @classmethod
+    def resolve(cls, section: TileStage, ctx: _Resolver) -> Stage[TileArgs]:
+        from geoseg.tile import TileConfig
+
+        t = section
+        cfg = _params(TileConfig, "tile.params", ctx.inp(t.config) if t.config else None,
+                      t.params, ctx.path)
+        a = cls(scenes=[ctx.inp(s) for s in t.scenes], labels=ctx.inp(t.labels) if t.labels else None,
+                out=ctx.out(t.out), cfg=cfg, skip_bad=t.skip_bad)
+        return ctx.stage("tile", a.scenes + ([a.labels] if a.labels else []), [a.out], a,
+                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"))
+
+
+class TrainArgs(StageArgs):
+    """What :func:`~geoseg.pipeline.stages.run_train` gets."""
+
+    section: ClassVar[type[Strict]] = TrainStage
+    patches: Path
+    out: Path
+    cfg: TrainConfig
+
+    @classmethod
+    def resolve(cls, section: TrainStage, ctx: _Resolver) -> Stage[TrainArgs]:
+        from geoseg.train import TrainConfig
+
+        r = section
+        tcfg = _params(TrainConfig, "train.params", ctx.inp(r.config) if r.config else None,
+                       r.params, ctx.path)
+        if r.epochs is not None:
+            tcfg = tcfg.model_copy(update={"epochs": r.epochs})
+        a = cls(patches=ctx.made("train.patches", r.patches, "tile"), out=ctx.out(r.out), cfg=tcfg)
+        return ctx.stage("train", [a.patches], [a.out], a, config=tcfg.model_dump(mode="json"))
+
+
+class PredictArgs(StageArgs):
+    """What :func:`~geoseg.pipeline.stages.run_predict` gets."""
+
+    section: ClassVar[type[Strict]] = PredictStage
+    scenes: list[Path]
+    model: Path
+    out: Path
+    cfg: PredictConfig
+
+    @classmethod
+    def resolve(cls, section: PredictStage, ctx: _Resolver) -> Stage[PredictArgs]:
+        from geoseg.predict import PredictConfig
+
+        p = section
+        params = dict(p.params)
+        if isinstance(params.get("prob_out"), str):  # an output: relative to workdir
+            params["prob_out"] = str(ctx.out(params["prob_out"]))
+        pcfg = _params(PredictConfig, "predict.params", None, params, ctx.path)
+        a = cls(scenes=[ctx.inp(s) for s in p.scenes], model=ctx.made("predict.model", p.model, "train"),
+                out=ctx.out(p.out), cfg=pcfg)
+        return ctx.stage("predict", [*a.scenes, a.model], [a.out], a,
+                         params=pcfg.model_dump(mode="json", exclude={"prob_out"}),
+                         prob_out=ctx.rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0])
+
+
+class EvaluateArgs(StageArgs):
+    """What :func:`~geoseg.pipeline.stages.run_evaluate` gets (None: that output is off)."""
+
+    section: ClassVar[type[Strict]] = EvaluateStage
+    pred: Path
+    truth: Path
+    scenes: list[Path]
+    json_out: Path | None
+    quicklook: Path | None
+    clip: bool
+    iou: float
+    class_field: str
+    boundary_width: float | None
+    max_side: int
+
+    @classmethod
+    def resolve(cls, section: EvaluateStage, ctx: _Resolver) -> Stage[EvaluateArgs]:
+        e, stages, path = section, ctx.stages, ctx.path
+        predict = stages.get("predict")
+        scenes = ([ctx.inp(s) for s in e.scenes] if e.scenes is not None
+                  else list(predict.args.scenes) if isinstance(predict, Stage)
+                  and isinstance(predict.args, PredictArgs) else [])
+        if not scenes and (e.clip or e.quicklook):
+            raise ConfigError(f"'evaluate.scenes' is missing in {path}: the quick-look and 'clip' "
+                              "need the scenes; set it, declare a predict stage, or set "
+                              "quicklook: null and clip: false")
+        json_out = ctx.out(e.json_out) if e.json_out else None
+        quicklook = ctx.out(e.quicklook) if e.quicklook else None
+        settings = e.model_dump(exclude={"truth", "pred", "scenes", "json_out", "quicklook"})
+        a = cls(pred=ctx.made("evaluate.pred", e.pred, "predict"), truth=ctx.inp(e.truth),
+                scenes=scenes, json_out=json_out, quicklook=quicklook, **settings)
+        outs = [o for o in (json_out, quicklook) if o is not None]
+        return ctx.stage("evaluate", [a.pred, a.truth, *scenes], outs, a, **settings)
+
+
+# The stage kinds, in run order: each one's section of the pipeline file is
+# ``ARGS[kind].section``; its runner is ``geoseg.pipeline.stages.RUNNERS[kind]``.
+ARGS: dict[str, type[StageArgs]] = {"tile": TileArgs, "train": TrainArgs, "predict": PredictArgs,
+                                    "evaluate": EvaluateArgs}
+STAGES = tuple(ARGS)
+
+
+@dataclass
+class _Resolver:
+    """Resolves the paths of a pipeline file's stages; holds the stages resolved so far."""
+
+    path: Path
+    root: Path
+    workdir: Path
+    stages: dict[str, Stage[Any]] = field(default_factory=dict)
+
+    def inp(self, p: str) -> Path:
+        """An input path: relative to the pipeline file's folder."""
+        return Path(os.path.normpath(self.root / Path(p).expanduser()))
+
+    def out(self, p: str) -> Path:
+        """An output path: relative to ``workdir``."""
+        return Path(os.path.normpath(self.workdir / Path(p).expanduser()))
+
+    def rel(self, *ps: Path | None) -> list[str | None]:
+        """Paths relative to the file's folder: digests of a moved project stay the same."""
+        return [None if p is None else os.path.relpath(p, self.root) for p in ps]
+
+    def made(self, key: str, value: str | None, by: str) -> Path:
+        """``value`` as an input, else the first output of the ``by`` stage."""
+        if value is not None:
+            return self.inp(value)
+        if by not in self.stages:
+            raise ConfigError(f"'{key}' is missing in {self.path}: set it, or declare a {by} stage")
+        return self.stages[by].outputs[0]
+
+    def stage(self, name: str, inputs: list[Path], outputs: list[Path], args: A,
+              **cfg: Any) -> Stage[A]:
+        """The :class:`Stage`; its digest covers the paths (relative) and ``cfg``."""
+        config = {"inputs": self.rel(*inputs), "outputs": self.rel(*outputs), **cfg}
+        return Stage(name, inputs, outputs, config, args)
+
+
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline file, resolving paths and stage parameters.
 
@@ -196,7 +369,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
         path: the pipeline YAML file.
 
     Returns:
-        A :class:`Pipeline`.
+        A :class:`Pipeline`; each stage's ``args`` is its kind's :class:`StageArgs` model.
 
     Raises:
         ConfigError: unreadable file, unknown key (named with its file), bad value, or a
@@ -205,67 +378,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
     path = Path(path)
     spec = validate(PipelineFile, read_yaml(path), str(path))
     root = path.absolute().parent
-    workdir = Path(os.path.normpath(root / spec.workdir))
-    stages: dict[str, Stage] = {}
-
-    def inp(p: str) -> Path:
-        return Path(os.path.normpath(root / Path(p).expanduser()))
-
-    def out(p: str) -> Path:
-        return Path(os.path.normpath(workdir / Path(p).expanduser()))
-
-    def rel(*ps: Path | None) -> list[str | None]:  # digests of a moved project stay the same
-        return [None if p is None else os.path.relpath(p, root) for p in ps]
-
-    def made(key: str, value: str | None, by: str) -> Path:
-        if value is not None:
-            return inp(value)
-        if by not in stages:
-            raise ConfigError(f"'{key}' is missing in {path}: set it, or declare a {by} stage")
-        return stages[by].outputs[0]
-
-    def add(name: str, inputs: list[Path], outputs: list[Path], a: dict[str, Any], **cfg: Any) -> None:
-        config = {"inputs": rel(*inputs), "outputs": rel(*outputs), **cfg}
-        stages[name] = Stage(name, inputs, outputs, config, a)
-
-    if (t := spec.tile) is not None:
-        from geoseg.tile import TileConfig
-
-        cfg = _params(TileConfig, "tile.params", inp(t.config) if t.config else None, t.params, path)
-        scenes, labels = [inp(s) for s in t.scenes], inp(t.labels) if t.labels else None
-        a = {"scenes": scenes, "labels": labels, "out": out(t.out), "cfg": cfg, "skip_bad": t.skip_bad}
-        add("tile", scenes + ([labels] if labels else []), [out(t.out)], a,
-            skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"))
-    if (r := spec.train) is not None:
-        from geoseg.train import TrainConfig
-
-        tcfg = _params(TrainConfig, "train.params", inp(r.config) if r.config else None, r.params, path)
-        if r.epochs is not None:
-            tcfg = tcfg.model_copy(update={"epochs": r.epochs})
-        a = {"patches": made("train.patches", r.patches, "tile"), "out": out(r.out), "cfg": tcfg}
-        add("train", [a["patches"]], [a["out"]], a, config=tcfg.model_dump(mode="json"))
-    if (p := spec.predict) is not None:
-        from geoseg.predict import PredictConfig
-
-        params = dict(p.params)
-        if isinstance(params.get("prob_out"), str):  # an output: relative to workdir
-            params["prob_out"] = str(out(params["prob_out"]))
-        pcfg = _params(PredictConfig, "predict.params", None, params, path)
-        a = {"scenes": [inp(s) for s in p.scenes], "model": made("predict.model", p.model, "train"),
-             "out": out(p.out), "cfg": pcfg}
-        add("predict", [*a["scenes"], a["model"]], [a["out"]], a,
-            params=pcfg.model_dump(mode="json", exclude={"prob_out"}),
-            prob_out=rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0])
-    if (e := spec.evaluate) is not None:
-        scenes = ([inp(s) for s in e.scenes] if e.scenes is not None
-                  else stages["predict"].args["scenes"] if "predict" in stages else [])
-        if not scenes and (e.clip or e.quicklook):
-            raise ConfigError(f"'evaluate.scenes' is missing in {path}: the quick-look and 'clip' "
-                              "need the scenes; set it, declare a predict stage, or set "
-                              "quicklook: null and clip: false")
-        outs = {k: out(v) for k, v in (("json", e.json_out), ("quicklook", e.quicklook)) if v}
-        settings = e.model_dump(exclude={"truth", "pred", "scenes", "json_out", "quicklook"})
-        a = {"pred": made("evaluate.pred", e.pred, "predict"), "truth": inp(e.truth),
-             "scenes": scenes, **outs, **settings}
-        add("evaluate", [a["pred"], a["truth"], *scenes], list(outs.values()), a, **settings)
-    return Pipeline(path, workdir, spec.scheduler, spec.cluster, stages)
+    ctx = _Resolver(path, root, Path(os.path.normpath(root / spec.workdir)))
+    for name, kind in ARGS.items():
+        section = getattr(spec, name)
+        if section is not None:
+            ctx.stages[name] = kind.resolve(section, ctx)
+    return Pipeline(path, ctx.workdir, spec.scheduler, spec.cluster, ctx.stages)

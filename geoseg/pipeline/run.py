@@ -30,7 +30,7 @@ from geoseg.io.atomic import write_json
 from geoseg.parallel import check_scheduler
 from geoseg.pipeline.model import FORCE, FROM, UP_TO_DATE, Pipeline, Stage, StageResult, load_pipeline, show
 from geoseg.pipeline.scheduler import SharedScheduler
-from geoseg.pipeline.stages import RUNNERS, StageRun
+from geoseg.pipeline.stages import StageRun, run_stage
 from geoseg.pipeline.stamps import _decide, _read_stamp, _recorded, newest_mtime
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def run_pipeline(
     return results
 
 
-def _run_stage(pipe: Pipeline, stage: Stage, run: StageRun, why: str,
+def _run_stage(pipe: Pipeline, stage: Stage[Any], run: StageRun, why: str,
                on_start: Callable[[str, str], None] | None) -> StageResult:
     if on_start is not None:
         on_start(stage.name, why)
@@ -108,7 +108,7 @@ def _run_stage(pipe: Pipeline, stage: Stage, run: StageRun, why: str,
     write_json(stamp_path, {**record, "status": "running"}, indent=2)
     t0 = time.perf_counter()
     try:
-        outputs, details = RUNNERS[stage.name](stage, run)
+        outputs, details = run_stage(stage, run)
     except GeoSegError as err:  # same class (exit 1, one line), naming stage and file
         if run.first and isinstance(err, OutputExistsError):
             stamp_path.unlink(missing_ok=True)  # still not ours: a rerun must not clobber it
@@ -130,5 +130,5 @@ def qgis_hint(pipe: Pipeline) -> str | None:
     if "predict" not in pipe.stages:
         return None
     a = pipe.stages["predict"].args
-    return (f"open {show(a['out'])} in QGIS (Layer > Add Layer > Add Vector Layer), on top of "
-            f"{', '.join(show(s) for s in a['scenes'])} (Layer > Add Layer > Add Raster Layer)")
+    return (f"open {show(a.out)} in QGIS (Layer > Add Layer > Add Vector Layer), on top of "
+            f"{', '.join(show(s) for s in a.scenes)} (Layer > Add Layer > Add Raster Layer)")

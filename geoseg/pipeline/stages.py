@@ -1,6 +1,7 @@
 """The stages a pipeline runs: one function per stage, over a :class:`~geoseg.pipeline.model.Stage`.
 
-Each runner gets the stage's resolved arguments and a :class:`~geoseg.pipeline.model.StageRun`
+Each runner gets the stage (its ``args`` the kind's typed model: :class:`~geoseg.pipeline.model.TileArgs`
+and so on) and a :class:`~geoseg.pipeline.model.StageRun`
 (why it runs, the shared Dask scheduler) and returns ``(outputs, summary lines)``.
 Library modules are imported when a stage runs, so that a pipeline without train or
 predict never imports torch for them.
@@ -16,10 +17,25 @@ from typing import Any
 
 from geoseg.errors import OutputExistsError
 from geoseg.io.atomic import write_json
-from geoseg.pipeline.model import FIRST, FORCE, FROM, INPUT_NEWER, PARAMS, UNFINISHED, UPSTREAM, Stage, show
+from geoseg.pipeline.model import (
+    ARGS,
+    FIRST,
+    FORCE,
+    FROM,
+    INPUT_NEWER,
+    PARAMS,
+    UNFINISHED,
+    UPSTREAM,
+    EvaluateArgs,
+    PredictArgs,
+    Stage,
+    TileArgs,
+    TrainArgs,
+    show,
+)
 from geoseg.pipeline.scheduler import SharedScheduler
 
-Runner = Callable[[Stage, "StageRun"], tuple[list[Path], list[str]]]
+Runner = Callable[[Stage[Any], "StageRun"], tuple[list[Path], list[str]]]
 
 
 @dataclass
@@ -55,76 +71,76 @@ def _foreign(stage: str, out: Path) -> OutputExistsError:
                              f"it, or rerun with --from {stage} to replace them")
 
 
-def run_tile(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+def run_tile(stage: Stage[TileArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Tile; replaces earlier chips when parameters or inputs changed, else resumes."""
     from geoseg.tile import tile
 
     a = stage.args
     overwrite = run.changed
     try:
-        summary = tile(a["scenes"], a["labels"], a["out"], a["cfg"], scheduler=run.scheduler.get(),
-                       overwrite=overwrite, skip_bad=a["skip_bad"], progress=run.progress)
+        summary = tile(a.scenes, a.labels, a.out, a.cfg, scheduler=run.scheduler.get(),
+                       overwrite=overwrite, skip_bad=a.skip_bad, progress=run.progress)
     except OutputExistsError:
         if overwrite:
             raise
-        raise _foreign("tile", a["out"]) from None
-    return [a["out"]], summary.lines()
+        raise _foreign("tile", a.out) from None
+    return [a.out], summary.lines()
 
 
-def run_train(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+def run_train(stage: Stage[TrainArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Train afresh, or resume an unfinished run when nothing changed."""
     from geoseg.train import train
 
     a = stage.args
     resume = run.unfinished
     try:
-        res = train(a["cfg"], a["patches"], a["out"], resume=resume,
+        res = train(a.cfg, a.patches, a.out, resume=resume,
                     overwrite=not resume and not run.first, progress=run.progress)
     except OutputExistsError:
-        raise _foreign("train", a["out"]) from None
+        raise _foreign("train", a.out) from None
     b = res.best
-    return [a["out"]], [f"trained {res.epochs} epochs; best {b['metric']} {b['value']:.3f} at "
+    return [a.out], [f"trained {res.epochs} epochs; best {b['metric']} {b['value']:.3f} at "
                         f"epoch {b['epoch']}"]
 
 
-def run_predict(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Predict, replacing the output of an earlier run of the pipeline."""
     from geoseg.predict import predict
 
     a = stage.args
     try:
-        summary = predict(a["scenes"], a["model"], a["out"], a["cfg"], scheduler=run.scheduler.get(),
+        summary = predict(a.scenes, a.model, a.out, a.cfg, scheduler=run.scheduler.get(),
                           overwrite=not run.first, progress=run.progress)
     except OutputExistsError:
-        raise _foreign("predict", a["out"]) from None
-    return [a["out"], *summary.prob_out], summary.lines()
+        raise _foreign("predict", a.out) from None
+    return [a.out, *summary.prob_out], summary.lines()
 
 
-def run_evaluate(stage: Stage, run: StageRun) -> tuple[list[Path], list[str]]:
+def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Evaluate (inside the scenes' footprint with ``clip``); write the JSON and quick-look."""
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
     from geoseg.io.rasters import list_rasters
 
     a = stage.args
-    pred, truth = read_polygons(a["pred"], "prediction"), read_polygons(a["truth"], "truth")
-    scenes = list_rasters(a["scenes"]) if a["scenes"] else []
-    if a["clip"]:
+    pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
+    scenes = list_rasters(a.scenes) if a.scenes else []
+    if a.clip:
         area = footprint(scenes)
         pred, truth = _clip(pred, area), _clip(truth, area)
-    report = evaluate_frames(pred, truth, iou=a["iou"], class_field=a["class_field"],
-                             boundary_width=a["boundary_width"])
+    report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field,
+                             boundary_width=a.boundary_width)
     outputs: list[Path] = []
-    if "json" in a:
-        write_json(a["json"], report, indent=2)
-        outputs.append(a["json"])
-    if "quicklook" in a:
+    if a.json_out is not None:
+        write_json(a.json_out, report, indent=2)
+        outputs.append(a.json_out)
+    if a.quicklook is not None:
         from geoseg.quicklook import quicklook
 
-        title = f"{scenes[0].stem}: F1 {report['f1']:.3f} at IoU {a['iou']:g}"
-        outputs.append(quicklook(scenes[0], a["quicklook"], pred=pred, truth=truth,
-                                 max_side=a["max_side"], title=title))
-    head = (f"IoU >= {a['iou']:g}: {show(a['pred'])} vs {show(a['truth'])}"
-            + (" (inside the scenes)" if a["clip"] else ""))
+        title = f"{scenes[0].stem}: F1 {report['f1']:.3f} at IoU {a.iou:g}"
+        outputs.append(quicklook(scenes[0], a.quicklook, pred=pred, truth=truth,
+                                 max_side=a.max_side, title=title))
+    head = (f"IoU >= {a.iou:g}: {show(a.pred)} vs {show(a.truth)}"
+            + (" (inside the scenes)" if a.clip else ""))
     return outputs, [head, *format_report(report).splitlines()]
 
 
@@ -152,3 +168,12 @@ def _clip(gdf: Any, area: Any) -> Any:
 
 RUNNERS: dict[str, Runner] = {"tile": run_tile, "train": run_train, "predict": run_predict,
                               "evaluate": run_evaluate}
+assert RUNNERS.keys() == ARGS.keys(), "each stage kind of geoseg.pipeline.model.ARGS needs a runner"
+
+
+def run_stage(stage: Stage[Any], run: StageRun) -> tuple[list[Path], list[str]]:
+    """Run ``stage`` with the runner of its kind (its ``args`` checked to be that kind's model)."""
+    if not isinstance(stage.args, ARGS[stage.name]):
+        raise TypeError(f"{stage.name} stage: args must be {ARGS[stage.name].__name__}, "
+                        f"not {type(stage.args).__name__}")
+    return RUNNERS[stage.name](stage, run)

@@ -36,7 +36,7 @@ def newest_mtime(path: Path) -> int | None:
     return newest
 
 
-def _decide(stage: Stage, stamp: dict[str, Any] | None, rebuilt: dict[Path, str],
+def _decide(stage: Stage[Any], stamp: dict[str, Any] | None, rebuilt: dict[Path, str],
             root: Path) -> tuple[str, str]:
     """Whether ``stage`` must run: (reason code, reason in words)."""
     if stamp is None:
