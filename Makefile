@@ -4,6 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-geoseg
 export NO_ALBUMENTATIONS_UPDATE := 1
+# stage packages checked with mypy --strict
+STRICT := geoseg/tile geoseg/train geoseg/predict geoseg/backends geoseg/export geoseg/pipeline
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -20,8 +22,8 @@ install: $(STAMP)
 demo: install
 	$(BIN)/geoseg run pipelines/kampala.yaml
 
-## The whole test suite (what CI runs).
-test: install
+## Lint (ruff + mypy), then the whole test suite (what CI runs).
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -29,6 +31,8 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check geoseg tests bench
+	$(BIN)/mypy
+	$(BIN)/mypy --strict --follow-imports=silent $(STRICT)
 
 bench: install
 	$(BIN)/python bench/tile.py

@@ -40,7 +40,7 @@ def check_scheduler(scheduler: Any) -> None:
     )
 
 
-class _KeysCallback(TqdmCallback):  # type: ignore[misc]
+class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
     """tqdm's Dask callback, counting the caller's tasks rather than every graph node.
 
     ``TqdmCallback`` totals and advances on each node of the graph (a tile task may be

@@ -46,7 +46,7 @@ def stretch(bands: np.ma.MaskedArray, low: float = 2.0, high: float = 98.0) -> n
         ((10, 10, 3), 0.0, 1.0)
     """
     data = np.ma.masked_invalid(np.ma.asarray(bands, dtype=np.float64))
-    out = np.zeros(data.shape, dtype=np.float32)
+    out: np.ndarray = np.zeros(data.shape, dtype=np.float32)
     for i, band in enumerate(data):
         valid = band.compressed()
         if valid.size == 0:
@@ -65,7 +65,8 @@ def _frame(obj: gpd.GeoDataFrame | gpd.GeoSeries | str | Path | None, role: str)
     if isinstance(obj, (str, Path)):
         from geoseg.evaluate import read_polygons
 
-        obj = read_polygons(obj, role)
+        obj = read_polygons(str(obj), role)
+    assert not isinstance(obj, (str, Path))
     geoms = obj.geometry if isinstance(obj, gpd.GeoDataFrame) else obj
     if geoms.crs is None:
         raise InputVectorError(f"the {role} polygons have no CRS; set one with gdf.set_crs(...)")
@@ -145,7 +146,7 @@ def quicklook(
     for geoms, color, name in layers:
         g = geoms.to_crs(crs).to_numpy()
         g = g[shapely.intersects(g, shapely.box(left, bottom, right, top))]  # those on the scene
-        rgb = tuple(c / 255 for c in color)
+        rgb = (color[0] / 255, color[1] / 255, color[2] / 255)
         ax.add_collection(LineCollection(outline_segments(g), colors=[rgb], linewidths=1.5))
         handles.append(Line2D([], [], color=rgb, linewidth=2, label=f"{name} ({len(g)})"))
     ax.set_xlim(left, right)

@@ -64,7 +64,7 @@ class SceneInfo:
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) in the scene CRS."""
-        return array_bounds(self.height, self.width, self.affine)  # type: ignore[no-any-return]
+        return array_bounds(self.height, self.width, self.affine)
 
 
 def crs_to_string(crs: CRS) -> str:
@@ -128,7 +128,7 @@ def inspect_scene(path: str | Path) -> SceneInfo:
             return SceneInfo(
                 path=path, name=path.stem, width=src.width, height=src.height,
                 count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
-                transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
+                transform=tuple(src.transform)[:6],
                 nodata=src.nodata, has_mask=has_mask,
             )
     except InputRasterError:

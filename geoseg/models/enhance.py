@@ -59,6 +59,7 @@ class Enhance(nn.Module):
         if cfg.enabled and cfg.denoise:
             last = nn.Conv2d(cfg.hidden, in_channels, 3, padding=1, padding_mode="reflect")
             nn.init.zeros_(last.weight)
+            assert last.bias is not None
             nn.init.zeros_(last.bias)
             self.denoise = nn.Sequential(
                 nn.Conv2d(in_channels, cfg.hidden, 3, padding=1, padding_mode="reflect"),

@@ -45,19 +45,21 @@ class Stream(nn.Module):
         super().__init__()
         self.model = model
         self.checkpointing = checkpointing
-        head = model.segmentation_head
+        smp_model: Any = model  # encoder, decoder, segmentation_head
+        head = smp_model.segmentation_head
         self.feature_channels: int = int(head[0].in_channels)
-        self.output_stride: int = int(model.encoder.output_stride)
-        params = inspect.signature(model.decoder.forward).parameters.values()
+        self.output_stride: int = int(smp_model.encoder.output_stride)
+        params = inspect.signature(smp_model.decoder.forward).parameters.values()
         self._star_features = any(p.kind is p.VAR_POSITIONAL for p in params)
 
     def _run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.encoder(x)
+        m: Any = self.model
+        features = m.encoder(x)
         if self._star_features:  # smp < 0.6 decoders take *features
-            decoded = self.model.decoder(*features)
+            decoded = m.decoder(*features)
         else:
-            decoded = self.model.decoder(features)
-        return self.model.segmentation_head(decoded), decoded
+            decoded = m.decoder(features)
+        return m.segmentation_head(decoded), decoded
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the decoder features they come from.
@@ -168,5 +170,5 @@ def build_stream(cfg: StreamConfig, in_channels: int, out_channels: int, *, chec
         **_decoder_kwargs(cfg),
     )
     if cfg.encoder_weights is not None:
-        load_encoder_weights(model.encoder, cfg.encoder_weights)
+        load_encoder_weights(model.encoder, cfg.encoder_weights)  # type: ignore[arg-type]
     return Stream(model, checkpointing=checkpointing)

@@ -15,6 +15,7 @@ checks them against the torch reference without a GPU. No autograd: inference on
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ def available() -> bool:
 
 
 @functools.cache
-def _kernels() -> tuple[object, object]:
+def _kernels() -> tuple[Any, Any]:
     import triton
     import triton.language as tl
 

@@ -80,7 +80,7 @@ def relabel(labels: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """
     lut = np.zeros(len(keep) + 1, dtype=np.int32)
     lut[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
+    return np.asarray(lut[labels])
 
 
 def instance_means(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:

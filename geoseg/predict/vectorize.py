@@ -126,14 +126,14 @@ def _simplify_px(geoms: np.ndarray, tolerance_px: float) -> np.ndarray:
     """Simplify pixel-space polygons, keeping shared edges shared when shapely can."""
     if HAS_COVERAGE_SIMPLIFY:
         # Every vertex on a pixel corner: the polygons form an exact, edge-matched coverage.
-        return shapely.coverage_simplify(shapely.segmentize(geoms, 1.0), tolerance_px)
-    return shapely.simplify(geoms, tolerance_px, preserve_topology=True)
+        return np.asarray(shapely.coverage_simplify(shapely.segmentize(geoms, 1.0), tolerance_px))
+    return np.asarray(shapely.simplify(geoms, tolerance_px, preserve_topology=True))
 
 
 def _to_crs_coords(geoms: np.ndarray, transform: Affine) -> np.ndarray:
     a, b, c, d, e, f = transform[:6]
-    return shapely.transform(
-        geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]))
+    return np.asarray(shapely.transform(
+        geoms, lambda xy: np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])))
 
 
 def instances_to_frame(

@@ -5,6 +5,7 @@
 - :mod:`geoseg.tile.stage`: :func:`tile`, the stage on Dask.
 """
 
-from geoseg.tile.stage import TileConfig, TileSummary, tile
+from geoseg.tile.config import TileConfig
+from geoseg.tile.stage import TileSummary, tile
 
 __all__ = ["TileConfig", "TileSummary", "tile"]

@@ -89,7 +89,7 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 def decode_rle(segmentation: dict[str, Any]) -> np.ndarray:
     """Boolean mask of a COCO RLE (as written by :func:`encode_rle`)."""
     rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
-    return mask_utils.decode(rle).astype(bool)
+    return np.asarray(mask_utils.decode(rle), dtype=bool)
 
 
 def chip_annotations(

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import dask
 import numpy as np
 import rasterio
 import shapely
+from dask.delayed import delayed
 from rasterio.windows import Window
 
 from geoseg import __version__
@@ -369,7 +369,7 @@ def tile(
             summary.chips_done_before += done["chips"]
             summary.chips_low_valid += done["low_valid"]
     log.info("%d blocks to tile (%d done before)", len(pending), len(jobs) - len(pending))
-    tasks = [dask.delayed(tile_block, pure=False)(j) for j in pending]
+    tasks = [delayed(tile_block, pure=False)(j) for j in pending]
     for c in compute(tasks, scheduler=scheduler, desc="tile", progress=progress):
         summary.chips_written += c["written"]
         summary.chips_done_before += c["existing"]

@@ -65,7 +65,7 @@ class AugmentConfig(Strict):
     gpu: bool = Field(False, description="run d4/brightness/blur/noise on the device")
 
 
-class OnFirstThreeBands(A.ImageOnlyTransform):
+class OnFirstThreeBands(A.ImageOnlyTransform):  # type: ignore[misc]  # albumentations is untyped
     """Apply an RGB-only transform to the first three bands; other bands pass unchanged.
 
     Images with fewer than three bands are replicated to three (band ``j % C``), and
@@ -106,7 +106,7 @@ class OnFirstThreeBands(A.ImageOnlyTransform):
         return ("transform",)
 
 
-class CloudOverlay(A.ImageOnlyTransform):
+class CloudOverlay(A.ImageOnlyTransform):  # type: ignore[misc]  # albumentations is untyped
     """Semi-transparent bright clouds from smooth multi-octave noise, on all bands.
 
     Args:
@@ -148,12 +148,12 @@ class CloudOverlay(A.ImageOnlyTransform):
         return ("coverage_range", "opacity_range", "brightness_range")
 
 
-class Downscale(A.Downscale):
+class Downscale(A.Downscale):  # type: ignore[misc]  # albumentations is untyped
     """``A.Downscale`` for any band count (OpenCV resizes at most 4 channels at once)."""
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
         if img.ndim < 3 or img.shape[-1] <= 4:
-            return super().apply(img, **params)
+            return np.asarray(super().apply(img, **params))
         parts = [super(Downscale, self).apply(np.ascontiguousarray(img[..., i:i + 4]), **params)
                  for i in range(0, img.shape[-1], 4)]
         return np.concatenate([p.reshape(*img.shape[:2], -1) for p in parts], axis=-1)
@@ -296,7 +296,9 @@ class GpuAugment(nn.Module):
 
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
-        self.flip = self.vflip = self.rot90 = None
+        self.flip: nn.Module | None = None
+        self.vflip: nn.Module | None = None
+        self.rot90: nn.Module | None = None
         if cfg.d4 > 0:
             self.flip = K.RandomHorizontalFlip(p=cfg.d4 / 2)
             self.vflip = K.RandomVerticalFlip(p=cfg.d4 / 2)
@@ -339,6 +341,7 @@ class GpuAugment(nn.Module):
         if self.flip is not None:
             both = self.flip(both)
             square = both.shape[-1] == both.shape[-2]
+            assert self.rot90 is not None and self.vflip is not None
             both = self.rot90(both) if square else self.vflip(both)
         c = image.shape[1]
         image = both[:, :c]

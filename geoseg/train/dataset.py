@@ -95,7 +95,7 @@ class _Index:
         return labels, cats
 
 
-class ChipDataset(Dataset):
+class ChipDataset(Dataset[dict[str, Any]]):
     """Samples of one split of a tile directory (see the module doc for the steps).
 
     Args:
@@ -165,7 +165,7 @@ class ChipDataset(Dataset):
     @property
     def image_ids(self) -> list[int]:
         """COCO image ids of the chips, in dataset order."""
-        return self.index.ids.tolist()
+        return [int(i) for i in self.index.ids]
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other crops and augmentations (deterministically) for ``epoch``."""

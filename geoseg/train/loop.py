@@ -89,7 +89,8 @@ def _read_stats(patches: Path) -> dict[str, Any]:
     path = patches / "stats.json"
     if not path.is_file():
         raise ConfigError(f"{patches} has no stats.json; run geoseg tile first (--patches DIR)")
-    return json.loads(path.read_text())  # type: ignore[no-any-return]
+    stats: dict[str, Any] = json.loads(path.read_text())
+    return stats
 
 
 #: Called after each epoch's outputs are written: ``hook(trainer, row)``.
@@ -183,7 +184,7 @@ class Trainer:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     # -- steps -------------------------------------------------------------------------
-    def _loader(self, train: bool) -> torch.utils.data.DataLoader:
+    def _loader(self, train: bool) -> torch.utils.data.DataLoader[dict[str, Any]]:
         d = self.cfg.data
         if train:
             gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.epoch)
@@ -292,7 +293,7 @@ class _quiet_stdout:
         self._cm = contextlib.redirect_stdout(io.StringIO())
         self._cm.__enter__()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._cm.__exit__(*exc)
 
 

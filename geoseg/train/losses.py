@@ -223,7 +223,8 @@ class RoutedLoss(torch.nn.Module):
             x, t = logits[:, channel], targets[name]
             bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
             dice = self.dice(x[:, None], t.masked_fill(~valid, IGNORE)[:, None])
-            return (bce * valid).sum() / n_valid + dice
+            loss: torch.Tensor = (bce * valid).sum() / n_valid + dice
+            return loss
 
         terms = {
             "extent": self.lovasz(ext, targets["extent"].masked_fill(~valid, IGNORE)),

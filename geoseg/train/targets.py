@@ -45,7 +45,7 @@ def disk(radius: float, *, strict: bool = False) -> np.ndarray:
     r = max(0, math.ceil(radius))
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
     d2 = yy * yy + xx * xx
-    return d2 < radius * radius if strict else d2 <= radius * radius
+    return np.asarray(d2 < radius * radius if strict else d2 <= radius * radius)
 
 
 def halo(boundary_width: int = 2, contact_distance: float = 3, sdf_clip: float = 20.0) -> int:
@@ -107,7 +107,7 @@ def boundary_map(labels: np.ndarray, width: int) -> np.ndarray:
     fp = disk(width)
     mx = ndi.maximum_filter(labels, footprint=fp, mode="nearest")
     mn = ndi.minimum_filter(labels, footprint=fp, mode="nearest")
-    return (labels > 0) & ((mx != labels) | (mn != labels))
+    return np.asarray((labels > 0) & ((mx != labels) | (mn != labels)))
 
 
 def _boundary_overlapping(masks: Sequence[np.ndarray], width: int) -> np.ndarray:
@@ -176,7 +176,7 @@ def signed_distance(extent: np.ndarray, clip: float = 20.0) -> np.ndarray:
     outside = ndi.distance_transform_edt(~extent)
     inside = ndi.distance_transform_edt(extent)
     sdf = np.clip(outside - inside, -clip, clip) / clip
-    return sdf.astype(np.float32)
+    return np.asarray(sdf, dtype=np.float32)
 
 
 def make_targets(
@@ -241,12 +241,14 @@ def make_targets(
     extent = labels > 0
     overlap = count is not None and bool((count > 1).any())
     if overlap:
-        extent = count > 0
+        assert count is not None
+        extent = np.asarray(count > 0)
         boundary = _boundary_overlapping(masks, boundary_width)
     else:
         boundary = boundary_map(labels, boundary_width)
     contact = contact_map(labels, contact_distance)
     if overlap:
+        assert count is not None
         contact |= count > 1
     lut = np.concatenate([[-1], np.asarray(category_index[:n], dtype=np.int64)])
     classes = lut[labels]
