@@ -1,6 +1,6 @@
 """The routed model: Enhance, a cheap PV stream everywhere, FF only where it pays.
 
-Data flow (see DESIGN.md, "train: the routed instance-segmentation model")::
+Data flow (see docs/architecture.md, "The routed model")::
 
     x ─pad─▶ avg-pool 1/scale ─▶ [PV graph: Enhance ─▶ PV ─▶ pv_logits, utility per cell]
        │                                                        │ router: top-K (+ random in training)

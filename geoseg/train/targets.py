@@ -1,6 +1,6 @@
 """Dense training targets from instance masks: extent, boundary, contact, SDF, classes.
 
-The network of geoseg predicts per-pixel maps, not boxes (see DESIGN.md, "train"): the
+The network of geoseg predicts per-pixel maps, not boxes (see docs/architecture.md, "The routed model"): the
 three-channel target of the SpaceNet 4 winners (``extent``, ``boundary``, ``contact``), a
 clipped signed distance to the object outline (``sdf``) and a class index per pixel.
 Instances are later cut by watershed from seeds ``extent·(1−contact)·(1−boundary)``, so
