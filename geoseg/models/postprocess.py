@@ -6,6 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from geoseg.config import Strict
+from geoseg.models.config import FIRST_CLASS
 
 
 class PostprocessConfig(Strict):
@@ -30,9 +31,9 @@ def probabilities(logits: np.ndarray) -> np.ndarray:
         [0.5, 0.5, 0.5]
     """
     out = np.empty(logits.shape, dtype=np.float32)
-    out[:3] = sigmoid(logits[:3])
-    if logits.shape[0] > 3:
-        z = logits[3:] - logits[3:].max(axis=0, keepdims=True)
+    out[:FIRST_CLASS] = sigmoid(logits[:FIRST_CLASS])  # extent, boundary, contact
+    if logits.shape[0] > FIRST_CLASS:
+        z = logits[FIRST_CLASS:] - logits[FIRST_CLASS:].max(axis=0, keepdims=True)
         e = np.exp(z)
-        out[3:] = e / e.sum(axis=0, keepdims=True)
+        out[FIRST_CLASS:] = e / e.sum(axis=0, keepdims=True)
     return out
