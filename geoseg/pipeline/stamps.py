@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from geoseg.io.stamps import input_stamp
 from geoseg.pipeline.model import (
     FIRST,
     INPUT_MISSING,
@@ -24,16 +24,8 @@ from geoseg.pipeline.model import (
 
 def newest_mtime(path: Path) -> int | None:
     """The mtime (ns) of a file, or the newest of a folder and all in it; None when missing."""
-    try:
-        newest = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-    if path.is_dir():
-        for top, dirs, files in os.walk(path):
-            for name in dirs + files:
-                with contextlib.suppress(FileNotFoundError):
-                    newest = max(newest, os.stat(os.path.join(top, name)).st_mtime_ns)
-    return newest
+    stamp = input_stamp(path)
+    return None if stamp is None else int(stamp["mtime_ns"])
 
 
 def _decide(stage: Stage[Any], stamp: dict[str, Any] | None, rebuilt: dict[Path, str],

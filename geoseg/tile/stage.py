@@ -35,6 +35,7 @@ from geoseg import __version__
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.stamps import input_stamp
 from geoseg.io.vectors import CLASS, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
@@ -181,14 +182,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
 
 
 def _manifest(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
-    def stamp(p: Path) -> dict[str, Any]:
-        st = p.stat()
-        return {"name": p.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-
     return {
         "tile": cfg.model_dump(mode="json"),
-        "scenes": [stamp(s.path) for s in scenes],
-        "labels": stamp(labels) if labels is not None else None,
+        "scenes": [input_stamp(s.path) for s in scenes],
+        "labels": input_stamp(labels) if labels is not None else None,
     }
 
 

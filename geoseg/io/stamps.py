@@ -1,0 +1,49 @@
+"""One answer to "has this input changed?", for every cache and skip rule in geoseg.
+
+A stamp is the name, size and newest modification time of a file, or of a folder and
+everything in it (a run directory whose ``checkpoints/best.pt`` was rewritten counts as
+changed even though the folder's own mtime did not move). Tile's manifest, predict's block
+cache, the per-process backend cache and ``geoseg run``'s skip rules all compare stamps
+from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def input_stamp(path: str | Path) -> dict[str, Any] | None:
+    """``{"name", "bytes", "mtime_ns"}`` of a file or a whole folder; None when it is missing.
+
+    For a folder, ``bytes`` is the total size of the files in it and ``mtime_ns`` the newest
+    mtime of the folder and of anything in it.
+
+    Examples:
+        >>> input_stamp("/nonexistent/x.tif") is None
+        True
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    newest, size = st.st_mtime_ns, (0 if p.is_dir() else st.st_size)
+    if p.is_dir():
+        for top, dirs, files in os.walk(p):
+            for name in dirs + files:
+                with contextlib.suppress(FileNotFoundError):
+                    s = os.stat(os.path.join(top, name))
+                    newest = max(newest, s.st_mtime_ns)
+                    if name in files:
+                        size += s.st_size
+    return {"name": p.name, "bytes": size, "mtime_ns": newest}
+
+
+def digest(payload: Any) -> str:
+    """sha256 of a JSON-ready payload (keys sorted), e.g. stamps plus the options of a run."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
