@@ -155,3 +155,35 @@ def test_deadline_sets_k_from_the_measured_cost(scene, tiny_run: Path, tmp_path:
     assert few.ff_cells == 0 and few.cells == 48  # no time for any FF cell: PV only
     many = predict([path], tiny_run, tmp_path / "many.gpkg", cfg(budget=None, deadline_ms=1e6))
     assert many.ff_cells == 48
+
+
+def test_a_checkpoint_rewritten_in_its_run_dir_invalidates_the_block_cache(scene, tiny_run: Path, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    import os
+    import shutil
+
+    path, _ = scene
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    real = predict_mod.instances_block
+    calls = {"n": 0}
+
+    def dies_midway(plan, bi, bj, *a):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt("killed")
+        return real(plan, bi, bj, *a)
+
+    monkeypatch.setattr(predict_mod, "instances_block", dies_midway)
+    out = tmp_path / "out.gpkg"
+    with pytest.raises(KeyboardInterrupt):
+        predict([path], run_dir, out, cfg(), scheduler="sync")
+    monkeypatch.setattr(predict_mod, "instances_block", real)
+    # "retrain in place": the checkpoint changes, the run folder's own mtime does not
+    folder_mtime = run_dir.stat().st_mtime_ns
+    for ckpt in run_dir.rglob("*.pt"):
+        st = ckpt.stat()
+        os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    assert run_dir.stat().st_mtime_ns == folder_mtime
+    summary = predict([path], run_dir, out, cfg(), scheduler="sync")
+    assert summary.resumed_blocks == 0

@@ -277,7 +277,7 @@ def export_file(export_dir: str | Path, meta: dict[str, Any], kind: str, graph: 
                 if kind == "tensorrt" else "re-run `geoseg export --format onnx`")
         raise CheckpointError(f"{root} holds no {kind} {graph} graph ({name or 'not listed in ' + EXPORT_FILE}); "
                               f"{hint}")
-    return root / name
+    return root / str(name)
 
 
 def available_cores() -> int:
@@ -334,6 +334,6 @@ def open_backend(
                           f"directory or checkpoint; run `geoseg export --model {path} --format "
                           f"{'tensorrt' if backend == 'tensorrt' else 'onnx'} --out DIR` first and pass DIR")
     module, attr = target.split(":")
-    cls: type[Backend] = getattr(importlib.import_module(module), attr)
-    backend_obj: Backend = cls(path, device=device, **options)  # type: ignore[call-arg]
+    cls: Any = getattr(importlib.import_module(module), attr)  # a Backend subclass: (path, device, **options)
+    backend_obj: Backend = cls(path, device=device, **options)
     return backend_obj

@@ -6,8 +6,9 @@ Dask runs many tasks per worker process; each would otherwise load the model aga
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
+
+from geoseg.io.stamps import input_stamp
 
 _BACKENDS: dict[tuple[str, str, str, int], Any] = {}
 _LOCK = threading.Lock()
@@ -15,12 +16,8 @@ _LOCK = threading.Lock()
 
 def _model_mtime(model: str) -> int:
     """Newest mtime of the files that make a model (so a retrained model is reloaded)."""
-    path = Path(model)
-    if path.is_dir():
-        files = [*path.glob("checkpoints/*.pt"), *path.glob("*.pt"), *path.glob("*.json"),
-                 *path.glob("*.onnx"), *path.glob("*.engine")]
-        return max((f.stat().st_mtime_ns for f in files), default=0)
-    return path.stat().st_mtime_ns if path.exists() else 0
+    stamp = input_stamp(model)
+    return 0 if stamp is None else int(stamp["mtime_ns"])
 
 
 def get_backend(model: str, backend: str, device: str) -> Any:

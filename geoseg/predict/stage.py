@@ -21,7 +21,6 @@ blocks and without duplicates; the cache is removed when the output is written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -32,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import dask
 import numpy as np
 import pandas as pd
 import rasterio
+from dask.delayed import delayed
 from pydantic import Field
 
 from geoseg.backends.cache import get_backend
@@ -44,6 +43,7 @@ from geoseg.config import Strict, validate
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.stamps import digest, input_stamp
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.phases import ff_block, instances_block, pv_block
@@ -142,16 +142,16 @@ def _choose(pv_results: list[dict[str, Any]], plan: BlockPlan, k_of: Any) -> np.
 def _cells_of_block(chosen: np.ndarray, plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     per = plan.block // plan.cell
     sel = (chosen[:, 0] // per == bi) & (chosen[:, 1] // per == bj)
-    return chosen[sel]
+    return np.asarray(chosen[sel])
 
 
 def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) -> str:
-    st = model_path.stat()
-    payload = {"model": [str(model_path), st.st_size, st.st_mtime_ns],
+    # the model's stamp covers a run directory's contents: a checkpoint retrained in place
+    # changes it even though the folder's own mtime does not move
+    payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out"}),
-               "scenes": [[str(s.path), s.path.stat().st_size, s.path.stat().st_mtime_ns]
-                          for s in scenes]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+               "scenes": [[str(s.path), input_stamp(s.path)] for s in scenes]}
+    return digest(payload)
 
 
 def _write_probs(plan: BlockPlan, path: Path) -> None:
@@ -255,18 +255,18 @@ def predict(
         summary.blocks += nbh * nbw
         summary.resumed_blocks += sum(plan.path("polys", i, j).exists()
                                       for i in range(nbh) for j in range(nbw))
-        pv = {(i, j): dask.delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
+        pv = {(i, j): delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
               for i in range(nbh) for j in range(nbw)}
-        chosen = dask.delayed(_choose, pure=False)(list(pv.values()), plan, k_of)
+        chosen = delayed(_choose, pure=False)(list(pv.values()), plan, k_of)
         ff = {}
         for (i, j) in pv:
             nb = [pv[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in pv]
-            cells = dask.delayed(_cells_of_block, pure=False)(chosen, plan, i, j)
-            ff[(i, j)] = dask.delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats,
+            cells = delayed(_cells_of_block, pure=False)(chosen, plan, i, j)
+            ff[(i, j)] = delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats,
                                                             cfg.ff_batch, *nb)
         for (i, j) in pv:
             nb = [ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff]
-            polys = dask.delayed(instances_block, pure=False)(plan, i, j, post, classes,
+            polys = delayed(instances_block, pure=False)(plan, i, j, post, classes,
                                                               cfg.simplify, cfg.min_area, *nb)
             final.append((plan, i, j, polys))
         tasks += list(pv.values()) + [chosen] + list(ff.values())
