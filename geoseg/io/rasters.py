@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import rasterio
+import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
+from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 
@@ -65,6 +67,27 @@ class SceneInfo:
     def bounds(self) -> tuple[float, float, float, float]:
         """(minx, miny, maxx, maxy) in the scene CRS."""
         return array_bounds(self.height, self.width, self.affine)
+
+    @property
+    def footprint(self) -> shapely.Polygon:
+        """The scene's true outline in its CRS (rotated or skewed grids included)."""
+        return window_footprint(Window(0, 0, self.width, self.height), self.affine)
+
+
+def window_footprint(window: Window, transform: Affine) -> shapely.Polygon:
+    """The outline of a pixel window: its four corners through the full affine.
+
+    Unlike ``rasterio.windows.bounds`` (two corners, an axis-aligned box), this is right
+    for rotated and skewed geotransforms too.
+
+    Examples:
+        >>> poly = window_footprint(Window(0, 0, 2, 1), Affine.rotation(90))
+        >>> [tuple(round(v, 6) + 0.0 for v in xy) for xy in poly.exterior.coords][:4]
+        [(0.0, 0.0), (0.0, 2.0), (-1.0, 2.0), (-1.0, 0.0)]
+    """
+    c0, r0 = float(window.col_off), float(window.row_off)
+    c1, r1 = c0 + float(window.width), r0 + float(window.height)
+    return shapely.Polygon([transform * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
 
 
 def crs_to_string(crs: CRS) -> str:

@@ -17,6 +17,9 @@ from affine import Affine
 from pycocotools import mask as mask_utils
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
+from rasterio.windows import Window
+
+from geoseg.io.rasters import window_footprint
 
 # rasterize() under Dask's threads scheduler sometimes reports its temporary in-memory
 # raster as not georeferenced although the output is right (tests/test_tiling.py checks
@@ -102,7 +105,8 @@ def chip_annotations(
 ) -> list[dict[str, Any]]:
     """COCO annotations of the instance parts inside one chip.
 
-    Each polygon is clipped to the chip; every polygonal part of the clip that covers at
+    Each polygon is clipped to the chip's footprint (its four corners through
+    ``transform``, so rotated and skewed grids are right); every polygonal part of the clip that covers at
     least one pixel centre becomes one annotation (RLE ``segmentation``, ``bbox``,
     ``area`` in pixels, ``iscrowd=0``, ``category_id`` and the source ``label_id``).
 
@@ -118,9 +122,8 @@ def chip_annotations(
         Annotations without ``id``/``image_id`` (assigned when COCO is assembled).
     """
     h, w = shape
-    west, north = transform @ (0, 0)
-    east, south = transform @ (w, h)
-    chip_box = shapely.box(min(west, east), min(south, north), max(west, east), max(south, north))
+    # the chip's true outline: an axis-aligned box of two corners is wrong on a rotated grid
+    chip_box = window_footprint(Window(0, 0, w, h), transform)
     tree = tree if tree is not None else shapely.STRtree(geoms)
     hits = np.sort(tree.query(chip_box, predicate="intersects"))
     if len(hits) == 0:

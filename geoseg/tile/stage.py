@@ -34,7 +34,7 @@ from rasterio.windows import Window
 from geoseg import __version__
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
-from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters, window_footprint
 from geoseg.io.stamps import input_stamp
 from geoseg.io.vectors import CLASS, read_labels
 from geoseg.parallel import check_scheduler, compute
@@ -337,15 +337,14 @@ def tile(
             by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
         geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
         if sindex is not None:
-            touched.update(sindex.query(shapely.box(*s.bounds), predicate="intersects").tolist())
+            touched.update(sindex.query(s.footprint, predicate="intersects").tolist())
         for b in blocks[s.name]:
             block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
                           if (i // sb, j // sb) == b]
             for k in range(0, len(block_wins), TASK_WINDOWS):
                 wins = tuple(block_wins[k:k + TASK_WINDOWS])
-                union = rasterio.windows.union(*wins)
-                bbox = shapely.box(*rasterio.windows.bounds(union, s.affine))
-                idx = (np.sort(sindex.query(bbox, predicate="intersects"))
+                outline = window_footprint(rasterio.windows.union(*wins), s.affine)
+                idx = (np.sort(sindex.query(outline, predicate="intersects"))
                        if sindex is not None else np.empty(0, dtype=int))
                 jobs.append(BlockJob(
                     scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
