@@ -57,7 +57,8 @@ def load_stats(root: str | Path) -> BandStats:
     """Read ``root/stats.json``.
 
     Raises:
-        InputRasterError: the file is missing or not valid stats.
+        InputRasterError: the file is missing or not valid stats (malformed JSON, keys
+            missing, band counts that differ, NaN or inf values).
     """
     path = Path(root) / "stats.json"
     if not path.is_file():
@@ -71,6 +72,9 @@ def load_stats(root: str | Path) -> BandStats:
     if len(stats.std) != stats.bands or stats.bands == 0:
         raise InputRasterError(f"{path} has {stats.bands} means and {len(stats.std)} stds; "
                                "rerun `geoseg tile` with --overwrite")
+    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.std).all()):
+        raise InputRasterError(f"{path} holds non-finite band statistics (mean {list(stats.mean)}, "
+                               f"std {list(stats.std)}); rerun `geoseg tile` with --overwrite")
     return stats
 
 
@@ -96,7 +100,7 @@ def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> A
     """Raw values to [0, 1] per band, for augmentation.
 
     ``u = clip((x − (mean − 3·std)) / (6·std), 0, 1)``: mean − 3 std maps to 0, mean to
-    0.5, mean + 3 std to 1.
+    0.5, mean + 3 std to 1. NaN and ±inf (invalid data) map to 0.5, the mean.
 
     Args:
         image: raw values, bands on ``channel_axis``.
@@ -109,9 +113,11 @@ def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> A
     mean, std = _band_params(stats, image, channel_axis)
     if isinstance(image, torch.Tensor):
         x = image.to(mean.dtype)
-        return torch.clamp((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
+        u = torch.clamp((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
+        return torch.where(torch.isfinite(x), u, torch.full_like(u, 0.5))
     x = image.astype(np.float32, copy=False)
-    return np.clip((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0).astype(np.float32)
+    u = np.clip((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
+    return np.where(np.isfinite(x), u, np.float32(0.5)).astype(np.float32)
 
 
 def unit_to_normalized(unit: Array) -> Array:
@@ -124,8 +130,9 @@ def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
     """Standardise raw values per band: the model's input, in training and prediction.
 
     ``z = clip((x − mean) / std, −3, 3)`` per band (a band with std 0 uses std 1), which is
-    exactly ``unit_to_normalized(scale_to_unit(x))``; pixels where ``valid`` is False
-    become 0 (the mean).
+    exactly ``unit_to_normalized(scale_to_unit(x))``; invalid pixels become 0 (the mean)
+    in every band: those where ``valid`` is False, and those with a NaN or ±inf in any
+    band (invalid data everywhere, nodata value or not).
 
     Args:
         image: raw values (numpy array or torch tensor), bands on ``channel_axis``.
@@ -140,12 +147,17 @@ def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
         ValueError: the band count differs from the stats.
     """
     mean, std = _band_params(stats, image, channel_axis)
+    ax = channel_axis % image.ndim
     if isinstance(image, torch.Tensor):
-        z = torch.clamp((image.to(mean.dtype) - mean) / std, -SIGMAS, SIGMAS)
+        x = image.to(mean.dtype)
+        z = torch.clamp((x - mean) / std, -SIGMAS, SIGMAS)
+        ok = torch.isfinite(x).all(dim=ax, keepdim=True)
         if valid is not None:
-            z = z * valid.unsqueeze(channel_axis % image.ndim).to(z.dtype)
-        return z
-    z = np.clip((image.astype(np.float32, copy=False) - mean) / std, -SIGMAS, SIGMAS)
+            ok = ok & valid.unsqueeze(ax).to(torch.bool)
+        return torch.where(ok, z, torch.zeros_like(z))
+    x = image.astype(np.float32, copy=False)
+    z = np.clip((x - mean) / std, -SIGMAS, SIGMAS)
+    ok = np.isfinite(x).all(axis=ax, keepdims=True)
     if valid is not None:
-        z = z * np.expand_dims(valid, channel_axis % image.ndim)
-    return z.astype(np.float32, copy=False)
+        ok = ok & np.expand_dims(np.asarray(valid, dtype=bool), ax)
+    return np.where(ok, z, np.float32(0.0)).astype(np.float32, copy=False)

@@ -7,20 +7,25 @@ Each test builds its small rasters and polygons in tmp_path. CLI failures are on
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import shapely
 from affine import Affine
-from conftest import write_raster
+from click.testing import CliRunner
+from conftest import labels_for, write_raster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rasterio.features import rasterize
+from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from geoseg.cli.main import cli
 from geoseg.tile import TileConfig, tile
 from geoseg.tile.labels import decode_rle
 
@@ -48,7 +53,7 @@ def _scene_with_squares(tmp_path: Path, affine: Affine, shape: tuple[int, int],
     scene = write_raster(tmp_path / "scene.tif", data, CRS, affine)
     geoms = []
     for col, row in centres:
-        x, y = affine * (col, row)
+        x, y = affine @ (col, row)
         geoms.append(shapely.box(x - side / 2, y - side / 2, x + side / 2, y + side / 2))
     labels = tmp_path / "labels.gpkg"
     gpd.GeoDataFrame({"class": ["building"] * len(geoms)}, geometry=geoms, crs=CRS).to_file(labels)
@@ -112,3 +117,258 @@ def test_any_affine_keeps_every_instance(tmp_path_factory: pytest.TempPathFactor
     scene, labels = _scene_with_squares(tmp, affine, (80, 100), centres, side=side)
     _check_instances_match_scene_rasterize(
         scene, labels, tmp / "out", TileConfig(size=32, overlap=8, min_valid=0.0))
+
+
+# -- 2. NaN and inf are invalid data ---------------------------------------------------------
+
+def _nan_scene(path: Path, nodata: float | None = None) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    data = rng.normal(100, 20, (2, 64, 96)).astype(np.float32)
+    data[:, 5:20, 10:40] = np.nan  # patches, in every band
+    data[:, 40:50, 60:70] = np.nan
+    data[:, 30, 30] = np.inf
+    data[0, 33, 33] = -np.inf  # one band only: the pixel is invalid
+    write_raster(path, data, CRS, from_origin(450000, 40000, 0.5, 0.5), nodata=nodata)
+    return data
+
+
+def test_nan_pixels_excluded_from_stats_and_masked_in_chips(tmp_path: Path) -> None:
+    data = _nan_scene(tmp_path / "nan.tif")
+    out = tmp_path / "out"
+    # one split, so that the stats cover every chip
+    tile([tmp_path / "nan.tif"], None, out,
+         TileConfig(size=32, overlap=0, min_valid=0.0, val_fraction=0.0), scheduler="sync")
+    text = (out / "stats.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    stats = json.loads(text)
+    valid = np.isfinite(data).all(axis=0)
+    vals = data[:, valid].astype(np.float64)
+    np.testing.assert_allclose(stats["mean"], vals.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(stats["std"], vals.std(axis=1), rtol=1e-6)
+    assert stats["pixels"] == int(valid.sum())
+    imgs = json.loads((out / "annotations.json").read_text())["images"]
+    for im in imgs:
+        col, row, w, h = im["window"]
+        with rasterio.open(out / "images" / im["file_name"]) as chip:
+            m = chip.dataset_mask() > 0
+        assert (m == valid[row:row + h, col:col + w]).all()
+        assert im["valid_fraction"] == pytest.approx(valid[row:row + h, col:col + w].mean(), abs=1e-6)
+
+
+def test_nan_chips_give_finite_training_inputs(tmp_path: Path) -> None:
+    from geoseg.bands import BandStats, normalize
+    from geoseg.train.dataset import ChipDataset
+
+    _nan_scene(tmp_path / "nan.tif", nodata=-9999.0)
+    out = tmp_path / "out"
+    tile([tmp_path / "nan.tif"], None, out,
+         TileConfig(size=32, overlap=0, min_valid=0.0, val_fraction=0.0), scheduler="sync")
+    assert np.isfinite(json.loads((out / "stats.json").read_text())["mean"]).all()
+    ds = ChipDataset(out, "train", crop=None)
+    for i in range(len(ds)):
+        s = ds[i]
+        assert torch_finite(s["image"])
+        assert not s["valid"].all() or i not in (0,)  # chip (0, 0) holds NaN patches
+    stats = BandStats(mean=(1.0, 2.0), std=(1.0, 0.0))
+    x = np.array([[[np.nan, 1.0, np.inf]], [[2.0, 2.0, 2.0]]], dtype=np.float32)
+    z = normalize(x, stats)
+    assert np.isfinite(z).all() and z[:, 0, 0].tolist() == [0.0, 0.0] and z[:, 0, 2].tolist() == [0.0, 0.0]
+    import torch
+
+    zt = normalize(torch.from_numpy(x), stats, valid=torch.tensor([[True, False, True]]))
+    assert torch.isfinite(zt).all() and zt[:, 0, 1].tolist() == [0.0, 0.0]
+
+
+def torch_finite(t) -> bool:
+    import torch
+
+    return bool(torch.isfinite(t).all())
+
+
+@pytest.mark.parametrize("nodata", [None, -9999.0])
+def test_all_invalid_scene_is_an_error(nodata: float | None, tmp_path: Path) -> None:
+    data = np.full((1, 40, 40), np.nan if nodata is None else nodata, np.float32)
+    scene = write_raster(tmp_path / "void.tif", data, CRS, from_origin(450000, 40000, 1, 1),
+                         nodata=nodata)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--out", str(tmp_path / "out"),
+                                   "--size", "16", "--overlap", "0", "--min-valid", "0"])
+    line = one_error_line(res, "void.tif")
+    assert "valid pixel" in line and "NaN" in line
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+# -- 3. one scene still gets a validation split; train runs without one ------------------------
+
+def test_single_scene_gets_a_val_split(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (1, 128, 128), dtype=np.uint8)
+    scene = write_raster(tmp_path / "one" / "s.tif", _mkdir(data, tmp_path / "one"), CRS,
+                         from_origin(450000, 40000, 0.5, 0.5))
+    labels = labels_for(scene, tmp_path / "l.gpkg", [(5, 5, 20, 20), (70, 70, 90, 90)])
+    out = tmp_path / "p"
+    s = tile([tmp_path / "one"], labels, out, TileConfig(size=32, overlap=0), scheduler="sync")
+    assert s.chips_train + s.chips_val == 16
+    assert s.chips_val >= 1 and s.chips_train >= 1 and s.split_block < 4
+    imgs = json.loads((out / "annotations.json").read_text())["images"]
+    # blocks stay whole: every split block of the side used is one split
+    of_block: dict[tuple[int, int], set[str]] = {}
+    for im in imgs:
+        col, row = im["window"][:2]
+        of_block.setdefault((row // (32 * s.split_block), col // (32 * s.split_block)),
+                            set()).add(im["split"])
+    assert all(len(v) == 1 for v in of_block.values())
+    assert f"{s.chips_train} train / {s.chips_val} val" in "\n".join(s.lines())
+
+
+def test_single_chip_warns_that_val_is_empty(tmp_path: Path) -> None:
+    from geoseg.errors import GeoSegWarning
+
+    scene = write_raster(tmp_path / "s.tif", np.ones((1, 20, 20), np.uint8), CRS,
+                         from_origin(450000, 40000, 1, 1))
+    with pytest.warns(GeoSegWarning, match="no validation split"):
+        s = tile([scene], None, tmp_path / "p", TileConfig(size=32, overlap=0), scheduler="sync")
+    assert (s.chips_train, s.chips_val) == (1, 0)
+
+
+def _mkdir(data: np.ndarray, d: Path) -> np.ndarray:
+    d.mkdir(parents=True, exist_ok=True)
+    return data
+
+
+def _tiny_cfg():
+    from conftest import REPO
+
+    from geoseg.config import load_config
+    from geoseg.train import TrainConfig
+
+    return load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml",
+                       {"data": {"samples_per_epoch": 4}})
+
+
+@pytest.fixture
+def train_only_patches(tmp_path: Path) -> Path:
+    from conftest import bright_boxes_scene, grid_boxes
+
+    boxes = grid_boxes((64, 64))
+    bright_boxes_scene(tmp_path / "s.tif", (64, 64), boxes)
+    labels_for(tmp_path / "s.tif", tmp_path / "l.gpkg", boxes)
+    tile([tmp_path / "s.tif"], tmp_path / "l.gpkg", tmp_path / "p",
+         TileConfig(size=32, overlap=0, val_fraction=0.0), scheduler="sync")
+    return tmp_path / "p"
+
+
+def test_train_without_val_chips_warns_and_best_is_last(train_only_patches: Path,
+                                                       tmp_path: Path) -> None:
+    import torch
+
+    from geoseg.errors import GeoSegWarning
+    from geoseg.train import train
+
+    run = tmp_path / "run"
+    with pytest.warns(GeoSegWarning, match="no validation chips"):
+        res = train(_tiny_cfg(), train_only_patches, run, epochs=2)
+    assert res.epochs == 2 and res.best["epoch"] == 2 and np.isnan(res.best["value"])
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+
+
+# -- 4. a chip in annotations.json missing on disk ---------------------------------------------
+
+def test_missing_chip_fails_train_up_front_and_tile_rewrites_it(train_only_patches: Path,
+                                                                tmp_path: Path) -> None:
+    from conftest import REPO
+
+    chip = sorted((train_only_patches / "images").iterdir())[1]
+    chip.unlink()
+    res = CliRunner().invoke(cli, ["train", str(REPO / "tests" / "conf" / "tiny.yaml"),
+                                   "--patches", str(train_only_patches),
+                                   "--out", str(tmp_path / "run")])
+    line = one_error_line(res, chip.name)
+    assert "geoseg tile" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # the same tile command writes it again
+    s = tile([tmp_path / "s.tif"], tmp_path / "l.gpkg", train_only_patches,
+             TileConfig(size=32, overlap=0, val_fraction=0.0), scheduler="sync")
+    assert chip.is_file() and s.chips_written == 1
+
+
+# -- 5. temporaries of a killed tile run ------------------------------------------------------
+
+def test_rerun_removes_temporaries_of_a_killed_run(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8)
+    scene = write_raster(tmp_path / "s.tif", data, CRS, from_origin(450000, 40000, 1, 1))
+    out = tmp_path / "out"
+    cfg = TileConfig(size=32, overlap=0)
+    tile([scene], None, out, cfg, scheduler="sync")
+    # what atomic_path leaves when the process is killed mid-write
+    planted = [out / "images" / ".s_0_32.k3j_x9a2.tif", out / "images" / ".s_0_0.ab12cd34.tif.aux.xml",
+               out / ".parts" / ".s__0_0_0.q1w2e3r4.json", out / ".annotations.zz99yy88.json"]
+    for p in planted:
+        p.write_bytes(b"half a file")
+    (out / "images" / "s_0_0.tif").unlink()  # and the chip the kill interrupted
+    s = tile([scene], None, out, cfg, scheduler="sync")
+    assert not any(p.exists() for p in planted)
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+    assert s.chips_written == 1 and (out / "images" / "s_0_0.tif").is_file()
+    assert len(list((out / "images").iterdir())) == 4
+
+
+# -- 6. labels without geometry ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["gpkg_table", "csv"])
+def test_labels_without_geometry_column(kind: str, tmp_path: Path) -> None:
+    import pyogrio
+
+    scene = write_raster(tmp_path / "s.tif", np.ones((1, 32, 32), np.uint8), CRS,
+                         from_origin(450000, 40000, 1, 1))
+    table = pd.DataFrame({"class": ["building", "tree"], "area": [10.0, 20.0]})
+    if kind == "csv":
+        labels = tmp_path / "labels.csv"
+        table.to_csv(labels, index=False)
+    else:
+        labels = tmp_path / "labels.gpkg"
+        pyogrio.write_dataframe(table, labels, layer="attributes")
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels),
+                                   "--out", str(tmp_path / "out")])
+    line = one_error_line(res, labels.name)
+    assert "polygon layer" in line
+    assert not (tmp_path / "out").exists()
+
+
+# -- 7. a malformed stats.json at train time --------------------------------------------------
+
+@pytest.mark.parametrize("text", ['{"bands": 3, "mean": [1, 2', '[]', '{"bands": 3}',
+                                  '{"bands": 3, "mean": [0, 0, 0], "std": [1, NaN, 1], '
+                                  '"classes": ["building"]}',
+                                  '{"bands": 2, "mean": [0, 0, 0], "std": [1, 1, 1], '
+                                  '"classes": ["building"]}'],
+                         ids=["truncated", "list", "no-mean", "nan", "bands"])
+def test_malformed_stats_json_at_train(text: str, train_only_patches: Path,
+                                       tmp_path: Path) -> None:
+    from conftest import REPO
+
+    (train_only_patches / "stats.json").write_text(text)
+    res = CliRunner().invoke(cli, ["train", str(REPO / "tests" / "conf" / "tiny.yaml"),
+                                   "--patches", str(train_only_patches),
+                                   "--out", str(tmp_path / "run")])
+    line = one_error_line(res, "stats.json")
+    assert "geoseg tile" in line
+
+
+# -- 8. a 1x1 pixel scene ---------------------------------------------------------------------
+
+def test_one_pixel_scene_is_a_clear_error(tmp_path: Path) -> None:
+    scene = write_raster(tmp_path / "dot.tif", np.ones((1, 1, 1), np.uint8), CRS,
+                         from_origin(450000, 40000, 1, 1))
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--out", str(tmp_path / "out")])
+    line = one_error_line(res, "dot.tif")
+    assert "too small" in line
+    ok = write_raster(tmp_path / "ok.tif", np.ones((1, 40, 40), np.uint8), CRS,
+                      from_origin(450000, 40000, 1, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(cli, ["tile", str(scene), str(ok), "--out", str(tmp_path / "o2"),
+                                       "--size", "32", "--overlap", "0", "--skip-bad"])
+    assert res.exit_code == 0, res.output
+    assert "dot.tif" in res.output and "too small" in res.output

@@ -122,7 +122,8 @@ def test_labels_repaired_exploded_and_outside_counted(merc_rgb: Path, tmp_path: 
     gpd.GeoDataFrame({"class": ["a", "a", "b"]}, geometry=[bowtie, outside, two],
                      crs="EPSG:4326").to_file(labels)
     out = tmp_path / "out"
-    s = tile([merc_rgb], labels, out, TileConfig(size=256, overlap=0), scheduler="sync")
+    s = tile([merc_rgb], labels, out, TileConfig(size=256, overlap=0, val_fraction=0.0),
+             scheduler="sync")
     # bow-tie -> 2 triangles, multipolygon -> 2 instances, 1 outside
     assert s.labels == 5 and s.labels_outside == 1
     coco = json.loads((out / "annotations.json").read_text())

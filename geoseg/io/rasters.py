@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import rasterio
 import shapely
 from affine import Affine
@@ -74,6 +75,24 @@ class SceneInfo:
         return window_footprint(Window(0, 0, self.width, self.height), self.affine)
 
 
+def valid_mask(data: np.ndarray, dataset_mask: np.ndarray | None = None) -> np.ndarray:
+    """Valid pixels of a (bands, rows, cols) read: the dataset mask, and finite in every band.
+
+    NaN and ±inf are invalid data everywhere in geoseg, whether or not the raster declares
+    a nodata value; ``dataset_mask`` (``src.dataset_mask()``, 0 = invalid) covers nodata,
+    per-dataset masks and alpha.
+
+    Examples:
+        >>> valid_mask(np.array([[[1.0, np.nan, np.inf]]])).tolist()
+        [[True, False, False]]
+    """
+    valid = (np.ones(data.shape[1:], dtype=bool) if dataset_mask is None
+             else np.asarray(dataset_mask) > 0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.isfinite(data).all(axis=0)
+    return valid
+
+
 def window_footprint(window: Window, transform: Affine) -> shapely.Polygon:
     """The outline of a pixel window: its four corners through the full affine.
 
@@ -87,7 +106,7 @@ def window_footprint(window: Window, transform: Affine) -> shapely.Polygon:
     """
     c0, r0 = float(window.col_off), float(window.row_off)
     c1, r1 = c0 + float(window.width), r0 + float(window.height)
-    return shapely.Polygon([transform * (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
+    return shapely.Polygon([transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))])
 
 
 def crs_to_string(crs: CRS) -> str:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from rasterio.windows import Window
 
+from geoseg.errors import GeoSegWarning
 from geoseg.io.rasters import SceneInfo
 from geoseg.tile.config import TileConfig
+
+log = logging.getLogger(__name__)
 
 
 def axis_offsets(length: int, size: int, stride: int) -> list[int]:
@@ -50,7 +55,8 @@ def plan_splits(
     """Assign each split block to train or val.
 
     Scenes matching ``val_scenes`` go wholly to val. Of the other blocks,
-    ``round(val_fraction × n)`` chosen by a seeded shuffle go to val.
+    ``round(val_fraction × n)`` chosen by a seeded shuffle go to val; when that rounds to
+    0 with ``val_fraction`` > 0, no forced val scene and at least two blocks, one does.
     """
     out: dict[tuple[str, tuple[int, int]], Literal["train", "val"]] = {}
     pool: list[tuple[str, tuple[int, int]]] = []
@@ -62,7 +68,45 @@ def plan_splits(
             else:
                 pool.append((s.name, b))
     n_val = round(cfg.val_fraction * len(pool))
+    if cfg.val_fraction > 0 and len(pool) >= 2 and not any(v == "val" for v in out.values()):
+        n_val = max(n_val, 1)
     order = np.random.default_rng(cfg.seed).permutation(len(pool))
     for rank, k in enumerate(order):
         out[pool[k]] = "val" if rank < n_val else "train"
     return out
+
+
+Splits = dict[tuple[str, tuple[int, int]], Literal["train", "val"]]
+
+
+def split_scenes(
+    scenes: Sequence[SceneInfo], grids: dict[str, list[list[Window]]], cfg: TileConfig
+) -> tuple[int, dict[str, list[tuple[int, int]]], Splits]:
+    """Split blocks and their train/val split, with a validation split whenever possible.
+
+    Blocks are ``split_block`` chips square; while ``val_fraction`` > 0 would leave val
+    empty (too few blocks: one small scene), the block side is halved, down to single
+    chips. Val blocks stay whole, so val chips still never share a block with train ones
+    (they overlap train chips by at most ``overlap`` pixels at block edges, as before).
+    With a single chip in all, val stays empty and a warning says so.
+
+    Returns:
+        The block side used, the blocks of each scene (sorted (row, col) of blocks), and
+        the split of each (scene, block).
+    """
+    sb = cfg.split_block
+    while True:
+        blocks = {name: sorted({(i // sb, j // sb) for i, row in enumerate(g)
+                                for j in range(len(row))}) for name, g in grids.items()}
+        splits = plan_splits(scenes, blocks, cfg)
+        if cfg.val_fraction == 0 or "val" in splits.values() or sb == 1:
+            break
+        sb = max(1, sb // 2)
+    if sb != cfg.split_block:
+        log.info("split blocks of %d chips leave no validation chip; using blocks of %d",
+                    cfg.split_block, sb)
+    if cfg.val_fraction > 0 and "val" not in splits.values():
+        warnings.warn("a single chip to tile: no validation split; geoseg train will run "
+                      "without validation (tile more or larger scenes, or set val_scenes)",
+                      GeoSegWarning, stacklevel=3)
+    return sb, blocks, splits

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,21 +31,33 @@ from dask.delayed import delayed
 from rasterio.windows import Window
 
 from geoseg import __version__
-from geoseg.errors import InputRasterError, OutputExistsError
+from geoseg.errors import InputRasterError
 from geoseg.io.atomic import atomic_path, write_json
-from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters, window_footprint
-from geoseg.io.stamps import input_stamp
+from geoseg.io.rasters import (
+    SceneInfo,
+    inspect_scenes,
+    list_rasters,
+    valid_mask,
+    window_footprint,
+)
 from geoseg.io.vectors import CLASS, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
-from geoseg.tile.grid import plan_splits, window_grid
+from geoseg.tile.grid import split_scenes, window_grid
+from geoseg.tile.inputs import check_label_layer, drop_small_scenes
 from geoseg.tile.labels import chip_annotations
+from geoseg.tile.outputs import (
+    PARTS,
+    chip_profile,
+    manifest_of,
+    prepare_out_dir,
+    remove_leftovers,
+)
+
+_chip_profile = chip_profile  # the name bench/tile.py imports
 
 log = logging.getLogger(__name__)
 
-PARTS = ".parts"
-MANIFEST = "tile.json"
-OWNED = ("images", PARTS, "annotations.json", "stats.json", MANIFEST)
 #: Windows per Dask task. Tasks are finer than split blocks so that a few large blocks
 #: still keep every core busy; memory per task is bounded by this many chips.
 TASK_WINDOWS = 4
@@ -85,6 +96,7 @@ class TileSummary:
     labels: int = 0
     labels_outside: int = 0
     rewrote_outputs: bool = True
+    split_block: int = 0
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -93,29 +105,14 @@ class TileSummary:
             f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
             f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
             f"{self.chips_low_valid} skipped (too little valid data); "
-            f"{self.chips_train} train / {self.chips_val} val",
+            f"{self.chips_train} train / {self.chips_val} val (split blocks of "
+            f"{self.split_block}x{self.split_block} chips)",
             f"instances: {self.instances} in chips; labels: {self.labels}, "
             f"{self.labels_outside} outside every scene",
             f"output: {self.out_dir} ({self.seconds:.1f} s)",
         ]
         out += [f"skipped {p}: {why}" for p, why in self.scenes_skipped]
         return out
-
-
-def _chip_profile(scene: SceneInfo, window: Window, compress: str) -> dict[str, Any]:
-    h, w = int(window.height), int(window.width)
-    profile: dict[str, Any] = {
-        "driver": "GTiff", "width": w, "height": h, "count": scene.count, "dtype": scene.dtype,
-        "crs": scene.rio_crs, "transform": rasterio.windows.transform(window, scene.affine),
-        "nodata": scene.nodata,
-    }
-    if compress != "none":
-        profile["compress"] = compress
-        if np.issubdtype(np.dtype(scene.dtype), np.integer):
-            profile["predictor"] = 2
-    if w % 16 == 0 and h % 16 == 0:
-        profile.update(tiled=True, blockxsize=min(256, w), blockysize=min(256, h))
-    return profile
 
 
 def tile_block(job: BlockJob) -> dict[str, int]:
@@ -136,7 +133,8 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     npix = 0
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(scene.path) as src:
         for win in job.windows:
-            mask = src.dataset_mask(window=win) > 0
+            data = src.read(window=win)
+            mask = valid_mask(data, src.dataset_mask(window=win))
             frac = float(mask.mean())
             if frac < job.min_valid:
                 counts["low_valid"] += 1
@@ -144,15 +142,14 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             row, col = int(win.row_off), int(win.col_off)
             name = f"{scene.name}_{row}_{col}.tif"
             path = job.images_dir / name
-            data = src.read(window=win)
-            profile = _chip_profile(scene, win, job.compress)
+            profile = chip_profile(scene, win, job.compress)
             if path.exists():
                 counts["existing"] += 1
             else:
                 with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
                     dst.write(data)
-                    if scene.has_mask and scene.nodata is None:
-                        dst.write_mask(mask)
+                    if scene.nodata is None and (scene.has_mask or not mask.all()):
+                        dst.write_mask(mask)  # NaN/inf pixels too: invalid in the chip
                 counts["written"] += 1
             if job.split == "train" and mask.any():
                 flat = data.reshape(scene.count, -1)
@@ -181,44 +178,6 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     return counts
 
 
-def _manifest(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
-    return {
-        "tile": cfg.model_dump(mode="json"),
-        "scenes": [input_stamp(s.path) for s in scenes],
-        "labels": input_stamp(labels) if labels is not None else None,
-    }
-
-
-def _prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
-    mpath = out / MANIFEST
-    if overwrite:
-        for name in OWNED:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    elif mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old is None or old.get("params") != manifest:
-            raise OutputExistsError(
-                f"{out} holds chips tiled with other parameters or inputs; "
-                "pass --overwrite to replace them, or choose another --out"
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise OutputExistsError(
-            f"{out} is not empty and was not written by geoseg tile; "
-            "pass --overwrite or choose an empty --out"
-        )
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / PARTS).mkdir(exist_ok=True)
-    if not mpath.exists():
-        write_json(mpath, {"geoseg_version": __version__, "params": manifest}, indent=2)
-
-
 def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: TileConfig,
               scenes: Sequence[SceneInfo], summary: TileSummary) -> None:
     """Write annotations.json (streamed, two passes over the parts) and stats.json."""
@@ -245,6 +204,12 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             sums[job.split] += st["sum"]
             sumsq[job.split] += st["sumsq"]
             npix[job.split] += st["count"]
+        if npix["train"] + npix["val"] == 0:
+            names = ", ".join(str(s.path) for s in scenes)
+            raise InputRasterError(
+                f"no valid pixel to compute band statistics in {names}: every pixel is "
+                f"nodata, NaN/inf or masked (or in chips below min_valid {cfg.min_valid}); "
+                "check the scenes' nodata and data")
         f.write('], "annotations": [')
         n_ann = 0
         for job, off in zip(jobs, offsets, strict=True):
@@ -256,15 +221,38 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         f.write("]}")
     summary.instances = n_ann
     src = "train" if npix["train"] > 0 else "val"
-    n = max(npix[src], 1)
+    n = npix[src]
     mean = sums[src] / n
     std = np.sqrt(np.maximum(sumsq[src] / n - mean * mean, 0.0))
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):  # e.g. float64 overflow
+        raise InputRasterError(f"band statistics of {out} are not finite (mean {mean.tolist()}, "
+                               f"std {std.tolist()}); check the scenes for extreme values")
     write_json(out / "stats.json", {
         "bands": count, "dtype": scenes[0].dtype,
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
         "tile": cfg.model_dump(mode="json"),
     }, indent=2)
+
+
+def _done_before(job: BlockJob) -> dict[str, int] | None:
+    """The counts of a task an earlier run finished; None when it must run (again).
+
+    A task runs again when its part file is missing or unreadable, or when a chip it
+    lists is gone (deleted by hand): a rerun repairs the output instead of trusting it.
+    """
+    if not job.part_path.exists():
+        return None
+    try:
+        part = json.loads(job.part_path.read_text())
+        counts: dict[str, int] = part["counts"]
+        names = [im["file_name"] for im in part["images"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all((job.images_dir / n).is_file() for n in names):
+        log.info("%s lists chips that are missing: tiling them again", job.part_path.name)
+        return None
+    return counts
 
 
 def tile(
@@ -294,8 +282,9 @@ def tile(
         A :class:`TileSummary`.
 
     Raises:
-        InputRasterError: a bad scene (unless ``skip_bad``), or band counts that differ.
-        InputVectorError: unreadable labels or labels without CRS.
+        InputRasterError: a bad or too small scene (unless ``skip_bad``), band counts
+            that differ, or no valid (finite, not nodata) pixel to compute statistics.
+        InputVectorError: unreadable labels, labels without CRS or without geometry.
         OutputExistsError: ``out`` holds other outputs and ``overwrite`` is False.
     """
     t0 = time.perf_counter()
@@ -303,6 +292,7 @@ def tile(
     check_scheduler(scheduler)
     out = Path(out).resolve()
     good, bad = inspect_scenes([p.resolve() for p in list_rasters(scenes)], skip_bad=skip_bad)
+    good = drop_small_scenes(good, skip_bad, bad)
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
     counts = {s.count for s in good}
@@ -311,22 +301,20 @@ def tile(
         raise InputRasterError(
             f"scenes have different band counts ({desc}); tile them into separate folders"
         )
+    if labels is not None:
+        check_label_layer(labels)
     gdf = read_labels(labels, cfg.class_field, cfg.class_name) if labels is not None else None
     classes = sorted(set(gdf[CLASS])) if gdf is not None and len(gdf) else [cfg.class_name]
     cat_of = {c: i + 1 for i, c in enumerate(classes)}
     summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
                           labels=0 if gdf is None else len(gdf))
 
-    manifest = _manifest(cfg, good, Path(labels).resolve() if labels is not None else None)
-    _prepare_out_dir(out, manifest, overwrite)
+    manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
+    prepare_out_dir(out, manifest, overwrite)
 
     grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
-    sb = cfg.split_block
-    blocks = {
-        name: sorted({(i // sb, j // sb) for i, row in enumerate(g) for j in range(len(row))})
-        for name, g in grids.items()
-    }
-    splits = plan_splits(good, blocks, cfg)
+    sb, blocks, splits = split_scenes(good, grids, cfg)
+    summary.split_block = sb
 
     touched: set[int] = set()
     by_crs: dict[str, Any] = {}
@@ -357,11 +345,17 @@ def tile(
                     min_valid=cfg.min_valid, compress=cfg.compress,
                 ))
     summary.labels_outside = summary.labels - len(touched)
+    chip_names = {f"{s.name}_{int(w.row_off)}_{int(w.col_off)}.tif"
+                  for s in good for row in grids[s.name] for w in row}
+    for p in remove_leftovers(out, keep=chip_names):
+        log.info("removed %s, left by a killed run", p)
 
-    pending = [j for j in jobs if not j.part_path.exists()]
+    pending = []
     for j in jobs:
-        if j.part_path.exists():
-            done = json.loads(j.part_path.read_text())["counts"]
+        done = _done_before(j)
+        if done is None:
+            pending.append(j)
+        else:
             summary.chips_done_before += done["chips"]
             summary.chips_low_valid += done["low_valid"]
     log.info("%d blocks to tile (%d done before)", len(pending), len(jobs) - len(pending))

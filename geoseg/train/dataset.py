@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from geoseg.bands import load_stats, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
+from geoseg.io.rasters import valid_mask
 from geoseg.train.targets import halo, make_targets
 
 PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
@@ -46,6 +47,28 @@ PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 AugmentFn = Callable[[np.ndarray, dict[str, np.ndarray]], tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+def read_stats(patches: Path) -> dict[str, Any]:
+    """``stats.json`` of a tile directory, checked (bands, classes, finite mean and std).
+
+    Raises:
+        ConfigError: no stats.json in ``patches``.
+        InputRasterError: stats.json is malformed; the message says to re-run tile.
+    """
+    path = patches / "stats.json"
+    if not path.is_file():
+        raise ConfigError(f"{patches} has no stats.json; run geoseg tile first (--patches DIR)")
+    stats = load_stats(patches)  # malformed JSON, missing keys, NaN: one line naming it
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    classes = raw.get("classes", list(stats.classes))
+    if (raw.get("bands", stats.bands) != stats.bands or not isinstance(classes, list)
+            or not classes or not all(isinstance(c, str) for c in classes)):
+        raise InputRasterError(f"{path} is not valid band statistics (bands {raw.get('bands')!r} "
+                               f"for {stats.bands} means, classes {classes!r}); "
+                               "rerun `geoseg tile` with --overwrite")
+    return {"bands": stats.bands, "dtype": stats.dtype, "mean": list(stats.mean),
+            "std": list(stats.std), "classes": classes}
 
 
 class _Index:
@@ -114,7 +137,8 @@ class ChipDataset(Dataset[dict[str, Any]]):
             the change would not reach them).
 
     Raises:
-        InputRasterError: ``annotations.json`` or ``stats.json`` missing or unreadable.
+        InputRasterError: ``annotations.json`` or ``stats.json`` missing or unreadable, or
+            a chip it lists missing on disk.
         ConfigError: unknown split, or no chip in the split.
     """
 
@@ -145,6 +169,12 @@ class ChipDataset(Dataset[dict[str, Any]]):
             hint = ("tile with val_fraction > 0 or val_scenes set" if split == "val"
                     else "tile more scenes or lower val_fraction")
             raise ConfigError(f"no '{split}' chips in {ann_path}; {hint}")
+        missing = [str(f) for f in self.index.files if not (self.root / "images" / str(f)).is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more chips)" if len(missing) > 1 else ""
+            raise InputRasterError(
+                f"chip {self.root / 'images' / missing[0]} is listed in {ann_path} but missing"
+                f"{more}; re-run the same `geoseg tile` command to write it again")
         bands = getattr(augment, "bands", self.stats.bands)
         if bands != self.stats.bands:
             raise ConfigError(f"the augmentation is built for {bands} bands but the chips in "
@@ -199,12 +229,10 @@ class ChipDataset(Dataset[dict[str, Any]]):
                         f"{path} has {src.count} bands but stats.json {self.stats.bands}; "
                         "rerun `geoseg tile` with --overwrite")
                 raw = src.read(window=win)
-                valid = src.dataset_mask(window=win) > 0
+                valid = valid_mask(raw, src.dataset_mask(window=win))
         except RasterioError as err:
             raise InputRasterError(f"cannot read chip {path}: {err}; "
                                    "rerun `geoseg tile` to rewrite it") from None
-        if np.issubdtype(raw.dtype, np.floating):
-            valid &= np.isfinite(raw).all(axis=0)
         return raw, valid
 
     def __getitem__(self, i: int) -> dict[str, Any]:

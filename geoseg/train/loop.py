@@ -3,7 +3,8 @@
 A short loop with named steps (no god trainer): build data, model, loss and optimiser
 from one validated :class:`TrainConfig`; per epoch, train on random crops, update an EMA
 of the weights, validate the EMA weights (COCO mask AP, pixel IoU, instance F1), save
-``last.pt`` and ``best.pt``, append ``metrics.csv`` and redraw ``curves.png``.
+``last.pt`` and ``best.pt`` (without validation chips: a warning, and ``best.pt`` is the
+last epoch, its value NaN), append ``metrics.csv`` and redraw ``curves.png``.
 ``resume=True`` restores everything needed to end with the same weights as a run that
 was never interrupted.
 """
@@ -16,6 +17,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from geoseg.config import dump_yaml, validate
-from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.routed import RoutedModel
 from geoseg.train.augment import build_augment
 from geoseg.train.config import TrainConfig
+from geoseg.train.dataset import read_stats
 from geoseg.train.losses import RoutedLoss
 
 log = logging.getLogger(__name__)
@@ -83,16 +86,6 @@ def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def _read_stats(patches: Path) -> dict[str, Any]:
-    import json
-
-    path = patches / "stats.json"
-    if not path.is_file():
-        raise ConfigError(f"{patches} has no stats.json; run geoseg tile first (--patches DIR)")
-    stats: dict[str, Any] = json.loads(path.read_text())
-    return stats
-
-
 #: Called after each epoch's outputs are written: ``hook(trainer, row)``.
 Hook = Callable[["Trainer", dict[str, float]], None]
 
@@ -108,7 +101,7 @@ class Trainer:
 
         self.patches, self.run_dir, self.device, self.progress = patches, run_dir, device, progress
         self.hooks = list(hooks)
-        self.stats = _read_stats(patches)
+        self.stats = read_stats(patches)
         model_cfg = cfg.model.model_copy(update={
             "in_channels": int(self.stats["bands"]), "classes": tuple(self.stats["classes"])})
         self.cfg = cfg.model_copy(update={"model": model_cfg, "patches": str(patches)})
@@ -119,13 +112,18 @@ class Trainer:
         self.train_ds = ChipDataset(patches, "train", crop=d.crop, augment=aug,
                                     boundary_width=d.boundary_width,
                                     contact_distance=d.contact_distance, seed=self.cfg.seed)
-        self.val_ds = ChipDataset(patches, "val", crop=None, augment=None,
-                                  boundary_width=d.boundary_width,
-                                  contact_distance=d.contact_distance, seed=self.cfg.seed)
         self.collate = collate
         with _quiet_stdout():
             self.coco = COCO(str(patches / "annotations.json"))
         self.val_ids = [i for i, im in self.coco.imgs.items() if im.get("split") == "val"]
+        self.val_ds = (ChipDataset(patches, "val", crop=None, augment=None,
+                                   boundary_width=d.boundary_width,
+                                   contact_distance=d.contact_distance, seed=self.cfg.seed)
+                       if self.val_ids else None)
+        if self.val_ds is None:
+            warnings.warn(f"no validation chips in {patches / 'annotations.json'}: training "
+                          "without validation, checkpoints/best.pt is the last epoch; tile with "
+                          "val_fraction > 0 or val_scenes to validate", GeoSegWarning, stacklevel=2)
         self.samples = d.samples_per_epoch or len(self.train_ds)
         self.steps_per_epoch = max(1, self.samples // d.batch_size)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
@@ -196,6 +194,7 @@ class Trainer:
                 self.train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
                 num_workers=d.workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
                 generator=gen, persistent_workers=False)
+        assert self.val_ds is not None, "no validation chips"
         return torch.utils.data.DataLoader(self.val_ds, batch_size=self.cfg.val.batch_size,
                                            shuffle=False, num_workers=0, collate_fn=self.collate)
 
@@ -253,6 +252,9 @@ class Trainer:
         improved = metric in row and row[metric] > self.best["value"]
         if improved:
             self.best = {"metric": metric, "value": row[metric], "epoch": int(row["epoch"])}
+        elif self.val_ds is None:  # nothing to choose by: best is the last, unscored
+            improved = True
+            self.best = {"metric": metric, "value": float("nan"), "epoch": int(row["epoch"])}
         state = self.state()
         save_checkpoint(ckdir / "last.pt", state)
         if improved or not (ckdir / "best.pt").exists():

@@ -1,0 +1,115 @@
+"""The output folder of `geoseg tile`: its manifest, chip profiles, leftovers of killed runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from geoseg import __version__
+from geoseg.errors import OutputExistsError
+from geoseg.io.atomic import write_json
+from geoseg.io.rasters import SceneInfo
+from geoseg.io.stamps import input_stamp
+from geoseg.tile.config import TileConfig
+
+PARTS = ".parts"
+MANIFEST = "tile.json"
+OWNED = ("images", PARTS, "annotations.json", "stats.json", MANIFEST)
+#: Temporary names of :func:`geoseg.io.atomic.atomic_path` (``.<stem>.<random 8>.<ext>``);
+#: a killed run leaves them behind.
+_TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.[A-Za-z0-9]+)*$")
+
+
+def chip_profile(scene: SceneInfo, window: Window, compress: str) -> dict[str, Any]:
+    """The GeoTIFF profile of the chip of ``window``: the scene's georeferencing, composed."""
+    h, w = int(window.height), int(window.width)
+    profile: dict[str, Any] = {
+        "driver": "GTiff", "width": w, "height": h, "count": scene.count, "dtype": scene.dtype,
+        "crs": scene.rio_crs, "transform": rasterio.windows.transform(window, scene.affine),
+        "nodata": scene.nodata,
+    }
+    if compress != "none":
+        profile["compress"] = compress
+        if np.issubdtype(np.dtype(scene.dtype), np.integer):
+            profile["predictor"] = 2
+    if w % 16 == 0 and h % 16 == 0:
+        profile.update(tiled=True, blockxsize=min(256, w), blockysize=min(256, h))
+    return profile
+
+
+def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
+    """What a rerun must match to resume: parameters and input stamps."""
+    return {
+        "tile": cfg.model_dump(mode="json"),
+        "scenes": [input_stamp(s.path) for s in scenes],
+        "labels": input_stamp(labels) if labels is not None else None,
+    }
+
+
+def prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    """Check that ``out`` is empty or an earlier run with the same manifest; create it.
+
+    Raises:
+        OutputExistsError: ``out`` holds other outputs and ``overwrite`` is False.
+    """
+    mpath = out / MANIFEST
+    if overwrite:
+        for name in OWNED:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    elif mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is None or old.get("params") != manifest:
+            raise OutputExistsError(
+                f"{out} holds chips tiled with other parameters or inputs; "
+                "pass --overwrite to replace them, or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise OutputExistsError(
+            f"{out} is not empty and was not written by geoseg tile; "
+            "pass --overwrite or choose an empty --out"
+        )
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / PARTS).mkdir(exist_ok=True)
+    if not mpath.exists():
+        write_json(mpath, {"geoseg_version": __version__, "params": manifest}, indent=2)
+
+
+
+
+def remove_leftovers(out: Path, keep: Collection[str] = ()) -> list[Path]:
+    """Remove the temporary files a killed run left in ``out``, ``images/`` and the parts.
+
+    Writes are atomic (a temporary name, then a rename), so a kill leaves temporaries
+    (and their GDAL side-cars) but never a half-written file under its final name.
+
+    Args:
+        out: the output folder of `geoseg tile`.
+        keep: names never removed (the chips of this run, whatever their names).
+
+    Returns:
+        The paths removed.
+    """
+    removed: list[Path] = []
+    for folder in (out, out / "images", out / PARTS):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name not in keep and _TEMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
