@@ -372,3 +372,24 @@ def test_one_pixel_scene_is_a_clear_error(tmp_path: Path) -> None:
                                        "--size", "32", "--overlap", "0", "--skip-bad"])
     assert res.exit_code == 0, res.output
     assert "dot.tif" in res.output and "too small" in res.output
+
+
+def test_an_all_invalid_scene_among_others_warns(tmp_path: Path) -> None:
+    from geoseg.errors import GeoSegWarning
+
+    void = write_raster(tmp_path / "void.tif", np.full((1, 40, 40), np.nan, np.float32), CRS,
+                        from_origin(450000, 40000, 1, 1))
+    ok = write_raster(tmp_path / "ok.tif", np.ones((1, 40, 40), np.float32), CRS,
+                      from_origin(450000, 40000, 1, 1))
+    with pytest.warns(GeoSegWarning, match="void.tif gave no chip"):
+        s = tile([void, ok], None, tmp_path / "p", TileConfig(size=16, overlap=0), scheduler="sync")
+    assert s.chips_train + s.chips_val == 9
+
+
+def test_scene_bounds_are_those_of_the_rotated_footprint(tmp_path: Path) -> None:
+    from geoseg.io.rasters import inspect_scene
+
+    scene = write_raster(tmp_path / "r.tif", np.ones((1, 10, 20), np.uint8), CRS, ROTATED)
+    info = inspect_scene(scene)
+    corners = np.array([ROTATED @ (c, r) for c, r in ((0, 0), (20, 0), (20, 10), (0, 10))])
+    np.testing.assert_allclose(info.bounds, [*corners.min(0), *corners.max(0)])

@@ -17,7 +17,6 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
-from rasterio.transform import array_bounds
 from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
@@ -66,8 +65,9 @@ class SceneInfo:
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
-        """(minx, miny, maxx, maxy) in the scene CRS."""
-        return array_bounds(self.height, self.width, self.affine)
+        """(minx, miny, maxx, maxy) in the scene CRS (of the true footprint when rotated)."""
+        minx, miny, maxx, maxy = self.footprint.bounds
+        return minx, miny, maxx, maxy
 
     @property
     def footprint(self) -> shapely.Polygon:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from dask.delayed import delayed
 from rasterio.windows import Window
 
 from geoseg import __version__
-from geoseg.errors import InputRasterError
+from geoseg.errors import GeoSegWarning, InputRasterError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import (
     SceneInfo,
@@ -186,6 +187,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
     sumsq = {s: np.zeros(count) for s in ("train", "val")}
     npix = {"train": 0, "val": 0}
     offsets: list[int] = []
+    chips_of: dict[str, int] = {}
     categories = [{"id": i + 1, "name": c, "supercategory": "object"}
                   for i, c in enumerate(classes)]
     with atomic_path(out / "annotations.json") as tmp, tmp.open("w", encoding="utf-8") as f:
@@ -204,12 +206,18 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             sums[job.split] += st["sum"]
             sumsq[job.split] += st["sumsq"]
             npix[job.split] += st["count"]
+            chips_of[job.scene.name] = chips_of.get(job.scene.name, 0) + len(part["images"])
         if npix["train"] + npix["val"] == 0:
             names = ", ".join(str(s.path) for s in scenes)
             raise InputRasterError(
                 f"no valid pixel to compute band statistics in {names}: every pixel is "
                 f"nodata, NaN/inf or masked (or in chips below min_valid {cfg.min_valid}); "
                 "check the scenes' nodata and data")
+        for sc in scenes:
+            if not chips_of.get(sc.name):
+                warnings.warn(f"{sc.path} gave no chip: no window has min_valid "
+                              f"{cfg.min_valid} of valid pixels (not nodata, NaN/inf or masked)",
+                              GeoSegWarning, stacklevel=3)
         f.write('], "annotations": [')
         n_ann = 0
         for job, off in zip(jobs, offsets, strict=True):
