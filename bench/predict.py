@@ -97,21 +97,21 @@ def model_only_seconds(model: Path, scene: Path, budget: float) -> float:
     """PV over every block and FF over K tiles, on arrays already in memory."""
     import rasterio
 
-    from geoseg.backends.cache import get_backend
+    from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.models.router import k_for_budget
 
-    be = get_backend(str(model), "torch", "cpu")
+    be = get_backend(ModelKey(str(model), "torch", "cpu", 32))
     m = be.meta
     with rasterio.open(scene) as src:
         side = src.width
-    s, cell, halo = int(m["scale"]), int(m["cell"]), int(m["halo"])
+    s, cell, halo = m.scale, m.cell, m.tile_halo
     rng = np.random.default_rng(0)
     block = 2048 if side >= 2048 else side
     n_blocks = (side // block) ** 2
-    small = rng.standard_normal((1, int(m["bands"]), (block + 2 * int(m["multiple"])) // s,
-                                 (block + 2 * int(m["multiple"])) // s)).astype(np.float32)
+    small = rng.standard_normal((1, m.band_count, (block + 2 * m.multiple) // s,
+                                 (block + 2 * m.multiple) // s)).astype(np.float32)
     k = k_for_budget((side // cell) ** 2, budget)
-    tiles = rng.standard_normal((32, int(m["bands"]), cell + 2 * halo, cell + 2 * halo)).astype(np.float32)
+    tiles = rng.standard_normal((32, m.band_count, cell + 2 * halo, cell + 2 * halo)).astype(np.float32)
     be.pv(small)
     be.ff(tiles)
     t0 = time.perf_counter()
@@ -185,11 +185,11 @@ def run_benchmarks(work: Path, scene: Path, big: Path, truth: Path) -> None:
     from geoseg.evaluate import evaluate_frames
 
     truth_gdf = gpd.read_file(truth)
-    from geoseg.backends.cache import get_backend
+    from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.predict import PredictConfig, predict
 
     t0 = time.perf_counter()
-    get_backend(str((work / "run").resolve()), "torch", "auto")
+    get_backend(ModelKey(str((work / "run").resolve()), "torch", "auto", PredictConfig().ff_batch))
     print(f"model load (once per worker): {time.perf_counter() - t0:.1f} s")
 
     def timed(model: Path, budget: float, backend: str, out: Path) -> dict:

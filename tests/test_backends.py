@@ -76,9 +76,9 @@ def test_routed_logits_assembled_by_hand_match(pair: tuple[Backend, Backend]) ->
 
 def test_meta_is_the_same_for_both(pair: tuple[Backend, Backend]) -> None:
     tb, ob = pair
-    for key in ("bands", "stats", "classes", "scale", "cell", "halo", "tile", "multiple", "pv_multiple",
-                "pv_stride", "n_outputs", "budget", "postprocess", "model", "checkpoint"):
-        assert tb.meta[key] == ob.meta[key], key
+    for key in ("band_count", "stats", "classes", "scale", "cell", "tile_halo", "tile", "multiple",
+                "pv_multiple", "pv_stride", "n_outputs", "budget", "postprocess", "model", "checkpoint"):
+        assert getattr(tb.meta, key) == getattr(ob.meta, key), key
     assert tb.source.name == "best.pt" and ob.source.name == "geoseg-export.json"
 
 
@@ -123,7 +123,7 @@ def test_export_dir_for_torch_names_the_checkpoint(onnx_export: tuple[Path, str]
     with pytest.raises(ConfigError, match="best.pt"):
         open_backend(onnx_export[0], "torch")
     with open_backend(onnx_export[0] / "geoseg-export.json", "onnx", "cpu") as b:  # the JSON names the dir
-        assert b.meta["cell"] == 16
+        assert b.meta.cell == 16
 
 
 def test_missing_model_and_missing_graph(onnx_export: tuple[Path, str], tmp_path: Path) -> None:  # noqa: F811
@@ -161,8 +161,11 @@ def test_tensorrt_backend_errors_without_gpu(onnx_export: tuple[Path, str],  # n
 
 def test_trt_profiles_cover_predict_defaults() -> None:
     from geoseg.export.tensorrt import TrtProfiles
+    from geoseg.models.meta import ModelMeta
 
-    meta = {"bands": 4, "pv_multiple": 32, "multiple": 128, "scale": 4, "tile": 96}
+    meta = ModelMeta.model_validate({"bands": 4, "stats": {"mean": [0.0] * 4, "std": [1.0] * 4},
+                                     "classes": ["object"], "pv_multiple": 32, "multiple": 128,
+                                     "scale": 4, "cell": 64, "halo": 16, "tile": 96})
     lo, opt, hi = TrtProfiles().pv(meta)
     assert lo == (1, 4, 32, 32) and opt == (1, 4, 576, 576) and hi == (2, 4, 1024, 1024)
     assert TrtProfiles().ff(meta) == ((1, 4, 96, 96), (32, 4, 96, 96), (128, 4, 96, 96))

@@ -85,30 +85,31 @@ def test_onnx_axes_are_dynamic(onnx_export: tuple[Path, str]) -> None:
 
 
 def test_export_json_has_what_predict_needs(onnx_export: tuple[Path, str], trained_run: Path) -> None:
-    from geoseg.bands import BandStats
     from geoseg.config import validate
     from geoseg.models.checkpoint import load_checkpoint
     from geoseg.models.config import ModelConfig
-    from geoseg.models.postprocess import PostprocessConfig
 
     out, _ = onnx_export
     meta = read_export_meta(out)
     ckpt = load_checkpoint(trained_run / "checkpoints" / "best.pt")
-    assert meta["format"] == "geoseg-export" and meta["format_version"] == 1 and meta["geoseg_version"]
-    assert meta["bands"] == 3 and meta["classes"] == ckpt["classes"]
-    assert BandStats.from_dict(meta["stats"]).mean == tuple(ckpt["stats"]["mean"])
-    assert (meta["scale"], meta["cell"], meta["halo"], meta["tile"]) == (2, 16, 4, 24)
-    assert meta["multiple"] == 16 and meta["pv_multiple"] == 8 and meta["n_outputs"] == 3
-    assert meta["budget"] == 0.5
-    post = validate(PostprocessConfig, meta["postprocess"], "export")
+    raw = json.loads((out / EXPORT_FILE).read_text())  # the keys on disk (docs/export.md)
+    assert raw["format"] == "geoseg-export" and raw["format_version"] == 1 and raw["geoseg_version"]
+    assert raw["bands"] == 3 and raw["halo"] == 4 and raw["exporter"]["pv"] in ("dynamo", "torchscript")
+    assert meta.to_json() == {k: v for k, v in raw.items()}  # nothing lost on the way through ModelMeta
+    assert meta.band_count == 3 and list(meta.classes) == ckpt["classes"]
+    assert meta.band_stats.mean == tuple(ckpt["stats"]["mean"])
+    assert (meta.scale, meta.cell, meta.tile_halo, meta.tile) == (2, 16, 4, 24)
+    assert meta.multiple == 16 and meta.pv_multiple == 8 and meta.n_outputs == 3
+    assert meta.budget == 0.5
+    post = meta.postprocess
     assert post.seed_threshold == 0.5 and post.min_area == 4  # from tiny.yaml, not the defaults
-    assert validate(ModelConfig, meta["model"], "export").cell == 16
-    assert meta["files"] == {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}
-    assert meta["inputs"] == {"pv": "small", "ff": "tiles"}
-    assert meta["outputs"] == {"pv": ["pv_logits", "utility"], "ff": ["ff_logits"]}
-    assert meta["exporter"]["pv"] in ("dynamo", "torchscript") and isinstance(meta["opset"], int)
-    assert Path(meta["checkpoint"]) == (trained_run / "checkpoints" / "best.pt").resolve()
-    assert meta["fp16"] is False
+    assert validate(ModelConfig, meta.model, "export").cell == 16
+    assert meta.files == {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}
+    assert meta.inputs == {"pv": "small", "ff": "tiles"}
+    assert meta.outputs == {"pv": ["pv_logits", "utility"], "ff": ["ff_logits"]}
+    assert isinstance(meta.opset, int)
+    assert Path(meta.checkpoint) == (trained_run / "checkpoints" / "best.pt").resolve()
+    assert meta.fp16 is False
 
 
 def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,7 +236,7 @@ def test_tensorrt_engines_match_onnxruntime(onnx_export: tuple[Path, str], tmp_p
     rep = export_tensorrt(onnx_export[0], tmp_path / "trt", fp16=False)
     assert rep.reference == "onnxruntime" and all(d <= 1e-3 for d in rep.max_abs_diff.values())
     meta = read_export_meta(tmp_path / "trt")
-    assert meta["files"]["tensorrt"] == {"pv": "pv.engine", "ff": "ff.engine"}
+    assert meta.files["tensorrt"] == {"pv": "pv.engine", "ff": "ff.engine"}
     tiles = np.random.default_rng(3).standard_normal((40, 3, 24, 24), dtype=np.float32)
     with open_backend(tmp_path / "trt", "tensorrt") as trt, open_backend(tmp_path / "trt", "onnx", "cpu") as ort:
         np.testing.assert_allclose(trt.ff(tiles), ort.ff(tiles), atol=1e-3, rtol=0)

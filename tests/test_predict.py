@@ -33,7 +33,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def cfg(**kw) -> PredictConfig:
-    base = {"block": 32, "halo": 16, "simplify": 0.0, "min_area": 1.0, "budget": 1.0}
+    base = {"block": 32, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0, "budget": 1.0}
     return PredictConfig(**{**base, **kw})
 
 

@@ -16,7 +16,6 @@ from geoseg.backends.base import (
     Backend,
     BackendName,
     is_export_dir,
-    model_meta,
     open_backend,
     read_export_meta,
 )
@@ -29,7 +28,6 @@ __all__ = [
     "Backend",
     "BackendName",
     "is_export_dir",
-    "model_meta",
     "open_backend",
     "read_export_meta",
 ]

@@ -19,7 +19,6 @@ the output of ``geoseg export``, recognised by its ``geoseg-export.json`` (see
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import statistics
 import time
@@ -29,6 +28,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from geoseg.errors import CheckpointError, ConfigError
+from geoseg.models.meta import ModelMeta, read_json_object
 
 #: Name of the metadata file that marks an export directory.
 EXPORT_FILE = "geoseg-export.json"
@@ -56,11 +56,7 @@ class Backend:
 
     Attributes:
         name: the backend's name in :data:`BACKENDS`.
-        meta: what predict needs: ``bands``, ``stats`` (``mean``/``std``), ``classes``,
-            ``scale``, ``cell``, ``halo``, ``tile``, ``multiple``, ``pv_multiple``,
-            ``pv_stride``, ``n_outputs``, ``budget``, ``deadline_ms``, ``postprocess``,
-            ``model`` (the training config's model section), ``checkpoint``; an export
-            directory's JSON adds the keys listed in ``docs/export.md``.
+        meta: what predict needs besides the graphs (:class:`~geoseg.models.meta.ModelMeta`).
         source: the file whose size and modification time identify the model (the
             checkpoint, or the export's JSON).
         device: where the graphs run (``"cpu"`` or ``"cuda"``).
@@ -69,7 +65,7 @@ class Backend:
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, meta: dict[str, Any], source: Path, device: str, ff_batch: int = 32) -> None:
+    def __init__(self, meta: ModelMeta, source: Path, device: str, ff_batch: int = 32) -> None:
         if ff_batch < 1:
             raise ConfigError(f"ff_batch must be >= 1, got {ff_batch}")
         self.meta = meta
@@ -82,7 +78,7 @@ class Backend:
         """Enhance + PV + utility head on images already at 1/scale and padded.
 
         Args:
-            small: normalised images at 1/scale; sides multiples of ``meta["pv_multiple"]``.
+            small: normalised images at 1/scale; sides multiples of ``meta.pv_multiple``.
 
         Returns:
             ``(pv_logits, utility)`` as float32 arrays.
@@ -96,7 +92,7 @@ class Backend:
             - utility: (B, h * scale / cell, w * scale / cell)
         """
         x = self._as_input(small, "small")
-        step = int(self.meta["pv_multiple"])
+        step = self.meta.pv_multiple
         if x.shape[2] % step or x.shape[3] % step:
             raise ValueError(f"pv input sides {x.shape[2:]} must be multiples of {step} "
                              f"(multiple / scale); pad the decimated image first")
@@ -109,7 +105,7 @@ class Backend:
         Runs in chunks of ``ff_batch`` tiles; an empty batch returns an empty array.
 
         Args:
-            tiles: normalised tiles, side ``cell + 2 * halo``.
+            tiles: normalised tiles, side ``cell + 2 * tile_halo``.
 
         Returns:
             FF logits of the cells (halo cropped), float32.
@@ -118,16 +114,16 @@ class Backend:
             ValueError: wrong rank, band count or tile side.
 
         Shape:
-            - tiles: (N, C_in, cell + 2 * halo, cell + 2 * halo)
+            - tiles: (N, C_in, cell + 2 * tile_halo, cell + 2 * tile_halo)
             - output: (N, C, cell, cell)
         """
         x = self._as_input(tiles, "tiles")
-        side, cell = int(self.meta["tile"]), int(self.meta["cell"])
+        side, cell = self.meta.tile, self.meta.cell
         if x.shape[2:] != (side, side):
             raise ValueError(f"ff tiles must be {side}x{side} (cell {cell} + 2 * halo "
-                             f"{self.meta['halo']}), got {x.shape[2]}x{x.shape[3]}")
+                             f"{self.meta.tile_halo}), got {x.shape[2]}x{x.shape[3]}")
         if x.shape[0] == 0:
-            return np.zeros((0, int(self.meta["n_outputs"]), cell, cell), dtype=np.float32)
+            return np.zeros((0, self.meta.n_outputs, cell, cell), dtype=np.float32)
         outs = [np.asarray(self._ff(x[k:k + self.ff_batch]), dtype=np.float32)
                 for k in range(0, x.shape[0], self.ff_batch)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -143,8 +139,8 @@ class Backend:
             Median milliseconds per cell (used to turn a deadline into a K).
         """
         n = ff_batch or self.ff_batch
-        side = int(self.meta["tile"])
-        tiles = np.random.default_rng(0).standard_normal((n, int(self.meta["bands"]), side, side),
+        side = self.meta.tile
+        tiles = np.random.default_rng(0).standard_normal((n, self.meta.band_count, side, side),
                                                        dtype=np.float32)
         runs = []
         for i in range(repeats + 1):
@@ -175,7 +171,7 @@ class Backend:
 
     def _as_input(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        bands = int(self.meta["bands"])
+        bands = self.meta.band_count
         if x.ndim != 4 or x.shape[1] != bands:
             raise ValueError(f"{what} must be (batch, {bands} bands, height, width) for this "
                              f"model, got shape {tuple(x.shape)}")
@@ -183,95 +179,51 @@ class Backend:
 
 
 # ---------------------------------------------------------------------------- metadata
-def model_meta(model_cfg: Any, ckpt_meta: dict[str, Any]) -> dict[str, Any]:
-    """The backend metadata of a model: what predict needs besides the two graphs.
-
-    Args:
-        model_cfg: the model's :class:`~geoseg.models.config.ModelConfig`.
-        ckpt_meta: the ``meta`` of :func:`geoseg.models.checkpoint.load_model` (``config``,
-            ``stats``, ``classes``, ``version``, ``path``).
-
-    Returns:
-        A JSON-ready dict (see :class:`Backend` ``meta``).
-
-    Raises:
-        ConfigError: the checkpoint's postprocess section is invalid.
-    """
-    from geoseg.config import validate
-    from geoseg.models.postprocess import PostprocessConfig
-
-    c = model_cfg
-    config = ckpt_meta.get("config") or {}
-    post = validate(PostprocessConfig, dict(config.get("postprocess") or {}), "checkpoint config")
-    stats = dict(ckpt_meta["stats"])
-    return {
-        "bands": int(c.in_channels),
-        "stats": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in stats.items()},
-        "classes": list(ckpt_meta.get("classes") or c.classes),
-        "scale": int(c.scale),
-        "cell": int(c.cell),
-        "halo": int(c.halo),
-        "tile": int(c.cell + 2 * c.halo),
-        "multiple": int(c.multiple),
-        "pv_multiple": int(c.multiple // c.scale),
-        "pv_stride": int(c.pv.output_stride),
-        "n_outputs": int(c.n_outputs),
-        "budget": float(c.budget),
-        "deadline_ms": c.deadline_ms,
-        "postprocess": post.model_dump(mode="json"),
-        "model": c.model_dump(mode="json"),
-        "checkpoint": str(Path(ckpt_meta["path"]).resolve()) if ckpt_meta.get("path") else "",
-        "checkpoint_version": str(ckpt_meta.get("version", "")),
-    }
-
-
 def is_export_dir(path: str | Path) -> bool:
     """True when ``path`` is a directory holding ``geoseg-export.json``."""
     p = Path(path)
     return p.is_dir() and (p / EXPORT_FILE).is_file()
 
 
-def read_export_meta(export_dir: str | Path) -> dict[str, Any]:
+def read_export_meta(export_dir: str | Path) -> ModelMeta:
     """Read and check the ``geoseg-export.json`` of an export directory.
 
     Args:
         export_dir: the directory written by ``geoseg export``.
 
     Returns:
-        The metadata dict (see ``docs/export.md``).
+        Its :class:`~geoseg.models.meta.ModelMeta` (see ``docs/export.md``).
 
     Raises:
-        CheckpointError: no such file, not JSON, not a geoseg export, or a newer layout.
+        CheckpointError: no such file, not JSON, not a geoseg export, a newer layout, or
+            missing keys (named).
     """
     path = Path(export_dir) / EXPORT_FILE
     if not path.is_file():
         raise CheckpointError(f"{Path(export_dir)} is not an export directory (no {EXPORT_FILE}); "
                               "run `geoseg export --model RUN --out DIR` and pass DIR")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not readable JSON ({err}); re-run geoseg export") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+    raw = read_json_object(path)
+    if raw.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{path} is not a geoseg export (no '{EXPORT_FORMAT}' format marker); "
                               "re-run geoseg export")
-    if int(meta.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
-        raise CheckpointError(f"{path} has export format {meta['format_version']}, newer than this "
+    version = raw.get("format_version", 0)
+    if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
+        raise CheckpointError(f"{path} has export format {version}, newer than this "
                               f"geoseg reads ({EXPORT_FORMAT_VERSION}); upgrade geoseg or re-export")
-    missing = [k for k in ("bands", "stats", "classes", "scale", "cell", "halo", "multiple", "files")
-               if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it is incomplete: re-run geoseg export")
+    meta = ModelMeta.from_mapping(raw, str(path))
+    if not meta.files:
+        raise CheckpointError(f"{path} lacks files; it is incomplete: re-run geoseg export")
     return meta
 
 
-def export_file(export_dir: str | Path, meta: dict[str, Any], kind: str, graph: str) -> Path:
+def export_file(export_dir: str | Path, meta: ModelMeta, kind: str, graph: str) -> Path:
     """Path of one graph file of an export (``kind`` ``onnx`` or ``tensorrt``, ``graph`` pv/ff).
 
     Raises:
         CheckpointError: the export has no such file (e.g. engines never built).
     """
     root = Path(export_dir)
-    name = (meta.get("files") or {}).get(kind, {}).get(graph)
+    name = meta.files.get(kind, {}).get(graph)
     if not name or not (root / name).is_file():
         hint = ("build engines with `geoseg export --model " f"{root} --format tensorrt --out NEW_DIR` on a GPU"
                 if kind == "tensorrt" else "re-run `geoseg export --format onnx`")
@@ -326,7 +278,7 @@ def open_backend(
                               "checkpoint or an export directory from geoseg export")
     exported = is_export_dir(path)
     if backend == "torch" and exported:
-        src = read_export_meta(path).get("checkpoint") or "its run directory"
+        src = read_export_meta(path).checkpoint or "its run directory"
         raise ConfigError(f"{path} is an export directory; the torch backend reads the checkpoint it "
                           f"came from ({src}): pass that, or use --backend onnx")
     if backend != "torch" and not exported:

@@ -1,4 +1,4 @@
-"""The per-process backend cache: one open backend per (model, backend, device, version).
+"""The per-process backend cache: one open backend per model key and model version.
 
 Dask runs many tasks per worker process; each would otherwise load the model again.
 """
@@ -6,11 +6,21 @@ Dask runs many tasks per worker process; each would otherwise load the model aga
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from geoseg.io.stamps import input_stamp
 
-_BACKENDS: dict[tuple[str, str, str, int], Any] = {}
+
+class ModelKey(NamedTuple):
+    """Which backend a predict task needs: everything :func:`open_backend` is given."""
+
+    model: str
+    backend: str
+    device: str
+    ff_batch: int
+
+
+_BACKENDS: dict[tuple[ModelKey, int], Any] = {}
 _LOCK = threading.Lock()
 
 
@@ -20,15 +30,14 @@ def _model_mtime(model: str) -> int:
     return 0 if stamp is None else int(stamp["mtime_ns"])
 
 
-def get_backend(model: str, backend: str, device: str) -> Any:
-    """The backend for a model, opened once per process (per Dask worker) and per version."""
+def get_backend(key: ModelKey) -> Any:
+    """The backend for a key, opened once per process (per Dask worker) and per model version."""
     from geoseg.backends import open_backend
 
-    key = (model, backend, device, _model_mtime(model))
+    versioned = (key, _model_mtime(key.model))
     with _LOCK:
-        if key not in _BACKENDS:
-            stale = [k for k in _BACKENDS if k[:3] == key[:3]]
-            for k in stale:
-                del _BACKENDS[k]
-            _BACKENDS[key] = open_backend(model, backend, device)
-        return _BACKENDS[key]
+        if versioned not in _BACKENDS:
+            for old in [k for k in _BACKENDS if k[0] == key]:
+                del _BACKENDS[old]  # not closed: a task of this process may still hold it
+            _BACKENDS[versioned] = open_backend(key.model, key.backend, key.device, ff_batch=key.ff_batch)
+        return _BACKENDS[versioned]

@@ -159,7 +159,7 @@ class TensorRTBackend(Backend):
         self._pv_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "pv"), trt)
         self._ff_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "ff"), trt)
         self.ff_batch = min(self.ff_batch, self._ff_engine.max_shape[0])
-        names = meta.get("outputs") or {}
+        names = meta.outputs or {}
         self._pv_out = list(names.get("pv") or self._pv_engine.outputs)
         self._ff_out = list(names.get("ff") or self._ff_engine.outputs)
 

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from geoseg.backends.base import Backend, model_meta
+from geoseg.backends.base import Backend
 from geoseg.errors import ConfigError
+from geoseg.models.meta import ModelMeta
 
 
 def resolve_device(device: str) -> torch.device:
@@ -70,7 +71,7 @@ class TorchBackend(Backend):
 
     def _init(self, model: torch.nn.Module, ckpt_meta: dict[str, Any], dev: torch.device,
               ff_batch: int) -> None:
-        super().__init__(model_meta(model.cfg, ckpt_meta), Path(ckpt_meta.get("path", "")),
+        super().__init__(ModelMeta.from_checkpoint(model.cfg, ckpt_meta), Path(ckpt_meta.get("path", "")),
                          dev.type, ff_batch)
         self.model = model
         self._dev = dev

@@ -19,6 +19,12 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
                                  "e.g. 1,2,3 or 1,1,1") from None
 
 
+def _default(name: str) -> str:
+    from geoseg.predict.config import default
+
+    return f"  [default: {default(name)}]"
+
+
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", required=True, type=click.Path(path_type=Path),
@@ -26,27 +32,25 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .gpkg or .geojson (GeoJSON is written in EPSG:4326).")
 @click.option("--budget", type=float, help="Share of cells run at full resolution; 1.0 is dense.  "
-              "[default: the model's]")
+              "[default: the model's deadline or budget]")
 @click.option("--deadline-ms", type=float, help="Per scene: run as many FF cells as this allows.")
-@click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt"]), default="torch",
-              show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--block", type=int, default=2048, show_default=True, help="Block side in pixels.")
-@click.option("--halo", type=int, default=256, show_default=True,
-              help="Pixels around a block seen by the watershed (largest object / 2).")
-@click.option("--bands", callback=_bands, help="1-based bands to read, e.g. 1,1,1 for a single band.")
-@click.option("--simplify", type=float, default=0.5, show_default=True, help="Tolerance in metres.")
-@click.option("--min-area", type=float, default=4.0, show_default=True, help="Smallest polygon in m².")
-@click.option("--ff-batch", type=int, default=32, show_default=True, help="FF cells per model call.")
+@click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt"]), help=_default("backend"))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help=_default("device"))
+@click.option("--block", type=int, help="Block side in pixels." + _default("block"))
+@click.option("--watershed-halo", type=int, help="Pixels around a block seen by the watershed "
+              "(largest object / 2)." + _default("watershed_halo"))
+@click.option("--bands", "band_indexes", callback=_bands,
+              help="1-based bands to read, e.g. 1,1,1 for a single band.")
+@click.option("--simplify", type=float, help="Tolerance in metres." + _default("simplify"))
+@click.option("--min-area", type=float, help="Smallest polygon in m²." + _default("min_area"))
+@click.option("--ff-batch", type=int, help="FF cells per model call." + _default("ff_batch"))
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
 @scheduler_option
 @overwrite_option
 @progress_option
-def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, budget: float | None,
-                deadline_ms: float | None, backend: str, device: str, block: int, halo: int,
-                bands: tuple[int, ...] | None, simplify: float, min_area: float, ff_batch: int,
-                prob_out: Path | None, scheduler: str, overwrite: bool, progress: bool | None) -> None:
+def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, prob_out: Path | None, scheduler: str,
+                overwrite: bool, progress: bool | None, **options: object) -> None:
     """Find objects in SCENES and write them as polygons in the scene CRS.
 
     Routed inference: a cheap pass over every scene picks the cells worth a
@@ -62,10 +66,8 @@ def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, budget: float 
     from geoseg.config import load_config
     from geoseg.predict import PredictConfig, predict
 
-    cfg = load_config(PredictConfig, None, {
-        "budget": budget, "deadline_ms": deadline_ms, "backend": backend, "device": device,
-        "block": block, "halo": halo, "bands": bands, "simplify": simplify, "min_area": min_area,
-        "ff_batch": ff_batch, "prob_out": str(prob_out) if prob_out else None})
+    # options left out are None: PredictConfig's fields hold the defaults
+    cfg = load_config(PredictConfig, None, {**options, "prob_out": str(prob_out) if prob_out else None})
     summary = predict(scenes, model, out, cfg, scheduler=scheduler, overwrite=overwrite,
                       progress=progress)
     for line in summary.lines():

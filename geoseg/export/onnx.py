@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from geoseg import __version__
-from geoseg.backends.base import EXPORT_FILE, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, is_export_dir, model_meta
+from geoseg.backends.base import EXPORT_FILE, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, is_export_dir
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.export.report import ExportReport
 from geoseg.export.verify import (
@@ -26,6 +26,7 @@ from geoseg.export.verify import (
 )
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
+from geoseg.models.meta import ModelMeta
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +146,9 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
     if out.exists() and not overwrite:  # fail before loading anything
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     model, ckpt_meta = load_model(model_path, "cpu")
-    meta = model_meta(model.cfg, ckpt_meta)
+    meta = ModelMeta.from_checkpoint(model.cfg, ckpt_meta)
     graph_model = copy.deepcopy(model).half() if fp16 else model
-    b, m, t = meta["bands"], meta["pv_multiple"], meta["tile"]
+    b, m, t = meta.band_count, meta.pv_multiple, meta.tile
     gen = torch.Generator().manual_seed(0)
     with staging_dir(out, overwrite) as tmp:
         used = {
@@ -159,7 +160,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
                                 tmp / "ff.onnx", "ff", {0: "n"}, {"ff_logits": {0: "n"}}, opset, exporter),
         }
         info = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "geoseg_version": __version__,
-                **meta, "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}, "inputs": INPUTS,
+                **meta.to_json(), "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}, "inputs": INPUTS,
                 "outputs": OUTPUTS, "exporter": used, "opset": _onnx_opset(tmp / "pv.onnx"), "fp16": fp16,
                 "verification": {}}
         write_json(tmp / EXPORT_FILE, info, indent=2)

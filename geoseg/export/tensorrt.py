@@ -13,7 +13,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,6 +23,11 @@ from geoseg.export.report import ExportReport
 from geoseg.export.verify import _tolerance, _verify, random_inputs
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
+from geoseg.models.meta import ModelMeta
+from geoseg.predict.config import PredictConfig
+
+#: predict's defaults, which the TensorRT optimisation profiles are tuned for
+PREDICT_DEFAULTS = PredictConfig.model_fields
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,8 @@ class TrtProfiles:
 
     Attributes:
         pv_max_batch: most images per PV call (predict sends one block at a time).
-        pv_opt_side: side TensorRT tunes PV for (default: predict's default 2048 px block
-            plus its context ring, at 1/scale).
+        pv_opt_side: side TensorRT tunes PV for (default: predict's default block plus
+            its context ring, at 1/scale).
         pv_max_side: largest PV side.
         ff_opt_batch: FF batch TensorRT tunes for (predict's default ``ff_batch``).
         ff_max_batch: largest FF batch.
@@ -50,20 +54,21 @@ class TrtProfiles:
     pv_max_batch: int = 2
     pv_opt_side: int | None = None
     pv_max_side: int = 1024
-    ff_opt_batch: int = 32
+    ff_opt_batch: int = PREDICT_DEFAULTS["ff_batch"].default
     ff_max_batch: int = 128
 
-    def pv(self, meta: dict[str, Any]) -> tuple[Shape, Shape, Shape]:
+    def pv(self, meta: ModelMeta) -> tuple[Shape, Shape, Shape]:
         """(min, opt, max) shapes of the PV input ``small`` for a model's metadata."""
-        c, m = int(meta["bands"]), int(meta["pv_multiple"])
+        c, m = meta.band_count, meta.pv_multiple
         top = max(m, self.pv_max_side // m * m)
-        opt = self.pv_opt_side or math.ceil((2048 + 2 * int(meta["multiple"])) / int(meta["scale"]))
+        block = int(PREDICT_DEFAULTS["block"].default)
+        opt = self.pv_opt_side or math.ceil((block + 2 * meta.multiple) / meta.scale)
         opt = min(top, max(m, math.ceil(opt / m) * m))
         return (1, c, m, m), (1, c, opt, opt), (max(1, self.pv_max_batch), c, top, top)
 
-    def ff(self, meta: dict[str, Any]) -> tuple[Shape, Shape, Shape]:
+    def ff(self, meta: ModelMeta) -> tuple[Shape, Shape, Shape]:
         """(min, opt, max) shapes of the FF input ``tiles`` for a model's metadata."""
-        c, t = int(meta["bands"]), int(meta["tile"])
+        c, t = meta.band_count, meta.tile
         top = max(1, self.ff_max_batch)
         return (1, c, t, t), (min(top, max(1, self.ff_opt_batch)), c, t, t), (top, c, t, t)
 
@@ -158,16 +163,16 @@ def export_tensorrt(onnx_dir: str | Path, out_dir: str | Path, fp16: bool = True
     sources = {g: export_file(src, meta, "onnx", g) for g in ("pv", "ff")}
     prof = profiles or TrtProfiles()
     shapes = {"pv": prof.pv(meta), "ff": prof.ff(meta)}
-    tol = _tolerance(tolerance, fp16 or bool(meta.get("fp16")))
-    inputs = meta.get("inputs") or INPUTS
+    tol = _tolerance(tolerance, fp16 or meta.fp16)
+    inputs = meta.inputs or INPUTS
     with staging_dir(out, overwrite) as tmp:
         for g, path in sources.items():
             shutil.copy2(path, tmp / f"{g}.onnx")
         for g in ("pv", "ff"):
             log.info("building the TensorRT %s engine (minutes)", g)
             build_engine(tmp / f"{g}.onnx", tmp / f"{g}.engine", inputs[g], shapes[g], fp16=fp16,
-                         onnx_fp16=bool(meta.get("fp16")), workspace_gb=workspace_gb)
-        info = {**meta, "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"},
+                         onnx_fp16=meta.fp16, workspace_gb=workspace_gb)
+        info = {**meta.to_json(), "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"},
                                   "tensorrt": {"pv": "pv.engine", "ff": "ff.engine"}},
                 "tensorrt": {"version": str(trt.__version__), "fp16": fp16, "gpu": torch.cuda.get_device_name(),
                              "profiles": {g: dict(zip(("min", "opt", "max"), s, strict=True))
@@ -180,5 +185,5 @@ def export_tensorrt(onnx_dir: str | Path, out_dir: str | Path, fp16: bool = True
         info["verification"]["tensorrt"] = {"reference": "onnxruntime", "max_abs_diff": diffs, "tolerance": tol}
         write_json(tmp / EXPORT_FILE, info, indent=2)
     files = [out / n for n in ("pv.engine", "ff.engine", "pv.onnx", "ff.onnx", EXPORT_FILE)]
-    return ExportReport(out, "tensorrt", "onnxruntime", diffs, tol, files, {}, meta.get("opset"), fp16,
+    return ExportReport(out, "tensorrt", "onnxruntime", diffs, tol, files, {}, meta.opset, fp16,
                         time.perf_counter() - t0)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from geoseg.backends.base import Backend
 from geoseg.errors import ConfigError, GeoSegError
+from geoseg.models.meta import ModelMeta
 
 #: Largest max-abs difference accepted by default (FP32 graphs).
 DEFAULT_TOLERANCE = 1e-3
@@ -35,7 +35,7 @@ def _tolerance(tolerance: float | None, fp16: bool) -> float:
 
 
 
-def random_inputs(meta: dict[str, Any], pv_max: tuple[int, ...] | None = None,
+def random_inputs(meta: ModelMeta, pv_max: tuple[int, ...] | None = None,
                   ff_max: int | None = None) -> dict[str, list[np.ndarray]]:
     """Random normalised inputs for both graphs: two batch sizes, two PV image sizes.
 
@@ -48,7 +48,7 @@ def random_inputs(meta: dict[str, Any], pv_max: tuple[int, ...] | None = None,
         ``{"pv": [small, ...], "ff": [tiles, ...]}``, float32, seeded (the same every time).
     """
     rng = np.random.default_rng(0)
-    b, m, t = int(meta["bands"]), int(meta["pv_multiple"]), int(meta["tile"])
+    b, m, t = meta.band_count, meta.pv_multiple, meta.tile
     big_b, rows, cols, n = 2, 2 * m, 3 * m, 5
     if pv_max is not None:
         big_b = min(big_b, pv_max[0])

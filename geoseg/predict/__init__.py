@@ -7,6 +7,7 @@
 - :mod:`geoseg.predict.stage`: :func:`predict`, the stage on Dask.
 """
 
-from geoseg.predict.stage import PredictConfig, PredictSummary, predict
+from geoseg.predict.config import PredictConfig
+from geoseg.predict.stage import PredictSummary, predict
 
 __all__ = ["PredictConfig", "PredictSummary", "predict"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +27,57 @@ import numpy as np
 import rasterio
 import torch
 import torch.nn.functional as F
-from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
-from geoseg.backends.cache import get_backend
+from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
 from geoseg.io.atomic import atomic_path
+from geoseg.models.config import FIRST_CLASS
+from geoseg.models.postprocess import PostprocessConfig
 from geoseg.predict.plan import BlockPlan, read_window
+
+__all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
+
+
+@dataclass(frozen=True)
+class PvResult:
+    """What :func:`pv_block` returns for the scene-wide router."""
+
+    utility: np.ndarray
+    """(gh, gw) float32 predicted utility of the block's cells (-inf past the scene)."""
+    allowed: np.ndarray
+    """(gh, gw) bool: the cell holds valid pixels."""
+    cell0: tuple[int, int]
+    """Scene cell (row, col) of the block's first cell."""
+    model_s: float
+    """Seconds in the model (0 when resumed from the cache)."""
+
+
+@dataclass(frozen=True)
+class FfResult:
+    """What :func:`ff_block` returns for the summary."""
+
+    cells: int
+    """Cells of the block run by FF."""
+    model_s: float
+    """Seconds in the model (0 when resumed from the cache)."""
 
 
 # ----------------------------------------------------------------------------- phase 1
-def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
-             stats: BandStats) -> dict[str, Any]:
+def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStats) -> PvResult:
     """PV over one block read decimated; cache its logits; return utilities.
 
     Args:
         plan: the scene's block plan.
         bi: block row.
         bj: block column.
-        model: (model path, backend name, device) of the backend to use.
+        model: the backend to use.
         stats: band statistics for normalisation.
 
     Returns:
-        ``utility`` and ``allowed`` (cells of the block with valid pixels), the block's
-        cell offset ``cell0`` and ``model_s`` (seconds in the model).
+        The block's :class:`PvResult`.
     """
     out = plan.path("pv", bi, bj)
     core = plan.core(bi, bj)
@@ -58,22 +85,21 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
     cell0 = (int(core.row_off) // plan.cell, int(core.col_off) // plan.cell)
     if out.exists():
         with np.load(out) as z:
-            return {"utility": z["utility"], "allowed": z["allowed"], "cell0": cell0, "model_s": 0.0}
+            return PvResult(z["utility"], z["allowed"], cell0, 0.0)
     s, m = plan.scale, plan.multiple
     ctx = m  # context ring for PV's receptive field, aligned to the cell grid
-    r0, c0 = max(0, int(core.row_off) - ctx), max(0, int(core.col_off) - ctx)
-    r1 = min(plan.scene.height, int(core.row_off + core.height) + ctx)
-    c1 = min(plan.scene.width, int(core.col_off + core.width) + ctx)
-    h, w = (r1 - r0) // s * s, (c1 - c0) // s * s  # whole low-res pixels only
+    ring = plan.grown(bi, bj, ctx)
+    r0, c0 = int(ring.row_off), int(ring.col_off)
+    h, w = int(ring.height) // s * s, int(ring.width) // s * s  # whole low-res pixels only
     win = Window(c0, r0, w, h)
     with rasterio.open(plan.scene.path) as src:
-        small = src.read(plan.bands, window=win, out_shape=(len(plan.bands), h // s, w // s),
+        small = src.read(plan.band_indexes, window=win, out_shape=(len(plan.band_indexes), h // s, w // s),
                          resampling=Resampling.average).astype(np.float32)
         valid = src.dataset_mask(window=win, out_shape=(h // s, w // s)) > 0
     x = normalize(small, stats, valid=valid)
     ph, pw = -x.shape[1] % (m // s), -x.shape[2] % (m // s)
     x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
-    backend = get_backend(*model)
+    backend = get_backend(model)
     t0 = time.perf_counter()
     pv_logits, utility = backend.pv(x[None])
     model_s = time.perf_counter() - t0
@@ -95,16 +121,16 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: tuple[str, str, str],
                       constant_values=-np.inf)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         np.savez(f, logits=logits.astype(np.float16), utility=util, allowed=allowed)
-    return {"utility": util, "allowed": allowed, "cell0": cell0, "model_s": model_s}
+    return PvResult(util, np.asarray(allowed), cell0, model_s)
 
 
 # ----------------------------------------------------------------------------- phase 2
 def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
     """As :func:`geoseg.models.postprocess.probabilities`, quantised to uint8 (x 255), in torch."""
     probs = torch.empty_like(logits)
-    probs[:3] = torch.sigmoid(logits[:3])
-    if logits.shape[0] > 3:
-        probs[3:] = torch.softmax(logits[3:], dim=0)
+    probs[:FIRST_CLASS] = torch.sigmoid(logits[:FIRST_CLASS])
+    if logits.shape[0] > FIRST_CLASS:
+        probs[FIRST_CLASS:] = torch.softmax(logits[FIRST_CLASS:], dim=0)
     return probs.mul_(255).round_().to(torch.uint8).numpy()
 
 
@@ -128,8 +154,8 @@ def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     return out
 
 
-def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple[str, str, str],
-             stats: BandStats, ff_batch: int, *deps: Any) -> dict[str, Any]:
+def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: ModelKey,
+             stats: BandStats, *deps: Any) -> FfResult:
     """Fuse PV and FF on one block core; cache probabilities (uint8, C × h × w).
 
     Args:
@@ -137,39 +163,34 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple
         bi: block row.
         bj: block column.
         chosen: (K, 2) scene cell (row, col) chosen for FF that lie in this block.
-        model: (model path, backend name, device) of the backend to use.
+        model: the backend to use (its ``ff_batch`` tiles per model call).
         stats: band statistics for normalisation.
-        ff_batch: FF tiles per model call.
         deps: upstream tasks (the PV of the neighbours), for ordering only.
 
     Returns:
-        ``cells`` run by FF and ``model_s`` (seconds in the model).
+        The block's :class:`FfResult`.
     """
     out = plan.path("probs", bi, bj)
     if out.exists():
-        return {"cells": len(chosen), "model_s": 0.0}
+        return FfResult(len(chosen), 0.0)
     core = plan.core(bi, bj)
-    s, c, hl = plan.scale, plan.cell, plan.model_halo
+    s, c, hl = plan.scale, plan.cell, plan.tile_halo
     pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
     up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
     logits = up[:, s:s + int(core.height), s:s + int(core.width)].contiguous()
     model_s = 0.0
     if len(chosen):
-        backend = get_backend(*model)
-        tiles, valids = [], []
+        backend = get_backend(model)
+        tiles = []
         with rasterio.open(plan.scene.path) as src:
             for r, cc in chosen:
                 win = Window(cc * c - hl, r * c - hl, c + 2 * hl, c + 2 * hl)
                 img, valid = read_window(src, plan, win)
                 tiles.append(normalize(img, stats, valid=valid))
-                valids.append(valid)
         batch = np.stack(tiles).astype(np.float32)
-        outs = []
         t0 = time.perf_counter()
-        for k in range(0, len(batch), ff_batch):
-            outs.append(backend.ff(batch[k:k + ff_batch]))
+        ff = torch.from_numpy(backend.ff(batch))  # the backend runs it in chunks of its ff_batch
         model_s = time.perf_counter() - t0
-        ff = torch.from_numpy(np.concatenate(outs))
         for (r, cc), tile in zip(chosen, ff, strict=True):
             y0, x0 = r * c - int(core.row_off), cc * c - int(core.col_off)
             h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
@@ -177,16 +198,15 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: tuple
     probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         np.savez(f, probs=probs)  # uncompressed: zlib would cost more than the model at low budgets
-    return {"cells": len(chosen), "model_s": model_s}
+    return FfResult(len(chosen), model_s)
 
 
 # ----------------------------------------------------------------------------- phase 3
 def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window]:
-    """Probabilities (float32) of the block core plus ``halo``, from the neighbour caches."""
-    core = plan.core(bi, bj)
-    r0, c0 = max(0, int(core.row_off) - plan.halo), max(0, int(core.col_off) - plan.halo)
-    r1 = min(plan.scene.height, int(core.row_off + core.height) + plan.halo)
-    c1 = min(plan.scene.width, int(core.col_off + core.width) + plan.halo)
+    """Probabilities (float32) of the block core plus ``watershed_halo``, from the neighbour caches."""
+    win = plan.grown(bi, bj, plan.watershed_halo)
+    r0, c0 = int(win.row_off), int(win.col_off)
+    r1, c1 = r0 + int(win.height), c0 + int(win.width)
     region = None
     nbh, nbw = plan.blocks_shape
     for ni in range(max(0, bi - 1), min(nbh, bi + 2)):
@@ -204,10 +224,10 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
             region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = (
                 probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0].astype(np.float32) / 255.0)
     assert region is not None
-    return region, Window(c0, r0, c1 - c0, r1 - r0)
+    return region, win
 
 
-def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple[str, ...],
+def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, classes: tuple[str, ...],
                     simplify: float, min_area: float, *deps: Any) -> Path:
     """Watershed instances whose centroid lies in the block core, as polygons (cached GPKG).
 
@@ -215,7 +235,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple
         plan: the scene's block plan.
         bi: block row.
         bj: block column.
-        post: :class:`geoseg.models.postprocess.PostprocessConfig`.
+        post: the model's watershed thresholds.
         classes: class names.
         simplify: tolerance in metres.
         min_area: smallest polygon kept, in m².
@@ -253,7 +273,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: Any, classes: tuple
         score, cls = inst.score[keep], inst.class_index[keep]
     else:
         score = cls = np.zeros(0)
-    transform = plan.scene.affine @ Affine.translation(int(win.col_off), int(win.row_off))
+    transform = window_transform(win, plan.scene.affine)
     gdf = instances_to_frame(labels, transform, plan.scene.crs, score=score, class_index=cls,
                              class_names=classes, simplify=simplify,
                              extra={"scene": plan.scene.name})

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
+from rasterio.windows import Window, intersection
 
 from geoseg.io.rasters import SceneInfo
 
@@ -25,20 +25,20 @@ class BlockPlan:
     Attributes:
         scene: the scene.
         block: block side in full-resolution pixels (multiple of ``cell``).
-        halo: pixels around a block that the instance phase sees (< ``block``).
-        cell: router cell side; scale: PV decimation; model_halo: FF tile halo;
-        multiple: the model's input multiple; bands: 1-based band indexes to read.
+        watershed_halo: pixels around a block that the instance phase sees (< ``block``).
+        cell: router cell side; scale: PV decimation; tile_halo: FF tile margin per side;
+        multiple: the model's input multiple; band_indexes: 1-based bands to read.
         cache: the scene's cache directory.
     """
 
     scene: SceneInfo
     block: int
-    halo: int
+    watershed_halo: int
     cell: int
     scale: int
-    model_halo: int
+    tile_halo: int
     multiple: int
-    bands: tuple[int, ...]
+    band_indexes: tuple[int, ...]
     cache: Path
 
     @property
@@ -51,11 +51,24 @@ class BlockPlan:
         """Rows and columns of router cells in the scene."""
         return math.ceil(self.scene.height / self.cell), math.ceil(self.scene.width / self.cell)
 
+    @property
+    def extent(self) -> Window:
+        """The whole scene as a window."""
+        return Window(0, 0, self.scene.width, self.scene.height)
+
     def core(self, bi: int, bj: int) -> Window:
         """The full-resolution window of block (bi, bj), clipped to the scene."""
-        r0, c0 = bi * self.block, bj * self.block
-        return Window(c0, r0, min(self.block, self.scene.width - c0),
-                      min(self.block, self.scene.height - r0))
+        return self.clip(Window(bj * self.block, bi * self.block, self.block, self.block))
+
+    def grown(self, bi: int, bj: int, margin: int) -> Window:
+        """Block (bi, bj) grown by ``margin`` px on each side, clipped to the scene."""
+        core = self.core(bi, bj)
+        return self.clip(Window(core.col_off - margin, core.row_off - margin,
+                                core.width + 2 * margin, core.height + 2 * margin))
+
+    def clip(self, win: Window) -> Window:
+        """``win`` intersected with the scene (rasterio.windows.intersection)."""
+        return intersection(win, self.extent)
 
     def path(self, kind: str, bi: int, bj: int) -> Path:
         """Cache file of one phase of one block."""
@@ -64,15 +77,6 @@ class BlockPlan:
 
 
 # ----------------------------------------------------------------------------- reading
-def _clip(win: Window, scene: SceneInfo) -> tuple[Window, tuple[int, int, int, int]]:
-    """Clip a window to the scene; return it and the (top, bottom, left, right) cut."""
-    r0, c0 = int(win.row_off), int(win.col_off)
-    r1, c1 = r0 + int(win.height), c0 + int(win.width)
-    cr0, cc0 = max(r0, 0), max(c0, 0)
-    cr1, cc1 = min(r1, scene.height), min(c1, scene.width)
-    return Window(cc0, cr0, cc1 - cc0, cr1 - cr0), (cr0 - r0, r1 - cr1, cc0 - c0, c1 - cc1)
-
-
 def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution pixels and validity of a window that may pass the scene edge.
@@ -83,8 +87,11 @@ def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect
     Returns:
         ``(image (C, h, w) float32 raw values, valid (h, w) bool)``.
     """
-    inner, (t, b, left, right) = _clip(win, plan.scene)
-    data = src.read(plan.bands, window=inner).astype(np.float32)
+    inner = plan.clip(win)
+    t, left = int(inner.row_off - win.row_off), int(inner.col_off - win.col_off)
+    b = int(win.row_off + win.height - inner.row_off - inner.height)
+    right = int(win.col_off + win.width - inner.col_off - inner.width)
+    data = src.read(plan.band_indexes, window=inner).astype(np.float32)
     valid = src.dataset_mask(window=inner) > 0
     if t or b or left or right:
         mode = pad_mode if min(data.shape[1:]) > max(t, b, left, right) else "edge"

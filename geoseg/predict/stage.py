@@ -29,44 +29,25 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import rasterio
 from dask.delayed import delayed
-from pydantic import Field
 
 from geoseg.backends.cache import get_backend
-from geoseg.bands import BandStats
-from geoseg.config import Strict, validate
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
 from geoseg.io.stamps import digest, input_stamp
-from geoseg.models.postprocess import PostprocessConfig
+from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
-from geoseg.predict.phases import ff_block, instances_block, pv_block
+from geoseg.predict.config import PredictConfig
+from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan
 
 log = logging.getLogger(__name__)
-
-
-class PredictConfig(Strict):
-    """Parameters of `geoseg predict`."""
-
-    budget: float | None = Field(None, gt=0, le=1, description="share of cells run by FF "
-                                 "(None: the model's); 1.0 is dense sliding-window inference")
-    deadline_ms: float | None = Field(None, gt=0, description="per scene: the K it allows")
-    backend: Literal["torch", "onnx", "tensorrt"] = "torch"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    block: int = Field(2048, ge=16, description="block side in px (rounded to the model grid)")
-    halo: int = Field(256, ge=0, description="px around a block seen by the watershed")
-    bands: tuple[int, ...] | None = Field(None, description="1-based bands to read, e.g. 1,1,1")
-    simplify: float = Field(0.5, ge=0, description="topology-preserving, in metres")
-    min_area: float = Field(4.0, ge=0, description="smallest polygon kept, in m²")
-    ff_batch: int = Field(32, ge=1, description="FF cells per model call")
-    prob_out: str | None = Field(None, description="extent probabilities as a COG")
 
 
 @dataclass
@@ -82,6 +63,7 @@ class PredictSummary:
     model_seconds: float = 0.0
     seconds: float = 0.0
     resumed_blocks: int = 0
+    routing: str = ""
     prob_out: list[Path] = field(default_factory=list)
 
     def lines(self) -> list[str]:
@@ -89,36 +71,57 @@ class PredictSummary:
         share = self.ff_cells / max(self.cells, 1)
         return [
             f"scenes: {self.scenes}, blocks: {self.blocks} ({self.resumed_blocks} resumed)",
-            f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%})",
+            f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing})",
             f"polygons: {self.polygons} -> {self.out}",
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
         ] + [f"probabilities: {p}" for p in self.prob_out]
 
 
-def _meta_value(meta: dict[str, Any], key: str) -> Any:
-    if key not in meta:
-        raise ConfigError(f"the model's metadata lacks '{key}'; re-export or retrain it")
-    return meta[key]
-
-
-def _plan(scene: SceneInfo, meta: dict[str, Any], cfg: PredictConfig, cache: Path) -> BlockPlan:
-    bands = cfg.bands or tuple(range(1, scene.count + 1))
-    need = int(_meta_value(meta, "bands"))
-    if len(bands) != need:
+def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) -> BlockPlan:
+    band_indexes = cfg.band_indexes or tuple(range(1, scene.count + 1))
+    need = meta.band_count
+    if len(band_indexes) != need:
         raise InputRasterError(
             f"{scene.path} has {scene.count} bands but the model takes {need}; "
             f"map them with --bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
-    if any(b < 1 or b > scene.count for b in bands):
-        raise ConfigError(f"--bands {','.join(map(str, bands))} names a band that "
+    if any(b < 1 or b > scene.count for b in band_indexes):
+        raise ConfigError(f"--bands {','.join(map(str, band_indexes))} names a band that "
                           f"{scene.path} (bands 1..{scene.count}) does not have")
-    multiple = int(meta["multiple"])
-    block = math.ceil(cfg.block / multiple) * multiple
-    return BlockPlan(scene=scene, block=block, halo=min(cfg.halo, block), cell=int(meta["cell"]),
-                     scale=int(meta["scale"]), model_halo=int(meta["halo"]), multiple=multiple,
-                     bands=tuple(bands), cache=cache / scene.name)
+    block = math.ceil(cfg.block / meta.multiple) * meta.multiple
+    # the scene's cache folder is named by its resolved path, never by a name the user chose
+    return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),
+                     cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
+                     multiple=meta.multiple, band_indexes=tuple(band_indexes),
+                     cache=cache / f"scene-{digest(str(scene.path))[:16]}")
 
 
-def _choose(pv_results: list[dict[str, Any]], plan: BlockPlan, k_of: Any) -> np.ndarray:
+def _k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]:
+    """How many cells FF runs per scene: ``(k_of(valid cells), a line saying why)``.
+
+    Precedence: ``--deadline-ms``, then ``--budget``, then the model's own deadline, then
+    the model's budget.
+    """
+    from geoseg.models.router import k_for_budget, k_for_deadline
+
+    deadline = cfg.deadline_ms if cfg.deadline_ms is not None else (
+        meta.deadline_ms if cfg.budget is None else None)
+    if deadline is not None:
+        ms_per_cell = backend.ms_per_cell(cfg.ff_batch)
+        whose = "--deadline-ms" if cfg.deadline_ms is not None else "the model's deadline"
+        why = f"{whose} {deadline:g} ms at {ms_per_cell:.2f} ms per cell"
+
+        def by_deadline(n: int) -> int:
+            return k_for_deadline(float(deadline), ms_per_cell, n_cells=n)
+        return by_deadline, why
+    budget = cfg.budget if cfg.budget is not None else meta.budget
+    why = f"{'--budget' if cfg.budget is not None else 'the model' + chr(39) + 's budget'} {budget:g}"
+
+    def by_budget(n: int) -> int:
+        return k_for_budget(n, budget) if n else 0
+    return by_budget, why
+
+
+def _choose(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarray:
     """Scene-wide top-K cells from the per-block utilities; (K, 2) rows and cols."""
     import torch
 
@@ -128,10 +131,10 @@ def _choose(pv_results: list[dict[str, Any]], plan: BlockPlan, k_of: Any) -> np.
     util = np.full((gh, gw), -np.inf, dtype=np.float32)
     allowed = np.zeros((gh, gw), dtype=bool)
     for res in pv_results:
-        r, c = res["cell0"]
-        h, w = res["utility"].shape
-        util[r:r + h, c:c + w] = res["utility"]
-        allowed[r:r + h, c:c + w] = res["allowed"]
+        r, c = res.cell0
+        h, w = res.utility.shape
+        util[r:r + h, c:c + w] = res.utility
+        allowed[r:r + h, c:c + w] = res.allowed
     k = min(k_of(int(allowed.sum())), int(allowed.sum()))
     if k <= 0:
         return np.zeros((0, 2), dtype=np.int64)
@@ -213,15 +216,13 @@ def predict(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
-    model_path = Path(model).resolve()
-    device = cfg.device
-    backend = get_backend(str(model_path), cfg.backend, device)
+    model_key = ModelKey(str(Path(model).resolve()), cfg.backend, cfg.device, cfg.ff_batch)
+    backend = get_backend(model_key)
     meta = backend.meta
-    stats = BandStats.from_dict(_meta_value(meta, "stats"))
-    classes = tuple(_meta_value(meta, "classes"))
-    post = validate(PostprocessConfig, meta.get("postprocess") or {}, "model metadata")
-    budget = cfg.budget if cfg.budget is not None else float(meta.get("budget", 0.25))
+    stats = meta.band_stats
     cache = out.parent / f".{out.name}.geoseg-cache"
+    plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
+    k_of, routing = _k_rule(cfg, meta, backend)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
         old = cache / "stamp.json"
@@ -230,24 +231,10 @@ def predict(
             shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
     write_json(cache / "stamp.json", {"stamp": stamp})
-    plans = [_plan(s, meta, cfg, cache) for s in infos]
     for p in plans:
         p.cache.mkdir(exist_ok=True)
 
-    if cfg.deadline_ms is not None:
-        ms_per_cell = backend.ms_per_cell(cfg.ff_batch)
-        deadline = float(cfg.deadline_ms)
-
-        def k_of(n: int) -> int:
-            return int(deadline // ms_per_cell)
-    else:
-        from geoseg.models.router import k_for_budget
-
-        def k_of(n: int) -> int:
-            return k_for_budget(n, budget) if n else 0
-
-    model_key = (str(model_path), cfg.backend, device)
-    summary = PredictSummary(out=out, scenes=len(plans))
+    summary = PredictSummary(out=out, scenes=len(plans), routing=routing)
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
     for plan in plans:
@@ -262,22 +249,24 @@ def predict(
         for (i, j) in pv:
             nb = [pv[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in pv]
             cells = delayed(_cells_of_block, pure=False)(chosen, plan, i, j)
-            ff[(i, j)] = delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats,
-                                                            cfg.ff_batch, *nb)
+            ff[(i, j)] = delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats, *nb)
         for (i, j) in pv:
             nb = [ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff]
-            polys = delayed(instances_block, pure=False)(plan, i, j, post, classes,
-                                                              cfg.simplify, cfg.min_area, *nb)
+            polys = delayed(instances_block, pure=False)(plan, i, j, meta.postprocess, meta.classes,
+                                                         cfg.simplify, cfg.min_area, *nb)
             final.append((plan, i, j, polys))
         tasks += list(pv.values()) + [chosen] + list(ff.values())
     results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
                       progress=progress)
-    for r in results[:len(tasks)]:
-        if isinstance(r, dict):
-            summary.model_seconds += r.get("model_s", 0.0)
-            summary.ff_cells += r.get("cells", 0)
-        elif isinstance(r, np.ndarray):
-            pass
+    n_pv = 0
+    for plan in plans:
+        nbh, nbw = plan.blocks_shape
+        block_results = results[n_pv:n_pv + 2 * nbh * nbw + 1]
+        n_pv += len(block_results)
+        pvs: list[PvResult] = block_results[:nbh * nbw]
+        ffs: list[FfResult] = block_results[nbh * nbw + 1:]
+        summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
+        summary.ff_cells += sum(r.cells for r in ffs)
     for plan in plans:
         gh, gw = plan.cells_shape
         summary.cells += gh * gw

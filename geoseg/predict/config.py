@@ -1,0 +1,35 @@
+"""The parameters of `geoseg predict`: each default lives here, once.
+
+The CLI's options default to None and fall back to these fields; the TensorRT profiles
+of :mod:`geoseg.export.tensorrt` are tuned for the defaults read from here too.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from geoseg.config import Strict
+
+
+class PredictConfig(Strict):
+    """Parameters of `geoseg predict`."""
+
+    budget: float | None = Field(None, gt=0, le=1, description="share of cells run by FF "
+                                 "(None: the model's deadline or budget); 1.0 is dense sliding-window inference")
+    deadline_ms: float | None = Field(None, gt=0, description="per scene: the K it allows")
+    backend: Literal["torch", "onnx", "tensorrt"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    block: int = Field(2048, ge=16, description="block side in px (rounded to the model grid)")
+    watershed_halo: int = Field(256, ge=0, description="px around a block seen by the watershed")
+    band_indexes: tuple[int, ...] | None = Field(None, description="1-based bands to read, e.g. 1,1,1")
+    simplify: float = Field(0.5, ge=0, description="topology-preserving, in metres")
+    min_area: float = Field(4.0, ge=0, description="smallest polygon kept, in m²")
+    ff_batch: int = Field(32, ge=1, description="FF cells per model call")
+    prob_out: str | None = Field(None, description="extent probabilities as a COG")
+
+
+def default(name: str) -> object:
+    """The default of one field of :class:`PredictConfig` (for help texts)."""
+    return PredictConfig.model_fields[name].default
