@@ -75,8 +75,9 @@ def _frame(obj: gpd.GeoDataFrame | gpd.GeoSeries | str | Path | None, role: str)
 
 def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
     """Every ring (exterior and holes) of the polygonal parts of ``geoms``, as (n, 2) arrays."""
-    parts = shapely.get_parts(shapely.make_valid(geoms))
-    polys = shapely.get_parts(parts[shapely.get_type_id(parts) == shapely.GeometryType.POLYGON])
+    from geoseg.io.vectors import polygonal_parts
+
+    polys, _ = polygonal_parts(geoms)
     rings = shapely.get_rings(polys)
     if len(rings) == 0:
         return []

@@ -421,3 +421,12 @@ def test_stage_args_are_the_typed_model_of_their_kind(project: Path) -> None:
     assert (e.iou, e.clip, e.max_side) == (0.5, True, 1500)  # the section model's defaults
     with pytest.raises(ValidationError, match="extra"):
         TrainArgs(**dict(r), bogus=1)
+
+
+def test_run_from_choices_are_the_stage_kinds() -> None:
+    # the CLI keeps its own list so that `geoseg --help` stays fast; this keeps them one list
+    from geoseg.cli.run import run_cmd
+    from geoseg.pipeline.model import STAGES
+
+    (opt,) = [p for p in run_cmd.params if p.name == "from_stage"]
+    assert tuple(opt.type.choices) == STAGES  # type: ignore[attr-defined]
