@@ -124,7 +124,7 @@ def test_resume_after_interruption_gives_the_same_file(scene, tiny_run: Path, tm
     assert any(cache.rglob("polys_*.gpkg"))
     monkeypatch.setattr(predict_mod, "instances_block", real)
     summary = predict([path], tiny_run, out, cfg(), scheduler="sync")
-    assert summary.resumed_blocks > 0
+    assert summary.resumed["instances"] > 0 and summary.resumed["PV"] == 12
     again = gpd.read_file(out)
     assert len(again) == len(ref)
     assert evaluate_frames(again, ref, iou=0.99)["f1"] == 1.0
@@ -186,4 +186,4 @@ def test_a_checkpoint_rewritten_in_its_run_dir_invalidates_the_block_cache(scene
         os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
     assert run_dir.stat().st_mtime_ns == folder_mtime
     summary = predict([path], run_dir, out, cfg(), scheduler="sync")
-    assert summary.resumed_blocks == 0
+    assert summary.resumed == {"PV": 0, "FF": 0, "instances": 0}

@@ -34,9 +34,10 @@ from rasterio.windows import transform as window_transform
 from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
 from geoseg.io.atomic import atomic_path
+from geoseg.io.rasters import valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
-from geoseg.predict.plan import BlockPlan, read_window
+from geoseg.predict.plan import BlockPlan, read_errors, read_window
 
 __all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
 
@@ -92,10 +93,11 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
     r0, c0 = int(ring.row_off), int(ring.col_off)
     h, w = int(ring.height) // s * s, int(ring.width) // s * s  # whole low-res pixels only
     win = Window(c0, r0, w, h)
-    with rasterio.open(plan.scene.path) as src:
+    with rasterio.open(plan.scene.path) as src, read_errors(plan, win):
         small = src.read(plan.band_indexes, window=win, out_shape=(len(plan.band_indexes), h // s, w // s),
                          resampling=Resampling.average).astype(np.float32)
-        valid = src.dataset_mask(window=win, out_shape=(h // s, w // s)) > 0
+        # a low-res pixel averaged over a NaN is NaN: invalid, as at full resolution
+        valid = valid_mask(small, src.dataset_mask(window=win, out_shape=(h // s, w // s)))
     x = normalize(small, stats, valid=valid)
     ph, pw = -x.shape[1] % (m // s), -x.shape[2] % (m // s)
     x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
@@ -251,8 +253,11 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
     if out.exists():
         return out
     probs, win = _probs_region(plan, bi, bj)
-    with rasterio.open(plan.scene.path) as src:
-        valid = src.dataset_mask(window=win) > 0
+    with rasterio.open(plan.scene.path) as src, read_errors(plan, win):
+        mask = src.dataset_mask(window=win)
+        # NaN/inf pixels are invalid too: float scenes need their values (one read per window)
+        floating = np.issubdtype(np.dtype(plan.scene.dtype), np.floating)
+        valid = valid_mask(src.read(plan.band_indexes, window=win), mask) if floating else mask > 0
     inst = instances_from_probs(probs, post, valid)
     labels = inst.labels
     n = len(inst)

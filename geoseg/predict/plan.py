@@ -8,14 +8,18 @@ its result in the plan's per-scene cache directory.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rasterio.errors import RasterioError
 from rasterio.windows import Window, intersection
 
-from geoseg.io.rasters import SceneInfo
+from geoseg.errors import InputRasterError
+from geoseg.io.rasters import SceneInfo, valid_mask
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,19 @@ class BlockPlan:
 
 
 # ----------------------------------------------------------------------------- reading
+@contextmanager
+def read_errors(plan: BlockPlan, win: Window) -> Iterator[None]:
+    """Turn a failed read (a truncated or damaged file) into one error naming file and window."""
+    try:
+        yield
+    except RasterioError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputRasterError(
+            f"{plan.scene.path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
+            f"{int(win.width)}x{int(win.height)} ({first[:120]}); the file is damaged or truncated: "
+            "re-create or re-download it (gdalinfo -checksum finds the bad part)") from None
+
+
 def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Full-resolution pixels and validity of a window that may pass the scene edge.
@@ -91,8 +108,10 @@ def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect
     t, left = int(inner.row_off - win.row_off), int(inner.col_off - win.col_off)
     b = int(win.row_off + win.height - inner.row_off - inner.height)
     right = int(win.col_off + win.width - inner.col_off - inner.width)
-    data = src.read(plan.band_indexes, window=inner).astype(np.float32)
-    valid = src.dataset_mask(window=inner) > 0
+    with read_errors(plan, inner):
+        raw = src.read(plan.band_indexes, window=inner)
+        valid = valid_mask(raw, src.dataset_mask(window=inner))
+    data = raw.astype(np.float32)
     if t or b or left or right:
         mode = pad_mode if min(data.shape[1:]) > max(t, b, left, right) else "edge"
         data = np.pad(data, ((0, 0), (t, b), (left, right)), mode=mode)  # type: ignore[call-overload]

@@ -49,6 +49,9 @@ from geoseg.predict.plan import BlockPlan
 
 log = logging.getLogger(__name__)
 
+#: cache file kind of :meth:`BlockPlan.path` -> the phase it resumes
+PHASES = {"pv": "PV", "probs": "FF", "polys": "instances"}
+
 
 @dataclass
 class PredictSummary:
@@ -62,7 +65,8 @@ class PredictSummary:
     polygons: int = 0
     model_seconds: float = 0.0
     seconds: float = 0.0
-    resumed_blocks: int = 0
+    resumed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES.values(), 0))
+    """Blocks per phase whose result came from the cache of a killed run."""
     routing: str = ""
     prob_out: list[Path] = field(default_factory=list)
 
@@ -70,7 +74,8 @@ class PredictSummary:
         """Human-readable summary lines."""
         share = self.ff_cells / max(self.cells, 1)
         return [
-            f"scenes: {self.scenes}, blocks: {self.blocks} ({self.resumed_blocks} resumed)",
+            f"scenes: {self.scenes}, blocks: {self.blocks} "
+            f"(resumed: {', '.join(f'{k} {v}' for k, v in self.resumed.items())})",
             f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing})",
             f"polygons: {self.polygons} -> {self.out}",
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
@@ -93,6 +98,21 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
                      cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
                      cache=cache / f"scene-{digest(str(scene.path))[:16]}")
+
+
+def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
+    """Warn when scenes are of another data type than the training chips (uint8 vs uint16...)."""
+    trained = str(meta.stats.get("dtype") or "")
+    if not trained:
+        return
+    for s in scenes:
+        if s.dtype != trained:
+            st = meta.band_stats
+            log.warning("%s is %s but the model was trained on %s chips; its values are normalised "
+                        "with the training statistics (mean %s, std %s): rescale the scene to the "
+                        "training range (gdal_translate -scale -ot %s) if results look wrong",
+                        s.path, s.dtype, trained, [round(v, 1) for v in st.mean],
+                        [round(v, 1) for v in st.std], trained)
 
 
 def _k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]:
@@ -223,6 +243,7 @@ def predict(
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     k_of, routing = _k_rule(cfg, meta, backend)
+    _warn_dtypes(infos, meta)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
         old = cache / "stamp.json"
@@ -240,8 +261,8 @@ def predict(
     for plan in plans:
         nbh, nbw = plan.blocks_shape
         summary.blocks += nbh * nbw
-        summary.resumed_blocks += sum(plan.path("polys", i, j).exists()
-                                      for i in range(nbh) for j in range(nbw))
+        for kind, phase in PHASES.items():
+            summary.resumed[phase] += sum(plan.path(kind, i, j).exists() for i in range(nbh) for j in range(nbw))
         pv = {(i, j): delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
               for i in range(nbh) for j in range(nbw)}
         chosen = delayed(_choose, pure=False)(list(pv.values()), plan, k_of)

@@ -1,0 +1,124 @@
+"""`geoseg predict` on bad or unusual scenes: no silent wrong result, one clear error for the rest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, write_raster
+from rasterio.transform import from_origin
+
+from geoseg.cli.main import cli
+from geoseg.predict import PredictConfig, predict
+
+SHAPE = (64, 96)
+BOXES = grid_boxes(SHAPE, step=20, seed=3)
+
+
+def cfg(**kw: object) -> PredictConfig:
+    return PredictConfig(**{"block": 32, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0,
+                            "budget": 1.0, **kw})
+
+
+def one_error_line(res: object, *names: str) -> str:
+    out = res.output  # type: ignore[attr-defined]
+    assert res.exit_code != 0, out  # type: ignore[attr-defined]
+    assert "Traceback" not in out and "unexpected" not in out, out
+    lines = [ln for ln in out.splitlines() if ln.startswith("geoseg: error:")]
+    assert len(lines) == 1, out
+    for n in names:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_scene_names_never_reach_the_cache_paths(tiny_run: Path, tmp_path: Path) -> None:
+    # a scene called '...tif' once wrote its cache beside the output and the next scene
+    # reused it; 'stamp.json.tif' could collide with the cache's own stamp
+    for d in ("in", "in2"):
+        (tmp_path / d).mkdir()
+    a = bright_boxes_scene(tmp_path / "in" / "...tif", SHAPE, BOXES, seed=1)
+    b = bright_boxes_scene(tmp_path / "in2" / "stamp.json.tif", SHAPE, BOXES[:3], seed=2)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    ga = predict([a], tiny_run, out_dir / "a.gpkg", cfg(), progress=False)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.gpkg"]  # nothing left beside it
+    predict([b], tiny_run, out_dir / "b.gpkg", cfg(), progress=False)
+    got_a, got_b = gpd.read_file(out_dir / "a.gpkg"), gpd.read_file(out_dir / "b.gpkg")
+    assert ga.polygons == len(got_a) and len(got_a) > len(got_b) > 0
+    assert set(got_b["scene"]) == {"stamp.json"}
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.gpkg", "b.gpkg"]
+
+
+def test_nan_pixels_are_invalid_in_predict(tiny_run: Path, tmp_path: Path) -> None:
+    path = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES, seed=4)
+    with rasterio.open(path) as src:
+        data, transform, crs = src.read().astype(np.float32), src.transform, src.crs
+    data[:, :, 48:] = np.nan  # right half: no data, and no nodata value declared
+    nan_scene = write_raster(tmp_path / "nan.tif", data, crs.to_string(), transform)
+    predict([nan_scene], tiny_run, tmp_path / "p.gpkg", cfg(), progress=False)
+    gdf = gpd.read_file(tmp_path / "p.gpkg")
+    assert len(gdf) > 0 and np.isfinite(gdf["score"]).all()
+    x_nan = transform * (48, 0)
+    right = shapely.box(x_nan[0] + 0.5, -1e9, 1e9, 1e9)  # half a pixel inside the NaN half
+    assert not gdf.intersects(right).any()
+
+
+def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "t.tif"
+    img = np.random.default_rng(0).integers(0, 255, (3, 256, 256)).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
+                       crs="EPSG:32636", transform=from_origin(450000, 40000, 0.5, 0.5),
+                       tiled=True, blockxsize=64, blockysize=64) as dst:
+        dst.write(img)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size * 2 // 3)  # header and the first tiles intact, the rest gone
+    out = tmp_path / "o.gpkg"
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out", str(out),
+                                   "--block", "64", "--scheduler", "sync"])
+    line = one_error_line(res, str(path))
+    assert "cannot read" in line or "damaged" in line or "truncated" in line, line
+    assert not out.exists()
+
+
+def test_band_mismatch_leaves_nothing(tiny_run: Path, tmp_path: Path) -> None:
+    path = bright_boxes_scene(tmp_path / "s4.tif", SHAPE, BOXES, bands=4)
+    out = tmp_path / "o.gpkg"
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out", str(out)])
+    one_error_line(res, str(path), "--bands")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s4.tif"]  # no cache, no output
+
+
+def test_other_dtype_than_training_warns(tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = bright_boxes_scene(tmp_path / "u16.tif", SHAPE, BOXES, dtype="uint16")
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+        predict([path], tiny_run, tmp_path / "o.gpkg", cfg(), progress=False)
+    assert any("uint16" in r.message and "uint8" in r.message and "u16.tif" in r.message
+               for r in caplog.records), caplog.text
+
+
+def test_cache_of_another_scene_is_not_reused(tiny_run: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # same output name, same scene file name, other pixels: the stamp differs, nothing is reused
+    out = tmp_path / "o.gpkg"
+    scene = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES, seed=1)
+    import geoseg.predict.stage as stage
+
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt("killed after PV")
+
+    monkeypatch.setattr(stage, "ff_block", killed)
+    with pytest.raises(KeyboardInterrupt):  # a cache is left
+        predict([scene], tiny_run, out, cfg(), scheduler="sync", progress=False)
+    monkeypatch.undo()
+    assert any(tmp_path.glob(".o.gpkg.geoseg-cache/*/pv_*.npz"))
+    bright_boxes_scene(scene, SHAPE, BOXES[:2], seed=1)  # the scene is replaced at the same path
+    s = predict([scene], tiny_run, out, cfg(), progress=False)
+    assert s.resumed == {"PV": 0, "FF": 0, "instances": 0}
+    assert len(gpd.read_file(out)) < len(BOXES)
