@@ -242,3 +242,23 @@ def test_tensorrt_engines_match_onnxruntime(onnx_export: tuple[Path, str], tmp_p
         np.testing.assert_allclose(trt.ff(tiles), ort.ff(tiles), atol=1e-3, rtol=0)
     rep16 = export_tensorrt(onnx_export[0], tmp_path / "trt16", fp16=True)
     assert all(d <= 5e-2 for d in rep16.max_abs_diff.values())
+
+
+@pytest.mark.slow
+def test_export_writes_nothing_outside_out(trained_run: Path, tmp_path: Path) -> None:
+    # onnxruntime's telemetry once wrote a device id under ~/.cache and a file in TMPDIR
+    import os
+    import subprocess
+    import sys
+
+    home, tmp, cwd = tmp_path / "home", tmp_path / "tmp", tmp_path / "cwd"
+    for d in (home, tmp, cwd):
+        d.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), TMPDIR=str(tmp))
+    geoseg_cmd = Path(sys.executable).parent / "geoseg"
+    res = subprocess.run([str(geoseg_cmd), "export", "--model", str(trained_run), "--out", str(tmp_path / "x")],
+                         env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and p.relative_to(tmp_path).parts[0] != "x"]
+    assert outside == []

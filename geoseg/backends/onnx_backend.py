@@ -11,6 +11,7 @@ threads, by default the cores this process may use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,13 @@ CUDA = "CUDAExecutionProvider"
 
 
 def import_onnxruntime() -> Any:
-    """Import onnxruntime or raise :class:`DependencyError` with the pip command."""
+    """Import onnxruntime or raise :class:`DependencyError` with the pip command.
+
+    Its telemetry is turned off (``ORT_DISABLE_TELEMETRY=1`` unless the user set it): it
+    would write a device id under the user's cache folder and a session file in TMPDIR,
+    and geoseg writes nothing outside the outputs it is asked for.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     try:
         import onnxruntime
     except ImportError:
