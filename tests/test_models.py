@@ -223,24 +223,40 @@ def test_other_architectures_build(arch: str) -> None:
 
 
 # ----------------------------------------------------------------- the routed model
-def test_budget_one_is_ff_everywhere() -> None:
+def test_budget_one_is_the_plain_dense_network() -> None:
     model = tiny_model().eval()
-    with torch.no_grad():  # a non-trivial Enhance, so FF must see the enhanced tiles
+    with torch.no_grad():  # a non-trivial Enhance, so FF must see the enhanced input
         model.enhancer.amount.fill_(0.5)
         model.enhancer.bias.fill_(0.1)
         x = torch.randn(2, 3, 80, 96)
         out = model(x, budget=1.0)
         cells = all_cells(2, 3, 3)
         assert torch.equal(out.cells, cells)
-        dense = model.fuse(out.pv_logits, cells, model.forward_ff(model.pad(x), cells), (80, 96))
+        dense = model.fuse(out.pv_logits, cells, model.forward_ff_regions(model.pad(x), cells), (80, 96))
         torch.testing.assert_close(out.logits, dense, rtol=0, atol=0)
-        # independent reference: Enhance + FF on each reflect-padded window, one at a time
+        # independent reference: Enhance + FF on the whole reflect-padded image, one halo
         xp = F.pad(model.pad(x), (16, 16, 16, 16), mode="reflect")
-        ref = torch.zeros(2, 3, 96, 96)
-        for b, r, c in cells.tolist():
-            tile = model.enhance(xp[b : b + 1, :, r * 32 : r * 32 + 64, c * 32 : c * 32 + 64])
-            ref[b, :, r * 32 : r * 32 + 32, c * 32 : c * 32 + 32] = model.ff(tile)[0, :, 16:48, 16:48]
+        ref = model.ff(model.enhance(xp))[..., 16:-16, 16:-16]
         torch.testing.assert_close(out.logits, ref[..., :80, :96], rtol=1e-4, atol=1e-4)
+        # the cell path (training) is FF on each cell's own window
+        per_cell = model.forward_ff(model.pad(x), cells)
+        b, r, c = cells[4].tolist()
+        tile = model.enhance(xp[b : b + 1, :, r * 32 : r * 32 + 64, c * 32 : c * 32 + 64])
+        torch.testing.assert_close(per_cell[4], model.ff(tile)[0, :, 16:48, 16:48], rtol=1e-4, atol=1e-4)
+
+
+def test_routed_regions_write_only_chosen_cells() -> None:
+    model = tiny_model().eval()
+    with torch.no_grad():
+        x = torch.randn(1, 3, 96, 128)
+        xp = model.pad(x)
+        cells = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 2, 3]])
+        got = model.forward_ff_regions(xp, cells)
+        assert got.shape == (4, 3, 32, 32)
+        # cell (2, 3) is alone: its region is the cell itself, as on the cell path
+        torch.testing.assert_close(got[3], model.forward_ff(xp, cells[3:])[0], rtol=1e-5, atol=1e-5)
+        out = model(x, budget=0.25)
+        assert len(out.cells) == 3 and out.ff_logits.shape == (3, 3, 32, 32)
 
 
 def test_eval_picks_top_k_and_never_padding_cells() -> None:

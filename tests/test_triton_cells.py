@@ -12,7 +12,8 @@ import torch
 SCRIPT = r"""
 import torch
 from geoseg.models.cells import pack_cells, paste_cells
-from geoseg.models.triton_cells import pack_cells_triton, paste_cells_triton
+from geoseg.models.regions import pack_regions
+from geoseg.models.triton_cells import pack_cells_triton, pack_regions_triton, paste_cells_triton
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 g = torch.Generator().manual_seed(0)
 for (b, c, h, w, cell, halo) in [(2, 3, 80, 96, 32, 16), (1, 4, 64, 64, 16, 0), (3, 1, 40, 72, 16, 4)]:
@@ -28,6 +29,10 @@ for (b, c, h, w, cell, halo) in [(2, 3, 80, 96, 32, 16), (1, 4, 64, 64, 16, 0), 
     maps = torch.randn(b, c, h, w, generator=g).to(dev)
     assert torch.equal(paste_cells(maps, cells, tiles, cell, halo),
                        paste_cells_triton(maps, cells, tiles, cell, halo)), "paste differs"
+    for rows, cols in [(1, 2), (2, 3)]:  # regions of cells, one halo each
+        boxes = torch.tensor([[0, 0, 0], [b - 1, gh - rows, gw - cols]]).to(dev)
+        assert torch.equal(pack_regions(x, boxes, rows, cols, cell, halo),
+                           pack_regions_triton(x, boxes, rows, cols, cell, halo)), "regions differ"
     empty = cells[:0]
     assert pack_cells_triton(x, empty, cell, halo).shape[0] == 0
     assert torch.equal(paste_cells_triton(maps, empty, tiles[:0], cell, halo), maps)

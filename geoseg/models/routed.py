@@ -39,6 +39,7 @@ from torch import nn
 from geoseg.models.cells import crop_centre, grid_shape, pack_cells, pad_mode, paste_cells
 from geoseg.models.config import ModelConfig
 from geoseg.models.enhance import Enhance
+from geoseg.models.regions import pack_regions, run_regions
 from geoseg.models.router import (
     k_for_budget,
     k_for_deadline,
@@ -47,7 +48,12 @@ from geoseg.models.router import (
     topk_mask,
 )
 from geoseg.models.streams import build_stream
-from geoseg.models.triton_cells import pack_cells_triton, paste_cells_triton, use_triton
+from geoseg.models.triton_cells import (
+    pack_cells_triton,
+    pack_regions_triton,
+    paste_cells_triton,
+    use_triton,
+)
 
 
 @dataclass
@@ -195,11 +201,11 @@ class RoutedModel(nn.Module):
         return self.pv_graph(self.downsample(x))
 
     def ff_graph(self, tiles: torch.Tensor) -> torch.Tensor:
-        """Enhance + FF on raw tiles that carry their halo; returns the centre crops.
+        """Enhance + FF on raw tiles (cells or regions) that carry their halo; the centre crops.
 
         Shape:
-            - tiles: (N, C_in, cell + 2 * halo, cell + 2 * halo)
-            - output: (N, C, cell, cell)
+            - tiles: (N, C_in, rows * cell + 2 * halo, cols * cell + 2 * halo)
+            - output: (N, C, rows * cell, cols * cell)
         """
         c = self.cfg
         if tiles.shape[0] == 0:
@@ -223,6 +229,15 @@ class RoutedModel(nn.Module):
         """
         pack = pack_cells_triton if use_triton(x) else pack_cells  # same numbers
         return self.ff_graph(pack(x, cells, self.cfg.cell, self.cfg.halo))
+
+    def forward_ff_regions(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
+        """As :meth:`forward_ff`, but FF runs on regions of neighbouring cells, one halo each.
+
+        Inference path (see :mod:`geoseg.models.regions`): when every cell is chosen this is
+        the plain dense FF network over windows of up to 8x8 cells.
+        """
+        pack = pack_regions_triton if use_triton(x) else pack_regions  # same numbers
+        return run_regions(self.ff_graph, x, cells, self.cfg.cell, self.cfg.halo, pack=pack)
 
     def fuse(
         self,
@@ -283,8 +298,9 @@ class RoutedModel(nn.Module):
         """The whole routed model on a batch.
 
         In training FF runs on the top-K cells by (detached) utility plus
-        ``train_random_cells`` x cells random others per image; in eval on the top-K only.
-        ``budget=1.0`` runs FF on every cell: the dense baseline through the same path.
+        ``train_random_cells`` x cells random others per image, each cell with its halo; in
+        eval on the top-K only, merged into regions (:meth:`forward_ff_regions`).
+        ``budget=1.0`` in eval is the plain dense FF network over windows of 8x8 cells.
 
         Args:
             x: normalised images, any H, W (padded internally, see the module docstring).
@@ -312,7 +328,7 @@ class RoutedModel(nn.Module):
             n_extra = round(c.train_random_cells * ih * iw)
             mask = random_extra_mask(mask, n_extra, allowed)
         cells = mask_to_cells(mask)
-        ff_logits = self.forward_ff(xp, cells)
+        ff_logits = self.forward_ff(xp, cells) if self.training else self.forward_ff_regions(xp, cells)
         logits = self.fuse(pv_logits, cells, ff_logits, (h, w))
         return RoutedOutput(logits, pv_logits, utility, cells, ff_logits)
 

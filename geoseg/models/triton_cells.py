@@ -1,9 +1,10 @@
-"""Triton kernels for the cell gather (pack) and scatter (paste) of the routed model.
+"""Triton kernels for the cell/region gather (pack) and scatter (paste) of the routed model.
 
 Same semantics and numbers as :func:`geoseg.models.cells.pack_cells` and
 :func:`geoseg.models.cells.paste_cells` (the torch reference, used for training and on
-CPU), for inference on a CUDA GPU: one kernel launch gathers every chosen cell with its
-halo into the FF batch, one writes the FF centre crops back over the PV maps, with no
+CPU), for inference on a CUDA GPU: one kernel launch gathers every chosen cell, or every
+same-shaped region of cells (:func:`geoseg.models.regions.pack_regions`), with its halo
+into the FF batch, one writes the FF centre crops back over the PV maps, with no
 intermediate strided views or index tensors. Padding (reflect, or zeros where reflect is
 impossible) is done by torch first, exactly as in the reference.
 
@@ -41,7 +42,7 @@ def _kernels() -> tuple[Any, Any]:
     import triton.language as tl
 
     @triton.jit
-    def gather(src, cells, out, C, Hp, Wp, CELL: tl.constexpr, T: tl.constexpr,
+    def gather(src, cells, out, C, Hp, Wp, CELL: tl.constexpr, TH: tl.constexpr, TW: tl.constexpr,
                BLOCK: tl.constexpr):
         nc = tl.program_id(0)
         n = nc // C
@@ -50,11 +51,11 @@ def _kernels() -> tuple[Any, Any]:
         r = tl.load(cells + n * 3 + 1)
         c = tl.load(cells + n * 3 + 2)
         k = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        m = k < T * T
-        i = k // T
-        j = k % T
+        m = k < TH * TW
+        i = k // TW
+        j = k % TW
         s = ((b * C + ch) * Hp + r * CELL + i) * Wp + c * CELL + j
-        tl.store(out + nc * T * T + k, tl.load(src + s, mask=m), mask=m)
+        tl.store(out + nc * TH * TW + k, tl.load(src + s, mask=m), mask=m)
 
     @triton.jit
     def scatter(tiles, cells, out, C, Hg, Wg, CELL: tl.constexpr, T: tl.constexpr,
@@ -84,19 +85,32 @@ def pack_cells_triton(x: torch.Tensor, cells: torch.Tensor, cell: int, halo: int
         - cells: (N, 3) int64
         - output: (N, C, cell + 2 * halo, cell + 2 * halo)
     """
+    _check(x, cells, cell, halo)
+    return pack_regions_triton(x, cells, 1, 1, cell, halo)
+
+
+def pack_regions_triton(x: torch.Tensor, boxes: torch.Tensor, rows: int, cols: int, cell: int,
+                        halo: int) -> torch.Tensor:
+    """:func:`~geoseg.models.regions.pack_regions` (same-shaped regions of cells) as one launch.
+
+    Shape:
+        - x: (B, C, H, W)
+        - boxes: (N, 3) int64 (batch, first cell row, first cell col)
+        - output: (N, C, rows * cell + 2 * halo, cols * cell + 2 * halo)
+    """
     import triton
 
-    _check(x, cells, cell, halo)
+    _check(x, boxes, cell, halo)
     ch = x.shape[1]
-    side = cell + 2 * halo
+    th, tw = rows * cell + 2 * halo, cols * cell + 2 * halo
     x = pad_for_cells(x, cell, halo).contiguous()
-    n = cells.shape[0]
-    out = torch.empty((n, ch, side, side), dtype=x.dtype, device=x.device)
+    n = boxes.shape[0]
+    out = torch.empty((n, ch, th, tw), dtype=x.dtype, device=x.device)
     if n:
         gather, _ = _kernels()
-        grid = (n * ch, triton.cdiv(side * side, BLOCK))
-        gather[grid](x, cells.contiguous(), out, ch, x.shape[2], x.shape[3],
-                     CELL=cell, T=side, BLOCK=BLOCK)
+        grid = (n * ch, triton.cdiv(th * tw, BLOCK))
+        gather[grid](x, boxes.contiguous(), out, ch, x.shape[2], x.shape[3],
+                     CELL=cell, TH=th, TW=tw, BLOCK=BLOCK)
     return out
 
 

@@ -1,0 +1,72 @@
+"""Chosen cells merged into FF regions: cover, ownership, buckets, gather."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from geoseg.models.cells import pack_cells
+from geoseg.models.regions import BUCKETS, cost, cover, group_by_shape, pack_regions, region_cells
+
+
+def _check_cover(mask: np.ndarray, regions: list) -> None:
+    written = np.zeros(mask.shape, dtype=int)
+    for reg in regions:
+        h, w = reg.shape
+        assert 0 <= reg.row and reg.row + h <= mask.shape[0] and 0 <= reg.col and reg.col + w <= mask.shape[1]
+        written[reg.row:reg.row + h, reg.col:reg.col + w] += reg.paste
+    assert np.array_equal(written, mask.astype(int)), "each chosen cell written exactly once, no other"
+
+
+@pytest.mark.parametrize("share", [0.02, 0.1, 0.3, 0.7, 1.0])
+def test_every_chosen_cell_is_written_once(share: float) -> None:
+    rng = np.random.default_rng(int(share * 100))
+    mask = rng.random((21, 19)) < share
+    regions = cover(mask, 64, 16)
+    _check_cover(mask, regions)
+    assert all(h in BUCKETS or h == 21 for h, _ in (r.shape for r in regions))
+
+
+def test_a_full_grid_is_the_plain_dense_windows() -> None:
+    regions = cover(np.ones((16, 12), bool), 64, 16)
+    assert [(r.row, r.col, r.shape) for r in regions] == [
+        (0, 0, (8, 8)), (0, 8, (8, 4)), (8, 0, (8, 8)), (8, 8, (8, 4))]
+    assert all(r.paste.all() for r in regions)
+
+
+def test_clusters_share_one_halo_and_isolated_cells_stay_cells() -> None:
+    mask = np.zeros((32, 32), bool)
+    mask[4:8, 10:14] = True  # one 4x4 cluster
+    mask[20, 3] = mask[25, 30] = True  # two lonely cells
+    regions = cover(mask, 64, 16)
+    _check_cover(mask, regions)
+    assert sorted(r.shape for r in regions) == [(1, 1), (1, 1), (4, 4)]
+    # the halo overhead no longer scales with the cells: 18 cells, 3 halos
+    assert cost([(r.row, r.col, *r.shape) for r in regions], 64, 16) < 0.6 * cost(
+        [(0, 0, 1, 1)] * 18, 64, 16)
+
+
+def test_mostly_chosen_block_runs_dense_and_buckets_group_shapes() -> None:
+    rng = np.random.default_rng(0)
+    mask = rng.random((32, 32)) < 0.75
+    regions = cover(mask, 64, 16)
+    assert len(regions) == 16 and {r.shape for r in regions} == {(8, 8)}
+    odd = np.zeros((10, 10), bool)
+    odd[0:5, 0:3] = odd[6:9, 6:10] = True
+    got = cover(odd, 64, 16)
+    _check_cover(odd, got)
+    assert {r.shape for r in got} <= {(6, 3), (3, 4)} and len(group_by_shape(got)) == 2
+    assert not cover(np.zeros((4, 4), bool), 64, 16)
+
+
+def test_pack_regions_is_pack_cells_for_one_cell_and_crops_back() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 72, 100, generator=g)
+    boxes = torch.tensor([[0, 0, 0], [1, 2, 3], [1, 4, 6]])
+    torch.testing.assert_close(pack_regions(x, boxes, 1, 1, 16, 4), pack_cells(x, boxes, 16, 4), rtol=0, atol=0)
+    tiles = pack_regions(x, boxes[:2], 2, 3, 16, 4)
+    assert tiles.shape == (2, 3, 40, 56)
+    torch.testing.assert_close(tiles[1, :, 4:-4, 4:-4], x[1, :, 32:64, 48:96], rtol=0, atol=0)
+    cells = region_cells(tiles[:, :, 4:-4, 4:-4], 2, 3, 16)
+    torch.testing.assert_close(cells[1, 1, 2], x[1, :, 48:64, 80:96], rtol=0, atol=0)
