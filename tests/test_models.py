@@ -175,11 +175,11 @@ def test_budget_and_deadline_k() -> None:
 
 
 # ----------------------------------------------------------------- config and streams
-def test_bad_names_and_downloadable_weights_are_config_errors(tmp_path: Path) -> None:
+def test_bad_names_and_unknown_weights_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown encoder 'resnet_nope'"):
         validate(ModelConfig, {"ff": {"encoder": "resnet_nope"}}, "cfg.yaml")
-    with pytest.raises(ConfigError, match="never downloads"):
-        validate(ModelConfig, {"pv": {"encoder": "resnet18", "encoder_weights": "imagenet"}}, "x")
+    with pytest.raises(ConfigError, match="neither a local file nor"):
+        validate(ModelConfig, {"pv": {"encoder": "resnet18", "encoder_weights": "imagenet21k"}}, "x")
     with pytest.raises(ConfigError, match="'unet'"):
         validate(ModelConfig, {"pv": {"encoder": "resnet18", "arch": "segformerz"}}, "x")
     with pytest.raises(ConfigError, match="unknown key 'pv.encodr'"):
@@ -189,9 +189,9 @@ def test_bad_names_and_downloadable_weights_are_config_errors(tmp_path: Path) ->
     with pytest.raises(ConfigError, match="multiple of scale"):
         validate(ModelConfig, {"cell": 66, "halo": 15}, "x")
     sneaky = StreamConfig.model_construct(
-        arch="unet", encoder="resnet18", encoder_weights="imagenet", encoder_depth=5, decoder_channels=None
+        arch="unet", encoder="resnet18", encoder_weights="imagenet21k", encoder_depth=5, decoder_channels=None
     )
-    with pytest.raises(ConfigError, match="never downloads"):
+    with pytest.raises(ConfigError, match="neither a local file nor"):
         build_stream(sneaky, 3, 3)
     with pytest.raises(ValidationError):
         StreamConfig(encoder="resnet18", encoder_weights=str(tmp_path / "missing.pt"))

@@ -124,9 +124,10 @@ def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
 
 
 def test_presets_are_valid() -> None:
-    for name in ("buildings-cpu.yaml", "buildings-gpu.yaml"):
-        cfg = load_config(TrainConfig, REPO / "configs" / name)
-        assert cfg.model.pv.encoder_weights is None and cfg.model.ff.encoder_weights is None
+    cpu = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml")  # the offline demo
+    assert cpu.model.pv.encoder_weights is None and cpu.model.ff.encoder_weights is None
+    gpu = load_config(TrainConfig, REPO / "configs" / "buildings-gpu.yaml")  # fetched when trained
+    assert gpu.model.pv.encoder_weights == "imagenet" and gpu.model.ff.encoder_weights == "imagenet"
 
 
 def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:

@@ -96,7 +96,13 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, ema: bool = True) -> torch.nn
     from geoseg.models.config import ModelConfig
     from geoseg.models.routed import RoutedModel
 
-    cfg = validate(ModelConfig, ckpt["config"]["model"], "checkpoint config")
+    # the checkpoint holds every weight: encoder_weights (a local file, or named weights
+    # in the Hugging Face cache) are not needed, nor fetched, to rebuild the model
+    raw = {**ckpt["config"]["model"]}
+    for stream in ("pv", "ff"):
+        if isinstance(raw.get(stream), dict):
+            raw[stream] = {**raw[stream], "encoder_weights": None}
+    cfg = validate(ModelConfig, raw, "checkpoint config")
     model = RoutedModel.from_config(cfg)
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     try:

@@ -2,7 +2,9 @@
 
 Every model maps one to one onto a YAML mapping; unknown keys are errors
 (:class:`geoseg.config.Strict`). Nothing here downloads anything: encoder weights are
-either random (``None``) or a local state-dict file.
+random (``None``), a local state-dict file, or a name smp knows for the encoder
+(``imagenet``, ...), fetched into the Hugging Face cache only when a model is built
+(:mod:`geoseg.models.pretrained`).
 """
 
 from __future__ import annotations
@@ -49,26 +51,28 @@ def check_encoder_name(name: str) -> None:
         raise ValueError(f"unknown encoder '{name}'; {encoder_names_hint()}")
 
 
-def check_encoder_weights(value: str | None) -> str | None:
-    """Accept None or an existing local file; refuse anything that would need a download.
+def check_encoder_weights(value: str | None, encoder: str) -> str | None:
+    """Accept None, a name smp knows for this encoder, or an existing local file.
+
+    Nothing is downloaded here: named weights are fetched when the model is built.
 
     Args:
-        value: None or the path of a state-dict file of the encoder.
+        value: None, a weights name (``imagenet``, ``ssl``, ...) or the path of a
+            state-dict file of the encoder.
+        encoder: the encoder the weights are for.
 
     Returns:
         The value unchanged.
 
     Raises:
-        ValueError: "imagenet" (or any other hub name) or a path that is not a file.
+        ValueError: neither a name known for the encoder nor an existing file.
     """
-    if value is None:
-        return None
+    from geoseg.models.pretrained import is_named, unknown_weights_message
+
+    if value is None or is_named(value, encoder):
+        return value
     if not Path(value).expanduser().is_file():
-        raise ValueError(
-            f"encoder_weights '{value}' is not a local file; geoseg never downloads weights: "
-            "set encoder_weights to null (random init) or to the path of a local encoder "
-            "state-dict file (torch.save(model.encoder.state_dict(), 'enc.pt'))"
-        )
+        raise ValueError(unknown_weights_message(value, encoder))
     return value
 
 
@@ -78,7 +82,9 @@ class StreamConfig(Strict):
     arch: Arch = "unet"
     encoder: str
     encoder_weights: str | None = Field(
-        None, description="None (random) or a local encoder state-dict file; never downloaded"
+        None,
+        description="None (random), a name smp knows for the encoder ('imagenet', ...) fetched "
+        "into the Hugging Face cache, or a local encoder state-dict file",
     )
     encoder_depth: int = Field(5, ge=3, le=5)
     decoder_channels: tuple[int, ...] | None = Field(
@@ -91,10 +97,10 @@ class StreamConfig(Strict):
         check_encoder_name(value)
         return value
 
-    @field_validator("encoder_weights")
-    @classmethod
-    def _local_weights(cls, value: str | None) -> str | None:
-        return check_encoder_weights(value)
+    @model_validator(mode="after")
+    def _weights_fit(self) -> StreamConfig:
+        check_encoder_weights(self.encoder_weights, self.encoder)
+        return self
 
     @model_validator(mode="after")
     def _decoder_channels_fit(self) -> StreamConfig:

@@ -1,7 +1,8 @@
 """Encoder-decoder streams (PV and FF) built with segmentation-models-pytorch.
 
-Encoders are always built with ``encoder_weights=None`` (nothing is ever downloaded);
-a local encoder state-dict file may then be loaded into them.
+Encoders start from random weights, from a local encoder state-dict file, or from
+weights smp names (``imagenet``, ...), which :mod:`geoseg.models.pretrained` fetches into
+the Hugging Face cache once and smp (or timm) then loads from that cache, offline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from geoseg.errors import CheckpointError, ConfigError
 from geoseg.models.config import StreamConfig, check_encoder_name, check_encoder_weights
+from geoseg.models.pretrained import fetch, hub_weights, is_named
 
 #: Explicit dispatch from ``StreamConfig.arch`` to the smp class (no string registry).
 ARCHITECTURES: dict[str, type[nn.Module]] = {
@@ -148,27 +150,48 @@ def build_stream(cfg: StreamConfig, in_channels: int, out_channels: int, *, chec
         checkpointing: gradient checkpointing in training.
 
     Returns:
-        The stream, with random weights or the local encoder weights loaded.
+        The stream, with random weights, the local encoder weights, or the named
+        pretrained weights loaded (their first convolution adapted by smp or timm when
+        ``in_channels`` is not 3).
 
     Raises:
-        ConfigError: unknown architecture or encoder, or weights that would need a download.
-        CheckpointError: the local weights file is bad.
+        ConfigError: unknown architecture, encoder or weights; named weights neither
+            cached nor downloadable.
+        CheckpointError: the local weights file (or the cached copy of named weights) is bad.
     """
     if cfg.arch not in ARCHITECTURES:
         raise ConfigError(f"unknown arch '{cfg.arch}'; valid: {', '.join(sorted(ARCHITECTURES))}")
     try:
         check_encoder_name(cfg.encoder)
-        check_encoder_weights(cfg.encoder_weights)
+        check_encoder_weights(cfg.encoder_weights, cfg.encoder)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    model = ARCHITECTURES[cfg.arch](
-        encoder_name=cfg.encoder,
-        encoder_weights=None,
-        encoder_depth=cfg.encoder_depth,
-        in_channels=in_channels,
-        classes=out_channels,
-        **_decoder_kwargs(cfg),
-    )
-    if cfg.encoder_weights is not None:
+    named = is_named(cfg.encoder_weights, cfg.encoder)
+    pretrained: dict[str, Any] = {"encoder_weights": None}
+    if named:
+        assert cfg.encoder_weights is not None
+        path = fetch(hub_weights(cfg.encoder, cfg.encoder_weights))
+        if cfg.encoder.startswith("tu-"):  # timm reads the cached file, never the network
+            pretrained = {"encoder_weights": True, "pretrained_cfg_overlay": {"file": str(path)}}
+        else:  # smp pins a commit: its hf_hub_download answers from the cache
+            pretrained = {"encoder_weights": cfg.encoder_weights}
+    try:
+        model = ARCHITECTURES[cfg.arch](
+            encoder_name=cfg.encoder,
+            encoder_depth=cfg.encoder_depth,
+            in_channels=in_channels,
+            classes=out_channels,
+            **pretrained,
+            **_decoder_kwargs(cfg),
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        if not named:
+            raise
+        raise CheckpointError(
+            f"cached weights '{cfg.encoder_weights}' of encoder '{cfg.encoder}' cannot be loaded "
+            f"({str(err).splitlines()[0][:160]}); delete them from the Hugging Face cache to fetch "
+            "them again, or set encoder_weights to null"
+        ) from None
+    if cfg.encoder_weights is not None and not named:
         load_encoder_weights(model.encoder, cfg.encoder_weights)  # type: ignore[arg-type]
     return Stream(model, checkpointing=checkpointing)
