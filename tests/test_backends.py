@@ -40,11 +40,16 @@ def test_onnx_equals_torch_on_pv_and_ff(pair: tuple[Backend, Backend]) -> None:
     tf, of = tb.ff(tiles), ob.ff(tiles)
     assert tf.shape == of.shape == (37, 3, 16, 16)
     np.testing.assert_allclose(of, tf, atol=TOL, rtol=0)
+    regions = rng.standard_normal((5, 3, 40, 56), dtype=np.float32)  # 2x3 cells + halo, 2 chunks
+    tf, of = tb.ff(regions), ob.ff(regions)
+    assert tf.shape == of.shape == (5, 3, 32, 48) and tb.region_side == ob.region_side == 8
+    np.testing.assert_allclose(of, tf, atol=TOL, rtol=0)
 
 
 def test_routed_logits_assembled_by_hand_match(pair: tuple[Backend, Backend]) -> None:
-    """pad -> downsample -> pv -> top-K -> pack -> ff -> fuse, once per backend, and eager forward."""
-    from geoseg.models.cells import grid_shape, pack_cells
+    """pad -> downsample -> pv -> top-K -> regions -> ff -> fuse, once per backend, and eager forward."""
+    from geoseg.models.cells import grid_shape
+    from geoseg.models.regions import run_regions
     from geoseg.models.router import k_for_budget, mask_to_cells, topk_mask
 
     tb, ob = pair
@@ -62,8 +67,8 @@ def test_routed_logits_assembled_by_hand_match(pair: tuple[Backend, Backend]) ->
         mask = topk_mask(torch.from_numpy(utility).reshape(1, -1), k_for_budget(ih * iw, 0.5),
                          allowed.reshape(1, -1)).reshape(1, gh, gw)
         cells = mask_to_cells(mask)
-        ff_logits = backend.ff(pack_cells(xp, cells, 16, 4).numpy())
-        fused.append(model.fuse(torch.from_numpy(pv_logits), cells, torch.from_numpy(ff_logits), (40, 56)))
+        ff_logits = run_regions(lambda t, b=backend: torch.from_numpy(b.ff(t.numpy())), xp, cells, 16, 4)
+        fused.append(model.fuse(torch.from_numpy(pv_logits), cells, ff_logits, (40, 56)))
         chosen.append(cells)
     assert torch.equal(chosen[0], chosen[1]) and len(chosen[0]) == k_for_budget(ih * iw, 0.5)
     assert fused[0].shape == (1, 3, 40, 56)
@@ -168,7 +173,8 @@ def test_trt_profiles_cover_predict_defaults() -> None:
                                      "scale": 4, "cell": 64, "halo": 16, "tile": 96})
     lo, opt, hi = TrtProfiles().pv(meta)
     assert lo == (1, 4, 32, 32) and opt == (1, 4, 576, 576) and hi == (2, 4, 1024, 1024)
-    assert TrtProfiles().ff(meta) == ((1, 4, 96, 96), (32, 4, 96, 96), (128, 4, 96, 96))
+    assert TrtProfiles().ff(meta) == ((1, 4, 96, 96), (32, 4, 96, 96), (128, 4, 544, 544))
+    assert TrtProfiles(ff_max_cells=1).ff(meta)[2] == (128, 4, 96, 96)
     assert TrtProfiles(pv_max_side=100).pv(meta)[1][2] == 96  # opt clipped to a multiple <= max
 
 

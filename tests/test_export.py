@@ -81,7 +81,8 @@ def test_onnx_axes_are_dynamic(onnx_export: tuple[Path, str]) -> None:
 
     pv, ff = dims(out / "pv.onnx"), dims(out / "ff.onnx")
     assert isinstance(pv[0], str) and pv[1] == 3 and isinstance(pv[2], str) and isinstance(pv[3], str)
-    assert isinstance(ff[0], str) and ff[1:] == [3, 24, 24]  # tiny: cell 16 + 2 * halo 4
+    assert isinstance(ff[0], str) and ff[1] == 3  # regions of any number of cells
+    assert isinstance(ff[2], str) and isinstance(ff[3], str)
 
 
 def test_export_json_has_what_predict_needs(onnx_export: tuple[Path, str], trained_run: Path) -> None:

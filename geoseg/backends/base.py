@@ -6,6 +6,7 @@ whether torch, ONNX Runtime or TensorRT did the work::
 
     small (B, C_in, h, w) ──pv──▶ pv_logits (B, C, h, w), utility (B, h·scale/cell, w·scale/cell)
     tiles (N, C_in, cell+2·halo, cell+2·halo) ──ff──▶ ff_logits (N, C, cell, cell)
+    regions (N, C_in, rows·cell+2·halo, cols·cell+2·halo) ──ff──▶ (N, C, rows·cell, cols·cell)
 
 ``downsample``, ``pad``, the router and ``fuse`` stay in Python around these calls.
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from geoseg.errors import CheckpointError, ConfigError
 from geoseg.models.meta import ModelMeta, read_json_object
+from geoseg.models.regions import MAX_SIDE
 
 #: Name of the metadata file that marks an export directory.
 EXPORT_FILE = "geoseg-export.json"
@@ -60,7 +62,9 @@ class Backend:
         source: the file whose size and modification time identify the model (the
             checkpoint, or the export's JSON).
         device: where the graphs run (``"cpu"`` or ``"cuda"``).
-        ff_batch: most FF tiles per call of the underlying graph.
+        ff_batch: most FF cell tiles per call of the underlying graph (regions: as many
+            pixels).
+        region_side: largest FF region side in cells (1 for graphs of fixed tile size).
     """
 
     name: ClassVar[str] = "base"
@@ -72,6 +76,8 @@ class Backend:
         self.source = Path(source)
         self.device = device
         self.ff_batch = int(ff_batch)
+        #: Largest region side (in cells) the FF graph takes; 1: single cells only (an old export).
+        self.region_side = MAX_SIDE
 
     # ------------------------------------------------------------------ public
     def pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,32 +106,40 @@ class Backend:
         return np.asarray(pv_logits, dtype=np.float32), np.asarray(utility, dtype=np.float32)
 
     def ff(self, tiles: np.ndarray) -> np.ndarray:
-        """Enhance + FF on normalised full-resolution tiles that carry their halo.
+        """Enhance + FF on normalised full-resolution tiles (cells or regions) with their halo.
 
-        Runs in chunks of ``ff_batch`` tiles; an empty batch returns an empty array.
+        A tile is one cell (side ``cell + 2 * tile_halo``) or a region of ``rows x cols``
+        cells (``rows * cell + 2 * tile_halo`` by ``cols * cell + 2 * tile_halo``, at most
+        :attr:`region_side` cells a side). Runs in chunks of about ``ff_batch`` cell tiles'
+        worth of pixels; an empty batch returns an empty array.
 
         Args:
-            tiles: normalised tiles, side ``cell + 2 * tile_halo``.
+            tiles: normalised tiles, all of one shape.
 
         Returns:
-            FF logits of the cells (halo cropped), float32.
+            FF logits (halo cropped), float32.
 
         Raises:
-            ValueError: wrong rank, band count or tile side.
+            ValueError: wrong rank, band count or tile sides.
 
         Shape:
-            - tiles: (N, C_in, cell + 2 * tile_halo, cell + 2 * tile_halo)
-            - output: (N, C, cell, cell)
+            - tiles: (N, C_in, rows * cell + 2 * tile_halo, cols * cell + 2 * tile_halo)
+            - output: (N, C, rows * cell, cols * cell)
         """
         x = self._as_input(tiles, "tiles")
-        side, cell = self.meta.tile, self.meta.cell
-        if x.shape[2:] != (side, side):
-            raise ValueError(f"ff tiles must be {side}x{side} (cell {cell} + 2 * halo "
-                             f"{self.meta.tile_halo}), got {x.shape[2]}x{x.shape[3]}")
+        side, cell, halo = self.meta.tile, self.meta.cell, self.meta.tile_halo
+        h, w = x.shape[2:]
+        rows, cols = (h - 2 * halo) // cell, (w - 2 * halo) // cell
+        if min(rows, cols) < 1 or (h - 2 * halo) % cell or (w - 2 * halo) % cell:
+            raise ValueError(f"ff tiles must be {side}x{side} (cell {cell} + 2 * halo {halo}), or regions "
+                             f"of whole cells plus the halo (rows * {cell} + {2 * halo}), got {h}x{w}")
+        if max(rows, cols) > self.region_side:
+            raise ValueError(f"ff tiles of {rows}x{cols} cells exceed the {self.region_side} cells a side "
+                             f"that this {self.name} FF graph takes; re-export the model for regions")
         if x.shape[0] == 0:
-            return np.zeros((0, self.meta.n_outputs, cell, cell), dtype=np.float32)
-        outs = [np.asarray(self._ff(x[k:k + self.ff_batch]), dtype=np.float32)
-                for k in range(0, x.shape[0], self.ff_batch)]
+            return np.zeros((0, self.meta.n_outputs, h - 2 * halo, w - 2 * halo), dtype=np.float32)
+        per = max(1, self.ff_batch * side * side // (h * w))
+        outs = [np.asarray(self._ff(x[k:k + per]), dtype=np.float32) for k in range(0, x.shape[0], per)]
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def ms_per_cell(self, ff_batch: int | None = None, repeats: int = 3) -> float:

@@ -113,6 +113,9 @@ class OnnxBackend(Backend):
         self._ff_sess = self._session(export_file(root, meta, "onnx", "ff"), so, providers)
         self._pv_in = self._pv_sess.get_inputs()[0].name
         self._ff_in = self._ff_sess.get_inputs()[0].name
+        # exports before regions had a fixed FF tile side: such graphs run single cells only
+        if any(isinstance(d, int) for d in self._ff_sess.get_inputs()[0].shape[2:]):
+            self.region_side = 1
 
     @staticmethod
     def _session(path: Path, so: Any, providers: list[str]) -> Any:

@@ -159,6 +159,8 @@ class TensorRTBackend(Backend):
         self._pv_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "pv"), trt)
         self._ff_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "ff"), trt)
         self.ff_batch = min(self.ff_batch, self._ff_engine.max_shape[0])
+        top = min(self._ff_engine.max_shape[2:])  # engines of older exports: the tile side only
+        self.region_side = max(1, min(self.region_side, (top - 2 * meta.tile_halo) // meta.cell))
         names = meta.outputs or {}
         self._pv_out = list(names.get("pv") or self._pv_engine.outputs)
         self._ff_out = list(names.get("ff") or self._ff_engine.outputs)

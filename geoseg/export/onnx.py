@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -93,6 +94,15 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, graph: s
                           "or report it with the model config") from None
 
 
+def verify_inputs(meta: ModelMeta, ff_max: int | None = None) -> dict[str, list[np.ndarray]]:
+    """:func:`~geoseg.export.verify.random_inputs` plus a batch of FF regions (2x3 cells)."""
+    cases = random_inputs(meta, ff_max=ff_max)
+    h, w = 2 * meta.cell + 2 * meta.tile_halo, 3 * meta.cell + 2 * meta.tile_halo
+    region = np.random.default_rng(1).standard_normal((2, meta.band_count, h, w), dtype=np.float32)
+    cases["ff"].append(region)
+    return cases
+
+
 def _onnx_opset(path: Path) -> int | None:
     import onnx
 
@@ -157,7 +167,8 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
                                 {"pv_logits": {0: "batch", 2: "height", 3: "width"},
                                  "utility": {0: "batch", 1: "rows", 2: "cols"}}, opset, exporter),
             "ff": _export_graph(_Graph(graph_model, "ff", fp16), torch.randn(2, b, t, t, generator=gen),
-                                tmp / "ff.onnx", "ff", {0: "n"}, {"ff_logits": {0: "n"}}, opset, exporter),
+                                tmp / "ff.onnx", "ff", {0: "n", 2: "height", 3: "width"},
+                                {"ff_logits": {0: "n", 2: "height", 3: "width"}}, opset, exporter),
         }
         info = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "geoseg_version": __version__,
                 **meta.to_json(), "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}, "inputs": INPUTS,
@@ -167,7 +178,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
         log.info("verifying %s against torch", out)
         reference = TorchBackend.from_model(model, ckpt_meta, "cpu", ff_batch=64)
         with OnnxBackend(tmp, device="cpu", ff_batch=64) as candidate:
-            diffs = _verify(reference, candidate, random_inputs(meta), tol, "ONNX Runtime", out)
+            diffs = _verify(reference, candidate, verify_inputs(meta), tol, "ONNX Runtime", out)
         info["verification"] = {"onnx": {"reference": "torch", "max_abs_diff": diffs, "tolerance": tol}}
         write_json(tmp / EXPORT_FILE, info, indent=2)
     files = [out / "pv.onnx", out / "ff.onnx", out / EXPORT_FILE]

@@ -18,12 +18,13 @@ import torch
 
 from geoseg.backends.base import EXPORT_FILE, export_file, read_export_meta
 from geoseg.backends.tensorrt_backend import import_tensorrt, require_cuda
-from geoseg.export.onnx import INPUTS
+from geoseg.export.onnx import INPUTS, verify_inputs
 from geoseg.export.report import ExportReport
 from geoseg.export.verify import _tolerance, _verify, random_inputs
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
 from geoseg.models.meta import ModelMeta
+from geoseg.models.regions import MAX_SIDE
 from geoseg.predict.config import PredictConfig
 
 #: predict's defaults, which the TensorRT optimisation profiles are tuned for
@@ -49,6 +50,7 @@ class TrtProfiles:
         pv_max_side: largest PV side.
         ff_opt_batch: FF batch TensorRT tunes for (predict's default ``ff_batch``).
         ff_max_batch: largest FF batch.
+        ff_max_cells: largest FF region side in cells (1: single cells only).
     """
 
     pv_max_batch: int = 2
@@ -56,6 +58,7 @@ class TrtProfiles:
     pv_max_side: int = 1024
     ff_opt_batch: int = PREDICT_DEFAULTS["ff_batch"].default
     ff_max_batch: int = 128
+    ff_max_cells: int = MAX_SIDE
 
     def pv(self, meta: ModelMeta) -> tuple[Shape, Shape, Shape]:
         """(min, opt, max) shapes of the PV input ``small`` for a model's metadata."""
@@ -67,10 +70,15 @@ class TrtProfiles:
         return (1, c, m, m), (1, c, opt, opt), (max(1, self.pv_max_batch), c, top, top)
 
     def ff(self, meta: ModelMeta) -> tuple[Shape, Shape, Shape]:
-        """(min, opt, max) shapes of the FF input ``tiles`` for a model's metadata."""
+        """(min, opt, max) shapes of the FF input ``tiles`` for a model's metadata.
+
+        Sides range from one cell's tile to a region of ``ff_max_cells`` cells a side
+        (see :mod:`geoseg.models.regions`); TensorRT tunes for single cells.
+        """
         c, t = meta.band_count, meta.tile
         top = max(1, self.ff_max_batch)
-        return (1, c, t, t), (min(top, max(1, self.ff_opt_batch)), c, t, t), (top, c, t, t)
+        side = max(1, self.ff_max_cells) * meta.cell + 2 * meta.tile_halo
+        return (1, c, t, t), (min(top, max(1, self.ff_opt_batch)), c, t, t), (top, c, side, side)
 
 
 def build_engine(onnx_path: Path, engine_path: Path, input_name: str,
@@ -180,6 +188,8 @@ def export_tensorrt(onnx_dir: str | Path, out_dir: str | Path, fp16: bool = True
         info.setdefault("verification", {})
         write_json(tmp / EXPORT_FILE, info, indent=2)
         cases = random_inputs(meta, pv_max=shapes["pv"][2], ff_max=shapes["ff"][2][0])
+        if shapes["ff"][2][2] > meta.tile:
+            cases["ff"] += verify_inputs(meta, ff_max=shapes["ff"][2][0])["ff"][-1:]
         with OnnxBackend(tmp, device="cpu") as reference, TensorRTBackend(tmp, device="cuda") as candidate:
             diffs = _verify(reference, candidate, cases, tol, "TensorRT", out)
         info["verification"]["tensorrt"] = {"reference": "onnxruntime", "max_abs_diff": diffs, "tolerance": tol}
