@@ -1,0 +1,88 @@
+"""Building regularization: staircase outlines squared, in ground metres, rows kept."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+import shapely.affinity as aff
+from rasterio.features import rasterize, shapes
+from rasterio.transform import from_origin
+
+from geoseg.predict.regularize import metric_crs, regularize
+
+UTM = "EPSG:32636"  # Kampala's zone
+X0, Y0 = 450_000.0, 35_000.0
+
+
+def staircase(poly: shapely.Polygon, px: float = 0.3) -> shapely.Polygon:
+    """``poly`` rasterized at ``px`` metres and traced back: the pixel staircase predict makes."""
+    minx, miny, maxx, maxy = poly.bounds
+    tr = from_origin(minx - 3 * px, maxy + 3 * px, px, px)
+    h, w = int((maxy - miny) / px) + 6, int((maxx - minx) / px) + 6
+    img = rasterize([poly], out_shape=(h, w), transform=tr).astype("uint8")
+    (geom, _), = [(g, v) for g, v in shapes(img, mask=img > 0, transform=tr)]
+    return shapely.geometry.shape(geom)
+
+
+def corners(poly: shapely.Polygon) -> int:
+    return len(shapely.remove_repeated_points(poly.exterior).coords) - 1
+
+
+RECT = aff.rotate(shapely.box(X0, Y0, X0 + 12, Y0 + 8), 20, origin="centroid")
+L_SHAPE = aff.rotate(shapely.Polygon([(0, 0), (20, 0), (20, 8), (8, 8), (8, 16), (0, 16)]), 30, origin=(0, 0))
+L_SHAPE = aff.translate(L_SHAPE, X0 + 40, Y0)
+
+
+@pytest.fixture(scope="module")
+def noisy() -> gpd.GeoDataFrame:
+    polys = [staircase(RECT), staircase(L_SHAPE)]
+    return gpd.GeoDataFrame({"class": ["building"] * 2, "score": [0.9, 0.8], "area_m2": [0.0, 0.0]},
+                            geometry=polys, crs=UTM, index=[10, 11])
+
+
+def test_staircase_rectangle_and_l_shape(noisy: gpd.GeoDataFrame) -> None:
+    assert corners(noisy.geometry.iloc[0]) > 40  # the input really is a staircase
+    out = regularize(noisy)
+    rect, ell = out.geometry.iloc[0], out.geometry.iloc[1]
+    assert corners(rect) == 4 and corners(ell) == 6
+    assert out.is_valid.all() and (out.geom_type == "Polygon").all()
+    for got, true in ((rect, RECT), (ell, L_SHAPE)):
+        assert got.area == pytest.approx(true.area, rel=0.06)
+        assert got.intersection(true).area / got.union(true).area > 0.9
+    # squared: the rectangle's corners are right angles
+    xy = np.asarray(rect.exterior.coords)[:-1]
+    edges = np.roll(xy, -1, axis=0) - xy
+    cos = np.einsum("ij,ij->i", edges, np.roll(edges, -1, axis=0)) / (
+        np.linalg.norm(edges, axis=1) * np.linalg.norm(np.roll(edges, -1, axis=0), axis=1))
+    assert np.abs(cos).max() < 1e-4  # within 0.006° of square
+    # rows, index, attributes kept; area_m2 recomputed
+    assert list(out.index) == [10, 11] and list(out["score"]) == [0.9, 0.8]
+    assert out["area_m2"].iloc[0] == pytest.approx(rect.area / 0.9996**2, rel=0.01)
+
+
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857"])
+def test_tolerance_is_metres_in_degrees_and_web_mercator(noisy: gpd.GeoDataFrame, crs: str) -> None:
+    there = noisy.to_crs(crs)
+    assert metric_crs(there).to_epsg() == 32636
+    out = regularize(there)
+    assert out.crs == there.crs
+    assert [corners(g) for g in out.geometry] == [4, 6]
+    back = out.to_crs(UTM)
+    assert back.geometry.iloc[0].area == pytest.approx(RECT.area, rel=0.06)
+    assert metric_crs(noisy) == noisy.crs  # UTM is used as it is
+
+
+def test_every_row_survives(noisy: gpd.GeoDataFrame) -> None:
+    tiny = shapely.box(X0, Y0 - 30, X0 + 0.6, Y0 - 29.4)  # smaller than the tolerance
+    bowtie = shapely.Polygon([(X0, Y0 - 50), (X0 + 4, Y0 - 46), (X0 + 4, Y0 - 50), (X0, Y0 - 46)])
+    frame = gpd.GeoDataFrame({"score": [1.0, 0.5, 0.4]}, geometry=[noisy.geometry.iloc[0], tiny, bowtie],
+                             crs=UTM)
+    out = regularize(frame)
+    assert len(out) == 3 and out.is_valid.all() and not out.is_empty.any()
+    assert out.geometry.iloc[1].area == pytest.approx(tiny.area, rel=0.3)
+    empty = regularize(frame.iloc[:0])
+    assert len(empty) == 0 and empty.crs == frame.crs
+    with pytest.raises(ValueError, match="CRS"):
+        regularize(gpd.GeoDataFrame(geometry=[tiny]))
