@@ -1,0 +1,77 @@
+"""Vector outputs by extension: layer named after the file, CRS kept, atomic, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import pyogrio
+import pytest
+import shapely
+
+from geoseg.errors import GeoSegError
+from geoseg.io.formats import DRIVERS, VectorFormatError, vector_driver, write_vector
+
+UTM = "EPSG:32636"
+
+
+@pytest.fixture
+def frame() -> gpd.GeoDataFrame:
+    boxes = [shapely.box(450000 + 20 * i, 35000, 450010 + 20 * i, 35012) for i in range(3)]
+    return gpd.GeoDataFrame({"class": ["building"] * 3, "score": [0.9, 0.8, 0.7],
+                             "area_m2": [120.0] * 3, "scene": ["blockB"] * 3}, geometry=boxes, crs=UTM)
+
+
+def read_back(path: Path) -> gpd.GeoDataFrame:
+    return gpd.read_parquet(path) if path.suffix == ".parquet" else gpd.read_file(path)
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"])
+def test_every_format_round_trips_with_the_stem_as_layer(frame: gpd.GeoDataFrame, tmp_path: Path,
+                                                         ext: str) -> None:
+    out = write_vector(frame, tmp_path / f"kampala-buildings{ext}")
+    back = read_back(out)
+    assert list(back.columns) == ["class", "score", "area_m2", "scene", "geometry"]
+    assert len(back) == 3 and back.is_valid.all()
+    assert back.crs.to_epsg() == (4326 if ext == ".geojson" else 32636)  # RFC 7946 for GeoJSON
+    back = back.sort_values("score", ascending=False)  # FlatGeobuf stores in spatial-index order
+    assert back.to_crs(UTM).geometry.iloc[0].hausdorff_distance(frame.geometry.iloc[0]) < 0.05
+    if ext != ".parquet":
+        assert pyogrio.read_info(out)["layer_name"] == "kampala-buildings"
+    if ext == ".geojson":
+        assert json.loads(out.read_text())["name"] == "kampala-buildings"
+    # nothing but the output (and a Shapefile's sidecars) is left beside it
+    names = sorted(p.name for p in tmp_path.iterdir())
+    expect = ({f"kampala-buildings{e}" for e in (".shp", ".shx", ".dbf", ".prj", ".cpg")}
+              if ext == ".shp" else {out.name})
+    assert set(names) == expect
+
+
+def test_replacing_keeps_old_file_until_success(frame: gpd.GeoDataFrame, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = write_vector(frame, tmp_path / "b.shp")
+    (tmp_path / "b.qix").write_bytes(b"stale spatial index")
+    write_vector(frame.iloc[:1], out)
+    assert len(gpd.read_file(out)) == 1 and not (tmp_path / "b.qix").exists()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("driver failed half-way")
+
+    monkeypatch.setattr(gpd.GeoDataFrame, "to_file", boom)
+    with pytest.raises(RuntimeError, match="half-way"):
+        write_vector(frame, out)
+    assert len(gpd.read_file(out)) == 1  # the old file, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.cpg", "b.dbf", "b.prj", "b.shp", "b.shx"]
+
+
+def test_unknown_extension_is_one_line_listing_the_supported(frame: gpd.GeoDataFrame, tmp_path: Path) -> None:
+    with pytest.raises(VectorFormatError) as err:
+        write_vector(frame, tmp_path / "b.kml")
+    msg = str(err.value)
+    assert isinstance(err.value, GeoSegError) and "\n" not in msg and "b.kml" in msg
+    assert all(ext in msg for ext in DRIVERS)
+    assert vector_driver("B.FGB") == "FlatGeobuf"
+    with pytest.raises(VectorFormatError, match="no CRS"):
+        write_vector(frame.set_crs(None, allow_override=True), tmp_path / "b.gpkg")
+    assert list(tmp_path.iterdir()) == []
