@@ -1,0 +1,102 @@
+"""Areas that an evaluation is restricted to: scene footprints and AOI files.
+
+`geoseg evaluate --clip` compares only inside the footprint of the predicted scenes
+(truth elsewhere could not have been found); `--aoi FILE` only inside the polygons of a
+file. Both inputs are clipped the same way, so an object cut by the edge is compared
+with the part of the other that the edge keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from affine import Affine
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.features import shapes
+
+from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.io.vectors import polygonal_parts, read_vector
+
+#: The valid-data mask of a scene is read decimated to at most this long side.
+MASK_SIDE = 1024
+
+
+def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSeries:
+    """Where a scene has data.
+
+    Its four corners through the full affine transform (rotated scenes too), less the
+    nodata / masked area, read decimated to ``max_side`` pixels.
+
+    Returns:
+        A one-row GeoSeries in the scene's CRS.
+
+    Raises:
+        InputRasterError: the scene cannot be read or has no CRS.
+    """
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise InputRasterError(f"{path} has no CRS, so its footprint cannot be placed; "
+                                       f"assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")
+            w, h, tr, crs = src.width, src.height, src.transform, src.crs
+            scale = max(1.0, max(w, h) / max_side)
+            shape = (max(1, round(h / scale)), max(1, round(w / scale)))
+            mask = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest)
+    except RasterioError as err:
+        raise InputRasterError(f"cannot read scene {path}: {err}; check the file (gdalinfo)") from None
+    outline = shapely.Polygon([tr * (0, 0), tr * (w, 0), tr * (w, h), tr * (0, h)])
+    if not mask.all():
+        small = tr * Affine.scale(w / shape[1], h / shape[0])
+        valid = [shapely.geometry.shape(g) for g, v in shapes(mask, mask=mask > 0, transform=small) if v]
+        outline = outline.intersection(shapely.union_all(valid)) if valid else shapely.Polygon()
+    outline = shapely.segmentize(outline, max(outline.length, 1e-9) / 400)  # true when reprojected
+    return gpd.GeoSeries([outline], crs=crs)
+
+
+def footprint(scenes: Sequence[str | Path]) -> gpd.GeoSeries:
+    """The union of the footprints of scenes, one row in the first scene's CRS.
+
+    Raises:
+        InputRasterError: no scene, or one cannot be read.
+    """
+    if not scenes:
+        raise InputRasterError("no scene to take a footprint from; pass the predicted scenes")
+    parts = [scene_footprint(p) for p in scenes]
+    crs = parts[0].crs
+    return gpd.GeoSeries([shapely.union_all([p.to_crs(crs).iloc[0] for p in parts])], crs=crs)
+
+
+def read_aoi(path: str | Path) -> gpd.GeoSeries:
+    """The union of the polygons of a vector file, one row in its CRS.
+
+    Raises:
+        InputVectorError: unreadable, no CRS, or no polygon in it.
+    """
+    gdf = read_vector(path, "AOI")
+    parts, _ = polygonal_parts(gdf.geometry.to_numpy())
+    if not len(parts):
+        raise InputVectorError(f"AOI file {path} holds no polygon; give a file of polygons (any CRS)")
+    return gpd.GeoSeries([shapely.union_all(parts)], crs=gdf.crs)
+
+
+def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
+    """The parts of ``gdf`` inside ``area``, in ``gdf``'s CRS; features outside are dropped.
+
+    Examples:
+        >>> g = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[shapely.box(0, 0, 2, 2), shapely.box(5, 5, 6, 6)],
+        ...                      crs="EPSG:32636")
+        >>> out = clip_to(g, gpd.GeoSeries([shapely.box(1, 0, 3, 3)], crs="EPSG:32636"))
+        >>> out["n"].tolist(), out.area.tolist()
+        ([1], [2.0])
+    """
+    region = area.to_crs(gdf.crs) if area.crs != gdf.crs else area
+    out = gpd.clip(gdf, region)
+    keep = shapely.area(out.geometry.to_numpy()) > 0
+    return out.iloc[np.flatnonzero(keep)].sort_index()

@@ -1,0 +1,76 @@
+"""Outline quality measures, scene footprints and AOI clipping (used by `geoseg evaluate`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from rasterio.transform import Affine, from_origin
+
+from geoseg.aoi import clip_to, footprint, read_aoi, scene_footprint
+from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.outlines import OUTLINE_KEYS, corners, pair_measures, rectangularity, summarize
+
+UTM = "EPSG:32636"
+
+
+def test_corners_and_rectangularity() -> None:
+    stair = shapely.Polygon([(0, 0), (3, 0), (3, 1), (2, 1), (2, 2), (1, 2), (1, 3), (0, 3)])
+    ell = shapely.Polygon([(0, 0), (2, 0), (2, 1), (1, 1), (1, 2), (0, 2)])
+    multi = shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(2, 0, 3, 1)])
+    assert corners(np.array([stair, ell, multi, shapely.Polygon()])).tolist() == [8, 6, 8, 0]
+    r = rectangularity(np.array([shapely.box(0, 0, 4, 1), ell, shapely.Point(0, 0).buffer(1, 64)]))
+    assert r[0] == 1.0 and r[1] == 0.75 and r[2] == pytest.approx(np.pi / 4, abs=0.01)
+    rotated = shapely.affinity.rotate(shapely.box(0, 0, 4, 1), 33)
+    assert rectangularity(np.array([rotated]))[0] == pytest.approx(1.0)  # minimum *rotated* rectangle
+
+
+def test_summary_of_pairs() -> None:
+    pred = np.array([shapely.Polygon([(0, 0), (3, 0), (3, 1), (2, 1), (2, 2), (0, 2)]), shapely.box(5, 0, 6, 1)])
+    truth = np.array([shapely.box(0, 0, 3, 2), shapely.box(5, 0, 6, 1)])
+    s = summarize(pair_measures(pred, truth))
+    assert list(s) == list(OUTLINE_KEYS)
+    assert (s["vertices"], s["truth_vertices"], s["vertex_ratio"]) == (5.0, 4.0, 1.25)
+    assert s["rectangularity"] == pytest.approx((5 / 6 + 1) / 2) and s["truth_rectangularity"] == 1.0
+    assert summarize(pair_measures(pred[:0], truth[:0])) == dict.fromkeys(OUTLINE_KEYS, 0.0)
+
+
+def make_scene(path: Path, transform: Affine, nodata_cols: int = 0) -> Path:
+    data = np.full((1, 40, 60), 7, np.uint8)
+    data[:, :, :nodata_cols] = 0
+    with rasterio.open(path, "w", driver="GTiff", width=60, height=40, count=1, dtype="uint8",
+                       crs=UTM, transform=transform, nodata=0) as dst:
+        dst.write(data)
+    return path
+
+
+def test_footprints_follow_rotation_and_nodata(tmp_path: Path) -> None:
+    rot = from_origin(450000, 36000, 1, 1) * Affine.rotation(30)
+    fp = scene_footprint(make_scene(tmp_path / "rot.tif", rot)).iloc[0]
+    assert fp.area == pytest.approx(60 * 40) and fp.contains(shapely.Point(rot * (30, 20)))
+    half = scene_footprint(make_scene(tmp_path / "half.tif", from_origin(450000, 36000, 1, 1), 20)).iloc[0]
+    assert half.area == pytest.approx(40 * 40, rel=0.01)
+    assert not half.contains(shapely.Point(450005, 35980))  # the nodata columns are out
+    both = footprint([tmp_path / "rot.tif", tmp_path / "half.tif"])
+    assert both.crs == UTM and both.iloc[0].area == pytest.approx(fp.union(half).area)
+    with pytest.raises(InputRasterError, match="no scene"):
+        footprint([])
+
+
+def test_clip_and_aoi(tmp_path: Path) -> None:
+    g = gpd.GeoDataFrame({"n": [1, 2, 3]}, geometry=[shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10),
+                                                   shapely.box(95, 0, 105, 10)], crs=UTM)
+    g = g.set_geometry(g.geometry.translate(450000, 35000))
+    aoi = gpd.GeoDataFrame(geometry=[shapely.box(450000, 35000, 450100, 35050)], crs=UTM).to_crs("EPSG:4326")
+    aoi.to_file(tmp_path / "aoi.geojson")
+    area = read_aoi(tmp_path / "aoi.geojson")
+    out = clip_to(g, area)
+    assert out.crs == g.crs and out["n"].tolist() == [1, 2, 3]
+    assert out.area.iloc[2] == pytest.approx(50, rel=0.01)  # the edge building is cut at the AOI
+    gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)], crs=UTM).to_file(tmp_path / "pts.gpkg")
+    with pytest.raises(InputVectorError, match="no polygon"):
+        read_aoi(tmp_path / "pts.gpkg")
