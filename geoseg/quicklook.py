@@ -11,6 +11,7 @@ Agg canvas directly (no pyplot state, safe in threads) and the PNG is written at
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -85,8 +86,44 @@ def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
     return np.split(coords, np.flatnonzero(np.diff(idx)) + 1)
 
 
+Canvas = tuple[np.ndarray, Any, tuple[float, float, float, float], str, tuple[int, int]]
+
+
+def _read_scene(scene: Path, max_side: int) -> Canvas:
+    """The scene stretched to RGB, its CRS, bounds, interpolation and (height, width) of the PNG."""
+    try:
+        with rasterio.open(scene) as src:
+            long = max(src.width, src.height)
+            side = min(max_side, max(long, MIN_SIDE))  # long side of the PNG
+            width = max(1, round(src.width * side / long))
+            height = max(1, round(src.height * side / long))
+            shape = (min(height, src.height), min(width, src.width))  # never read more than needed
+            indexes = [1, 2, 3] if src.count >= 3 else [1]
+            data = src.read(indexes, out_shape=(len(indexes), *shape),
+                            resampling=Resampling.average, masked=True)
+            crs, bounds = src.crs, tuple(src.bounds)
+    except RasterioError as err:
+        raise InputRasterError(f"cannot read scene {scene}: {err}; check the file (gdalinfo)") from None
+    return (stretch(data), crs, (bounds[0], bounds[1], bounds[2], bounds[3]),
+            "nearest" if shape[0] < height else "antialiased", (height, width))
+
+
+def _blank(layers: list[tuple[gpd.GeoSeries, Any, str]], max_side: int) -> Canvas:
+    """A grey canvas over the polygons' extent (5 % margin), in the first layer's CRS."""
+    crs = layers[0][0].crs
+    boxes = [shapely.box(*g.to_crs(crs).total_bounds) for g, _, _ in layers if len(g)]
+    if not boxes:
+        raise InputVectorError("no polygon to draw and no scene; pass a scene or non-empty polygons")
+    left, bottom, right, top = shapely.union_all(boxes).buffer(1e-9).bounds
+    pad = 0.05 * max(right - left, top - bottom, 1e-9)
+    left, bottom, right, top = left - pad, bottom - pad, right + pad, top + pad
+    scale = max_side / max(right - left, top - bottom)
+    shape = (max(1, round((top - bottom) * scale)), max(1, round((right - left) * scale)))
+    return np.full((1, 1, 3), 0.25, np.float32), crs, (left, bottom, right, top), "nearest", shape
+
+
 def quicklook(
-    scene: str | Path,
+    scene: str | Path | None,
     out_png: str | Path,
     *,
     pred: gpd.GeoDataFrame | str | Path | None = None,
@@ -97,7 +134,8 @@ def quicklook(
     """Draw a scene with predicted and true polygon outlines into a PNG.
 
     Args:
-        scene: raster file (any size: it is read decimated).
+        scene: raster file (any size: it is read decimated), or None to draw the
+            polygons alone on a grey canvas over their extent.
         out_png: the PNG to write (atomically).
         pred: predicted polygons (GeoDataFrame or vector file), any CRS.
         truth: true polygons (GeoDataFrame or vector file), any CRS.
@@ -117,32 +155,27 @@ def quicklook(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    scene, out_png = Path(scene), Path(out_png)
+    out_png = Path(out_png)
     layers = [(g, c, name) for g, c, name in (
         (_frame(truth, "truth"), TRUTH_COLOR, "truth"), (_frame(pred, "prediction"), PRED_COLOR, "prediction"))
         if g is not None]
-    try:
-        with rasterio.open(scene) as src:
-            long = max(src.width, src.height)
-            side = min(max_side, max(long, MIN_SIDE))  # long side of the PNG
-            width = max(1, round(src.width * side / long))
-            height = max(1, round(src.height * side / long))
-            shape = (min(height, src.height), min(width, src.width))  # never read more than needed
-            indexes = [1, 2, 3] if src.count >= 3 else [1]
-            data = src.read(indexes, out_shape=(len(indexes), *shape),
-                            resampling=Resampling.average, masked=True)
-            crs, (left, bottom, right, top) = src.crs, src.bounds
-    except RasterioError as err:
-        raise InputRasterError(f"cannot read scene {scene}: {err}; check the file (gdalinfo)") from None
-    if layers and crs is None:
-        raise InputRasterError(f"{scene} has no CRS, so polygons cannot be placed on it; assign one "
-                               f"(e.g. gdal_edit.py -a_srs EPSG:32636 {scene})")
+    if scene is None:
+        if not layers:
+            raise InputVectorError("a quick-look needs a scene or polygons to draw")
+        img, crs, (left, bottom, right, top), interp, (height, width) = _blank(layers, max_side)
+        label = "polygons"
+    else:
+        scene = Path(scene)
+        img, crs, (left, bottom, right, top), interp, (height, width) = _read_scene(scene, max_side)
+        label = scene.name
+        if layers and crs is None:
+            raise InputRasterError(f"{scene} has no CRS, so polygons cannot be placed on it; assign one "
+                                   f"(e.g. gdal_edit.py -a_srs EPSG:32636 {scene})")
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-    ax.imshow(stretch(data), extent=(left, right, bottom, top), aspect="auto",
-              interpolation="nearest" if shape[0] < height else "antialiased")
+    ax.imshow(img, extent=(left, right, bottom, top), aspect="auto", interpolation=interp)
     handles = []
     for geoms, color, name in layers:
         g = geoms.to_crs(crs).to_numpy()
@@ -155,7 +188,7 @@ def quicklook(
     ax.set_axis_off()
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)
-    ax.text(0.01, 0.99, title if title is not None else scene.name, transform=ax.transAxes,
+    ax.text(0.01, 0.99, title if title is not None else label, transform=ax.transAxes,
             ha="left", va="top", fontsize=9, color="white",
             bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
     with atomic_path(out_png) as tmp:

@@ -87,3 +87,14 @@ def test_stretch_masks_and_greys() -> None:
     img = stretch(data)
     assert img.shape == (3, 4, 3) and img[0, 0].tolist() == [0.0, 0.0, 0.0]
     assert np.all(img[..., 0] == img[..., 2]) and img.max() == 1.0
+
+
+def test_without_scene_polygons_on_grey(tmp_path: Path) -> None:
+    """`geoseg evaluate --quicklook` without --scenes: the outlines alone, over their extent."""
+    truth = gpd.GeoDataFrame(geometry=[shapely.box(450000, 40000, 450040, 40020)], crs="EPSG:32636")
+    pred = gpd.GeoDataFrame(geometry=[shapely.box(450060, 40000, 450100, 40020)], crs="EPSG:32636").to_crs(4326)
+    png = mpimg.imread(quicklook(None, tmp_path / "p.png", pred=pred, truth=truth, max_side=300))
+    assert png.shape[1] == 300 and png.shape[0] < 150  # the extent's aspect
+    assert colour_mask(png, PRED_COLOR)[:, 160:].sum() > 20 and colour_mask(png, TRUTH_COLOR)[:, :140].sum() > 20
+    with pytest.raises(InputVectorError, match="scene or polygons"):
+        quicklook(None, tmp_path / "x.png")
