@@ -100,3 +100,42 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
     out = gpd.clip(gdf, region)
     keep = shapely.area(out.geometry.to_numpy()) > 0
     return out.iloc[np.flatnonzero(keep)].sort_index()
+
+
+def restrict(
+    pred: gpd.GeoDataFrame,
+    truth: gpd.GeoDataFrame,
+    *,
+    scenes: Sequence[str | Path] = (),
+    clip: bool = False,
+    aoi: str | Path | None = None,
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
+    """Clip predictions and truth to the scenes' footprint (``clip``) and/or an AOI file.
+
+    Args:
+        pred: predicted polygons.
+        truth: true polygons.
+        scenes: the predicted rasters (files; :func:`footprint`).
+        clip: restrict to the footprint of ``scenes``.
+        aoi: a vector file of polygons to restrict to (any CRS).
+
+    Returns:
+        ``(pred, truth, notes)``; the notes say what was applied, for the report's header.
+
+    Raises:
+        InputRasterError: ``clip`` without scenes, or a scene that cannot be read.
+        InputVectorError: the AOI file cannot be read or holds no polygon.
+    """
+    notes: list[str] = []
+    if clip:
+        if not scenes:
+            raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "
+                                   "(files or folders), or restrict with --aoi FILE instead")
+        area = footprint(scenes)
+        pred, truth = clip_to(pred, area), clip_to(truth, area)
+        notes.append("inside the scenes")
+    if aoi is not None:
+        area = read_aoi(aoi)
+        pred, truth = clip_to(pred, area), clip_to(truth, area)
+        notes.append(f"inside {Path(aoi).name}")
+    return pred, truth, notes

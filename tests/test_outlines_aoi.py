@@ -74,3 +74,19 @@ def test_clip_and_aoi(tmp_path: Path) -> None:
     gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)], crs=UTM).to_file(tmp_path / "pts.gpkg")
     with pytest.raises(InputVectorError, match="no polygon"):
         read_aoi(tmp_path / "pts.gpkg")
+
+
+def test_restrict_by_scenes_and_aoi(tmp_path: Path) -> None:
+    from geoseg.aoi import restrict
+
+    scene = make_scene(tmp_path / "s.tif", from_origin(450000, 36000, 1, 1))  # x 0..60, y -40..0
+    inside, outside = shapely.box(450010, 35970, 450020, 35980), shapely.box(450100, 35970, 450110, 35980)
+    truth = gpd.GeoDataFrame(geometry=[inside, outside], crs=UTM)
+    pred = gpd.GeoDataFrame({"score": [1.0]}, geometry=[inside], crs=UTM)
+    p, t, notes = restrict(pred, truth, scenes=[scene], clip=True)
+    assert (len(p), len(t), notes) == (1, 1, ["inside the scenes"])
+    gpd.GeoDataFrame(geometry=[shapely.box(450000, 35900, 450015, 36000)], crs=UTM).to_file(tmp_path / "a.gpkg")
+    p, t, notes = restrict(pred, truth, aoi=tmp_path / "a.gpkg")
+    assert t.area.tolist() == [50.0] and notes == ["inside a.gpkg"]
+    with pytest.raises(InputRasterError, match="--scenes"):
+        restrict(pred, truth, clip=True)
