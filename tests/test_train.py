@@ -128,6 +128,7 @@ def test_presets_are_valid() -> None:
     assert cpu.model.pv.encoder_weights is None and cpu.model.ff.encoder_weights is None
     gpu = load_config(TrainConfig, REPO / "configs" / "buildings-gpu.yaml")  # fetched when trained
     assert gpu.model.pv.encoder_weights == "imagenet" and gpu.model.ff.encoder_weights == "imagenet"
+    assert cpu.postprocess.regularize and gpu.postprocess.regularize  # predict squares buildings
 
 
 def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:

@@ -10,12 +10,18 @@ from geoseg.models.config import FIRST_CLASS
 
 
 class PostprocessConfig(Strict):
-    """Thresholds of the watershed that cuts instances from the dense maps."""
+    """Postprocessing of the dense maps.
+
+    The thresholds of the watershed that cuts instances, and whether predict
+    regularizes the outlines by default.
+    """
 
     extent_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     seed_threshold: float = Field(0.6, gt=0.0, lt=1.0)
     min_area: int = Field(16, ge=0, description="instances with fewer pixels are dropped")
     min_seed_area: int = Field(4, ge=1)
+    regularize: bool = Field(False, description="geoseg predict squares the outlines by default "
+                             "(--regularize / --no-regularize override it)")
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
