@@ -25,6 +25,14 @@ class InputVectorError(GeoSegError, OSError):
     """A vector file cannot be read or lacks what geoseg needs (e.g. a CRS)."""
 
 
+class OutputError(GeoSegError, OSError):
+    """An output cannot be written: its folder is a file or read-only, the disk is full."""
+
+
+class SchedulerError(GeoSegError, ConnectionError):
+    """The Dask scheduler named by ``--scheduler tcp://...`` cannot be reached."""
+
+
 class OutputExistsError(GeoSegError, FileExistsError):
     """An output exists and would be clobbered without ``--overwrite``."""
 

@@ -43,7 +43,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
-from geoseg.io.vectors import polygonal_parts
+from geoseg.io.vectors import polygonal_parts, read_vector
 from geoseg.matching import EPS, greedy, match_by_iou
 
 log = logging.getLogger(__name__)
@@ -56,28 +56,12 @@ RECALLS = np.linspace(0.0, 1.0, 101)
 
 
 def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
-    """Read a vector file (anything pyogrio reads), checking that it exists and has a CRS.
-
-    Args:
-        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf...
-        role: what the file is ("prediction", "truth"), for messages.
+    """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
 
     Raises:
-        InputVectorError: missing or unreadable file, or no CRS.
+        InputVectorError: see :func:`geoseg.io.vectors.read_vector`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputVectorError(f"{role} file {path} does not exist; check the path")
-    try:
-        gdf = gpd.read_file(path, engine="pyogrio")
-    except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputVectorError(
-            f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile") from None
-    if gdf.crs is None:
-        raise InputVectorError(
-            f"{role} file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path})")
-    return gdf
+    return read_vector(path, role)
 
 
 def polygonal(geoms: np.ndarray) -> np.ndarray:

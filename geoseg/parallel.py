@@ -17,27 +17,60 @@ import dask
 from tqdm.auto import tqdm
 from tqdm.dask import TqdmCallback
 
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, SchedulerError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
+#: Seconds to wait for a distributed scheduler to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
 #: Seconds before a progress bar shows up (short runs stay quiet, as dask's ProgressBar).
 PROGRESS_DELAY_S = 1.0
 
 
-def check_scheduler(scheduler: Any) -> None:
+def check_scheduler(scheduler: Any, *, connect: bool = True) -> None:
     """Validate a scheduler name or address early, before any work.
+
+    With ``connect``, a ``tcp://`` or ``tls://`` address must accept a connection within
+    :data:`CONNECT_TIMEOUT_S` (a scheduler nobody listens on fails now, not after
+    Dask's 30 s connect timeout and in the middle of a run).
 
     Raises:
         ConfigError: neither a local scheduler name, a tcp/tls address, nor a Client.
+        SchedulerError: nothing listens at the address.
     """
     if not isinstance(scheduler, str):
         return
-    if scheduler in LOCAL_SCHEDULERS or scheduler.startswith(("tcp://", "tls://", "inproc://")):
+    if scheduler in LOCAL_SCHEDULERS or scheduler.startswith("inproc://"):
+        return
+    if scheduler.startswith(("tcp://", "tls://")):
+        if connect:
+            _probe(scheduler)
         return
     raise ConfigError(
         f"unknown scheduler '{scheduler}'; use one of {', '.join(LOCAL_SCHEDULERS)} "
         "or the address of a dask.distributed scheduler such as tcp://HOST:8786"
     )
+
+
+def _probe(address: str) -> None:
+    """Open and close a TCP connection to a scheduler address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError as err:  # a port that is not a number
+        raise ConfigError(f"bad scheduler address '{address}' ({err}); use tcp://HOST:PORT") from None
+    if not host:
+        raise ConfigError(f"bad scheduler address '{address}'; use tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        reason = err.strerror or type(err).__name__.replace("Error", " error").lower()
+        raise SchedulerError(
+            f"cannot reach the Dask scheduler at {address} ({reason}); start one "
+            f"(`dask scheduler`, then `dask worker {address}`) or check the address"
+        ) from None
 
 
 class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped

@@ -63,7 +63,34 @@ def test_empty_and_bad_scheduler():
     assert compute([], scheduler="threads") == []
     with pytest.raises(ConfigError, match="unknown scheduler"):
         check_scheduler("gpu")
-    check_scheduler("tcp://localhost:8786")
+    check_scheduler("tcp://localhost:8786", connect=False)
+
+
+def test_unreachable_scheduler_fails_at_once_in_one_line(tmp_path):
+    """Issue #9: nobody listening at the address is one line in seconds, not 30 s then 'unexpected'."""
+    import socket
+    import time
+
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+    from geoseg.errors import SchedulerError
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    with pytest.raises(SchedulerError, match="cannot reach the Dask scheduler"):
+        check_scheduler(address)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ConfigError, match="bad scheduler address"):
+        check_scheduler("tcp://localhost:notaport")
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path), "--out", str(tmp_path / "p"), "--scheduler", address])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == [res.output.strip()]
+    assert res.output.startswith("geoseg: error: cannot reach the Dask scheduler at " + address)
+    assert not (tmp_path / "p").exists()
 
 
 def test_distributed_client_bar(bars):

@@ -31,10 +31,12 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     $ geoseg evaluate runs/b1/val.gpkg truth.geojson --class-field type --json metrics.json
     """
     from geoseg.evaluate import evaluate, format_report
-    from geoseg.io.atomic import write_json
+    from geoseg.io.atomic import check_writable, write_json
 
+    if json_path is not None:
+        check_writable(json_path, "--json")
     report = evaluate(pred, truth, iou=iou, class_field=class_field, boundary_width=boundary_width)
     click.echo(f"IoU >= {iou:g}: {pred} vs {truth}")
     click.echo(format_report(report))
     if json_path is not None:
-        write_json(json_path, report, indent=2)
+        write_json(json_path, report, indent=2, what="--json")

@@ -47,6 +47,26 @@ def setup_logging(verbosity: int, fmt: str) -> None:
     logging.captureWarnings(True)
 
 
+def _unexpected(err: BaseException) -> str:
+    return f"unexpected {type(err).__name__}: {err}; rerun with -v for details and report it"
+
+
+def _os_error_line(err: OSError) -> str | None:
+    """One line for an OSError that names its file and whose errno says what to do."""
+    import errno
+
+    advice = {errno.ENOSPC: "free some space or choose another folder",
+              errno.EDQUOT: "free some space or choose another folder",
+              errno.EFBIG: "choose another folder",
+              errno.EROFS: "choose a folder you can write to",
+              errno.EACCES: "check its permissions or choose another folder",
+              errno.EPERM: "check its permissions or choose another folder",
+              errno.ENOENT: "check the path"}.get(err.errno or -1)
+    if not err.filename or advice is None:
+        return None
+    return f"{err.filename}: {err.strerror}; {advice}"
+
+
 class GeoSegGroup(click.Group):
     """A group whose commands are imported lazily and whose errors are one line."""
 
@@ -62,6 +82,14 @@ class GeoSegGroup(click.Group):
         return cmd
 
     def invoke(self, ctx: click.Context) -> Any:
+        from geoseg.cli.cstderr import filtered_c_stderr
+
+        if ctx.params.get("verbose", 0) > 0:
+            return self._invoke(ctx)
+        with filtered_c_stderr():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context) -> Any:
         from geoseg.errors import GeoSegError
 
         try:
@@ -70,12 +98,13 @@ class GeoSegGroup(click.Group):
             raise
         except GeoSegError as err:
             self._fail(ctx, str(err))
+        except OSError as err:  # not a GeoSegError: e.g. a cache write deep inside a library
+            self._fail(ctx, _os_error_line(err) or _unexpected(err))
         except KeyboardInterrupt:
             click.echo("geoseg: interrupted; rerun the same command to resume", err=True)
             ctx.exit(130)
         except Exception as err:  # an unexpected bug: still one line unless --verbose
-            self._fail(ctx, f"unexpected {type(err).__name__}: {err}; rerun with -v for details "
-                            "and report it")
+            self._fail(ctx, _unexpected(err))
 
     @staticmethod
     def _fail(ctx: click.Context, message: str) -> None:

@@ -10,6 +10,7 @@ from geoseg.backends.base import is_export_dir
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.export.onnx import export_onnx
 from geoseg.export.report import ExportReport
+from geoseg.io.atomic import check_writable
 
 if TYPE_CHECKING:
     from geoseg.export.tensorrt import TrtProfiles
@@ -43,7 +44,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: Format = "onn
         ConfigError: unknown format.
         DependencyError / CheckpointError / OutputExistsError / ExportError: see the steps.
     """
-    out = Path(out_dir)
+    out = check_writable(out_dir, "--out", directory=True)
     if fmt == "onnx":
         return [export_onnx(model_path, out, opset=opset, fp16=fp16, tolerance=tolerance, overwrite=overwrite)]
     if fmt != "tensorrt":

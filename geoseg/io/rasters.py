@@ -167,6 +167,7 @@ def inspect_scene(path: str | Path) -> SceneInfo:
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
+            check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 path=path, name=path.stem, width=src.width, height=src.height,
                 count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
@@ -180,6 +181,50 @@ def inspect_scene(path: str | Path) -> SceneInfo:
         raise InputRasterError(
             f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
         ) from None
+
+
+def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
+    """Ground length in metres of the larger side of the pixel at the centre of a raster.
+
+    Geodesic (WGS84 ellipsoid), whatever the CRS; NaN where the centre does not map to
+    the Earth (a geotransform outside the CRS's domain).
+
+    Examples:
+        >>> from rasterio.transform import from_origin
+        >>> round(metres_per_pixel(from_origin(500000, 100, 0.5, 0.5), "EPSG:32636", (10, 10)), 4)
+        0.5002
+    """
+    from pyproj import CRS as ProjCRS
+    from pyproj import Geod, Transformer
+
+    r, c = shape_hw[0] / 2, shape_hw[1] / 2
+    pts = np.array([transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)])
+    to_lonlat = Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
+    lon, lat = to_lonlat.transform(pts[:, 0], pts[:, 1])
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        return float("nan")
+    d = Geod(ellps="WGS84").inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])[2]
+    return float(np.max(d))
+
+
+def check_ground_pixel(path: Path, transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
+    """The ground pixel size of a scene in metres; an error where it is not a length.
+
+    A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
+    UTM, or at the pole in Web Mercator) has no ground pixel size: every metric of the
+    scene (areas, simplify tolerances) would be infinite or zero.
+
+    Raises:
+        InputRasterError: the pixel size is not finite and positive.
+    """
+    size = metres_per_pixel(transform, crs, shape_hw)
+    if not (np.isfinite(size) and size > 0):
+        x, y = transform @ (shape_hw[1] / 2, shape_hw[0] / 2)
+        raise InputRasterError(
+            f"{path}: its geotransform puts the scene centre at ({x:.6g}, {y:.6g}), outside the "
+            f"valid area of its CRS {crs_to_string(CRS.from_user_input(crs))}; fix its "
+            "georeferencing (gdalinfo shows it)")
+    return size
 
 
 def inspect_scenes(

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import shapely
 
-from geoseg.errors import EmptyLabelsWarning, InputVectorError
+from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError
 
 #: Name of the class column in every GeoDataFrame geoseg hands around.
 CLASS = "class"
@@ -42,6 +43,61 @@ def polygonal_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return parts[keep], index[keep]
 
 
+def check_vector_name(path: str | Path, what: str, *, output: bool = False) -> Path:
+    """Refuse a vector file name with ``;``: GDAL's vector drivers cut it there.
+
+    ``a;b.gpkg`` is opened (and written) as ``a``, so another file would be read, or the
+    output land under another name.
+
+    Raises:
+        InputVectorError: an input's name holds ``;``.
+        OutputError: an output's (``output=True``) does.
+    """
+    path = Path(path)
+    if ";" in path.name:
+        cls = OutputError if output else InputVectorError
+        raise cls(f"{what} {path}: GDAL cuts vector file names at ';'; rename it without ';'")
+    return path
+
+
+def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.GeoDataFrame:
+    """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
+
+    The one reader of the vector inputs of geoseg (labels, truth, predictions).
+
+    Args:
+        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf...
+        role: what the file is (``"label"``, ``"truth"``), for messages.
+        layer: the layer to read (the first by default).
+
+    Raises:
+        InputVectorError: a missing or unreadable file, a name with ``;``, a layer without
+            a geometry column (an attribute table, a CSV), or no CRS.
+    """
+    path = check_vector_name(path, f"{role} file")
+    if not path.exists():
+        raise InputVectorError(f"{role} file {path} does not exist; check the path")
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+    except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputVectorError(
+            f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile"
+        ) from None
+    if info.get("geometry_type") is None or not isinstance(gdf, gpd.GeoDataFrame):
+        raise InputVectorError(
+            f"{role} file {path} has no geometry column (layer '{info.get('layer_name')}' is a "
+            f"table of {info.get('driver')} without geometry); pass a polygon layer "
+            "(GeoPackage, GeoJSON or Shapefile of polygons)"
+        )
+    if gdf.crs is None:
+        raise InputVectorError(
+            f"{role} file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path})"
+        )
+    return gdf
+
+
 def read_labels(
     path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None
 ) -> gpd.GeoDataFrame:
@@ -62,22 +118,10 @@ def read_labels(
         and ``geometry``, in the file's CRS.
 
     Raises:
-        InputVectorError: unreadable file, or no CRS.
+        InputVectorError: see :func:`read_vector`.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputVectorError(f"label file {path} does not exist; check the path")
-    try:
-        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
-    except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputVectorError(
-            f"cannot read labels {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile"
-        ) from None
-    if gdf.crs is None:
-        raise InputVectorError(
-            f"label file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 out.gpkg {path})"
-        )
+    gdf = read_vector(path, "label", layer)
     if class_field in gdf.columns:
         classes = gdf[class_field].astype(str).to_numpy()
     else:

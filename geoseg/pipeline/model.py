@@ -117,7 +117,7 @@ class PipelineFile(Strict):
     @field_validator("scheduler")
     @classmethod
     def _known(cls, value: str) -> str:
-        check_scheduler(value)
+        check_scheduler(value, connect=False)  # a file may name a cluster started later
         return value
 
     @model_validator(mode="after")

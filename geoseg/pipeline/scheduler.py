@@ -6,7 +6,7 @@ import contextlib
 import logging
 from typing import Any
 
-from geoseg.parallel import LOCAL_SCHEDULERS
+from geoseg.parallel import LOCAL_SCHEDULERS, check_scheduler
 from geoseg.pipeline.model import ClusterConfig
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def make_client(address: str, cluster: ClusterConfig | None) -> tuple[Any, list[
     from distributed import Client, LocalCluster
 
     if cluster is None:
+        check_scheduler(address)  # nothing listening: one line now, not Dask's 30 s timeout
         client = Client(address, set_as_default=False)
         return client, [client]
     lc = LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,

@@ -38,7 +38,7 @@ from dask.delayed import delayed
 
 from geoseg.backends.cache import get_backend
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
-from geoseg.io.atomic import atomic_path, write_json
+from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.models.meta import ModelMeta
@@ -92,6 +92,10 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
     if any(b < 1 or b > scene.count for b in band_indexes):
         raise ConfigError(f"--bands {','.join(map(str, band_indexes))} names a band that "
                           f"{scene.path} (bands 1..{scene.count}) does not have")
+    if min(scene.width, scene.height) < meta.scale:  # PV reads it at 1/scale: not one pixel left
+        raise InputRasterError(
+            f"{scene.path} is {scene.width}x{scene.height} pixels, too small for the model (at least "
+            f"{meta.scale}x{meta.scale}, its PV scale); remove it from the inputs")
     block = math.ceil(cfg.block / meta.multiple) * meta.multiple
     # the scene's cache folder is named by its resolved path, never by a name the user chose
     return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),
@@ -187,13 +191,14 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
                "dtype": "uint8", "crs": s.rio_crs, "transform": s.affine, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
     nbh, nbw = plan.blocks_shape
-    with rasterio.open(tmp_tif, "w", **profile) as dst:
-        for bi in range(nbh):
-            for bj in range(nbw):
-                with np.load(plan.path("probs", bi, bj)) as z:
-                    dst.write(z["probs"][0], 1, window=plan.core(bi, bj))
-        dst.update_tags(1, scale="1/255", meaning="probability of object extent")
-    with atomic_path(path) as tmp:
+    # both writes inside: a full disk while assembling is an error naming --prob-out too
+    with atomic_path(path, what="--prob-out") as tmp:
+        with rasterio.open(tmp_tif, "w", **profile) as dst:
+            for bi in range(nbh):
+                for bj in range(nbw):
+                    with np.load(plan.path("probs", bi, bj)) as z:
+                        dst.write(z["probs"][0], 1, window=plan.core(bi, bj))
+            dst.update_tags(1, scale="1/255", meaning="probability of object extent")
         rio_copy(tmp_tif, tmp, driver="COG", compress="deflate", overview_resampling="average")
 
 
@@ -235,6 +240,9 @@ def predict(
     vector_driver(out)  # unknown extension: fail before any work
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_writable(out, "--out")
+    if cfg.prob_out:
+        check_writable(cfg.prob_out, "--prob-out")
     infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
     model_key = ModelKey(str(Path(model).resolve()), cfg.backend, cfg.device, cfg.ff_batch)
     backend = get_backend(model_key)

@@ -30,7 +30,8 @@ from shapely.geometry import shape
 
 from geoseg.errors import GeoSegError
 from geoseg.io.atomic import atomic_path
-from geoseg.io.vectors import polygonal_parts
+from geoseg.io.rasters import metres_per_pixel
+from geoseg.io.vectors import check_vector_name, polygonal_parts
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +79,6 @@ def geodesic_area(geoms: np.ndarray, crs: Any) -> np.ndarray:
     exterior = np.r_[True, ring_poly[1:] != ring_poly[:-1]]  # first ring of each polygon
     np.add.at(out, owner[ring_poly], np.where(exterior, ring_area, -ring_area))
     return out
-
-
-def metres_per_pixel(transform: Affine, crs: Any, shape_hw: tuple[int, int]) -> float:
-    """Ground length in metres of the larger side of the pixel at the centre of a raster.
-
-    Examples:
-        >>> from rasterio.transform import from_origin
-        >>> round(metres_per_pixel(from_origin(500000, 100, 0.5, 0.5), "EPSG:32636", (10, 10)), 4)
-        0.5002
-    """
-    r, c = shape_hw[0] / 2, shape_hw[1] / 2
-    pts = np.array([transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)])
-    lon, lat = Transformer.from_crs(CRS.from_user_input(crs), _WGS84, always_xy=True).transform(
-        pts[:, 0], pts[:, 1])
-    d = _GEOD.inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])[2]
-    return float(np.max(d))
 
 
 def _trace(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +229,7 @@ def vector_driver(path: str | Path) -> str:
         >>> vector_driver("out/buildings.GPKG")
         'GPKG'
     """
+    check_vector_name(path, "cannot write", output=True)
     ext = Path(path).suffix.lower()
     try:
         return DRIVERS[ext]

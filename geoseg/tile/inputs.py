@@ -1,7 +1,5 @@
 """Checks of the inputs of `geoseg tile` that reading them does not make: before any output.
 
-- :func:`check_label_layer`: the label file has a geometry column (not an attribute-only
-  GeoPackage table, not a CSV);
 - :func:`drop_small_scenes`: scenes too small for a chip.
 """
 
@@ -10,37 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyogrio
-
-from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.errors import InputRasterError
 from geoseg.io.rasters import SceneInfo
 
 #: The smallest chip side (``TileConfig.size`` >= 8): a scene narrower is too small.
 MIN_SCENE_SIDE = 8
-
-
-def check_label_layer(path: str | Path, layer: str | None = None) -> None:
-    """Fail when the label layer has no geometry column.
-
-    Unreadable or missing files are left to :func:`geoseg.io.vectors.read_labels`, whose
-    errors say what is wrong with them.
-
-    Raises:
-        InputVectorError: the layer is a table without geometry.
-    """
-    path = Path(path)
-    if not path.exists():
-        return
-    try:
-        info = pyogrio.read_info(path, layer=layer)
-    except Exception:  # noqa: BLE001 - read_labels reports unreadable files
-        return
-    if info.get("geometry_type") is None:
-        raise InputVectorError(
-            f"label file {path} has no geometry column (layer '{info.get('layer_name')}' is a "
-            f"table of {info.get('driver')} without geometry); pass a polygon layer "
-            "(GeoPackage, GeoJSON or Shapefile of polygons)"
-        )
 
 
 def drop_small_scenes(

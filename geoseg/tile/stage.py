@@ -33,7 +33,7 @@ from rasterio.windows import Window
 
 from geoseg import __version__
 from geoseg.errors import GeoSegWarning, InputRasterError
-from geoseg.io.atomic import atomic_path, write_json
+from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
@@ -45,7 +45,7 @@ from geoseg.io.vectors import CLASS, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
 from geoseg.tile.grid import split_scenes, window_grid
-from geoseg.tile.inputs import check_label_layer, drop_small_scenes
+from geoseg.tile.inputs import drop_small_scenes
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
     PARTS,
@@ -298,7 +298,7 @@ def tile(
     t0 = time.perf_counter()
     cfg = cfg or TileConfig()
     check_scheduler(scheduler)
-    out = Path(out).resolve()
+    out = check_writable(Path(out).resolve(), "--out", directory=True)
     good, bad = inspect_scenes([p.resolve() for p in list_rasters(scenes)], skip_bad=skip_bad)
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:
@@ -309,8 +309,6 @@ def tile(
         raise InputRasterError(
             f"scenes have different band counts ({desc}); tile them into separate folders"
         )
-    if labels is not None:
-        check_label_layer(labels)
     gdf = read_labels(labels, cfg.class_field, cfg.class_name) if labels is not None else None
     classes = sorted(set(gdf[CLASS])) if gdf is not None and len(gdf) else [cfg.class_name]
     cat_of = {c: i + 1 for i, c in enumerate(classes)}

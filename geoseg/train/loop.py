@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
-from geoseg.io.atomic import atomic_path, write_text
+from geoseg.io.atomic import atomic_path, check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.routed import RoutedModel
 from geoseg.train.augment import build_augment
@@ -359,7 +359,7 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
     if seed is not None:
         updates["seed"] = seed
     cfg = validate(TrainConfig, {**cfg.model_dump(mode="json"), **updates}, "options")
-    patches, run_dir = Path(patches), Path(run_dir)
+    patches, run_dir = Path(patches), check_writable(run_dir, "--out", directory=True)
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not resume and not overwrite:
         raise OutputExistsError(f"{run_dir} holds a run; pass --resume to continue it or "
