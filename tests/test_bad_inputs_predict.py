@@ -122,3 +122,63 @@ def test_cache_of_another_scene_is_not_reused(tiny_run: Path, tmp_path: Path,
     s = predict([scene], tiny_run, out, cfg(), progress=False)
     assert s.resumed == {"PV": 0, "FF": 0, "instances": 0}
     assert len(gpd.read_file(out)) < len(BOXES)
+
+
+# -- inputs that once ended in "unexpected ...; report it" --------------------------------------
+
+@pytest.mark.parametrize("origin", [(1e12, 1e12, "EPSG:32636"), (0.0, 1e12, "EPSG:3857")],
+                         ids=["utm-1e12", "mercator-pole"])
+def test_scene_outside_its_crs_is_one_line_for_tile_and_predict(origin: tuple[float, float, str],
+                                                                 tiny_run: Path, tmp_path: Path) -> None:
+    """An origin at 1e12 has no ground pixel size (areas and simplify tolerances divide by it)."""
+    x, y, crs = origin
+    path = bright_boxes_scene(tmp_path / "far.tif", SHAPE, BOXES, crs=crs,
+                              transform=from_origin(x, y, 0.5, 0.5))
+    for args in (["tile", str(path), "--out", str(tmp_path / "p")],
+                 ["predict", str(path), "--model", str(tiny_run), "--out", str(tmp_path / "o.gpkg")]):
+        line = one_error_line(CliRunner().invoke(cli, args), str(path), "georeferencing")
+        assert "outside the valid area" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["far.tif"]
+
+
+def test_scene_smaller_than_the_model_scale(tiny_run: Path, tmp_path: Path) -> None:
+    path = write_raster(tmp_path / "dot.tif", np.ones((3, 1, 1), np.uint8), "EPSG:32636",
+                        from_origin(450000, 40000, 0.5, 0.5))
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "o.gpkg")])
+    assert "too small for the model" in one_error_line(res, str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dot.tif"]
+    two = bright_boxes_scene(tmp_path / "two.tif", (2, 2), [], seed=0)  # the smallest that runs
+    predict([two], tiny_run, tmp_path / "two.gpkg", cfg(), progress=False)
+    assert (tmp_path / "two.gpkg").is_file()
+
+
+@pytest.mark.parametrize("content", [b"hello, I am text", b"", b"PK\x03\x04 not a zip"],
+                         ids=["text", "empty", "fake-zip"])
+def test_a_file_named_pt_that_is_no_checkpoint(content: bytes, tmp_path: Path) -> None:
+    scene = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    model = tmp_path / "model.pt"
+    model.write_bytes(content)
+    for args in (["predict", str(scene), "--model", str(model), "--out", str(tmp_path / "o.gpkg")],
+                 ["export", "--model", str(model), "--out", str(tmp_path / "export")]):
+        line = one_error_line(CliRunner().invoke(cli, args), str(model))
+        assert "not a loadable checkpoint" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "s.tif"]
+
+
+@pytest.mark.parametrize("kind", ["gpkg_table", "csv"])
+def test_truth_without_geometry_column(kind: str, tmp_path: Path) -> None:
+    import pandas as pd
+    import pyogrio
+
+    pred = tmp_path / "pred.gpkg"
+    gpd.GeoDataFrame({"score": [0.9]}, geometry=[shapely.box(0, 0, 1, 1)], crs="EPSG:32636").to_file(pred)
+    table = pd.DataFrame({"class": ["building"], "area": [10.0]})
+    truth = tmp_path / ("truth.csv" if kind == "csv" else "truth.gpkg")
+    if kind == "csv":
+        table.to_csv(truth, index=False)
+    else:
+        pyogrio.write_dataframe(table, truth, layer="attributes")
+    res = CliRunner().invoke(cli, ["evaluate", str(pred), str(truth), "--json", str(tmp_path / "e.json")])
+    assert "no geometry column" in one_error_line(res, str(truth))
+    assert not (tmp_path / "e.json").exists()
