@@ -187,3 +187,26 @@ def test_a_checkpoint_rewritten_in_its_run_dir_invalidates_the_block_cache(scene
     assert run_dir.stat().st_mtime_ns == folder_mtime
     summary = predict([path], run_dir, out, cfg(), scheduler="sync")
     assert summary.resumed == {"PV": 0, "FF": 0, "instances": 0}
+
+
+def test_budget_one_is_the_plain_dense_network(scene, tiny_run: Path, tmp_path: Path) -> None:
+    """At budget 1.0 the probabilities are FF over whole windows with one halo, nothing else."""
+    import numpy as np
+
+    from geoseg.backends import open_backend
+    from geoseg.bands import normalize
+
+    path, _ = scene
+    prob = tmp_path / "p.tif"
+    s = predict([path], tiny_run, tmp_path / "d.gpkg", cfg(block=128, prob_out=str(prob)))
+    assert s.ff_cells == s.cells == 48
+    with rasterio.open(path) as src, rasterio.open(prob) as p:
+        img, got = src.read().astype(np.float32), p.read(1).astype(np.int16)
+    with open_backend(tiny_run, "torch", "cpu") as be:  # the scene is one 6x8-cell window
+        halo = be.meta.tile_halo
+        valid = np.pad(np.ones(img.shape[1:], bool), halo)  # past the scene edge: nodata (0)
+        x = normalize(np.pad(img, ((0, 0), (halo, halo), (halo, halo)), mode="reflect"), be.meta.band_stats,
+                      valid=valid)
+        extent = be.ff(x[None])[0, 0]
+    ref = np.round(255 / (1 + np.exp(-extent.astype(np.float64)))).astype(np.int16)
+    assert np.abs(got - ref).max() <= 1

@@ -233,8 +233,9 @@ class RoutedModel(nn.Module):
     def forward_ff_regions(self, x: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
         """As :meth:`forward_ff`, but FF runs on regions of neighbouring cells, one halo each.
 
-        Inference path (see :mod:`geoseg.models.regions`): when every cell is chosen this is
-        the plain dense FF network over windows of up to 8x8 cells.
+        What :meth:`forward` uses (see :mod:`geoseg.models.regions`): when every cell is
+        chosen this is the plain dense FF network over windows of up to 8x8 cells.
+        Differentiable (the Triton gather, used on CUDA without autograd, is not).
         """
         pack = pack_regions_triton if use_triton(x) else pack_regions  # same numbers
         return run_regions(self.ff_graph, x, cells, self.cfg.cell, self.cfg.halo, pack=pack)
@@ -298,9 +299,10 @@ class RoutedModel(nn.Module):
         """The whole routed model on a batch.
 
         In training FF runs on the top-K cells by (detached) utility plus
-        ``train_random_cells`` x cells random others per image, each cell with its halo; in
-        eval on the top-K only, merged into regions (:meth:`forward_ff_regions`).
-        ``budget=1.0`` in eval is the plain dense FF network over windows of 8x8 cells.
+        ``train_random_cells`` x cells random others per image; in eval on the top-K only.
+        Either way the chosen cells run merged into regions (:meth:`forward_ff_regions`), so
+        FF is trained on the windows it runs on; ``budget=1.0`` is the plain dense FF
+        network over windows of up to 8x8 cells.
 
         Args:
             x: normalised images, any H, W (padded internally, see the module docstring).
@@ -328,7 +330,7 @@ class RoutedModel(nn.Module):
             n_extra = round(c.train_random_cells * ih * iw)
             mask = random_extra_mask(mask, n_extra, allowed)
         cells = mask_to_cells(mask)
-        ff_logits = self.forward_ff(xp, cells) if self.training else self.forward_ff_regions(xp, cells)
+        ff_logits = self.forward_ff_regions(xp, cells)  # training too: FF learns the windows it runs on
         logits = self.fuse(pv_logits, cells, ff_logits, (h, w))
         return RoutedOutput(logits, pv_logits, utility, cells, ff_logits)
 

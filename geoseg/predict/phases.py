@@ -6,8 +6,10 @@ directory, written atomically, so a killed run resumes where it stopped:
 
 - :func:`pv_block`: PV on the block (plus a context ring) read decimated, giving the
   utility of each cell, whether the cell holds valid pixels, and PV logits at 1/scale;
-- :func:`ff_block`: FF on the chosen cells of the block core, pasted over the PV logits
-  upsampled to full resolution; probabilities cached as uint8;
+- :func:`ff_block`: FF on the chosen cells of the block core, merged into regions
+  (:mod:`geoseg.models.regions`: one windowed read and one halo per region, same-shaped
+  regions batched; a block whose cells are mostly chosen runs as plain dense windows),
+  pasted over the PV logits upsampled to full resolution; probabilities cached as uint8;
 - :func:`instances_block`: probabilities of the block plus a halo, assembled from the
   3×3 neighbouring caches; watershed; an instance is kept only by the block that holds
   its centroid (nothing duplicated, nothing cut at seams); vectorized.
@@ -37,6 +39,7 @@ from geoseg.io.atomic import atomic_path
 from geoseg.io.rasters import valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
+from geoseg.models.regions import Region, cover, group_by_shape
 from geoseg.predict.plan import BlockPlan, read_errors, read_window
 
 __all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
@@ -64,6 +67,8 @@ class FfResult:
     """Cells of the block run by FF."""
     model_s: float
     """Seconds in the model (0 when resumed from the cache)."""
+    regions: int = 0
+    """FF regions (rectangles of cells, one halo each) the cells ran in (0 when resumed)."""
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -181,26 +186,45 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
     up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
     logits = up[:, s:s + int(core.height), s:s + int(core.width)].contiguous()
     model_s = 0.0
+    n_regions = 0
     if len(chosen):
         backend = get_backend(model)
-        tiles = []
+        mask = np.zeros((math.ceil(core.height / c), math.ceil(core.width / c)), dtype=bool)
+        mask[chosen[:, 0] - int(core.row_off) // c, chosen[:, 1] - int(core.col_off) // c] = True
+        regions = cover(mask, c, hl, max_side=backend.region_side)
+        n_regions = len(regions)
         with rasterio.open(plan.scene.path) as src:
-            for r, cc in chosen:
-                win = Window(cc * c - hl, r * c - hl, c + 2 * hl, c + 2 * hl)
-                img, valid = read_window(src, plan, win)
-                tiles.append(normalize(img, stats, valid=valid))
-        batch = np.stack(tiles).astype(np.float32)
-        t0 = time.perf_counter()
-        ff = torch.from_numpy(backend.ff(batch))  # the backend runs it in chunks of its ff_batch
-        model_s = time.perf_counter() - t0
-        for (r, cc), tile in zip(chosen, ff, strict=True):
-            y0, x0 = r * c - int(core.row_off), cc * c - int(core.col_off)
-            h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
-            logits[:, y0:y0 + h, x0:x0 + w] = tile[:, :h, :w]
+            for (rows, cols), members in group_by_shape(regions).items():
+                tiles = []
+                for i in members:  # one windowed read per region, with one halo
+                    reg = regions[i]
+                    win = Window(int(core.col_off) + reg.col * c - hl, int(core.row_off) + reg.row * c - hl,
+                                 cols * c + 2 * hl, rows * c + 2 * hl)
+                    img, valid = read_window(src, plan, win)
+                    tiles.append(normalize(img, stats, valid=valid))
+                t0 = time.perf_counter()
+                ff = torch.from_numpy(backend.ff(np.stack(tiles).astype(np.float32, copy=False)))
+                model_s += time.perf_counter() - t0
+                for i, maps in zip(members, ff, strict=True):
+                    _paste(logits, maps, regions[i], c)
     probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         np.savez(f, probs=probs)  # uncompressed: zlib would cost more than the model at low budgets
-    return FfResult(len(chosen), model_s)
+    return FfResult(len(chosen), model_s, n_regions)
+
+
+def _paste(logits: torch.Tensor, maps: torch.Tensor, reg: Region, c: int) -> None:
+    """Write a region's FF maps over the cells it owns (clipped at the block edge)."""
+    rows, cols = reg.shape
+    if reg.paste.all():
+        y0, x0 = reg.row * c, reg.col * c
+        h, w = min(rows * c, logits.shape[1] - y0), min(cols * c, logits.shape[2] - x0)
+        logits[:, y0:y0 + h, x0:x0 + w] = maps[:, :h, :w]
+        return
+    for pr, pc in zip(*np.nonzero(reg.paste), strict=True):
+        y0, x0 = (reg.row + pr) * c, (reg.col + pc) * c
+        h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
+        logits[:, y0:y0 + h, x0:x0 + w] = maps[:, pr * c:pr * c + h, pc * c:pc * c + w]
 
 
 # ----------------------------------------------------------------------------- phase 3
