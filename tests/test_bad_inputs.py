@@ -393,3 +393,22 @@ def test_scene_bounds_are_those_of_the_rotated_footprint(tmp_path: Path) -> None
     info = inspect_scene(scene)
     corners = np.array([ROTATED @ (c, r) for c, r in ((0, 0), (20, 0), (20, 10), (0, 10))])
     np.testing.assert_allclose(info.bounds, [*corners.min(0), *corners.max(0)])
+
+
+def test_truncated_scene_names_file_and_window_in_tile(tmp_path: Path) -> None:
+    """Header and first tiles intact (passes the up-front check), the rest gone."""
+    path = tmp_path / "t.tif"
+    img = np.random.default_rng(0).integers(0, 255, (3, 256, 256)).astype("uint8")
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=3, dtype="uint8",
+                       crs=CRS, transform=from_origin(450000, 40000, 0.5, 0.5),
+                       tiled=True, blockxsize=64, blockysize=64) as dst:
+        dst.write(img)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size * 2 // 3)
+    out = tmp_path / "p"
+    res = CliRunner().invoke(cli, ["tile", str(path), "--out", str(out), "--size", "64", "--overlap", "0",
+                                   "--scheduler", "sync"])
+    line = one_error_line(res, str(path), "cannot read pixels")
+    assert "truncated" in line
+    assert not (out / "annotations.json").exists() and not (out / "stats.json").exists()

@@ -6,7 +6,8 @@ reads its metadata only, so that bad inputs are found before any output is writt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +182,23 @@ def inspect_scene(path: str | Path) -> SceneInfo:
         raise InputRasterError(
             f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
         ) from None
+
+
+@contextmanager
+def read_errors(path: Path, win: Window) -> Iterator[None]:
+    """Turn a failed read (a truncated or damaged file) into one error naming file and window.
+
+    Raises:
+        InputRasterError: what rasterio raised inside, with the file and the window.
+    """
+    try:
+        yield
+    except RasterioError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputRasterError(
+            f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
+            f"{int(win.width)}x{int(win.height)} ({first[:120]}); the file is damaged or truncated: "
+            "re-create or re-download it (gdalinfo -checksum finds the bad part)") from None
 
 
 def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:

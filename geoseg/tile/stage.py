@@ -38,6 +38,7 @@ from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
     list_rasters,
+    read_errors,
     valid_mask,
     window_footprint,
 )
@@ -134,8 +135,9 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     npix = 0
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(scene.path) as src:
         for win in job.windows:
-            data = src.read(window=win)
-            mask = valid_mask(data, src.dataset_mask(window=win))
+            with read_errors(scene.path, win):
+                data = src.read(window=win)
+                mask = valid_mask(data, src.dataset_mask(window=win))
             frac = float(mask.mean())
             if frac < job.min_valid:
                 counts["low_valid"] += 1
