@@ -57,6 +57,9 @@ def read_stats(patches: Path) -> dict[str, Any]:
         InputRasterError: stats.json is malformed; the message says to re-run tile.
     """
     path = patches / "stats.json"
+    if not patches.is_dir():
+        raise ConfigError(f"--patches {patches} does not exist or is not a folder; pass the --out "
+                          "folder of geoseg tile")
     if not path.is_file():
         raise ConfigError(f"{patches} has no stats.json; run geoseg tile first (--patches DIR)")
     stats = load_stats(patches)  # malformed JSON, missing keys, NaN: one line naming it
