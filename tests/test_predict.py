@@ -210,3 +210,27 @@ def test_budget_one_is_the_plain_dense_network(scene, tiny_run: Path, tmp_path: 
         extent = be.ff(x[None])[0, 0]
     ref = np.round(255 / (1 + np.exp(-extent.astype(np.float64)))).astype(np.int16)
     assert np.abs(got - ref).max() <= 1
+
+
+def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    path, truth = scene
+    s = predict([path], tiny_run, tmp_path / "a.gpkg", cfg(budget="auto"))
+    assert s.routing.startswith("--budget auto: predicted utility >"), s.routing
+    assert 0 < s.ff_cells <= s.cells
+    assert evaluate_frames(gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(truth), iou=0.5)["f1"] > 0.9
+    # a checkpoint from before calibration: auto falls back to the model's budget, and says so
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    assert torch.isfinite(ckpt["ema"]["utility_threshold"]) or torch.isinf(ckpt["ema"]["utility_threshold"])
+    for key in ("model", "ema"):
+        ckpt[key].pop("utility_threshold")
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    s = predict([path], old, tmp_path / "o.gpkg", cfg(budget="auto"))
+    assert "no calibrated utility threshold" in s.routing and s.ff_cells == 24  # the model's budget 0.5
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "c.gpkg"), "--budget", "most"])
+    assert res.exit_code == 2 and "neither a number in (0, 1] nor 'auto'" in res.output

@@ -70,3 +70,33 @@ def test_pack_regions_is_pack_cells_for_one_cell_and_crops_back() -> None:
     torch.testing.assert_close(tiles[1, :, 4:-4, 4:-4], x[1, :, 32:64, 48:96], rtol=0, atol=0)
     cells = region_cells(tiles[:, :, 4:-4, 4:-4], 2, 3, 16)
     torch.testing.assert_close(cells[1, 1, 2], x[1, :, 48:64, 80:96], rtol=0, atol=0)
+
+
+def test_threshold_captures_most_of_the_gain() -> None:
+    from geoseg.train.calibrate import choose_threshold
+
+    rng = np.random.default_rng(0)
+    gain = np.where(rng.random(1000) < 0.1, 1.0, -0.01)  # FF pays on 10 % of the cells
+    predicted = gain + rng.normal(0, 0.1, 1000)
+    thr, share = choose_threshold(predicted, gain)
+    assert 0.08 < share < 0.2 and (predicted > thr).mean() == share
+    assert choose_threshold(predicted, -np.abs(gain)) == (float("inf"), 0.0)
+
+
+def test_calibration_sets_the_buffer_and_old_weights_load_uncalibrated() -> None:
+    from test_models import targets_for, tiny_model
+
+    from geoseg.train.calibrate import calibrate_router
+    from geoseg.train.losses import RoutedLoss
+
+    model = tiny_model()
+    assert torch.isnan(model.utility_threshold)
+    batch = {"image": torch.randn(2, 3, 64, 64), **targets_for(2, 64, 64)}
+    other = tiny_model()
+    res = calibrate_router(model, [batch], RoutedLoss(), torch.device("cpu"), also=[other])
+    assert 0 <= res["auto_share"] <= 1 and not torch.isnan(model.utility_threshold)
+    assert torch.equal(model.utility_threshold, other.utility_threshold)
+    state = {k: v for k, v in model.state_dict().items() if k != "utility_threshold"}
+    fresh = tiny_model()
+    fresh.load_state_dict(state)  # strict: a checkpoint from before the buffer still loads
+    assert torch.isnan(fresh.utility_threshold)

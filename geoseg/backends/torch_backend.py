@@ -28,6 +28,19 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def model_meta(model: torch.nn.Module, ckpt_meta: dict[str, Any]) -> ModelMeta:
+    """:meth:`ModelMeta.from_checkpoint`, plus the calibrated ``utility_threshold`` when there is one.
+
+    The threshold (``--budget auto``) is a buffer of the model, NaN when never calibrated;
+    it is kept as an extra key, so ``geoseg export`` writes it into ``geoseg-export.json``.
+    """
+    meta = ModelMeta.from_checkpoint(model.cfg, ckpt_meta)
+    thr = getattr(model, "utility_threshold", None)
+    if thr is None or bool(torch.isnan(thr)):
+        return meta
+    return meta.model_copy(update={"utility_threshold": float(thr)})
+
+
 class TorchBackend(Backend):
     """``RoutedModel.pv_graph`` / ``ff_graph`` under :func:`torch.inference_mode`.
 
@@ -71,7 +84,7 @@ class TorchBackend(Backend):
 
     def _init(self, model: torch.nn.Module, ckpt_meta: dict[str, Any], dev: torch.device,
               ff_batch: int) -> None:
-        super().__init__(ModelMeta.from_checkpoint(model.cfg, ckpt_meta), Path(ckpt_meta.get("path", "")),
+        super().__init__(model_meta(model, ckpt_meta), Path(ckpt_meta.get("path", "")),
                          dev.type, ff_batch)
         self.model = model
         self._dev = dev

@@ -25,13 +25,23 @@ def _default(name: str) -> str:
     return f"  [default: {default(name)}]"
 
 
+def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a number in (0, 1] nor 'auto'") from None
+
+
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", required=True, type=click.Path(path_type=Path),
               help="Run directory, .pt checkpoint, or export directory (onnx/tensorrt).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .gpkg or .geojson (GeoJSON is written in EPSG:4326).")
-@click.option("--budget", type=float, help="Share of cells run at full resolution; 1.0 is dense.  "
+@click.option("--budget", callback=_budget, help="Share of cells run at full resolution (1.0 is dense), "
+              "or 'auto': the cells whose utility clears the model's calibrated threshold.  "
               "[default: the model's deadline or budget]")
 @click.option("--deadline-ms", type=float, help="Per scene: run as many FF cells as this allows.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt"]), help=_default("backend"))

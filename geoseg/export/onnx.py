@@ -144,7 +144,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
         ExportError: the exporters fail, or ONNX Runtime differs beyond the tolerance.
     """
     from geoseg.backends.onnx_backend import OnnxBackend
-    from geoseg.backends.torch_backend import TorchBackend
+    from geoseg.backends.torch_backend import TorchBackend, model_meta
     from geoseg.models.checkpoint import load_model, resolve_checkpoint
 
     t0 = time.perf_counter()
@@ -156,7 +156,7 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
     if out.exists() and not overwrite:  # fail before loading anything
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     model, ckpt_meta = load_model(model_path, "cpu")
-    meta = ModelMeta.from_checkpoint(model.cfg, ckpt_meta)
+    meta = model_meta(model, ckpt_meta)
     graph_model = copy.deepcopy(model).half() if fp16 else model
     b, m, t = meta.band_count, meta.pv_multiple, meta.tile
     gen = torch.Generator().manual_seed(0)

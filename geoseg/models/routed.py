@@ -31,6 +31,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +101,14 @@ class RoutedModel(nn.Module):
         self.ms_per_cell: float | None = None
         #: Enhance + PV milliseconds per cell of input, paid whatever K is (same setter).
         self.pv_ms_per_cell: float = 0.0
+        #: ``--budget auto``: FF runs where the predicted utility exceeds this; calibrated on
+        #: validation by training (:mod:`geoseg.train.calibrate`), NaN when never calibrated.
+        self.register_buffer("utility_threshold", torch.tensor(float("nan")))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # checkpoints from before the calibration have no threshold: load them as uncalibrated
+        state_dict.setdefault(prefix + "utility_threshold", torch.tensor(float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> RoutedModel:

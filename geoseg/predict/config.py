@@ -6,7 +6,7 @@ of :mod:`geoseg.export.tensorrt` are tuned for the defaults read from here too.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -16,8 +16,9 @@ from geoseg.config import Strict
 class PredictConfig(Strict):
     """Parameters of `geoseg predict`."""
 
-    budget: float | None = Field(None, gt=0, le=1, description="share of cells run by FF "
-                                 "(None: the model's deadline or budget); 1.0 is dense sliding-window inference")
+    budget: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None = Field(
+        None, description="share of cells run by FF (None: the model's deadline or budget); 1.0 is dense "
+        "sliding-window inference; 'auto': the cells whose utility clears the model's calibrated threshold")
     deadline_ms: float | None = Field(None, gt=0, description="per scene: the K it allows")
     backend: Literal["torch", "onnx", "tensorrt"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"

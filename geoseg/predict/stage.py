@@ -134,15 +134,34 @@ def _k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str
         whose = "--deadline-ms" if cfg.deadline_ms is not None else "the model's deadline"
         why = f"{whose} {deadline:g} ms at {ms_per_cell:.2f} ms per cell"
 
-        def by_deadline(n: int) -> int:
+        def by_deadline(n: int, util: Any = None) -> int:
             return k_for_deadline(float(deadline), ms_per_cell, n_cells=n)
         return by_deadline, why
-    budget = cfg.budget if cfg.budget is not None else meta.budget
-    why = f"{'--budget' if cfg.budget is not None else 'the model' + chr(39) + 's budget'} {budget:g}"
+    if cfg.budget == "auto":
+        auto = _auto_rule(meta)
+        if auto is not None:
+            return auto
+    budget = meta.budget if cfg.budget in (None, "auto") else float(cfg.budget)
+    why = f"{'--budget' if cfg.budget not in (None, 'auto') else 'the model' + chr(39) + 's budget'} {budget:g}"
+    if cfg.budget == "auto":
+        why = (f"--budget auto, but the model has no calibrated utility threshold (trained before "
+               f"calibration, or without validation chips): {why}")
 
-    def by_budget(n: int) -> int:
+    def by_budget(n: int, util: Any = None) -> int:
         return k_for_budget(n, budget) if n else 0
     return by_budget, why
+
+
+def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
+    """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none)."""
+    thr = (meta.model_extra or {}).get("utility_threshold")
+    if thr is None or not isinstance(thr, int | float) or math.isnan(thr):
+        return None
+
+    def by_threshold(n: int, util: Any = None) -> int:
+        return int(np.count_nonzero(np.asarray(util) > thr)) if util is not None else n
+    return by_threshold, (f"--budget auto: predicted utility > {thr:.3g}, the threshold calibrated on "
+                          "validation to keep 95 % of FF's gain")
 
 
 def _choose(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarray:
@@ -159,7 +178,7 @@ def _choose(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarra
         h, w = res.utility.shape
         util[r:r + h, c:c + w] = res.utility
         allowed[r:r + h, c:c + w] = res.allowed
-    k = min(k_of(int(allowed.sum())), int(allowed.sum()))
+    k = min(k_of(int(allowed.sum()), util[allowed]), int(allowed.sum()))
     if k <= 0:
         return np.zeros((0, 2), dtype=np.int64)
     chosen = select_topk_scene(torch.from_numpy(util), k, torch.from_numpy(allowed))

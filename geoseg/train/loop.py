@@ -236,12 +236,16 @@ class Trainer:
 
     def validate(self) -> dict[str, float]:
         """Validation metrics of the EMA weights on the val chips."""
+        from geoseg.train.calibrate import calibrate_router
         from geoseg.train.metrics import run_validation
 
         if not self.val_ids:
             return {}
-        return run_validation(self.eval_model(), self._loader(False), self.coco, self.val_ids,
-                              self.cfg.postprocess, self.device, self.cfg.val.budget)
+        metrics = run_validation(self.eval_model(), self._loader(False), self.coco, self.val_ids,
+                                 self.cfg.postprocess, self.device, self.cfg.val.budget)
+        # --budget auto: the utility threshold, saved with the weights (both EMA and raw)
+        return {**metrics, **calibrate_router(self.eval_model(), self._loader(False), self.loss,
+                                              self.device, also=[self.model])}
 
     # -- outputs -----------------------------------------------------------------------
     def write_outputs(self, row: dict[str, float]) -> None:
