@@ -1,28 +1,35 @@
-"""Benchmark of `geoseg predict`: routed vs dense, overhead, memory, ONNX Runtime.
+"""Benchmark of `geoseg predict`: routed vs a plain dense floor, overhead, memory, ONNX Runtime.
 
 One run does all of it, and prints ratios measured in this run only:
 
 1. trains the CPU preset's model briefly on a generated scene of building-like boxes;
-2. generates a *sparse* test scene (objects in <= 25 % of the cells) with its truth;
-3. predicts it dense (budget 1.0) and routed (0.25, 0.1): wall time, speed-up over dense,
-   and F1@0.5 against the truth (`geoseg.evaluate`). The model is loaded once before the
-   timed runs, as a Dask worker loads it once for all its blocks and scenes (the load,
-   ~2 s on CPU, is printed apart);
-4. pipeline wall time over the model-only time (the same PV and FF calls on arrays
-   already in memory, without I/O, stitching, watershed or vectorizing);
-5. peak RSS of predict (fresh processes) on the scene and on a scene of 4x the area;
-6. onnxruntime vs torch backend, wall time of the same routed predict (both warm).
+2. generates a *sparse* test scene (objects in ``--occupied`` of the 64-px cells, 12 % by
+   default, as rural scenes) of ``--side`` px with its truth;
+3. the **plain dense floor**: the FF network over full windows (8x8 cells with one halo,
+   the same windows, halo and batch as predict), windowed reads, the same watershed and
+   vectorize (predict's own instance phase), no PV and no router, as one Dask graph of the
+   same threads; then `geoseg predict` at budget 1.0, 0.25 and auto: wall time, ratios
+   (budget 1.0 / floor, floor / routed) and F1@0.5 of each against the truth. The model
+   is loaded once before the timed runs, as a Dask worker loads it once for all its blocks
+   and scenes (the load is printed apart);
+4. pipeline wall time over the time in the model (the floor: the same FF calls on arrays
+   already in memory; predict: the seconds its summary counts in model calls);
+5. with ``--extras``: peak RSS of predict (fresh processes) on a 2048² scene and on one of
+   4x the area, and onnxruntime vs torch on the 2048² scene.
 
-    $ python bench/predict.py                 # ~10 min on 2 cores
-    $ python bench/predict.py --side 1024     # quicker, smaller scenes
+    $ python bench/predict.py                      # 8192² sparse scene, ~25 min on 2 cores
+    $ python bench/predict.py --side 4096          # quicker
+    $ python bench/predict.py --workdir W --reuse  # keep the model and scenes of W
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -93,41 +100,109 @@ def run_child(*args: str) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def model_only_seconds(model: Path, scene: Path, budget: float) -> float:
-    """PV over every block and FF over K tiles, on arrays already in memory."""
+# ----------------------------------------------------------------------------- the floor
+def _floor_probs(plan, bi: int, bj: int, key, stats) -> int:
+    """FF over the block in plain windows of 8x8 cells with one halo; probabilities as predict caches them."""
     import rasterio
+    import torch
+    from rasterio.windows import Window
+
+    from geoseg.backends.cache import get_backend
+    from geoseg.bands import normalize
+    from geoseg.models.regions import MAX_SIDE
+    from geoseg.predict.phases import _probabilities_u8
+    from geoseg.predict.plan import read_window
+
+    be = get_backend(key)
+    core = plan.core(bi, bj)
+    c, hl = plan.cell, plan.tile_halo
+    h, w = int(core.height), int(core.width)
+    gh, gw = -(-h // c), -(-w // c)
+    logits = torch.zeros(be.meta.n_outputs, gh * c, gw * c)
+    windows: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for r in range(0, gh, MAX_SIDE):
+        for cc in range(0, gw, MAX_SIDE):
+            windows.setdefault((min(MAX_SIDE, gh - r), min(MAX_SIDE, gw - cc)), []).append((r, cc))
+    with rasterio.open(plan.scene.path) as src:
+        for (rows, cols), starts in windows.items():
+            tiles = []
+            for r, cc in starts:
+                win = Window(int(core.col_off) + cc * c - hl, int(core.row_off) + r * c - hl,
+                             cols * c + 2 * hl, rows * c + 2 * hl)
+                img, valid = read_window(src, plan, win)
+                tiles.append(normalize(img, stats, valid=valid))
+            maps = torch.from_numpy(be.ff(np.stack(tiles)))
+            for (r, cc), m in zip(starts, maps, strict=True):
+                logits[:, r * c:(r + rows) * c, cc * c:(cc + cols) * c] = m
+    with open(plan.path("probs", bi, bj), "wb") as f:
+        np.savez(f, probs=_probabilities_u8(logits[:, :h, :w].contiguous()))
+    return len(windows)
+
+
+def dense_floor(scene: Path, model: Path, out: Path, block: int = 2048) -> dict:
+    """The plain dense floor: FF windows + predict's instance phase, one Dask graph, no PV, no router."""
+    import geopandas as gpd
+    import pandas as pd
+    from dask.delayed import delayed
 
     from geoseg.backends.cache import ModelKey, get_backend
-    from geoseg.models.router import k_for_budget
+    from geoseg.io.rasters import inspect_scenes
+    from geoseg.parallel import compute
+    from geoseg.predict import PredictConfig
+    from geoseg.predict.phases import instances_block
+    from geoseg.predict.plan import BlockPlan
+    from geoseg.predict.vectorize import write_vector
 
-    be = get_backend(ModelKey(str(model), "torch", "cpu", 32))
-    m = be.meta
-    with rasterio.open(scene) as src:
-        side = src.width
-    s, cell, halo = m.scale, m.cell, m.tile_halo
-    rng = np.random.default_rng(0)
-    block = 2048 if side >= 2048 else side
-    n_blocks = (side // block) ** 2
-    small = rng.standard_normal((1, m.band_count, (block + 2 * m.multiple) // s,
-                                 (block + 2 * m.multiple) // s)).astype(np.float32)
-    k = k_for_budget((side // cell) ** 2, budget)
-    tiles = rng.standard_normal((32, m.band_count, cell + 2 * halo, cell + 2 * halo)).astype(np.float32)
-    be.pv(small)
-    be.ff(tiles)
     t0 = time.perf_counter()
-    for _ in range(n_blocks):
-        be.pv(small)
-    for i in range(0, k, 32):
-        be.ff(tiles[: min(32, k - i)])
+    cfg = PredictConfig()
+    key = ModelKey(str(model.resolve()), "torch", "auto", cfg.ff_batch)
+    meta = get_backend(key).meta
+    (info,), _ = inspect_scenes([scene.resolve()])
+    cache = Path(tempfile.mkdtemp(prefix="floor-", dir=out.parent))
+    plan = BlockPlan(scene=info, block=block, watershed_halo=cfg.watershed_halo, cell=meta.cell,
+                     scale=meta.scale, tile_halo=meta.tile_halo, multiple=meta.multiple,
+                     band_indexes=tuple(range(1, info.count + 1)), cache=cache)
+    nbh, nbw = plan.blocks_shape
+    ff = {(i, j): delayed(_floor_probs, pure=False)(plan, i, j, key, meta.band_stats)
+          for i in range(nbh) for j in range(nbw)}
+    polys = [delayed(instances_block, pure=False)(
+        plan, i, j, meta.postprocess, meta.classes, cfg.simplify, cfg.min_area,
+        *[ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff])
+        for (i, j) in ff]
+    paths = compute(polys, scheduler="threads", desc="floor", progress=False)
+    frames = [g for g in (gpd.read_file(p) for p in paths) if len(g)]
+    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+    write_vector(gdf, out, layer=out.stem)
+    shutil.rmtree(cache)
+    return {"seconds": time.perf_counter() - t0, "polygons": len(gdf)}
+
+
+def floor_model_seconds(model: Path, side: int) -> float:
+    """The floor's FF calls alone, on arrays already in memory (same windows, same batches)."""
+    from geoseg.backends.cache import ModelKey, get_backend
+    from geoseg.models.regions import MAX_SIDE
+    from geoseg.predict import PredictConfig
+
+    be = get_backend(ModelKey(str(model.resolve()), "torch", "auto", PredictConfig().ff_batch))
+    m = be.meta
+    t = MAX_SIDE * m.cell + 2 * m.tile_halo
+    n = math.ceil(side / (MAX_SIDE * m.cell)) ** 2
+    x = np.random.default_rng(0).standard_normal((1, m.band_count, t, t)).astype(np.float32)
+    be.ff(x)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        be.ff(x)
     return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--side", type=int, default=2048, help="side of the sparse test scene")
+    ap.add_argument("--side", type=int, default=8192, help="side of the sparse test scene (px)")
+    ap.add_argument("--occupied", type=float, default=0.12, help="share of 64-px cells holding objects")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the quick training")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
+    ap.add_argument("--extras", action="store_true", help="also peak RSS and onnxruntime (2048² scenes)")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -138,18 +213,19 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoseg-bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir: {work}", flush=True)
-    reuse = args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()
-    if not reuse:
+    if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
         prepare_model(work, args.epochs)
-    scene = work / "sparse.tif"
-    big = work / "sparse4x.tif"
-    if not reuse:
-        boxes_scene(scene, args.side, 0.2, seed=2)
-        boxes_scene(big, args.side * 2, 0.2, seed=3)
+    scene = work / f"sparse{args.side}.tif"
+    if not (args.reuse and scene.exists()):
+        t0 = time.perf_counter()
+        _, occ = boxes_scene(scene, args.side, args.occupied, seed=2)
+        print(f"generated the scene in {time.perf_counter() - t0:.0f} s", flush=True)
     truth = scene.with_suffix(".gpkg")
-    occ = len(gpd.read_file(truth))
-    print(f"sparse scene {args.side}^2 (objects in ~20 % of the cells), {occ} objects", flush=True)
-    run_benchmarks(work, scene, big, truth)
+    print(f"sparse scene {args.side}^2, objects in ~{args.occupied:.0%} of the 64-px cells, "
+          f"{len(gpd.read_file(truth))} objects", flush=True)
+    run_benchmarks(work, scene, truth)
+    if args.extras:
+        extras(work)
 
 
 def prepare_model(work: Path, epochs: int) -> None:
@@ -178,39 +254,79 @@ def prepare_model(work: Path, epochs: int) -> None:
           f"val ap50 {res.history[-1].get('ap50', float('nan')):.2f}", flush=True)
 
 
-def run_benchmarks(work: Path, scene: Path, big: Path, truth: Path) -> None:
-    """Routed vs dense, overhead, memory and ONNX Runtime, in this process."""
+def run_benchmarks(work: Path, scene: Path, truth: Path) -> None:
+    """The floor, budget 1.0, 0.25 and auto on the sparse scene, in this process."""
+    import geopandas as gpd
+
+    from geoseg.backends.cache import ModelKey, get_backend
+    from geoseg.evaluate import evaluate_frames
+    from geoseg.predict import PredictConfig, predict
+
+    truth_gdf = gpd.read_file(truth)
+    model = work / "run"
+    t0 = time.perf_counter()
+    get_backend(ModelKey(str(model.resolve()), "torch", "auto", PredictConfig().ff_batch))
+    print(f"model load (once per worker): {time.perf_counter() - t0:.1f} s", flush=True)
+
+    def f1(out: Path) -> float:
+        return float(evaluate_frames(gpd.read_file(out), truth_gdf, iou=0.5)["f1"])
+
+    def routed(budget: float | str, out: Path) -> dict:
+        t0 = time.perf_counter()
+        s = predict([scene], model, out, PredictConfig(budget=budget), overwrite=True, progress=False)
+        res = {"seconds": time.perf_counter() - t0, "ff_cells": s.ff_cells, "cells": s.cells,
+               "model_s": s.model_seconds, "routing": s.routing}
+        return {**res, "f1": f1(out)}
+
+    routed(0.1, work / "warmup.gpkg")  # kernels, allocator
+    rows: dict[str, dict] = {}
+    fl = dense_floor(scene, model, work / "floor.gpkg")
+    rows["floor"] = {**fl, "f1": f1(work / "floor.gpkg"), "ff_cells": -1}
+    for b in (1.0, 0.25, "auto"):
+        try:
+            rows[str(b)] = routed(b, work / f"pred_{b}.gpkg")  # type: ignore[arg-type]
+        except Exception as err:  # noqa: BLE001 - e.g. a predict without --budget auto
+            print(f"budget {b}: {err}")
+    floor = rows["floor"]["seconds"]
+    print(f"{'run':>8} {'FF cells':>9} {'wall s':>7} {'floor/run':>9} {'F1@0.5':>7}")
+    for name, r in rows.items():
+        cells = "all" if r["ff_cells"] < 0 else str(r["ff_cells"])
+        print(f"{name:>8} {cells:>9} {r['seconds']:>7.1f} {floor / r['seconds']:>8.2f}x {r['f1']:>7.3f}")
+    if "1.0" in rows:
+        print(f"budget 1.0 / floor: {rows['1.0']['seconds'] / floor:.2f} (target <= 1.10)")
+    for b in ("0.25", "auto"):
+        if b in rows:
+            r = rows[b]
+            print(f"floor / routed {b}: {floor / r['seconds']:.2f}x (target >= 3x), F1 "
+                  f"{100 * (r['f1'] - rows['floor']['f1']):+.1f} points (target >= -1); {r['routing']}")
+    mo = floor_model_seconds(model, _side(scene))
+    print(f"floor: pipeline / model-only {floor:.1f} s / {mo:.1f} s = {floor / mo:.2f} (target <= 1.3)")
+    for b in ("0.25", "auto"):
+        if b in rows:
+            r = rows[b]
+            print(f"routed {b}: pipeline / time in model calls {r['seconds']:.1f} s / {r['model_s']:.1f} s "
+                  f"= {r['seconds'] / max(r['model_s'], 1e-9):.2f} (model seconds summed over threads)")
+
+
+def _side(scene: Path) -> int:
+    import rasterio
+
+    with rasterio.open(scene) as src:
+        return int(src.width)
+
+
+def extras(work: Path) -> None:
+    """Peak RSS on 1x and 4x the area, and onnxruntime vs torch, on 2048² scenes."""
     import geopandas as gpd
 
     from geoseg.evaluate import evaluate_frames
-
-    truth_gdf = gpd.read_file(truth)
-    from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.predict import PredictConfig, predict
 
-    t0 = time.perf_counter()
-    get_backend(ModelKey(str((work / "run").resolve()), "torch", "auto", PredictConfig().ff_batch))
-    print(f"model load (once per worker): {time.perf_counter() - t0:.1f} s")
-
-    def timed(model: Path, budget: float, backend: str, out: Path) -> dict:
-        t0 = time.perf_counter()
-        s = predict([scene], model, out, PredictConfig(budget=budget, backend=backend),
-                    overwrite=True, progress=False)
-        return {"seconds": time.perf_counter() - t0, "ff_cells": s.ff_cells,
-                "f1": evaluate_frames(gpd.read_file(out), truth_gdf, iou=0.5)["f1"]}
-
-    timed(work / "run", 0.1, "torch", work / "warmup.gpkg")  # kernels, allocator
-    rows = {b: timed(work / "run", b, "torch", work / f"pred_{b}.gpkg") for b in (1.0, 0.25, 0.1)}
-    dense = rows[1.0]
-    print(f"{'budget':>7} {'FF cells':>9} {'wall s':>7} {'speed-up':>9} {'F1@0.5':>7}")
-    for b, r in rows.items():
-        print(f"{b:>7.2f} {r['ff_cells']:>9d} {r['seconds']:>7.1f} "
-              f"{dense['seconds'] / r['seconds']:>8.2f}x {r['f1']:>7.3f}")
-    print(f"routed 0.25: {dense['seconds'] / rows[0.25]['seconds']:.2f}x faster than dense "
-          f"(target >= 3x), F1 {100 * (rows[0.25]['f1'] - dense['f1']):+.1f} points (target >= -1)")
-    mo = model_only_seconds(work / "run", scene, 0.25)
-    print(f"pipeline / model-only at 0.25: {rows[0.25]['seconds']:.1f} s / {mo:.1f} s = "
-          f"{rows[0.25]['seconds'] / mo:.2f} (target <= 1.3)")
+    scene, big = work / "sparse2048.tif", work / "sparse4096.tif"
+    if not scene.exists():
+        boxes_scene(scene, 2048, 0.2, seed=4)
+    if not big.exists():
+        boxes_scene(big, 4096, 0.2, seed=3)
     # --block 1024: both scenes have several blocks per thread, so what is compared is the
     # scene size, not how many blocks run at once (a 2048-px scene is one 2048-px block).
     r1 = run_child(str(scene), str(work / "run"), str(work / "pred1x.gpkg"), "0.25", "torch", "1024")
@@ -221,11 +337,18 @@ def run_benchmarks(work: Path, scene: Path, big: Path, truth: Path) -> None:
     from geoseg.export import export_onnx
 
     export_onnx(work / "run", work / "export", overwrite=True)
-    timed(work / "export", 0.1, "onnx", work / "warmup_onnx.gpkg")
-    ro = timed(work / "export", 0.25, "onnx", work / "pred_onnx.gpkg")
-    print(f"onnxruntime vs torch (routed 0.25): {ro['seconds']:.1f} s vs "
-          f"{rows[0.25]['seconds']:.1f} s = {rows[0.25]['seconds'] / ro['seconds']:.2f}x "
-          f"(target >= 1.0); F1 {ro['f1']:.3f} vs {rows[0.25]['f1']:.3f}")
+    truth = gpd.read_file(scene.with_suffix(".gpkg"))
+
+    def timed(model: Path, backend: str, out: Path) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        predict([scene], model, out, PredictConfig(budget=0.25, backend=backend), overwrite=True, progress=False)
+        return time.perf_counter() - t0, evaluate_frames(gpd.read_file(out), truth, iou=0.5)["f1"]
+
+    timed(work / "export", "onnx", work / "warmup_onnx.gpkg")
+    to, fo = timed(work / "export", "onnx", work / "pred_onnx.gpkg")
+    tt, ft = timed(work / "run", "torch", work / "pred_torch.gpkg")
+    print(f"onnxruntime vs torch (routed 0.25, 2048²): {to:.1f} s vs {tt:.1f} s = {tt / to:.2f}x "
+          f"(target >= 1.0); F1 {fo:.3f} vs {ft:.3f}")
 
 
 if __name__ == "__main__":
