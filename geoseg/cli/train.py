@@ -18,10 +18,14 @@ from geoseg.cli.options import overwrite_option, progress_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.")
 @click.option("--seed", type=int, help="Seed of weights, sampling and augmentation.")
+@click.option("--unlabelled", "unlabelled", multiple=True, type=click.Path(path_type=Path),
+              help="Output folder of `geoseg tile` without --labels: mean-teacher training on its "
+                   "chips (repeatable; adds to the config's semi.unlabelled).")
 @overwrite_option
 @progress_option
 def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None, resume: bool,
-              device: str | None, seed: int | None, overwrite: bool, progress: bool | None) -> None:
+              device: str | None, seed: int | None, unlabelled: tuple[Path, ...], overwrite: bool,
+              progress: bool | None) -> None:
     """Train the routed instance-segmentation model on chips from geoseg tile.
 
     Writes OUT/checkpoints/{last,best}.pt, OUT/metrics.csv (one row per epoch: losses,
@@ -30,12 +34,17 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     \b
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1 --resume --epochs 30
+    $ geoseg tile more_scenes/ --out unlabelled/
+    $ geoseg train configs/buildings-cpu.yaml --patches patches/ --unlabelled unlabelled/ --out runs/semi
     """
     from geoseg.config import load_config
     from geoseg.errors import ConfigError
     from geoseg.train import TrainConfig, train
 
     cfg = load_config(TrainConfig, config)
+    if unlabelled:
+        semi = cfg.semi.model_copy(update={"unlabelled": [*cfg.semi.unlabelled, *map(str, unlabelled)]})
+        cfg = cfg.model_copy(update={"semi": semi})
     patches = patches or (Path(cfg.patches) if cfg.patches else None)
     if patches is None:
         raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")

@@ -11,6 +11,7 @@ from geoseg.models.config import ModelConfig
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.train.augment import AugmentConfig
 from geoseg.train.losses import LossConfig
+from geoseg.train.semi import SemiConfig
 
 Metric = Literal["ap", "ap50", "iou", "f1"]
 
@@ -62,3 +63,4 @@ class TrainConfig(Strict):
     optim: OptimConfig = OptimConfig()
     val: ValConfig = ValConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    semi: SemiConfig = SemiConfig()

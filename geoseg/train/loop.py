@@ -34,6 +34,7 @@ from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.routed import RoutedModel
 from geoseg.train.augment import build_augment
 from geoseg.train.config import TrainConfig
+from geoseg.train.curves import plot_curves
 from geoseg.train.dataset import read_stats
 from geoseg.train.losses import RoutedLoss
 
@@ -137,9 +138,11 @@ class Trainer:
         warmup = int(o.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, self.total_steps, warmup, o.min_lr_ratio))
+        decay = (self.cfg.semi.teacher_decay or o.ema_decay) if self.cfg.semi.enabled else o.ema_decay
         self.ema = (torch.optim.swa_utils.AveragedModel(
-            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(o.ema_decay),
-            use_buffers=True) if o.ema_decay else None)
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
+            use_buffers=True) if decay else None)
+        self.semi = _mean_teacher(self.cfg, self.ema is not None)
         self.amp = bool(o.amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0
@@ -202,7 +205,9 @@ class Trainer:
         """One epoch of optimisation; returns the mean of every logged loss term."""
         self.model.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         n = 0
+        unlabelled = self.semi.batches(self.epoch, self.steps_per_epoch) if self.semi else None
         bar = tqdm(self._loader(True), total=self.steps_per_epoch, file=sys.stderr,
                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress)
@@ -212,6 +217,13 @@ class Trainer:
             with torch.autocast(self.device.type, enabled=self.amp):
                 out = self.model(batch["image"])
                 total, terms = self.loss(out, batch, progress=self.step / max(1, self.total_steps))
+                weight = self.semi_weight()
+                if unlabelled is not None and weight > 0:
+                    ub = {k: v.to(self.device, non_blocking=True) for k, v in next(unlabelled).items()}
+                    u_total, u_terms = self.semi.loss(self.model, self.eval_model(), ub, self.loss,
+                                                      self.step / max(1, self.total_steps))
+                    total = total + weight * u_total
+                    terms = {**terms, **u_terms, "unsup_weight": weight}
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if self.cfg.optim.grad_clip:
@@ -227,8 +239,15 @@ class Trainer:
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return {k: v / max(counts.get(k, n), 1) for k, v in sums.items()}
+
+    def semi_weight(self) -> float:
+        """Weight of the unlabelled loss at this step (0 without ``semi``)."""
+        from geoseg.train.semi import ramp_weight
+
+        return ramp_weight(self.cfg.semi, self.step / self.steps_per_epoch) if self.semi else 0.0
 
     def eval_model(self) -> torch.nn.Module:
         """The weights used for validation and best.pt: the EMA when enabled."""
@@ -291,6 +310,19 @@ class Trainer:
         return TrainResult(self.run_dir, self.epoch, self.best, self.history)
 
 
+def _mean_teacher(cfg: TrainConfig, has_ema: bool) -> Any:
+    """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi``, or None."""
+    if not cfg.semi.enabled:
+        return None
+    if not has_ema:
+        raise ConfigError("semi needs a teacher: set semi.teacher_decay (or optim.ema_decay)")
+    from geoseg.bands import load_stats
+    from geoseg.train.semi import MeanTeacher
+
+    assert cfg.patches is not None
+    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, cfg.data.batch_size, cfg.seed)
+
+
 class _quiet_stdout:
     def __enter__(self) -> None:
         import contextlib
@@ -301,35 +333,6 @@ class _quiet_stdout:
 
     def __exit__(self, *exc: Any) -> None:
         self._cm.__exit__(*exc)
-
-
-def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss and validation metrics per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("loss", "pv_extent", "ff_extent", "utility"):
-        if any(key in r for r in history):
-            ax1.plot(epochs, [r.get(key, np.nan) for r in history], label=key)
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
-    ax1.legend()
-    for key in ("ap", "ap50", "iou", "f1"):
-        if any(key in r for r in history):
-            ax2.plot(epochs, [r.get(key, np.nan) for r in history], marker="o", label=key)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation")
-    ax2.set_ylim(0, 1)
-    if ax2.get_legend_handles_labels()[0]:
-        ax2.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
 
 
 def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs: int | None = None,

@@ -1,0 +1,251 @@
+"""Semi-supervised training on unlabelled chips: a mean teacher (Tarvainen & Valpola, 2017).
+
+The teacher is the exponential moving average of the student (the trainer's EMA weights,
+with decay ``semi.teacher_decay``), so it is saved in ``last.pt`` with them, resumed with
+them, and is the model that validation scores and ``best.pt`` holds. Each training step,
+beside the labelled batch:
+
+1. an unlabelled batch: random crops of chips written by ``geoseg tile`` without labels,
+   scaled with the *labelled* band statistics (the model's);
+2. a weak view (one of the 8 flips/90° rotations) goes to the teacher, a strong view of
+   the same pixels (the weak view plus photometric satellite augmentations: haze, clouds,
+   radiometry, blur, resolution loss, noise, JPEG; nothing that moves a pixel) to the
+   student, so the teacher's maps line up with the student's pixel for pixel;
+3. the teacher's fused maps (PV + FF at ``teacher_budget``) become hard pseudo-targets
+   (extent, boundary, contact > 0.5; the class of highest probability), kept only where the
+   teacher is confident about extent (``max(p, 1 − p) >= threshold``) and the data valid;
+4. the student's output on the strong view is scored against them with the same
+   :class:`~geoseg.train.losses.RoutedLoss` as labelled data, router utility included (its
+   target: how much FF lowers the loss against the teacher's maps, per cell);
+5. that loss, times a weight ramped up over ``ramp_epochs`` after ``burn_in_epochs`` of
+   supervised training only (``weight · exp(−5 (1 − t)²)``), is added to the labelled one.
+
+Everything drawn is a function of (seed, epoch, index), so ``--resume`` is exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from pydantic import Field, model_validator
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+from torch.utils.data import Dataset
+
+from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
+from geoseg.config import Strict
+from geoseg.errors import ConfigError, InputRasterError
+from geoseg.io.rasters import valid_mask
+from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
+from geoseg.train.augment import AugmentConfig, build_augment
+
+#: The strong view's default: photometric families only (the weak view's D4 is shared).
+STRONG = AugmentConfig(d4=0.0, shift_scale_rotate=0.0, haze=0.3, clouds_shadows=0.3, blur=0.5,
+                       noise=0.5, jpeg=0.3, downscale=0.2, brightness_contrast_gamma=0.8)
+
+
+class SemiConfig(Strict):
+    """Mean-teacher training on unlabelled chips (YAML section ``semi``)."""
+
+    unlabelled: list[str] = Field(default_factory=list,
+                                  description="output folders of `geoseg tile` without labels")
+    teacher_decay: float | None = Field(
+        None, gt=0, lt=1, description="EMA decay of the teacher (None: optim.ema_decay)")
+    weight: float = Field(1.0, ge=0, description="weight of the unsupervised loss after the ramp")
+    ramp_epochs: float = Field(5.0, ge=0, description="sigmoid ramp-up of the weight, in epochs")
+    burn_in_epochs: float = Field(2.0, ge=0, description="supervised-only epochs first")
+    threshold: float = Field(0.8, ge=0.5, lt=1.0,
+                             description="teacher confidence max(p, 1-p) to keep a pixel")
+    ratio: float = Field(1.0, gt=0, description="unlabelled samples per labelled one per step")
+    teacher_budget: float = Field(1.0, gt=0, le=1, description="router budget of the teacher")
+    strong: AugmentConfig = Field(default_factory=lambda: STRONG.model_copy(),
+                                  description="the student's extra, photometric, augmentation")
+
+    @model_validator(mode="after")
+    def _no_geometry_in_strong(self) -> SemiConfig:
+        if self.strong.d4 > 0 or self.strong.shift_scale_rotate > 0:
+            raise ValueError("semi.strong must not move pixels (set d4 and shift_scale_rotate "
+                             "to 0): the teacher's targets must line up with the student's view")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any unlabelled folder is given."""
+        return bool(self.unlabelled)
+
+
+def ramp_weight(cfg: SemiConfig, epoch: float) -> float:
+    """Weight of the unsupervised loss at a (fractional) epoch.
+
+    Examples:
+        >>> cfg = SemiConfig(weight=2.0, burn_in_epochs=1, ramp_epochs=4)
+        >>> [round(ramp_weight(cfg, e), 3) for e in (0.5, 1.0, 3.0, 5.0, 9.0)]
+        [0.0, 0.013, 0.573, 2.0, 2.0]
+    """
+    if epoch < cfg.burn_in_epochs:
+        return 0.0
+    t = 1.0 if cfg.ramp_epochs == 0 else min(1.0, (epoch - cfg.burn_in_epochs) / cfg.ramp_epochs)
+    return cfg.weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def d4(array: np.ndarray, k: int) -> np.ndarray:
+    """Element ``k`` (0-7) of the dihedral group on the last two axes of ``array``."""
+    out = np.rot90(array, k % 4, axes=(-2, -1))
+    return np.flip(out, axis=-1) if k >= 4 else out
+
+
+def chips_of(root: Path) -> list[Path]:
+    """The chips of a `geoseg tile` output folder (every split: none of them is labelled).
+
+    Raises:
+        ConfigError: ``root`` holds no ``images/*.tif``.
+    """
+    images = root / "images"
+    chips = sorted(p for p in images.glob("*.tif") if not p.name.startswith(".")) if images.is_dir() else []
+    if not chips:
+        raise ConfigError(f"unlabelled folder {root} holds no chips (images/*.tif); write one "
+                          f"with `geoseg tile SCENES --out {root}` (no --labels needed)")
+    return chips
+
+
+class UnlabelledChips(Dataset[dict[str, Any]]):
+    """Weak and strong views of random crops of unlabelled chips.
+
+    Args:
+        roots: output folders of `geoseg tile`.
+        stats: the band statistics of the *labelled* chips (the model's normalisation).
+        crop: side of the random crops (chips smaller are used whole).
+        strong: the strong view's augmentation config (photometric only).
+        seed: crops, D4 elements and strong augmentations are f(seed, epoch, index).
+
+    Raises:
+        ConfigError: a folder without chips, or chips of another band count than ``stats``.
+    """
+
+    def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
+                 strong: AugmentConfig, seed: int = 0) -> None:
+        self.chips = [c for r in roots for c in chips_of(Path(r))]
+        for root in roots:
+            first = chips_of(Path(root))[0]
+            with rasterio.open(first) as src:
+                if src.count != stats.bands:
+                    raise ConfigError(f"unlabelled chips in {root} have {src.count} bands but the "
+                                      f"labelled ones {stats.bands}; tile scenes of the same sensor")
+        self.stats, self.crop, self.seed, self.epoch = stats, crop, seed, 0
+        self.strong = build_augment(strong, stats.bands, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw other crops and views (deterministically) for ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """``weak`` and ``strong`` (C, H, W) float32 normalised; ``valid`` (H, W) bool."""
+        rng = np.random.default_rng([self.seed, self.epoch, i, 0x5E41])
+        path = self.chips[i]
+        try:
+            with rasterio.open(path) as src:
+                h, w = src.height, src.width
+                ch, cw = (h, w) if self.crop is None else (min(self.crop, h), min(self.crop, w))
+                win = Window(int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch)
+                raw = src.read(window=win)
+                valid = valid_mask(raw, src.dataset_mask(window=win))
+        except RasterioError as err:
+            raise InputRasterError(f"cannot read chip {path}: {err}; rerun `geoseg tile` to rewrite it") from None
+        k = int(rng.integers(8))
+        unit = np.where(valid, scale_to_unit(raw, self.stats, channel_axis=0), 0.0)
+        unit, valid = d4(unit, k), d4(valid, k)
+        weak = np.ascontiguousarray(unit.transpose(1, 2, 0), dtype=np.float32)
+        self.strong.reseed(int(rng.integers(2**31)))
+        strong, maps = self.strong(weak.copy(), {"valid": valid.copy()})
+        valid = valid & maps["valid"].astype(bool)
+        return {"weak": self._tensor(weak, valid), "strong": self._tensor(strong, valid),
+                "valid": torch.from_numpy(np.ascontiguousarray(valid))}
+
+    @staticmethod
+    def _tensor(unit: np.ndarray, valid: np.ndarray) -> torch.Tensor:
+        image = unit_to_normalized(unit) * valid[..., None]
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
+
+
+def pseudo_targets(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float
+                   ) -> tuple[dict[str, torch.Tensor], float]:
+    """Hard targets from the teacher's maps, kept where it is confident about extent.
+
+    Args:
+        teacher_logits: (B, C, H, W) fused logits of the teacher on the weak view.
+        valid: (B, H, W) bool, valid data.
+        threshold: keep pixels where ``max(p, 1 - p) >= threshold`` for extent.
+
+    Returns:
+        ``extent``, ``boundary``, ``contact`` (float 0/1), ``sdf`` (0: no boundary-aware
+        term), ``valid`` (bool) [, ``classes``], and the share of valid pixels kept.
+
+    Examples:
+        >>> logits = torch.tensor([4.0, 0.1, -4.0]).reshape(1, 1, 1, 3).expand(1, 3, 1, 3)
+        >>> t, share = pseudo_targets(logits, torch.ones(1, 1, 3, dtype=torch.bool), 0.9)
+        >>> t["extent"].tolist(), t["valid"].tolist(), round(share, 3)
+        ([[[1.0, 1.0, 0.0]]], [[[True, False, True]]], 0.667)
+    """
+    p = torch.sigmoid(teacher_logits.detach().float())
+    ext = p[:, EXTENT]
+    keep = valid & (torch.maximum(ext, 1 - ext) >= threshold)
+    targets = {"extent": (ext > 0.5).float(), "boundary": (p[:, BOUNDARY] > 0.5).float(),
+               "contact": (p[:, CONTACT] > 0.5).float(), "sdf": torch.zeros_like(ext), "valid": keep}
+    if teacher_logits.shape[1] > FIRST_CLASS:
+        cls = teacher_logits[:, FIRST_CLASS:].argmax(1)
+        targets["classes"] = cls.masked_fill(~(keep & (ext > 0.5)), -1)
+    share = float(keep.sum()) / max(1, int(valid.sum()))
+    return targets, share
+
+
+class MeanTeacher:
+    """The unlabelled half of each training step (see the module doc).
+
+    Args:
+        cfg: the ``semi`` section.
+        stats: the labelled chips' band statistics.
+        crop: crop side of the labelled samples (the same here).
+        batch_size: labelled batch size; the unlabelled one is ``ratio`` times it.
+        seed: the run's seed.
+    """
+
+    def __init__(self, cfg: SemiConfig, stats: BandStats, crop: int | None, batch_size: int,
+                 seed: int) -> None:
+        self.cfg = cfg
+        self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed)
+        self.batch_size = max(1, round(cfg.ratio * batch_size))
+        self.seed = seed
+
+    def batches(self, epoch: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``steps`` unlabelled batches of ``epoch`` (sampled with replacement, seeded)."""
+        from geoseg.train.dataset import collate
+
+        self.data.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(self.seed * 100019 + epoch)
+        sampler = torch.utils.data.RandomSampler(self.data, replacement=True,
+                                                 num_samples=steps * self.batch_size, generator=gen)
+        loader = torch.utils.data.DataLoader(self.data, batch_size=self.batch_size, sampler=sampler,
+                                             drop_last=True, num_workers=0, collate_fn=collate)
+        yield from loader
+
+    def loss(self, student: torch.nn.Module, teacher: torch.nn.Module, batch: dict[str, torch.Tensor],
+             loss_fn: Any, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """The unsupervised loss of one batch, and ``unsup`` / ``confident`` to log."""
+        was_training = teacher.training
+        teacher.eval()
+        with torch.no_grad():
+            t_out = teacher(batch["weak"], budget=self.cfg.teacher_budget)
+        teacher.train(was_training)
+        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold)
+        out = student(batch["strong"])
+        total, _ = loss_fn(out, targets, progress=progress)
+        return total, {"unsup": float(total.detach()), "confident": share}

@@ -1,0 +1,152 @@
+"""Semi-supervised training with a mean teacher (issue #12)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import REPO, bright_boxes_scene, grid_boxes, write_raster
+from rasterio.transform import from_origin
+
+from geoseg.bands import BandStats
+from geoseg.cli.main import cli
+from geoseg.config import load_config
+from geoseg.errors import ConfigError
+from geoseg.models.checkpoint import load_checkpoint
+from geoseg.tile import TileConfig, tile
+from geoseg.train import TrainConfig, train
+from geoseg.train.augment import AugmentConfig
+from geoseg.train.loop import Trainer
+from geoseg.train.semi import STRONG, SemiConfig, UnlabelledChips, d4, pseudo_targets, ramp_weight
+
+TINY = REPO / "tests" / "conf" / "tiny.yaml"
+QUIET = AugmentConfig(d4=0, shift_scale_rotate=0, haze=0, clouds_shadows=0, blur=0, noise=0, jpeg=0,
+                      downscale=0, brightness_contrast_gamma=0)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Chips of two scenes of the same kind as the labelled ones, tiled without labels."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    scenes = [bright_boxes_scene(root / f"u{i}.tif", (64, 64), grid_boxes((64, 64), seed=10 + i), seed=20 + i)
+              for i in range(2)]
+    tile(scenes, None, root / "u", TileConfig(size=32, overlap=0), scheduler="sync")
+    return root / "u"
+
+
+def semi_cfg(unlabelled: Path, **semi: object) -> TrainConfig:
+    over = {"semi": {"unlabelled": [str(unlabelled)], "burn_in_epochs": 0, "ramp_epochs": 0,
+                     "threshold": 0.6, **semi}}
+    return load_config(TrainConfig, TINY, over)
+
+
+def test_ramp_is_zero_in_burn_in_then_rises_to_the_weight() -> None:
+    cfg = SemiConfig(weight=0.5, burn_in_epochs=2, ramp_epochs=3)
+    w = [ramp_weight(cfg, e) for e in np.linspace(0, 8, 33)]
+    assert all(x == 0 for x, e in zip(w, np.linspace(0, 8, 33)) if e < 2)
+    assert np.all(np.diff(w) >= 0) and w[-1] == 0.5 and 0 < ramp_weight(cfg, 3.5) < 0.5
+
+
+def test_confident_pixels_only_on_hand_made_maps() -> None:
+    # extent probabilities 0.95 (object), 0.55 (unsure), 0.02 (background), and an invalid pixel
+    p = torch.tensor([[0.95, 0.55, 0.02, 0.99]])
+    logits = torch.logit(p).reshape(1, 1, 1, 4).repeat(1, 4, 1, 1)  # extent, boundary, contact, class
+    valid = torch.tensor([[[True, True, True, False]]])
+    t, share = pseudo_targets(logits, valid, threshold=0.9)
+    assert t["valid"].tolist() == [[[True, False, True, False]]]
+    assert t["extent"].tolist() == [[[1.0, 1.0, 0.0, 1.0]]]
+    assert share == pytest.approx(2 / 3)
+    assert t["classes"].tolist() == [[[0, -1, -1, -1]]]  # a class where confident object only
+
+
+def test_strong_view_must_not_move_pixels() -> None:
+    with pytest.raises(ValueError, match="must not move pixels"):
+        SemiConfig(strong=STRONG.model_copy(update={"shift_scale_rotate": 0.5}))
+    with pytest.raises(ConfigError, match="teacher_dcay"):
+        load_config(TrainConfig, TINY, {"semi": {"teacher_dcay": 0.9}})
+
+
+def test_weak_and_strong_views_line_up_on_a_checkerboard(tmp_path: Path) -> None:
+    """The strong view is the weak view's pixels (one D4 element of the chip), only recoloured."""
+    board = ((np.indices((32, 32)) // 4).sum(0) % 2).astype(np.uint8) * 150 + 50
+    board[:3, :5] = 255  # breaks the symmetry: the D4 element is identifiable
+    chip = np.stack([board, board // 2, 255 - board])
+    (tmp_path / "u" / "images").mkdir(parents=True)
+    write_raster(tmp_path / "u" / "images" / "c.tif", chip, "EPSG:32636", from_origin(0, 0, 1, 1))
+    stats = BandStats(mean=(120.0, 60.0, 130.0), std=(60.0, 30.0, 60.0))
+    monotonic = QUIET.model_copy(update={"brightness_contrast_gamma": 1.0})
+    seen = set()
+    for seed in range(12):
+        ds = UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=monotonic, seed=seed)
+        s = ds[0]
+        weak, strong = s["weak"].numpy(), s["strong"].numpy()
+        ks = [k for k in range(8) if np.array_equal(d4(chip[0], k) > 200, weak[0] > weak[0].max() - 1e-6)]
+        assert len(ks) == 1  # the weak view is exactly one D4 element of the chip
+        seen.add(ks[0])
+        hi, lo = d4(chip[0], ks[0]) == 200, d4(chip[0], ks[0]) == 50
+        assert (strong[0][hi].min() > strong[0][lo].max())  # same pixels, monotonic recolouring
+    assert len(seen) >= 4
+    same = UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=QUIET, seed=0)[0]
+    np.testing.assert_array_equal(same["weak"].numpy(), same["strong"].numpy())
+
+
+def test_teacher_is_the_ema_of_the_student_after_a_step(tiny_patches: Path, unlabelled: Path,
+                                                         tmp_path: Path) -> None:
+    cfg = semi_cfg(unlabelled, teacher_decay=0.7)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"samples_per_epoch": 4})})
+    trainer = Trainer(cfg, tiny_patches, tmp_path / "run", torch.device("cpu"), progress=False)
+    trainer.train_epoch()
+    trainer.epoch += 1
+    teacher_1 = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    terms = trainer.train_epoch()
+    assert terms["unsup"] > 0 and 0 < terms["confident"] <= 1 and terms["unsup_weight"] == 1.0
+    student, teacher = trainer.model.state_dict(), trainer.ema.module.state_dict()
+    for key, value in teacher.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.7 * teacher_1[key] + 0.3 * student[key], msg=key,
+                                       equal_nan=True)
+
+
+def test_resume_with_semi_equals_uninterrupted(tiny_patches: Path, unlabelled: Path, tmp_path: Path) -> None:
+    class Crash(Exception):
+        pass
+
+    def crash(trainer, row) -> None:
+        if row["epoch"] == 1:
+            raise Crash
+
+    full = train(semi_cfg(unlabelled), tiny_patches, tmp_path / "full", epochs=2)
+    with pytest.raises(Crash):
+        train(semi_cfg(unlabelled), tiny_patches, tmp_path / "part", epochs=2, hooks=[crash])
+    resumed = train(semi_cfg(unlabelled), tiny_patches, tmp_path / "part", epochs=2, resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    for part in ("model", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=key)
+    assert [r["unsup"] for r in full.history] == [r["unsup"] for r in resumed.history]
+    rows = list(csv.DictReader((tmp_path / "full" / "metrics.csv").open()))
+    assert {"unsup", "confident", "unsup_weight"} <= set(rows[0])
+
+
+def test_cli_unlabelled_folder_and_its_errors(tiny_patches: Path, unlabelled: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
+                                   str(tmp_path / "run"), "--epochs", "1", "--unlabelled", str(unlabelled)])
+    assert res.exit_code == 0, res.output
+    saved = load_config(TrainConfig, tmp_path / "run" / "config.yaml")
+    assert saved.semi.unlabelled == [str(unlabelled)]
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
+                                   str(tmp_path / "r2"), "--unlabelled", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "holds no chips" in res.output and str(tmp_path / "empty") in res.output
+    one_band = tmp_path / "one"
+    scene = write_raster(tmp_path / "pan.tif", np.ones((1, 40, 40), np.uint8), "EPSG:32636",
+                         from_origin(450000, 40000, 1, 1))
+    tile([scene], None, one_band, TileConfig(size=32, overlap=0), scheduler="sync")
+    res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
+                                   str(tmp_path / "r3"), "--unlabelled", str(one_band)])
+    assert res.exit_code == 1 and "1 bands but the labelled ones 3" in res.output
