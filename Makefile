@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # stage packages checked with mypy --strict
 STRICT := geoseg/tile geoseg/train geoseg/predict geoseg/backends geoseg/export geoseg/pipeline
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: install
 	$(BIN)/python bench/routed_forward.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/evaluate.py
+
+## Everything that needs CUDA, one JSON report (<= 8 min on one H100/H200; skips what is missing).
+gpu-check:
+	bash bench/gpu_check.sh outputs/gpu-check.json
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -230,11 +230,23 @@ def main() -> None:
 
 def prepare_model(work: Path, epochs: int) -> None:
     """Train the CPU preset briefly on generated boxes (train and val scenes)."""
+    from geoseg.config import load_config
+    from geoseg.train import TrainConfig, train
+
+    patches = prepare_data(work)
+    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml",
+                      {"val": {"every": epochs}})
+    t0 = time.perf_counter()
+    res = train(cfg, patches, work / "run", epochs=epochs, overwrite=True)
+    print(f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s: "
+          f"val ap50 {res.history[-1].get('ap50', float('nan')):.2f}", flush=True)
+
+
+def prepare_data(work: Path) -> Path:
+    """Chips of generated boxes: a 1024² train scene and a 512² val scene; returns the patches folder."""
     import geopandas as gpd
 
-    from geoseg.config import load_config
     from geoseg.tile import TileConfig, tile
-    from geoseg.train import TrainConfig, train
 
     tr_labels, _ = boxes_scene(work / "train.tif", 1024, 0.5, seed=0)
     boxes_scene(work / "val.tif", 512, 0.5, seed=1)
@@ -246,12 +258,7 @@ def prepare_model(work: Path, epochs: int) -> None:
     both.to_file(work / "labels.gpkg")
     tile([work / "train.tif", work / "val.tif"], work / "labels.gpkg", work / "patches",
          TileConfig(val_fraction=0.0, val_scenes=("val",), overlap=0), overwrite=True)
-    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml",
-                      {"val": {"every": epochs}})
-    t0 = time.perf_counter()
-    res = train(cfg, work / "patches", work / "run", epochs=epochs, overwrite=True)
-    print(f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s: "
-          f"val ap50 {res.history[-1].get('ap50', float('nan')):.2f}", flush=True)
+    return work / "patches"
 
 
 def run_benchmarks(work: Path, scene: Path, truth: Path) -> None:

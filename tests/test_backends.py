@@ -184,3 +184,14 @@ def test_torch_backend_on_cuda_matches_cpu(trained_run: Path) -> None:  # noqa: 
     tiles = np.random.default_rng(1).standard_normal((5, 3, 24, 24), dtype=np.float32)
     with open_backend(trained_run, "torch", "cuda") as g, open_backend(trained_run, "torch", "cpu") as c:
         np.testing.assert_allclose(g.ff(tiles), c.ff(tiles), atol=TOL, rtol=0)
+
+
+def test_torch_precision_option_is_checked(trained_run: Path) -> None:  # noqa: F811
+    from geoseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        open_backend(trained_run, "torch", "cpu", precision="fp8")
+    tiles = np.random.default_rng(2).standard_normal((2, 3, 24, 24), dtype=np.float32)
+    with open_backend(trained_run, "torch", "cpu", precision="fp16") as half, \
+            open_backend(trained_run, "torch", "cpu") as full:  # fp16 is CUDA-only: the CPU keeps fp32
+        np.testing.assert_array_equal(half.ff(tiles), full.ff(tiles))

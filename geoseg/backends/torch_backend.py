@@ -48,20 +48,31 @@ class TorchBackend(Backend):
         model_path: run directory or ``.pt`` checkpoint (EMA weights when present).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         ff_batch: most FF tiles per forward.
+        precision: ``"fp32"``, or ``"fp16"`` (autocast on CUDA; float32 on the CPU).
+        compile: run both graphs through ``torch.compile``.
 
     Raises:
         CheckpointError: missing or corrupt checkpoint.
-        ConfigError: bad device.
+        ConfigError: bad device or precision.
     """
 
     name: ClassVar[str] = "torch"
+    _pv_fn: Any
+    _ff_fn: Any
 
-    def __init__(self, model_path: str | Path, device: str = "auto", ff_batch: int = 32) -> None:
+    def __init__(self, model_path: str | Path, device: str = "auto", ff_batch: int = 32,
+                 precision: str = "fp32", compile: bool = False) -> None:
         from geoseg.models.checkpoint import load_model
 
         dev = resolve_device(device)
         model, ckpt_meta = load_model(model_path, dev)
         self._init(model, ckpt_meta, dev, ff_batch)
+        if precision not in ("fp32", "fp16"):
+            raise ConfigError(f"unknown precision '{precision}'; valid: fp32, fp16")
+        self._fp16 = precision == "fp16" and dev.type == "cuda"  # autocast; outputs stay float32
+        if compile:  # torch.compile of both graphs, shapes dynamic (regions of several sizes)
+            self._pv_fn = torch.compile(self._pv_fn, dynamic=True)
+            self._ff_fn = torch.compile(self._ff_fn, dynamic=True)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, ckpt_meta: dict[str, Any], device: str = "cpu",
@@ -88,21 +99,26 @@ class TorchBackend(Backend):
                          dev.type, ff_batch)
         self.model = model
         self._dev = dev
+        self._fp16 = False
+        routed: Any = model  # a RoutedModel
+        self._pv_fn = routed.pv_graph
+        self._ff_fn = routed.ff_graph
 
     def _run(self, fn: Any, x: np.ndarray) -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self._dev.type, torch.float16, enabled=self._fp16):
             return fn(torch.from_numpy(x).to(self._dev, non_blocking=True))
 
     def _pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, utility = self._run(self.model.pv_graph, small)
+        logits, utility = self._run(self._pv_fn, small)
         return logits.float().cpu().numpy(), utility.float().cpu().numpy()
 
     def _ff(self, tiles: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self._run(self.model.ff_graph, tiles).float().cpu().numpy()
+        out: np.ndarray = self._run(self._ff_fn, tiles).float().cpu().numpy()
         return out
 
     def close(self) -> None:
         """Drop the model (frees GPU memory once no other reference holds it)."""
-        self.__dict__.pop("model", None)
+        for key in ("model", "_pv_fn", "_ff_fn"):
+            self.__dict__.pop(key, None)
         if self._dev.type == "cuda":
             torch.cuda.empty_cache()

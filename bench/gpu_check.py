@@ -1,0 +1,315 @@
+"""The Python part of `bench/gpu_check.sh`: everything that needs CUDA, one JSON report.
+
+Sections (each ``{"status": "ok" | "skipped" | "failed", "reason": ..., figures}``; a
+missing GPU, package or time budget skips a section with its reason, never fails the run):
+
+- ``env``: torch, CUDA, GPU name, Triton, ONNX Runtime providers, TensorRT import;
+- ``train_amp``: `geoseg train` of the GPU preset (random init, AMP, kornia on the
+  device) for a few epochs on generated boxes: seconds per step, samples/s, finite loss;
+- ``kornia``: the batch augmentation (`GpuAugment`) on a CUDA batch, ms per batch;
+- ``triton``: the compiled region/cell gather and scatter against the torch reference
+  (equality) and their times;
+- ``ort_cuda``: `geoseg export` to ONNX, then the FF/PV graphs in ONNX Runtime's CUDA
+  provider against torch;
+- ``tensorrt``: FP16 engines built and verified (`geoseg export --format tensorrt`);
+- ``predict``: km²/s at 0.3 m on a generated sparse scene: routed auto and 0.25 and the
+  plain dense floor (torch FP32), routed 0.25 in torch FP16 + torch.compile, and
+  TensorRT FP16, with F1@0.5 of each against the truth.
+
+    python bench/gpu_check.py --out report.json [--budget-s 420] [--side 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+Section = dict[str, Any]
+
+
+class Check:
+    """Runs sections under one time budget and collects the report."""
+
+    def __init__(self, budget_s: float, work: Path, out: Path) -> None:
+        self.t0, self.budget_s, self.work, self.out = time.perf_counter(), budget_s, work, out
+        self.report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "budget_s": budget_s, "sections": {}}
+        self.state: dict[str, Any] = {}
+
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.t0)
+
+    def run(self, name: str, fn: Callable[[], Section], needs: tuple[str, ...] = (), min_s: float = 20) -> None:
+        sections = self.report["sections"]
+        missing = [n for n in needs if sections.get(n, {}).get("status") != "ok"]
+        if missing:
+            sections[name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}: "
+                              + "; ".join(sections.get(n, {}).get("reason", "not run") for n in missing)}
+        elif self.left() < min_s:
+            sections[name] = {"status": "skipped", "reason": f"time budget spent ({self.left():.0f} s left)"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                sections[name] = {"status": "ok", **fn()}
+            except Skip as why:
+                sections[name] = {"status": "skipped", "reason": str(why)}
+            except Exception as err:  # noqa: BLE001 - a failed section is reported, the run goes on
+                sections[name] = {"status": "failed", "reason": f"{type(err).__name__}: {err}"[:500],
+                                  "traceback": traceback.format_exc()[-2000:]}
+            sections[name]["seconds"] = round(time.perf_counter() - t0, 2)
+        print(f"{name}: {sections[name]['status']} {sections[name].get('reason', '')}", flush=True)
+        self.write()
+
+    def write(self) -> None:
+        """The report so far (rewritten after every section: a run cut short keeps what it measured)."""
+        self.report["seconds"] = round(time.perf_counter() - self.t0, 1)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(self.out.name + ".tmp")
+        tmp.write_text(json.dumps(self.report, indent=2, default=str))
+        tmp.replace(self.out)
+
+
+class Skip(Exception):
+    """A section cannot run here (its reason is the message)."""
+
+
+def env() -> Section:
+    import torch
+
+    from geoseg.models.triton_cells import available as triton_available
+
+    out: Section = {"python": platform.python_version(), "torch": torch.__version__,
+                    "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+                    "triton": triton_available()}
+    try:
+        from geoseg.backends.onnx_backend import import_onnxruntime
+
+        ort = import_onnxruntime()
+        out["onnxruntime"], out["ort_providers"] = ort.__version__, ort.get_available_providers()
+    except Exception as err:  # noqa: BLE001
+        out["onnxruntime"] = f"unavailable: {err}"
+    try:
+        from geoseg.backends.tensorrt_backend import import_tensorrt
+
+        out["tensorrt"] = str(import_tensorrt().__version__)
+    except Exception as err:  # noqa: BLE001
+        out["tensorrt"] = f"unavailable: {err}"
+    if not torch.cuda.is_available():
+        raise Skip(f"torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees no CUDA GPU; "
+                   f"onnxruntime: {out.get('onnxruntime')}; tensorrt: {out['tensorrt']}")
+    out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def train_amp(chk: Check) -> Section:
+    import csv
+
+    from predict import prepare_data
+
+    from geoseg.config import load_config
+    from geoseg.train import TrainConfig, train
+
+    patches = prepare_data(chk.work)
+    epochs = 3
+    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-gpu.yaml", {
+        "device": "cuda", "data": {"samples_per_epoch": 128, "workers": 4},
+        "val": {"every": epochs}, "model": {"pv": {"encoder_weights": None}, "ff": {"encoder_weights": None}}})
+    res = train(cfg, patches, chk.work / "run", epochs=epochs, overwrite=True)
+    with (chk.work / "run" / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    steps = cfg.data.samples_per_epoch // cfg.data.batch_size
+    sec = [float(r["seconds"]) for r in rows[1:-1] or rows[-1:]]  # not the first (warm-up) nor the validated one
+    loss = float(rows[-1]["loss"])
+    if loss != loss:
+        raise RuntimeError("the training loss is NaN under AMP")
+    chk.state["run"] = chk.work / "run"
+    return {"amp": cfg.optim.amp, "kornia_on_device": cfg.augment.gpu, "batch": cfg.data.batch_size,
+            "crop": cfg.data.crop, "s_per_step": sum(sec) / len(sec) / steps,
+            "samples_per_s": steps * cfg.data.batch_size * len(sec) / sum(sec), "final_loss": loss,
+            "val": {k: v for k, v in res.history[-1].items() if k in ("ap", "ap50", "f1", "auto_share")}}
+
+
+def _cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1000 / repeats
+
+
+def kornia() -> Section:
+    import torch
+
+    from geoseg.train.augment import AugmentConfig, GpuAugment
+
+    aug = GpuAugment(AugmentConfig(d4=1.0, brightness_contrast_gamma=0.5, blur=0.2, noise=0.2)).cuda()
+    x = torch.randn(16, 3, 512, 512, device="cuda")
+    tg = {"extent": torch.rand(16, 512, 512, device="cuda") > 0.5,
+          "valid": torch.ones(16, 512, 512, dtype=torch.bool, device="cuda")}
+    img, out = aug(x, tg)
+    assert img.is_cuda and out["extent"].dtype == torch.bool
+    return {"batch": list(x.shape), "ms_per_batch": _cuda_ms(lambda: aug(x, tg))}
+
+
+def triton_kernels() -> Section:
+    import torch
+
+    from geoseg.models.cells import pack_cells, paste_cells
+    from geoseg.models.regions import pack_regions
+    from geoseg.models.triton_cells import available, pack_cells_triton, pack_regions_triton, paste_cells_triton
+
+    if not available():
+        raise Skip("triton does not import")
+    x = torch.randn(2, 3, 2048, 2048, device="cuda")
+    cells = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(32), torch.arange(32), indexing="ij"),
+                        -1).reshape(-1, 3)[::3].cuda()
+    boxes = torch.tensor([[0, 0, 0], [1, 8, 16], [1, 24, 24]], device="cuda")
+    out: Section = {}
+    for name, ref, got in (
+            ("pack_cells", lambda: pack_cells(x, cells, 64, 16), lambda: pack_cells_triton(x, cells, 64, 16)),
+            ("pack_regions_8x8", lambda: pack_regions(x, boxes, 8, 8, 64, 16),
+             lambda: pack_regions_triton(x, boxes, 8, 8, 64, 16))):
+        assert torch.equal(ref(), got()), f"{name}: Triton differs from torch"
+        out[name] = {"equal": True, "torch_ms": _cuda_ms(ref), "triton_ms": _cuda_ms(got)}
+    tiles = torch.randn(len(cells), 3, 64, 64, device="cuda")
+    assert torch.equal(paste_cells(x, cells, tiles, 64, 0), paste_cells_triton(x, cells, tiles, 64, 0))
+    out["paste_cells"] = {"equal": True, "torch_ms": _cuda_ms(lambda: paste_cells(x, cells, tiles, 64, 0)),
+                          "triton_ms": _cuda_ms(lambda: paste_cells_triton(x, cells, tiles, 64, 0))}
+    return out
+
+
+def _onnx(chk: Check) -> Any:
+    from geoseg.export import export_onnx
+
+    if "onnx" not in chk.state:
+        chk.state["onnx_report"] = export_onnx(chk.state["run"], chk.work / "onnx", overwrite=True)
+        chk.state["onnx"] = chk.work / "onnx"
+    return chk.state["onnx_report"]
+
+
+def ort_cuda(chk: Check) -> Section:
+    import numpy as np
+
+    from geoseg.backends import open_backend
+
+    rep = _onnx(chk)
+    try:
+        be = open_backend(chk.work / "onnx", "onnx", "cuda")
+    except Exception as err:  # noqa: BLE001 - DependencyError without the CUDA provider
+        raise Skip(str(err)) from None
+    ref = open_backend(chk.state["run"], "torch", "cuda")
+    rng = np.random.default_rng(0)
+    tiles = rng.standard_normal((8, 3, 544, 544), dtype=np.float32)
+    diff = float(np.abs(be.ff(tiles) - ref.ff(tiles)).max())
+    t0 = time.perf_counter()
+    for _ in range(5):
+        be.ff(tiles)
+    ort_s = (time.perf_counter() - t0) / 5
+    t0 = time.perf_counter()
+    for _ in range(5):
+        ref.ff(tiles)
+    return {"providers": be.providers, "export_max_abs_diff_cpu": rep.diffs, "ff_max_abs_diff_vs_torch": diff,
+            "ff_s_ort": ort_s, "ff_s_torch": (time.perf_counter() - t0) / 5}
+
+
+def tensorrt(chk: Check) -> Section:
+    from geoseg.backends.tensorrt_backend import import_tensorrt
+    from geoseg.export.tensorrt import export_tensorrt
+
+    try:
+        trt = import_tensorrt()
+    except Exception as err:  # noqa: BLE001
+        raise Skip(str(err)) from None
+    _onnx(chk)
+    rep = export_tensorrt(chk.state["onnx"], chk.work / "trt", fp16=True, overwrite=True)
+    chk.state["trt"] = chk.work / "trt"
+    return {"version": str(trt.__version__), "max_abs_diff_vs_ort": rep.diffs, "tolerance": rep.tolerance}
+
+
+def predict_throughput(chk: Check, side: int) -> Section:
+    import geopandas as gpd
+    from predict import boxes_scene, dense_floor
+
+    from geoseg.backends import cache
+    from geoseg.backends.torch_backend import TorchBackend
+    from geoseg.evaluate import evaluate_frames
+    from geoseg.predict import PredictConfig, predict
+
+    scene = chk.work / f"sparse{side}.tif"
+    boxes_scene(scene, side, 0.12, seed=2)
+    truth = gpd.read_file(scene.with_suffix(".gpkg"))
+    km2 = (side * 0.3) ** 2 / 1e6
+    run = chk.state["run"]
+
+    def one(model: Path, budget: Any, backend: str = "torch") -> Section:
+        out = chk.work / "pred.gpkg"
+        predict([scene], model, out, PredictConfig(budget=budget, backend=backend), overwrite=True, progress=False)
+        t0 = time.perf_counter()
+        s = predict([scene], model, out, PredictConfig(budget=budget, backend=backend), overwrite=True,
+                    progress=False)
+        sec = time.perf_counter() - t0
+        return {"seconds": sec, "km2_per_s": km2 / sec, "ff_share": s.ff_cells / max(s.cells, 1),
+                "routing": s.routing, "f1": float(evaluate_frames(gpd.read_file(out), truth, iou=0.5)["f1"])}
+
+    res: Section = {"scene_px": side, "km2": km2, "torch_fp32": {}}
+    for b in ("auto", 0.25):
+        res["torch_fp32"][f"routed_{b}"] = one(run, b)
+    dense_floor(scene, run, chk.work / "floor.gpkg")
+    t0 = time.perf_counter()
+    dense_floor(scene, run, chk.work / "floor.gpkg")
+    sec = time.perf_counter() - t0
+    res["torch_fp32"]["dense_floor"] = {
+        "seconds": sec, "km2_per_s": km2 / sec,
+        "f1": float(evaluate_frames(gpd.read_file(chk.work / "floor.gpkg"), truth, iou=0.5)["f1"])}
+    if chk.left() > 60:  # FP16 + torch.compile: the cached backend of this process, swapped in
+        key = cache.ModelKey(str(Path(run).resolve()), "torch", "auto", PredictConfig().ff_batch)
+        fast = TorchBackend(run, "cuda", precision="fp16", compile=True)
+        with cache._LOCK:
+            cache._BACKENDS[(key, cache._model_mtime(key.model))] = fast
+        res["torch_fp16_compile"] = {"routed_0.25": one(run, 0.25)}
+        with cache._LOCK:
+            cache._BACKENDS.clear()
+    if "trt" in chk.state and chk.left() > 30:
+        res["tensorrt_fp16"] = {"routed_0.25": one(chk.state["trt"], 0.25, "tensorrt")}
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True, help="the JSON report")
+    ap.add_argument("--budget-s", type=float, default=420, help="time for all sections")
+    ap.add_argument("--side", type=int, default=8192, help="side of the predict scene in px (0.3 m)")
+    ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: next to --out)")
+    args = ap.parse_args()
+    work = args.work or args.out.parent / "gpu-check-work"
+    work.mkdir(parents=True, exist_ok=True)
+    chk = Check(args.budget_s, work, args.out)
+    chk.run("env", env, min_s=0)
+    chk.run("train_amp", lambda: train_amp(chk), needs=("env",), min_s=120)
+    chk.run("kornia", kornia, needs=("env",))
+    chk.run("triton", triton_kernels, needs=("env",))
+    chk.run("ort_cuda", lambda: ort_cuda(chk), needs=("train_amp",))
+    chk.run("tensorrt", lambda: tensorrt(chk), needs=("train_amp",), min_s=120)
+    chk.run("predict", lambda: predict_throughput(chk, args.side), needs=("train_amp",), min_s=60)
+    chk.write()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
