@@ -199,7 +199,7 @@ def test_budget_one_is_the_plain_dense_network(scene, tiny_run: Path, tmp_path: 
     path, _ = scene
     prob = tmp_path / "p.tif"
     s = predict([path], tiny_run, tmp_path / "d.gpkg", cfg(block=128, prob_out=str(prob)))
-    assert s.ff_cells == s.cells == 48
+    assert s.ff_cells == s.cells == 48 and s.ff_regions == 1
     with rasterio.open(path) as src, rasterio.open(prob) as p:
         img, got = src.read().astype(np.float32), p.read(1).astype(np.int16)
     with open_backend(tiny_run, "torch", "cpu") as be:  # the scene is one 6x8-cell window

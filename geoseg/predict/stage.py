@@ -62,6 +62,8 @@ class PredictSummary:
     blocks: int = 0
     cells: int = 0
     ff_cells: int = 0
+    ff_regions: int = 0
+    """Rectangles of cells FF ran on, one halo each (blocks resumed from the cache not counted)."""
     polygons: int = 0
     model_seconds: float = 0.0
     seconds: float = 0.0
@@ -76,7 +78,8 @@ class PredictSummary:
         return [
             f"scenes: {self.scenes}, blocks: {self.blocks} "
             f"(resumed: {', '.join(f'{k} {v}' for k, v in self.resumed.items())})",
-            f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing})",
+            f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing}) "
+            f"in {self.ff_regions} regions",
             f"polygons: {self.polygons} -> {self.out}",
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
         ] + [f"probabilities: {p}" for p in self.prob_out]
@@ -315,6 +318,7 @@ def predict(
         ffs: list[FfResult] = block_results[nbh * nbw + 1:]
         summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
         summary.ff_cells += sum(r.cells for r in ffs)
+        summary.ff_regions += sum(r.regions for r in ffs)
     for plan in plans:
         gh, gw = plan.cells_shape
         summary.cells += gh * gw
