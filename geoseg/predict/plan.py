@@ -8,17 +8,15 @@ its result in the plan's per-scene cache directory.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.errors import RasterioError
 from rasterio.windows import Window, intersection
 
-from geoseg.errors import InputRasterError
+from geoseg.io import rasters
 from geoseg.io.rasters import SceneInfo, valid_mask
 
 
@@ -81,17 +79,9 @@ class BlockPlan:
 
 
 # ----------------------------------------------------------------------------- reading
-@contextmanager
-def read_errors(plan: BlockPlan, win: Window) -> Iterator[None]:
-    """Turn a failed read (a truncated or damaged file) into one error naming file and window."""
-    try:
-        yield
-    except RasterioError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputRasterError(
-            f"{plan.scene.path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
-            f"{int(win.width)}x{int(win.height)} ({first[:120]}); the file is damaged or truncated: "
-            "re-create or re-download it (gdalinfo -checksum finds the bad part)") from None
+def read_errors(plan: BlockPlan, win: Window) -> AbstractContextManager[None]:
+    """A failed read of the scene (truncated, damaged) as one error naming file and window."""
+    return rasters.read_errors(plan.scene.path, win)
 
 
 def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
