@@ -147,7 +147,7 @@ def test_write_gpkg_atomic(tmp_path):
 
 def test_write_geojson_in_wgs84(tmp_path, caplog):
     gdf = instances_to_frame(squares(), T_UTM, UTM)
-    with caplog.at_level(logging.INFO, logger="geoseg.predict.vectorize"):
+    with caplog.at_level(logging.INFO, logger="geoseg.io.formats"):
         out = write_vector(gdf, tmp_path / "b.geojson")
     assert "EPSG:4326" in caplog.text
     back = gpd.read_file(out)
@@ -159,8 +159,8 @@ def test_write_geojson_in_wgs84(tmp_path, caplog):
 
 def test_write_errors_leave_nothing(tmp_path, monkeypatch):
     gdf = instances_to_frame(squares(), T_UTM, UTM)
-    with pytest.raises(VectorFormatError, match=r"unknown vector extension '\.shp'") as err:
-        write_vector(gdf, tmp_path / "b.shp")
+    with pytest.raises(VectorFormatError, match=r"unknown vector extension '\.kml'") as err:
+        write_vector(gdf, tmp_path / "b.kml")
     assert isinstance(err.value, GeoSegError) and "\n" not in str(err.value)
     with pytest.raises(GeoSegError, match="no CRS"):
         write_vector(gdf.set_crs(None, allow_override=True), tmp_path / "b.gpkg")

@@ -1,4 +1,4 @@
-"""Instance labels to georeferenced polygons, and atomic writing of vector files.
+"""Instance labels to georeferenced polygons (written by :mod:`geoseg.io.formats`).
 
 Polygons are traced in *pixel* space (``rasterio.features.shapes``, 4-connected), where
 every vertex is an exact integer pixel corner, simplified there, and only then mapped
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -28,22 +27,19 @@ from pyproj import CRS, Geod, Transformer
 from rasterio.features import shapes
 from shapely.geometry import shape
 
-from geoseg.errors import GeoSegError
-from geoseg.io.atomic import atomic_path
+# the writer lives in geoseg.io.formats (every output format); re-exported here
+from geoseg.io.formats import DRIVERS as DRIVERS
+from geoseg.io.formats import VectorFormatError as VectorFormatError
+from geoseg.io.formats import vector_driver as vector_driver
+from geoseg.io.formats import write_vector as write_vector
 from geoseg.io.rasters import metres_per_pixel
-from geoseg.io.vectors import check_vector_name, polygonal_parts
+from geoseg.io.vectors import polygonal_parts
 
 log = logging.getLogger(__name__)
 
 _GEOD = Geod(ellps="WGS84")
 _WGS84 = CRS.from_epsg(4326)
-#: Extension -> OGR driver of the vector files geoseg writes.
-DRIVERS: dict[str, str] = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 HAS_COVERAGE_SIMPLIFY = hasattr(shapely, "coverage_simplify")
-
-
-class VectorFormatError(GeoSegError, ValueError):
-    """An output vector path has an extension geoseg cannot write."""
 
 
 def geodesic_area(geoms: np.ndarray, crs: Any) -> np.ndarray:
@@ -217,62 +213,3 @@ def _largest_polygons(geoms: np.ndarray) -> np.ndarray:
     owners, first = np.unique(owner[order], return_index=True)
     out[owners] = parts[order[first]]
     return out
-
-
-def vector_driver(path: str | Path) -> str:
-    """The OGR driver geoseg uses for a path, chosen by its extension.
-
-    Raises:
-        VectorFormatError: the extension is not one of :data:`DRIVERS`.
-
-    Examples:
-        >>> vector_driver("out/buildings.GPKG")
-        'GPKG'
-    """
-    check_vector_name(path, "cannot write", output=True)
-    ext = Path(path).suffix.lower()
-    try:
-        return DRIVERS[ext]
-    except KeyError:
-        raise VectorFormatError(
-            f"cannot write {path}: unknown vector extension '{ext}'; use one of "
-            f"{', '.join(sorted(DRIVERS))}"
-        ) from None
-
-
-def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = None) -> Path:
-    """Write polygons to a GeoPackage or GeoJSON file atomically, by extension.
-
-    The file is written under a temporary name in the same folder, then renamed over
-    ``path``: readers never see half a file, and an existing file (all its layers) is
-    replaced only on success. GeoJSON is reprojected to EPSG:4326, as RFC 7946 requires
-    (logged at INFO), and GDAL's RFC 7946 mode keeps 7 decimals of a degree (~1 cm);
-    GeoPackage keeps the frame's CRS and full precision.
-
-    Args:
-        gdf: the frame to write; must have a CRS.
-        path: ``.gpkg``, ``.geojson`` or ``.json``.
-        layer: GeoPackage layer name (default: the file's stem); ignored for GeoJSON.
-
-    Returns:
-        ``path``.
-
-    Raises:
-        VectorFormatError: unknown extension, or the frame has no CRS.
-    """
-    path = Path(path)
-    driver = vector_driver(path)
-    if gdf.crs is None:
-        raise VectorFormatError(f"cannot write {path}: the polygons have no CRS; set one with gdf.set_crs()")
-    options: dict[str, Any] = {}
-    if driver == "GeoJSON":
-        if not CRS.from_user_input(gdf.crs).equals(_WGS84):
-            log.info("writing %s in EPSG:4326 (RFC 7946 GeoJSON); source CRS was %s",
-                     path, gdf.crs.to_string())
-            gdf = gdf.to_crs(_WGS84)
-        options["RFC7946"] = "YES"
-    else:
-        options["layer"] = layer or path.stem
-    with atomic_path(path) as tmp:
-        gdf.to_file(tmp, driver=driver, engine="pyogrio", **options)
-    return path
