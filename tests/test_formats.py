@@ -75,3 +75,11 @@ def test_unknown_extension_is_one_line_listing_the_supported(frame: gpd.GeoDataF
     with pytest.raises(VectorFormatError, match="no CRS"):
         write_vector(frame.set_crs(None, allow_override=True), tmp_path / "b.gpkg")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_geoparquet_reads_back_as_an_input(frame: gpd.GeoDataFrame, tmp_path: Path) -> None:
+    """`geoseg evaluate b.parquet truth.gpkg` reads what predict wrote."""
+    from geoseg.io.vectors import read_vector
+
+    back = read_vector(write_vector(frame, tmp_path / "b.parquet"), "prediction")
+    assert back.crs == UTM and len(back) == 3

@@ -78,8 +78,12 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
     if not path.exists():
         raise InputVectorError(f"{role} file {path} does not exist; check the path")
     try:
-        info = pyogrio.read_info(path, layer=layer)
-        gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+        if path.suffix.lower() == ".parquet":  # GeoParquet (geoseg predict writes it): pyarrow
+            gdf = gpd.read_parquet(path)
+            info = {"geometry_type": "GeoParquet", "layer_name": path.stem, "driver": "GeoParquet"}
+        else:
+            info = pyogrio.read_info(path, layer=layer)
+            gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise InputVectorError(
