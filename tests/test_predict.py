@@ -145,8 +145,8 @@ def test_geojson_prob_out_and_errors(scene, tiny_run: Path, tmp_path: Path) -> N
                                    "--out", str(tmp_path / "c.gpkg")])
     assert res.exit_code == 1 and res.output.startswith("geoseg: error:")
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run),
-                                   "--out", str(tmp_path / "c.shp")])
-    assert res.exit_code == 1 and "c.shp" in res.output
+                                   "--out", str(tmp_path / "c.kml")])
+    assert res.exit_code == 1 and "c.kml" in res.output
 
 
 def test_deadline_sets_k_from_the_measured_cost(scene, tiny_run: Path, tmp_path: Path) -> None:

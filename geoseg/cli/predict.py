@@ -39,7 +39,7 @@ def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--model", required=True, type=click.Path(path_type=Path),
               help="Run directory, .pt checkpoint, or export directory (onnx/tensorrt).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Output .gpkg or .geojson (GeoJSON is written in EPSG:4326).")
+              help="Output .gpkg, .geojson (in EPSG:4326), .fgb, .shp or .parquet (GeoParquet).")
 @click.option("--budget", callback=_budget, help="Share of cells run at full resolution (1.0 is dense), "
               "or 'auto': the cells whose utility clears the model's calibrated threshold.  "
               "[default: the model's deadline or budget]")
@@ -53,6 +53,11 @@ def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
               help="1-based bands to read, e.g. 1,1,1 for a single band.")
 @click.option("--simplify", type=float, help="Tolerance in metres." + _default("simplify"))
 @click.option("--min-area", type=float, help="Smallest polygon in m²." + _default("min_area"))
+@click.option("--regularize/--no-regularize", default=None,
+              help="Square building outlines to their dominant directions.  "
+              "[default: the model's postprocess.regularize; on in the buildings presets]")
+@click.option("--regularize-tolerance", type=click.FloatRange(0, min_open=True), metavar="METRES",
+              help="Steps smaller than this are squared away." + _default("regularize_tolerance"))
 @click.option("--ff-batch", type=int, help="FF cells per model call." + _default("ff_batch"))
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")

@@ -29,6 +29,10 @@ class PredictConfig(Strict):
     min_area: float = Field(4.0, ge=0, description="smallest polygon kept, in m²")
     ff_batch: int = Field(32, ge=1, description="FF cells per model call")
     prob_out: str | None = Field(None, description="extent probabilities as a COG")
+    regularize: bool | None = Field(None, description="square building outlines "
+                                    "(None: the model's postprocess.regularize)")
+    regularize_tolerance: float = Field(1.0, gt=0, description="regularization: steps smaller "
+                                        "than this are squared away, in metres")
 
 
 def default(name: str) -> object:

@@ -71,6 +71,8 @@ class PredictSummary:
     """Blocks per phase whose result came from the cache of a killed run."""
     routing: str = ""
     prob_out: list[Path] = field(default_factory=list)
+    regularized: float | None = None
+    """The regularization tolerance in metres when outlines were squared, else None."""
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -80,7 +82,8 @@ class PredictSummary:
             f"(resumed: {', '.join(f'{k} {v}' for k, v in self.resumed.items())})",
             f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing}) "
             f"in {self.ff_regions} regions",
-            f"polygons: {self.polygons} -> {self.out}",
+            f"polygons: {self.polygons} -> {self.out}"
+            + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
         ] + [f"probabilities: {p}" for p in self.prob_out]
 
@@ -198,14 +201,20 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     # the model's stamp covers a run directory's contents: a checkpoint retrained in place
     # changes it even though the folder's own mtime does not move
     payload = {"model": [str(model_path), input_stamp(model_path)],
-               "cfg": cfg.model_dump(mode="json", exclude={"prob_out"}),
+               "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance"}),
                "scenes": [[str(s.path), input_stamp(s.path)] for s in scenes]}
     return digest(payload)
 
 
 def _write_probs(plan: BlockPlan, path: Path) -> None:
-    """Extent probabilities of a scene, assembled block by block, as a COG (uint8, 0-255)."""
+    """Extent probabilities of a scene, assembled block by block, as a COG.
+
+    uint8 0-255 with GDAL scale 1/255 and offset 0 (QGIS shows 0-1), and an internal mask:
+    the scene's valid pixels (nodata, masked, and NaN/inf in float scenes are masked).
+    """
     from rasterio.shutil import copy as rio_copy
+
+    from geoseg.io.rasters import valid_mask
 
     s = plan.scene
     tmp_tif = plan.cache / "probs_full.tif"
@@ -213,13 +222,21 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
                "dtype": "uint8", "crs": s.rio_crs, "transform": s.affine, "tiled": True,
                "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
     nbh, nbw = plan.blocks_shape
+    floating = np.issubdtype(np.dtype(s.dtype), np.floating)
     # both writes inside: a full disk while assembling is an error naming --prob-out too
     with atomic_path(path, what="--prob-out") as tmp:
-        with rasterio.open(tmp_tif, "w", **profile) as dst:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp_tif, "w", **profile) as dst, \
+                rasterio.open(s.path) as src:
             for bi in range(nbh):
                 for bj in range(nbw):
+                    core = plan.core(bi, bj)
                     with np.load(plan.path("probs", bi, bj)) as z:
-                        dst.write(z["probs"][0], 1, window=plan.core(bi, bj))
+                        dst.write(z["probs"][0], 1, window=core)
+                    mask = src.dataset_mask(window=core)
+                    if floating:
+                        mask = valid_mask(src.read(plan.band_indexes, window=core), mask)
+                    dst.write_mask(np.where(mask, 255, 0).astype(np.uint8), window=core)
+            dst.scales, dst.offsets = (1 / 255,), (0.0,)
             dst.update_tags(1, scale="1/255", meaning="probability of object extent")
         rio_copy(tmp_tif, tmp, driver="COG", compress="deflate", overview_resampling="average")
 
@@ -239,7 +256,8 @@ def predict(
     Args:
         scenes: raster files or directories of rasters.
         model: run directory, ``.pt`` checkpoint, or export directory (onnx/tensorrt).
-        out: ``.gpkg`` or ``.geojson`` file (one layer for the whole run).
+        out: ``.gpkg``, ``.geojson``, ``.fgb``, ``.shp`` or ``.parquet`` file (one layer
+            for the whole run, named after its stem; :mod:`geoseg.io.formats`).
         cfg: parameters (defaults when None).
         scheduler: Dask scheduler (see :func:`geoseg.parallel.compute`).
         overwrite: replace an existing output.
@@ -339,6 +357,11 @@ def predict(
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; polygons are written in %s", target_crs)
     summary.polygons = len(gdf)
+    if meta.postprocess.regularize if cfg.regularize is None else cfg.regularize:
+        from geoseg.predict.regularize import regularize
+
+        gdf = regularize(gdf, tolerance=cfg.regularize_tolerance)
+        summary.regularized = cfg.regularize_tolerance
     if cfg.prob_out:
         base = Path(cfg.prob_out)
         for plan in plans:

@@ -1,0 +1,81 @@
+"""`geoseg predict` outputs of issue #11: regularized outlines, formats by extension, the
+probability COG's scale/offset and mask (tiny trained model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
+from rasterio.transform import from_origin
+
+from geoseg.cli.main import cli
+from geoseg.evaluate import evaluate_frames
+from geoseg.outlines import corners
+from geoseg.predict import PredictConfig, predict
+
+SHAPE = (96, 128)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("outs")
+    boxes = grid_boxes(SHAPE, step=20, seed=5)
+    path = bright_boxes_scene(root / "scene.tif", SHAPE, boxes, seed=7)
+    return path, labels_for(path, root / "truth.gpkg", boxes, crs="EPSG:32636")
+
+
+def cfg(**kw: object) -> PredictConfig:
+    base: dict[str, object] = {"block": 64, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0,
+                               "budget": 1.0}
+    return PredictConfig(**{**base, **kw})
+
+
+def test_regularize_squares_boxes_and_keeps_f1(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
+    path, truth = scene
+    raw = predict([path], tiny_run, tmp_path / "raw.gpkg", cfg(regularize=False))
+    sq = predict([path], tiny_run, tmp_path / "sq.fgb", cfg(regularize=True, regularize_tolerance=1.0))
+    assert raw.regularized is None and sq.regularized == 1.0
+    assert any("regularized" in line for line in sq.lines())
+    a, b = gpd.read_file(tmp_path / "raw.gpkg"), gpd.read_file(tmp_path / "sq.fgb")
+    assert len(a) == len(b) and b.is_valid.all() and pyogrio.read_info(tmp_path / "sq.fgb")["layer_name"] == "sq"
+    assert np.median(corners(b.geometry.to_numpy())) == 4  # boxes come out as rectangles
+    assert np.median(corners(a.geometry.to_numpy())) >= 4
+    t = gpd.read_file(truth)
+    assert evaluate_frames(b, t)["f1"] >= evaluate_frames(a, t)["f1"] - 0.05
+    b = b.sort_values("area_m2").reset_index(drop=True)
+    np.testing.assert_allclose(b["area_m2"], b.geometry.area / 0.9996**2, rtol=0.01)  # recomputed
+
+
+def test_cli_regularize_flags_and_formats(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
+    path, _ = scene
+    for name, flag in (("a.shp", "--no-regularize"), ("b.parquet", "--regularize")):
+        res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                       str(tmp_path / name), flag, "--budget", "1.0"])
+        assert res.exit_code == 0, res.output
+        assert ("regularized" in res.output) == (flag == "--regularize")
+    assert len(gpd.read_parquet(tmp_path / "b.parquet")) == len(gpd.read_file(tmp_path / "a.shp")) > 0
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "c.kml")])
+    assert res.exit_code == 1 and "c.kml" in res.output and ".parquet" in res.output
+
+
+def test_probability_cog_scale_offset_and_mask(tiny_run: Path, tmp_path: Path) -> None:
+    boxes = grid_boxes((64, 64))
+    src = bright_boxes_scene(tmp_path / "full.tif", (64, 64), boxes, seed=3)
+    with rasterio.open(src) as s:
+        data = s.read()
+    data[:, :, :16] = 0  # a nodata strip on the left
+    path = write_raster(tmp_path / "nd.tif", data, "EPSG:32636", from_origin(450000, 40000, 0.5, 0.5), nodata=0)
+    summary = predict([path], tiny_run, tmp_path / "b.gpkg", cfg(prob_out=str(tmp_path / "p.tif")))
+    with rasterio.open(summary.prob_out[0]) as p:
+        assert p.scales == (pytest.approx(1 / 255),) and p.offsets == (0.0,)
+        assert p.tags(1)["scale"] == "1/255" and p.profile.get("nodata") is None
+        mask = p.dataset_mask()
+        assert (mask[:, :16] == 0).all() and (mask[:, 16:] == 255).all()
+        assert p.read(1, masked=True).max() * p.scales[0] <= 1.0
