@@ -1,0 +1,80 @@
+"""`geoseg search` (and the report of `geoseg train` for a ``task: search`` config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from geoseg.cli.options import overwrite_option, progress_option, scheduler_option
+
+
+def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
+                                 "e.g. 1,2,3 or 1,1,1") from None
+
+
+@click.command("search")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--examples", required=True, type=click.Path(path_type=Path),
+              help="Vector file of polygons or boxes drawn around examples (any CRS, at least one).")
+@click.option("--model", required=True, type=click.Path(path_type=Path),
+              help="Run directory of a `task: search` training, .pt checkpoint, or its ONNX export folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output .gpkg, .geojson, .fgb, .shp or .parquet of boxes as polygons.")
+@click.option("--min-score", type=float, help="Keep boxes scoring at least this.  [default: 0.3]")
+@click.option("--max-results", type=int, help="Keep the best N boxes of the run.")
+@click.option("--name", help="Name of the example set in the output (default: the examples file's stem).")
+@click.option("--backend", type=click.Choice(["torch", "onnx"]),
+              help="torch, or onnx (ONNX Runtime; a run directory is exported to RUN/search-onnx first).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the model runs.")
+@click.option("--block", type=int, help="Block side in pixels (memory bound).  [default: 1024]")
+@click.option("--halo", type=int, help="Pixels read around a block (half the largest object).  [default: 64]")
+@click.option("--bands", "band_indexes", callback=_bands, help="1-based bands to read, e.g. 1,1,1.")
+@scheduler_option
+@overwrite_option
+@progress_option
+def search_cmd(scenes: tuple[Path, ...], examples: Path, model: Path, out: Path, scheduler: str,
+               overwrite: bool, progress: bool | None, **options: Any) -> None:
+    """Find more objects like the EXAMPLES in SCENES, as boxes in the scene CRS.
+
+    The chips under the examples are the templates of a reference detector trained
+    with `geoseg train` on a `task: search` config; every box has score, scene and
+    examples (the example set's name). A killed run resumes when rerun.
+
+    \b
+    $ geoseg search scenes/ --examples tanks.gpkg --model runs/search --out tanks_found.gpkg
+    $ geoseg search scenes/ --examples tanks.gpkg --model runs/search --backend onnx \\
+          --min-score 0.5 --max-results 200 --out tanks_found.geojson
+    """
+    from geoseg.config import load_config
+    from geoseg.search import SearchConfig, search
+
+    cfg = load_config(SearchConfig, None, options)
+    summary = search(list(scenes), examples, model, out, cfg, scheduler=scheduler,
+                     overwrite=overwrite, progress=progress)
+    for line in summary.lines():
+        click.echo(line, err=True)
+
+
+def train_search_cmd(config: Path, patches: Path | None, out: Path, **kwargs: Any) -> None:
+    """`geoseg train` on a ``task: search`` config: train a reference detector."""
+    from geoseg.config import load_config
+    from geoseg.errors import ConfigError
+    from geoseg.search.train import SearchTrainConfig, train_search
+
+    cfg = load_config(SearchTrainConfig, config)
+    patches = patches or (Path(cfg.patches) if cfg.patches else None)
+    if patches is None:
+        raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")
+    result = train_search(cfg, patches, out, **kwargs)
+    last = result.history[-1] if result.history else {}
+    click.echo(f"trained {result.epochs} epochs; last AP50 {last.get('ap50', float('nan')):.3f}; "
+               f"best AP50 {result.best['value']:.3f} at epoch {result.best['epoch']}", err=True)
+    click.echo(f"run: {out} (checkpoints/best.pt, metrics.csv, curves.png)", err=True)

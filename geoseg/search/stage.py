@@ -1,0 +1,282 @@
+"""`geoseg search`: find objects like a few examples in scenes, as boxes in the scene CRS.
+
+1. The examples (polygons or boxes, any CRS, in one vector file) are reprojected to each
+   scene; each example lies in the scene holding its centre, and the square around it
+   (``context`` × its box side, as in training) is read and resized to the template side.
+2. The templates are fused once (the template graph) into kernels shared by every window.
+3. Each scene is cut in blocks (:class:`geoseg.predict.plan.BlockPlan`); one Dask task per
+   block reads the block grown by ``halo`` px (windowed read, reflect padding), runs the
+   search graph, decodes boxes, and keeps those whose centre lies in the block (so an
+   object across a seam is found by one block); its boxes are cached next to the output.
+4. Per scene, a last non-maximum suppression removes what two blocks saw of one object;
+   boxes become polygons in the scene CRS with ``score``, ``scene`` and ``examples``;
+   ``max_results`` best over the run; written atomically. A rerun resumes from the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+import torch
+from dask.delayed import delayed
+from pydantic import Field
+from rasterio.windows import Window
+from torchvision.ops import nms
+
+from geoseg.bands import normalize
+from geoseg.config import Strict
+from geoseg.errors import ConfigError, InputRasterError, InputVectorError, OutputExistsError
+from geoseg.io.atomic import atomic_path, check_writable, write_json
+from geoseg.io.formats import vector_driver, write_vector
+from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.stamps import digest, input_stamp
+from geoseg.io.vectors import read_vector
+from geoseg.models.refdet import MULTIPLE
+from geoseg.parallel import check_scheduler, compute
+from geoseg.predict.plan import BlockPlan, read_window
+from geoseg.search.backend import SearchMeta, get_search_backend
+from geoseg.search.boxes import detections
+
+log = logging.getLogger(__name__)
+
+
+class SearchConfig(Strict):
+    """Options of `geoseg search` (every default once)."""
+
+    min_score: float = Field(0.3, ge=0, le=1, description="keep boxes scoring at least this")
+    max_results: int | None = Field(None, ge=1, description="keep the best N boxes of the run")
+    nms_iou: float = Field(0.4, gt=0, le=1)
+    block: int = Field(1024, ge=64, description="block side in px (memory bound)")
+    halo: int = Field(64, ge=0, description="px read around a block (>= half the largest object)")
+    backend: Literal["torch", "onnx"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    band_indexes: tuple[int, ...] | None = None
+    name: str | None = Field(None, description="name of the example set (default: the file's stem)")
+
+
+@dataclass
+class SearchSummary:
+    """What a search run did."""
+
+    out: Path
+    scenes: int = 0
+    examples: int = 0
+    blocks: int = 0
+    resumed: int = 0
+    boxes: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        return [f"scenes: {self.scenes}, examples: {self.examples}, blocks: {self.blocks} "
+                f"(resumed: {self.resumed})", f"boxes: {self.boxes} -> {self.out}",
+                f"time: {self.seconds:.1f} s"]
+
+
+def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path) -> BlockPlan:
+    idx = cfg.band_indexes or tuple(range(1, scene.count + 1))
+    if len(idx) != bands:
+        raise InputRasterError(f"{scene.path} has {scene.count} bands but the search model takes {bands}; "
+                               f"map them with --bands (e.g. --bands {','.join(['1'] * bands)})")
+    if any(b < 1 or b > scene.count for b in idx):
+        raise ConfigError(f"--bands {','.join(map(str, idx))} names a band that {scene.path} "
+                          f"(bands 1..{scene.count}) does not have")
+    block = math.ceil(cfg.block / MULTIPLE) * MULTIPLE
+    halo = math.ceil(cfg.halo / MULTIPLE) * MULTIPLE
+    return BlockPlan(scene=scene, block=block, watershed_halo=min(halo, block), cell=MULTIPLE, scale=1,
+                     tile_halo=0, multiple=MULTIPLE, band_indexes=tuple(idx),
+                     cache=cache / f"scene-{digest(str(scene.path))[:16]}")
+
+
+def read_examples(path: str | Path) -> gpd.GeoDataFrame:
+    """The example polygons, with at least one non-empty geometry.
+
+    Raises:
+        InputVectorError: unreadable, without geometry or CRS, or without any example.
+    """
+    gdf = read_vector(path, "examples")
+    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    if len(gdf) == 0:
+        raise InputVectorError(f"examples file {path} holds no geometry; draw at least one polygon or box "
+                               "around an object to search for")
+    return gdf
+
+
+def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: SearchMeta,
+                  source: str | Path) -> np.ndarray:
+    """Normalised templates (K, bands, T, T), one per example inside a scene.
+
+    Raises:
+        InputVectorError: no example lies in any scene.
+    """
+    import torch.nn.functional as F  # noqa: N812
+
+    from geoseg.search.episodes import template_side
+
+    size = meta.model.template_size
+    out: list[torch.Tensor] = []
+    taken = np.zeros(len(examples), dtype=bool)
+    for plan in plans:
+        s = plan.scene
+        geoms = examples.geometry.to_crs(s.crs).to_numpy()
+        px = shapely.affinity.affine_transform
+        inv = (~s.affine).to_shapely()
+        with rasterio.open(s.path) as src:
+            for i, g in enumerate(geoms):
+                if taken[i] or g is None or not s.footprint.contains(g.centroid):
+                    continue
+                x0, y0, x1, y1 = px(g, inv).bounds
+                side = template_side((x0, y0, x1, y1), meta.context)
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                win = Window(int(round(cx - side / 2)), int(round(cy - side / 2)), side, side)
+                raw, valid = read_window(src, plan, win)
+                z = torch.from_numpy(normalize(raw, meta.stats, valid=valid))[None].float()
+                out.append(F.interpolate(z, size=(size, size), mode="bilinear", align_corners=False,
+                                         antialias=True)[0])
+                taken[i] = True
+    if not out:
+        raise InputVectorError(f"no example of {source} lies in a scene (their centres are outside every "
+                               "scene's footprint); draw the examples over the scenes you search")
+    if not taken.all():
+        log.warning("%d of %d examples of %s lie outside every scene and are not used",
+                    int((~taken).sum()), len(taken), source)
+    return torch.stack(out).numpy()
+
+
+def _block_path(plan: BlockPlan, bi: int, bj: int) -> Path:
+    return plan.cache / f"boxes_{bi}_{bj}.npz"
+
+
+def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str], z2: np.ndarray,
+                 z3: np.ndarray, cfg: SearchConfig) -> Path:
+    """Boxes (scene pixels) and scores of the objects whose centre lies in block (bi, bj)."""
+    path = _block_path(plan, bi, bj)
+    if path.exists():
+        return path
+    backend = get_search_backend(*key)
+    core = plan.core(bi, bj)
+    h = plan.watershed_halo
+    side_h = math.ceil((core.height + 2 * h) / MULTIPLE) * MULTIPLE
+    side_w = math.ceil((core.width + 2 * h) / MULTIPLE) * MULTIPLE
+    win = Window(core.col_off - h, core.row_off - h, side_w, side_h)
+    with rasterio.open(plan.scene.path) as src:
+        raw, valid = read_window(src, plan, win)
+    x = normalize(raw, backend.meta.stats, valid=valid)[None].astype(np.float32)
+    boxes = np.zeros((0, 4), np.float32)
+    scores = np.zeros(0, np.float32)
+    if valid.any():
+        obj, dist = backend.detect(x, z2, z3)
+        tb, ts = detections(torch.from_numpy(obj[0]), torch.from_numpy(dist[0]), min_score=cfg.min_score,
+                            nms_iou=cfg.nms_iou)
+        b = tb.numpy() + np.array([win.col_off, win.row_off] * 2, dtype=np.float32)
+        mid = (b[:, :2] + b[:, 2:]) / 2
+        own = ((mid[:, 0] >= core.col_off) & (mid[:, 0] < core.col_off + core.width)
+               & (mid[:, 1] >= core.row_off) & (mid[:, 1] < core.row_off + core.height))
+        boxes, scores = b[own], ts.numpy()[own]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, boxes=boxes, scores=scores)
+    return path
+
+
+def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: str) -> gpd.GeoDataFrame:
+    boxes, scores = [], []
+    for p in paths:
+        with np.load(p) as z:
+            boxes.append(z["boxes"])
+            scores.append(z["scores"])
+    b, s = np.concatenate(boxes), np.concatenate(scores)
+    if len(b):
+        keep = nms(torch.from_numpy(b), torch.from_numpy(s), cfg.nms_iou).numpy()
+        b, s = b[keep], s[keep]
+    s_info = plan.scene
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, s_info.width)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, s_info.height)
+    px = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
+    geo = shapely.transform(px, lambda c: np.stack(s_info.affine * (c[:, 0], c[:, 1]), 1))
+    return gpd.GeoDataFrame({"score": s.astype(float), "scene": s_info.name, "examples": name},
+                            geometry=geo, crs=s_info.crs)
+
+
+def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
+    return digest({"model": [str(meta.source), input_stamp(meta.source)],
+                   "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
+                   "scenes": [[str(s.path), input_stamp(s.path)] for s in scenes]})
+
+
+def search(scenes: Sequence[str | Path], examples: str | Path, model: str | Path, out: str | Path,
+           cfg: SearchConfig | None = None, *, scheduler: Any = "threads", overwrite: bool = False,
+           progress: bool | None = None) -> SearchSummary:
+    """Find objects like ``examples`` in ``scenes`` and write their boxes as polygons to ``out``.
+
+    Raises:
+        InputVectorError: examples unreadable, empty, or outside every scene.
+        InputRasterError / CheckpointError / ConfigError: scenes, model or options at fault.
+        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    t0 = time.perf_counter()
+    cfg = cfg or SearchConfig()
+    check_scheduler(scheduler)
+    out = Path(out).resolve()
+    vector_driver(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_writable(out, "--out")
+    ex_path = Path(examples).resolve()
+    ex = read_examples(ex_path)
+    infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
+    key = (str(Path(model).resolve()), cfg.backend, cfg.device)
+    backend = get_search_backend(*key)
+    meta = backend.meta
+    cache = out.parent / f".{out.name}.geoseg-cache"
+    plans = [_plan(s, cfg, meta.model.bands, cache) for s in infos]
+    temps = templates_for(ex, plans, meta, ex_path)
+    z2, z3 = backend.fuse(temps)
+    stamp = _stamp(meta, cfg, infos, ex_path)
+    if cache.exists():
+        old = cache / "stamp.json"
+        if not (old.exists() and json.loads(old.read_text()).get("stamp") == stamp):
+            shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    write_json(cache / "stamp.json", {"stamp": stamp})
+    summary = SearchSummary(out=out, scenes=len(plans), examples=len(temps))
+    tasks: list[Any] = []
+    spans: list[tuple[BlockPlan, int, int]] = []
+    for plan in plans:
+        plan.cache.mkdir(exist_ok=True)
+        nbh, nbw = plan.blocks_shape
+        start = len(tasks)
+        for i in range(nbh):
+            for j in range(nbw):
+                summary.resumed += _block_path(plan, i, j).exists()
+                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, z2, z3, cfg))
+        spans.append((plan, start, len(tasks)))
+    summary.blocks = len(tasks)
+    results = compute(tasks, scheduler=scheduler, desc="search", progress=progress)
+    name = cfg.name or ex_path.stem
+    frames = [_scene_frame(plan, results[a:b], cfg, name) for plan, a, b in spans]
+    target = plans[0].scene.crs
+    if len({p.scene.crs for p in plans}) > 1:
+        log.info("scenes have several CRSs; boxes are written in %s", target)
+    gdf = gpd.GeoDataFrame(
+        gpd.pd.concat([f.to_crs(target) if f.crs != target else f for f in frames], ignore_index=True),
+        crs=target)
+    gdf = gdf.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
+    if cfg.max_results is not None:
+        gdf = gdf.head(cfg.max_results)
+    write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
+    shutil.rmtree(cache, ignore_errors=True)
+    summary.boxes = len(gdf)
+    summary.seconds = time.perf_counter() - t0
+    return summary
