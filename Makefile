@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-geoseg
 export NO_ALBUMENTATIONS_UPDATE := 1
 # stage packages checked with mypy --strict
-STRICT := geoseg/tile geoseg/train geoseg/predict geoseg/backends geoseg/export geoseg/pipeline
+STRICT := geoseg/tile geoseg/train geoseg/predict geoseg/backends geoseg/export geoseg/pipeline geoseg/search
 
 .PHONY: install demo test test-fast lint bench gpu-check clean
 

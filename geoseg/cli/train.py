@@ -40,7 +40,16 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     from geoseg.config import load_config
     from geoseg.errors import ConfigError
     from geoseg.train import TrainConfig, train
+    from geoseg.train.config import config_task
 
+    if config_task(config) == "search":  # the reference detector of `geoseg search`
+        from geoseg.cli.search import train_search_cmd
+
+        if unlabelled:
+            raise ConfigError(f"--unlabelled is not supported with 'task: search' ({config})")
+        train_search_cmd(config, patches, out, epochs=epochs, resume=resume, overwrite=overwrite,
+                         device=device, seed=seed, progress=progress)
+        return
     cfg = load_config(TrainConfig, config)
     if unlabelled:
         semi = cfg.semi.model_copy(update={"unlabelled": [*cfg.semi.unlabelled, *map(str, unlabelled)]})

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from geoseg.config import Strict
+from geoseg.config import Strict, read_yaml
 from geoseg.models.config import ModelConfig
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.train.augment import AugmentConfig
@@ -64,3 +65,11 @@ class TrainConfig(Strict):
     val: ValConfig = ValConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     semi: SemiConfig = SemiConfig()
+
+
+def config_task(path: str | Path) -> str:
+    """The ``task`` of a training config file (``segment`` when absent).
+
+    ``search`` trains the reference detector of ``geoseg search`` (:mod:`geoseg.search.train`).
+    """
+    return str(read_yaml(path).get("task", "segment"))
