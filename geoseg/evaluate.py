@@ -20,6 +20,10 @@ Numbers, all in one plain dict (see :data:`KEYS`):
   ``poly - poly.buffer(-d)`` of the two polygons, with ``d`` = 2 % of the diagonal of
   the pair's joint bounding box, or a fixed ``boundary_width`` in metres.
 
+- ``vertices``, ``truth_vertices``, ``vertex_ratio``, ``rectangularity``,
+  ``truth_rectangularity``: the outline quality of the matches (:mod:`geoseg.outlines`:
+  median corners, mean area over the minimum rotated rectangle's).
+
 With a class column in both inputs, matches are only made within a class, ``per_class``
 holds the numbers of each class, and the overall ``tp``/``fp``/``fn`` are their sums;
 the overall ``ap*`` are the mean over the classes that have truth (as COCO). A ratio
@@ -45,11 +49,15 @@ from pyproj import CRS
 from geoseg.errors import InputVectorError
 from geoseg.io.vectors import polygonal_parts, read_vector
 from geoseg.matching import EPS, greedy, match_by_iou
+from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
 log = logging.getLogger(__name__)
 
 #: The numbers of a report, in table order; ``per_class`` maps class -> the same keys.
 KEYS = ("tp", "fp", "fn", "precision", "recall", "f1", "mean_iou", "ap", "ap50", "ap75", "boundary_iou")
+#: Every key of a report (and of each class): KEYS, then the outline quality of the matched
+#: pairs (:mod:`geoseg.outlines`: vertices, vertex_ratio, rectangularity, ...).
+REPORT_KEYS = KEYS + OUTLINE_KEYS
 #: COCO IoU thresholds 0.50, 0.55, ..., 0.95 (each the double nearest the decimal).
 THRESHOLDS = (50 + 5 * np.arange(10)) / 100
 RECALLS = np.linspace(0.0, 1.0, 101)
@@ -221,7 +229,7 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _summary(pairs: np.ndarray, iou: np.ndarray, biou: np.ndarray, n_pred: int, n_truth: int,
-             aps: np.ndarray) -> dict[str, Any]:
+             aps: np.ndarray, shape: np.ndarray) -> dict[str, Any]:
     tp = int(len(pairs))
     fp, fn = n_pred - tp, n_truth - tp
     return {
@@ -230,6 +238,7 @@ def _summary(pairs: np.ndarray, iou: np.ndarray, biou: np.ndarray, n_pred: int, 
         "mean_iou": float(iou[pairs].mean()) if tp else 0.0,
         "ap": float(aps.mean()), "ap50": float(aps[0]), "ap75": float(aps[5]),
         "boundary_iou": float(biou[pairs].mean()) if tp else 0.0,
+        **summarize(shape[pairs]),
     }
 
 
@@ -294,6 +303,8 @@ def evaluate_frames(
     matched = match_by_iou(pi, ti, pair_iou, iou)
     biou = np.zeros(len(pi))
     biou[matched] = boundary_iou(pg[pi[matched]], tg[ti[matched]], boundary_width)
+    shape = np.zeros((len(pi), 4))  # outline quality of the matched pairs
+    shape[matched] = pair_measures(pg[pi[matched]], tg[ti[matched]])
     tp_at = np.zeros((len(THRESHOLDS), len(pred)), dtype=bool)  # COCO matches per threshold
     for k, thr in enumerate(THRESHOLDS):
         tp_at[k, pi[match_by_score(pi, ti, pair_iou, rank, thr)]] = True
@@ -307,9 +318,9 @@ def evaluate_frames(
         if n_truth:
             class_aps.append(aps)
         per_class[c] = _summary(np.flatnonzero(matched & (pcls[pi] == c)), pair_iou, biou,
-                                int(pm.sum()), n_truth, aps)
+                                int(pm.sum()), n_truth, aps, shape)
     aps = np.mean(class_aps, axis=0) if class_aps else np.zeros(len(THRESHOLDS))
-    report = _summary(np.flatnonzero(matched), pair_iou, biou, len(pred), len(truth), aps)
+    report = _summary(np.flatnonzero(matched), pair_iou, biou, len(pred), len(truth), aps, shape)
     report["per_class"] = per_class if by_class else {}
     if by_class and not (set(pcls) & set(tcls)) and len(pred) and len(truth):
         log.warning("no class is in both inputs (%s vs %s): nothing can match; check the class field",
@@ -357,8 +368,15 @@ def format_report(report: dict[str, Any]) -> str:
         all     3   1   0      0.750   1.000  0.857     0.000  0.000  0.000  0.000         0.000
     """
     rows = [("all", report)] + [(str(c), r) for c, r in report.get("per_class", {}).items()]
-    table = [["class", *KEYS]] + [
-        [name, *(str(r[k]) if k in ("tp", "fp", "fn") else f"{r[k]:.3f}" for k in KEYS)] for name, r in rows]
+    text = _table(rows, KEYS)
+    if all(k in report for k in OUTLINE_KEYS):
+        text += "\noutline of the matched pairs (median corners, mean rectangularity):\n" + _table(rows, OUTLINE_KEYS)
+    return text
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]], keys: tuple[str, ...]) -> str:
+    table = [["class", *keys]] + [
+        [name, *(str(r[k]) if k in ("tp", "fp", "fn") else f"{r[k]:.3f}" for k in keys)] for name, r in rows]
     widths = [max(len(row[j]) for row in table) for j in range(len(table[0]))]
     lines = []
     for row in table:

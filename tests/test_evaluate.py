@@ -11,6 +11,7 @@ from geoseg.cli.main import cli
 from geoseg.errors import GeoSegError, InputVectorError
 from geoseg.evaluate import (
     KEYS,
+    REPORT_KEYS,
     average_precision,
     boundary_iou,
     candidate_pairs,
@@ -35,7 +36,7 @@ def grid(n: int = 6, side: float = 10.0, gap: float = 10.0, dx: float = 0.0, **c
 def test_exact_copies_are_perfect():
     truth = grid()
     r = evaluate_frames(truth.copy(), truth)
-    assert set(r) == {*KEYS, "per_class"}
+    assert set(r) == {*REPORT_KEYS, "per_class"}
     assert (r["tp"], r["fp"], r["fn"]) == (6, 0, 0)
     assert r["f1"] == r["precision"] == r["recall"] == 1.0
     assert r["mean_iou"] == 1.0 and r["ap"] == r["ap50"] == r["ap75"] == 1.0
@@ -110,7 +111,7 @@ def test_per_class_matches_within_class():
     house, shed = r["per_class"]["house"], r["per_class"]["shed"]
     assert (house["tp"], house["fp"], house["fn"]) == (1, 0, 1)
     assert (shed["tp"], shed["fp"], shed["fn"]) == (2, 1, 0)
-    assert set(house) == set(KEYS)
+    assert set(house) == set(REPORT_KEYS)
     assert r["ap"] == pytest.approx((house["ap"] + shed["ap"]) / 2)
     # class-agnostic when one side has no class column
     r = evaluate_frames(pred.drop(columns="class"), truth)
@@ -229,8 +230,8 @@ def test_cli_table_and_json(files, tmp_path):
     assert lines[1].split() == ["class", *KEYS]
     assert lines[2].split()[:4] == ["all", "4", "0", "0"] and lines[3].startswith("building")
     report = json.loads(out.read_text())
-    assert set(report) == {*KEYS, "per_class"} and report["tp"] == 4
-    assert set(report["per_class"]["building"]) == set(KEYS)
+    assert set(report) == {*REPORT_KEYS, "per_class"} and report["tp"] == 4
+    assert set(report["per_class"]["building"]) == set(REPORT_KEYS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "pred.gpkg", "truth.geojson"]
     res = CliRunner().invoke(cli, ["evaluate", *map(str, files), "--iou", "0.7"])
     assert res.exit_code == 0 and res.output.splitlines()[2].split()[:4] == ["all", "0", "4", "4"]

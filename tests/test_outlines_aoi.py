@@ -90,3 +90,40 @@ def test_restrict_by_scenes_and_aoi(tmp_path: Path) -> None:
     assert t.area.tolist() == [50.0] and notes == ["inside a.gpkg"]
     with pytest.raises(InputRasterError, match="--scenes"):
         restrict(pred, truth, clip=True)
+
+
+def test_evaluate_reports_outline_quality_and_cli_restricts(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+    from geoseg.evaluate import REPORT_KEYS, evaluate_frames
+
+    scene = make_scene(tmp_path / "s.tif", from_origin(450000, 36000, 1, 1), nodata_cols=20)  # valid x 20..60
+    stair = shapely.Polygon([(0, 0), (8, 0), (8, 1), (10, 1), (10, 6), (9, 6), (9, 7), (0, 7)])
+    truths = [shapely.box(0, 0, 10, 7), shapely.box(0, 0, 10, 7)]
+    at = [(450025, 35970), (450045, 35970)]
+    pred = gpd.GeoDataFrame({"score": [0.9, 0.8]}, crs=UTM,
+                            geometry=[shapely.affinity.translate(stair, x, y) for x, y in at])
+    truth = gpd.GeoDataFrame(geometry=[shapely.affinity.translate(t, x, y) for t, (x, y) in zip(truths, at)]
+                             + [shapely.box(450002, 35970, 450008, 35975)], crs=UTM)  # in the nodata strip
+    r = evaluate_frames(pred, truth)
+    assert set(r) == {*REPORT_KEYS, "per_class"} and r["tp"] == 2 and r["fn"] == 1
+    assert (r["vertices"], r["truth_vertices"], r["vertex_ratio"]) == (8.0, 4.0, 2.0)
+    assert r["rectangularity"] == pytest.approx(stair.area / 70) and r["truth_rectangularity"] == 1.0
+    pred.to_file(tmp_path / "p.gpkg")
+    truth.to_file(tmp_path / "t.gpkg")
+    args = ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"), "--json", str(tmp_path / "e.json")]
+    res = CliRunner().invoke(cli, [*args, "--scenes", str(scene), "--clip", "--quicklook", str(tmp_path / "q.png")])
+    assert res.exit_code == 0, res.output
+    assert "(inside the scenes)" in res.output and "rectangularity" in res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["fn"] == 0 and report["f1"] == 1.0 and report["vertex_ratio"] == 2.0
+    assert (tmp_path / "q.png").stat().st_size > 1000
+    gpd.GeoDataFrame(geometry=[shapely.box(450020, 35960, 450040, 35990)], crs=UTM).to_file(tmp_path / "a.gpkg")
+    res = CliRunner().invoke(cli, [*args, "--aoi", str(tmp_path / "a.gpkg"), "--quicklook", str(tmp_path / "r.png")])
+    assert res.exit_code == 0 and "(inside a.gpkg)" in res.output and json.loads(
+        (tmp_path / "e.json").read_text())["tp"] == 1
+    res = CliRunner().invoke(cli, [*args, "--clip"])
+    assert res.exit_code == 1 and res.output.startswith("geoseg: error:") and "--scenes" in res.output

@@ -18,25 +18,52 @@ import click
               help="Class column; per-class numbers when both files have it.")
 @click.option("--boundary-width", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Band width of boundary IoU.  [default: 2% of each pair's bbox diagonal]")
+@click.option("--scenes", "scenes", multiple=True, type=click.Path(path_type=Path), metavar="SCENE",
+              help="The predicted rasters (files or folders; repeat the option): --clip's footprint "
+              "and --quicklook's background.")
+@click.option("--clip", is_flag=True,
+              help="Compare only inside the footprint of --scenes (where they hold valid pixels).")
+@click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",
+              help="Compare only inside the polygons of this vector file (any CRS).")
+@click.option("--quicklook", "quicklook_png", type=click.Path(path_type=Path), metavar="PNG",
+              help="Also draw the first scene (or a grey canvas) with both outlines into this PNG.")
 def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, class_field: str,
-                 boundary_width: float | None) -> None:
+                 boundary_width: float | None, scenes: tuple[Path, ...], clip: bool, aoi: Path | None,
+                 quicklook_png: Path | None) -> None:
     """Compare predicted polygons PRED with true polygons TRUTH (any vector files, any CRS).
 
     Prints tp, fp, fn, precision, recall, F1 and mean IoU of the matches (one-to-one,
     greedy by IoU, SpaceNet style), COCO-style AP over IoU 0.50:0.05:0.95 ranked by the
-    `score` column (ap, ap50, ap75) and mean boundary IoU, overall and per class.
+    `score` column (ap, ap50, ap75) and mean boundary IoU, overall and per class, then the
+    outline quality of the matches: median corners per polygon (vertices, truth_vertices,
+    vertex_ratio) and mean rectangularity (area over the minimum rotated rectangle's).
 
     \b
     $ geoseg evaluate buildings.gpkg data/sample/labels/buildings.gpkg --iou 0.5
     $ geoseg evaluate runs/b1/val.gpkg truth.geojson --class-field type --json metrics.json
+    $ geoseg evaluate b.gpkg truth.gpkg --scenes data/sample/kampala_blockB_z20.tif --clip \\
+          --quicklook look.png
     """
-    from geoseg.evaluate import evaluate, format_report
+    from geoseg.aoi import restrict
+    from geoseg.evaluate import evaluate_frames, format_report, read_polygons
     from geoseg.io.atomic import check_writable, write_json
+    from geoseg.io.rasters import list_rasters
 
-    if json_path is not None:
-        check_writable(json_path, "--json")
-    report = evaluate(pred, truth, iou=iou, class_field=class_field, boundary_width=boundary_width)
-    click.echo(f"IoU >= {iou:g}: {pred} vs {truth}")
+    for path, what in ((json_path, "--json"), (quicklook_png, "--quicklook")):
+        if path is not None:
+            check_writable(path, what)
+    rasters = list_rasters(scenes) if scenes else []
+    pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
+    pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi)
+    report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
+                             boundary_width=boundary_width)
+    click.echo(f"IoU >= {iou:g}: {pred} vs {truth}" + (f" ({', '.join(notes)})" if notes else ""))
     click.echo(format_report(report))
     if json_path is not None:
         write_json(json_path, report, indent=2, what="--json")
+    if quicklook_png is not None:
+        from geoseg.quicklook import quicklook
+
+        title = f"{rasters[0].stem if rasters else pred.name}: F1 {report['f1']:.3f} at IoU {iou:g}"
+        quicklook(rasters[0] if rasters else None, quicklook_png, pred=pred_gdf, truth=truth_gdf, title=title)
+        click.echo(f"quick-look: {quicklook_png}", err=True)
