@@ -81,10 +81,13 @@ class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
     """
 
     def __init__(self, keys: set[Any], **tqdm_kwargs: Any) -> None:
+        from geoseg.metrics import Timer
+
         super().__init__(**tqdm_kwargs)
         self._keys = keys
         self._probe = next(iter(keys))
         self.pbar: Any = None
+        self.timer = Timer()  # the caller's tasks, for geoseg.metrics
 
     def _ours(self, dsk: Any) -> bool:
         """Whether a graph is the caller's (a task may run a nested compute of its own)."""
@@ -98,9 +101,15 @@ class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
         if self.pbar is not None and self._ours(dsk):
             self.pbar.close()
 
+    def _pretask(self, key: Any, dsk: Any, state: Any) -> None:
+        if key in self._keys:
+            self.timer.start(key)
+
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if self.pbar is not None and key in self._keys:
-            self.pbar.update(1)
+        if key in self._keys:
+            self.timer.stop(key)
+            if self.pbar is not None:
+                self.pbar.update(1)
 
 
 def _bar_kwargs(desc: str, progress: bool | None) -> dict[str, Any]:
@@ -129,22 +138,43 @@ def compute(
     Returns:
         The task results, in the order of ``tasks``.
     """
+    from geoseg import metrics
+
     check_scheduler(scheduler)
     if not tasks:
         return []
-    kwargs = _bar_kwargs(desc, progress)
+    try:
+        return _compute(tasks, scheduler, _bar_kwargs(desc, progress), retries)
+    except Exception as err:
+        metrics.error(type(err).__name__)
+        raise
+
+
+def _compute(tasks: Sequence[Any], scheduler: Any, bar_kwargs: dict[str, Any], retries: int) -> list[Any]:
+    from dask.utils import key_split
+
+    from geoseg import metrics
+
+    keys = {t.key for t in tasks}
     if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
-        with _KeysCallback({t.key for t in tasks}, tqdm_class=tqdm, **kwargs):
+        with _KeysCallback(keys, tqdm_class=tqdm, **bar_kwargs):
             return list(dask.compute(*tasks, scheduler=scheduler))
-    from distributed import Client, as_completed
+    from distributed import Client, as_completed, get_task_stream
 
     own = isinstance(scheduler, str)
     client = Client(scheduler, set_as_default=False) if own else scheduler
     try:
-        futures = client.compute(list(tasks), retries=retries)
-        with client.as_current(), tqdm(total=len(futures), **kwargs) as bar:
-            for _ in as_completed(futures):
-                bar.update(1)
+        with get_task_stream(client) as stream:  # the workers' compute times
+            futures = client.compute(list(tasks), retries=retries)
+            with client.as_current(), tqdm(total=len(futures), **bar_kwargs) as bar:
+                for fut in as_completed(futures):
+                    metrics.task_done(key_split(fut.key))
+                    bar.update(1)
+        for rec in stream.data:
+            if rec.get("key") in keys:
+                for ss in rec.get("startstops", ()):
+                    if ss.get("action") == "compute":
+                        metrics.task_time(key_split(rec["key"]), float(ss["stop"] - ss["start"]))
         return list(client.gather(futures))
     finally:
         if own:

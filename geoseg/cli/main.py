@@ -25,7 +25,6 @@ COMMANDS: dict[str, str] = {
     "train": "geoseg.cli.train:train_cmd",
     "export": "geoseg.cli.export:export_cmd",
     "predict": "geoseg.cli.predict:predict_cmd",
-    "search": "geoseg.cli.search:search_cmd",
     "run": "geoseg.cli.run:run_cmd",
 }
 
@@ -121,15 +120,25 @@ class GeoSegGroup(click.Group):
 @click.option("-q", "--quiet", count=True, help="Less log output.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="Log lines as text or as JSON objects.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on this port while the command runs (0: any free "
+                   "port; default: $GEOSEG_METRICS_PORT, else off). See docs/dask.md.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str, metrics_port: int | None) -> None:
     """Satellite and aerial GeoTIFFs to georeferenced polygons of the objects in them.
 
     \b
     $ geoseg tile data/sample --labels data/sample/labels/buildings.gpkg --out patches/
+    $ geoseg --metrics-port 9100 predict scenes/ --model runs/b1 --out buildings.gpkg
     """
     ctx.obj = {"verbosity": verbose - quiet}
     setup_logging(verbose - quiet, log_format)
+    from geoseg.metrics import port_from, serving
+
+    command = ctx.invoked_subcommand or "geoseg"
+    port = ctx.with_resource(serving(port_from(metrics_port), command))
+    if port is not None:
+        click.echo(f"metrics of {command}: http://localhost:{port}/metrics", err=True)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import pandas as pd
 import rasterio
 from dask.delayed import delayed
 
+from geoseg import metrics
 from geoseg.backends.cache import get_backend
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
@@ -371,4 +372,5 @@ def predict(
     write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
+    metrics.summary({**vars(summary), "ff_share": summary.ff_cells / max(1, summary.cells)})
     return summary

@@ -31,7 +31,7 @@ import shapely
 from dask.delayed import delayed
 from rasterio.windows import Window
 
-from geoseg import __version__
+from geoseg import __version__, metrics
 from geoseg.errors import GeoSegWarning, InputRasterError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import (
@@ -383,4 +383,5 @@ def tile(
         with (out / "annotations.json").open() as f:
             summary.instances = len(json.load(f)["annotations"])
     summary.seconds = time.perf_counter() - t0
+    metrics.summary(vars(summary))
     return summary

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from geoseg import metrics
 from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
@@ -303,6 +304,7 @@ class Trainer:
                 row.update(self.validate())
             row["seconds"] = time.perf_counter() - t0
             self.write_outputs(row)
+            metrics.epoch_done(row)
             for hook in self.hooks:
                 hook(self, row)
             log.info("epoch %d: %s", self.epoch,
