@@ -42,6 +42,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     elif first["type"] == "missing":
         what = f"missing key '{key}'"
         hint = "add it"
+    elif not first["loc"]:  # a check across keys: its message names them
+        what = str(first["msg"]).removeprefix("Value error, ")
+        hint = "fix the values"
     else:
         what = f"invalid value for '{key}': {first['msg']}"
         hint = "fix the value"

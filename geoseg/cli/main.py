@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -33,6 +36,52 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps({"time": self.formatTime(record), "level": record.levelname,
                            "logger": record.name, "message": record.getMessage()})
+
+
+class _JsonLines(io.TextIOBase):
+    """A stderr whose every line leaves as one JSON object (``--log-format json``).
+
+    Summary lines, the final ``geoseg: error:`` line and anything else written to
+    ``sys.stderr`` become ``{"time", "level", "logger", "message"}`` objects like the log
+    records; it is not a TTY, so progress bars stay off.
+    """
+
+    def __init__(self, stream: Any, logger: str) -> None:
+        super().__init__()
+        self._stream, self._logger, self._pending = stream, logger, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, s: str) -> int:
+        *lines, self._pending = (self._pending + s).split("\n")
+        for line in lines:
+            if line.strip():
+                level = "ERROR" if line.startswith("geoseg: error:") else "INFO"
+                record = logging.LogRecord(self._logger, logging.INFO, "", 0, line, None, None)
+                self._stream.write(json.dumps({"time": _JsonFormatter().formatTime(record),
+                                               "level": level, "logger": self._logger,
+                                               "message": line}) + "\n")
+        self._stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@contextlib.contextmanager
+def json_stderr(command: str) -> Iterator[None]:
+    """Route ``sys.stderr`` through :class:`_JsonLines` while inside."""
+    old = sys.stderr
+    sys.stderr = _JsonLines(old, f"geoseg.{command}")
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = old
 
 
 def setup_logging(verbosity: int, fmt: str) -> None:
@@ -136,6 +185,8 @@ def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str, metrics_p
     from geoseg.metrics import port_from, serving
 
     command = ctx.invoked_subcommand or "geoseg"
+    if log_format == "json":  # summary and error lines too: one JSON object per line
+        ctx.with_resource(json_stderr(command))
     port = ctx.with_resource(serving(port_from(metrics_port), command))
     if port is not None:
         click.echo(f"metrics of {command}: http://localhost:{port}/metrics", err=True)
