@@ -48,6 +48,7 @@ def test_staircase_rectangle_and_l_shape(noisy: gpd.GeoDataFrame) -> None:
     rect, ell = out.geometry.iloc[0], out.geometry.iloc[1]
     assert corners(rect) == 4 and corners(ell) == 6
     assert out.is_valid.all() and (out.geom_type == "Polygon").all()
+    assert rect.area == pytest.approx(noisy.geometry.iloc[0].area)  # a near-rectangle keeps its area
     for got, true in ((rect, RECT), (ell, L_SHAPE)):
         assert got.area == pytest.approx(true.area, rel=0.06)
         assert got.intersection(true).area / got.union(true).area > 0.9
@@ -72,6 +73,19 @@ def test_tolerance_is_metres_in_degrees_and_web_mercator(noisy: gpd.GeoDataFrame
     back = out.to_crs(UTM)
     assert back.geometry.iloc[0].area == pytest.approx(RECT.area, rel=0.06)
     assert metric_crs(noisy) == noisy.crs  # UTM is used as it is
+
+
+def test_ragged_blob_becomes_its_rectangle_unless_disabled() -> None:
+    rng = np.random.default_rng(0)
+    angles = np.linspace(0, 2 * np.pi, 80, endpoint=False)
+    r = 1 / np.maximum(np.abs(np.cos(angles)) / 8, np.abs(np.sin(angles)) / 5)  # a 16 x 10 rectangle
+    r *= 1 + rng.uniform(-0.06, 0.06, len(r))  # ragged, as a weak model draws it
+    blob = shapely.Polygon(np.column_stack([X0 + r * np.cos(angles), Y0 + r * np.sin(angles)]))
+    frame = gpd.GeoDataFrame(geometry=[blob], crs=UTM)
+    out = regularize(frame).geometry.iloc[0]
+    assert corners(out) == 4 and out.area == pytest.approx(blob.area)
+    assert out.intersection(blob).area / out.union(blob).area > 0.85
+    assert corners(regularize(frame, rectangle=1.0).geometry.iloc[0]) > 4  # left to buildingregulariser
 
 
 def test_every_row_survives(noisy: gpd.GeoDataFrame) -> None:

@@ -1,14 +1,17 @@
 """Building regularization: outlines squared to their dominant directions, in metres.
 
 The pixel-traced polygons of :mod:`geoseg.predict.vectorize` follow the raster's
-staircase. Regularization (``geoseg predict --regularize``) snaps each polygon's edges to
-its main direction and the perpendicular one (45° edges allowed when the outline has
-them), merges parallel edges closer than the tolerance, and so turns a jagged blob into a
-rectangle, an L into 6 corners.
+staircase. Regularization (``geoseg predict --regularize``) squares them, each alone:
 
-The work is done by buildingregulariser (MIT, built on geopandas and numpy: the
-algorithm of ArcGIS's "Regularize Building Footprint"), on each polygon alone, in a
-metric CRS: the polygons' own when it is projected in metres and not a Mercator (whose
+- a near-rectangle (area / minimum rotated rectangle >= ``rectangle``, 0.75 by default)
+  becomes its minimum rotated rectangle scaled about its centre to the same area;
+- any other outline (an L, a T, a courtyard) gets its edges snapped to its main direction
+  and the perpendicular one (45° edges allowed when the outline has them) and parallel
+  edges closer than the tolerance merged, by buildingregulariser (MIT, built on geopandas
+  and numpy: the algorithm of ArcGIS's "Regularize Building Footprint"), so an L keeps its
+  6 corners.
+
+Both run in a metric CRS: the polygons' own when it is projected in metres and not a Mercator (whose
 metres are not ground metres), else the local UTM zone, so the tolerance is ground metres
 whatever the CRS; the result is mapped back. Each row keeps its attributes (``area_m2``
 is recomputed); a polygon whose regularized outline is invalid, empty, or changes its
@@ -29,6 +32,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.io.vectors import polygonal_parts
+from geoseg.outlines import rectangularity
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ def regularize(
     *,
     tolerance: float = 1.0,
     allow_45: bool = True,
+    rectangle: float = 0.75,
     max_area_change: float = 0.3,
 ) -> gpd.GeoDataFrame:
     """Square each polygon's outline to its dominant directions.
@@ -65,6 +70,7 @@ def regularize(
             away (buildingregulariser's ``parallel_threshold``; its initial simplification
             uses half of it).
         allow_45: keep edges at 45° to the main direction where the outline has them.
+        rectangle: outlines at least this rectangular become a rectangle (1.0: none).
         max_area_change: a regularized outline whose area differs from the original by
             more than this share is refused (the original is kept).
 
@@ -94,18 +100,33 @@ def regularize(
             allow_45_degree=allow_45, allow_circles=False, num_cores=1,
         )
     result = _one_polygon_per_row(done["_row"].to_numpy(), done.geometry.to_numpy(), len(gdf))
+    repaired = _one_polygon_per_row(np.arange(len(source)), source, len(source))
+    near = np.flatnonzero(rectangularity(repaired) >= rectangle)
+    result[near] = _area_rectangles(repaired[near])
     before, after = shapely.area(source), shapely.area(result)
     ok = ~shapely.is_empty(result) & shapely.is_valid(result)
     ok &= np.abs(after - before) <= max_area_change * np.maximum(before, 1e-12)
     if not ok.all():
         log.info("%d of %d polygons kept their outline: regularizing them changed their area by "
                  "more than %.0f%% or left no valid polygon", int((~ok).sum()), len(ok), 100 * max_area_change)
-    result = np.where(ok, result, _one_polygon_per_row(np.arange(len(source)), source, len(source)))
+    result = np.where(ok, result, repaired)
     out.geometry = gpd.GeoSeries(result, crs=work, index=gdf.index).to_crs(gdf.crs)
     if "area_m2" in out.columns:
         from geoseg.predict.vectorize import geodesic_area
 
         out["area_m2"] = geodesic_area(out.geometry.to_numpy(), out.crs)
+    return out
+
+
+def _area_rectangles(polys: np.ndarray) -> np.ndarray:
+    """The minimum rotated rectangle of each polygon, scaled about its centre to its area."""
+    env = shapely.oriented_envelope(polys)
+    factor = np.sqrt(np.divide(shapely.area(polys), shapely.area(env), out=np.ones(len(polys)),
+                               where=shapely.area(env) > 0))
+    centre = shapely.get_coordinates(shapely.centroid(env))
+    out = np.empty(len(polys), dtype=object)
+    for i, (e, f, (cx, cy)) in enumerate(zip(env, factor, centre, strict=True)):
+        out[i] = shapely.transform(e, lambda xy, f=f, cx=cx, cy=cy: (xy - (cx, cy)) * f + (cx, cy))
     return out
 
 
