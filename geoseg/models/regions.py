@@ -5,19 +5,16 @@ FF on a single cell pays for a halo on every side: with cell 64 and halo 16, a t
 with one halo instead (a 8x8-cell region is 544² for 512²: 1.13x), so the halo overhead
 stops growing with the number of cells.
 
-:func:`cover` turns a grid of chosen cells into regions, choosing per scene block the
-cheapest (in input pixels) of:
-
-- *dense*: the whole grid in aligned windows of at most ``max_side`` cells: the plain
-  dense sliding window of the FF network (what a block whose cells are mostly chosen gets);
-- per connected component of chosen cells (``scipy.ndimage.label``, 8-connected), the
-  cheaper of its bounding box in aligned windows of at most ``max_side`` cells (each
-  shrunk to the chosen cells it holds), or a greedy exact cover by rectangles.
-
-Each region is then grown to a *bucket* shape (sides in :data:`BUCKETS`, inside the grid)
-so that few distinct shapes reach the network and regions of one shape run as one batch.
-A region writes only the chosen cells it owns (:attr:`Region.paste`): the fused output
-keeps its meaning, chosen cells take FF maps and the others keep PV's.
+:func:`cover` turns a grid of chosen cells into regions: the grid is cut into aligned
+windows of ``max_side`` (8) cells, and each window runs whole, or is split into its four
+quarters, recursively down to single cells, whichever costs fewer input pixels (plus
+one cell's worth per region, for its read and call). A window whose cells are mostly
+chosen runs whole, so a block that is mostly chosen runs as the plain dense sliding
+window of the FF network (8x8-cell windows with one halo), and budget 1.0 *is* that
+network. Region sides are 1, 2, 4 or 8 cells (clipped at the grid edge): few shapes reach
+the network, same-shaped regions run as one batch, and fixed-shape engines need few
+profiles. A region writes only the chosen cells in it (:attr:`Region.paste`): the fused
+output keeps its meaning, chosen cells take FF maps and the others keep PV's.
 """
 
 from __future__ import annotations
@@ -27,14 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from geoseg.models.cells import pad_for_cells
 
 #: Largest region side in cells (8 x 64 px = 512 px windows, as a plain dense sliding window).
 MAX_SIDE = 8
-#: Region sides (in cells) regions are grown to, so that same-shaped regions batch together.
-BUCKETS = (1, 2, 3, 4, 6, 8)
 
 Rect = tuple[int, int, int, int]  # row, col, rows, cols (in cells)
 
@@ -46,8 +40,8 @@ class Region:
     Attributes:
         row: first cell row (in the grid given to :func:`cover`).
         col: first cell column.
-        paste: (rows, cols) bool: the chosen cells this region writes (each chosen cell is
-            written by exactly one region).
+        paste: (rows, cols) bool: the chosen cells this region writes (regions are
+            disjoint: each chosen cell is written by exactly one).
     """
 
     row: int
@@ -68,98 +62,43 @@ def cost(rects: list[Rect], cell: int, halo: int) -> int:
     return sum((h * cell + 2 * halo) * (w * cell + 2 * halo) + cell * cell for _, _, h, w in rects)
 
 
-def _windows(mask: np.ndarray, max_side: int, shrink: bool) -> list[Rect]:
-    """Aligned windows of at most ``max_side`` cells over ``mask`` (shrunk to its True cells)."""
-    out = []
-    h, w = mask.shape
-    for r in range(0, h, max_side):
-        for c in range(0, w, max_side):
-            sub = mask[r:r + max_side, c:c + max_side]
-            if not shrink:
-                out.append((r, c, sub.shape[0], sub.shape[1]))
-                continue
-            rows, cols = np.nonzero(sub.any(axis=1))[0], np.nonzero(sub.any(axis=0))[0]
-            if len(rows):
-                out.append((r + int(rows[0]), c + int(cols[0]), int(rows[-1] - rows[0] + 1),
-                            int(cols[-1] - cols[0] + 1)))
-    return out
+def _quad(chosen: np.ndarray, r: int, c: int, side: int, cell: int, halo: int) -> list[Rect]:
+    """Cheapest cover of the chosen cells of one aligned square: itself, or its four quarters."""
+    sub = chosen[r:r + side, c:c + side]
+    if not sub.any():
+        return []
+    whole = [(r, c, sub.shape[0], sub.shape[1])]
+    if side == 1:
+        return whole
+    half = side // 2
+    parts = [rect for dr in (0, half) for dc in (0, half)
+             for rect in _quad(chosen, r + dr, c + dc, half, cell, halo)]
+    return whole if cost(whole, cell, halo) <= cost(parts, cell, halo) else parts
 
 
-def _greedy(mask: np.ndarray, max_side: int) -> list[Rect]:
-    """Exact cover of ``mask`` by rectangles: widest run from the first free cell, then down."""
-    free = mask.copy()
-    h, w = free.shape
-    out = []
-    for r, c in zip(*np.nonzero(free), strict=True):
-        if not free[r, c]:
-            continue
-        width = 1
-        while c + width < w and width < max_side and free[r, c + width]:
-            width += 1
-        height = 1
-        while r + height < h and height < max_side and free[r + height, c:c + width].all():
-            height += 1
-        free[r:r + height, c:c + width] = False
-        out.append((int(r), int(c), height, width))
-    return out
-
-
-def _bucket(rect: Rect, grid: tuple[int, int], buckets: tuple[int, ...]) -> Rect:
-    """Grow a rectangle to the next bucket sides, shifted to stay inside the grid."""
-    r, c, h, w = rect
-    out = []
-    for start, side, size in ((r, h, grid[0]), (c, w, grid[1])):
-        side = min(next((b for b in buckets if b >= side), side), max(side, size))
-        out.append((max(0, min(start, size - side)), side))
-    return out[0][0], out[1][0], out[0][1], out[1][1]
-
-
-def cover(chosen: np.ndarray, cell: int, halo: int, max_side: int = MAX_SIDE,
-          buckets: tuple[int, ...] | None = BUCKETS) -> list[Region]:
-    """Regions that cover the chosen cells of a grid, cheapest first (see the module docstring).
+def cover(chosen: np.ndarray, cell: int, halo: int, max_side: int = MAX_SIDE) -> list[Region]:
+    """Regions that cover the chosen cells of a grid (see the module docstring).
 
     Args:
         chosen: (gh, gw) bool, the cells FF must run on.
         cell: cell side in pixels.
         halo: FF context per side in pixels.
-        max_side: largest region side in cells.
-        buckets: region sides to grow to (None: exact shapes).
+        max_side: largest region side in cells (rounded down to a power of two).
 
     Returns:
-        Regions in row-major order of their first cell; every chosen cell is in the
-        ``paste`` of exactly one.
+        Disjoint regions in row-major order of their first cell; every chosen cell is in
+        the ``paste`` of exactly one.
 
     Examples:
-        >>> m = np.zeros((4, 4), bool); m[:2, :3] = True; m[3, 3] = True
-        >>> [(r.row, r.col, r.shape) for r in cover(m, 64, 16, buckets=None)]
-        [(0, 0, (2, 3)), (3, 3, (1, 1))]
+        >>> m = np.zeros((4, 4), bool); m[:2, :2] = True; m[3, 3] = True
+        >>> [(r.row, r.col, r.shape) for r in cover(m, 64, 16)]
+        [(0, 0, (2, 2)), (3, 3, (1, 1))]
     """
     chosen = np.asarray(chosen, dtype=bool)
-    if not chosen.any():
-        return []
-    dense = _windows(chosen, max_side, shrink=False)
-    labels, _ = ndimage.label(chosen, structure=np.ones((3, 3), dtype=bool))
-    sparse: list[tuple[int, Rect]] = []
-    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-        comp = labels[sl] == k
-        r0, c0 = sl[0].start, sl[1].start
-        options = [_windows(comp, max_side, shrink=True), _greedy(comp, max_side)]
-        best = min(options, key=lambda rects: cost(rects, cell, halo))
-        sparse += [(k, (r0 + r, c0 + c, h, w)) for r, c, h, w in best]
-    if cost(dense, cell, halo) <= cost([rect for _, rect in sparse], cell, halo):
-        plan = [(0, rect) for rect in dense]
-    else:
-        plan = sparse
-    owner = np.full(chosen.shape, -1, dtype=np.int64)
-    out = []
-    for i, (k, (r, c, h, w)) in enumerate(sorted(plan, key=lambda p: p[1][:2])):
-        mine = chosen[r:r + h, c:c + w] if k == 0 else labels[r:r + h, c:c + w] == k
-        view = owner[r:r + h, c:c + w]
-        view[mine & (view < 0)] = i
-        if buckets:
-            r, c, h, w = _bucket((r, c, h, w), chosen.shape, buckets)
-        out.append((r, c, h, w, i))
-    return [Region(r, c, owner[r:r + h, c:c + w] == i) for r, c, h, w, i in out]
+    side = 1 << (max(1, max_side).bit_length() - 1)
+    rects = [rect for r in range(0, chosen.shape[0], side) for c in range(0, chosen.shape[1], side)
+             for rect in _quad(chosen, r, c, side, cell, halo)]
+    return [Region(r, c, chosen[r:r + h, c:c + w].copy()) for r, c, h, w in sorted(rects)]
 
 
 def group_by_shape(regions: list[Region]) -> dict[tuple[int, int], list[int]]:
