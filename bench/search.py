@@ -25,12 +25,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import geopandas as gpd  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
-from geoseg.search.boxes import match  # noqa: E402
-from geoseg.search.synthetic import draw_scene, pick_examples  # noqa: E402
+from geoseg.search.synthetic import draw_scene, pick_examples, score  # noqa: E402
 
 GEOSEG = [sys.executable, "-m", "geoseg"]
 #: torch threads of the geoseg processes (--threads); on a shared machine 1 is fastest
@@ -44,28 +41,12 @@ def _run(args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def _boxes(g: gpd.GeoSeries) -> torch.Tensor:
-    return torch.tensor(np.asarray(g.bounds.to_numpy(), dtype=np.float32).reshape(-1, 4))
-
-
-def score(found: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, kind: str) -> dict[str, float]:
-    """Recall/precision of ``kind`` at IoU 0.5 and the share of other kinds returned."""
-    found = found.to_crs(truth.crs).sort_values("score", ascending=False)
-    want, other = truth[truth["kind"] == kind], truth[truth["kind"] != kind]
-    pred = _boxes(found.geometry)
-    hit = match(pred, _boxes(want.geometry.envelope))
-    tp = int(hit.sum())
-    other_hit = match(_boxes(other.geometry.envelope), pred) if len(other) else np.zeros(0, bool)
-    return {"found": len(found), "truth": len(want), "recall": tp / max(len(want), 1),
-            "precision": tp / max(len(found), 1), "other_returned": float(other_hit.mean()) if len(other) else 0.0}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--config", default="configs/search-cpu.yaml")
     ap.add_argument("--epochs", type=int, help="override the config's epochs")
-    ap.add_argument("--train-scenes", type=int, default=4)
+    ap.add_argument("--train-scenes", type=int, default=8)
     ap.add_argument("--min-score", type=float, default=0.3)
     ap.add_argument("--quick", action="store_true", help="one small test scene")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the geoseg processes")

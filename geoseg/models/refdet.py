@@ -101,7 +101,7 @@ class SetFusion(nn.Module):
         v = self.v(tokens).unflatten(-1, (self.heads, self.dim))
         att = torch.softmax((q * k).sum(-1) / self.dim ** 0.5, dim=1)  # (N, K, H)
         fused = (att[..., None] * v).sum(1).flatten(-2)  # (N, C)
-        out = self.norm(mean + self.o(fused))
+        out: torch.Tensor = self.norm(mean + self.o(fused))
         return out.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
@@ -139,9 +139,13 @@ class RefDet(nn.Module):
         self.fpn = FeaturePyramidNetwork(chans, f)
         self.fuse2 = SetFusion(f, cfg.heads)
         self.fuse3 = SetFusion(f, cfg.heads)
+        # 1x1 "adjust" layers before the correlation (template and search apart, as SiamRPN++)
+        self.adj_t2, self.adj_s2 = nn.Conv2d(f, f, 1), nn.Conv2d(f, f, 1)
+        self.adj_t3, self.adj_s3 = nn.Conv2d(f, f, 1), nn.Conv2d(f, f, 1)
         self.mix3 = _conv(2 * f, f)
         self.mix2 = nn.Sequential(_conv(3 * f, f), _conv(f, f))
         self.obj = nn.Conv2d(f, 1, 3, padding=1)
+        self.sim = nn.Conv2d(f, 1, 1)  # a direct similarity term of the objectness, from C2 alone
         self.box = nn.Conv2d(f, 4, 3, padding=1)
         with torch.no_grad():
             self.obj.bias.fill_(-4.6)  # type: ignore[union-attr]  # prior 0.01, as focal-loss detectors
@@ -189,12 +193,13 @@ class RefDet(nn.Module):
         ``z2``/``z3`` hold one kernel for the batch (leading 1) or one per image.
         """
         s2, s3 = self.features(images)
-        c2, c3 = xcorr_depthwise(s2, z2), xcorr_depthwise(s3, z3)
+        c2 = xcorr_depthwise(F.normalize(self.adj_s2(s2), dim=1), F.normalize(self.adj_t2(z2), dim=1))
+        c3 = xcorr_depthwise(F.normalize(self.adj_s3(s3), dim=1), F.normalize(self.adj_t3(z3), dim=1))
         m3 = self.mix3(torch.cat([s3, c3], 1))
         up = F.interpolate(m3, size=s2.shape[-2:], mode="bilinear", align_corners=False)
         m2 = self.mix2(torch.cat([s2, c2, up], 1))
         dist = F.softplus(self.box(m2) + 2.0) * STRIDE * 2
-        return self.obj(m2), dist
+        return self.obj(m2) + self.sim(c2 * c2.shape[1]), dist
 
     def forward(self, images: torch.Tensor, templates: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,9 +97,13 @@ def crop_square(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarra
     return image[y0:y0 + side, x0:x0 + side]
 
 
-def template_side(box: tuple[float, float, float, float], context: float) -> int:
-    """Side of the square crop of a template around ``box`` (at least 16 px)."""
-    return max(16, int(round(max(box[2] - box[0], box[3] - box[1]) * context)))
+def template_side(box: tuple[float, float, float, float], context: float, size: int) -> int:
+    """Side of the square read around ``box`` for a template of ``size`` px.
+
+    ``size`` itself (native resolution: the template has the scale of the scenes) unless
+    the box with its context is larger, then that (resized down to ``size``).
+    """
+    return max(size, int(round(max(box[2] - box[0], box[3] - box[1]) * context)))
 
 
 def to_template(crop: np.ndarray, size: int) -> torch.Tensor:
@@ -140,7 +144,7 @@ def draw_episode(src: EpisodeSource, rng: np.random.Generator, cfg: EpisodeConfi
     for p in picks:
         a = pool[int(p)]
         cx, cy = (a.box[0] + a.box[2]) / 2, (a.box[1] + a.box[3]) / 2
-        crop = crop_square(src.chip(a.chip), cx, cy, template_side(a.box, cfg.context))
+        crop = crop_square(src.chip(a.chip), cx, cy, template_side(a.box, cfg.context, template_size))
         crop, _ = d4(crop, np.zeros((0, 4), np.float32), int(rng.integers(8)))
         if photometric is not None:
             crop, _ = photometric(crop, {})

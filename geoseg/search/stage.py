@@ -138,7 +138,7 @@ def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: 
                 if taken[i] or g is None or not s.footprint.contains(g.centroid):
                     continue
                 x0, y0, x1, y1 = px(g, inv).bounds
-                side = template_side((x0, y0, x1, y1), meta.context)
+                side = template_side((x0, y0, x1, y1), meta.context, size)
                 cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
                 win = Window(int(round(cx - side / 2)), int(round(cy - side / 2)), side, side)
                 raw, valid = read_window(src, plan, win)

@@ -14,8 +14,11 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import shapely
+import torch
 from affine import Affine
 from rasterio.features import rasterize
+
+from geoseg.search.boxes import match
 
 CRS = "EPSG:32636"
 #: ground pixel size of the generated scenes, metres
@@ -86,3 +89,23 @@ def pick_examples(scene: Scene, kind: str, k: int = 3, as_boxes: bool = True) ->
     sel = scene.objects[scene.objects["kind"] == kind].head(k)
     geoms = sel.geometry.envelope if as_boxes else sel.geometry
     return gpd.GeoDataFrame({"kind": sel["kind"].to_numpy()}, geometry=geoms.to_numpy(), crs=sel.crs)
+
+
+def _boxes(g: gpd.GeoSeries) -> torch.Tensor:
+    return torch.tensor(np.asarray(g.bounds.to_numpy(), dtype=np.float32).reshape(-1, 4))
+
+
+def score(found: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, kind: str, iou: float = 0.5) -> dict[str, float]:
+    """Recall and precision of ``kind`` at ``iou``, and the share of other kinds returned.
+
+    Boxes are compared with the truth's envelopes, in the truth's CRS; an object of
+    another kind is *returned* when a found box matches it at ``iou`` (one to one).
+    """
+    found = found.to_crs(truth.crs).sort_values("score", ascending=False)
+    want, other = truth[truth["kind"] == kind], truth[truth["kind"] != kind]
+    pred = _boxes(found.geometry)
+    tp = int(match(pred, _boxes(want.geometry.envelope), iou).sum())
+    other_hit = match(_boxes(other.geometry.envelope), pred, iou) if len(other) else np.zeros(0, bool)
+    return {"found": float(len(found)), "truth": float(len(want)), "recall": tp / max(len(want), 1),
+            "precision": tp / max(len(found), 1),
+            "other_returned": float(other_hit.mean()) if len(other) else 0.0}
