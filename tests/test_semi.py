@@ -32,7 +32,8 @@ QUIET = AugmentConfig(d4=0, shift_scale_rotate=0, haze=0, clouds_shadows=0, blur
 def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Chips of two scenes of the same kind as the labelled ones, tiled without labels."""
     root = tmp_path_factory.mktemp("unlabelled")
-    scenes = [bright_boxes_scene(root / f"u{i}.tif", (64, 64), grid_boxes((64, 64), seed=10 + i), seed=20 + i)
+    scenes = [bright_boxes_scene(root / f"u{i}.tif", (64, 64), grid_boxes((64, 64), seed=10 + i), seed=20 + i,
+                                 transform=from_origin(460000 + 100 * i, 40000, 0.5, 0.5))  # beside the val scene
               for i in range(2)]
     tile(scenes, None, root / "u", TileConfig(size=32, overlap=0), scheduler="sync")
     return root / "u"
@@ -145,8 +146,22 @@ def test_cli_unlabelled_folder_and_its_errors(tiny_patches: Path, unlabelled: Pa
     assert res.exit_code == 1 and "holds no chips" in res.output and str(tmp_path / "empty") in res.output
     one_band = tmp_path / "one"
     scene = write_raster(tmp_path / "pan.tif", np.ones((1, 40, 40), np.uint8), "EPSG:32636",
-                         from_origin(450000, 40000, 1, 1))
+                         from_origin(470000, 40000, 1, 1))
     tile([scene], None, one_band, TileConfig(size=32, overlap=0), scheduler="sync")
     res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
                                    str(tmp_path / "r3"), "--unlabelled", str(one_band)])
     assert res.exit_code == 1 and "1 bands but the labelled ones 3" in res.output
+
+
+def test_unlabelled_chips_over_the_validation_split_warn(tiny_patches: Path, tmp_path: Path) -> None:
+    """The val scene of tiny_patches tiled again without labels: its pixels would leak."""
+    from geoseg.errors import GeoSegWarning
+    from geoseg.train.semi import warn_if_overlapping_val
+
+    val_scene = tiny_patches.parent / "val_scene.tif"
+    tile([val_scene], None, tmp_path / "leak", TileConfig(size=32, overlap=0), scheduler="sync")
+    with pytest.warns(GeoSegWarning, match="cover pixels of the validation split"):
+        warn_if_overlapping_val([tmp_path / "leak"], tiny_patches)
+    far = bright_boxes_scene(tmp_path / "far.tif", (64, 64), [], transform=from_origin(0, 0, 0.5, 0.5))
+    tile([far], None, tmp_path / "ok", TileConfig(size=32, overlap=0), scheduler="sync")
+    warn_if_overlapping_val([tmp_path / "ok"], tiny_patches)  # no warning (an error under pytest)

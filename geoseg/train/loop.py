@@ -322,7 +322,8 @@ def _mean_teacher(cfg: TrainConfig, has_ema: bool) -> Any:
     from geoseg.train.semi import MeanTeacher
 
     assert cfg.patches is not None
-    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, cfg.data.batch_size, cfg.seed)
+    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, cfg.data.batch_size, cfg.seed,
+                       Path(cfg.patches))
 
 
 class _quiet_stdout:

@@ -114,6 +114,53 @@ def chips_of(root: Path) -> list[Path]:
     return chips
 
 
+def _footprints(coco_path: Path, split: str | None) -> Any:
+    """Footprints of the chips of a COCO file of `geoseg tile` (one split or all), by CRS."""
+    import json
+
+    from affine import Affine
+
+    from geoseg.io.rasters import window_footprint
+
+    by_crs: dict[str, list[Any]] = {}
+    with coco_path.open(encoding="utf-8") as f:
+        images = json.load(f).get("images", [])
+    for im in images:
+        if split is None or im.get("split") == split:
+            poly = window_footprint(Window(0, 0, im["width"], im["height"]), Affine(*im["transform"][:6]))
+            by_crs.setdefault(im["crs"], []).append(poly)
+    return by_crs
+
+
+def warn_if_overlapping_val(unlabelled: Sequence[str | Path], patches: Path) -> None:
+    """Warn when unlabelled chips cover pixels of the validation split (optimistic scores)."""
+    import warnings
+
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.errors import GeoSegWarning
+
+    val = _footprints(patches / "annotations.json", "val")
+    if not val:
+        return
+    val_parts = [gpd.GeoSeries([shapely.union_all(polys)], crs=crs) for crs, polys in val.items()]
+    for root in unlabelled:
+        coco = Path(root) / "annotations.json"
+        if not coco.is_file():
+            continue
+        for crs, polys in _footprints(coco, None).items():
+            area = gpd.GeoSeries([shapely.union_all(polys)], crs=crs)
+            for v in val_parts:
+                inter = area.to_crs(v.crs).intersection(v).area.iloc[0]
+                if inter > 0.01 * v.area.iloc[0]:
+                    warnings.warn(
+                        f"unlabelled chips in {root} cover pixels of the validation split of {patches}: "
+                        "its scores will be optimistic; tile other scenes as unlabelled",
+                        GeoSegWarning, stacklevel=2)
+                    return
+
+
 class UnlabelledChips(Dataset[dict[str, Any]]):
     """Weak and strong views of random crops of unlabelled chips.
 
@@ -216,12 +263,16 @@ class MeanTeacher:
         crop: crop side of the labelled samples (the same here).
         batch_size: labelled batch size; the unlabelled one is ``ratio`` times it.
         seed: the run's seed.
+        patches: the labelled tile folder: a warning when unlabelled chips cover its
+            validation split.
     """
 
     def __init__(self, cfg: SemiConfig, stats: BandStats, crop: int | None, batch_size: int,
-                 seed: int) -> None:
+                 seed: int, patches: Path | None = None) -> None:
         self.cfg = cfg
         self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed)
+        if patches is not None:
+            warn_if_overlapping_val(cfg.unlabelled, patches)
         self.batch_size = max(1, round(cfg.ratio * batch_size))
         self.seed = seed
 
