@@ -8,7 +8,8 @@ One run does all of it, and prints ratios measured in this run only:
 3. the **plain dense floor**: the FF network over full windows (8x8 cells with one halo,
    the same windows, halo and batch as predict), windowed reads, the same watershed and
    vectorize (predict's own instance phase), no PV and no router, as one Dask graph of the
-   same threads; then `geoseg predict` at budget 1.0, 0.25 and auto: wall time, ratios
+   same threads (and the same outline regularization when the model asks for it); then
+   `geoseg predict` at budget 1.0, 0.25 and auto: wall time, ratios
    (budget 1.0 / floor, floor / routed) and F1@0.5 of each against the truth. The model
    is loaded once before the timed runs, as a Dask worker loads it once for all its blocks
    and scenes (the load is printed apart);
@@ -172,6 +173,10 @@ def dense_floor(scene: Path, model: Path, out: Path, block: int = 2048) -> dict:
     paths = compute(polys, scheduler="threads", desc="floor", progress=False)
     frames = [g for g in (gpd.read_file(p) for p in paths) if len(g)]
     gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+    if meta.postprocess.regularize:  # predict squares outlines for such a model: so does the floor
+        from geoseg.predict.regularize import regularize
+
+        gdf = regularize(gdf, tolerance=cfg.regularize_tolerance)
     write_vector(gdf, out, layer=out.stem)
     shutil.rmtree(cache)
     return {"seconds": time.perf_counter() - t0, "polygons": len(gdf)}
@@ -203,6 +208,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--extras", action="store_true", help="also peak RSS and onnxruntime (2048² scenes)")
+    ap.add_argument("--validate", action="store_true",
+                    help="validate W/run's best.pt once before the runs (sets its --budget auto threshold)")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -215,6 +222,8 @@ def main() -> None:
     print(f"work dir: {work}", flush=True)
     if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
         prepare_model(work, args.epochs)
+    if args.validate:
+        validate_run(work, args.epochs)
     scene = work / f"sparse{args.side}.tif"
     if not (args.reuse and scene.exists()):
         t0 = time.perf_counter()
@@ -240,6 +249,26 @@ def prepare_model(work: Path, epochs: int) -> None:
     res = train(cfg, patches, work / "run", epochs=epochs, overwrite=True)
     print(f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s: "
           f"val ap50 {res.history[-1].get('ap50', float('nan')):.2f}", flush=True)
+
+
+def validate_run(work: Path, epochs: int) -> None:
+    """Validate the run's best.pt (no training): its metrics, and the calibrated auto threshold, saved."""
+    import torch
+
+    from geoseg.config import load_config
+    from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+    from geoseg.train import TrainConfig
+    from geoseg.train.loop import Trainer
+
+    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {"epochs": epochs})
+    tr = Trainer(cfg, work / "patches", work / "run", torch.device("cpu"), progress=False)
+    best = work / "run" / "checkpoints" / "best.pt"
+    tr.load_state(load_checkpoint(best))
+    m = tr.validate()
+    save_checkpoint(best, tr.state())
+    print(f"validated {best}: ap50 {m.get('ap50', float('nan')):.2f}, f1 {m.get('f1', float('nan')):.2f}, "
+          f"auto threshold {float(tr.eval_model().utility_threshold):.3g} "
+          f"({m.get('auto_share', float('nan')):.0%} of the validation cells)", flush=True)
 
 
 def prepare_data(work: Path) -> Path:
@@ -282,7 +311,8 @@ def run_benchmarks(work: Path, scene: Path, truth: Path) -> None:
         t0 = time.perf_counter()
         s = predict([scene], model, out, PredictConfig(budget=budget), overwrite=True, progress=False)
         res = {"seconds": time.perf_counter() - t0, "ff_cells": s.ff_cells, "cells": s.cells,
-               "model_s": s.model_seconds, "routing": s.routing}
+               "model_s": s.model_seconds, "routing": s.routing, "polygons": s.polygons,
+               "regions": s.ff_regions}
         return {**res, "f1": f1(out)}
 
     routed(0.1, work / "warmup.gpkg")  # kernels, allocator
@@ -295,10 +325,11 @@ def run_benchmarks(work: Path, scene: Path, truth: Path) -> None:
         except Exception as err:  # noqa: BLE001 - e.g. a predict without --budget auto
             print(f"budget {b}: {err}")
     floor = rows["floor"]["seconds"]
-    print(f"{'run':>8} {'FF cells':>9} {'wall s':>7} {'floor/run':>9} {'F1@0.5':>7}")
+    print(f"{'run':>8} {'FF cells':>9} {'regions':>8} {'wall s':>7} {'floor/run':>9} {'F1@0.5':>7} {'polygons':>8}")
     for name, r in rows.items():
         cells = "all" if r["ff_cells"] < 0 else str(r["ff_cells"])
-        print(f"{name:>8} {cells:>9} {r['seconds']:>7.1f} {floor / r['seconds']:>8.2f}x {r['f1']:>7.3f}")
+        print(f"{name:>8} {cells:>9} {r.get('regions', '-'):>8} {r['seconds']:>7.1f} "
+              f"{floor / r['seconds']:>8.2f}x {r['f1']:>7.3f} {r['polygons']:>8}")
     if "1.0" in rows:
         print(f"budget 1.0 / floor: {rows['1.0']['seconds'] / floor:.2f} (target <= 1.10)")
     for b in ("0.25", "auto"):
