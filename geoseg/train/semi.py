@@ -57,10 +57,10 @@ class SemiConfig(Strict):
                                   description="output folders of `geoseg tile` without labels")
     teacher_decay: float | None = Field(
         None, gt=0, lt=1, description="EMA decay of the teacher (None: optim.ema_decay)")
-    weight: float = Field(1.0, ge=0, description="weight of the unsupervised loss after the ramp")
-    ramp_epochs: float = Field(5.0, ge=0, description="sigmoid ramp-up of the weight, in epochs")
-    burn_in_epochs: float = Field(2.0, ge=0, description="supervised-only epochs first")
-    threshold: float = Field(0.8, ge=0.5, lt=1.0,
+    weight: float = Field(0.5, ge=0, description="weight of the unsupervised loss after the ramp")
+    ramp_epochs: float = Field(3.0, ge=0, description="sigmoid ramp-up of the weight, in epochs")
+    burn_in_epochs: float = Field(5.0, ge=0, description="supervised-only epochs first")
+    threshold: float = Field(0.9, ge=0.5, lt=1.0,
                              description="teacher confidence max(p, 1-p) to keep a pixel")
     ratio: float = Field(1.0, gt=0, description="unlabelled samples per labelled one per step")
     teacher_budget: float = Field(1.0, gt=0, le=1, description="router budget of the teacher")
