@@ -41,7 +41,7 @@ def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def semi_cfg(unlabelled: Path, **semi: object) -> TrainConfig:
     over = {"semi": {"unlabelled": [str(unlabelled)], "burn_in_epochs": 0, "ramp_epochs": 0,
-                     "threshold": 0.6, **semi}}
+                     "threshold": 0.6, "weight": 1.0, **semi}}
     return load_config(TrainConfig, TINY, over)
 
 
