@@ -61,15 +61,17 @@ def test_ff_batch_reaches_the_backend(scene: Path, tiny_run: Path, tmp_path: Pat
     real = TorchBackend._ff
 
     def spy(self: TorchBackend, tiles: np.ndarray) -> np.ndarray:
-        sizes.append(len(tiles))
+        sizes.append(int(np.prod(tiles.shape[::2])))  # tiles x height: regions of one width here
         backends.add(self.ff_batch)
         return real(self, tiles)
 
     monkeypatch.setattr(TorchBackend, "_ff", spy)
+    # block 32: one 2x2-cell region (40 px with the halo) per block, one call each (chunking by
+    # ff_batch's worth of pixels is tested in test_backends)
     s = predict([scene], tiny_run, tmp_path / "b.gpkg",
-                PredictConfig(block=256, budget=1.0, ff_batch=8), progress=False)
-    assert s.ff_cells == 48
-    assert max(sizes) == 8 and sizes.count(8) == 6 and sum(sizes) == 48
+                PredictConfig(block=32, budget=1.0, ff_batch=8), progress=False)
+    assert s.ff_cells == 48 and s.ff_regions == 12
+    assert sizes == [40] * 12
     assert backends == {8}  # the backend itself was opened with the option, not its default
 
 
