@@ -14,9 +14,10 @@ staircase. Regularization (``geoseg predict --regularize``) squares them, each a
 Both run in a metric CRS: the polygons' own when it is projected in metres and not a Mercator (whose
 metres are not ground metres), else the local UTM zone, so the tolerance is ground metres
 whatever the CRS; the result is mapped back. Each row keeps its attributes (``area_m2``
-is recomputed); a polygon whose regularized outline is invalid, empty, or changes its
-area by more than ``max_area_change`` keeps its original outline (repaired and reduced to
-its largest polygon, as vectorize does; logged), so nothing is lost or distorted.
+is recomputed). Squaring never moves an outline far from what the model saw: a
+rectangle that overlaps the traced outline by IoU < ``min_iou`` (0.8) gives way to the
+edge-snapped outline, and that one, when it too is below, or invalid, or empty, to the
+traced outline (repaired and reduced to its largest polygon, as vectorize does; logged).
 Touching neighbours are regularized independently and may overlap by up to about the
 tolerance.
 """
@@ -60,7 +61,7 @@ def regularize(
     tolerance: float = 1.0,
     allow_45: bool = True,
     rectangle: float = 0.75,
-    max_area_change: float = 0.3,
+    min_iou: float = 0.8,
 ) -> gpd.GeoDataFrame:
     """Square each polygon's outline to its dominant directions.
 
@@ -71,8 +72,8 @@ def regularize(
             uses half of it).
         allow_45: keep edges at 45° to the main direction where the outline has them.
         rectangle: outlines at least this rectangular become a rectangle (1.0: none).
-        max_area_change: a regularized outline whose area differs from the original by
-            more than this share is refused (the original is kept).
+        min_iou: a squared outline must overlap the traced one by at least this IoU
+            (else the next candidate: rectangle, edge-snapped, traced).
 
     Returns:
         A copy of ``gdf``, same rows, order, columns and CRS, with regularized outlines
@@ -99,23 +100,35 @@ def regularize(
             frame, parallel_threshold=tolerance, simplify=True, simplify_tolerance=tolerance / 2,
             allow_45_degree=allow_45, allow_circles=False, num_cores=1,
         )
-    result = _one_polygon_per_row(done["_row"].to_numpy(), done.geometry.to_numpy(), len(gdf))
+    snapped = _one_polygon_per_row(done["_row"].to_numpy(), done.geometry.to_numpy(), len(gdf))
     repaired = _one_polygon_per_row(np.arange(len(source)), source, len(source))
+    squared = snapped.copy()
     near = np.flatnonzero(rectangularity(repaired) >= rectangle)
-    result[near] = _area_rectangles(repaired[near])
-    before, after = shapely.area(source), shapely.area(result)
-    ok = ~shapely.is_empty(result) & shapely.is_valid(result)
-    ok &= np.abs(after - before) <= max_area_change * np.maximum(before, 1e-12)
-    if not ok.all():
-        log.info("%d of %d polygons kept their outline: regularizing them changed their area by "
-                 "more than %.0f%% or left no valid polygon", int((~ok).sum()), len(ok), 100 * max_area_change)
-    result = np.where(ok, result, repaired)
+    squared[near] = _area_rectangles(repaired[near])
+    result = repaired.copy()
+    for candidate in (snapped, squared):  # the later wins where it is good enough
+        good = _close_enough(candidate, repaired, min_iou)
+        result[good] = candidate[good]
+    kept = int(np.sum(result == repaired))
+    if kept:
+        log.info("%d of %d polygons kept their traced outline: squaring them moved them below "
+                 "IoU %.2f or left no valid polygon", kept, len(result), min_iou)
     out.geometry = gpd.GeoSeries(result, crs=work, index=gdf.index).to_crs(gdf.crs)
     if "area_m2" in out.columns:
         from geoseg.predict.vectorize import geodesic_area
 
         out["area_m2"] = geodesic_area(out.geometry.to_numpy(), out.crs)
     return out
+
+
+def _close_enough(candidate: np.ndarray, reference: np.ndarray, min_iou: float) -> np.ndarray:
+    """Valid non-empty candidates whose IoU with the reference is at least ``min_iou``."""
+    ok = ~shapely.is_empty(candidate) & shapely.is_valid(candidate) & ~shapely.is_empty(reference)
+    inter = np.zeros(len(candidate))
+    union = np.ones(len(candidate))
+    inter[ok] = shapely.area(shapely.intersection(candidate[ok], reference[ok]))
+    union[ok] = shapely.area(shapely.union(candidate[ok], reference[ok]))
+    return np.asarray(ok & (inter >= min_iou * union))
 
 
 def _area_rectangles(polys: np.ndarray) -> np.ndarray:
