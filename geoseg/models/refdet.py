@@ -45,6 +45,8 @@ class RefDetConfig(Strict):
     fpn_channels: int = Field(96, ge=8)
     template_size: int = Field(64, ge=16, multiple_of=8, description="template side in px (resized)")
     heads: int = Field(4, ge=1, description="attention heads of the template fusion")
+    kernel: int = Field(3, ge=1, description="side of the correlation kernels: the centre of the fused "
+                                             "template at P2 and P3 (0 < kernel <= template_size / 8)")
     bands: int = Field(3, ge=1)
 
 
@@ -103,6 +105,13 @@ class SetFusion(nn.Module):
         fused = (att[..., None] * v).sum(1).flatten(-2)  # (N, C)
         out: torch.Tensor = self.norm(mean + self.o(fused))
         return out.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _centre(z: torch.Tensor, k: int) -> torch.Tensor:
+    """The central k x k of (B, C, h, w) maps (the object under the template's context)."""
+    h, w = int(z.shape[-2]), int(z.shape[-1])
+    t, left = max(0, (h - k) // 2), max(0, (w - k) // 2)
+    return z[..., t:t + k, left:left + k]
 
 
 def _conv(cin: int, cout: int) -> nn.Sequential:
@@ -178,13 +187,13 @@ class RefDet(nn.Module):
             templates: (B, K, bands, T, T) normalised template chips (K >= 1).
 
         Returns:
-            ``(z2 (B, F, T/4, T/4), z3 (B, F, T/8, T/8))``.
+            ``(z2, z3)``: (B, F, kernel, kernel) each, the centres of the fused P2 and P3 maps.
         """
         b, k = templates.shape[:2]
         p2, p3 = self.features(templates.flatten(0, 1))
         z2 = self.fuse2(p2.reshape(b, k, *p2.shape[1:]))
         z3 = self.fuse3(p3.reshape(b, k, *p3.shape[1:]))
-        return z2, z3
+        return _centre(z2, self.cfg.kernel), _centre(z3, self.cfg.kernel)
 
     def detect(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,6 +201,12 @@ class RefDet(nn.Module):
 
         ``z2``/``z3`` hold one kernel for the batch (leading 1) or one per image.
         """
+        obj, sim, dist = self.detect_parts(images, z2, z3)
+        return obj + sim, dist
+
+    def detect_parts(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The objectness of the fused features, the similarity term (from C2 alone), distances."""
         s2, s3 = self.features(images)
         c2 = xcorr_depthwise(F.normalize(self.adj_s2(s2), dim=1), F.normalize(self.adj_t2(z2), dim=1))
         c3 = xcorr_depthwise(F.normalize(self.adj_s3(s3), dim=1), F.normalize(self.adj_t3(z3), dim=1))
@@ -199,13 +214,20 @@ class RefDet(nn.Module):
         up = F.interpolate(m3, size=s2.shape[-2:], mode="bilinear", align_corners=False)
         m2 = self.mix2(torch.cat([s2, c2, up], 1))
         dist = F.softplus(self.box(m2) + 2.0) * STRIDE * 2
-        return self.obj(m2) + self.sim(c2 * c2.shape[1]), dist
+        return self.obj(m2), self.sim(c2 * c2.shape[1]), dist
 
     def forward(self, images: torch.Tensor, templates: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Search ``images`` (B, bands, H, W) for ``templates`` (B, K, bands, T, T)."""
         z2, z3 = self.encode_templates(templates)
         return self.detect(images, z2, z3)
+
+    def forward_train(self, images: torch.Tensor, templates: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`forward`, with the similarity term apart: ``(objectness, similarity, distances)``."""
+        z2, z3 = self.encode_templates(templates)
+        obj, sim, dist = self.detect_parts(images, z2, z3)
+        return obj + sim, sim, dist
 
 
 def centres(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:

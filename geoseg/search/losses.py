@@ -17,6 +17,7 @@ class SearchLossConfig(Strict):
     focal_gamma: float = Field(2.0, ge=0)
     giou: float = Field(2.0, ge=0, description="weight of the GIoU box loss")
     radius: float = Field(0.3, gt=0, le=1, description="positive cells: within radius x box side of the centre")
+    similarity: float = Field(1.0, ge=0, description="weight of the focal loss on the similarity term alone")
 
 
 def assign(boxes: torch.Tensor, h: int, w: int, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def assign(boxes: torch.Tensor, h: int, w: int, radius: float) -> tuple[torch.Te
 
 
 def search_loss(obj: torch.Tensor, dist: torch.Tensor, boxes: list[torch.Tensor],
-                cfg: SearchLossConfig) -> dict[str, torch.Tensor]:
+                cfg: SearchLossConfig, sim: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Focal loss on objectness (normalised by positives) + weighted GIoU on positives.
 
     Args:
@@ -58,6 +59,9 @@ def search_loss(obj: torch.Tensor, dist: torch.Tensor, boxes: list[torch.Tensor]
         dist: (B, 4, h, w) box distances in pixels.
         boxes: per image, (n, 4) truth boxes in pixels.
         cfg: loss weights.
+        sim: (B, 1, h, w) the similarity term of ``obj`` (template and search correlation only),
+            supervised alone too, with weight ``cfg.similarity``: the one part of the
+            objectness that cannot find objects without telling kinds apart.
 
     Returns:
         ``{"loss", "focal", "giou", "positives"}``.
@@ -65,17 +69,22 @@ def search_loss(obj: torch.Tensor, dist: torch.Tensor, boxes: list[torch.Tensor]
     b, _, h, w = obj.shape
     focal = obj.new_zeros(())
     giou = obj.new_zeros(())
+    sim_loss = obj.new_zeros(())
     npos = 0
     for i in range(b):
         pos, tgt = assign(boxes[i].to(obj.device), h, w, cfg.radius)
         target = pos.float().reshape(1, h, w)
         focal = focal + sigmoid_focal_loss(obj[i], target, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
                                            reduction="sum")
+        if sim is not None:
+            sim_loss = sim_loss + sigmoid_focal_loss(sim[i], target, alpha=cfg.focal_alpha,
+                                                     gamma=cfg.focal_gamma, reduction="sum")
         if pos.any():
             pred = decode(dist[i])[pos]
             giou = giou + generalized_box_iou_loss(pred, tgt[pos], reduction="sum")
         npos += int(pos.sum())
     n = max(npos, 1)
-    focal, giou = focal / n, giou / n
-    return {"loss": focal + cfg.giou * giou, "focal": focal.detach(), "giou": giou.detach(),
+    focal, giou, sim_loss = focal / n, giou / n, sim_loss / n
+    return {"loss": focal + cfg.giou * giou + cfg.similarity * sim_loss, "focal": focal.detach(),
+            "giou": giou.detach(), "similarity": sim_loss.detach(),
             "positives": torch.tensor(float(npos))}

@@ -208,15 +208,15 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
         rng = np.random.default_rng([cfg.seed, epoch])
         aug.reseed(int(rng.integers(2**31)))
         te = time.perf_counter()
-        sums = {"loss": 0.0, "focal": 0.0, "giou": 0.0}
+        sums = {"loss": 0.0, "focal": 0.0, "giou": 0.0, "similarity": 0.0}
         bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False)
         for step in bar:
             lr = cfg.optim.lr * _lr_factor((epoch - 1) * steps + step, total, warm, cfg.optim.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
             images, temps, boxes = _batch(train_src, rng, cfg, aug, cfg.episodes.batch_size)
-            obj, dist = model(images.to(dev), temps.to(dev))
-            losses = search_loss(obj, dist, boxes, cfg.loss)
+            obj, sim, dist = model.forward_train(images.to(dev), temps.to(dev))
+            losses = search_loss(obj, dist, boxes, cfg.loss, sim)
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(losses["loss"])
             if cfg.optim.grad_clip:

@@ -1,0 +1,61 @@
+"""A tiny reference detector learns, through `geoseg tile`, `geoseg train` and `geoseg search`,
+to find the objects of generated scenes, and (the target of issue #14, not reached yet: an
+expected failure until it is) the kind of its examples (round tanks) and not the other
+(rectangular roofs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+
+from geoseg.cli.main import cli
+from geoseg.search.synthetic import draw_scene, pick_examples, score
+
+CONFIG = """task: search
+epochs: {epochs}
+seed: 0
+device: cpu
+model: {{encoder: convnext_atto, encoder_dims: [24, 48, 96, 192], encoder_depths: [1, 1, 1, 1],
+         fpn_channels: 32, template_size: 32, heads: 4}}
+episodes: {{crop: 64, batch_size: 8, steps_per_epoch: {steps}, val_episodes: 16, positive: 0.6}}
+augment: {{haze: 0, clouds_shadows: 0, blur: 0, noise: 0, jpeg: 0, downscale: 0}}
+optim: {{lr: 0.003, warmup_epochs: 0.2}}
+"""
+
+
+def _cli(*args: object) -> str:
+    res = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.slow
+def test_tiny_model_finds_the_kind_of_its_examples(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and CI shares its cores
+    try:
+        scenes = [draw_scene(tmp_path / "scenes" / f"s{i}.tif", 384, 16, seed=i,
+                             origin=(500000.0 + 400 * i, 100000.0)) for i in range(3)]
+        labels = gpd.GeoDataFrame(pd.concat([s.objects for s in scenes], ignore_index=True), crs=scenes[0].objects.crs)
+        labels.to_file(tmp_path / "labels.gpkg")
+        _cli("tile", tmp_path / "scenes", "--labels", tmp_path / "labels.gpkg", "--class-field", "kind",
+             "--size", "192", "--overlap", "0", "--val-scenes", "s2", "--out", tmp_path / "patches")
+        (tmp_path / "cfg.yaml").write_text(CONFIG.format(epochs=8, steps=30))
+        _cli("train", tmp_path / "cfg.yaml", "--patches", tmp_path / "patches", "--out", tmp_path / "run")
+        assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+        test = draw_scene(tmp_path / "test" / "t.tif", 384, 16, seed=77)
+        pick_examples(test, "tank", 3).to_crs("EPSG:4326").to_file(tmp_path / "ex.gpkg")
+        out = tmp_path / "found.gpkg"
+        _cli("search", test.path, "--examples", tmp_path / "ex.gpkg", "--model", tmp_path / "run",
+             "--out", out, "--block", "192", "--min-score", "0.2")
+        res = score(gpd.read_file(out), test.objects, "tank")
+    finally:
+        torch.set_num_threads(threads)
+    assert res["recall"] >= 0.75, res  # its boxes find the objects at IoU 0.5
+    if res["other_returned"] > 0.5 * res["recall"]:
+        pytest.xfail(f"the model does not tell the kinds apart yet (docs/benchmarks.md, search by example): {res}")
