@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "train": "geoseg.cli.train:train_cmd",
     "export": "geoseg.cli.export:export_cmd",
     "predict": "geoseg.cli.predict:predict_cmd",
+    "search": "geoseg.cli.search:search_cmd",
     "run": "geoseg.cli.run:run_cmd",
 }
 
