@@ -29,3 +29,14 @@ def progress_option(f: F) -> F:
     """``--progress/--no-progress``."""
     return click.option("--progress/--no-progress", default=None,
                         help="Show a progress bar (default: on a terminal).")(f)
+
+
+def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Click callback of ``--bands``: ``"1,1,1"`` -> ``(1, 1, 1)``."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
+                                 "e.g. 1,2,3 or 1,1,1") from None

@@ -6,17 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import overwrite_option, progress_option, scheduler_option
-
-
-def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
-                                 "e.g. 1,2,3 or 1,1,1") from None
+from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scheduler_option
 
 
 def _default(name: str) -> str:
@@ -49,7 +39,7 @@ def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
 @click.option("--block", type=int, help="Block side in pixels." + _default("block"))
 @click.option("--watershed-halo", type=int, help="Pixels around a block seen by the watershed "
               "(largest object / 2)." + _default("watershed_halo"))
-@click.option("--bands", "band_indexes", callback=_bands,
+@click.option("--bands", "band_indexes", callback=parse_bands,
               help="1-based bands to read, e.g. 1,1,1 for a single band.")
 @click.option("--simplify", type=float, help="Tolerance in metres." + _default("simplify"))
 @click.option("--min-area", type=float, help="Smallest polygon in m²." + _default("min_area"))

@@ -7,17 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import overwrite_option, progress_option, scheduler_option
-
-
-def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
-                                 "e.g. 1,2,3 or 1,1,1") from None
+from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scheduler_option
 
 
 @click.command("search")
@@ -36,7 +26,7 @@ def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where the model runs.")
 @click.option("--block", type=int, help="Block side in pixels (memory bound).  [default: 1024]")
 @click.option("--halo", type=int, help="Pixels read around a block (half the largest object).  [default: 64]")
-@click.option("--bands", "band_indexes", callback=_bands, help="1-based bands to read, e.g. 1,1,1.")
+@click.option("--bands", "band_indexes", callback=parse_bands, help="1-based bands to read, e.g. 1,1,1.")
 @scheduler_option
 @overwrite_option
 @progress_option

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +22,7 @@ from pydantic import Field
 
 from geoseg.bands import BandStats, load_stats
 from geoseg.config import Strict, dump_yaml
-from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.errors import OutputExistsError
 from geoseg.io.atomic import check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
@@ -32,6 +30,7 @@ from geoseg.search.boxes import average_precision, detections, match
 from geoseg.search.episodes import EpisodeConfig, EpisodeSource, draw_episode
 from geoseg.search.losses import SearchLossConfig, search_loss
 from geoseg.train.augment import AugmentConfig, build_augment
+from geoseg.train.loop import TrainResult, lr_lambda, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -71,29 +70,8 @@ class SearchTrainConfig(Strict):
     val: SearchValConfig = SearchValConfig()
 
 
-@dataclass
-class SearchTrainResult:
-    """What a search training run produced."""
-
-    run_dir: Path
-    epochs: int
-    best: dict[str, Any]
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
-
-
-def _lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+#: What a search training run produced: the same record as the routed model's.
+SearchTrainResult = TrainResult
 
 
 def _batch(src: EpisodeSource, rng: np.random.Generator, cfg: SearchTrainConfig, aug: Any,
@@ -177,7 +155,7 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
     check_writable(run, "--out", directory=True)
     stats = load_stats(patches)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"bands": stats.bands})})
-    dev = _device(device or cfg.device)
+    dev = resolve_device(device or cfg.device)
     train_src = EpisodeSource(patches, "train", stats)
     val_src = EpisodeSource(patches, "val", stats)
     if not val_src.instances:
@@ -211,7 +189,7 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
         sums = {"loss": 0.0, "focal": 0.0, "giou": 0.0, "similarity": 0.0}
         bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False)
         for step in bar:
-            lr = cfg.optim.lr * _lr_factor((epoch - 1) * steps + step, total, warm, cfg.optim.min_lr_ratio)
+            lr = cfg.optim.lr * lr_lambda((epoch - 1) * steps + step, total, warm, cfg.optim.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
             images, temps, boxes = _batch(train_src, rng, cfg, aug, cfg.episodes.batch_size)
