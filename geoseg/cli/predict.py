@@ -24,6 +24,15 @@ def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
         raise click.BadParameter(f"{value!r} is neither a number in (0, 1] nor 'auto'") from None
 
 
+def _gsd(ctx: click.Context, param: click.Parameter, value: str | None) -> float | str | None:
+    if value is None or value in ("native", "model"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither 'native', 'model' nor metres per pixel") from None
+
+
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", required=True, type=click.Path(path_type=Path),
@@ -48,6 +57,13 @@ def _budget(ctx: click.Context, param: click.Parameter, value: str | None) -> fl
               "[default: the model's postprocess.regularize; on in the buildings presets]")
 @click.option("--regularize-tolerance", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Steps smaller than this are squared away." + _default("regularize_tolerance"))
+@click.option("--gsd", callback=_gsd, metavar="native|model|METRES",
+              help="Ground pixel size scenes are read at: the model's training GSD ('model'), "
+              "the scene's own ('native') or metres per pixel; polygons stay in the scene CRS."
+              + _default("gsd"))
+@click.option("--tta", type=click.Choice(["none", "flip", "d4"]),
+              help="Test-time augmentation: average the maps over flips (2x model time) or the "
+              "8 rotations and flips (8x)." + _default("tta"))
 @click.option("--ff-batch", type=int, help="FF cells per model call." + _default("ff_batch"))
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")

@@ -25,6 +25,9 @@ from geoseg.cli.options import overwrite_option, progress_option, scheduler_opti
 @click.option("--class-field", help="Label column holding the class.  [default: class]")
 @click.option("--class-name", help="Class of every label when --class-field is absent.  [default: object]")
 @click.option("--seed", type=int, help="Seed of the train/val split.  [default: 0]")
+@click.option("--gsd", type=click.FloatRange(0, min_open=True), metavar="METRES",
+              help="Resample every scene to this ground pixel size, so scenes of mixed resolution "
+              "train together.  [default: each scene's own]")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable scenes (listed in the summary) instead of failing.")
 @scheduler_option
 @overwrite_option
@@ -33,7 +36,7 @@ def tile_cmd(scenes: tuple[Path, ...], labels: Path | None, out: Path, config_pa
              size: int | None, overlap: int | None, min_valid: float | None,
              val_fraction: float | None, split_block: int | None, val_scenes: tuple[str, ...],
              class_field: str | None, class_name: str | None, seed: int | None,
-             skip_bad: bool, scheduler: str, overwrite: bool, progress: bool | None) -> None:
+             gsd: float | None, skip_bad: bool, scheduler: str, overwrite: bool, progress: bool | None) -> None:
     """Cut SCENES (files or folders of GeoTIFFs) into chips with COCO instance masks.
 
     Writes OUT/images/<scene>_<row>_<col>.tif, OUT/annotations.json (COCO, RLE masks,
@@ -51,7 +54,7 @@ def tile_cmd(scenes: tuple[Path, ...], labels: Path | None, out: Path, config_pa
     overrides = {"size": size, "overlap": overlap, "min_valid": min_valid,
                  "val_fraction": val_fraction, "split_block": split_block,
                  "val_scenes": list(val_scenes) or None, "class_field": class_field,
-                 "class_name": class_name, "seed": seed}
+                 "class_name": class_name, "seed": seed, "gsd": gsd}
     cfg = load_config(TileConfig, config_path, overrides)
     summary = tile(scenes, labels, out, cfg, scheduler=scheduler, overwrite=overwrite,
                    skip_bad=skip_bad, progress=progress)

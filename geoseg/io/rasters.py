@@ -6,24 +6,31 @@ reads its metadata only, so that bad inputs are found before any output is writt
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 
 #: Extensions taken from a directory (explicit files may have any extension GDAL reads).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
+
+
+#: Relative GSD difference under which a scene is read on its own grid (see SceneInfo.at_gsd).
+GSD_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,11 @@ class SceneInfo:
         transform: affine transform, GDAL order is not used: ``Affine`` order (a..f).
         nodata: nodata value or None.
         has_mask: whether some pixels can be invalid (nodata, per-dataset mask or alpha).
+        gsd: ground sampling distance in metres of this grid's pixel (geodesic, the larger
+            side at the centre); NaN when not measured.
+        resample: this grid's pixel side over the file's (1.0: the file's own grid). Above
+            1 the scene is read coarser than stored, below 1 finer; see :meth:`at_gsd` and
+            :func:`open_scene`. ``width``, ``height`` and ``transform`` are this grid's.
     """
 
     path: Path
@@ -53,6 +65,8 @@ class SceneInfo:
     transform: tuple[float, float, float, float, float, float]
     nodata: float | None
     has_mask: bool
+    gsd: float = float("nan")
+    resample: float = 1.0
 
     @property
     def affine(self) -> Affine:
@@ -74,6 +88,69 @@ class SceneInfo:
     def footprint(self) -> shapely.Polygon:
         """The scene's true outline in its CRS (rotated or skewed grids included)."""
         return window_footprint(Window(0, 0, self.width, self.height), self.affine)
+
+
+    def at_gsd(self, gsd: float | None, tolerance: float = GSD_TOLERANCE) -> SceneInfo:
+        """This scene on a grid of ``gsd`` metres per pixel (same CRS, origin and rotation).
+
+        ``None``, an unmeasured scene, or a GSD within ``tolerance`` (relative) of the
+        scene's own return the scene as it is: resampling by 2 % costs a warp and gains
+        nothing. The new grid covers the whole scene (its last row and column may pass
+        the edge by less than one pixel; :func:`open_scene` marks that part invalid).
+
+        Examples:
+            >>> from rasterio.transform import from_origin
+            >>> s = SceneInfo(Path("a.tif"), "a", 1000, 600, 3, "uint8", "EPSG:32636",
+            ...               tuple(from_origin(0, 0, 0.15, 0.15))[:6], None, False, gsd=0.15)
+            >>> t = s.at_gsd(0.5)
+            >>> (t.width, t.height, round(t.transform[0], 3), round(t.resample, 3))
+            (300, 180, 0.5, 3.333)
+            >>> s.at_gsd(0.152) is s
+            True
+        """
+        if gsd is None or not np.isfinite(self.gsd) or abs(self.gsd / gsd - 1.0) <= tolerance:
+            return self
+        f = _snap_ratio(gsd / self.gsd)
+        return replace(
+            self, width=max(1, math.ceil(self.width / f - 1e-6)),
+            height=max(1, math.ceil(self.height / f - 1e-6)),
+            transform=tuple(self.affine * Affine.scale(f))[:6], gsd=float(gsd),
+            resample=self.resample * f)
+
+
+def _snap_ratio(f: float, tolerance: float = 0.01) -> float:
+    """``f``, or the whole ratio (n or 1/n) within ``tolerance`` of it.
+
+    Ground pixel sizes are geodesic, so a 0.25 m UTM scene measures 0.2501 m: reading it
+    at 0.5 m is a ratio of 2 exactly (pixel-aligned averaging), not 1.9993.
+    """
+    for n in range(1, 33):
+        for r in (float(n), 1.0 / n):
+            if abs(f / r - 1.0) <= tolerance:
+                return r
+    return f
+
+
+@contextmanager
+def open_scene(scene: SceneInfo) -> Iterator[Any]:
+    """The scene's pixels on ``scene``'s grid: the file itself, or a warped view of it.
+
+    When the scene was moved to another GSD (:meth:`SceneInfo.at_gsd`), reads go through a
+    :class:`rasterio.vrt.WarpedVRT` with the scene's transform and size, so windows,
+    decimated reads and masks work as on a file: ``average`` resampling when reading
+    coarser, ``bilinear`` when finer; pixels past the file's edge are invalid (nodata, or
+    an alpha band when the file has no nodata).
+    """
+    with rasterio.open(scene.path) as src:
+        if scene.resample == 1.0:
+            yield src
+            return
+        method = Resampling.average if scene.resample > 1 else Resampling.bilinear
+        extra: dict[str, Any] = ({"nodata": src.nodata} if src.nodata is not None
+                                 else {"add_alpha": True})
+        with WarpedVRT(src, crs=src.crs, transform=scene.affine, width=scene.width,
+                       height=scene.height, resampling=method, **extra) as vrt:
+            yield vrt
 
 
 def valid_mask(data: np.ndarray, dataset_mask: np.ndarray | None = None) -> np.ndarray:
@@ -168,12 +245,12 @@ def inspect_scene(path: str | Path) -> SceneInfo:
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
-            check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
+            gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 path=path, name=path.stem, width=src.width, height=src.height,
                 count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
                 transform=tuple(src.transform)[:6],
-                nodata=src.nodata, has_mask=has_mask,
+                nodata=src.nodata, has_mask=has_mask, gsd=gsd,
             )
     except InputRasterError:
         raise

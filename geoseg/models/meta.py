@@ -60,6 +60,12 @@ class ModelMeta(BaseModel):
         """:attr:`stats` as :class:`~geoseg.bands.BandStats`."""
         return BandStats.from_dict(self.stats)
 
+    @property
+    def gsd(self) -> float | None:
+        """Metres per pixel of the training chips (None: not recorded, e.g. older checkpoints)."""
+        g = self.stats.get("gsd")
+        return float(g) if isinstance(g, int | float) and g > 0 else None
+
     @classmethod
     def from_checkpoint(cls, model_cfg: Any, ckpt_meta: dict[str, Any]) -> ModelMeta:
         """The metadata of a loaded checkpoint.

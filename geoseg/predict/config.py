@@ -27,6 +27,11 @@ class PredictConfig(Strict):
     band_indexes: tuple[int, ...] | None = Field(None, description="1-based bands to read, e.g. 1,1,1")
     simplify: float = Field(0.5, ge=0, description="topology-preserving, in metres")
     min_area: float = Field(4.0, ge=0, description="smallest polygon kept, in m²")
+    gsd: Literal["native", "model"] | Annotated[float, Field(gt=0)] = Field(
+        "model", description="ground pixel size scenes are read at: 'model' (the training chips' GSD "
+        "recorded in the checkpoint; native when it has none), 'native', or metres per pixel")
+    tta: Literal["none", "flip", "d4"] = Field("none", description="test-time augmentation of the "
+                                               "dense maps: none, flip (2 views) or d4 (8 views)")
     ff_batch: int = Field(32, ge=1, description="FF cells per model call")
     prob_out: str | None = Field(None, description="extent probabilities as a COG")
     regularize: bool | None = Field(None, description="square building outlines "

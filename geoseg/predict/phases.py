@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
 from rasterio.enums import Resampling
@@ -36,11 +35,12 @@ from rasterio.windows import transform as window_transform
 from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
 from geoseg.io.atomic import atomic_path
-from geoseg.io.rasters import valid_mask
+from geoseg.io.rasters import open_scene, valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.models.regions import Region, cover, group_by_shape
 from geoseg.predict.plan import BlockPlan, read_errors, read_window
+from geoseg.predict.tta import averaged
 
 __all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
 
@@ -98,7 +98,7 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
     r0, c0 = int(ring.row_off), int(ring.col_off)
     h, w = int(ring.height) // s * s, int(ring.width) // s * s  # whole low-res pixels only
     win = Window(c0, r0, w, h)
-    with rasterio.open(plan.scene.path) as src, read_errors(plan, win):
+    with open_scene(plan.scene) as src, read_errors(plan, win):
         small = src.read(plan.band_indexes, window=win, out_shape=(len(plan.band_indexes), h // s, w // s),
                          resampling=Resampling.average).astype(np.float32)
         # a low-res pixel averaged over a NaN is NaN: invalid, as at full resolution
@@ -108,7 +108,7 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
     x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
     backend = get_backend(model)
     t0 = time.perf_counter()
-    pv_logits, utility = backend.pv(x[None])
+    pv_logits, utility = averaged(backend.pv, x[None], plan.tta)
     model_s = time.perf_counter() - t0
     lr0, lc0 = (int(core.row_off) - r0) // s, (int(core.col_off) - c0) // s
     lh, lw = math.ceil(core.height / s), math.ceil(core.width / s)
@@ -193,7 +193,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
         mask[chosen[:, 0] - int(core.row_off) // c, chosen[:, 1] - int(core.col_off) // c] = True
         regions = cover(mask, c, hl, max_side=backend.region_side)
         n_regions = len(regions)
-        with rasterio.open(plan.scene.path) as src:
+        with open_scene(plan.scene) as src:
             for (rows, cols), members in group_by_shape(regions).items():
                 tiles = []
                 for i in members:  # one windowed read per region, with one halo
@@ -203,7 +203,9 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
                     img, valid = read_window(src, plan, win)
                     tiles.append(normalize(img, stats, valid=valid))
                 t0 = time.perf_counter()
-                ff = torch.from_numpy(backend.ff(np.stack(tiles).astype(np.float32, copy=False)))
+                (maps,) = averaged(lambda t: (backend.ff(t),), np.stack(tiles).astype(np.float32, copy=False),
+                                   plan.tta)
+                ff = torch.from_numpy(maps)
                 model_s += time.perf_counter() - t0
                 for i, maps in zip(members, ff, strict=True):
                     _paste(logits, maps, regions[i], c)
@@ -277,7 +279,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
     if out.exists():
         return out
     probs, win = _probs_region(plan, bi, bj)
-    with rasterio.open(plan.scene.path) as src, read_errors(plan, win):
+    with open_scene(plan.scene) as src, read_errors(plan, win):
         mask = src.dataset_mask(window=win)
         # NaN/inf pixels are invalid too: float scenes need their values (one read per window)
         floating = np.issubdtype(np.dtype(plan.scene.dtype), np.floating)

@@ -31,6 +31,7 @@ class BlockPlan:
         cell: router cell side; scale: PV decimation; tile_halo: FF tile margin per side;
         multiple: the model's input multiple; band_indexes: 1-based bands to read.
         cache: the scene's cache directory.
+        tta: test-time augmentation of the model calls (:mod:`geoseg.predict.tta`).
     """
 
     scene: SceneInfo
@@ -42,6 +43,7 @@ class BlockPlan:
     multiple: int
     band_indexes: tuple[int, ...]
     cache: Path
+    tta: str = "none"
 
     @property
     def blocks_shape(self) -> tuple[int, int]:

@@ -74,6 +74,9 @@ class PredictSummary:
     prob_out: list[Path] = field(default_factory=list)
     regularized: float | None = None
     """The regularization tolerance in metres when outlines were squared, else None."""
+    gsd: str = ""
+    """How scenes were read: at which ground pixel size, from which (empty: all native)."""
+    tta: str = "none"
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -85,8 +88,9 @@ class PredictSummary:
             f"in {self.ff_regions} regions",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
-            f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s)",
-        ] + [f"probabilities: {p}" for p in self.prob_out]
+            f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
+            + (f", test-time augmentation {self.tta}" if self.tta != "none" else "") + ")",
+        ] + ([f"read at {self.gsd}"] if self.gsd else []) + [f"probabilities: {p}" for p in self.prob_out]
 
 
 def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) -> BlockPlan:
@@ -108,7 +112,27 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
     return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),
                      cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
-                     cache=cache / f"scene-{digest(str(scene.path))[:16]}")
+                     cache=cache / f"scene-{digest(str(scene.path))[:16]}", tta=cfg.tta)
+
+
+def target_gsd(cfg: PredictConfig, meta: ModelMeta) -> float | None:
+    """Metres per pixel scenes are read at (None: each scene's own grid)."""
+    if cfg.gsd == "native":
+        return None
+    if cfg.gsd == "model":
+        return meta.gsd
+    return float(cfg.gsd)
+
+
+def _gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> str:
+    """The summary's line on resampling ('' when every scene was read on its own grid)."""
+    moved = [(a, b) for a, b in zip(before, after, strict=True) if b.resample != 1.0]
+    if not moved:
+        return ""
+    native = sorted({round(a.gsd, 3) for a, _ in moved})
+    why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
+    return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
+            f"(native {', '.join(f'{g:g}' for g in native)} m/px)")
 
 
 def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
@@ -215,7 +239,7 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
     """
     from rasterio.shutil import copy as rio_copy
 
-    from geoseg.io.rasters import valid_mask
+    from geoseg.io.rasters import open_scene, valid_mask
 
     s = plan.scene
     tmp_tif = plan.cache / "probs_full.tif"
@@ -227,7 +251,7 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
     # both writes inside: a full disk while assembling is an error naming --prob-out too
     with atomic_path(path, what="--prob-out") as tmp:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp_tif, "w", **profile) as dst, \
-                rasterio.open(s.path) as src:
+                open_scene(s) as src:
             for bi in range(nbh):
                 for bj in range(nbw):
                     core = plan.core(bi, bj)
@@ -289,6 +313,8 @@ def predict(
     backend = get_backend(model_key)
     meta = backend.meta
     stats = meta.band_stats
+    native = infos
+    infos = [s.at_gsd(target_gsd(cfg, meta)) for s in infos]  # windows, cells, polygons on this grid
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     k_of, routing = _k_rule(cfg, meta, backend)
@@ -304,7 +330,8 @@ def predict(
     for p in plans:
         p.cache.mkdir(exist_ok=True)
 
-    summary = PredictSummary(out=out, scenes=len(plans), routing=routing)
+    summary = PredictSummary(out=out, scenes=len(plans), routing=routing,
+                             gsd=_gsd_note(native, infos, cfg), tta=cfg.tta)
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
     for plan in plans:

@@ -20,6 +20,8 @@ class TileConfig(Strict):
     val_scenes: tuple[str, ...] = Field((), description="glob patterns of scenes wholly in val")
     class_field: str = "class"
     class_name: str = "object"
+    gsd: float | None = Field(None, gt=0, description="resample chips to this many metres per "
+                              "pixel (None: each scene's own; scenes within 5 % are not resampled)")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
     seed: int = 0
 

@@ -38,6 +38,7 @@ from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
     list_rasters,
+    open_scene,
     read_errors,
     valid_mask,
     window_footprint,
@@ -133,10 +134,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     sums = np.zeros(scene.count)
     sumsq = np.zeros(scene.count)
     npix = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(scene.path) as src:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), open_scene(scene) as src:
         for win in job.windows:
             with read_errors(scene.path, win):
-                data = src.read(window=win)
+                data = src.read(list(range(1, scene.count + 1)), window=win)  # not a warp's alpha
                 mask = valid_mask(data, src.dataset_mask(window=win))
             frac = float(mask.mean())
             if frac < job.min_valid:
@@ -170,7 +171,7 @@ def tile_block(job: BlockJob) -> dict[str, int]:
                 "file_name": name, "width": shape[1], "height": shape[0],
                 "scene": scene.name, "window": [col, row, shape[1], shape[0]],
                 "crs": scene.crs, "transform": list(profile["transform"])[:6],
-                "split": job.split, "valid_fraction": round(frac, 6),
+                "split": job.split, "valid_fraction": round(frac, 6), "gsd": round(scene.gsd, 6),
             })
     counts["chips"] = len(images)
     counts["instances"] = len(anns)
@@ -190,6 +191,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
     npix = {"train": 0, "val": 0}
     offsets: list[int] = []
     chips_of: dict[str, int] = {}
+    gsds: list[float] = []
     categories = [{"id": i + 1, "name": c, "supercategory": "object"}
                   for i, c in enumerate(classes)]
     with atomic_path(out / "annotations.json") as tmp, tmp.open("w", encoding="utf-8") as f:
@@ -209,6 +211,8 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             sumsq[job.split] += st["sumsq"]
             npix[job.split] += st["count"]
             chips_of[job.scene.name] = chips_of.get(job.scene.name, 0) + len(part["images"])
+            if job.split == "train" or not gsds:
+                gsds += [job.scene.gsd] * len(part["images"])
         if npix["train"] + npix["val"] == 0:
             names = ", ".join(str(s.path) for s in scenes)
             raise InputRasterError(
@@ -241,8 +245,19 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         "bands": count, "dtype": scenes[0].dtype,
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
-        "tile": cfg.model_dump(mode="json"),
+        "tile": cfg.model_dump(mode="json"), **_gsd_stats(gsds),
     }, indent=2)
+
+def _gsd_stats(gsds: Sequence[float]) -> dict[str, Any]:
+    """``gsd`` (median metres per pixel of the train chips) and ``gsd_range`` for stats.json.
+
+    A checkpoint carries ``gsd`` so that predict reads scenes at the scale the model learned.
+    """
+    g = np.asarray([v for v in gsds if np.isfinite(v)], dtype=np.float64)
+    if not len(g):
+        return {}
+    return {"gsd": round(float(np.median(g)), 6), "gsd_range": [round(float(g.min()), 6), round(float(g.max()), 6)]}
+
 
 
 def _done_before(job: BlockJob) -> dict[str, int] | None:
@@ -302,6 +317,7 @@ def tile(
     check_scheduler(scheduler)
     out = check_writable(Path(out).resolve(), "--out", directory=True)
     good, bad = inspect_scenes([p.resolve() for p in list_rasters(scenes)], skip_bad=skip_bad)
+    good = [s.at_gsd(cfg.gsd) for s in good]  # --gsd: chips of every scene at one scale
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")

@@ -24,6 +24,7 @@ of ``stats.json``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -70,8 +71,10 @@ def read_stats(patches: Path) -> dict[str, Any]:
         raise InputRasterError(f"{path} is not valid band statistics (bands {raw.get('bands')!r} "
                                f"for {stats.bands} means, classes {classes!r}); "
                                "rerun `geoseg tile` with --overwrite")
+    gsd = raw.get("gsd")  # absent in tile outputs before GSDs were recorded
+    ok = isinstance(gsd, int | float) and math.isfinite(gsd) and gsd > 0
     return {"bands": stats.bands, "dtype": stats.dtype, "mean": list(stats.mean),
-            "std": list(stats.std), "classes": classes}
+            "std": list(stats.std), "classes": classes, "gsd": float(gsd) if ok else None}
 
 
 class _Index:

@@ -1,0 +1,187 @@
+"""Ground sampling distance: chips and predictions at the scale a model learned (issue #11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
+from rasterio.transform import from_origin
+
+from geoseg.cli.main import cli
+from geoseg.evaluate import evaluate_frames
+from geoseg.io.rasters import inspect_scene, open_scene
+from geoseg.models.meta import ModelMeta
+from geoseg.predict import PredictConfig, predict
+from geoseg.predict.stage import target_gsd
+from geoseg.predict.tta import VIEWS, averaged, unview, view
+from geoseg.tile import TileConfig, tile
+
+
+def test_open_scene_at_a_coarser_gsd_averages_pixels(tmp_path: Path) -> None:
+    data = np.arange(64, dtype=np.float32).reshape(1, 8, 8)
+    path = write_raster(tmp_path / "a.tif", data, "EPSG:32636", from_origin(450000, 40000, 0.25, 0.25))
+    scene = inspect_scene(path)
+    assert scene.gsd == pytest.approx(0.25, rel=1e-3)
+    coarse = scene.at_gsd(0.5)
+    assert (coarse.width, coarse.height, coarse.resample) == (4, 4, pytest.approx(2.0, rel=1e-3))
+    with open_scene(coarse) as src:
+        got = src.read(1)
+        mask = src.dataset_mask()
+    want = data[0].reshape(4, 2, 4, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert mask.all()
+    # the same ground: footprints agree
+    assert coarse.footprint.symmetric_difference(scene.footprint).area < 1e-6
+
+
+def test_rotated_scene_keeps_its_footprint_and_content(tmp_path: Path) -> None:
+    t = from_origin(450000, 40000, 0.25, 0.25) * Affine.rotation(25)
+    data = np.zeros((1, 40, 40), np.uint8)
+    data[0, 8:16, 20:32] = 200  # a bright box in pixel space
+    path = write_raster(tmp_path / "r.tif", data, "EPSG:32636", t)
+    scene = inspect_scene(path)
+    coarse = scene.at_gsd(0.5)
+    assert coarse.footprint.symmetric_difference(scene.footprint).area < 1e-6
+    with open_scene(coarse) as src:
+        small = src.read(1)
+    rows, cols = np.nonzero(small > 100)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (4, 7, 10, 15)
+
+
+def test_scenes_within_tolerance_are_read_on_their_own_grid(tmp_path: Path) -> None:
+    path = write_raster(tmp_path / "a.tif", np.zeros((1, 8, 8), np.uint8), "EPSG:32636",
+                        from_origin(450000, 40000, 0.5, 0.5))
+    scene = inspect_scene(path)
+    assert scene.at_gsd(0.51) is scene and scene.at_gsd(None) is scene
+    assert scene.at_gsd(0.6).resample == pytest.approx(1.2, rel=1e-3)
+
+
+def test_tile_gsd_resamples_chips_and_labels_and_records_it(tmp_path: Path) -> None:
+    boxes = [(b[0] * 2, b[1] * 2, b[2] * 2, b[3] * 2) for b in grid_boxes((64, 64))]
+    fine = bright_boxes_scene(tmp_path / "fine.tif", (128, 128), boxes,
+                              transform=from_origin(450000, 40000, 0.25, 0.25))
+    labels = labels_for(fine, tmp_path / "l.gpkg", boxes, crs="EPSG:32636")
+    tile([fine], labels, tmp_path / "native", TileConfig(size=64, overlap=0), scheduler="sync")
+    tile([fine], labels, tmp_path / "p", TileConfig(size=32, overlap=0, gsd=0.5), scheduler="sync")
+    assert json.loads((tmp_path / "native" / "stats.json").read_text())["gsd"] == pytest.approx(0.25, rel=1e-3)
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["gsd"] == pytest.approx(0.5, rel=1e-3)
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert len(coco["images"]) == 4  # 128 px at 0.25 m = 64 px at 0.5 m: 2 x 2 chips of 32
+    first = coco["images"][0]
+    with rasterio.open(tmp_path / "p" / "images" / first["file_name"]) as src:
+        assert src.res == pytest.approx((0.5, 0.5)) and src.shape == (32, 32)
+    # every label lands in the chips at its ground size: 1 px at 0.5 m is 0.25 m²
+    area_m2 = sum(a["area"] for a in coco["annotations"]) * 0.25
+    truth_m2 = gpd.read_file(labels).area.sum()
+    assert area_m2 == pytest.approx(truth_m2, rel=0.15)
+
+
+def test_checkpoint_records_the_training_gsd(tiny_run: Path) -> None:
+    from geoseg.backends.cache import ModelKey, get_backend
+
+    meta = get_backend(ModelKey(str(tiny_run.resolve()), "torch", "cpu", 8)).meta
+    assert meta.gsd == pytest.approx(0.5, rel=1e-3)
+
+
+def _meta(gsd: float | None) -> ModelMeta:
+    stats = {"mean": [0.0], "std": [1.0], "bands": 1, "dtype": "uint8", "gsd": gsd}
+    return ModelMeta.model_validate({"bands": 1, "stats": stats, "classes": ["b"], "scale": 4, "cell": 16,
+                                     "halo": 8, "tile": 32, "multiple": 32, "pv_multiple": 8})
+
+
+def test_target_gsd_model_native_and_metres() -> None:
+    assert target_gsd(PredictConfig(), _meta(0.3)) == 0.3
+    assert target_gsd(PredictConfig(), _meta(None)) is None  # older checkpoints: native
+    assert target_gsd(PredictConfig(gsd="native"), _meta(0.3)) is None
+    assert target_gsd(PredictConfig(gsd=0.7), _meta(0.3)) == 0.7
+
+
+@pytest.fixture(scope="module")
+def fine_scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The tiny model's kind of scene at half its pixel size: 0.25 m, boxes twice as many px."""
+    root = tmp_path_factory.mktemp("fine")
+    boxes = [(b[0] * 2, b[1] * 2, b[2] * 2, b[3] * 2) for b in grid_boxes((96, 128), step=20, seed=5)]
+    path = bright_boxes_scene(root / "fine.tif", (192, 256), boxes, seed=7,
+                              transform=from_origin(450000, 40000, 0.25, 0.25))
+    return path, labels_for(path, root / "truth.gpkg", boxes, crs="EPSG:32636")
+
+
+def _f1(path: Path, truth: Path) -> float:
+    return float(evaluate_frames(gpd.read_file(path), gpd.read_file(truth), iou=0.5)["f1"])
+
+
+def test_predict_reads_a_finer_scene_at_the_model_gsd(fine_scene, tiny_run: Path, tmp_path: Path) -> None:
+    path, truth = fine_scene
+    base = {"block": 32, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0, "budget": 1.0}
+    summary = predict([path], tiny_run, tmp_path / "m.gpkg", PredictConfig(**base))
+    assert "0.5 m/px (the model's training GSD) for 1 of 1 scenes (native 0.25 m/px)" in summary.gsd
+    gdf = gpd.read_file(tmp_path / "m.gpkg")
+    with rasterio.open(path) as src:
+        assert gdf.crs == src.crs
+    assert _f1(tmp_path / "m.gpkg", truth) > 0.9
+    # areas are ground areas whatever grid the model saw
+    assert gdf["area_m2"].sum() == pytest.approx(gpd.read_file(truth).area.sum(), rel=0.3)
+    native = predict([path], tiny_run, tmp_path / "n.gpkg", PredictConfig(**base, gsd="native"))
+    assert native.gsd == ""
+    assert _f1(tmp_path / "m.gpkg", truth) >= _f1(tmp_path / "n.gpkg", truth)
+
+
+# ----------------------------------------------------------------------------- TTA
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_views_invert(tta: str) -> None:
+    a = np.arange(2 * 3 * 4 * 6, dtype=np.float32).reshape(2, 3, 4, 6)
+    for turns, mirror in VIEWS[tta]:
+        np.testing.assert_array_equal(unview(view(a, turns, mirror), turns, mirror), a)
+
+
+def test_averaged_maps_come_back_on_the_input_grid() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 2, 8, 12)).astype(np.float32)
+
+    def equivariant(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # a per-pixel map and a stride-4 "cell" map (block means): both commute with the views
+        cells = t.reshape(1, 2, t.shape[2] // 4, 4, t.shape[3] // 4, 4).mean(axis=(3, 5))
+        return t * 2.0, cells
+
+    for tta in ("none", "flip", "d4"):
+        maps, cells = averaged(equivariant, x, tta)
+        np.testing.assert_allclose(maps, x * 2.0, rtol=1e-6)
+        np.testing.assert_allclose(cells, x.reshape(1, 2, 2, 4, 3, 4).mean(axis=(3, 5)), rtol=1e-6)
+
+
+def test_averaged_removes_a_left_right_bias() -> None:
+    x = np.zeros((1, 1, 4, 6), np.float32)
+    ramp = np.arange(6, dtype=np.float32)  # a model that sees more on the right
+
+    (out,) = averaged(lambda t: (t + ramp,), x, "flip")
+    np.testing.assert_allclose(out[0, 0], np.full((4, 6), 2.5))
+
+
+def test_predict_with_tta_finds_the_same_objects(tiny_run: Path, tmp_path: Path) -> None:
+    boxes = grid_boxes((96, 128), step=20, seed=5)
+    path = bright_boxes_scene(tmp_path / "s.tif", (96, 128), boxes, seed=7)
+    truth = labels_for(path, tmp_path / "t.gpkg", boxes, crs="EPSG:32636")
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "d4.gpkg"), "--tta", "d4", "--budget", "0.5",
+                                   "--block", "32", "--min-area", "1", "--simplify", "0"])
+    assert res.exit_code == 0, res.output
+    assert "test-time augmentation d4" in res.output
+    assert _f1(tmp_path / "d4.gpkg", truth) > 0.9
+
+
+def test_bad_gsd_option_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    path = bright_boxes_scene(tmp_path / "s.tif", (32, 32), [])
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "o.gpkg"), "--gsd", "fine"])
+    assert res.exit_code == 2 and "'fine' is neither 'native', 'model' nor metres per pixel" in res.output
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "o.gpkg"), "--gsd", "-1"])
+    assert res.exit_code != 0 and "gsd" in res.output and "Traceback" not in res.output
