@@ -16,7 +16,9 @@ One run does all of it, and prints ratios measured in this run only:
 4. pipeline wall time over the time in the model (the floor: the same FF calls on arrays
    already in memory; predict: the seconds its summary counts in model calls);
 5. with ``--extras``: peak RSS of predict (fresh processes) on a 2048² scene and on one of
-   4x the area, and onnxruntime vs torch on the 2048² scene.
+   4x the area, and onnxruntime vs torch on the 2048² scene;
+6. with ``--tta``: test-time augmentation (none, flip, d4) at budget 1.0 on a 2048² scene:
+   wall time over the run without, and F1.
 
     $ python bench/predict.py                      # 8192² sparse scene, ~25 min on 2 cores
     $ python bench/predict.py --side 4096          # quicker
@@ -208,6 +210,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--extras", action="store_true", help="also peak RSS and onnxruntime (2048² scenes)")
+    ap.add_argument("--only-tta", action="store_true", help="with --tta: skip the routed/floor runs")
+    ap.add_argument("--tta", action="store_true", help="also the cost of --tta flip and d4 (2048² scene)")
     ap.add_argument("--validate", action="store_true",
                     help="validate W/run's best.pt once before the runs (sets its --budget auto threshold)")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
@@ -232,9 +236,12 @@ def main() -> None:
     truth = scene.with_suffix(".gpkg")
     print(f"sparse scene {args.side}^2, objects in ~{args.occupied:.0%} of the 64-px cells, "
           f"{len(gpd.read_file(truth))} objects", flush=True)
-    run_benchmarks(work, scene, truth)
+    if not args.only_tta:
+        run_benchmarks(work, scene, truth)
     if args.extras:
         extras(work)
+    if args.tta:
+        tta_costs(work)
 
 
 def prepare_model(work: Path, epochs: int) -> None:
@@ -387,6 +394,28 @@ def extras(work: Path) -> None:
     tt, ft = timed(work / "run", "torch", work / "pred_torch.gpkg")
     print(f"onnxruntime vs torch (routed 0.25, 2048²): {to:.1f} s vs {tt:.1f} s = {tt / to:.2f}x "
           f"(target >= 1.0); F1 {fo:.3f} vs {ft:.3f}")
+
+
+def tta_costs(work: Path) -> None:
+    """``--tta none|flip|d4`` at budget 1.0 on a 2048² scene: time ratios and F1, one run each."""
+    import geopandas as gpd
+
+    from geoseg.evaluate import evaluate_frames
+    from geoseg.predict import PredictConfig, predict
+
+    scene = work / "sparse2048.tif"
+    if not scene.exists():
+        boxes_scene(scene, 2048, 0.2, seed=4)
+    truth = gpd.read_file(scene.with_suffix(".gpkg"))
+    times: dict[str, float] = {}
+    for tta in ("none", "none", "flip", "d4"):  # the first run warms up
+        out = work / f"tta_{tta}.gpkg"
+        t0 = time.perf_counter()
+        predict([scene], work / "run", out, PredictConfig(budget=1.0, tta=tta), overwrite=True, progress=False)
+        times[tta] = time.perf_counter() - t0
+        f1 = evaluate_frames(gpd.read_file(out), truth, iou=0.5)["f1"]
+        print(f"--tta {tta:>4}: {times[tta]:6.1f} s = {times[tta] / times['none']:.2f}x the run "
+              f"without, F1@0.5 {f1:.3f}", flush=True)
 
 
 if __name__ == "__main__":
