@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -40,3 +41,59 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
     except ValueError:
         raise click.BadParameter(f"'{value}' is not a comma-separated list of band numbers, "
                                  "e.g. 1,2,3 or 1,1,1") from None
+
+
+def _bbox(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    """Click callback of ``--bbox``: ``"32.5,0.3,32.6,0.4"`` -> four floats."""
+    if value is None:
+        return None
+    try:
+        box = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+        raise click.BadParameter(f"'{value}' is not west,south,east,north in degrees, e.g. 32.55,0.30,32.62,0.36")
+    return box
+
+
+def scenes_argument(f: F) -> F:
+    """SCENES (files, folders, URLs, STAC documents) and the STAC options of a command.
+
+    The command gets ``scenes`` resolved: a list of :class:`geoseg.io.sources.SceneSource`,
+    from the arguments (``--asset`` picks the asset of STAC items) and from a STAC API
+    search (``--stac-search URL`` with ``--bbox``, ``--datetime``, ``--collection``,
+    ``--max-items``). Arguments are strings, so that ``https://`` keeps its two slashes.
+    """
+
+    @functools.wraps(f)
+    def run(*args: Any, scenes: tuple[str, ...], asset: str | None, stac_search: str | None,
+            bbox: tuple[float, ...] | None, datetime: str | None, collections: tuple[str, ...],
+            max_items: int | None, **kwargs: Any) -> Any:
+        from geoseg.io.sources import list_scenes
+
+        if not scenes and stac_search is None:
+            raise click.UsageError("give SCENES (files, folders, URLs or STAC JSON) or --stac-search URL")
+        if stac_search is None and (bbox or datetime or collections or max_items):
+            raise click.UsageError("--bbox, --datetime, --collection and --max-items need --stac-search URL")
+        found = list(list_scenes(scenes, asset=asset)) if scenes else []
+        if stac_search is not None:
+            from geoseg.io.stac import search_scenes
+
+            found += search_scenes(stac_search, bbox=bbox, datetime=datetime, collections=collections,
+                                   max_items=max_items, asset=asset)
+            found = list_scenes(found)  # names unique across both
+        return f(*args, scenes=found, **kwargs)
+
+    options = [
+        click.argument("scenes", nargs=-1, metavar="SCENES..."),
+        click.option("--asset", help="Asset of STAC items to read.  [default: visual, else data]"),
+        click.option("--stac-search", metavar="URL", help="Also take the items a STAC API search finds "
+                     "(needs pystac-client: pip install 'geoseg[stac]')."),
+        click.option("--bbox", callback=_bbox, metavar="W,S,E,N", help="--stac-search: area, in degrees."),
+        click.option("--datetime", help="--stac-search: a date or range, e.g. 2024-01-01/2024-06-30."),
+        click.option("--collection", "collections", multiple=True, help="--stac-search: collection (repeatable)."),
+        click.option("--max-items", type=click.IntRange(1), help="--stac-search: take at most this many items."),
+    ]
+    for option in reversed(options):
+        run = option(run)
+    return run

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scheduler_option
+from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scenes_argument, scheduler_option
+
+if TYPE_CHECKING:
+    from geoseg.io.sources import SceneSource
 
 
 def _default(name: str) -> str:
@@ -34,7 +38,7 @@ def _gsd(ctx: click.Context, param: click.Parameter, value: str | None) -> float
 
 
 @click.command("predict")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@scenes_argument
 @click.option("--model", required=True, type=click.Path(path_type=Path),
               help="Run directory, .pt checkpoint, or export directory (onnx/tensorrt).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
@@ -70,9 +74,9 @@ def _gsd(ctx: click.Context, param: click.Parameter, value: str | None) -> float
 @scheduler_option
 @overwrite_option
 @progress_option
-def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, prob_out: Path | None, scheduler: str,
+def predict_cmd(scenes: list[SceneSource], model: Path, out: Path, prob_out: Path | None, scheduler: str,
                 overwrite: bool, progress: bool | None, **options: object) -> None:
-    """Find objects in SCENES and write them as polygons in the scene CRS.
+    """Find objects in SCENES (files, folders, URLs of COGs, STAC items) and write them as polygons.
 
     Routed inference: a cheap pass over every scene picks the cells worth a
     full-resolution pass (--budget or --deadline-ms); instances are cut by watershed
@@ -83,6 +87,8 @@ def predict_cmd(scenes: tuple[Path, ...], model: Path, out: Path, prob_out: Path
     $ geoseg predict data/sample/kampala_blockB_z20.tif --model runs/b1 --out buildings.gpkg
     $ geoseg predict scenes/ --model export/ --backend onnx --budget 0.25 \\
           --scheduler tcp://10.0.0.5:8786 --out buildings.gpkg --prob-out probs.tif
+    $ geoseg predict --stac-search https://earth-search.aws.element84.com/v1 \\
+          --collection naip --bbox -97.75,30.25,-97.74,30.26 --model runs/b1 --out b.gpkg
     """
     from geoseg.config import load_config
     from geoseg.predict import PredictConfig, predict

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scheduler_option
+from geoseg.cli.options import overwrite_option, parse_bands, progress_option, scenes_argument, scheduler_option
+
+if TYPE_CHECKING:
+    from geoseg.io.sources import SceneSource
 
 
 @click.command("search")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@scenes_argument
 @click.option("--examples", required=True, type=click.Path(path_type=Path),
               help="Vector file of polygons or boxes drawn around examples (any CRS, at least one).")
 @click.option("--model", required=True, type=click.Path(path_type=Path),
@@ -30,7 +33,7 @@ from geoseg.cli.options import overwrite_option, parse_bands, progress_option, s
 @scheduler_option
 @overwrite_option
 @progress_option
-def search_cmd(scenes: tuple[Path, ...], examples: Path, model: Path, out: Path, scheduler: str,
+def search_cmd(scenes: list[SceneSource], examples: Path, model: Path, out: Path, scheduler: str,
                overwrite: bool, progress: bool | None, **options: Any) -> None:
     """Find more objects like the EXAMPLES in SCENES, as boxes in the scene CRS.
 

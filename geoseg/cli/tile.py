@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from geoseg.cli.options import overwrite_option, progress_option, scheduler_option
+from geoseg.cli.options import overwrite_option, progress_option, scenes_argument, scheduler_option
+
+if TYPE_CHECKING:
+    from geoseg.io.sources import SceneSource
 
 
 @click.command("tile")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@scenes_argument
 @click.option("--labels", type=click.Path(path_type=Path),
               help="Vector file of instance polygons (GeoPackage, GeoJSON, Shapefile).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
@@ -32,12 +36,12 @@ from geoseg.cli.options import overwrite_option, progress_option, scheduler_opti
 @scheduler_option
 @overwrite_option
 @progress_option
-def tile_cmd(scenes: tuple[Path, ...], labels: Path | None, out: Path, config_path: Path | None,
+def tile_cmd(scenes: list[SceneSource], labels: Path | None, out: Path, config_path: Path | None,
              size: int | None, overlap: int | None, min_valid: float | None,
              val_fraction: float | None, split_block: int | None, val_scenes: tuple[str, ...],
              class_field: str | None, class_name: str | None, seed: int | None,
              gsd: float | None, skip_bad: bool, scheduler: str, overwrite: bool, progress: bool | None) -> None:
-    """Cut SCENES (files or folders of GeoTIFFs) into chips with COCO instance masks.
+    """Cut SCENES (files or folders of GeoTIFFs, URLs of COGs, STAC items) into chips with COCO instance masks.
 
     Writes OUT/images/<scene>_<row>_<col>.tif, OUT/annotations.json (COCO, RLE masks,
     each image with its scene, window, CRS, transform and train/val split) and
@@ -47,6 +51,8 @@ def tile_cmd(scenes: tuple[Path, ...], labels: Path | None, out: Path, config_pa
     $ geoseg tile data/sample --labels data/sample/labels/buildings.gpkg --out patches/
     $ geoseg tile scenes/*.tif --labels roofs.gpkg --class-field type --size 1024 \\
           --scheduler tcp://10.0.0.5:8786 --out patches/
+    $ geoseg tile https://example.org/cogs/kampala.tif items.json --asset visual \\
+          --labels roofs.gpkg --out patches/
     """
     from geoseg.config import load_config
     from geoseg.tile import TileConfig, tile

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
@@ -24,10 +23,16 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
-
-#: Extensions taken from a directory (explicit files may have any extension GDAL reads).
-RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
-
+from geoseg.io.sources import (
+    RASTER_SUFFIXES,
+    REMOTE_HINT,
+    SceneSource,
+    first_line,
+    is_remote,
+    open_raster,
+    remote_stamp,
+    scene_name,
+)
 
 #: Relative GSD difference under which a scene is read on its own grid (see SceneInfo.at_gsd).
 GSD_TOLERANCE = 0.05
@@ -38,8 +43,8 @@ class SceneInfo:
     """Metadata of one scene, enough to plan windows without reading pixels.
 
     Attributes:
-        path: the raster file.
-        name: the scene name used in outputs (the file stem).
+        source: the raster: a local path, or a URL / GDAL path (:mod:`geoseg.io.sources`).
+        name: the scene name used in outputs (the file stem, or the STAC item id).
         width: columns.
         height: rows.
         count: band count.
@@ -55,7 +60,7 @@ class SceneInfo:
             :func:`open_scene`. ``width``, ``height`` and ``transform`` are this grid's.
     """
 
-    path: Path
+    source: str
     name: str
     width: int
     height: int
@@ -67,6 +72,11 @@ class SceneInfo:
     has_mask: bool
     gsd: float = float("nan")
     resample: float = 1.0
+
+    @property
+    def path(self) -> Path:
+        """The source as a local path (a URL is not one: use :attr:`source`)."""
+        return Path(self.source)
 
     @property
     def affine(self) -> Affine:
@@ -88,7 +98,6 @@ class SceneInfo:
     def footprint(self) -> shapely.Polygon:
         """The scene's true outline in its CRS (rotated or skewed grids included)."""
         return window_footprint(Window(0, 0, self.width, self.height), self.affine)
-
 
     def at_gsd(self, gsd: float | None, tolerance: float = GSD_TOLERANCE) -> SceneInfo:
         """This scene on a grid of ``gsd`` metres per pixel (same CRS, origin and rotation).
@@ -141,7 +150,7 @@ def open_scene(scene: SceneInfo) -> Iterator[Any]:
     coarser, ``bilinear`` when finer; pixels past the file's edge are invalid (nodata, or
     an alpha band when the file has no nodata).
     """
-    with rasterio.open(scene.path) as src:
+    with open_raster(scene.source) as src:
         if scene.resample == 1.0:
             yield src
             return
@@ -224,15 +233,19 @@ def list_rasters(inputs: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def inspect_scene(path: str | Path) -> SceneInfo:
-    """Open a raster and return its metadata.
+def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
+    """Open a raster (a local file, a URL, a GDAL path) and return its metadata.
 
     Raises:
-        InputRasterError: unreadable or corrupt, no CRS, no geotransform, or mixed dtypes.
+        InputRasterError: unreadable or corrupt, no CRS, no geotransform, or mixed dtypes;
+            a remote scene that cannot be reached (one line naming the URL).
     """
-    path = Path(path)
+    ref = scene if isinstance(scene, SceneSource) else SceneSource(str(scene), scene_name(scene))
+    path, remote = ref.source, is_remote(ref.source)
+    if remote:
+        remote_stamp(path)  # HTTP(S): fails with the server's reason (404, refused) in one line
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             if src.crs is None:
                 raise InputRasterError(
                     f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})"
@@ -247,7 +260,7 @@ def inspect_scene(path: str | Path) -> SceneInfo:
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
             gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
-                path=path, name=path.stem, width=src.width, height=src.height,
+                source=path, name=ref.name, width=src.width, height=src.height,
                 count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
                 transform=tuple(src.transform)[:6],
                 nodata=src.nodata, has_mask=has_mask, gsd=gsd,
@@ -255,14 +268,17 @@ def inspect_scene(path: str | Path) -> SceneInfo:
     except InputRasterError:
         raise
     except (RasterioError, OSError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
+        if remote:
+            raise InputRasterError(f"cannot read remote scene {path}: {msg}; {REMOTE_HINT}, or pass "
+                                   "--skip-bad") from None
         raise InputRasterError(
             f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
         ) from None
 
 
 @contextmanager
-def read_errors(path: Path, win: Window) -> Iterator[None]:
+def read_errors(path: str | Path, win: Window) -> Iterator[None]:
     """Turn a failed read (a truncated or damaged file) into one error naming file and window.
 
     Raises:
@@ -271,7 +287,11 @@ def read_errors(path: Path, win: Window) -> Iterator[None]:
     try:
         yield
     except RasterioError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
+        where = f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} {int(win.width)}x{int(win.height)}"
+        if is_remote(path):
+            raise InputRasterError(f"{where} ({first[:120]}); the server failed or the file changed: "
+                                   f"rerun (finished blocks are kept), or {REMOTE_HINT}") from None
         raise InputRasterError(
             f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
             f"{int(win.width)}x{int(win.height)} ({first[:120]}); the file is damaged or truncated: "
@@ -302,7 +322,7 @@ def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) 
     return float(np.max(d))
 
 
-def check_ground_pixel(path: Path, transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
+def check_ground_pixel(path: str | Path, transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
     """The ground pixel size of a scene in metres; an error where it is not a length.
 
     A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
@@ -323,23 +343,23 @@ def check_ground_pixel(path: Path, transform: Affine, crs: object, shape_hw: tup
 
 
 def inspect_scenes(
-    paths: Sequence[Path], skip_bad: bool = False
-) -> tuple[list[SceneInfo], list[tuple[Path, str]]]:
-    """Inspect every scene before any work starts.
+    paths: Sequence[str | Path | SceneSource], skip_bad: bool = False
+) -> tuple[list[SceneInfo], list[tuple[str, str]]]:
+    """Inspect every scene (local, remote, from STAC: :func:`geoseg.io.sources.list_scenes`) first.
 
     Returns:
-        The good scenes, and (path, reason) of those skipped (only with ``skip_bad``).
+        The good scenes, and (source, reason) of those skipped (only with ``skip_bad``).
 
     Raises:
         InputRasterError: the first bad scene, unless ``skip_bad``.
     """
     good: list[SceneInfo] = []
-    bad: list[tuple[Path, str]] = []
+    bad: list[tuple[str, str]] = []
     for p in paths:
         try:
             good.append(inspect_scene(p))
         except InputRasterError as err:
             if not skip_bad:
                 raise
-            bad.append((p, str(err)))
+            bad.append((p.source if isinstance(p, SceneSource) else str(p), str(err)))
     return good, bad

@@ -2,7 +2,8 @@
 
 A stamp is the name, size and newest modification time of a file, or of a folder and
 everything in it (a run directory whose ``checkpoints/best.pt`` was rewritten counts as
-changed even though the folder's own mtime did not move). Tile's manifest, predict's block
+changed even though the folder's own mtime did not move); a remote scene's stamp is its
+size, ETag and Last-Modified (:func:`geoseg.io.sources.remote_stamp`). Tile's manifest, predict's block
 cache, the per-process backend cache and ``geoseg run``'s skip rules all compare stamps
 from here.
 """
@@ -21,12 +22,18 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
     """``{"name", "bytes", "mtime_ns"}`` of a file or a whole folder; None when it is missing.
 
     For a folder, ``bytes`` is the total size of the files in it and ``mtime_ns`` the newest
-    mtime of the folder and of anything in it.
+    mtime of the folder and of anything in it. A URL or GDAL network path (a ``str``) gets
+    :func:`geoseg.io.sources.remote_stamp` (ETag and Last-Modified too); it raises
+    :class:`~geoseg.errors.InputRasterError` when the file cannot be reached.
 
     Examples:
         >>> input_stamp("/nonexistent/x.tif") is None
         True
     """
+    from geoseg.io.sources import is_remote, remote_stamp
+
+    if is_remote(path):
+        return remote_stamp(path)
     p = Path(path)
     try:
         st = p.stat()

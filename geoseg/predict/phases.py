@@ -39,7 +39,7 @@ from geoseg.io.rasters import open_scene, valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.models.regions import Region, cover, group_by_shape
-from geoseg.predict.plan import BlockPlan, read_errors, read_window
+from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
 __all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
@@ -280,10 +280,8 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
         return out
     probs, win = _probs_region(plan, bi, bj)
     with open_scene(plan.scene) as src, read_errors(plan, win):
-        mask = src.dataset_mask(window=win)
-        # NaN/inf pixels are invalid too: float scenes need their values (one read per window)
-        floating = np.issubdtype(np.dtype(plan.scene.dtype), np.floating)
-        valid = valid_mask(src.read(plan.band_indexes, window=win), mask) if floating else mask > 0
+        # a pixel joins an instance only where the extent clears its threshold: validity is read there
+        valid = valid_where(src, plan, win, probs[0] > post.extent_threshold)
     inst = instances_from_probs(probs, post, valid)
     labels = inst.labels
     n = len(inst)

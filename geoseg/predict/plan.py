@@ -83,7 +83,7 @@ class BlockPlan:
 # ----------------------------------------------------------------------------- reading
 def read_errors(plan: BlockPlan, win: Window) -> AbstractContextManager[None]:
     """A failed read of the scene (truncated, damaged) as one error naming file and window."""
-    return rasters.read_errors(plan.scene.path, win)
+    return rasters.read_errors(plan.scene.source, win)
 
 
 def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect"
@@ -109,3 +109,35 @@ def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect
         data = np.pad(data, ((0, 0), (t, b), (left, right)), mode=mode)  # type: ignore[call-overload]
         valid = np.pad(valid, ((t, b), (left, right)), constant_values=False)
     return data, valid
+
+
+#: Side of the parts of a window whose validity :func:`valid_where` reads (when needed).
+VALID_TILE = 256
+
+
+def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> np.ndarray:
+    """Validity (dataset mask, and finite values in float scenes) of ``win`` where ``need``.
+
+    Only the :data:`VALID_TILE`-sided parts of ``win`` holding a needed pixel are read;
+    elsewhere the result is False. The instance phase needs validity only where the extent
+    clears its threshold, so a block without objects reads nothing: on a remote scene the
+    full-resolution mask of every block (in a COG interleaved with the pixels) would cost
+    as much as reading the whole scene.
+
+    Returns:
+        (h, w) bool, ``win``'s shape.
+    """
+    valid = np.zeros(need.shape, dtype=bool)
+    floating = np.issubdtype(np.dtype(plan.scene.dtype), np.floating)
+    rows, cols = need.shape
+    for r in range(0, rows, VALID_TILE):
+        for c in range(0, cols, VALID_TILE):
+            h, w = min(VALID_TILE, rows - r), min(VALID_TILE, cols - c)
+            if not need[r:r + h, c:c + w].any():
+                continue
+            part = Window(int(win.col_off) + c, int(win.row_off) + r, w, h)
+            mask = src.dataset_mask(window=part)
+            # NaN/inf pixels are invalid too: float scenes need their values
+            valid[r:r + h, c:c + w] = (valid_mask(src.read(plan.band_indexes, window=part), mask)
+                                       if floating else mask > 0)
+    return valid

@@ -40,7 +40,8 @@ from geoseg import metrics
 from geoseg.backends.cache import get_backend
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
-from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.rasters import SceneInfo, inspect_scenes
+from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
@@ -98,21 +99,21 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
     need = meta.band_count
     if len(band_indexes) != need:
         raise InputRasterError(
-            f"{scene.path} has {scene.count} bands but the model takes {need}; "
+            f"{scene.source} has {scene.count} bands but the model takes {need}; "
             f"map them with --bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
     if any(b < 1 or b > scene.count for b in band_indexes):
         raise ConfigError(f"--bands {','.join(map(str, band_indexes))} names a band that "
-                          f"{scene.path} (bands 1..{scene.count}) does not have")
+                          f"{scene.source} (bands 1..{scene.count}) does not have")
     if min(scene.width, scene.height) < meta.scale:  # PV reads it at 1/scale: not one pixel left
         raise InputRasterError(
-            f"{scene.path} is {scene.width}x{scene.height} pixels, too small for the model (at least "
+            f"{scene.source} is {scene.width}x{scene.height} pixels, too small for the model (at least "
             f"{meta.scale}x{meta.scale}, its PV scale); remove it from the inputs")
     block = math.ceil(cfg.block / meta.multiple) * meta.multiple
-    # the scene's cache folder is named by its resolved path, never by a name the user chose
+    # the scene's cache folder is named by its resolved path or URL, never by a name the user chose
     return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),
                      cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
-                     cache=cache / f"scene-{digest(str(scene.path))[:16]}", tta=cfg.tta)
+                     cache=cache / f"scene-{digest(scene.source)[:16]}", tta=cfg.tta)
 
 
 def target_gsd(cfg: PredictConfig, meta: ModelMeta) -> float | None:
@@ -146,7 +147,7 @@ def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
             log.warning("%s is %s but the model was trained on %s chips; its values are normalised "
                         "with the training statistics (mean %s, std %s): rescale the scene to the "
                         "training range (gdal_translate -scale -ot %s) if results look wrong",
-                        s.path, s.dtype, trained, [round(v, 1) for v in st.mean],
+                        s.source, s.dtype, trained, [round(v, 1) for v in st.mean],
                         [round(v, 1) for v in st.std], trained)
 
 
@@ -227,7 +228,7 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     # changes it even though the folder's own mtime does not move
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance"}),
-               "scenes": [[str(s.path), input_stamp(s.path)] for s in scenes]}
+               "scenes": [[s.source, input_stamp(s.source)] for s in scenes]}
     return digest(payload)
 
 
@@ -267,7 +268,7 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
 
 
 def predict(
-    scenes: Sequence[str | Path],
+    scenes: Sequence[str | Path | SceneSource],
     model: str | Path,
     out: str | Path,
     cfg: PredictConfig | None = None,
@@ -279,7 +280,8 @@ def predict(
     """Detect objects in scenes and write them as polygons.
 
     Args:
-        scenes: raster files or directories of rasters.
+        scenes: raster files, directories of rasters, URLs, STAC documents
+            (:func:`geoseg.io.sources.list_scenes`).
         model: run directory, ``.pt`` checkpoint, or export directory (onnx/tensorrt).
         out: ``.gpkg``, ``.geojson``, ``.fgb``, ``.shp`` or ``.parquet`` file (one layer
             for the whole run, named after its stem; :mod:`geoseg.io.formats`).
@@ -308,7 +310,7 @@ def predict(
     check_writable(out, "--out")
     if cfg.prob_out:
         check_writable(cfg.prob_out, "--prob-out")
-    infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
+    infos, _ = inspect_scenes(list_scenes(scenes))
     model_key = ModelKey(str(Path(model).resolve()), cfg.backend, cfg.device, cfg.ff_batch)
     backend = get_backend(model_key)
     meta = backend.meta

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 import torch
 from dask.delayed import delayed
@@ -40,7 +39,8 @@ from geoseg.config import Strict
 from geoseg.errors import ConfigError, InputRasterError, InputVectorError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.formats import vector_driver, write_vector
-from geoseg.io.rasters import SceneInfo, inspect_scenes, list_rasters
+from geoseg.io.rasters import SceneInfo, inspect_scenes
+from geoseg.io.sources import SceneSource, list_scenes, open_raster
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.io.vectors import read_vector
 from geoseg.models.refdet import MULTIPLE
@@ -88,16 +88,16 @@ class SearchSummary:
 def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path) -> BlockPlan:
     idx = cfg.band_indexes or tuple(range(1, scene.count + 1))
     if len(idx) != bands:
-        raise InputRasterError(f"{scene.path} has {scene.count} bands but the search model takes {bands}; "
+        raise InputRasterError(f"{scene.source} has {scene.count} bands but the search model takes {bands}; "
                                f"map them with --bands (e.g. --bands {','.join(['1'] * bands)})")
     if any(b < 1 or b > scene.count for b in idx):
-        raise ConfigError(f"--bands {','.join(map(str, idx))} names a band that {scene.path} "
+        raise ConfigError(f"--bands {','.join(map(str, idx))} names a band that {scene.source} "
                           f"(bands 1..{scene.count}) does not have")
     block = math.ceil(cfg.block / MULTIPLE) * MULTIPLE
     halo = math.ceil(cfg.halo / MULTIPLE) * MULTIPLE
     return BlockPlan(scene=scene, block=block, watershed_halo=min(halo, block), cell=MULTIPLE, scale=1,
                      tile_halo=0, multiple=MULTIPLE, band_indexes=tuple(idx),
-                     cache=cache / f"scene-{digest(str(scene.path))[:16]}")
+                     cache=cache / f"scene-{digest(scene.source)[:16]}")
 
 
 def read_examples(path: str | Path) -> gpd.GeoDataFrame:
@@ -133,7 +133,7 @@ def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: 
         geoms = examples.geometry.to_crs(s.crs).to_numpy()
         px = shapely.affinity.affine_transform
         inv = (~s.affine).to_shapely()
-        with rasterio.open(s.path) as src:
+        with open_raster(s.source) as src:
             for i, g in enumerate(geoms):
                 if taken[i] or g is None or not s.footprint.contains(g.centroid):
                     continue
@@ -171,7 +171,7 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str], z
     side_h = math.ceil((core.height + 2 * h) / MULTIPLE) * MULTIPLE
     side_w = math.ceil((core.width + 2 * h) / MULTIPLE) * MULTIPLE
     win = Window(core.col_off - h, core.row_off - h, side_w, side_h)
-    with rasterio.open(plan.scene.path) as src:
+    with open_raster(plan.scene.source) as src:
         raw, valid = read_window(src, plan, win)
     x = normalize(raw, backend.meta.stats, valid=valid)[None].astype(np.float32)
     boxes = np.zeros((0, 4), np.float32)
@@ -212,10 +212,10 @@ def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: st
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
     return digest({"model": [str(meta.source), input_stamp(meta.source)],
                    "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
-                   "scenes": [[str(s.path), input_stamp(s.path)] for s in scenes]})
+                   "scenes": [[s.source, input_stamp(s.source)] for s in scenes]})
 
 
-def search(scenes: Sequence[str | Path], examples: str | Path, model: str | Path, out: str | Path,
+def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, model: str | Path, out: str | Path,
            cfg: SearchConfig | None = None, *, scheduler: Any = "threads", overwrite: bool = False,
            progress: bool | None = None) -> SearchSummary:
     """Find objects like ``examples`` in ``scenes`` and write their boxes as polygons to ``out``.
@@ -235,7 +235,7 @@ def search(scenes: Sequence[str | Path], examples: str | Path, model: str | Path
     check_writable(out, "--out")
     ex_path = Path(examples).resolve()
     ex = read_examples(ex_path)
-    infos, _ = inspect_scenes([p.resolve() for p in list_rasters(scenes)])
+    infos, _ = inspect_scenes(list_scenes(scenes))
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta

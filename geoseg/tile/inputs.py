@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from geoseg.errors import InputRasterError
 from geoseg.io.rasters import SceneInfo
@@ -16,14 +15,14 @@ MIN_SCENE_SIDE = 8
 
 
 def drop_small_scenes(
-    scenes: Sequence[SceneInfo], skip_bad: bool, bad: list[tuple[Path, str]]
+    scenes: Sequence[SceneInfo], skip_bad: bool, bad: list[tuple[str, str]]
 ) -> list[SceneInfo]:
     """The scenes at least :data:`MIN_SCENE_SIDE` pixels on each side.
 
     Args:
         scenes: inspected scenes.
         skip_bad: skip a too small scene (appended to ``bad``) instead of failing.
-        bad: (path, reason) of skipped scenes, appended to.
+        bad: (source, reason) of skipped scenes, appended to.
 
     Raises:
         InputRasterError: a scene is too small and ``skip_bad`` is False.
@@ -33,9 +32,9 @@ def drop_small_scenes(
         if min(s.width, s.height) >= MIN_SCENE_SIDE:
             keep.append(s)
             continue
-        msg = (f"{s.path} is {s.width}x{s.height} pixels, too small for a chip (at least "
+        msg = (f"{s.source} is {s.width}x{s.height} pixels, too small for a chip (at least "
                f"{MIN_SCENE_SIDE}x{MIN_SCENE_SIDE}); remove it or pass --skip-bad")
         if not skip_bad:
             raise InputRasterError(msg)
-        bad.append((s.path, msg))
+        bad.append((s.source, msg))
     return keep

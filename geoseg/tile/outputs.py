@@ -49,7 +49,7 @@ def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | Non
     """What a rerun must match to resume: parameters and input stamps."""
     return {
         "tile": cfg.model_dump(mode="json"),
-        "scenes": [input_stamp(s.path) for s in scenes],
+        "scenes": [input_stamp(s.source) for s in scenes],
         "labels": input_stamp(labels) if labels is not None else None,
     }
 

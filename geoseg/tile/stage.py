@@ -37,12 +37,12 @@ from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
-    list_rasters,
     open_scene,
     read_errors,
     valid_mask,
     window_footprint,
 )
+from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
@@ -89,7 +89,7 @@ class TileSummary:
 
     out_dir: Path
     scenes: int = 0
-    scenes_skipped: list[tuple[Path, str]] = field(default_factory=list)
+    scenes_skipped: list[tuple[str, str]] = field(default_factory=list)
     chips_written: int = 0
     chips_done_before: int = 0
     chips_low_valid: int = 0
@@ -136,7 +136,7 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     npix = 0
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), open_scene(scene) as src:
         for win in job.windows:
-            with read_errors(scene.path, win):
+            with read_errors(scene.source, win):
                 data = src.read(list(range(1, scene.count + 1)), window=win)  # not a warp's alpha
                 mask = valid_mask(data, src.dataset_mask(window=win))
             frac = float(mask.mean())
@@ -214,14 +214,14 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             if job.split == "train" or not gsds:
                 gsds += [job.scene.gsd] * len(part["images"])
         if npix["train"] + npix["val"] == 0:
-            names = ", ".join(str(s.path) for s in scenes)
+            names = ", ".join(s.source for s in scenes)
             raise InputRasterError(
                 f"no valid pixel to compute band statistics in {names}: every pixel is "
                 f"nodata, NaN/inf or masked (or in chips below min_valid {cfg.min_valid}); "
                 "check the scenes' nodata and data")
         for sc in scenes:
             if not chips_of.get(sc.name):
-                warnings.warn(f"{sc.path} gave no chip: no window has min_valid "
+                warnings.warn(f"{sc.source} gave no chip: no window has min_valid "
                               f"{cfg.min_valid} of valid pixels (not nodata, NaN/inf or masked)",
                               GeoSegWarning, stacklevel=3)
         f.write('], "annotations": [')
@@ -281,7 +281,7 @@ def _done_before(job: BlockJob) -> dict[str, int] | None:
 
 
 def tile(
-    scenes: Sequence[str | Path],
+    scenes: Sequence[str | Path | SceneSource],
     labels: str | Path | None,
     out: str | Path,
     cfg: TileConfig | None = None,
@@ -294,7 +294,8 @@ def tile(
     """Tile scenes into chips with COCO instance annotations and band stats.
 
     Args:
-        scenes: raster files or directories of rasters.
+        scenes: raster files, directories of rasters, URLs, STAC documents
+            (:func:`geoseg.io.sources.list_scenes`).
         labels: vector file of instance polygons (None: negatives only).
         out: output directory (layout in docs/formats.md).
         cfg: tiling parameters (defaults when None).
@@ -316,7 +317,7 @@ def tile(
     cfg = cfg or TileConfig()
     check_scheduler(scheduler)
     out = check_writable(Path(out).resolve(), "--out", directory=True)
-    good, bad = inspect_scenes([p.resolve() for p in list_rasters(scenes)], skip_bad=skip_bad)
+    good, bad = inspect_scenes(list_scenes(scenes), skip_bad=skip_bad)
     good = [s.at_gsd(cfg.gsd) for s in good]  # --gsd: chips of every scene at one scale
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:

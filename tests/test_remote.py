@@ -1,0 +1,186 @@
+"""Remote and catalogued scenes (issue #15): URLs, COGs read by range requests, STAC.
+
+Every file is served by :class:`rangeserver.RangeServer` on 127.0.0.1, which honours
+Range requests and counts the bytes it sends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
+from rangeserver import RangeServer
+from rasterio.shutil import copy as rio_copy
+from rasterio.transform import from_origin
+
+from geoseg.cli.main import cli
+from geoseg.errors import ConfigError, InputRasterError
+from geoseg.io.rasters import inspect_scene
+from geoseg.io.sources import gdal_path, list_scenes, remote_stamp, scene_name
+from geoseg.io.stac import search_scenes, stac_scenes
+from geoseg.io.stamps import input_stamp
+from geoseg.predict import PredictConfig, predict
+from geoseg.tile import TileConfig, tile
+
+SPARSE = 1024  # side of the sparse scene
+VALID = 160  # its valid corner (an internal mask hides the rest)
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    root = tmp_path / "www"
+    root.mkdir()
+    with RangeServer(root) as srv:
+        yield srv
+
+
+def _item(item_id: str, href: str, key: str = "visual", extra: dict | None = None) -> dict:
+    return {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
+            "properties": {"datetime": "2024-01-01T00:00:00Z"},
+            "geometry": {"type": "Point", "coordinates": [33.0, 0.4]}, "bbox": [33.0, 0.4, 33.0, 0.4], "links": [],
+            "assets": {key: {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                             "roles": ["data"]}, **(extra or {})}}
+
+
+def test_urls_are_kept_whole_and_named_by_their_stem(served) -> None:
+    url = served.url("a/kampala_b.tif?sig=x")
+    assert scene_name(url) == "kampala_b"
+    assert gdal_path("https://h.org/x.tif") == "/vsicurl/https://h.org/x.tif"
+    assert gdal_path("s3://bucket/k/x.tif") == "/vsis3/bucket/k/x.tif"
+    (src,) = list_scenes([url])
+    assert src.source == url and src.name == "kampala_b"  # http:// keeps both slashes
+
+
+def test_tile_from_a_url_equals_tiling_the_file(served, tmp_path: Path) -> None:
+    boxes = grid_boxes((64, 96))
+    scene = bright_boxes_scene(served.root / "scene.tif", (64, 96), boxes)
+    labels = labels_for(scene, tmp_path / "l.gpkg", boxes)
+    cfg = TileConfig(size=32, overlap=0, val_fraction=0.0)
+    local = tile([scene], labels, tmp_path / "local", cfg, scheduler="sync")
+    res = CliRunner().invoke(cli, ["tile", served.url("scene.tif"), "--labels", str(labels), "--out",
+                                   str(tmp_path / "remote"), "--size", "32", "--overlap", "0",
+                                   "--val-fraction", "0", "--scheduler", "sync"])
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / "local" / "annotations.json").read_text())
+    b = json.loads((tmp_path / "remote" / "annotations.json").read_text())
+    assert [im["file_name"] for im in a["images"]] == [im["file_name"] for im in b["images"]]
+    assert {im["scene"] for im in b["images"]} == {"scene"}
+    assert len(a["annotations"]) == len(b["annotations"]) == local.instances > 0
+    for im in a["images"]:
+        with rasterio.open(tmp_path / "local" / "images" / im["file_name"]) as x, \
+                rasterio.open(tmp_path / "remote" / "images" / im["file_name"]) as y:
+            assert np.array_equal(x.read(), y.read()) and x.transform == y.transform
+    manifest = json.loads((tmp_path / "remote" / "tile.json").read_text())
+    assert manifest["params"]["scenes"][0]["etag"]  # the remote file's identity, not a local mtime
+
+
+def _sparse_cog(root: Path) -> Path:
+    """A COG whose data is a 160 px corner of a 1024 px scene (an internal mask hides the rest)."""
+    boxes = [b for b in grid_boxes((VALID, VALID), step=20, seed=3)]
+    tmp = bright_boxes_scene(root / "sparse_src.tif", (SPARSE, SPARSE), boxes, seed=4)
+    with rasterio.open(tmp) as src:
+        data = src.read()
+    data[:, VALID:, :] = np.random.default_rng(5).integers(0, 255, data[:, VALID:, :].shape)  # noise: big file
+    data[:, :, VALID:] = np.random.default_rng(6).integers(0, 255, data[:, :, VALID:].shape)
+    mask = np.zeros((SPARSE, SPARSE), np.uint8)
+    mask[:VALID, :VALID] = 255
+    write_raster(tmp, data, "EPSG:32636", from_origin(450000, 40000, 0.5, 0.5), mask=mask)
+    out = root / "sparse.tif"
+    rio_copy(tmp, out, driver="COG", blocksize=128, compress="NONE", overview_resampling="average")
+    tmp.unlink()
+    return out
+
+
+def test_predict_from_a_url_reads_a_fraction_of_the_file(served, tiny_run: Path, tmp_path: Path) -> None:
+    cog = _sparse_cog(served.root)
+    cfg = PredictConfig(block=512, watershed_halo=16, simplify=0.0, min_area=1.0, budget=1.0)
+    local = predict([cog], tiny_run, tmp_path / "local.gpkg", cfg)
+    served.sent.clear()
+    remote = predict([served.url("sparse.tif")], tiny_run, tmp_path / "remote.gpkg", cfg)
+    a, b = gpd.read_file(tmp_path / "local.gpkg"), gpd.read_file(tmp_path / "remote.gpkg")
+    assert len(a) == len(b) == local.polygons == remote.polygons > 5
+    assert (b["scene"] == "sparse").all()
+    assert a.geometry.normalize().equals(b.geometry.normalize())
+    size = cog.stat().st_size
+    # PV reads the 2x overview (a quarter of the pixels), FF only the valid corner, the
+    # instances the 1-bit mask: far less than the file
+    assert served.sent["sparse.tif"] < 0.4 * size, (served.sent, size)
+
+
+def test_a_stac_item_file_and_item_collection_url_as_scenes(served, tmp_path: Path) -> None:
+    bright_boxes_scene(served.root / "visual.tif", (40, 40), [(5, 5, 15, 15)])
+    os.makedirs(served.root / "b")
+    bright_boxes_scene(served.root / "b" / "visual.tif", (40, 48), [(5, 5, 15, 15)], seed=2)
+    # an item file next to its asset (relative href), with another asset that is not chosen
+    item = _item("scene-a", "./visual.tif", extra={"thumbnail": {"href": "thumb.png", "type": "image/png"}})
+    (served.root / "item.json").write_text(json.dumps(item))
+    (src,) = stac_scenes(str(served.root / "item.json"))
+    assert src.name == "scene-a" and src.source == str(served.root / "visual.tif")
+    # an ItemCollection behind a URL, hrefs relative to it; two assets named "visual.tif"
+    coll = {"type": "FeatureCollection", "features": [_item("a", "visual.tif", key="data"),
+                                                      _item("b", "b/visual.tif", key="data")]}
+    (served.root / "items.json").write_text(json.dumps(coll))
+    scenes = list_scenes([served.url("items.json")], asset="data")
+    assert [(s.name, s.source) for s in scenes] == [("a", served.url("visual.tif")), ("b", served.url("b/visual.tif"))]
+    infos = [inspect_scene(s) for s in scenes]
+    assert [(i.name, i.width) for i in infos] == [("a", 40), ("b", 48)]
+    res = CliRunner().invoke(cli, ["tile", served.url("items.json"), "--asset", "data", "--out",
+                                   str(tmp_path / "p"), "--size", "16", "--overlap", "0", "--scheduler", "sync"])
+    assert res.exit_code == 0, res.output
+    names = {im["scene"] for im in json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]}
+    assert names == {"a", "b"}
+    # a missing asset: one line naming the assets there are
+    with pytest.raises(ConfigError, match="--asset nir: item scene-a .* has no such asset; choose one of visual, "
+                       "thumbnail"):
+        stac_scenes(str(served.root / "item.json"), "nir")
+
+
+def test_a_stac_api_search(served) -> None:
+    pytest.importorskip("pystac_client")
+    bright_boxes_scene(served.root / "found.tif", (40, 40), [(5, 5, 15, 15)])
+    base = served.base
+    landing = {"type": "Catalog", "id": "api", "stac_version": "1.0.0", "description": "test API",
+               "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                              "https://api.stacspec.org/v1.0.0/item-search"],
+               "links": [{"rel": "self", "href": f"{base}/api.json"}, {"rel": "root", "href": f"{base}/api.json"},
+                         {"rel": "search", "href": f"{base}/api/search", "type": "application/geo+json",
+                          "method": "POST"}]}
+    (served.root / "api").mkdir()
+    (served.root / "api.json").write_text(json.dumps(landing))
+    found = {"type": "FeatureCollection", "features": [_item("s2-1", f"{base}/found.tif")], "links": []}
+    (served.root / "api" / "search").write_text(json.dumps(found))
+    (src,) = search_scenes(f"{base}/api.json", bbox=(32.5, 0.3, 32.6, 0.4), datetime="2024-01-01/2024-02-01")
+    assert src.name == "s2-1" and src.source == f"{base}/found.tif"
+    body = json.loads(served.posted[-1])
+    assert body["bbox"] == [32.5, 0.3, 32.6, 0.4] and body["datetime"].startswith("2024-01-01")
+    with pytest.raises(InputRasterError, match=f"STAC search at {base}/nope failed"):
+        search_scenes(f"{base}/nope")
+
+
+@pytest.mark.parametrize("what", ["missing", "unreachable"])
+def test_a_bad_url_is_one_line_naming_it(served, tmp_path: Path, what: str) -> None:
+    url = served.url("nope.tif") if what == "missing" else "http://127.0.0.1:9/scene.tif"
+    res = CliRunner().invoke(cli, ["tile", url, "--out", str(tmp_path / "p")])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0], res.output
+    assert ("HTTP 404" if what == "missing" else "cannot reach") in lines[0]
+    assert "check the URL" in lines[0]
+    assert not (tmp_path / "p").exists()
+
+
+def test_the_stamp_of_a_url_changes_with_the_file(served) -> None:
+    path = bright_boxes_scene(served.root / "s.tif", (40, 40), [(5, 5, 15, 15)])
+    url = served.url("s.tif")
+    first = input_stamp(url)
+    assert first == remote_stamp(url) and first["bytes"] == path.stat().st_size and first["etag"]
+    bright_boxes_scene(path, (40, 40), [(5, 5, 25, 25)], seed=9)
+    os.utime(path, ns=(first["mtime_ns"] + 2_000_000_000,) * 2)
+    assert input_stamp(url)["etag"] != first["etag"]  # a predict/tile cache of the old file is not reused
