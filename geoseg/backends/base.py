@@ -295,6 +295,9 @@ def open_backend(
         src = read_export_meta(path).checkpoint or "its run directory"
         raise ConfigError(f"{path} is an export directory; the torch backend reads the checkpoint it "
                           f"came from ({src}): pass that, or use --backend onnx")
+    if backend != "torch" and not exported and is_maskrcnn(path):
+        raise ConfigError(f"{path} is a Mask R-CNN model, which runs with the torch backend only (it has "
+                          f"no ONNX export); drop --backend {backend} or pass --backend torch")
     if backend != "torch" and not exported:
         raise ConfigError(f"the {backend} backend needs an export directory, but {path} is a run "
                           f"directory or checkpoint; run `geoseg export --model {path} --format "
@@ -303,3 +306,14 @@ def open_backend(
     cls: Any = getattr(importlib.import_module(module), attr)  # a Backend subclass: (path, device, **options)
     backend_obj: Backend = cls(path, device=device, **options)
     return backend_obj
+
+
+def is_maskrcnn(model_path: Path) -> bool:
+    """Whether a run directory or ``.pt`` holds a Mask R-CNN model (False when it holds no checkpoint)."""
+    from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
+
+    try:
+        ckpt = load_checkpoint(resolve_checkpoint(model_path))
+    except CheckpointError:
+        return False
+    return bool(ckpt["config"].get("model", {}).get("arch") == "maskrcnn")

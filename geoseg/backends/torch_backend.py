@@ -100,9 +100,9 @@ class TorchBackend(Backend):
         self.model = model
         self._dev = dev
         self._fp16 = False
-        routed: Any = model  # a RoutedModel
-        self._pv_fn = routed.pv_graph
-        self._ff_fn = routed.ff_graph
+        routed: Any = model  # a RoutedModel (a MaskRCNNModel has no graphs: it runs detect)
+        self._pv_fn = getattr(routed, "pv_graph", None)
+        self._ff_fn = getattr(routed, "ff_graph", None)
 
     def _run(self, fn: Any, x: np.ndarray) -> Any:
         with torch.inference_mode(), torch.autocast(self._dev.type, torch.float16, enabled=self._fp16):
@@ -115,6 +115,21 @@ class TorchBackend(Backend):
     def _ff(self, tiles: np.ndarray) -> np.ndarray:
         out: np.ndarray = self._run(self._ff_fn, tiles).float().cpu().numpy()
         return out
+
+    def detect(self, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
+        """Mask R-CNN detections (:meth:`geoseg.models.maskrcnn.MaskRCNNModel.detect`), on the CPU.
+
+        Args:
+            images: normalised images (B, C_in, H, W).
+
+        Raises:
+            ConfigError: the model is not a Mask R-CNN model.
+        """
+        detect = getattr(self.model, "detect", None)
+        if detect is None:
+            raise ConfigError(f"{self.source} is a routed model: it has no detect step; run it with pv/ff")
+        dets: list[dict[str, torch.Tensor]] = self._run(detect, self._as_input(images, "images"))
+        return [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()} for d in dets]
 
     def close(self) -> None:
         """Drop the model (frees GPU memory once no other reference holds it)."""

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from geoseg.backends.base import is_export_dir
+from geoseg.backends.base import is_export_dir, is_maskrcnn
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.export.onnx import export_onnx
 from geoseg.export.report import ExportReport
@@ -45,6 +45,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: Format = "onn
         DependencyError / CheckpointError / OutputExistsError / ExportError: see the steps.
     """
     out = check_writable(out_dir, "--out", directory=True)
+    if not is_export_dir(model_path) and is_maskrcnn(Path(model_path)):
+        raise ConfigError(f"{model_path} is a Mask R-CNN model: geoseg export writes the routed model's "
+                          "PV and FF graphs only (docs/maskrcnn.md); predict it with --backend torch")
     if fmt == "onnx":
         return [export_onnx(model_path, out, opset=opset, fp16=fp16, tolerance=tolerance, overwrite=overwrite)]
     if fmt != "tensorrt":

@@ -81,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def model_from_checkpoint(ckpt: dict[str, Any], *, ema: bool = True) -> torch.nn.Module:
-    """Build the routed model of a checkpoint, in eval mode (EMA weights when present).
+    """Build the model of a checkpoint (routed or Mask R-CNN), in eval mode (EMA weights when present).
 
     Args:
         ckpt: a dict from :func:`load_checkpoint`.
@@ -97,11 +97,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, ema: bool = True) -> torch.nn
     # the checkpoint holds every weight: encoder_weights (a local file, or named weights
     # in the Hugging Face cache) are not needed, nor fetched, to rebuild the model
     raw = {**ckpt["config"]["model"]}
-    for stream in ("pv", "ff"):
-        if isinstance(raw.get(stream), dict):
-            raw[stream] = {**raw[stream], "encoder_weights": None}
-    cfg = validate(ModelConfig, raw, "checkpoint config")
-    model = RoutedModel.from_config(cfg)
+    model: torch.nn.Module
+    if raw.get("arch") == "maskrcnn":
+        from geoseg.models.maskrcnn import MaskRCNNConfig, MaskRCNNModel
+
+        model = MaskRCNNModel.from_config(validate(MaskRCNNConfig, {**raw, "weights": None}, "checkpoint config"))
+    else:
+        for stream in ("pv", "ff"):
+            if isinstance(raw.get(stream), dict):
+                raw[stream] = {**raw[stream], "encoder_weights": None}
+        model = RoutedModel.from_config(validate(ModelConfig, raw, "checkpoint config"))
     weights = ckpt["ema"] if ema and ckpt.get("ema") is not None else ckpt["model"]
     try:
         model.load_state_dict(weights)

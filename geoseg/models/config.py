@@ -186,6 +186,11 @@ class ModelConfig(Strict):
         return self
 
     @property
+    def arch(self) -> str:
+        """The model family: ``routed`` (``maskrcnn`` is :class:`geoseg.models.maskrcnn.MaskRCNNConfig`)."""
+        return "routed"
+
+    @property
     def n_outputs(self) -> int:
         """Channels of every map: extent, boundary, contact, then class logits if > 1 class."""
         return 3 + (len(self.classes) if len(self.classes) > 1 else 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -32,6 +32,7 @@ class ModelMeta(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
+    arch: Literal["routed", "maskrcnn"] = Field("routed", description="the model family predict runs")
     band_count: int = Field(alias="bands", ge=1, description="input bands C_in")
     stats: dict[str, Any] = Field(description="band statistics of the training chips")
     classes: tuple[str, ...] = Field(min_length=1, description="class names in category-id order")
@@ -71,7 +72,9 @@ class ModelMeta(BaseModel):
         """The metadata of a loaded checkpoint.
 
         Args:
-            model_cfg: the model's :class:`~geoseg.models.config.ModelConfig`.
+            model_cfg: the model's :class:`~geoseg.models.config.ModelConfig`, or
+                :class:`~geoseg.models.maskrcnn.MaskRCNNConfig` (no routing: scale 1, no
+                cells or FF tiles; sides padded to its stride).
             ckpt_meta: the ``meta`` of :func:`geoseg.models.checkpoint.load_model` (``config``,
                 ``stats``, ``classes``, ``version``, ``path``).
 
@@ -82,14 +85,17 @@ class ModelMeta(BaseModel):
         config = ckpt_meta.get("config") or {}
         path = str(Path(ckpt_meta["path"]).resolve()) if ckpt_meta.get("path") else ""
         stats = dict(ckpt_meta.get("stats") or {})
+        arch, m = getattr(c, "arch", "routed"), int(c.multiple)
+        grid = ({"scale": int(c.scale), "cell": int(c.cell), "halo": int(c.halo),
+                 "tile": int(c.cell + 2 * c.halo), "multiple": m,
+                 "pv_multiple": int(c.multiple // c.scale), "pv_stride": int(c.pv.output_stride),
+                 "n_outputs": int(c.n_outputs), "budget": float(c.budget), "deadline_ms": c.deadline_ms}
+                if arch == "routed" else  # Mask R-CNN: no PV, cells nor FF tiles
+                {"scale": 1, "cell": m, "halo": 0, "tile": m, "multiple": m, "pv_multiple": m})
         data = {
-            "bands": int(c.in_channels),
+            "arch": arch, "bands": int(c.in_channels),
             "stats": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in stats.items()},
-            "classes": list(ckpt_meta.get("classes") or c.classes),
-            "scale": int(c.scale), "cell": int(c.cell), "halo": int(c.halo),
-            "tile": int(c.cell + 2 * c.halo), "multiple": int(c.multiple),
-            "pv_multiple": int(c.multiple // c.scale), "pv_stride": int(c.pv.output_stride),
-            "n_outputs": int(c.n_outputs), "budget": float(c.budget), "deadline_ms": c.deadline_ms,
+            "classes": list(ckpt_meta.get("classes") or c.classes), **grid,
             "postprocess": dict(config.get("postprocess") or {}),
             "model": c.model_dump(mode="json"),
             "checkpoint": path, "checkpoint_version": str(ckpt_meta.get("version", "")),

@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,7 +42,10 @@ from geoseg.models.regions import Region, cover, group_by_shape
 from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
-__all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "pv_block"]
+if TYPE_CHECKING:
+    from geoseg.predict.instances import Instances
+
+__all__ = ["FfResult", "ModelKey", "PvResult", "ff_block", "instances_block", "owned_polygons", "pv_block"]
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,6 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
         The cache GPKG of the block (possibly with no feature).
     """
     from geoseg.predict.instances import instances_from_probs
-    from geoseg.predict.vectorize import instances_to_frame, write_vector
 
     out = plan.path("polys", bi, bj)
     if out.exists():
@@ -283,6 +285,31 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
         # a pixel joins an instance only where the extent clears its threshold: validity is read there
         valid = valid_where(src, plan, win, probs[0] > post.extent_threshold)
     inst = instances_from_probs(probs, post, valid)
+    return owned_polygons(plan, bi, bj, inst, win, classes, simplify, min_area)
+
+
+def owned_polygons(plan: BlockPlan, bi: int, bj: int, inst: Instances, win: Window,
+                   classes: tuple[str, ...], simplify: float, min_area: float) -> Path:
+    """The instances of a window whose centroid lies in block (bi, bj)'s core, as its cached GPKG.
+
+    Shared by the watershed path and Mask R-CNN (:mod:`geoseg.predict.maskrcnn_phase`).
+
+    Args:
+        plan: the scene's block plan.
+        bi: block row.
+        bj: block column.
+        inst: instances of ``win`` (the core plus a halo).
+        win: the window of ``inst.labels`` in the scene.
+        classes: class names.
+        simplify: tolerance in metres.
+        min_area: smallest polygon kept, in m².
+
+    Returns:
+        The cache GPKG of the block (possibly with no feature).
+    """
+    from geoseg.predict.vectorize import instances_to_frame, write_vector
+
+    out = plan.path("polys", bi, bj)
     labels = inst.labels
     n = len(inst)
     core = plan.core(bi, bj)

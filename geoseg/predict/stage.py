@@ -319,7 +319,7 @@ def predict(
     infos = [s.at_gsd(target_gsd(cfg, meta)) for s in infos]  # windows, cells, polygons on this grid
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
-    k_of, routing = _k_rule(cfg, meta, backend)
+    k_of, routing = _k_rule(cfg, meta, backend) if meta.arch == "routed" else (None, "Mask R-CNN: no routing")
     _warn_dtypes(infos, meta)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
@@ -336,7 +336,13 @@ def predict(
                              gsd=_gsd_note(native, infos, cfg), tta=cfg.tta)
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
-    for plan in plans:
+    if meta.arch == "maskrcnn":  # one detection task per block, then the same polygons
+        from geoseg.predict.maskrcnn_phase import maskrcnn_graph
+
+        tasks, final = maskrcnn_graph(plans, model_key, meta, cfg)
+        summary.blocks = len(final)
+        summary.resumed[PHASES["polys"]] = sum(p.path("polys", i, j).exists() for p, i, j, _ in final)
+    for plan in plans if meta.arch == "routed" else []:
         nbh, nbw = plan.blocks_shape
         summary.blocks += nbh * nbw
         for kind, phase in PHASES.items():
@@ -358,7 +364,9 @@ def predict(
     results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
                       progress=progress)
     n_pv = 0
-    for plan in plans:
+    if meta.arch == "maskrcnn":
+        summary.model_seconds = sum(r.model_s for r in results[:len(tasks)])
+    for plan in plans if meta.arch == "routed" else []:
         nbh, nbw = plan.blocks_shape
         block_results = results[n_pv:n_pv + 2 * nbh * nbw + 1]
         n_pv += len(block_results)
@@ -367,7 +375,7 @@ def predict(
         summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
         summary.ff_cells += sum(r.cells for r in ffs)
         summary.ff_regions += sum(r.regions for r in ffs)
-    for plan in plans:
+    for plan in plans if meta.arch == "routed" else []:
         gh, gw = plan.cells_shape
         summary.cells += gh * gw
 

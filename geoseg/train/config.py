@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from geoseg.config import Strict, read_yaml
 from geoseg.models.config import ModelConfig
+from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.train.augment import AugmentConfig
 from geoseg.train.losses import LossConfig
@@ -59,12 +60,36 @@ class TrainConfig(Strict):
     patches: str | None = Field(None, description="output directory of geoseg tile")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig | MaskRCNNConfig = ModelConfig()
     loss: LossConfig = LossConfig()
     optim: OptimConfig = OptimConfig()
     val: ValConfig = ValConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     semi: SemiConfig = SemiConfig()
+
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _arch(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """``model.arch`` picks the model family (``routed``, the default, or ``maskrcnn``).
+
+        Validated here rather than as a tagged union so errors name ``model.<key>``.
+        """
+        if isinstance(value, dict):
+            arch = value.get("arch", "routed")
+            if arch == "maskrcnn":
+                value = MaskRCNNConfig.model_validate(value)
+            elif arch == "routed":
+                value = ModelConfig.model_validate({k: v for k, v in value.items() if k != "arch"})
+            else:
+                raise ValueError(f"model.arch must be 'routed' or 'maskrcnn', not {arch!r}")
+        return handler(value)
+
+    @model_validator(mode="after")
+    def _maskrcnn_fits(self) -> TrainConfig:
+        if self.model.arch == "maskrcnn" and self.semi.enabled:
+            raise ValueError("semi (the mean teacher) trains the routed model only; remove the semi "
+                             "section or set model.arch: routed")
+        return self
 
 
 def config_task(path: str | Path) -> str:

@@ -267,7 +267,22 @@ class ChipDataset(Dataset[dict[str, Any]]):
                          contact_distance=self.contact_distance, sdf_clip=self.sdf_clip)
         maps: dict[str, np.ndarray] = {k: v[r0 - R0:r0 - R0 + ch, c0 - C0:c0 - C0 + cw]
                                        for k, v in t.items()}
-        maps["valid"] = valid
+        out, maps, valid = self._augmented(raw, valid, maps, rng)
+        for key in ("extent", "boundary", "contact", "sdf", "classes"):
+            dtype = np.int64 if key == "classes" else np.float32
+            out[key] = torch.from_numpy(np.where(valid, maps[key], PAD[key]).astype(dtype))
+        out["valid"] = torch.from_numpy(valid)
+        out["image_id"] = int(self.index.ids[i])
+        return out
+
+    def _augmented(self, raw: np.ndarray, valid: np.ndarray, maps: dict[str, np.ndarray],
+                   rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
+        """Steps 3-4 of the module doc: scale, augment (image, ``maps`` and ``valid`` together), standardise.
+
+        Returns:
+            ``({"image": (C, H, W) float32 tensor}, augmented maps, valid (H, W) bool)``.
+        """
+        maps = {**maps, "valid": valid}
         unit = scale_to_unit(raw, self.stats, channel_axis=0).transpose(1, 2, 0)
         unit = np.where(valid[..., None], unit, 0.0).astype(np.float32)
         if self.augment is not None:
@@ -276,14 +291,8 @@ class ChipDataset(Dataset[dict[str, Any]]):
             unit, maps = self.augment(unit, maps)
         valid = maps["valid"].astype(bool)
         image = unit_to_normalized(unit) * valid[..., None]
-        out: dict[str, Any] = {"image": torch.from_numpy(
-            np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))}
-        for key in ("extent", "boundary", "contact", "sdf", "classes"):
-            dtype = np.int64 if key == "classes" else np.float32
-            out[key] = torch.from_numpy(np.where(valid, maps[key], PAD[key]).astype(dtype))
-        out["valid"] = torch.from_numpy(valid)
-        out["image_id"] = int(self.index.ids[i])
-        return out
+        return ({"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))},
+                maps, valid)
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -32,11 +32,12 @@ from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+from geoseg.models.config import ModelConfig
 from geoseg.models.routed import RoutedModel
 from geoseg.train.augment import build_augment
 from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
-from geoseg.train.dataset import read_stats
+from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,19 @@ Hook = Callable[["Trainer", dict[str, float]], None]
 
 
 class Trainer:
-    """Everything one run needs, built from a :class:`TrainConfig` (``from_config``)."""
+    """Everything one run needs, built from a :class:`TrainConfig` (``from_config``).
+
+    The model family's parts are hooks (``dataset_class``, ``collate``, :meth:`build_model`,
+    :meth:`batch_loss`, :meth:`validate`); :class:`geoseg.train.maskrcnn.MaskRCNNTrainer`
+    overrides them for ``model.arch: maskrcnn``.
+    """
+
+    dataset_class: type[ChipDataset] = ChipDataset
+    collate = staticmethod(collate)
 
     def __init__(self, cfg: TrainConfig, patches: Path, run_dir: Path, device: torch.device,
                  progress: bool | None = None, hooks: Sequence[Hook] = ()) -> None:
         from pycocotools.coco import COCO
-
-        from geoseg.train.dataset import ChipDataset, collate
 
         self.patches, self.run_dir, self.device, self.progress = patches, run_dir, device, progress
         self.hooks = list(hooks)
@@ -111,16 +118,15 @@ class Trainer:
         self.cfg = validate(TrainConfig, self.cfg.model_dump(mode="json"), "resolved config")
         d = self.cfg.data
         aug = build_augment(self.cfg.augment, int(self.stats["bands"]), seed=self.cfg.seed)
-        self.train_ds = ChipDataset(patches, "train", crop=d.crop, augment=aug,
-                                    boundary_width=d.boundary_width,
-                                    contact_distance=d.contact_distance, seed=self.cfg.seed)
-        self.collate = collate
+        self.train_ds = self.dataset_class(patches, "train", crop=d.crop, augment=aug,
+                                           boundary_width=d.boundary_width,
+                                           contact_distance=d.contact_distance, seed=self.cfg.seed)
         with _quiet_stdout():
             self.coco = COCO(str(patches / "annotations.json"))
         self.val_ids = [i for i, im in self.coco.imgs.items() if im.get("split") == "val"]
-        self.val_ds = (ChipDataset(patches, "val", crop=None, augment=None,
-                                   boundary_width=d.boundary_width,
-                                   contact_distance=d.contact_distance, seed=self.cfg.seed)
+        self.val_ds = (self.dataset_class(patches, "val", crop=None, augment=None,
+                                          boundary_width=d.boundary_width,
+                                          contact_distance=d.contact_distance, seed=self.cfg.seed)
                        if self.val_ids else None)
         if self.val_ds is None:
             warnings.warn(f"no validation chips in {patches / 'annotations.json'}: training "
@@ -131,7 +137,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
         torch.manual_seed(self.cfg.seed)
-        self.model = RoutedModel.from_config(self.cfg.model).to(device)
+        self.model = self.build_model().to(device)
         self.loss = RoutedLoss(self.cfg.loss)
         o = self.cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr,
@@ -213,11 +219,8 @@ class Trainer:
                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
                    disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress)
         for batch in bar:
-            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                     for k, v in batch.items()}
             with torch.autocast(self.device.type, enabled=self.amp):
-                out = self.model(batch["image"])
-                total, terms = self.loss(out, batch, progress=self.step / max(1, self.total_steps))
+                total, terms = self.batch_loss(batch)
                 weight = self.semi_weight()
                 if unlabelled is not None and weight > 0:
                     ub = {k: v.to(self.device, non_blocking=True) for k, v in next(unlabelled).items()}
@@ -243,6 +246,19 @@ class Trainer:
                 counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
         return {k: v / max(counts.get(k, n), 1) for k, v in sums.items()}
+
+    def build_model(self) -> torch.nn.Module:
+        """The model of ``cfg.model`` (random or configured encoder weights)."""
+        assert isinstance(self.cfg.model, ModelConfig)
+        return RoutedModel.from_config(self.cfg.model)
+
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The loss of one training batch (a scalar tensor) and its logged terms (under autocast)."""
+        batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
+        out = self.model(batch["image"])
+        total, terms = self.loss(out, batch, progress=self.step / max(1, self.total_steps))
+        return total, terms
 
     def semi_weight(self) -> float:
         """Weight of the unlabelled loss at this step (0 without ``semi``)."""
@@ -342,7 +358,7 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
           resume: bool = False, overwrite: bool = False, device: str | None = None,
           seed: int | None = None, progress: bool | None = None,
           hooks: Sequence[Hook] = ()) -> TrainResult:
-    """Train the routed model on the output of `geoseg tile`.
+    """Train the model of ``cfg.model`` (routed or Mask R-CNN) on the output of `geoseg tile`.
 
     Args:
         cfg: the training config.
@@ -379,7 +395,12 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
         ckpt = load_checkpoint(last)
         saved = validate(TrainConfig, ckpt["config"], str(last))
         cfg = saved.model_copy(update={"epochs": cfg.epochs})
-    trainer = Trainer(cfg, patches, run_dir, resolve_device(cfg.device), progress, hooks)
+    trainer_class = Trainer
+    if cfg.model.arch == "maskrcnn":
+        from geoseg.train.maskrcnn import MaskRCNNTrainer
+
+        trainer_class = MaskRCNNTrainer
+    trainer = trainer_class(cfg, patches, run_dir, resolve_device(cfg.device), progress, hooks)
     if resume and last.exists():
         trainer.load_state(ckpt)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from pycocotools.cocoeval import COCOeval
 
 from geoseg.matching import EPS, match_by_iou
 from geoseg.models.postprocess import PostprocessConfig, probabilities
-from geoseg.predict.instances import instances_from_probs
+from geoseg.predict.instances import Instances, instances_from_probs
 from geoseg.tile.labels import encode_rle
 
 
@@ -68,6 +68,11 @@ class Validator:
         """Add the logits (C, H, W) of one val chip (already cropped to its size)."""
         probs = probabilities(logits)
         inst = instances_from_probs(probs, self.post, valid)
+        self.add_instances(image_id, inst, probs[0] > self.post.extent_threshold, valid)
+
+    def add_instances(self, image_id: int, inst: Instances, foreground: np.ndarray,
+                      valid: np.ndarray | None) -> None:
+        """Add the instances of one val chip (of any model family) and its foreground (H, W) bool."""
         cat_ids = sorted(self.coco.getCatIds())
         pred_rles = []
         for i in range(len(inst)):
@@ -83,10 +88,10 @@ class Validator:
         self.tp += n_match
         self.fp += len(pred_rles) - n_match
         self.fn += len(gt_rles) - n_match
-        truth = np.zeros(logits.shape[1:], dtype=bool)
+        truth = np.zeros(foreground.shape, dtype=bool)
         for r in gt_rles:
             truth |= mask_utils.decode(r).astype(bool)
-        pred = probs[0] > self.post.extent_threshold
+        pred = foreground
         v = np.ones_like(truth) if valid is None else valid
         self.inter += int((pred & truth & v).sum())
         self.union += int(((pred | truth) & v).sum())
