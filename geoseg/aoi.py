@@ -13,7 +13,6 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 from affine import Affine
 from rasterio.enums import Resampling
@@ -21,6 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.features import shapes
 
 from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.io.sources import open_raster
 from geoseg.io.vectors import polygonal_parts, read_vector
 
 #: The valid-data mask of a scene is read decimated to at most this long side.
@@ -39,9 +39,9 @@ def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSerie
     Raises:
         InputRasterError: the scene cannot be read or has no CRS.
     """
-    path = Path(path)
+    path = str(path)  # a URL keeps its two slashes
     try:
-        with rasterio.open(path) as src:
+        with open_raster(path) as src:
             if src.crs is None:
                 raise InputRasterError(f"{path} has no CRS, so its footprint cannot be placed; "
                                        f"assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")

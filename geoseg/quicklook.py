@@ -15,13 +15,13 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import rasterio
 import shapely
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path
+from geoseg.io.sources import open_raster
 
 #: Outline colours (RGB 0-255); the tests look for PRED_COLOR in the pixels.
 PRED_COLOR = (0, 255, 255)
@@ -89,10 +89,10 @@ def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
 Canvas = tuple[np.ndarray, Any, tuple[float, float, float, float], str, tuple[int, int]]
 
 
-def _read_scene(scene: Path, max_side: int) -> Canvas:
+def _read_scene(scene: str, max_side: int) -> Canvas:
     """The scene stretched to RGB, its CRS, bounds, interpolation and (height, width) of the PNG."""
     try:
-        with rasterio.open(scene) as src:
+        with open_raster(scene) as src:
             long = max(src.width, src.height)
             side = min(max_side, max(long, MIN_SIDE))  # long side of the PNG
             width = max(1, round(src.width * side / long))
@@ -165,9 +165,9 @@ def quicklook(
         img, crs, (left, bottom, right, top), interp, (height, width) = _blank(layers, max_side)
         label = "polygons"
     else:
-        scene = Path(scene)
+        scene = str(scene)  # a URL keeps its two slashes
         img, crs, (left, bottom, right, top), interp, (height, width) = _read_scene(scene, max_side)
-        label = scene.name
+        label = scene.rsplit("/", 1)[-1].split("?")[0]
         if layers and crs is None:
             raise InputRasterError(f"{scene} has no CRS, so polygons cannot be placed on it; assign one "
                                    f"(e.g. gdal_edit.py -a_srs EPSG:32636 {scene})")

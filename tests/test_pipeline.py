@@ -416,7 +416,7 @@ def test_stage_args_are_the_typed_model_of_their_kind(project: Path) -> None:
     t, r, p, e = (pipe.stages[n].args for n in ALL)
     assert t.out == out / "patches" and t.cfg.size == 16 and t.skip_bad is False
     assert r.patches == t.out and r.cfg.epochs == 1 and r.out == out / "run"
-    assert p.model == r.out and p.scenes == [project / "data" / "c.tif"] and p.cfg.budget == 0.5
+    assert p.model == r.out and p.scenes == [str(project / "data" / "c.tif")] and p.cfg.budget == 0.5
     assert e.pred == p.out and e.scenes == p.scenes and e.json_out == out / "evaluation.json"
     assert (e.iou, e.clip, e.max_side) == (0.5, True, 1500)  # the section model's defaults
     with pytest.raises(ValidationError, match="extra"):

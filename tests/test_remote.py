@@ -184,3 +184,47 @@ def test_the_stamp_of_a_url_changes_with_the_file(served) -> None:
     bright_boxes_scene(path, (40, 40), [(5, 5, 25, 25)], seed=9)
     os.utime(path, ns=(first["mtime_ns"] + 2_000_000_000,) * 2)
     assert input_stamp(url)["etag"] != first["etag"]  # a predict/tile cache of the old file is not reused
+
+
+def test_a_pipeline_with_a_url_scene_skips_when_unchanged_and_reruns_when_replaced(served, tmp_path: Path) -> None:
+    import yaml
+
+    from geoseg.pipeline.run import run_pipeline
+
+    boxes = grid_boxes((48, 48))
+    path = bright_boxes_scene(served.root / "remote_scene.tif", (48, 48), boxes)
+    labels_for(path, tmp_path / "l.gpkg", boxes)
+    spec = {"tile": {"scenes": [served.url("remote_scene.tif")], "labels": "l.gpkg", "out": "patches",
+                     "params": {"size": 16, "overlap": 0, "val_fraction": 0.0}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    (first,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert first.ran
+    names = {im["scene"] for im in json.loads((tmp_path / "patches" / "annotations.json").read_text())["images"]}
+    assert names == {"remote_scene"}
+    (again,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert not again.ran, again.why
+    st = path.stat()
+    bright_boxes_scene(path, (48, 48), boxes, seed=3)  # another file at the same URL
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    (third,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert third.ran
+
+
+def test_evaluate_clips_to_the_footprint_of_a_url_scene(served, tmp_path: Path) -> None:
+    boxes = [(4, 4, 12, 12), (20, 20, 30, 30)]
+    path = bright_boxes_scene(served.root / "ev.tif", (40, 40), boxes)
+    truth = labels_for(path, tmp_path / "t.gpkg", boxes, crs="EPSG:32636")
+    res = CliRunner().invoke(cli, ["evaluate", str(truth), str(truth), "--scenes", served.url("ev.tif"), "--clip",
+                                   "--quicklook", str(tmp_path / "q.png")])
+    assert res.exit_code == 0, res.output
+    assert "inside the scenes" in res.output or "footprint" in res.output, res.output
+    assert (tmp_path / "q.png").stat().st_size > 0
+
+
+def test_tile_from_a_url_in_worker_processes(served, tmp_path: Path) -> None:
+    """Dask tasks in other processes open the URL with the remote settings too."""
+    boxes = grid_boxes((32, 64))
+    bright_boxes_scene(served.root / "mp.tif", (32, 64), boxes)
+    summary = tile([served.url("mp.tif")], None, tmp_path / "p", TileConfig(size=16, overlap=0, val_fraction=0.0),
+                   scheduler="processes")
+    assert summary.chips_written == 8

@@ -18,7 +18,7 @@ import click
               help="Class column; per-class numbers when both files have it.")
 @click.option("--boundary-width", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Band width of boundary IoU.  [default: 2% of each pair's bbox diagonal]")
-@click.option("--scenes", "scenes", multiple=True, type=click.Path(path_type=Path), metavar="SCENE",
+@click.option("--scenes", "scenes", multiple=True, metavar="SCENE",
               help="The predicted rasters (files or folders; repeat the option): --clip's footprint "
               "and --quicklook's background.")
 @click.option("--clip", is_flag=True,
@@ -28,7 +28,7 @@ import click
 @click.option("--quicklook", "quicklook_png", type=click.Path(path_type=Path), metavar="PNG",
               help="Also draw the first scene (or a grey canvas) with both outlines into this PNG.")
 def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, class_field: str,
-                 boundary_width: float | None, scenes: tuple[Path, ...], clip: bool, aoi: Path | None,
+                 boundary_width: float | None, scenes: tuple[str, ...], clip: bool, aoi: Path | None,
                  quicklook_png: Path | None) -> None:
     """Compare predicted polygons PRED with true polygons TRUTH (any vector files, any CRS).
 
@@ -47,12 +47,12 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     from geoseg.aoi import restrict
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
     from geoseg.io.atomic import check_writable, write_json
-    from geoseg.io.rasters import list_rasters
+    from geoseg.io.sources import list_scenes, scene_name
 
     for path, what in ((json_path, "--json"), (quicklook_png, "--quicklook")):
         if path is not None:
             check_writable(path, what)
-    rasters = list_rasters(scenes) if scenes else []
+    rasters = [s.source for s in list_scenes(scenes)] if scenes else []
     pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
     pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi)
     report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
@@ -64,6 +64,6 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     if quicklook_png is not None:
         from geoseg.quicklook import quicklook
 
-        title = f"{rasters[0].stem if rasters else pred.name}: F1 {report['f1']:.3f} at IoU {iou:g}"
+        title = f"{scene_name(rasters[0]) if rasters else pred.name}: F1 {report['f1']:.3f} at IoU {iou:g}"
         quicklook(rasters[0] if rasters else None, quicklook_png, pred=pred_gdf, truth=truth_gdf, title=title)
         click.echo(f"quick-look: {quicklook_png}", err=True)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
@@ -219,7 +220,7 @@ class TileArgs(StageArgs):
     """What :func:`~geoseg.pipeline.stages.run_tile` gets."""
 
     section: ClassVar[type[Strict]] = TileStage
-    scenes: list[Path]
+    scenes: list[str]
     labels: Path | None
     out: Path
     cfg: TileConfig
@@ -232,10 +233,10 @@ class TileArgs(StageArgs):
         t = section
         cfg = _params(TileConfig, "tile.params", ctx.inp(t.config) if t.config else None,
                       t.params, ctx.path)
-        a = cls(scenes=[ctx.inp(s) for s in t.scenes], labels=ctx.inp(t.labels) if t.labels else None,
+        a = cls(scenes=ctx.scenes(t.scenes), labels=ctx.inp(t.labels) if t.labels else None,
                 out=ctx.out(t.out), cfg=cfg, skip_bad=t.skip_bad)
-        return ctx.stage("tile", a.scenes + ([a.labels] if a.labels else []), [a.out], a,
-                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"))
+        return ctx.stage("tile", ctx.local(a.scenes) + ([a.labels] if a.labels else []), [a.out], a,
+                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"), **ctx.remote(a.scenes))
 
 
 class TrainArgs(StageArgs):
@@ -263,7 +264,7 @@ class PredictArgs(StageArgs):
     """What :func:`~geoseg.pipeline.stages.run_predict` gets."""
 
     section: ClassVar[type[Strict]] = PredictStage
-    scenes: list[Path]
+    scenes: list[str]
     model: Path
     out: Path
     cfg: PredictConfig
@@ -277,11 +278,12 @@ class PredictArgs(StageArgs):
         if isinstance(params.get("prob_out"), str):  # an output: relative to workdir
             params["prob_out"] = str(ctx.out(params["prob_out"]))
         pcfg = _params(PredictConfig, "predict.params", None, params, ctx.path)
-        a = cls(scenes=[ctx.inp(s) for s in p.scenes], model=ctx.made("predict.model", p.model, "train"),
+        a = cls(scenes=ctx.scenes(p.scenes), model=ctx.made("predict.model", p.model, "train"),
                 out=ctx.out(p.out), cfg=pcfg)
-        return ctx.stage("predict", [*a.scenes, a.model], [a.out], a,
+        return ctx.stage("predict", [*ctx.local(a.scenes), a.model], [a.out], a,
                          params=pcfg.model_dump(mode="json", exclude={"prob_out"}),
-                         prob_out=ctx.rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0])
+                         prob_out=ctx.rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0],
+                         **ctx.remote(a.scenes))
 
 
 class EvaluateArgs(StageArgs):
@@ -290,7 +292,7 @@ class EvaluateArgs(StageArgs):
     section: ClassVar[type[Strict]] = EvaluateStage
     pred: Path
     truth: Path
-    scenes: list[Path]
+    scenes: list[str]
     json_out: Path | None
     quicklook: Path | None
     clip: bool
@@ -303,7 +305,7 @@ class EvaluateArgs(StageArgs):
     def resolve(cls, section: EvaluateStage, ctx: _Resolver) -> Stage[EvaluateArgs]:
         e, stages, path = section, ctx.stages, ctx.path
         predict = stages.get("predict")
-        scenes = ([ctx.inp(s) for s in e.scenes] if e.scenes is not None
+        scenes = (ctx.scenes(e.scenes) if e.scenes is not None
                   else list(predict.args.scenes) if isinstance(predict, Stage)
                   and isinstance(predict.args, PredictArgs) else [])
         if not scenes and (e.clip or e.quicklook):
@@ -316,7 +318,8 @@ class EvaluateArgs(StageArgs):
         a = cls(pred=ctx.made("evaluate.pred", e.pred, "predict"), truth=ctx.inp(e.truth),
                 scenes=scenes, json_out=json_out, quicklook=quicklook, **settings)
         outs = [o for o in (json_out, quicklook) if o is not None]
-        return ctx.stage("evaluate", [a.pred, a.truth, *scenes], outs, a, **settings)
+        return ctx.stage("evaluate", [a.pred, a.truth, *ctx.local(scenes)], outs, a, **settings,
+                         **ctx.remote(scenes))
 
 
 # The stage kinds, in run order: each one's section of the pipeline file is
@@ -338,6 +341,32 @@ class _Resolver:
     def inp(self, p: str) -> Path:
         """An input path: relative to the pipeline file's folder."""
         return Path(os.path.normpath(self.root / Path(p).expanduser()))
+
+    def scenes(self, items: Sequence[str]) -> list[str]:
+        """Scene inputs: a URL or GDAL path as written, a local path relative to the file's folder."""
+        from geoseg.io.sources import is_remote
+
+        return [s if is_remote(s) else str(self.inp(s)) for s in items]
+
+    @staticmethod
+    def local(scenes: Sequence[str]) -> list[Path]:
+        """The local ones of resolved scenes: stage inputs whose mtime the skip rules compare."""
+        from geoseg.io.sources import is_remote
+
+        return [Path(s) for s in scenes if not is_remote(s)]
+
+    @staticmethod
+    def remote(scenes: Sequence[str]) -> dict[str, Any]:
+        """``{"remote": [[url, identity]...]}`` for the digest (empty without remote scenes).
+
+        A remote scene has no mtime here: its identity (size, ETag, Last-Modified,
+        :func:`geoseg.io.sources.remote_stamp`) is part of the stage's parameters, so a
+        file replaced at its URL runs the stage again.
+        """
+        from geoseg.io.sources import is_remote, remote_stamp
+
+        urls = [s for s in scenes if is_remote(s)]
+        return {"remote": [[u, remote_stamp(u)] for u in urls]} if urls else {}
 
     def out(self, p: str) -> Path:
         """An output path: relative to ``workdir``."""

@@ -119,11 +119,11 @@ def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], l
 def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Evaluate (inside the scenes' footprint with ``clip``); write the JSON and quick-look."""
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
-    from geoseg.io.rasters import list_rasters
+    from geoseg.io.sources import list_scenes, scene_name
 
     a = stage.args
     pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
-    scenes = list_rasters(a.scenes) if a.scenes else []
+    scenes = [s.source for s in list_scenes(a.scenes)] if a.scenes else []
     if a.clip:
         area = footprint(scenes)
         pred, truth = _clip(pred, area), _clip(truth, area)
@@ -136,7 +136,7 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     if a.quicklook is not None:
         from geoseg.quicklook import quicklook
 
-        title = f"{scenes[0].stem}: F1 {report['f1']:.3f} at IoU {a.iou:g}"
+        title = f"{scene_name(scenes[0])}: F1 {report['f1']:.3f} at IoU {a.iou:g}"
         outputs.append(quicklook(scenes[0], a.quicklook, pred=pred, truth=truth,
                                  max_side=a.max_side, title=title))
     head = (f"IoU >= {a.iou:g}: {show(a.pred)} vs {show(a.truth)}"
@@ -144,15 +144,16 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     return outputs, [head, *format_report(report).splitlines()]
 
 
-def footprint(scenes: Sequence[Path]) -> Any:
+def footprint(scenes: Sequence[str]) -> Any:
     """Union of the scenes' bounding boxes: a one-row GeoSeries in the first scene's CRS."""
     import geopandas as gpd
-    import rasterio
     import shapely
+
+    from geoseg.io.sources import open_raster
 
     boxes, crs = [], None
     for p in scenes:
-        with rasterio.open(p) as src:
+        with open_raster(p) as src:
             box, scrs = shapely.box(*src.bounds), src.crs
         crs = crs or scrs
         box = shapely.segmentize(box, box.length / 400)  # edges stay true when reprojected
