@@ -114,15 +114,19 @@ def grid_boxes(shape: tuple[int, int], step: int = 16, seed: int = 0) -> list[tu
 @pytest.fixture(scope="session")
 def tiny_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tile output of a 64x64 scene of bright boxes; the val scene has the same layout."""
+    return tile_box_scenes(tmp_path_factory.mktemp("tiny"), (64, 64), grid_boxes((64, 64)), size=32)
+
+
+def tile_box_scenes(root: Path, shape: tuple[int, int], boxes: list[tuple[int, int, int, int]],
+                    size: int) -> Path:
+    """Tile a train and a val scene of the same bright boxes (other noise) into ``root/p``."""
     from geoseg.tile import TileConfig, tile
 
-    root = tmp_path_factory.mktemp("tiny")
-    boxes = grid_boxes((64, 64))
-    bright_boxes_scene(root / "train_scene.tif", (64, 64), boxes, seed=0)
-    bright_boxes_scene(root / "val_scene.tif", (64, 64), boxes, seed=1)
+    bright_boxes_scene(root / "train_scene.tif", shape, boxes, seed=0)
+    bright_boxes_scene(root / "val_scene.tif", shape, boxes, seed=1)
     labels_for(root / "train_scene.tif", root / "l.gpkg", boxes)
     tile([root / "train_scene.tif", root / "val_scene.tif"], root / "l.gpkg", root / "p",
-         TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
+         TileConfig(size=size, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
     return root / "p"
 
 

@@ -12,8 +12,9 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
-from conftest import REPO, bright_boxes_scene, labels_for
+from conftest import REPO, bright_boxes_scene, tile_box_scenes
 from scipy import ndimage
+from test_train import Crash, crash_after_first_epoch
 
 from geoseg.cli.main import cli
 from geoseg.config import load_config
@@ -47,16 +48,7 @@ def spaced_boxes(shape: tuple[int, int], seed: int = 0) -> list[tuple[int, int, 
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tile output of a 128x128 scene of bright boxes (64-px chips); the val scene has the same layout."""
-    from geoseg.tile import TileConfig, tile
-
-    root = tmp_path_factory.mktemp("mrcnn")
-    boxes = spaced_boxes((128, 128))
-    bright_boxes_scene(root / "train_scene.tif", (128, 128), boxes, seed=0)
-    bright_boxes_scene(root / "val_scene.tif", (128, 128), boxes, seed=1)
-    labels_for(root / "train_scene.tif", root / "l.gpkg", boxes)
-    tile([root / "train_scene.tif", root / "val_scene.tif"], root / "l.gpkg", root / "p",
-         TileConfig(size=64, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
-    return root / "p"
+    return tile_box_scenes(tmp_path_factory.mktemp("mrcnn"), (128, 128), spaced_boxes((128, 128)), size=64)
 
 
 # ------------------------------------------------------------------------------ config
@@ -118,15 +110,6 @@ def test_tiny_maskrcnn_overfits(patches: Path, tmp_path: Path) -> None:
     for key in ("classifier", "box_reg", "mask", "objectness", "rpn_box_reg", "ap50", "iou", "lr"):
         assert key in last, key
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_after_first_epoch(trainer, row) -> None:
-    if row["epoch"] == 1:
-        raise Crash
 
 
 def test_resume_equals_uninterrupted(patches: Path, tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
 import torch.nn.functional as F
 from dask.delayed import delayed
@@ -31,6 +30,7 @@ from dask.delayed import delayed
 from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
 from geoseg.errors import ConfigError
+from geoseg.io.rasters import open_scene
 from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.meta import ModelMeta
 from geoseg.predict.config import PredictConfig
@@ -165,7 +165,7 @@ def maskrcnn_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: Ba
     if out.exists():
         return MaskResult(out, 0.0, 0)
     win = plan.grown(bi, bj, plan.watershed_halo)
-    with rasterio.open(plan.scene.path) as src:
+    with open_scene(plan.scene) as src:  # at the predict GSD when it is not the scene's
         raw, valid = read_window(src, plan, win)
     x = normalize(raw, stats, valid=valid)
     backend = get_backend(model)
