@@ -228,3 +228,19 @@ def test_tile_from_a_url_in_worker_processes(served, tmp_path: Path) -> None:
     summary = tile([served.url("mp.tif")], None, tmp_path / "p", TileConfig(size=16, overlap=0, val_fraction=0.0),
                    scheduler="processes")
     assert summary.chips_written == 8
+
+
+def test_cli_scene_options_usage_errors(served, tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(cli, ["tile", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "give SCENES" in res.output
+    res = runner.invoke(cli, ["tile", "x.tif", "--bbox", "1,2,3,4", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and "need --stac-search" in res.output
+    res = runner.invoke(cli, ["tile", "--stac-search", served.url("api.json"), "--bbox", "3,2,1", "--out",
+                              str(tmp_path / "p")])
+    assert res.exit_code == 2 and "west,south,east,north" in res.output
+    bright_boxes_scene(served.root / "v.tif", (40, 40), [(5, 5, 15, 15)])
+    (served.root / "item.json").write_text(json.dumps(_item("it", "v.tif")))
+    res = runner.invoke(cli, ["tile", served.url("item.json"), "--asset", "nir", "--out", str(tmp_path / "p")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and "choose one of visual" in lines[0], res.output
