@@ -136,6 +136,9 @@ def test_a_stac_item_file_and_item_collection_url_as_scenes(served, tmp_path: Pa
     assert res.exit_code == 0, res.output
     names = {im["scene"] for im in json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]}
     assert names == {"a", "b"}
+    # a JSON list of items
+    (served.root / "list.json").write_text(json.dumps(coll["features"]))
+    assert [s.name for s in stac_scenes(served.url("list.json"), "data")] == ["a", "b"]
     # a missing asset: one line naming the assets there are
     with pytest.raises(ConfigError, match="--asset nir: item scene-a .* has no such asset; choose one of visual, "
                        "thumbnail"):
