@@ -52,15 +52,20 @@ def child(scene: str, model: str, out: str, budget: str) -> None:
     t0 = time.perf_counter()
     s = predict([scene], model, out, PredictConfig(budget=None if budget == "none" else float(budget)),
                 overwrite=True, progress=False)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would be the parent's peak
+    hwm = [ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM:")]
+    rss = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": time.perf_counter() - t0, "model_s": s.model_seconds,
                       "polygons": s.polygons, "peak_rss_mb": rss}))
 
 
-def train_family(family: str, dataset: str, patches: Path, run: Path, epochs: int) -> dict[str, float]:
+def train_family(family: str, dataset: str, patches: Path, run: Path, epochs: int, reuse: bool = False
+                 ) -> dict[str, float]:
     from geoseg.config import load_config
     from geoseg.train import TrainConfig, train
 
+    if reuse and (run / "checkpoints" / "best.pt").exists():
+        return {}
     cfg = load_config(TrainConfig, PRESETS[family], {**OVERRIDES.get(dataset, {}).get(family, {}),
                                                      "val": {"every": epochs}})
     t0 = time.perf_counter()
@@ -114,11 +119,11 @@ def table(title: str, rows: list[dict]) -> None:
 
 
 def sparse(work: Path, args: argparse.Namespace) -> list[dict]:
-    patches = prepare_data(work)
+    patches = work / "patches" if args.reuse and (work / "patches").exists() else prepare_data(work)
     runs = {}
     for family in ("routed", "maskrcnn"):
         runs[family] = work / f"run_{family}"
-        train_family(family, "sparse", patches, runs[family], args.epochs)
+        train_family(family, "sparse", patches, runs[family], args.epochs, args.reuse)
     truth, occ = boxes_scene(work / "sparse.tif", args.side, args.occupied, seed=7)
     print(f"sparse scene {args.side}² px, {occ:.0%} of the 64-px cells occupied", flush=True)
     return score(work / "sparse.tif", truth, work, runs, clip=False)
@@ -134,7 +139,7 @@ def kampala(work: Path, args: argparse.Namespace) -> list[dict]:
     runs = {}
     for family in ("routed", "maskrcnn"):
         runs[family] = work / f"run_{family}"
-        train_family(family, "kampala", work / "patches", runs[family], args.kampala_epochs or args.epochs)
+        train_family(family, "kampala", work / "patches", runs[family], args.kampala_epochs, args.reuse)
     return score(sample / "kampala_blockB_z20.tif", labels, work, runs, clip=True)
 
 
@@ -146,6 +151,7 @@ def main() -> None:
     ap.add_argument("--kampala-epochs", type=int, default=30, help="epochs of each training on Kampala")
     ap.add_argument("--skip", choices=["sparse", "kampala"], action="append", default=[])
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--reuse", action="store_true", help="keep the trained runs of --workdir")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
