@@ -259,20 +259,20 @@ def prepare_model(work: Path, epochs: int) -> None:
 
 
 def validate_run(work: Path, epochs: int) -> None:
-    """Validate the run's best.pt (no training): its metrics, and the calibrated auto threshold, saved."""
+    """Validate the run (its last.pt, no training): metrics, and the calibrated auto threshold in best.pt."""
     import torch
 
     from geoseg.config import load_config
-    from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+    from geoseg.models.checkpoint import inference_payload, load_checkpoint, save_checkpoint
     from geoseg.train import TrainConfig
     from geoseg.train.loop import Trainer
 
     cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {"epochs": epochs})
     tr = Trainer(cfg, work / "patches", work / "run", torch.device("cpu"), progress=False)
     best = work / "run" / "checkpoints" / "best.pt"
-    tr.load_state(load_checkpoint(best))
+    tr.load_state(load_checkpoint(work / "run" / "checkpoints" / "last.pt"))  # val every --epochs: last = best
     m = tr.validate()
-    save_checkpoint(best, tr.state())
+    save_checkpoint(best, inference_payload(tr.state()))
     print(f"validated {best}: ap50 {m.get('ap50', float('nan')):.2f}, f1 {m.get('f1', float('nan')):.2f}, "
           f"auto threshold {float(tr.eval_model().utility_threshold):.3g} "
           f"({m.get('auto_share', float('nan')):.0%} of the validation cells)", flush=True)

@@ -224,9 +224,8 @@ def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run:
     assert evaluate_frames(gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(truth), iou=0.5)["f1"] > 0.9
     # a checkpoint from before calibration: auto falls back to the model's budget, and says so
     ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
-    assert torch.isfinite(ckpt["ema"]["utility_threshold"]) or torch.isinf(ckpt["ema"]["utility_threshold"])
-    for key in ("model", "ema"):
-        ckpt[key].pop("utility_threshold")
+    assert torch.isfinite(ckpt["model"]["utility_threshold"]) or torch.isinf(ckpt["model"]["utility_threshold"])
+    ckpt["model"].pop("utility_threshold")
     old = tmp_path / "old.pt"
     save_checkpoint(old, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
     s = predict([path], old, tmp_path / "o.gpkg", cfg(budget="auto"))

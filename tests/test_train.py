@@ -50,10 +50,12 @@ def test_outputs_and_checkpoint(patches: Path, tmp_path: Path) -> None:
     assert resolved.model.in_channels == 3 and resolved.model.classes == ("building",)
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")  # weights_only=True inside
     assert ckpt["classes"] == ["building"] and ckpt["stats"]["bands"] == 3
-    assert ckpt["ema"] is not None and ckpt["epoch"] in (1, 2)
-    assert set(ckpt["model"]) == set(ckpt["ema"])
+    assert ckpt["epoch"] in (1, 2) and "ema" not in ckpt and "optimizer" not in ckpt
     # a plain torch.load with weights_only=True works too
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["ema"] is not None and set(last["model"]) == set(last["ema"])
+    # best.pt holds what predict needs, the EMA weights once (last.pt: raw, EMA, Adam moments)
+    assert (run / "checkpoints" / "best.pt").stat().st_size < 0.55 * (run / "checkpoints" / "last.pt").stat().st_size
 
 
 class Crash(Exception):
@@ -136,9 +138,15 @@ def test_load_model_uses_ema_weights(patches: Path, tmp_path: Path) -> None:
 
     train(tiny(), patches, tmp_path / "run", epochs=1)
     model, meta = load_model(tmp_path / "run")
-    ckpt = load_checkpoint(meta["path"])
+    ckpt = load_checkpoint(meta["path"])  # best.pt: the EMA weights as "model"
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     for k, v in model.state_dict().items():
-        torch.testing.assert_close(v, ckpt["ema"][k], rtol=0, atol=0)
+        torch.testing.assert_close(v, last["ema"][k], rtol=0, atol=0)
+        torch.testing.assert_close(v, ckpt["model"][k], rtol=0, atol=0)
+    # a full training state loads too, with its EMA weights
+    model2, _ = load_model(tmp_path / "run" / "checkpoints" / "last.pt")
+    for k, v in model2.state_dict().items():
+        torch.testing.assert_close(v, last["ema"][k], rtol=0, atol=0)
     assert not model.training and meta["stats"]["bands"] == 3
 
 

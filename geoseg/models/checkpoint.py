@@ -9,6 +9,10 @@ A checkpoint is a plain dict of tensors and JSON-like values:
 - ``model`` and ``ema``: state dicts (``ema`` is used for inference when present);
 - ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``step``, ``best``, ``rng``:
   what ``--resume`` needs to continue exactly.
+
+``last.pt`` holds all of it; ``best.pt`` only what predict and export need
+(:func:`inference_payload`: the weights predict uses as ``model``, no ``ema``, no optimiser
+state), half the size or less.
 """
 
 from __future__ import annotations
@@ -30,6 +34,20 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     payload = {"format": FORMAT, "version": __version__, **payload}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+#: Keys of a training state that ``best.pt`` keeps besides the weights (small, informative).
+INFERENCE_KEYS = ("config", "stats", "classes", "epoch", "step", "best")
+
+
+def inference_payload(state: dict[str, Any]) -> dict[str, Any]:
+    """What predict and export need of a training state: config, stats, classes, one weight set.
+
+    The weights are the EMA's when the run kept one (those that were validated), saved as
+    ``model``; optimizer, scheduler, scaler, RNG and the raw weights are left out.
+    """
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    return {**{k: state[k] for k in INFERENCE_KEYS if k in state}, "model": weights}
 
 
 def resolve_checkpoint(model: str | Path, name: str = "best.pt") -> Path:

@@ -248,6 +248,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         "tile": cfg.model_dump(mode="json"), **_gsd_stats(gsds),
     }, indent=2)
 
+
 def _gsd_stats(gsds: Sequence[float]) -> dict[str, Any]:
     """``gsd`` (median metres per pixel of the train chips) and ``gsd_range`` for stats.json.
 
@@ -257,7 +258,6 @@ def _gsd_stats(gsds: Sequence[float]) -> dict[str, Any]:
     if not len(g):
         return {}
     return {"gsd": round(float(np.median(g)), 6), "gsd_range": [round(float(g.min()), 6), round(float(g.max()), 6)]}
-
 
 
 def _done_before(job: BlockJob) -> dict[str, int] | None:

@@ -31,7 +31,7 @@ from geoseg import metrics
 from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
-from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+from geoseg.models.checkpoint import inference_payload, load_checkpoint, save_checkpoint
 from geoseg.models.config import ModelConfig
 from geoseg.models.routed import RoutedModel
 from geoseg.train.augment import build_augment
@@ -298,7 +298,7 @@ class Trainer:
         state = self.state()
         save_checkpoint(ckdir / "last.pt", state)
         if improved or not (ckdir / "best.pt").exists():
-            save_checkpoint(ckdir / "best.pt", state)
+            save_checkpoint(ckdir / "best.pt", inference_payload(state))
         keys: list[str] = []
         for r in self.history:
             keys += [k for k in r if k not in keys]
