@@ -32,7 +32,8 @@ def main() -> None:
     from geoseg.config import load_config
     from geoseg.tile import TileConfig, tile
     from geoseg.train import TrainConfig
-    from geoseg.train.loop import Trainer, resolve_device
+    from geoseg.train.loop import Trainer
+    from geoseg.train.runtime import resolve_device
 
     work = Path(tempfile.mkdtemp(prefix="geoseg-bench-train-"))
     sample = REPO / "data" / "sample"

@@ -103,10 +103,16 @@ def test_augmented_boxes_follow_masks(patches: Path) -> None:
 # ------------------------------------------------------------------------------ training
 @pytest.mark.slow
 def test_tiny_maskrcnn_overfits(patches: Path, tmp_path: Path) -> None:
-    res = train(tiny(data={"samples_per_epoch": 32}, val={"every": 16}), patches, tmp_path / "run", epochs=16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float sums whatever ran before (some test modules pin 1)
+    try:
+        res = train(tiny(data={"samples_per_epoch": 32}, val={"every": 16}), patches, tmp_path / "run", epochs=16)
+    finally:
+        torch.set_num_threads(threads)
     last = res.history[-1]
-    assert last["ap"] > 0.8 and last["f1"] > 0.9, last
-    assert last["loss"] < res.history[0]["loss"]
+    # an untrained model scores 0; the val split holds a few boxes, so AP moves in coarse steps
+    assert last["ap"] > 0.6 and last["f1"] > 0.85, last
+    assert last["loss"] < 0.3 * res.history[0]["loss"], (last["loss"], res.history[0]["loss"])
     for key in ("classifier", "box_reg", "mask", "objectness", "rpn_box_reg", "ap50", "iou", "lr"):
         assert key in last, key
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000

@@ -86,7 +86,13 @@ def test_unreachable_scheduler_fails_at_once_in_one_line(tmp_path):
     assert time.perf_counter() - t0 < 10
     with pytest.raises(ConfigError, match="bad scheduler address"):
         check_scheduler("tcp://localhost:notaport")
-    res = CliRunner().invoke(cli, ["tile", str(tmp_path), "--out", str(tmp_path / "p"), "--scheduler", address])
+    import numpy as np
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    scene = write_raster(tmp_path / "scene.tif", np.ones((3, 64, 64), np.uint8), "EPSG:32636",
+                         from_origin(500000, 10000, 0.5, 0.5))
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--out", str(tmp_path / "p"), "--scheduler", address])
     assert res.exit_code == 1
     assert res.output.strip().splitlines() == [res.output.strip()]
     assert res.output.startswith("geoseg: error: cannot reach the Dask scheduler at " + address)

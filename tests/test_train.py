@@ -79,6 +79,9 @@ def test_resume_equals_uninterrupted(patches: Path, tmp_path: Path) -> None:
     for key in a["ema"]:
         torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0, msg=key)
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+    # validating (every epoch in `full`) does not change the training that follows it
+    rare = train(tiny(val={"every": 3}), patches, tmp_path / "rare", epochs=3)
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in rare.history]
 
 
 def test_existing_run_needs_resume_or_overwrite(patches: Path, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from geoseg.parallel import LOCAL_SCHEDULERS, check_scheduler
-from geoseg.pipeline.model import ClusterConfig
+from geoseg.pipeline.schema import ClusterConfig
 
 log = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
+from geoseg.predict.choose import cells_of_block, choose_cells, k_rule
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan
@@ -151,78 +152,6 @@ def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
                         [round(v, 1) for v in st.std], trained)
 
 
-def _k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]:
-    """How many cells FF runs per scene: ``(k_of(valid cells), a line saying why)``.
-
-    Precedence: ``--deadline-ms``, then ``--budget``, then the model's own deadline, then
-    the model's budget.
-    """
-    from geoseg.models.router import k_for_budget, k_for_deadline
-
-    deadline = cfg.deadline_ms if cfg.deadline_ms is not None else (
-        meta.deadline_ms if cfg.budget is None else None)
-    if deadline is not None:
-        ms_per_cell = backend.ms_per_cell(cfg.ff_batch)
-        whose = "--deadline-ms" if cfg.deadline_ms is not None else "the model's deadline"
-        why = f"{whose} {deadline:g} ms at {ms_per_cell:.2f} ms per cell"
-
-        def by_deadline(n: int, util: Any = None) -> int:
-            return k_for_deadline(float(deadline), ms_per_cell, n_cells=n)
-        return by_deadline, why
-    if cfg.budget == "auto":
-        auto = _auto_rule(meta)
-        if auto is not None:
-            return auto
-    budget = meta.budget if cfg.budget in (None, "auto") else float(cfg.budget)
-    why = f"{'--budget' if cfg.budget not in (None, 'auto') else 'the model' + chr(39) + 's budget'} {budget:g}"
-    if cfg.budget == "auto":
-        why = (f"--budget auto, but the model has no calibrated utility threshold (trained before "
-               f"calibration, or without validation chips): {why}")
-
-    def by_budget(n: int, util: Any = None) -> int:
-        return k_for_budget(n, budget) if n else 0
-    return by_budget, why
-
-
-def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
-    """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none)."""
-    thr = (meta.model_extra or {}).get("utility_threshold")
-    if thr is None or not isinstance(thr, int | float) or math.isnan(thr):
-        return None
-
-    def by_threshold(n: int, util: Any = None) -> int:
-        return int(np.count_nonzero(np.asarray(util) > thr)) if util is not None else n
-    return by_threshold, (f"--budget auto: predicted utility > {thr:.3g}, the threshold calibrated on "
-                          "validation to keep 95 % of FF's gain")
-
-
-def _choose(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarray:
-    """Scene-wide top-K cells from the per-block utilities; (K, 2) rows and cols."""
-    import torch
-
-    from geoseg.models.router import select_topk_scene
-
-    gh, gw = plan.cells_shape
-    util = np.full((gh, gw), -np.inf, dtype=np.float32)
-    allowed = np.zeros((gh, gw), dtype=bool)
-    for res in pv_results:
-        r, c = res.cell0
-        h, w = res.utility.shape
-        util[r:r + h, c:c + w] = res.utility
-        allowed[r:r + h, c:c + w] = res.allowed
-    k = min(k_of(int(allowed.sum()), util[allowed]), int(allowed.sum()))
-    if k <= 0:
-        return np.zeros((0, 2), dtype=np.int64)
-    chosen = select_topk_scene(torch.from_numpy(util), k, torch.from_numpy(allowed))
-    return chosen.numpy()
-
-
-def _cells_of_block(chosen: np.ndarray, plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
-    per = plan.block // plan.cell
-    sel = (chosen[:, 0] // per == bi) & (chosen[:, 1] // per == bj)
-    return np.asarray(chosen[sel])
-
-
 def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) -> str:
     # the model's stamp covers a run directory's contents: a checkpoint retrained in place
     # changes it even though the folder's own mtime does not move
@@ -319,7 +248,7 @@ def predict(
     infos = [s.at_gsd(target_gsd(cfg, meta)) for s in infos]  # windows, cells, polygons on this grid
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
-    k_of, routing = _k_rule(cfg, meta, backend) if meta.arch == "routed" else (None, "Mask R-CNN: no routing")
+    k_of, routing = k_rule(cfg, meta, backend) if meta.arch == "routed" else (None, "Mask R-CNN: no routing")
     _warn_dtypes(infos, meta)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
@@ -349,11 +278,11 @@ def predict(
             summary.resumed[phase] += sum(plan.path(kind, i, j).exists() for i in range(nbh) for j in range(nbw))
         pv = {(i, j): delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
               for i in range(nbh) for j in range(nbw)}
-        chosen = delayed(_choose, pure=False)(list(pv.values()), plan, k_of)
+        chosen = delayed(choose_cells, pure=False)(list(pv.values()), plan, k_of)
         ff = {}
         for (i, j) in pv:
             nb = [pv[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in pv]
-            cells = delayed(_cells_of_block, pure=False)(chosen, plan, i, j)
+            cells = delayed(cells_of_block, pure=False)(chosen, plan, i, j)
             ff[(i, j)] = delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats, *nb)
         for (i, j) in pv:
             nb = [ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff]

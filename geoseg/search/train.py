@@ -30,7 +30,8 @@ from geoseg.search.boxes import average_precision, detections, match
 from geoseg.search.episodes import EpisodeConfig, EpisodeSource, draw_episode
 from geoseg.search.losses import SearchLossConfig, search_loss
 from geoseg.train.augment import AugmentConfig, build_augment
-from geoseg.train.loop import TrainResult, lr_lambda, resolve_device
+from geoseg.train.loop import TrainResult
+from geoseg.train.runtime import lr_lambda, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from collections.abc import Collection, Sequence
@@ -19,6 +20,8 @@ from geoseg.io.atomic import write_json
 from geoseg.io.rasters import SceneInfo
 from geoseg.io.stamps import input_stamp
 from geoseg.tile.config import TileConfig
+
+log = logging.getLogger(__name__)
 
 PARTS = ".parts"
 MANIFEST = "tile.json"
@@ -113,3 +116,34 @@ def remove_leftovers(out: Path, keep: Collection[str] = ()) -> list[Path]:
                 p.unlink(missing_ok=True)
                 removed.append(p)
     return removed
+
+
+def gsd_stats(gsds: Sequence[float]) -> dict[str, Any]:
+    """``gsd`` (median metres per pixel of the train chips) and ``gsd_range`` for stats.json.
+
+    A checkpoint carries ``gsd`` so that predict reads scenes at the scale the model learned.
+    """
+    g = np.asarray([v for v in gsds if np.isfinite(v)], dtype=np.float64)
+    if not len(g):
+        return {}
+    return {"gsd": round(float(np.median(g)), 6), "gsd_range": [round(float(g.min()), 6), round(float(g.max()), 6)]}
+
+
+def done_before(part_path: Path, images_dir: Path) -> dict[str, int] | None:
+    """The counts of a task an earlier run finished; None when it must run (again).
+
+    A task runs again when its part file is missing or unreadable, or when a chip it
+    lists is gone (deleted by hand): a rerun repairs the output instead of trusting it.
+    """
+    if not part_path.exists():
+        return None
+    try:
+        part = json.loads(part_path.read_text())
+        counts: dict[str, int] = part["counts"]
+        names = [im["file_name"] for im in part["images"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not all((images_dir / n).is_file() for n in names):
+        log.info("%s lists chips that are missing: tiling them again", part_path.name)
+        return None
+    return counts

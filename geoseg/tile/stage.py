@@ -52,6 +52,8 @@ from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
     PARTS,
     chip_profile,
+    done_before,
+    gsd_stats,
     manifest_of,
     prepare_out_dir,
     remove_leftovers,
@@ -245,39 +247,8 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         "bands": count, "dtype": scenes[0].dtype,
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
-        "tile": cfg.model_dump(mode="json"), **_gsd_stats(gsds),
+        "tile": cfg.model_dump(mode="json"), **gsd_stats(gsds),
     }, indent=2)
-
-
-def _gsd_stats(gsds: Sequence[float]) -> dict[str, Any]:
-    """``gsd`` (median metres per pixel of the train chips) and ``gsd_range`` for stats.json.
-
-    A checkpoint carries ``gsd`` so that predict reads scenes at the scale the model learned.
-    """
-    g = np.asarray([v for v in gsds if np.isfinite(v)], dtype=np.float64)
-    if not len(g):
-        return {}
-    return {"gsd": round(float(np.median(g)), 6), "gsd_range": [round(float(g.min()), 6), round(float(g.max()), 6)]}
-
-
-def _done_before(job: BlockJob) -> dict[str, int] | None:
-    """The counts of a task an earlier run finished; None when it must run (again).
-
-    A task runs again when its part file is missing or unreadable, or when a chip it
-    lists is gone (deleted by hand): a rerun repairs the output instead of trusting it.
-    """
-    if not job.part_path.exists():
-        return None
-    try:
-        part = json.loads(job.part_path.read_text())
-        counts: dict[str, int] = part["counts"]
-        names = [im["file_name"] for im in part["images"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not all((job.images_dir / n).is_file() for n in names):
-        log.info("%s lists chips that are missing: tiling them again", job.part_path.name)
-        return None
-    return counts
 
 
 def tile(
@@ -377,7 +348,7 @@ def tile(
 
     pending = []
     for j in jobs:
-        done = _done_before(j)
+        done = done_before(j.part_path, j.images_dir)
         if done is None:
             pending.append(j)
         else:

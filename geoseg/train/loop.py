@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
-import random
 import sys
 import time
 import warnings
@@ -23,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -39,6 +36,7 @@ from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
 from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
+from geoseg.train.runtime import lr_lambda, resolve_device, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +49,6 @@ class TrainResult:
     epochs: int
     best: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _seed_worker(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    seed = int(info.seed % 2**32) if info is not None else int(torch.initial_seed() % 2**32)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
-def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``min_ratio``.
-
-    Examples:
-        >>> [round(lr_lambda(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
-        [0.5, 1.0, 1.0, 0.5, 0.0]
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 #: Called after each epoch's outputs are written: ``hook(trainer, row)``.
@@ -202,11 +164,14 @@ class Trainer:
             self.train_ds.set_epoch(self.epoch)  # crops/augmentations: f(seed, epoch, index)
             return torch.utils.data.DataLoader(
                 self.train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
-                num_workers=d.workers, collate_fn=self.collate, worker_init_fn=_seed_worker,
+                num_workers=d.workers, collate_fn=self.collate, worker_init_fn=seed_worker,
                 generator=gen, persistent_workers=False)
         assert self.val_ds is not None, "no validation chips"
+        # its own generator: a loader without one draws its base seed from the global RNG, and
+        # validating would then change the training that follows (dropout, augmentation draws)
         return torch.utils.data.DataLoader(self.val_ds, batch_size=self.cfg.val.batch_size,
-                                           shuffle=False, num_workers=0, collate_fn=self.collate)
+                                           shuffle=False, num_workers=0, collate_fn=self.collate,
+                                           generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def train_epoch(self) -> dict[str, float]:
         """One epoch of optimisation; returns the mean of every logged loss term."""

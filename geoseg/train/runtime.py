@@ -1,0 +1,48 @@
+"""What a training run sets up before its loop: the device, seeds, the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+
+from geoseg.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: Python's and numpy's RNG seeded from the worker's torch seed."""
+    info = torch.utils.data.get_worker_info()
+    seed = int(info.seed % 2**32) if info is not None else int(torch.initial_seed() % 2**32)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to ``min_ratio``.
+
+    Examples:
+        >>> [round(lr_lambda(s, 10, 2, 0.0), 3) for s in (0, 1, 2, 6, 10)]
+        [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
