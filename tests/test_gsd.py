@@ -19,7 +19,7 @@ from geoseg.evaluate import evaluate_frames
 from geoseg.io.rasters import inspect_scene, open_scene
 from geoseg.models.meta import ModelMeta
 from geoseg.predict import PredictConfig, predict
-from geoseg.predict.stage import target_gsd
+from geoseg.predict.gsd import target_gsd
 from geoseg.predict.tta import VIEWS, averaged, unview, view
 from geoseg.tile import TileConfig, tile
 

@@ -23,6 +23,13 @@ from geoseg.errors import CheckpointError
 from geoseg.models.postprocess import PostprocessConfig
 
 
+def _trained_range(config: dict[str, Any]) -> list[float] | None:
+    """``augment.gsd_range`` of a training config when scale augmentation was on, else None."""
+    aug = config.get("augment") or {}
+    rng = aug.get("gsd_range")
+    return [float(v) for v in rng] if aug.get("gsd", 0) and rng else None
+
+
 class ModelMeta(BaseModel):
     """The model facts predict depends on (frozen).
 
@@ -48,6 +55,8 @@ class ModelMeta(BaseModel):
     deadline_ms: float | None = Field(None, gt=0, description="the model's default deadline")
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     model: dict[str, Any] = Field(default_factory=dict, description="the training config's model section")
+    gsd_range: tuple[float, float] | None = Field(
+        None, description="metres per pixel the model was trained across (augment.gsd_range)")
     checkpoint: str = ""
     checkpoint_version: str = ""
     files: dict[str, dict[str, str]] = Field(default_factory=dict, description="graph files of an export")
@@ -97,7 +106,7 @@ class ModelMeta(BaseModel):
             "stats": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in stats.items()},
             "classes": list(ckpt_meta.get("classes") or c.classes), **grid,
             "postprocess": dict(config.get("postprocess") or {}),
-            "model": c.model_dump(mode="json"),
+            "model": c.model_dump(mode="json"), "gsd_range": _trained_range(config),
             "checkpoint": path, "checkpoint_version": str(ckpt_meta.get("version", "")),
         }
         return cls._checked(data, path or "the checkpoint", "retrain or pass another checkpoint")

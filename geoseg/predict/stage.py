@@ -47,6 +47,7 @@ from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.choose import cells_of_block, choose_cells, k_rule
 from geoseg.predict.config import PredictConfig
+from geoseg.predict.gsd import gsd_note, target_gsd
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan
 
@@ -115,26 +116,6 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
                      cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
                      cache=cache / f"scene-{digest(scene.source)[:16]}", tta=cfg.tta)
-
-
-def target_gsd(cfg: PredictConfig, meta: ModelMeta) -> float | None:
-    """Metres per pixel scenes are read at (None: each scene's own grid)."""
-    if cfg.gsd == "native":
-        return None
-    if cfg.gsd == "model":
-        return meta.gsd
-    return float(cfg.gsd)
-
-
-def _gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> str:
-    """The summary's line on resampling ('' when every scene was read on its own grid)."""
-    moved = [(a, b) for a, b in zip(before, after, strict=True) if b.resample != 1.0]
-    if not moved:
-        return ""
-    native = sorted({round(a.gsd, 3) for a, _ in moved})
-    why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
-    return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
-            f"(native {', '.join(f'{g:g}' for g in native)} m/px)")
 
 
 def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
@@ -245,7 +226,7 @@ def predict(
     meta = backend.meta
     stats = meta.band_stats
     native = infos
-    infos = [s.at_gsd(target_gsd(cfg, meta)) for s in infos]  # windows, cells, polygons on this grid
+    infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     k_of, routing = k_rule(cfg, meta, backend) if meta.arch == "routed" else (None, "Mask R-CNN: no routing")
@@ -262,7 +243,7 @@ def predict(
         p.cache.mkdir(exist_ok=True)
 
     summary = PredictSummary(out=out, scenes=len(plans), routing=routing,
-                             gsd=_gsd_note(native, infos, cfg), tta=cfg.tta)
+                             gsd=gsd_note(native, infos, cfg), tta=cfg.tta)
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
     if meta.arch == "maskrcnn":  # one detection task per block, then the same polygons

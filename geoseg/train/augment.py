@@ -22,6 +22,9 @@ radiometry, optics, resolution, sensor noise, compression), each with its probab
 - ``noise``: one of gaussian, ISO (first three bands), multiplicative noise;
 - ``jpeg``: ``ImageCompression`` JPEG, quality 30-90 (first three bands).
 
+Before all of them, ``gsd`` (with ``gsd_range``) reads the crop at another ground sampling
+distance (:mod:`geoseg.train.scale`): scale in metres, done by the dataset's windowed read.
+
 With ``gpu=True`` the families ``d4``, ``brightness_contrast_gamma``, ``blur`` and
 ``noise`` leave the per-sample pipeline and run on the device in the module of
 :func:`build_gpu_augment` instead, on normalised batches.
@@ -39,7 +42,7 @@ import cv2  # noqa: E402
 import kornia.augmentation as K  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from pydantic import Field  # noqa: E402
+from pydantic import Field, model_validator  # noqa: E402
 from torch import nn  # noqa: E402
 
 from geoseg.config import Strict  # noqa: E402
@@ -63,6 +66,19 @@ class AugmentConfig(Strict):
     scale_limit: float = Field(0.2, ge=0.0, lt=1.0, description="scale in [1-l, 1+l]")
     rotate_limit: float = Field(45.0, ge=0.0, le=180.0, description="rotation in degrees")
     gpu: bool = Field(False, description="run d4/brightness/blur/noise on the device")
+    gsd: float = Field(0.0, ge=0.0, le=1.0, description="read crops at a GSD drawn from gsd_range")
+    gsd_range: tuple[float, float] | None = Field(
+        None, description="metres per pixel [lo, hi] that gsd draws from (log-uniform)")
+
+    @model_validator(mode="after")
+    def _gsd_coherent(self) -> AugmentConfig:
+        if self.gsd_range is not None:
+            lo, hi = self.gsd_range
+            if not 0 < lo <= hi:
+                raise ValueError(f"gsd_range must be [lo, hi] metres with 0 < lo <= hi, not {list(self.gsd_range)}")
+        if self.gsd > 0 and self.gsd_range is None:
+            raise ValueError("gsd > 0 needs gsd_range: [lo, hi] in metres per pixel, e.g. [0.15, 0.6]")
+        return self
 
 
 class OnFirstThreeBands(A.ImageOnlyTransform):  # type: ignore[misc]  # albumentations is untyped
@@ -209,9 +225,12 @@ class Augment:
         bands: band count the images must have.
     """
 
-    def __init__(self, compose: A.Compose, bands: int) -> None:
+    def __init__(self, compose: A.Compose, bands: int, gsd_p: float = 0.0,
+                 gsd_range: tuple[float, float] | None = None) -> None:
         self.compose = compose
         self.bands = bands
+        self.gsd_p = gsd_p  # scale augmentation in metres: applied by the dataset's read
+        self.gsd_range = gsd_range
 
     def reseed(self, seed: int | None) -> None:
         """Make the next draws a function of ``seed`` (None: fresh entropy)."""
@@ -278,7 +297,7 @@ def build_augment(cfg: AugmentConfig, bands: int, *, seed: int | None = None) ->
     skip = set(GPU_FAMILIES) if cfg.gpu else set()
     chosen = [t for name, t in fam.items() if name not in skip and getattr(cfg, name) > 0]
     compose = A.Compose(chosen, p=1.0, seed=seed, strict=False)
-    return Augment(compose, bands)
+    return Augment(compose, bands, cfg.gsd, cfg.gsd_range)
 
 
 class GpuAugment(nn.Module):

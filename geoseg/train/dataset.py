@@ -33,6 +33,7 @@ import numpy as np
 import rasterio
 import torch
 from pycocotools import mask as mask_utils
+from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
@@ -40,6 +41,7 @@ from torch.utils.data import Dataset
 from geoseg.bands import load_stats, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
 from geoseg.io.rasters import valid_mask
+from geoseg.train.scale import ScaledWindow, draw_factor, label_region, resample_labels, scaled_window
 from geoseg.train.targets import halo, make_targets
 
 PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
@@ -87,6 +89,7 @@ class _Index:
         self.files = np.array([im["file_name"] for im in images], dtype=str)
         self.hw = np.array([(im["height"], im["width"]) for im in images], dtype=np.int64)
         self.hw = self.hw.reshape(-1, 2)
+        self.gsd = np.array([float(im.get("gsd") or "nan") for im in images], dtype=np.float64)
         row_of = {int(i): r for r, i in enumerate(self.ids)}
         per: list[list[dict[str, Any]]] = [[] for _ in images]
         for ann in coco.get("annotations", []):
@@ -133,7 +136,9 @@ class ChipDataset(Dataset[dict[str, Any]]):
         crop: side of the random training crops (None: whole chips); chips smaller than
             ``crop`` are used whole.
         augment: per-sample augmentation, e.g. :func:`geoseg.train.augment.build_augment`;
-            reseeded per sample when it has a ``reseed`` method.
+            reseeded per sample when it has a ``reseed`` method. Its ``gsd_p`` and
+            ``gsd_range`` attributes, when present, turn on scale augmentation in metres
+            for ``train`` (:mod:`geoseg.train.scale`).
         boundary_width: see :func:`geoseg.train.targets.make_targets`.
         contact_distance: see :func:`geoseg.train.targets.make_targets`.
         sdf_clip: see :func:`geoseg.train.targets.make_targets`.
@@ -145,7 +150,8 @@ class ChipDataset(Dataset[dict[str, Any]]):
     Raises:
         InputRasterError: ``annotations.json`` or ``stats.json`` missing or unreadable, or
             a chip it lists missing on disk.
-        ConfigError: unknown split, or no chip in the split.
+        ConfigError: unknown split, or no chip in the split; scale augmentation on chips
+            whose GSD is unknown.
     """
 
     def __init__(self, root: str | Path, split: Literal["train", "val"] = "train", *,
@@ -194,6 +200,14 @@ class ChipDataset(Dataset[dict[str, Any]]):
         self.sdf_clip = sdf_clip
         self.seed = seed
         self.epoch = 0
+        self.gsd_p = float(getattr(augment, "gsd_p", 0.0)) if split == "train" else 0.0
+        self.gsd_range: tuple[float, float] | None = getattr(augment, "gsd_range", None)
+        if self.gsd_p > 0:
+            fallback = load_stats_gsd(self.root)
+            self.index.gsd = np.where(np.isfinite(self.index.gsd), self.index.gsd, fallback)
+            if not np.isfinite(self.index.gsd).all():
+                raise ConfigError(f"augment.gsd needs the ground sampling distance of the chips, and "
+                                  f"{ann_path} does not record it; rerun `geoseg tile` with --overwrite")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -217,25 +231,33 @@ class ChipDataset(Dataset[dict[str, Any]]):
 
     def window(self, i: int, rng: np.random.Generator | None = None) -> Window:
         """The window of chip ``i`` that sample ``i`` reads (random for train crops)."""
-        h, w = (int(v) for v in self.index.hw[i])
-        if self.split == "val" or self.crop is None:
-            return Window(0, 0, w, h)
-        rng = rng if rng is not None else self._rng(i)
-        ch, cw = min(self.crop, h), min(self.crop, w)
-        return Window(int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch)
+        return self.scaled_window(i, rng if rng is not None else self._rng(i)).window
+
+    def scaled_window(self, i: int, rng: np.random.Generator) -> ScaledWindow:
+        """The window of chip ``i`` that sample ``i`` reads and the grid it is read into."""
+        hw = (int(self.index.hw[i][0]), int(self.index.hw[i][1]))
+        crop = None if self.split == "val" else self.crop
+        factor = draw_factor(rng, self.gsd_p, self.gsd_range, float(self.index.gsd[i]))
+        return scaled_window(hw, crop, factor, rng)
 
     def _rng(self, i: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, i])
 
-    def _read(self, path: Path, win: Window) -> tuple[np.ndarray, np.ndarray]:
+    def _read(self, path: Path, sw: ScaledWindow) -> tuple[np.ndarray, np.ndarray]:
+        win, shape = sw.window, sw.shape
+        resampling = Resampling.average if max(sw.factor) > 1 else Resampling.bilinear
         try:
             with rasterio.open(path) as src:
                 if src.count != self.stats.bands:
                     raise InputRasterError(
                         f"{path} has {src.count} bands but stats.json {self.stats.bands}; "
                         "rerun `geoseg tile` with --overwrite")
-                raw = src.read(window=win)
-                valid = valid_mask(raw, src.dataset_mask(window=win))
+                if sw.resampled:
+                    raw = src.read(window=win, out_shape=(src.count, *shape), resampling=resampling)
+                    valid = valid_mask(raw, src.dataset_mask(window=win, out_shape=shape))
+                else:
+                    raw = src.read(window=win)
+                    valid = valid_mask(raw, src.dataset_mask(window=win))
         except RasterioError as err:
             raise InputRasterError(f"cannot read chip {path}: {err}; "
                                    "rerun `geoseg tile` to rewrite it") from None
@@ -255,18 +277,14 @@ class ChipDataset(Dataset[dict[str, Any]]):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} chips")
         rng = self._rng(i)
-        win = self.window(i, rng)
-        raw, valid = self._read(self.root / "images" / str(self.index.files[i]), win)
-        h, w = (int(v) for v in self.index.hw[i])
-        r0, c0, ch, cw = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
-        pad = halo(self.boundary_width, self.contact_distance, self.sdf_clip)
-        R0, C0 = max(r0 - pad, 0), max(c0 - pad, 0)
-        labels, cats = self.index.labels(i, (R0, min(r0 + ch + pad, h)),
-                                         (C0, min(c0 + cw + pad, w)))
+        sw = self.scaled_window(i, rng)
+        raw, valid = self._read(self.root / "images" / str(self.index.files[i]), sw)
+        labels, cats, (top, left) = self._labels(i, sw, halo(self.boundary_width, self.contact_distance,
+                                                             self.sdf_clip))
         t = make_targets(labels, cats, boundary_width=self.boundary_width,
                          contact_distance=self.contact_distance, sdf_clip=self.sdf_clip)
-        maps: dict[str, np.ndarray] = {k: v[r0 - R0:r0 - R0 + ch, c0 - C0:c0 - C0 + cw]
-                                       for k, v in t.items()}
+        ch, cw = sw.shape
+        maps: dict[str, np.ndarray] = {k: v[top:top + ch, left:left + cw] for k, v in t.items()}
         out, maps, valid = self._augmented(raw, valid, maps, rng)
         for key in ("extent", "boundary", "contact", "sdf", "classes"):
             dtype = np.int64 if key == "classes" else np.float32
@@ -274,6 +292,18 @@ class ChipDataset(Dataset[dict[str, Any]]):
         out["valid"] = torch.from_numpy(valid)
         out["image_id"] = int(self.index.ids[i])
         return out
+
+    def _labels(self, i: int, sw: ScaledWindow, pad: int) -> tuple[np.ndarray, list[int], tuple[int, int]]:
+        """Instance labels of sample ``i`` on its grid, their classes, and where its window starts.
+
+        The labels reach ``pad`` sample pixels beyond the window (within the chip); the start
+        is the (row, col) of the window's first pixel in them.
+        """
+        hw = (int(self.index.hw[i][0]), int(self.index.hw[i][1]))
+        region = label_region(sw, hw, pad)
+        labels, cats = self.index.labels(i, *region)
+        labels, start = resample_labels(labels, sw, region)
+        return labels, cats, start
 
     def _augmented(self, raw: np.ndarray, valid: np.ndarray, maps: dict[str, np.ndarray],
                    rng: np.random.Generator) -> tuple[dict[str, Any], dict[str, np.ndarray], np.ndarray]:
@@ -293,6 +323,12 @@ class ChipDataset(Dataset[dict[str, Any]]):
         image = unit_to_normalized(unit) * valid[..., None]
         return ({"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))},
                 maps, valid)
+
+
+def load_stats_gsd(root: Path) -> float:
+    """``gsd`` of ``root/stats.json`` (NaN when not recorded)."""
+    gsd = json.loads((root / "stats.json").read_text(encoding="utf-8")).get("gsd")
+    return float(gsd) if isinstance(gsd, int | float) and gsd > 0 else math.nan
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:

@@ -76,10 +76,9 @@ class InstanceDataset(ChipDataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} chips")
         rng = self._rng(i)
-        win = self.window(i, rng)
-        raw, valid = self._read(self.root / "images" / str(self.index.files[i]), win)
-        r0, c0 = int(win.row_off), int(win.col_off)
-        labels, cats = self.index.labels(i, (r0, r0 + int(win.height)), (c0, c0 + int(win.width)))
+        sw = self.scaled_window(i, rng)
+        raw, valid = self._read(self.root / "images" / str(self.index.files[i]), sw)
+        labels, cats, _ = self._labels(i, sw, pad=0)
         out, maps, valid = self._augmented(raw, valid, {"labels": labels}, rng)
         out.update(instance_targets(np.where(valid, maps["labels"], 0), cats))
         out["valid"] = torch.from_numpy(valid)

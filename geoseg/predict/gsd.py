@@ -1,0 +1,42 @@
+"""The grid predict reads each scene on: ``--gsd native|model|METRES`` against the model's GSD."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from geoseg.io.rasters import SceneInfo
+from geoseg.models.meta import ModelMeta
+from geoseg.predict.config import PredictConfig
+
+#: A scene this close to the edge of the trained range counts as inside (see SceneInfo.at_gsd).
+_TOLERANCE = 1.05
+
+
+def target_gsd(cfg: PredictConfig, meta: ModelMeta, scene_gsd: float | None = None) -> float | None:
+    """Metres per pixel a scene of ``scene_gsd`` is read at (None: its own grid).
+
+    ``--gsd model``: a model trained with scale augmentation (``meta.gsd_range``) reads a
+    scene inside that range on its own grid and one outside it at the nearest end; a model
+    trained at one GSD reads every scene at it; a model without a recorded GSD, natively.
+    """
+    if cfg.gsd == "native":
+        return None
+    if cfg.gsd != "model":
+        return float(cfg.gsd)
+    if meta.gsd_range is not None and scene_gsd is not None and scene_gsd > 0:
+        lo, hi = meta.gsd_range
+        if lo / _TOLERANCE <= scene_gsd <= hi * _TOLERANCE:
+            return None
+        return min(max(scene_gsd, lo), hi)
+    return meta.gsd
+
+
+def gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> str:
+    """The summary's line on resampling ('' when every scene was read on its own grid)."""
+    moved = [(a, b) for a, b in zip(before, after, strict=True) if b.resample != 1.0]
+    if not moved:
+        return ""
+    native = sorted({round(a.gsd, 3) for a, _ in moved})
+    why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
+    return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
+            f"(native {', '.join(f'{g:g}' for g in native)} m/px)")
