@@ -25,3 +25,4 @@ def test_explore_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert (tmp_path / "buildings.gpkg").exists()
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "f1" in text
+    assert "mean probability inside predicted buildings" in text  # the xarray maps section ran
