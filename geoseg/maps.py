@@ -54,7 +54,7 @@ def open_maps(probabilities: str | Path, polygons: str | Path | None = None, *,
 
     path = Path(probabilities)
     try:
-        da = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
+        da: Any = rioxarray.open_rasterio(path, chunks={"band": 1, "y": chunks, "x": chunks},
                                      masked=True, mask_and_scale=True)
     except (RasterioError, OSError) as err:
         raise InputRasterError(f"cannot read the probabilities {path}: {err}; pass the --prob-out "
