@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -161,16 +161,23 @@ def summary(values: Mapping[str, Any]) -> None:
 
 
 class Timer:
-    """Per-key start times of the tasks a local Dask scheduler runs (see parallel.compute)."""
+    """Per-key start times of the tasks a local Dask scheduler runs (see parallel.compute).
 
-    def __init__(self) -> None:
-        self._start: dict[Any, float] = {}
+    Each finished task is counted and timed for Prometheus, and handed to ``on_task``
+    (``geoseg.tracing``'s span recorder) with its start and end in ns since the epoch.
+    """
+
+    def __init__(self, on_task: Callable[[Any, int, int, Any], None] | None = None) -> None:
+        self._start: dict[Any, tuple[float, int]] = {}
+        self._on_task = on_task
 
     def start(self, key: Any) -> None:
-        self._start[key] = time.perf_counter()
+        self._start[key] = (time.perf_counter(), time.time_ns())
 
-    def stop(self, key: Any) -> None:
+    def stop(self, key: Any, worker: Any = None) -> None:
         from dask.utils import key_split
 
         t0 = self._start.pop(key, None)
-        task_done(key_split(key), None if t0 is None else time.perf_counter() - t0)
+        task_done(key_split(key), None if t0 is None else time.perf_counter() - t0[0])
+        if t0 is not None and self._on_task is not None:
+            self._on_task(key, t0[1], time.time_ns(), worker)

@@ -5,6 +5,9 @@ hands them to :func:`compute`. ``scheduler`` is one of Dask's local schedulers
 (``threads``, ``processes``, ``sync``), the address of a running
 ``dask.distributed`` scheduler (``tcp://HOST:8786``), or a ``distributed.Client``
 that the caller already holds (``geoseg run`` shares one client between stages).
+
+Every task is counted and timed for Prometheus (:mod:`geoseg.metrics`) and, when tracing is
+on, becomes an OpenTelemetry span under its scene's (:mod:`geoseg.tracing`).
 """
 
 from __future__ import annotations
@@ -80,14 +83,15 @@ class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
     several nodes); here the bar counts only the top-level keys, one per task handed in.
     """
 
-    def __init__(self, keys: set[Any], **tqdm_kwargs: Any) -> None:
+    def __init__(self, keys: set[Any], spans: Any = None, **tqdm_kwargs: Any) -> None:
         from geoseg.metrics import Timer
 
         super().__init__(**tqdm_kwargs)
         self._keys = keys
         self._probe = next(iter(keys))
         self.pbar: Any = None
-        self.timer = Timer()  # the caller's tasks, for geoseg.metrics
+        # the caller's tasks, for geoseg.metrics and (when tracing) geoseg.tracing's spans
+        self.timer = Timer(on_task=None if spans is None else spans.task)
 
     def _ours(self, dsk: Any) -> bool:
         """Whether a graph is the caller's (a task may run a nested compute of its own)."""
@@ -107,7 +111,7 @@ class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
         if key in self._keys:
-            self.timer.stop(key)
+            self.timer.stop(key, worker_id)
             if self.pbar is not None:
                 self.pbar.update(1)
 
@@ -138,26 +142,31 @@ def compute(
     Returns:
         The task results, in the order of ``tasks``.
     """
-    from geoseg import metrics
+    from geoseg import metrics, tracing
 
     check_scheduler(scheduler)
     if not tasks:
         return []
+    spans = tracing.task_spans(desc, tasks, scheduler)  # a no-op unless tracing is on
     try:
-        return _compute(tasks, scheduler, _bar_kwargs(desc, progress), retries)
+        results = _compute(tasks, scheduler, _bar_kwargs(desc, progress), retries, spans)
     except Exception as err:
         metrics.error(type(err).__name__)
+        spans.end(err)
         raise
+    spans.end()
+    return results
 
 
-def _compute(tasks: Sequence[Any], scheduler: Any, bar_kwargs: dict[str, Any], retries: int) -> list[Any]:
+def _compute(tasks: Sequence[Any], scheduler: Any, bar_kwargs: dict[str, Any], retries: int,
+             spans: Any) -> list[Any]:
     from dask.utils import key_split
 
     from geoseg import metrics
 
     keys = {t.key for t in tasks}
     if isinstance(scheduler, str) and scheduler in LOCAL_SCHEDULERS:
-        with _KeysCallback(keys, tqdm_class=tqdm, **bar_kwargs):
+        with _KeysCallback(keys, spans, tqdm_class=tqdm, **bar_kwargs):
             return list(dask.compute(*tasks, scheduler=scheduler))
     from distributed import Client, as_completed, get_task_stream
 
@@ -167,15 +176,29 @@ def _compute(tasks: Sequence[Any], scheduler: Any, bar_kwargs: dict[str, Any], r
         with get_task_stream(client) as stream:  # the workers' compute times
             futures = client.compute(list(tasks), retries=retries)
             with client.as_current(), tqdm(total=len(futures), **bar_kwargs) as bar:
-                for fut in as_completed(futures):
+                for fut in as_completed(futures):  # erred ones too: gather raises below
                     metrics.task_done(key_split(fut.key))
                     bar.update(1)
-        for rec in stream.data:
-            if rec.get("key") in keys:
-                for ss in rec.get("startstops", ()):
-                    if ss.get("action") == "compute":
-                        metrics.task_time(key_split(rec["key"]), float(ss["stop"] - ss["start"]))
+        _stream_times(stream.data, keys, spans)  # the stream is gathered on leaving its block
         return list(client.gather(futures))
     finally:
         if own:
             client.close()
+
+
+def _stream_times(records: Sequence[dict[str, Any]], keys: set[Any], spans: Any) -> None:
+    """Task times from a distributed scheduler's task stream: Prometheus and spans.
+
+    A task's span is its worker's compute (start, stop: the worker's clock, seconds since
+    the epoch), as the client receives it; a retried task has one span per try.
+    """
+    from dask.utils import key_split
+
+    from geoseg import metrics
+
+    for rec in records:
+        if rec.get("key") in keys:
+            for ss in rec.get("startstops", ()):
+                if ss.get("action") == "compute":
+                    metrics.task_time(key_split(rec["key"]), float(ss["stop"] - ss["start"]))
+                    spans.task(rec["key"], int(ss["start"] * 1e9), int(ss["stop"] * 1e9), rec.get("worker"))

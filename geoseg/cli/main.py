@@ -117,6 +117,13 @@ def _os_error_line(err: OSError) -> str | None:
     return f"{err.filename}: {err.strerror}; {advice}"
 
 
+def _trace_failed(message: str) -> None:
+    """Mark the command's span (still open: it ends when the context closes) as failed."""
+    from geoseg import tracing
+
+    tracing.failed(message)
+
+
 class GeoSegGroup(click.Group):
     """A group whose commands are imported lazily and whose errors are one line."""
 
@@ -151,6 +158,7 @@ class GeoSegGroup(click.Group):
         except OSError as err:  # not a GeoSegError: e.g. a cache write deep inside a library
             self._fail(ctx, _os_error_line(err) or _unexpected(err))
         except KeyboardInterrupt:
+            _trace_failed("interrupted")
             click.echo("geoseg: interrupted; rerun the same command to resume", err=True)
             ctx.exit(130)
         except Exception as err:  # an unexpected bug: still one line unless --verbose
@@ -158,6 +166,7 @@ class GeoSegGroup(click.Group):
 
     @staticmethod
     def _fail(ctx: click.Context, message: str) -> None:
+        _trace_failed(message)
         if (ctx.obj or {}).get("verbosity", 0) > 0:
             traceback.print_exc()
         click.echo(f"geoseg: error: {message}", err=True)
@@ -173,16 +182,23 @@ class GeoSegGroup(click.Group):
 @click.option("--metrics-port", type=click.IntRange(0, 65535), metavar="PORT",
               help="Serve Prometheus metrics on this port while the command runs (0: any free "
                    "port; default: $GEOSEG_METRICS_PORT, else off). See docs/dask.md.")
+@click.option("--trace", type=click.Choice(["console", "otlp", "off"]), default=None,
+              help="OpenTelemetry spans of the command, its scenes and Dask tasks: JSON lines on stderr "
+                   "or OTLP to $OTEL_EXPORTER_OTLP_ENDPOINT (default: $GEOSEG_TRACE, else otlp when that "
+                   "endpoint is set, else off; needs geoseg[otel]). See docs/dask.md.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str, metrics_port: int | None) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str, metrics_port: int | None,
+        trace: str | None) -> None:
     """Satellite and aerial GeoTIFFs to georeferenced polygons of the objects in them.
 
     \b
     $ geoseg tile data/sample --labels data/sample/labels/buildings.gpkg --out patches/
     $ geoseg --metrics-port 9100 predict scenes/ --model runs/b1 --out buildings.gpkg
+    $ geoseg --trace console tile data/sample --out patches/
     """
     ctx.obj = {"verbosity": verbose - quiet}
     setup_logging(verbose - quiet, log_format)
+    from geoseg import tracing
     from geoseg.metrics import port_from, serving
 
     command = ctx.invoked_subcommand or "geoseg"
@@ -191,6 +207,7 @@ def cli(ctx: click.Context, verbose: int, quiet: int, log_format: str, metrics_p
     port = ctx.with_resource(serving(port_from(metrics_port), command))
     if port is not None:
         click.echo(f"metrics of {command}: http://localhost:{port}/metrics", err=True)
+    ctx.with_resource(tracing.command(tracing.mode_from(trace), command))
 
 
 def main() -> None:
