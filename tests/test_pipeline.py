@@ -430,3 +430,20 @@ def test_run_from_choices_are_the_stage_kinds() -> None:
 
     (opt,) = [p for p in run_cmd.params if p.name == "from_stage"]
     assert tuple(opt.type.choices) == STAGES  # type: ignore[attr-defined]
+
+
+def test_evaluate_aoi_restricts_like_the_cli_and_is_an_input(project: Path, fakes: Fakes) -> None:
+    spec = read_spec(project)
+    away = project / "data" / "aoi.gpkg"  # an area that misses the one true building
+    gpd.GeoDataFrame(geometry=[shapely.box(450010, 39980, 450014, 39984)], crs="EPSG:32636").to_file(away)
+    spec["evaluate"]["aoi"] = "../data/aoi.gpkg"
+    write_spec(project, spec)
+    res = run(project)
+    report = json.loads((project / "out" / "evaluation.json").read_text())
+    assert report["tp"] + report["fn"] == 0 and "inside the scenes, inside aoi.gpkg" in res["evaluate"].details[0]
+    age(project)
+    around = gpd.GeoDataFrame(geometry=[shapely.box(450000, 39985, 450012, 39998)], crs="EPSG:32636")
+    around.to_crs("EPSG:4326").to_file(away)  # now around it, in another CRS
+    assert ran(run(project)) == ["evaluate"]
+    report = json.loads((project / "out" / "evaluation.json").read_text())
+    assert report["tp"] == 1 and report["f1"] == 1.0

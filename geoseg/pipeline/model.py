@@ -213,6 +213,7 @@ class EvaluateArgs(StageArgs):
     json_out: Path | None
     quicklook: Path | None
     clip: bool
+    aoi: Path | None
     iou: float
     class_field: str
     boundary_width: float | None
@@ -231,12 +232,13 @@ class EvaluateArgs(StageArgs):
                               "quicklook: null and clip: false")
         json_out = ctx.out(e.json_out) if e.json_out else None
         quicklook = ctx.out(e.quicklook) if e.quicklook else None
-        settings = e.model_dump(exclude={"truth", "pred", "scenes", "json_out", "quicklook"})
+        settings = e.model_dump(exclude={"truth", "pred", "scenes", "json_out", "quicklook", "aoi"})
+        aoi = ctx.inp(e.aoi) if e.aoi else None
         a = cls(pred=ctx.made("evaluate.pred", e.pred, "predict"), truth=ctx.inp(e.truth),
-                scenes=scenes, json_out=json_out, quicklook=quicklook, **settings)
+                scenes=scenes, json_out=json_out, quicklook=quicklook, aoi=aoi, **settings)
         outs = [o for o in (json_out, quicklook) if o is not None]
-        return ctx.stage("evaluate", [a.pred, a.truth, *ctx.local(scenes)], outs, a, **settings,
-                         **ctx.remote(scenes))
+        inputs = [a.pred, a.truth, *([aoi] if aoi else []), *ctx.local(scenes)]
+        return ctx.stage("evaluate", inputs, outs, a, **settings, **ctx.remote(scenes))
 
 
 # The stage kinds, in run order: each one's section of the pipeline file is

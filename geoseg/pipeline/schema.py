@@ -56,6 +56,7 @@ class EvaluateStage(Strict):
     pred: str | None = Field(None, description="default: the predict stage's out")
     scenes: tuple[str, ...] | None = Field(None, description="default: the predict stage's")
     clip: bool = Field(True, description="compare only inside the scenes' footprint")
+    aoi: str | None = Field(None, description="compare only inside the polygons of this vector file")
     iou: float = Field(0.5, gt=0, le=1)
     class_field: str = "class"
     boundary_width: float | None = Field(None, gt=0)

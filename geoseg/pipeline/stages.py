@@ -10,7 +10,7 @@ predict never imports torch for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,16 +117,16 @@ def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], l
 
 
 def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path], list[str]]:
-    """Evaluate (inside the scenes' footprint with ``clip``); write the JSON and quick-look."""
+    """Evaluate (inside the scenes' footprint with ``clip``, an ``aoi``); write the JSON and quick-look."""
+    from geoseg.aoi import restrict
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
     from geoseg.io.sources import list_scenes, scene_name
 
     a = stage.args
     pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     scenes = [s.source for s in list_scenes(a.scenes)] if a.scenes else []
-    if a.clip:
-        area = footprint(scenes)
-        pred, truth = _clip(pred, area), _clip(truth, area)
+    # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
+    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi)
     report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field,
                              boundary_width=a.boundary_width)
     outputs: list[Path] = []
@@ -139,32 +139,8 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
         title = f"{scene_name(scenes[0])}: F1 {report['f1']:.3f} at IoU {a.iou:g}"
         outputs.append(quicklook(scenes[0], a.quicklook, pred=pred, truth=truth,
                                  max_side=a.max_side, title=title))
-    head = (f"IoU >= {a.iou:g}: {show(a.pred)} vs {show(a.truth)}"
-            + (" (inside the scenes)" if a.clip else ""))
+    head = f"IoU >= {a.iou:g}: {show(a.pred)} vs {show(a.truth)}" + (f" ({', '.join(notes)})" if notes else "")
     return outputs, [head, *format_report(report).splitlines()]
-
-
-def footprint(scenes: Sequence[str]) -> Any:
-    """Union of the scenes' bounding boxes: a one-row GeoSeries in the first scene's CRS."""
-    import geopandas as gpd
-    import shapely
-
-    from geoseg.io.sources import open_raster
-
-    boxes, crs = [], None
-    for p in scenes:
-        with open_raster(p) as src:
-            box, scrs = shapely.box(*src.bounds), src.crs
-        crs = crs or scrs
-        box = shapely.segmentize(box, box.length / 400)  # edges stay true when reprojected
-        boxes.append(gpd.GeoSeries([box], crs=scrs).to_crs(crs).iloc[0])
-    return gpd.GeoSeries([shapely.union_all(boxes)], crs=crs)
-
-
-def _clip(gdf: Any, area: Any) -> Any:
-    import geopandas as gpd
-
-    return gpd.clip(gdf.to_crs(area.crs), area)
 
 
 RUNNERS: dict[str, Runner] = {"tile": run_tile, "train": run_train, "predict": run_predict,
