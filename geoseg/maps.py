@@ -2,9 +2,9 @@
 
 For notebooks and Python pipelines that want arrays rather than polygons:
 
-    >>> from geoseg.maps import predict_maps                                # doctest: +SKIP
-    >>> ds = predict_maps("data/sample/kampala_blockB_z20.tif", "outputs/demo/run", "maps/")
-    >>> ds.probability.where(ds.instance > 0).mean().compute()              # doctest: +SKIP
+    from geoseg.maps import predict_maps
+    ds = predict_maps("data/sample/kampala_blockB_z20.tif", "outputs/demo/run", "maps/")
+    ds.probability.where(ds.instance > 0).mean().compute()
 
 The Dataset has two variables on the grid the model saw (the scene's, or the one
 ``--gsd`` resampled it to), with the scene's CRS (``ds.rio.crs``) and coordinates:
