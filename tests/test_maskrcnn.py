@@ -106,12 +106,11 @@ def test_tiny_maskrcnn_overfits(patches: Path, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same float sums whatever ran before (some test modules pin 1)
     try:
-        res = train(tiny(data={"samples_per_epoch": 32}, val={"every": 16}), patches, tmp_path / "run", epochs=16)
+        res = train(tiny(data={"samples_per_epoch": 32}, val={"every": 24}), patches, tmp_path / "run", epochs=24)
     finally:
         torch.set_num_threads(threads)
     last = res.history[-1]
-    # an untrained model scores 0; the val split holds a few boxes, so AP moves in coarse steps
-    assert last["ap"] > 0.6 and last["f1"] > 0.85, last
+    assert last["ap"] > 0.8 and last["f1"] > 0.9, last  # mask AP@[.5:.95] of the few val boxes
     assert last["loss"] < 0.3 * res.history[0]["loss"], (last["loss"], res.history[0]["loss"])
     for key in ("classifier", "box_reg", "mask", "objectness", "rpn_box_reg", "ap50", "iou", "lr"):
         assert key in last, key
