@@ -89,7 +89,7 @@ def test_cli_options_left_out_take_the_config_defaults(scene: Path, tiny_run: Pa
     assert res.exit_code == 0, res.output
     assert seen == [PredictConfig()]
     res = CliRunner().invoke(cli, ["predict", "--help"])
-    assert "[default: 2048]" in res.output and "[default: 32]" in res.output
+    assert "[default: 2048]" in res.output and "[default: auto]" in res.output  # --ff-batch
 
 
 def test_a_deadline_trained_model_predicts_by_its_deadline(scene: Path, tiny_run: Path, tmp_path: Path,

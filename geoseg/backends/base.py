@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import os
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -63,7 +64,9 @@ class Backend:
             checkpoint, or the export's JSON).
         device: where the graphs run (``"cpu"`` or ``"cuda"``).
         ff_batch: most FF cell tiles per call of the underlying graph (regions: as many
-            pixels).
+            pixels); halved when a call runs out of memory (:mod:`geoseg.backends.governor`).
+        ff_halved: ``(from, to)`` of each halving since the run set :attr:`ff_batch`.
+        ff_memory: the probe's :class:`~geoseg.backends.governor.FfMemory` (None: not probed).
         region_side: largest FF region side in cells (1 for graphs of fixed tile size).
     """
 
@@ -76,6 +79,10 @@ class Backend:
         self.source = Path(source)
         self.device = device
         self.ff_batch = int(ff_batch)
+        self.ff_halved: list[tuple[int, int]] = []
+        self.ff_memory: Any = None
+        self.ff_lock = threading.Lock()  # guards ff_batch, ff_halved, ff_memory
+        self.ff_device_lock = threading.Lock()  # one FF call at a time on a GPU
         #: Largest region side (in cells) the FF graph takes; 1: single cells only (an old export).
         self.region_side = MAX_SIDE
 
@@ -111,7 +118,8 @@ class Backend:
         A tile is one cell (side ``cell + 2 * tile_halo``) or a region of ``rows x cols``
         cells (``rows * cell + 2 * tile_halo`` by ``cols * cell + 2 * tile_halo``, at most
         :attr:`region_side` cells a side). Runs in chunks of about ``ff_batch`` cell tiles'
-        worth of pixels; an empty batch returns an empty array.
+        worth of pixels, halving ``ff_batch`` and running again when the device runs out of
+        memory (:func:`geoseg.backends.governor.run_ff`); an empty batch returns an empty array.
 
         Args:
             tiles: normalised tiles, all of one shape.
@@ -121,6 +129,7 @@ class Backend:
 
         Raises:
             ValueError: wrong rank, band count or tile sides.
+            FfMemoryError: out of memory with one tile per call.
 
         Shape:
             - tiles: (N, C_in, rows * cell + 2 * tile_halo, cols * cell + 2 * tile_halo)
@@ -138,9 +147,9 @@ class Backend:
                              f"that this {self.name} FF graph takes; re-export the model for regions")
         if x.shape[0] == 0:
             return np.zeros((0, self.meta.n_outputs, h - 2 * halo, w - 2 * halo), dtype=np.float32)
-        per = max(1, self.ff_batch * side * side // (h * w))
-        outs = [np.asarray(self._ff(x[k:k + per]), dtype=np.float32) for k in range(0, x.shape[0], per)]
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        from geoseg.backends.governor import run_ff
+
+        return run_ff(self, x)
 
     def ms_per_cell(self, ff_batch: int | None = None, repeats: int = 3) -> float:
         """Milliseconds of FF per cell, timed on a batch of random tiles.
@@ -182,6 +191,9 @@ class Backend:
 
     def _ff(self, tiles: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def _release_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error (torch: its cache)."""
 
     def _as_input(self, x: np.ndarray, what: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

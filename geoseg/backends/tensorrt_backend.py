@@ -158,7 +158,8 @@ class TensorRTBackend(Backend):
         self._runtime = trt.Runtime(self._logger)
         self._pv_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "pv"), trt)
         self._ff_engine = _Engine(self._runtime, export_file(root, meta, "tensorrt", "ff"), trt)
-        self.ff_batch = min(self.ff_batch, self._ff_engine.max_shape[0])
+        self.ff_batch_max = int(self._ff_engine.max_shape[0])  # the engine's profile: no larger batch
+        self.ff_batch = min(self.ff_batch, self.ff_batch_max)
         top = min(self._ff_engine.max_shape[2:])  # engines of older exports: the tile side only
         self.region_side = max(1, min(self.region_side, (top - 2 * meta.tile_halo) // meta.cell))
         names = meta.outputs or {}

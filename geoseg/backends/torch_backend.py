@@ -116,6 +116,10 @@ class TorchBackend(Backend):
         out: np.ndarray = self._run(self._ff_fn, tiles).float().cpu().numpy()
         return out
 
+    def _release_memory(self) -> None:
+        if self._dev.type == "cuda":
+            torch.cuda.empty_cache()
+
     def detect(self, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
         """Mask R-CNN detections (:meth:`geoseg.models.maskrcnn.MaskRCNNModel.detect`), on the CPU.
 

@@ -37,6 +37,30 @@ def _gsd(ctx: click.Context, param: click.Parameter, value: str | None) -> float
         raise click.BadParameter(f"{value!r} is neither 'native', 'model' nor metres per pixel") from None
 
 
+def _ff_batch(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is neither a whole number >= 1 nor 'auto'")
+    return n
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from geoseg.errors import ConfigError
+    from geoseg.predict.memory import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value, "")
+    except ConfigError:
+        raise click.BadParameter(f"{value!r} is not a size; write e.g. 8GiB, 512MiB or 8000000000 (bytes)") from None
+
+
 @click.command("predict")
 @scenes_argument
 @click.option("--model", required=True, type=click.Path(path_type=Path),
@@ -68,7 +92,12 @@ def _gsd(ctx: click.Context, param: click.Parameter, value: str | None) -> float
 @click.option("--tta", type=click.Choice(["none", "flip", "d4"]),
               help="Test-time augmentation: average the maps over flips (2x model time) or the "
               "8 rotations and flips (8x)." + _default("tta"))
-@click.option("--ff-batch", type=int, help="FF cells per model call." + _default("ff_batch"))
+@click.option("--ff-batch", callback=_ff_batch, metavar="N|auto",
+              help="FF cell tiles per model call, or 'auto': chosen by a probe of the FF call from the "
+              "memory available, halved when the GPU runs out of memory." + _default("ff_batch"))
+@click.option("--max-memory", callback=_size, metavar="SIZE",
+              help="RAM this run may hold, e.g. 8GiB or 512MiB: bounds the FF batch and the Dask threads "
+              "of a local run (a budget too small for one block is an error).")
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
 @scheduler_option

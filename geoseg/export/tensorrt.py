@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from geoseg.backends.base import EXPORT_FILE, export_file, read_export_meta
+from geoseg.backends.cache import FIRST_FF_BATCH
 from geoseg.backends.tensorrt_backend import import_tensorrt, require_cuda
 from geoseg.export.onnx import INPUTS, verify_inputs
 from geoseg.export.report import ExportReport
@@ -48,7 +49,7 @@ class TrtProfiles:
         pv_opt_side: side TensorRT tunes PV for (default: predict's default block plus
             its context ring, at 1/scale).
         pv_max_side: largest PV side.
-        ff_opt_batch: FF batch TensorRT tunes for (predict's default ``ff_batch``).
+        ff_opt_batch: FF batch TensorRT tunes for (predict's batch before ``--ff-batch auto`` probes).
         ff_max_batch: largest FF batch.
         ff_max_cells: largest FF region side in cells (1: single cells only).
     """
@@ -56,7 +57,7 @@ class TrtProfiles:
     pv_max_batch: int = 2
     pv_opt_side: int | None = None
     pv_max_side: int = 1024
-    ff_opt_batch: int = PREDICT_DEFAULTS["ff_batch"].default
+    ff_opt_batch: int = FIRST_FF_BATCH
     ff_max_batch: int = 128
     ff_max_cells: int = MAX_SIDE
 

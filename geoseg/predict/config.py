@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from geoseg.config import Strict
 
@@ -32,12 +32,26 @@ class PredictConfig(Strict):
         "recorded in the checkpoint; native when it has none), 'native', or metres per pixel")
     tta: Literal["none", "flip", "d4"] = Field("none", description="test-time augmentation of the "
                                                "dense maps: none, flip (2 views) or d4 (8 views)")
-    ff_batch: int = Field(32, ge=1, description="FF cells per model call")
+    ff_batch: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="FF cell tiles per model call, or 'auto': chosen from the memory available by "
+        "a probe of the FF call, halved when the GPU runs out of memory (geoseg.predict.memory)")
+    max_memory: int | None = Field(None, gt=0, description="bytes this run may hold in RAM (e.g. '8GiB'): "
+                                   "bounds the FF batch and the Dask threads of a local run")
     prob_out: str | None = Field(None, description="extent probabilities as a COG")
     regularize: bool | None = Field(None, description="square building outlines "
                                     "(None: the model's postprocess.regularize)")
     regularize_tolerance: float = Field(1.0, gt=0, description="regularization: steps smaller "
                                         "than this are squared away, in metres")
+
+    @field_validator("max_memory", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        """``8GiB``, ``512MiB``, ``8GB``... as bytes (:func:`geoseg.predict.memory.parse_size`)."""
+        if isinstance(value, str):
+            from geoseg.predict.memory import parse_size
+
+            return parse_size(value, "max_memory")
+        return value
 
 
 def default(name: str) -> object:

@@ -72,6 +72,8 @@ class FfResult:
     """Seconds in the model (0 when resumed from the cache)."""
     regions: int = 0
     """FF regions (rectangles of cells, one halo each) the cells ran in (0 when resumed)."""
+    ff_batch: int = 0
+    """The backend's FF batch after the block (halved when a call ran out of memory; 0: no FF run)."""
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -215,7 +217,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
     probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         np.savez(f, probs=probs)  # uncompressed: zlib would cost more than the model at low budgets
-    return FfResult(len(chosen), model_s, n_regions)
+    return FfResult(len(chosen), model_s, n_regions, int(backend.ff_batch) if len(chosen) else 0)
 
 
 def _paste(logits: torch.Tensor, maps: torch.Tensor, reg: Region, c: int) -> None:

@@ -21,6 +21,7 @@ blocks and without duplicates; the cache is removed when the output is written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,13 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pandas as pd
 import rasterio
 from dask.delayed import delayed
 
 from geoseg import metrics
-from geoseg.backends.cache import get_backend
+from geoseg.backends.cache import adopt, get_backend
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes
@@ -48,6 +50,7 @@ from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.choose import cells_of_block, choose_cells, k_rule
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.gsd import gsd_note, target_gsd
+from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan
 
@@ -80,6 +83,8 @@ class PredictSummary:
     gsd: str = ""
     """How scenes were read: at which ground pixel size, from which (empty: all native)."""
     tta: str = "none"
+    ff_batch: str = ""
+    """The FF batch used and why (probe, --max-memory, --ff-batch; halved after running out of memory)."""
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -93,7 +98,8 @@ class PredictSummary:
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
             + (f", test-time augmentation {self.tta}" if self.tta != "none" else "") + ")",
-        ] + ([f"read at {self.gsd}"] if self.gsd else []) + [f"probabilities: {p}" for p in self.prob_out]
+        ] + ([self.ff_batch] if self.ff_batch else []) + ([f"read at {self.gsd}"] if self.gsd else []) \
+            + [f"probabilities: {p}" for p in self.prob_out]
 
 
 def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) -> BlockPlan:
@@ -137,7 +143,8 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     # the model's stamp covers a run directory's contents: a checkpoint retrained in place
     # changes it even though the folder's own mtime does not move
     payload = {"model": [str(model_path), input_stamp(model_path)],
-               "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance"}),
+               "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
+                                                           "ff_batch", "max_memory"}),  # same output
                "scenes": [[s.source, input_stamp(s.source)] for s in scenes]}
     return digest(payload)
 
@@ -229,7 +236,10 @@ def predict(
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
-    k_of, routing = k_rule(cfg, meta, backend) if meta.arch == "routed" else (None, "Mask R-CNN: no routing")
+    ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
+    model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
+    k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)
+                     if meta.arch == "routed" else (None, "Mask R-CNN: no routing"))
     _warn_dtypes(infos, meta)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
@@ -271,9 +281,11 @@ def predict(
                                                          cfg.simplify, cfg.min_area, *nb)
             final.append((plan, i, j, polys))
         tasks += list(pv.values()) + [chosen] + list(ff.values())
-    results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
-                      progress=progress)
+    with dask.config.set(num_workers=ff_plan.threads) if ff_plan.threads else contextlib.nullcontext():
+        results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
+                          progress=progress)
     n_pv = 0
+    used: list[int] = []
     if meta.arch == "maskrcnn":
         summary.model_seconds = sum(r.model_s for r in results[:len(tasks)])
     for plan in plans if meta.arch == "routed" else []:
@@ -285,6 +297,9 @@ def predict(
         summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
         summary.ff_cells += sum(r.cells for r in ffs)
         summary.ff_regions += sum(r.regions for r in ffs)
+        used += [r.ff_batch for r in ffs if r.ff_batch]
+    summary.ff_batch = (summary_line(int(model_key.ff_batch), ff_plan.why, min(used, default=None))
+                        if meta.arch == "routed" else f"memory: {ff_plan.why}" if ff_plan.threads else "")
     for plan in plans if meta.arch == "routed" else []:
         gh, gw = plan.cells_shape
         summary.cells += gh * gw
