@@ -292,3 +292,37 @@ def test_max_memory_bounds_the_dask_threads_of_the_run(scene: Path, tiny_run: Pa
     assert len(seen) == 1 and threading.get_ident() not in seen  # Dask's pool of 1 thread
     assert s.lines()[-1].startswith("FF batch: 14 cell tiles per call (probe: 1 MiB per cell tile")
     assert s.lines()[-1].endswith(": 1 of 2 threads)")
+
+
+def test_the_block_estimate_covers_the_watershed_peak(tmp_path: Path) -> None:
+    from geoseg.io.rasters import inspect_scenes
+    from geoseg.models.postprocess import PostprocessConfig
+    from geoseg.predict.instances import instances_from_probs
+    from geoseg.predict.plan import BlockPlan
+
+    if not governor._reset_peak():
+        pytest.skip("no /proc/self/clear_refs: peak RSS cannot be reset here")
+    n, block, halo = 1024, 768, 128
+    rng = np.random.default_rng(0)
+    probs = np.zeros((3, n, n), np.float32)
+    for _ in range(600):  # buildings with outlines
+        r, c = rng.integers(0, n - 30, 2)
+        h, w = rng.integers(8, 30, 2)
+        probs[0, r:r + h, c:c + w] = 0.95
+        probs[1, r, c:c + w] = 0.6
+    valid = np.ones((n, n), bool)
+    path = bright_boxes_scene(tmp_path / "s.tif", (32, 32), [(4, 4, 12, 12)])
+    (info,), _ = inspect_scenes([path])
+
+    class Meta:  # what block_bytes reads
+        n_outputs = 3
+
+    plan = BlockPlan(scene=info, block=block, watershed_halo=halo, cell=16, scale=2, tile_halo=4, multiple=16,
+                     band_indexes=(1, 2, 3), cache=tmp_path)  # the watershed sees (block + 2 halo)² = n²
+    estimate = block_bytes([plan], Meta())  # type: ignore[arg-type]
+    base = governor.rss()
+    governor._reset_peak()
+    inst = instances_from_probs(probs, PostprocessConfig(), valid)
+    peak = int(governor._status_kib("VmHWM") or 0) - base
+    assert len(inst) > 300
+    assert probs.nbytes + peak <= estimate, (peak, estimate)
