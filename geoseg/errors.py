@@ -45,6 +45,10 @@ class DependencyError(GeoSegError, ImportError):
     """An optional dependency is missing; the message gives the pip command."""
 
 
+class FfMemoryError(GeoSegError, MemoryError):
+    """An FF call ran out of memory at the smallest chunk it can be cut into (one tile)."""
+
+
 class GeoSegWarning(UserWarning):
     """Root of geoseg's warnings: non-fatal problems the user should know about."""
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import GeoSegError
+from geoseg.errors import FfMemoryError, GeoSegError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ OOM_MESSAGES = ("out of memory", "failed to allocate memory", "can't allocate me
 
 #: Tiles per probe call (two calls: the slope is the cost per tile).
 PROBE_SIZES = (2, 8)
-
-
-class FfMemoryError(GeoSegError, MemoryError):
-    """An FF call ran out of memory at the smallest chunk it can be cut into."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:
