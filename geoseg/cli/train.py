@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -18,13 +19,26 @@ from geoseg.cli.options import overwrite_option, progress_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.")
 @click.option("--seed", type=int, help="Seed of weights, sampling and augmentation.")
+@click.option("--devices", type=click.IntRange(min=1),
+              help="Training processes on this machine (one GPU each on CUDA; config key 'devices'). "
+                   "data.batch_size is the global batch, split over all processes. See docs/distributed.md.")
+@click.option("--nodes", type=click.IntRange(min=1), help="Machines of a multi-node run (default 1).")
+@click.option("--node-rank", type=click.IntRange(min=0),
+              help="This machine's index in 0..NODES-1 (default: $NODE_RANK, else 0).")
+@click.option("--master-addr", help="Host of --node-rank 0 (default: $MASTER_ADDR; one node: 127.0.0.1).")
+@click.option("--master-port", type=click.IntRange(1, 65535),
+              help="Its port (default: $MASTER_PORT; one node: a free one).")
+@click.option("--max-memory", help="Memory data.batch_size: auto may use on the CPU, e.g. 8GB "
+                                   "(default: half of what is available).")
 @click.option("--unlabelled", "unlabelled", multiple=True, type=click.Path(path_type=Path),
               help="Output folder of `geoseg tile` without --labels: mean-teacher training on its "
                    "chips (repeatable; adds to the config's semi.unlabelled).")
 @overwrite_option
 @progress_option
 def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None, resume: bool,
-              device: str | None, seed: int | None, unlabelled: tuple[Path, ...], overwrite: bool,
+              device: str | None, seed: int | None, devices: int | None, nodes: int | None,
+              node_rank: int | None, master_addr: str | None, master_port: int | None,
+              max_memory: str | None, unlabelled: tuple[Path, ...], overwrite: bool,
               progress: bool | None) -> None:
     """Train the routed instance-segmentation model on chips from geoseg tile.
 
@@ -34,6 +48,8 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     \b
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1 --resume --epochs 30
+    $ geoseg train configs/buildings-gpu.yaml --patches patches/ --out runs/b2 --devices 4
+    $ torchrun --nproc-per-node 4 -m geoseg train configs/buildings-gpu.yaml --patches patches/ --out runs/b2
     $ geoseg tile more_scenes/ --out unlabelled/
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --unlabelled unlabelled/ --out runs/semi
     """
@@ -47,6 +63,9 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
 
         if unlabelled:
             raise ConfigError(f"--unlabelled is not supported with 'task: search' ({config})")
+        if devices or nodes or max_memory:
+            raise ConfigError(f"--devices, --nodes and --max-memory are not supported with 'task: search' "
+                              f"({config}); it trains in one process")
         train_search_cmd(config, patches, out, epochs=epochs, resume=resume, overwrite=overwrite,
                          device=device, seed=seed, progress=progress)
         return
@@ -57,8 +76,21 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     patches = patches or (Path(cfg.patches) if cfg.patches else None)
     if patches is None:
         raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")
-    result = train(cfg, patches, out, epochs=epochs, resume=resume, overwrite=overwrite,
-                   device=device, seed=seed, progress=progress)
+    budget = None
+    if max_memory is not None:
+        from geoseg.train.autobatch import parse_size
+
+        budget = parse_size(max_memory)
+        if cfg.data.batch_size != "auto" and not resume:
+            raise ConfigError(f"--max-memory sizes data.batch_size: auto, but {config} sets "
+                              f"data.batch_size {cfg.data.batch_size}; set it to auto or drop --max-memory")
+    from geoseg.train.distributed import Nodes
+
+    machines = Nodes(nodes or 1, node_rank, master_addr, master_port)
+    result = train(cfg, patches, out, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
+                   seed=seed, progress=progress, devices=devices, nodes=machines, max_memory=budget)
+    if int(os.environ.get("RANK", "0")) > 0:  # a rank torchrun started: rank 0 reports
+        return
     last = result.history[-1] if result.history else {}
     scores = ", ".join(f"{k} {last[k]:.3f}" for k in ("ap", "ap50", "iou", "f1") if k in last)
     click.echo(f"trained {result.epochs} epochs; last: {scores or 'no validation chips'}; "

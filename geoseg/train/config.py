@@ -22,12 +22,23 @@ class DataConfig(Strict):
     """What the loader feeds the model."""
 
     crop: int | None = Field(512, ge=32, description="random crop side (None: whole chips)")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        4, description="the global batch (split over --devices x --nodes processes); auto: the "
+                       "largest power of two up to 64 that fits (geoseg.train.autobatch)")
     samples_per_epoch: int | None = Field(
         None, ge=1, description="random crops per epoch (None: one per train chip)")
     workers: int = Field(2, ge=0)
     boundary_width: int = Field(2, ge=1)
     contact_distance: int = Field(3, ge=1)
+
+    @field_validator("batch_size", mode="plain")
+    @classmethod
+    def _batch(cls, value: Any) -> int | Literal["auto"]:
+        if value == "auto":
+            return "auto"
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(f"must be a whole number of at least 1 or 'auto', not {value!r}")
 
 
 class OptimConfig(Strict):
@@ -57,6 +68,8 @@ class TrainConfig(Strict):
     epochs: int = Field(20, ge=1)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = Field(1, ge=1, description="training processes on this machine, one GPU each on CUDA "
+                                              "(geoseg.train.distributed)")
     patches: str | None = Field(None, description="output directory of geoseg tile")
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -6,12 +6,16 @@ of the weights, validate the EMA weights (COCO mask AP, pixel IoU, instance F1),
 ``last.pt`` and ``best.pt`` (without validation chips: a warning, and ``best.pt`` is the
 last epoch, its value NaN), append ``metrics.csv`` and redraw ``curves.png``.
 ``resume=True`` restores everything needed to end with the same weights as a run that
-was never interrupted.
+was never interrupted. ``devices``/``nodes`` > 1 train in several processes
+(:mod:`geoseg.train.distributed`); ``data.batch_size: auto`` picks the batch that fits
+(:mod:`geoseg.train.autobatch`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import logging
 import sys
 import time
@@ -31,6 +35,7 @@ from geoseg.io.atomic import atomic_path, check_writable, write_text
 from geoseg.models.checkpoint import inference_payload, load_checkpoint, save_checkpoint
 from geoseg.models.config import ModelConfig
 from geoseg.models.routed import RoutedModel
+from geoseg.train import distributed
 from geoseg.train.augment import build_augment
 from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
@@ -60,17 +65,19 @@ class Trainer:
 
     The model family's parts are hooks (``dataset_class``, ``collate``, :meth:`build_model`,
     :meth:`batch_loss`, :meth:`validate`); :class:`geoseg.train.maskrcnn.MaskRCNNTrainer`
-    overrides them for ``model.arch: maskrcnn``.
+    overrides them for ``model.arch: maskrcnn``. With ``dist.world > 1`` ``model`` is the
+    DistributedDataParallel wrapper (forward passes go through it), ``net`` the module in it.
     """
 
     dataset_class: type[ChipDataset] = ChipDataset
     collate = staticmethod(collate)
 
     def __init__(self, cfg: TrainConfig, patches: Path, run_dir: Path, device: torch.device,
-                 progress: bool | None = None, hooks: Sequence[Hook] = ()) -> None:
+                 progress: bool | None = None, hooks: Sequence[Hook] = (),
+                 dist: distributed.Dist = distributed.SINGLE) -> None:
         from pycocotools.coco import COCO
 
-        self.patches, self.run_dir, self.device, self.progress = patches, run_dir, device, progress
+        self.patches, self.run_dir, self.device, self.progress, self.dist = patches, run_dir, device, progress, dist
         self.hooks = list(hooks)
         self.stats = read_stats(patches)
         model_cfg = cfg.model.model_copy(update={
@@ -79,11 +86,14 @@ class Trainer:
         # Re-validate: the update above bypassed validation.
         self.cfg = validate(TrainConfig, self.cfg.model_dump(mode="json"), "resolved config")
         d = self.cfg.data
+        if not isinstance(d.batch_size, int):
+            raise ConfigError("data.batch_size: auto is resolved by train(); pass a number here")
+        self.batch = d.batch_size  # the global batch; each rank trains on batch / world of it
         aug = build_augment(self.cfg.augment, int(self.stats["bands"]), seed=self.cfg.seed)
         self.train_ds = self.dataset_class(patches, "train", crop=d.crop, augment=aug,
                                            boundary_width=d.boundary_width,
                                            contact_distance=d.contact_distance, seed=self.cfg.seed)
-        with _quiet_stdout():
+        with contextlib.redirect_stdout(io.StringIO()):
             self.coco = COCO(str(patches / "annotations.json"))
         self.val_ids = [i for i, im in self.coco.imgs.items() if im.get("split") == "val"]
         self.val_ds = (self.dataset_class(patches, "val", crop=None, augment=None,
@@ -95,15 +105,14 @@ class Trainer:
                           "without validation, checkpoints/best.pt is the last epoch; tile with "
                           "val_fraction > 0 or val_scenes to validate", GeoSegWarning, stacklevel=2)
         self.samples = d.samples_per_epoch or len(self.train_ds)
-        self.steps_per_epoch = max(1, self.samples // d.batch_size)
+        self.steps_per_epoch = max(1, self.samples // self.batch)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs
 
         torch.manual_seed(self.cfg.seed)
         self.model = self.build_model().to(device)
         self.loss = RoutedLoss(self.cfg.loss)
         o = self.cfg.optim
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         warmup = int(o.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, self.total_steps, warmup, o.min_lr_ratio))
@@ -111,13 +120,18 @@ class Trainer:
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
             use_buffers=True) if decay else None)
-        self.semi = _mean_teacher(self.cfg, self.ema is not None)
+        self.semi = _mean_teacher(self.cfg, self.ema is not None, self.batch)
+        self.model = dist.wrap(self.model, device)
         self.amp = bool(o.amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.epoch = 0
-        self.step = 0
+        self.epoch, self.step = 0, 0
         self.best: dict[str, Any] = {"metric": self.cfg.val.metric, "value": -1.0, "epoch": -1}
         self.history: list[dict[str, float]] = []
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The model itself (outside DistributedDataParallel)."""
+        return distributed.unwrap(self.model)
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -126,7 +140,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
             "stats": {k: self.stats[k] for k in ("bands", "dtype", "mean", "std", "gsd")},
             "classes": list(self.stats["classes"]),
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "ema_n_averaged": self.ema.n_averaged if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),
@@ -134,13 +148,12 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "step": self.step, "best": self.best,
             "history": self.history,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": self.dist.rng_states(),  # every rank's, gathered (a collective)
         }
 
     def load_state(self, ckpt: dict[str, Any]) -> None:
         """Restore a :meth:`state` payload (``--resume``)."""
-        self.model.load_state_dict(ckpt["model"])
+        self.net.load_state_dict(ckpt["model"])
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.n_averaged.copy_(ckpt["ema_n_averaged"])
@@ -149,21 +162,19 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best, self.history = dict(ckpt["best"]), list(ckpt["history"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self.dist.restore_rng(ckpt["rng"])
 
     # -- steps -------------------------------------------------------------------------
     def _loader(self, train: bool) -> torch.utils.data.DataLoader[dict[str, Any]]:
         d = self.cfg.data
         if train:
             gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + self.epoch)
-            sampler = torch.utils.data.RandomSampler(self.train_ds, replacement=True,
-                                                     num_samples=self.steps_per_epoch * d.batch_size,
-                                                     generator=gen)
+            epoch_sample = torch.utils.data.RandomSampler(
+                self.train_ds, replacement=True, num_samples=self.steps_per_epoch * self.batch, generator=gen)
+            sampler = distributed.ShardSampler(epoch_sample, self.batch, self.dist.rank, self.dist.world)
             self.train_ds.set_epoch(self.epoch)  # crops/augmentations: f(seed, epoch, index)
             return torch.utils.data.DataLoader(
-                self.train_ds, batch_size=d.batch_size, sampler=sampler, drop_last=True,
+                self.train_ds, batch_size=sampler.share, sampler=sampler, drop_last=True,
                 num_workers=d.workers, collate_fn=self.collate, worker_init_fn=seed_worker,
                 generator=gen, persistent_workers=False)
         assert self.val_ds is not None, "no validation chips"
@@ -182,7 +193,8 @@ class Trainer:
         unlabelled = self.semi.batches(self.epoch, self.steps_per_epoch) if self.semi else None
         bar = tqdm(self._loader(True), total=self.steps_per_epoch, file=sys.stderr,
                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=(not sys.stderr.isatty()) if self.progress is None else not self.progress)
+                   disable=not self.dist.main or (
+                       (not sys.stderr.isatty()) if self.progress is None else not self.progress))
         for batch in bar:
             with torch.autocast(self.device.type, enabled=self.amp):
                 total, terms = self.batch_loss(batch)
@@ -202,7 +214,7 @@ class Trainer:
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
+                self.ema.update_parameters(self.net)
             self.step += 1
             n += 1
             sums["loss"] = sums.get("loss", 0.0) + float(total.detach())
@@ -210,7 +222,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
             bar.set_postfix(loss=f"{sums['loss'] / n:.3f}")
-        return {k: v / max(counts.get(k, n), 1) for k, v in sums.items()}
+        return self.dist.mean({k: v / max(counts.get(k, n), 1) for k, v in sums.items()})
 
     def build_model(self) -> torch.nn.Module:
         """The model of ``cfg.model`` (random or configured encoder weights)."""
@@ -246,11 +258,11 @@ class Trainer:
                                  self.cfg.postprocess, self.device, self.cfg.val.budget)
         # --budget auto: the utility threshold, saved with the weights (both EMA and raw)
         return {**metrics, **calibrate_router(self.eval_model(), self._loader(False), self.loss,
-                                              self.device, also=[self.model])}
+                                              self.device, also=[self.net])}
 
     # -- outputs -----------------------------------------------------------------------
     def write_outputs(self, row: dict[str, float]) -> None:
-        """Append the epoch's row: metrics.csv, curves.png, last.pt, best.pt."""
+        """Append the epoch's row: metrics.csv, curves.png, last.pt, best.pt (rank 0 writes)."""
         self.history.append(row)
         ckdir = self.run_dir / "checkpoints"
         metric = self.cfg.val.metric
@@ -261,6 +273,8 @@ class Trainer:
             improved = True
             self.best = {"metric": metric, "value": float("nan"), "epoch": int(row["epoch"])}
         state = self.state()
+        if not self.dist.main:
+            return
         save_checkpoint(ckdir / "last.pt", state)
         if improved or not (ckdir / "best.pt").exists():
             save_checkpoint(ckdir / "best.pt", inference_payload(state))
@@ -282,18 +296,22 @@ class Trainer:
             row: dict[str, float] = {"epoch": self.epoch,
                                      "lr": self.optimizer.param_groups[0]["lr"], **terms}
             if self.epoch % self.cfg.val.every == 0 or self.epoch == self.cfg.epochs:
-                row.update(self.validate())
+                row.update(self.validate() if self.dist.main else {})
+                self.dist.sync_buffers(self.net, self.eval_model())  # the threshold validation set
             row["seconds"] = time.perf_counter() - t0
+            row = self.dist.broadcast(row)  # rank 0's: every rank keeps the same history
             self.write_outputs(row)
-            metrics.epoch_done(row)
+            self.dist.barrier()  # hooks run once the epoch's outputs are written
+            if self.dist.main:
+                metrics.epoch_done(row)
+                log.info("epoch %d: %s", self.epoch,
+                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             for hook in self.hooks:
                 hook(self, row)
-            log.info("epoch %d: %s", self.epoch,
-                     ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
         return TrainResult(self.run_dir, self.epoch, self.best, self.history)
 
 
-def _mean_teacher(cfg: TrainConfig, has_ema: bool) -> Any:
+def _mean_teacher(cfg: TrainConfig, has_ema: bool, batch: int) -> Any:
     """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi``, or None."""
     if not cfg.semi.enabled:
         return None
@@ -303,26 +321,15 @@ def _mean_teacher(cfg: TrainConfig, has_ema: bool) -> Any:
     from geoseg.train.semi import MeanTeacher
 
     assert cfg.patches is not None
-    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, cfg.data.batch_size, cfg.seed,
+    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
                        Path(cfg.patches))
-
-
-class _quiet_stdout:
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._cm = contextlib.redirect_stdout(io.StringIO())
-        self._cm.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._cm.__exit__(*exc)
 
 
 def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs: int | None = None,
           resume: bool = False, overwrite: bool = False, device: str | None = None,
-          seed: int | None = None, progress: bool | None = None,
-          hooks: Sequence[Hook] = ()) -> TrainResult:
+          seed: int | None = None, progress: bool | None = None, hooks: Sequence[Hook] = (),
+          devices: int | None = None, nodes: distributed.Nodes | None = None,
+          max_memory: int | None = None) -> TrainResult:
     """Train the model of ``cfg.model`` (routed or Mask R-CNN) on the output of `geoseg tile`.
 
     Args:
@@ -335,39 +342,58 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
         device: overrides ``cfg.device``.
         seed: overrides ``cfg.seed``.
         progress: progress bar per epoch (None: on a TTY).
-        hooks: callables run after each epoch (e.g. early stopping, logging to a tracker).
+        hooks: callables run after each epoch (e.g. early stopping, logging to a tracker); with
+            several processes on every rank, so picklable (module-level functions).
+        devices: processes on this machine (overrides ``cfg.devices``), see :mod:`geoseg.train.distributed`.
+        nodes: the machines of a multi-node run (None: this one).
+        max_memory: bytes ``data.batch_size: auto`` may use on CPU (:mod:`geoseg.train.autobatch`).
 
     Raises:
         OutputExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
-        ConfigError: bad config, no stats.json, CUDA asked for without a GPU.
+        ConfigError: bad config, no stats.json, CUDA asked for without a GPU (or too few for
+            ``devices``), a master port in use, Mask R-CNN or semi with several processes.
         CheckpointError: ``resume`` with a corrupt checkpoint.
     """
-    updates: dict[str, Any] = {}
-    if epochs is not None:
-        updates["epochs"] = epochs
-    if device is not None:
-        updates["device"] = device
-    if seed is not None:
-        updates["seed"] = seed
+    updates = {k: v for k, v in (("epochs", epochs), ("device", device), ("seed", seed),
+                                 ("devices", devices)) if v is not None}
     cfg = validate(TrainConfig, {**cfg.model_dump(mode="json"), **updates}, "options")
     patches, run_dir = Path(patches), check_writable(run_dir, "--out", directory=True)
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not resume and not overwrite:
         raise OutputExistsError(f"{run_dir} holds a run; pass --resume to continue it or "
                                 "--overwrite to start again")
-    seed_everything(cfg.seed)
-    if resume and last.exists():
-        ckpt = load_checkpoint(last)
+    ckpt = load_checkpoint(last) if resume and last.exists() else None
+    if ckpt is not None:
         saved = validate(TrainConfig, ckpt["config"], str(last))
-        cfg = saved.model_copy(update={"epochs": cfg.epochs})
+        cfg = saved.model_copy(update={"epochs": cfg.epochs, "devices": devices or saved.devices})
+    rank = distributed.start(cfg, train, {"cfg": cfg, "patches": patches, "run_dir": run_dir, "resume": resume,
+                                          "overwrite": overwrite, "progress": progress, "hooks": list(hooks),
+                                          "max_memory": max_memory},
+                             devices, nodes)
+    if rank is None:  # the ranks this process spawned have trained
+        done = load_checkpoint(last)
+        return TrainResult(run_dir, int(done["epoch"]), done["best"], done["history"])
+    cfg = cfg.model_copy(update={"devices": rank.local_world})
     trainer_class = Trainer
     if cfg.model.arch == "maskrcnn":
         from geoseg.train.maskrcnn import MaskRCNNTrainer
 
         trainer_class = MaskRCNNTrainer
-    trainer = trainer_class(cfg, patches, run_dir, resolve_device(cfg.device), progress, hooks)
-    if resume and last.exists():
-        trainer.load_state(ckpt)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", dump_yaml(trainer.cfg))
-    return trainer.fit()
+    dev = rank.device(resolve_device(cfg.device))
+    with distributed.process_group(rank, dev) as dist:
+        def make(c: TrainConfig, d: distributed.Dist = dist) -> Trainer:
+            return trainer_class(c, patches, run_dir, dev, progress, hooks, d)
+
+        if cfg.data.batch_size == "auto":
+            from geoseg.train.autobatch import resolve_batch_size
+
+            cfg = resolve_batch_size(cfg, make, dist, max_memory)
+        seed_everything(cfg.seed)
+        trainer = make(cfg)
+        dist.fork_rng(cfg.seed)
+        if ckpt is not None:
+            trainer.load_state(ckpt)
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.yaml", dump_yaml(trainer.cfg))
+        return trainer.fit()
