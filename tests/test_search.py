@@ -52,11 +52,15 @@ def test_fusion_is_invariant_to_template_order() -> None:
     net = RefDet(TINY).eval()
     t = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
-        a2, a3 = net.encode_templates(t)
-        b2, b3 = net.encode_templates(t[:, [2, 0, 1]])
-        c2, _ = net.encode_templates(t[:, [1, 1, 1]])
+        a2, a3, ap = net.encode_templates(t)
+        b2, b3, bp = net.encode_templates(t[:, [2, 0, 1]])
+        c2, _, cp = net.encode_templates(t[:, [1, 1, 1]])
     torch.testing.assert_close(a2, b2, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(a3, b3, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ap, bp, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ap, cp, atol=1e-3)
+    assert ap.shape == (2, TINY.embed)
+    torch.testing.assert_close(ap.norm(dim=1), torch.ones(2))  # unit prototypes
     assert not torch.allclose(a2, c2, atol=1e-3)
     assert a2.shape == (2, 16, 3, 3) and a3.shape == (2, 16, 3, 3)  # the kernels: centres of P2, P3
 

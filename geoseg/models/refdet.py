@@ -9,6 +9,12 @@ cross-correlated with the search features at P2 and P3; search features and
 correlations are fused and an anchor-free head predicts, every 4 pixels, an objectness
 logit and the distances (left, top, right, bottom, in pixels) to the object's box.
 
+The objectness logit is the head's plus a *similarity term*: the scaled cosine between an
+embedding of the fused template (a small MLP over its kernel's mean) and an embedding of
+each search cell (1x1 convolutions of P2). Training supervises these embeddings directly
+(:func:`geoseg.search.losses.kind_contrast`: objects of the template's kind close, other
+kinds far), so the term tells kinds apart; the head's part stays free to find objects.
+
 Two graphs for export and for inference: :meth:`RefDet.encode_templates` (templates ->
 fused kernels, once per example set) and :meth:`RefDet.detect` (search windows +
 kernels -> maps).
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -47,6 +53,8 @@ class RefDetConfig(Strict):
     heads: int = Field(4, ge=1, description="attention heads of the template fusion")
     kernel: int = Field(3, ge=1, description="side of the correlation kernels: the centre of the fused "
                                              "template at P2 and P3 (0 < kernel <= template_size / 8)")
+    embed: int = Field(32, ge=4, description="size of the kind embeddings whose cosine (template, search "
+                                             "cell) is the similarity term of the objectness")
     bands: int = Field(3, ge=1)
 
 
@@ -114,9 +122,30 @@ def _centre(z: torch.Tensor, k: int) -> torch.Tensor:
     return z[..., t:t + k, left:left + k]
 
 
+class Parts(NamedTuple):
+    """What :meth:`RefDet.detect_parts` computes (maps at stride 4)."""
+
+    logits: torch.Tensor  #: (B, 1, h, w) objectness: the head's logit + ``sim``
+    sim: torch.Tensor  #: (B, 1, h, w) the similarity term
+    dist: torch.Tensor  #: (B, 4, h, w) box distances in pixels
+    search_emb: torch.Tensor  #: (B, embed, h, w) unit kind embeddings of the search cells
+    proto: torch.Tensor  #: (B or 1, embed) the template sets' kind prototypes
+    templates: torch.Tensor  #: (B, K, embed) the templates' own embeddings (training)
+
+
 def _conv(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
                          nn.GroupNorm(8 if cout % 8 == 0 else 1, cout), nn.ReLU(inplace=True))
+
+
+def _embedding(cin: int, cout: int) -> nn.Sequential:
+    """Kind embedding of every cell from the 7 x 7 window around it.
+
+    28 px at P2: an object's shape, not only its inside. Batch-normalised, as the features
+    of objects share a large common part that would otherwise dominate their cosine.
+    """
+    return nn.Sequential(nn.Conv2d(cin, cin, 7, padding=3, groups=cin), nn.Conv2d(cin, cin, 1, bias=False),
+                         nn.BatchNorm2d(cin), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1))
 
 
 class RefDet(nn.Module):
@@ -154,7 +183,10 @@ class RefDet(nn.Module):
         self.mix3 = _conv(2 * f, f)
         self.mix2 = nn.Sequential(_conv(3 * f, f), _conv(f, f))
         self.obj = nn.Conv2d(f, 1, 3, padding=1)
-        self.sim = nn.Conv2d(f, 1, 1)  # a direct similarity term of the objectness, from C2 alone
+        # kind embeddings: the similarity term is scale x cos(template, search cell) + bias
+        self.emb = _embedding(f, cfg.embed)  # shared by templates and search images
+        self.sim_log_scale = nn.Parameter(torch.tensor(2.3))  # scale 10, kept positive
+        self.sim_bias = nn.Parameter(torch.tensor(-5.0))
         self.box = nn.Conv2d(f, 4, 3, padding=1)
         with torch.no_grad():
             self.obj.bias.fill_(-4.6)  # type: ignore[union-attr]  # prior 0.01, as focal-loss detectors
@@ -180,33 +212,49 @@ class RefDet(nn.Module):
         p = self.fpn(OrderedDict([("c2", c2), ("c3", c3)]))
         return p["c2"], p["c3"]
 
-    def encode_templates(self, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused template kernels at P2 and P3.
+    def embed(self, p2: torch.Tensor) -> torch.Tensor:
+        """Unit kind embeddings (N, embed, h, w) of every cell of P2 maps (N, F, h, w)."""
+        return F.normalize(self.emb(p2), dim=1)
+
+    def encode_templates(self, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Fused template kernels at P2 and P3, and the template set's kind prototype.
 
         Args:
             templates: (B, K, bands, T, T) normalised template chips (K >= 1).
 
         Returns:
-            ``(z2, z3)``: (B, F, kernel, kernel) each, the centres of the fused P2 and P3 maps.
+            ``(z2, z3, proto)``: (B, F, kernel, kernel) each, the centres of the fused P2 and P3
+            maps; (B, embed) the unit mean of the K templates' embeddings (:meth:`template_embeddings`).
         """
+        z2, z3, inst = self.encode_parts(templates)
+        return z2, z3, F.normalize(inst.mean(dim=1), dim=1)
+
+    def encode_parts(self, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`encode_templates`, with the K embeddings (B, K, embed) instead of their mean."""
         b, k = templates.shape[:2]
         p2, p3 = self.features(templates.flatten(0, 1))
         z2 = self.fuse2(p2.reshape(b, k, *p2.shape[1:]))
         z3 = self.fuse3(p3.reshape(b, k, *p3.shape[1:]))
-        return _centre(z2, self.cfg.kernel), _centre(z3, self.cfg.kernel)
+        inst = self.template_embeddings(p2).reshape(b, k, -1)
+        return _centre(z2, self.cfg.kernel), _centre(z3, self.cfg.kernel), inst
 
-    def detect(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor
+    def template_embeddings(self, p2: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (N, embed) of templates from their P2 maps: the centre 2 x 2 cells."""
+        return F.normalize(_centre(self.embed(p2), 2).mean(dim=(-2, -1)), dim=1)
+
+    def detect(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objectness logits (B, 1, H/4, W/4) and box distances (B, 4, H/4, W/4) in pixels.
 
-        ``z2``/``z3`` hold one kernel for the batch (leading 1) or one per image.
+        ``z2``/``z3``/``proto`` (of :meth:`encode_templates`) hold one template set for the
+        batch (leading 1) or one per image.
         """
-        obj, sim, dist = self.detect_parts(images, z2, z3)
-        return obj + sim, dist
+        out = self.detect_parts(images, z2, z3, proto)
+        return out.logits, out.dist
 
-    def detect_parts(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The objectness of the fused features, the similarity term (from C2 alone), distances."""
+    def detect_parts(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
+                     ) -> Parts:
+        """The logits and their parts (see :class:`Parts`)."""
         s2, s3 = self.features(images)
         c2 = xcorr_depthwise(F.normalize(self.adj_s2(s2), dim=1), F.normalize(self.adj_t2(z2), dim=1))
         c3 = xcorr_depthwise(F.normalize(self.adj_s3(s3), dim=1), F.normalize(self.adj_t3(z3), dim=1))
@@ -214,20 +262,20 @@ class RefDet(nn.Module):
         up = F.interpolate(m3, size=s2.shape[-2:], mode="bilinear", align_corners=False)
         m2 = self.mix2(torch.cat([s2, c2, up], 1))
         dist = F.softplus(self.box(m2) + 2.0) * STRIDE * 2
-        return self.obj(m2), self.sim(c2 * c2.shape[1]), dist
+        es = self.embed(s2)
+        cos = (es * proto[:, :, None, None]).sum(1, keepdim=True)
+        sim = self.sim_log_scale.exp() * cos + self.sim_bias
+        return Parts(self.obj(m2) + sim, sim, dist, es, proto, proto[:, None])
 
     def forward(self, images: torch.Tensor, templates: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Search ``images`` (B, bands, H, W) for ``templates`` (B, K, bands, T, T)."""
-        z2, z3 = self.encode_templates(templates)
-        return self.detect(images, z2, z3)
+        return self.detect(images, *self.encode_templates(templates))
 
-    def forward_train(self, images: torch.Tensor, templates: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """As :meth:`forward`, with the similarity term apart: ``(objectness, similarity, distances)``."""
-        z2, z3 = self.encode_templates(templates)
-        obj, sim, dist = self.detect_parts(images, z2, z3)
-        return obj + sim, sim, dist
+    def forward_train(self, images: torch.Tensor, templates: torch.Tensor) -> Parts:
+        """As :meth:`forward`, with the parts the losses supervise."""
+        z2, z3, inst = self.encode_parts(templates)
+        return self.detect_parts(images, z2, z3, F.normalize(inst.mean(dim=1), dim=1))._replace(templates=inst)
 
 
 def centres(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Running a reference detector: torch (checkpoint) or ONNX Runtime (two exported graphs).
 
 Both backends take and give numpy arrays: :meth:`fuse` turns normalised templates
-(K, bands, T, T) into the fused kernels ``z2``, ``z3`` (each (1, F, k, k)); :meth:`detect`
-turns normalised search windows (B, bands, H, W) and the kernels into objectness logits
+(K, bands, T, T) into the fused kernels ``z2``, ``z3`` (each (1, F, k, k)) and the kind
+prototype ``proto`` (1, embed); :meth:`detect` turns normalised search windows
+(B, bands, H, W) and these into objectness logits
 (B, 1, H/4, W/4) and box distances (B, 4, H/4, W/4). One backend per process and model
 (:func:`get_search_backend`), so Dask tasks of one worker share it.
 """
@@ -44,9 +45,10 @@ class SearchBackend(Protocol):
 
     meta: SearchMeta
 
-    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
-    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def _meta(ckpt: dict[str, Any], source: Path) -> SearchMeta:
@@ -92,14 +94,15 @@ class TorchSearch:
         self.net.to(self.device)
 
     @torch.no_grad()
-    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z2, z3 = self.net.encode_templates(torch.from_numpy(templates).float()[None].to(self.device))
-        return z2.cpu().numpy(), z3.cpu().numpy()
+    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z2, z3, proto = self.net.encode_templates(torch.from_numpy(templates).float()[None].to(self.device))
+        return z2.cpu().numpy(), z3.cpu().numpy(), proto.cpu().numpy()
 
     @torch.no_grad()
-    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
         obj, dist = self.net.detect(torch.from_numpy(images).float().to(self.device),
-                                    torch.from_numpy(z2).to(self.device), torch.from_numpy(z3).to(self.device))
+                                    *(torch.from_numpy(z).to(self.device) for z in (z2, z3, proto)))
         return obj.cpu().numpy(), dist.cpu().numpy()
 
 
@@ -124,12 +127,14 @@ class OnnxSearch:
         self.template = ort.InferenceSession(str(folder / "template.onnx"), providers=providers)
         self.search = ort.InferenceSession(str(folder / "search.onnx"), providers=providers)
 
-    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z2, z3 = self.template.run(None, {"templates": templates.astype(np.float32)[None]})
-        return np.asarray(z2), np.asarray(z3)
+    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z2, z3, proto = self.template.run(None, {"templates": templates.astype(np.float32)[None]})
+        return np.asarray(z2), np.asarray(z3), np.asarray(proto)
 
-    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        obj, dist = self.search.run(None, {"images": images.astype(np.float32), "z2": z2, "z3": z3})
+    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        obj, dist = self.search.run(None, {"images": images.astype(np.float32), "z2": z2, "z3": z3,
+                                           "proto": proto})
         return np.asarray(obj), np.asarray(dist)
 
 

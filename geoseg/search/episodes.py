@@ -5,7 +5,9 @@ templates (a square around each instance, resized to the template side); a crop 
 another chip is the search image, whose instances of that class are the positives and
 whose instances of other classes are hard negatives (objectness 0 on them, like the
 background). Search crops are drawn, with probability ``positive``, around an instance
-of the class, else anywhere in a chip that holds some instance of another class.
+of the class, else around an instance of another class. An episode keeps the boxes and
+classes of every instance in its crop: the kind-embedding loss uses the other classes'
+objects as negatives of the templates.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -126,9 +128,20 @@ def d4(image: np.ndarray, boxes: np.ndarray, k: int) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(image), b
 
 
+class Episode(NamedTuple):
+    """One training episode."""
+
+    search: torch.Tensor  #: (C, S, S) normalised search crop
+    templates: torch.Tensor  #: (k, C, T, T) normalised templates
+    boxes: torch.Tensor  #: (n, 4) px, the instances of the templates' class in the crop
+    cls: int  #: the templates' class
+    others: torch.Tensor  #: (m, 4) px, the instances of other classes in the crop
+    other_cls: torch.Tensor  #: (m,) their classes
+
+
 def draw_episode(src: EpisodeSource, rng: np.random.Generator, cfg: EpisodeConfig, template_size: int,
-                 k: int, photometric: Any = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One episode: ``(search (C, S, S), templates (k, C, T, T), boxes (n, 4) px)``.
+                 k: int, photometric: Any = None) -> Episode:
+    """One episode (its search crop, templates, and the boxes of every kind in the crop).
 
     Raises:
         InputRasterError: no class has an instance (nothing to learn from).
@@ -159,17 +172,21 @@ def draw_episode(src: EpisodeSource, rng: np.random.Generator, cfg: EpisodeConfi
     cx, cy = ax + rng.uniform(-s / 3, s / 3), ay + rng.uniform(-s / 3, s / 3)
     image = crop_square(src.chip(anchor.chip), cx, cy, s)
     x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
-    boxes = np.array([[a.box[0] - x0, a.box[1] - y0, a.box[2] - x0, a.box[3] - y0]
-                      for a in src.instances if a.chip == anchor.chip and a.cls == cls],
+    inst = [a for a in src.instances if a.chip == anchor.chip]
+    boxes = np.array([[a.box[0] - x0, a.box[1] - y0, a.box[2] - x0, a.box[3] - y0] for a in inst],
                      dtype=np.float32).reshape(-1, 4)
+    kinds = np.array([a.cls for a in inst], dtype=np.int64)
     if len(boxes):
         mid = (boxes[:, :2] + boxes[:, 2:]) / 2
-        boxes = boxes[((mid >= 0) & (mid < s)).all(1)].clip(0, s)
+        inside = ((mid >= 0) & (mid < s)).all(1)
+        boxes, kinds = boxes[inside].clip(0, s), kinds[inside]
     image, boxes = d4(image, boxes, int(rng.integers(8)))
     if photometric is not None:
         image, _ = photometric(image, {})
     search = torch.from_numpy(np.ascontiguousarray(unit_to_normalized(image).transpose(2, 0, 1))).float()
-    return search, torch.stack(temps), torch.from_numpy(boxes)
+    same = kinds == cls
+    return Episode(search, torch.stack(temps), torch.from_numpy(np.ascontiguousarray(boxes[same])), cls,
+                   torch.from_numpy(np.ascontiguousarray(boxes[~same])), torch.from_numpy(kinds[~same]))
 
 
 def templates_from_chips(chips: list[np.ndarray], stats: BandStats, size: int) -> torch.Tensor:

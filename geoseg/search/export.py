@@ -1,9 +1,9 @@
 """ONNX export of a reference detector: template encoder and search head as two graphs.
 
 ``template.onnx``: ``templates`` (1, K, bands, T, T), K dynamic -> ``z2``, ``z3`` (fused
-kernels). ``search.onnx``: ``images`` (B, bands, H, W), B/H/W dynamic (H, W multiples of
-8), ``z2``, ``z3`` -> ``objectness``, ``distances``. ``search-export.json`` holds the
-config, band statistics and classes. Each export is verified against torch on random
+kernels), ``proto`` (kind prototype). ``search.onnx``: ``images`` (B, bands, H, W), B/H/W
+dynamic (H, W multiples of 8), ``z2``, ``z3``, ``proto`` -> ``objectness``, ``distances``.
+``search-export.json`` holds the config, band statistics and classes. Each export is verified against torch on random
 inputs (max abs difference of the outputs, relative to their scale) before it is kept.
 """
 
@@ -35,7 +35,7 @@ class _Templates(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, templates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.net.encode_templates(templates)
 
 
@@ -44,13 +44,14 @@ class _Search(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor
+    def forward(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.detect(images, z2, z3)
+        return self.net.detect(images, z2, z3, proto)
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
             outputs: list[str], axes: dict[str, dict[int, str]]) -> None:
+    module.eval()  # the wrappers are new modules: in training mode, batch norm would use batch statistics
     torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
                       dynamic_axes=axes, opset_version=17, dynamo=False)
 
@@ -66,13 +67,13 @@ def verify(net: RefDet, folder: Path, seed: int = 0) -> float:
     t = torch.randn(2, cfg.bands, cfg.template_size, cfg.template_size, generator=g)  # K other than traced
     x = torch.randn(2, cfg.bands, 96, 128, generator=g)
     with torch.no_grad():
-        z2, z3 = net.encode_templates(t[None])
-        ref = net.detect(x, z2, z3)
+        kernels = net.encode_templates(t[None])
+        ref = net.detect(x, *kernels)
     ort = OnnxSearch(folder)
-    oz2, oz3 = ort.fuse(t.numpy())
-    got = ort.detect(x.numpy(), oz2, oz3)
+    okernels = ort.fuse(t.numpy())
+    got = ort.detect(x.numpy(), *okernels)
     worst = 0.0
-    for a, b in [(z2, oz2), (z3, oz3), *zip(ref, got, strict=True)]:
+    for a, b in [*zip(kernels, okernels, strict=True), *zip(ref, got, strict=True)]:
         ta = a.numpy()
         worst = max(worst, float(np.abs(ta - b).max() / max(np.abs(ta).max(), 1e-6)))
     if worst > TOLERANCE:
@@ -99,11 +100,11 @@ def export_search_onnx(model: str | Path, out: str | Path) -> dict[str, Any]:
         cfg = net.cfg
         t = torch.randn(1, 3, cfg.bands, cfg.template_size, cfg.template_size)
         with torch.no_grad():
-            z2, z3 = net.encode_templates(t)
-        _export(_Templates(net), (t,), tmp / "template.onnx", ["templates"], ["z2", "z3"],
+            z2, z3, proto = net.encode_templates(t)
+        _export(_Templates(net), (t,), tmp / "template.onnx", ["templates"], ["z2", "z3", "proto"],
                 {"templates": {1: "k"}})
         x = torch.randn(2, cfg.bands, 64, 64)
-        _export(_Search(net), (x, z2, z3), tmp / "search.onnx", ["images", "z2", "z3"],
+        _export(_Search(net), (x, z2, z3, proto), tmp / "search.onnx", ["images", "z2", "z3", "proto"],
                 ["objectness", "distances"],
                 {"images": {0: "batch", 2: "height", 3: "width"},
                  "objectness": {0: "batch", 2: "h4", 3: "w4"}, "distances": {0: "batch", 2: "h4", 3: "w4"}})

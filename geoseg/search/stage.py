@@ -159,8 +159,8 @@ def _block_path(plan: BlockPlan, bi: int, bj: int) -> Path:
     return plan.cache / f"boxes_{bi}_{bj}.npz"
 
 
-def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str], z2: np.ndarray,
-                 z3: np.ndarray, cfg: SearchConfig) -> Path:
+def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
+                 kernels: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: SearchConfig) -> Path:
     """Boxes (scene pixels) and scores of the objects whose centre lies in block (bi, bj)."""
     path = _block_path(plan, bi, bj)
     if path.exists():
@@ -177,7 +177,7 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str], z
     boxes = np.zeros((0, 4), np.float32)
     scores = np.zeros(0, np.float32)
     if valid.any():
-        obj, dist = backend.detect(x, z2, z3)
+        obj, dist = backend.detect(x, *kernels)
         tb, ts = detections(torch.from_numpy(obj[0]), torch.from_numpy(dist[0]), min_score=cfg.min_score,
                             nms_iou=cfg.nms_iou)
         b = tb.numpy() + np.array([win.col_off, win.row_off] * 2, dtype=np.float32)
@@ -242,7 +242,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, cfg, meta.model.bands, cache) for s in infos]
     temps = templates_for(ex, plans, meta, ex_path)
-    z2, z3 = backend.fuse(temps)
+    kernels = backend.fuse(temps)
     stamp = _stamp(meta, cfg, infos, ex_path)
     if cache.exists():
         old = cache / "stamp.json"
@@ -260,7 +260,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
         for i in range(nbh):
             for j in range(nbw):
                 summary.resumed += _block_path(plan, i, j).exists()
-                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, z2, z3, cfg))
+                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, kernels, cfg))
         spans.append((plan, start, len(tasks)))
     summary.blocks = len(tasks)
     results = compute(tasks, scheduler=scheduler, desc="search", progress=progress)

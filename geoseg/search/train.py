@@ -27,8 +27,8 @@ from geoseg.io.atomic import check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
 from geoseg.search.boxes import average_precision, detections, match
-from geoseg.search.episodes import EpisodeConfig, EpisodeSource, draw_episode
-from geoseg.search.losses import SearchLossConfig, search_loss
+from geoseg.search.episodes import Episode, EpisodeConfig, EpisodeSource, draw_episode
+from geoseg.search.losses import SearchLossConfig, kind_contrast, object_embeddings, search_loss
 from geoseg.train.augment import AugmentConfig, build_augment
 from geoseg.train.loop import TrainResult
 from geoseg.train.runtime import lr_lambda, resolve_device
@@ -75,14 +75,33 @@ class SearchTrainConfig(Strict):
 SearchTrainResult = TrainResult
 
 
-def _batch(src: EpisodeSource, rng: np.random.Generator, cfg: SearchTrainConfig, aug: Any,
-           n: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _batch(src: EpisodeSource, rng: np.random.Generator, cfg: SearchTrainConfig, aug: Any, n: int) -> list[Episode]:
     k = int(rng.integers(cfg.episodes.min_examples, max(cfg.episodes.examples, cfg.episodes.min_examples) + 1))
-    eps = [draw_episode(src, rng, cfg.episodes, cfg.model.template_size, k, aug) for _ in range(n)]
-    return torch.stack([e[0] for e in eps]), torch.stack([e[1] for e in eps]), [e[2] for e in eps]
+    return [draw_episode(src, rng, cfg.episodes, cfg.model.template_size, k, aug) for _ in range(n)]
 
 
-def val_episodes(src: EpisodeSource, cfg: SearchTrainConfig) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def batch_losses(model: RefDet, eps: list[Episode], cfg: SearchLossConfig, dev: torch.device
+                 ) -> dict[str, torch.Tensor]:
+    """The losses of a batch of episodes.
+
+    Detection (:func:`search_loss`) + ``contrast`` x :func:`kind_contrast` between the
+    fused templates and every object of the crops.
+    """
+    out = model.forward_train(torch.stack([e.search for e in eps]).to(dev),
+                              torch.stack([e.templates for e in eps]).to(dev))
+    boxes = [e.boxes for e in eps]
+    losses = search_loss(out.logits, out.dist, boxes, cfg, out.sim)
+    objects = object_embeddings(out.search_emb, [torch.cat([e.boxes, e.others]) for e in eps], cfg.radius)
+    object_cls = torch.cat([torch.cat([torch.full((len(e.boxes),), e.cls), e.other_cls]) for e in eps])
+    template_cls = torch.tensor([e.cls for e in eps]).repeat_interleave(out.templates.shape[1])
+    contrast = kind_contrast(torch.cat([out.templates.flatten(0, 1), objects]),
+                             torch.cat([template_cls, object_cls]), cfg.temperature)
+    losses["loss"] = losses["loss"] + cfg.contrast * contrast
+    losses["contrast"] = contrast
+    return losses
+
+
+def val_episodes(src: EpisodeSource, cfg: SearchTrainConfig) -> list[Episode]:
     """The fixed validation episodes: ``examples`` templates each, no augmentation."""
     rng = np.random.default_rng(10_000 + cfg.seed)
     return [draw_episode(src, rng, cfg.episodes, cfg.model.template_size, cfg.episodes.examples)
@@ -90,7 +109,7 @@ def val_episodes(src: EpisodeSource, cfg: SearchTrainConfig) -> list[tuple[torch
 
 
 @torch.no_grad()
-def evaluate_ap50(model: RefDet, episodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+def evaluate_ap50(model: RefDet, episodes: list[Episode],
                   device: torch.device, min_score: float = 0.05, batch: int = 8) -> float:
     """Box AP50 of the model over episodes (detections pooled over all of them)."""
     model.eval()
@@ -99,8 +118,9 @@ def evaluate_ap50(model: RefDet, episodes: list[tuple[torch.Tensor, torch.Tensor
     n_truth = 0
     for i in range(0, len(episodes), batch):
         part = episodes[i:i + batch]
-        obj, dist = model(torch.stack([e[0] for e in part]).to(device), torch.stack([e[1] for e in part]).to(device))
-        for j, (_, _, truth) in enumerate(part):
+        obj, dist = model(torch.stack([e.search for e in part]).to(device),
+                          torch.stack([e.templates for e in part]).to(device))
+        for j, truth in enumerate(e.boxes for e in part):
             boxes, sc = detections(obj[j].cpu(), dist[j].cpu(), min_score=min_score)
             hits.append(match(boxes, truth))
             scores.append(sc.numpy())
@@ -187,15 +207,13 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
         rng = np.random.default_rng([cfg.seed, epoch])
         aug.reseed(int(rng.integers(2**31)))
         te = time.perf_counter()
-        sums = {"loss": 0.0, "focal": 0.0, "giou": 0.0, "similarity": 0.0}
+        sums = {"loss": 0.0, "focal": 0.0, "giou": 0.0, "similarity": 0.0, "contrast": 0.0}
         bar = tqdm(range(steps), desc=f"epoch {epoch}", disable=not progress, leave=False)
         for step in bar:
             lr = cfg.optim.lr * lr_lambda((epoch - 1) * steps + step, total, warm, cfg.optim.min_lr_ratio)
             for g in opt.param_groups:
                 g["lr"] = lr
-            images, temps, boxes = _batch(train_src, rng, cfg, aug, cfg.episodes.batch_size)
-            obj, sim, dist = model.forward_train(images.to(dev), temps.to(dev))
-            losses = search_loss(obj, dist, boxes, cfg.loss, sim)
+            losses = batch_losses(model, _batch(train_src, rng, cfg, aug, cfg.episodes.batch_size), cfg.loss, dev)
             opt.zero_grad(set_to_none=True)
             torch.autograd.backward(losses["loss"])
             if cfg.optim.grad_clip:
