@@ -9,14 +9,15 @@ cross-correlated with the search features at P2 and P3; search features and
 correlations are fused and an anchor-free head predicts, every 4 pixels, an objectness
 logit and the distances (left, top, right, bottom, in pixels) to the object's box.
 
-The objectness logit is the head's plus a *similarity term*: the scaled cosine between an
-embedding of the fused template (a small MLP over its kernel's mean) and an embedding of
-each search cell (1x1 convolutions of P2). Training supervises these embeddings directly
-(:func:`geoseg.search.losses.kind_contrast`: objects of the template's kind close, other
-kinds far), so the term tells kinds apart; the head's part stays free to find objects.
+The objectness logit is the head's plus a *similarity term*: the scaled cosine between the
+kind embedding of each search cell and the examples' prototype (the unit mean of their
+centre embeddings); one head (7x7 depthwise, batch norm, 1x1 over P2) embeds templates and
+search images alike. Training supervises the embeddings directly
+(:func:`geoseg.search.losses.kind_contrast`: objects of one kind close, other kinds far),
+so the term can tell kinds apart; the head's part stays free to find objects.
 
 Two graphs for export and for inference: :meth:`RefDet.encode_templates` (templates ->
-fused kernels, once per example set) and :meth:`RefDet.detect` (search windows +
+fused kernels and prototype, once per example set) and :meth:`RefDet.detect` (search windows +
 kernels -> maps).
 """
 
