@@ -41,7 +41,7 @@ from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
 from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
-from geoseg.train.runtime import lr_lambda, resolve_device, seed_everything, seed_worker
+from geoseg.train.runtime import lr_lambda, mean_teacher_of, resolve_device, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class Trainer:
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
             use_buffers=True) if decay else None)
-        self.semi = _mean_teacher(self.cfg, self.ema is not None, self.batch)
+        self.semi = mean_teacher_of(self.cfg, self.ema is not None, self.batch)
         self.model = dist.wrap(self.model, device)
         self.amp = bool(o.amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -309,20 +309,6 @@ class Trainer:
             for hook in self.hooks:
                 hook(self, row)
         return TrainResult(self.run_dir, self.epoch, self.best, self.history)
-
-
-def _mean_teacher(cfg: TrainConfig, has_ema: bool, batch: int) -> Any:
-    """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi``, or None."""
-    if not cfg.semi.enabled:
-        return None
-    if not has_ema:
-        raise ConfigError("semi needs a teacher: set semi.teacher_decay (or optim.ema_decay)")
-    from geoseg.bands import load_stats
-    from geoseg.train.semi import MeanTeacher
-
-    assert cfg.patches is not None
-    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
-                       Path(cfg.patches))
 
 
 def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs: int | None = None,

@@ -1,9 +1,11 @@
-"""What a training run sets up before its loop: the device, seeds, the learning-rate schedule."""
+"""What a training run sets up before its loop: the device, seeds, the learning-rate schedule, the mean teacher."""
 
 from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,3 +48,17 @@ def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def mean_teacher_of(cfg: Any, has_ema: bool, batch: int) -> Any:
+    """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi`` (a TrainConfig), or None."""
+    if not cfg.semi.enabled:
+        return None
+    if not has_ema:
+        raise ConfigError("semi needs a teacher: set semi.teacher_decay (or optim.ema_decay)")
+    from geoseg.bands import load_stats
+    from geoseg.train.semi import MeanTeacher
+
+    assert cfg.patches is not None
+    return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
+                       Path(cfg.patches))
