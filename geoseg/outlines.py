@@ -25,11 +25,17 @@ import shapely
 OUTLINE_KEYS = ("vertices", "truth_vertices", "vertex_ratio", "rectangularity", "truth_rectangularity")
 
 
-def corners(geoms: np.ndarray) -> np.ndarray:
+#: Points closer than this (metres) to the line through their neighbours are not corners: the
+#: vertices that clipping to a densified footprint leaves along a straight edge are collinear
+#: only up to floating-point error.
+CORNER_TOLERANCE = 0.01
+
+
+def corners(geoms: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
     """Number of corners of each (Multi)Polygon.
 
-    The vertices of every ring, less repeated and collinear points and each ring's
-    closing point.
+    The vertices of every ring, less repeated and collinear points (within ``tolerance``,
+    in the geometries' units) and each ring's closing point.
 
     Examples:
         >>> sq = shapely.Polygon([(0, 0), (1, 0), (2, 0), (2, 2), (0, 2), (0, 2)])  # a collinear, a repeat
@@ -37,7 +43,7 @@ def corners(geoms: np.ndarray) -> np.ndarray:
         [4, 8]
     """
     geoms = np.asarray(geoms, dtype=object)
-    clean = shapely.simplify(shapely.remove_repeated_points(geoms), 0.0)  # drops collinear points
+    clean = shapely.simplify(shapely.remove_repeated_points(geoms), tolerance)  # drops collinear points
     parts, part_owner = shapely.get_parts(clean, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     out = np.zeros(len(geoms), dtype=np.int64)
@@ -59,13 +65,16 @@ def rectangularity(geoms: np.ndarray) -> np.ndarray:
     return np.divide(area, rect, out=np.zeros(len(geoms)), where=rect > 0)
 
 
-def pair_measures(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+def pair_measures(pred: np.ndarray, truth: np.ndarray, tolerance: float = CORNER_TOLERANCE) -> np.ndarray:
     """Per pair: predicted corners, true corners, predicted and true rectangularity.
+
+    The geometries are in a metric CRS; ``tolerance`` (metres) is :func:`corners`'.
 
     Returns:
         float64 (n, 4), columns in that order.
     """
-    return np.column_stack([corners(pred), corners(truth), rectangularity(pred), rectangularity(truth)]
+    return np.column_stack([corners(pred, tolerance), corners(truth, tolerance), rectangularity(pred),
+                            rectangularity(truth)]
                            ).astype(np.float64).reshape(len(pred), 4)
 
 

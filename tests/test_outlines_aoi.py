@@ -29,6 +29,47 @@ def test_corners_and_rectangularity() -> None:
     assert rectangularity(np.array([rotated]))[0] == pytest.approx(1.0)  # minimum *rotated* rectangle
 
 
+def test_clipping_to_a_densified_footprint_adds_no_corners(tmp_path: Path) -> None:
+    """A roof cut by the edge of a Web Mercator scene is still a 4-corner roof once clipped.
+
+    The footprint is densified for reprojection, so the clipped edge carries its points,
+    collinear only up to rounding: counted as corners, they put the median of the Kampala
+    demo at 7.5 where the roofs have 4.
+    """
+    from geoseg.aoi import clip_to
+    from geoseg.evaluate import evaluate_frames
+
+    from conftest import write_raster
+
+    scene = write_raster(tmp_path / "merc.tif", np.full((1, 80, 80), 7, np.uint8), "EPSG:3857",
+                         from_origin(3627854.236, 38830.0104, 0.1493, 0.1493))
+    area = footprint([scene])
+    with rasterio.open(scene) as src:
+        left, bottom, right, top = src.bounds
+    roofs = [shapely.box(left + 1, top - 2.5, left + 4.3, top + 1.7),  # cut by the top edge
+             shapely.box(left + 5, bottom + 0.5, left + 7.7, bottom + 2.9)]  # inside
+    gdf = gpd.GeoDataFrame({"score": [0.9, 0.8]}, geometry=roofs, crs="EPSG:3857")
+    clipped = clip_to(gdf, area)
+    report = evaluate_frames(clipped, clipped, iou=0.5)
+    assert report["f1"] == 1.0 and report["vertices"] == 4.0 and report["truth_vertices"] == 4.0
+
+
+def test_masked_specks_do_not_punch_the_footprint(tmp_path: Path) -> None:
+    """Scattered masked pixels (transparent pixels of a mosaic) stay in; a masked band does not."""
+    from conftest import write_raster
+
+    data = np.full((1, 100, 100), 7, np.uint8)
+    mask = np.full((100, 100), 255, np.uint8)
+    rng = np.random.default_rng(0)
+    for r, c in zip(rng.integers(0, 98, 40), rng.integers(0, 76, 40), strict=True):  # clear of the band
+        mask[r:r + 2, c:c + 2] = 0  # 40 specks of 2 x 2 px
+    mask[:, 80:] = 0  # and a masked band of 20 columns
+    scene = write_raster(tmp_path / "speck.tif", data, UTM, from_origin(450000, 36000, 1, 1), mask=mask)
+    fp = scene_footprint(scene).iloc[0]
+    assert fp.geom_type == "Polygon" and not fp.interiors
+    assert fp.area == pytest.approx(80 * 100, rel=0.01) and corners(np.array([fp]), 0.01)[0] == 4
+
+
 def test_summary_of_pairs() -> None:
     pred = np.array([shapely.Polygon([(0, 0), (3, 0), (3, 1), (2, 1), (2, 2), (0, 2)]), shapely.box(5, 0, 6, 1)])
     truth = np.array([shapely.box(0, 0, 3, 2), shapely.box(5, 0, 6, 1)])
