@@ -36,10 +36,9 @@ def test_clipping_to_a_densified_footprint_adds_no_corners(tmp_path: Path) -> No
     collinear only up to rounding: counted as corners, they put the median of the Kampala
     demo at 7.5 where the roofs have 4.
     """
-    from geoseg.aoi import clip_to
-    from geoseg.evaluate import evaluate_frames
-
     from conftest import write_raster
+
+    from geoseg.evaluate import evaluate_frames
 
     scene = write_raster(tmp_path / "merc.tif", np.full((1, 80, 80), 7, np.uint8), "EPSG:3857",
                          from_origin(3627854.236, 38830.0104, 0.1493, 0.1493))
