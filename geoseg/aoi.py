@@ -18,6 +18,7 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.features import shapes
+from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.sources import open_raster
@@ -57,7 +58,7 @@ def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSerie
     except RasterioError as err:
         raise InputRasterError(f"cannot read scene {path}: {err}; check the file (gdalinfo)") from None
     outline = shapely.Polygon([tr * (0, 0), tr * (w, 0), tr * (w, h), tr * (0, h)])
-    mask = _without_specks(mask > 0, SPECK * mask.size)
+    mask = remove_small_holes(mask > 0, max_size=int(SPECK * mask.size))  # masked specks count as valid
     if not mask.all():
         small = tr * Affine.scale(w / shape[1], h / shape[0])
         valid = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=small)
@@ -65,19 +66,6 @@ def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSerie
         outline = outline.intersection(shapely.union_all(valid)) if valid else shapely.Polygon()
     outline = shapely.segmentize(outline, max(outline.length, 1e-9) / 400)  # true when reprojected
     return gpd.GeoSeries([outline], crs=crs)
-
-
-def _without_specks(valid: np.ndarray, min_pixels: float) -> np.ndarray:
-    """``valid`` with the masked components of fewer than ``min_pixels`` pixels made valid."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(~valid)
-    if n == 0:
-        return valid
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    small = sizes < min_pixels
-    small[0] = False  # label 0: the valid pixels
-    return valid | small[labels]
 
 
 def footprint(scenes: Sequence[str | Path]) -> gpd.GeoSeries:

@@ -91,11 +91,14 @@ def instance_map(polygons: str | Path | Any, like: Any, *, chunks: int = CHUNK) 
         gdf = polygons
     if gdf.crs is None:
         raise InputVectorError("the polygons have no CRS; set one (GeoDataFrame.set_crs) first")
+    import shapely
+
     geoms = gpd.GeoSeries(gdf.geometry.to_numpy(), crs=gdf.crs).to_crs(like.rio.crs).to_numpy()
+    tree = shapely.STRtree(geoms)  # built once; each chunk queries it for the polygons it touches
     transform = like.rio.transform()
     h, w = like.shape[-2:]
     lazy = da.map_blocks(_burn, dtype=np.int32, chunks=(_splits(h, chunks), _splits(w, chunks)),
-                         geoms=geoms, transform=transform, meta=np.empty((0, 0), np.int32))
+                         tree=tree, transform=transform, meta=np.empty((0, 0), np.int32))
     out = xr.DataArray(lazy, coords={"y": like.y, "x": like.x}, dims=("y", "x"), name="instance",
                        attrs={"long_name": "instance id (polygon row + 1), 0 background"})
     return out.rio.write_crs(like.rio.crs)
@@ -105,7 +108,7 @@ def _splits(n: int, chunk: int) -> tuple[int, ...]:
     return tuple(min(chunk, n - i) for i in range(0, n, chunk)) or (0,)
 
 
-def _burn(block_info: dict[Any, Any] | None = None, *, geoms: np.ndarray, transform: Any) -> np.ndarray:
+def _burn(block_info: dict[Any, Any] | None = None, *, tree: Any, transform: Any) -> np.ndarray:
     """One chunk of :func:`instance_map`: the polygons that touch it, rasterized with their ids."""
     import shapely
     from rasterio.features import rasterize
@@ -115,11 +118,10 @@ def _burn(block_info: dict[Any, Any] | None = None, *, geoms: np.ndarray, transf
     assert block_info is not None
     (r0, r1), (c0, c1) = block_info[None]["array-location"]
     win = Window(c0, r0, c1 - c0, r1 - r0)
-    box = shapely.box(*bounds(win, transform))
-    hit = np.nonzero(shapely.intersects(geoms, box))[0]
+    hit = np.sort(tree.query(shapely.box(*bounds(win, transform)), predicate="intersects"))
     if not len(hit):
         return np.zeros((r1 - r0, c1 - c0), np.int32)
-    return rasterize(((geoms[i], int(i) + 1) for i in hit), out_shape=(r1 - r0, c1 - c0),
+    return rasterize(((tree.geometries[i], int(i) + 1) for i in hit), out_shape=(r1 - r0, c1 - c0),
                      transform=window_transform(win, transform), fill=0, dtype="int32")
 
 
