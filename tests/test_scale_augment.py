@@ -122,3 +122,15 @@ def test_a_run_with_scale_augmentation_records_its_range(tiny_patches: Path, tmp
     m = ModelMeta.from_checkpoint(net.cfg, meta)
     assert m.gsd == pytest.approx(0.5, rel=1e-3) and m.gsd_range == (0.4, 0.8)
     assert target_gsd(PredictConfig(), m, 0.7) is None and target_gsd(PredictConfig(), m, 1.0) == 0.8
+
+
+def test_scales_preset_is_the_cpu_preset_with_scale_augmentation() -> None:
+    from conftest import REPO
+
+    from geoseg.config import load_config
+    from geoseg.train import TrainConfig
+
+    base = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml")
+    scales = load_config(TrainConfig, REPO / "configs" / "buildings-cpu-scales.yaml")
+    assert scales.augment.gsd == 0.8 and scales.augment.gsd_range == (0.11, 0.2)
+    assert scales.model_dump(exclude={"augment"}) == base.model_dump(exclude={"augment"})
