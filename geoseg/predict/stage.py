@@ -50,6 +50,7 @@ from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.choose import cells_of_block, choose_cells, k_rule
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.gsd import gsd_note, target_gsd
+from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan
@@ -218,6 +219,7 @@ def predict(
     from geoseg.predict.vectorize import vector_driver, write_vector
 
     t0 = time.perf_counter()
+    bound_heap()  # block buffers freed to the system: RSS bounded by the block (predict/heap.py)
     cfg = cfg or PredictConfig()
     check_scheduler(scheduler)
     out = Path(out).resolve()
