@@ -307,9 +307,9 @@ def open_backend(
         src = read_export_meta(path).checkpoint or "its run directory"
         raise ConfigError(f"{path} is an export directory; the torch backend reads the checkpoint it "
                           f"came from ({src}): pass that, or use --backend onnx")
-    if backend != "torch" and not exported and is_maskrcnn(path):
-        raise ConfigError(f"{path} is a Mask R-CNN model, which runs with the torch backend only (it has "
-                          f"no ONNX export); drop --backend {backend} or pass --backend torch")
+    if backend == "tensorrt" and (read_export_meta(path).arch == "maskrcnn" if exported else is_maskrcnn(path)):
+        raise ConfigError(f"{path} is a Mask R-CNN model, which has no TensorRT engines (docs/maskrcnn.md); "
+                          "use --backend torch, or --backend onnx with its `geoseg export` directory")
     if backend != "torch" and not exported:
         raise ConfigError(f"the {backend} backend needs an export directory, but {path} is a run "
                           f"directory or checkpoint; run `geoseg export --model {path} --format "

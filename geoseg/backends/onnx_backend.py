@@ -1,5 +1,9 @@
 """The ONNX Runtime backend: ``pv.onnx`` and ``ff.onnx`` of an export directory.
 
+An export of a Mask R-CNN model (``arch: maskrcnn``) holds one ``detect.onnx`` instead;
+the backend then runs :meth:`OnnxBackend.detect` (:mod:`geoseg.backends.onnx_detect`) and
+has no PV or FF graph.
+
 Sessions use the CUDA execution provider when ONNX Runtime has it (the
 ``onnxruntime-gpu`` package on a machine with CUDA) and the CPU provider otherwise.
 
@@ -18,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from geoseg.backends.base import Backend, available_cores, export_file, read_export_meta
-from geoseg.errors import CheckpointError, DependencyError
+from geoseg.errors import CheckpointError, ConfigError, DependencyError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -109,6 +113,11 @@ class OnnxBackend(Backend):
                          ff_batch)
         so = session_options(threads)
         self.providers = providers
+        if meta.arch == "maskrcnn":  # one detect graph, no PV/FF
+            from geoseg.backends.onnx_detect import OnnxDetector
+
+            self._detector = OnnxDetector(self._session(export_file(root, meta, "onnx", "detect"), so, providers))
+            return
         self._pv_sess = self._session(export_file(root, meta, "onnx", "pv"), so, providers)
         self._ff_sess = self._session(export_file(root, meta, "onnx", "ff"), so, providers)
         self._pv_in = self._pv_sess.get_inputs()[0].name
@@ -127,15 +136,40 @@ class OnnxBackend(Backend):
             raise CheckpointError(f"onnxruntime cannot load {path} ({first[:160]}); the file is corrupt "
                                   "or from a newer exporter: re-run geoseg export") from None
 
+    def detect(self, images: np.ndarray) -> list[dict[str, Any]]:
+        """Mask R-CNN detections of a ``detect.onnx`` export, as the torch backend's ``detect``.
+
+        Args:
+            images: normalised images (B, C_in, H, W), H and W any.
+
+        Returns:
+            Per image ``boxes``, ``scores``, ``labels``, ``masks`` (CPU torch tensors).
+
+        Raises:
+            ConfigError: the export is a routed model's (no detect graph).
+        """
+        detector = self.__dict__.get("_detector")
+        if detector is None:
+            raise ConfigError(f"{self.source} is a routed model's export: it has no detect graph; run it with pv/ff")
+        dets: list[dict[str, Any]] = detector.detect(self._as_input(images, "images"))
+        return dets
+
     def _pv(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._routed()
         logits, utility = self._pv_sess.run(None, {self._pv_in: small})[:2]
         return logits, utility
 
     def _ff(self, tiles: np.ndarray) -> np.ndarray:
+        self._routed()
         out: np.ndarray = self._ff_sess.run(None, {self._ff_in: tiles})[0]
         return out
 
+    def _routed(self) -> None:
+        if "_detector" in self.__dict__:
+            raise ConfigError(f"{self.source} is a Mask R-CNN export: it has a detect graph, no PV or FF")
+
     def close(self) -> None:
-        """Drop both sessions."""
+        """Drop the sessions."""
+        self.__dict__.pop("_detector", None)
         self.__dict__.pop("_pv_sess", None)
         self.__dict__.pop("_ff_sess", None)

@@ -33,6 +33,10 @@ def export_cmd(model: Path, fmt: str, out: Path, fp16: bool, opset: int | None, 
     is run on random inputs in the exported runtime and compared with torch (ONNX) or
     ONNX Runtime (TensorRT); a difference above --tolerance fails and writes nothing.
 
+    A Mask R-CNN model (model.arch: maskrcnn) exports one graph, OUT/detect.onnx (image in;
+    boxes, scores, labels, masks out), compared with torch on two sample windows; it has
+    no TensorRT engines and no --fp16.
+
     \b
     $ geoseg export --model runs/b1 --out export/b1
     $ geoseg export --model runs/b1 --format tensorrt --fp16 --out export/b1-trt

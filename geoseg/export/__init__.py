@@ -16,6 +16,8 @@ is raised. The output directory is written under a temporary name and renamed wh
 complete, so a failed export leaves nothing behind. Format: ``docs/export.md``.
 
 - :mod:`geoseg.export.onnx`: :func:`export_onnx`;
+- :mod:`geoseg.export.maskrcnn`: a Mask R-CNN model's one ``detect`` graph (TorchScript
+  exporter, dynamic height and width), verified on sample windows against torch;
 - :mod:`geoseg.export.tensorrt`: engines built from an ONNX export (GPU extra);
 - :mod:`geoseg.export.verify`: the comparison of two backends;
 - :mod:`geoseg.export.stage`: :func:`~geoseg.export.stage.export_model`, what `geoseg export` runs.

@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from geoseg.backends.base import is_export_dir, is_maskrcnn
+from geoseg.backends.base import is_export_dir, is_maskrcnn, read_export_meta
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.export.onnx import export_onnx
 from geoseg.export.report import ExportReport
@@ -22,6 +22,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: Format = "onn
                  opset: int | None = None, tolerance: float | None = None, overwrite: bool = False,
                  profiles: TrtProfiles | None = None) -> list[ExportReport]:
     """What `geoseg export` runs: ONNX, or ONNX then TensorRT engines, into ``out_dir``.
+
+    A Mask R-CNN model (``model.arch: maskrcnn``) exports its ``detect`` graph to ONNX
+    (:func:`geoseg.export.maskrcnn.export_maskrcnn_onnx`); it has no TensorRT engines.
 
     For ``tensorrt``, ``model_path`` may also be an ONNX export directory (the ONNX step is
     skipped); otherwise the ONNX is exported to a temporary directory first and copied into
@@ -41,13 +44,19 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: Format = "onn
         One report per step (ONNX vs torch, then TensorRT vs ONNX Runtime).
 
     Raises:
-        ConfigError: unknown format.
+        ConfigError: unknown format; ``tensorrt`` (or an export directory) for a Mask R-CNN model.
         DependencyError / CheckpointError / OutputExistsError / ExportError: see the steps.
     """
     out = check_writable(out_dir, "--out", directory=True)
-    if not is_export_dir(model_path) and is_maskrcnn(Path(model_path)):
-        raise ConfigError(f"{model_path} is a Mask R-CNN model: geoseg export writes the routed model's "
-                          "PV and FF graphs only (docs/maskrcnn.md); predict it with --backend torch")
+    exported = is_export_dir(model_path)
+    if read_export_meta(model_path).arch == "maskrcnn" if exported else is_maskrcnn(Path(model_path)):
+        if fmt != "onnx" or exported:
+            raise ConfigError(f"{model_path} is a Mask R-CNN model: it exports to ONNX only (--format onnx "
+                              "from its run directory; no TensorRT engines, docs/maskrcnn.md)")
+        from geoseg.export.maskrcnn import export_maskrcnn_onnx
+
+        return [export_maskrcnn_onnx(model_path, out, opset=opset, fp16=fp16, tolerance=tolerance,
+                                     overwrite=overwrite)]
     if fmt == "onnx":
         return [export_onnx(model_path, out, opset=opset, fp16=fp16, tolerance=tolerance, overwrite=overwrite)]
     if fmt != "tensorrt":

@@ -12,12 +12,15 @@ One task per block of the :class:`~geoseg.predict.plan.BlockPlan` (no routing ph
    duplicated or cut at seams as long as objects are smaller than twice the halo.
 
 The ``score`` of a polygon is the detection score. Memory of a task is bounded by the
-block and halo sizes (no detections × H × W array).
+block and halo sizes (no detections × H × W array). The backend is torch (the checkpoint)
+or ONNX Runtime (the ``detect.onnx`` of a Mask R-CNN export, :mod:`geoseg.export.maskrcnn`):
+both give the same detections as CPU tensors, and everything after them is this module's.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from dask.delayed import delayed
 
 from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, GeoSegWarning
 from geoseg.io.rasters import open_scene
 from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.meta import ModelMeta
@@ -150,7 +153,7 @@ def maskrcnn_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: Ba
         plan: the scene's block plan (``watershed_halo`` is the detection halo).
         bi: block row.
         bj: block column.
-        model: the backend (torch) holding the Mask R-CNN model.
+        model: the backend holding the Mask R-CNN model (torch, or onnx with a detect graph).
         stats: band statistics for normalisation.
         cfg: the model's config (thresholds).
         classes: class names.
@@ -187,12 +190,23 @@ def maskrcnn_graph(plans: list[BlockPlan], model: ModelKey, meta: ModelMeta, cfg
         them: the block tasks (their :class:`MaskResult`) and, per block, the task giving
         its polygon file.
 
+    Warns:
+        GeoSegWarning: once, naming the routing options given that do not apply
+            (``--budget``, ``--deadline-ms``, an explicit ``--ff-batch``, ``--tta``).
+
     Raises:
         ConfigError: ``--prob-out`` (Mask R-CNN has no probability map).
     """
     if cfg.prob_out:
         raise ConfigError(f"--prob-out {cfg.prob_out}: a Mask R-CNN model has no probability map; "
                           "drop --prob-out")
+    unused = [name for name, given in (("--budget", cfg.budget is not None),
+                                       ("--deadline-ms", cfg.deadline_ms is not None),
+                                       ("--ff-batch", cfg.ff_batch != "auto"), ("--tta", cfg.tta != "none"))
+              if given]
+    if unused:
+        warnings.warn(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to a Mask R-CNN "
+                      "model (no routing, no FF, no dense maps to average): ignored", GeoSegWarning, stacklevel=3)
     mcfg = MaskRCNNConfig.model_validate({**meta.model, "weights": None})
     stats = meta.band_stats
     tasks: list[Any] = []
