@@ -247,3 +247,59 @@ def test_cli_scene_options_usage_errors(served, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["tile", served.url("item.json"), "--asset", "nir", "--out", str(tmp_path / "p")])
     lines = res.output.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and "choose one of visual" in lines[0], res.output
+
+
+def test_a_pipeline_takes_stac_items_by_asset_and_a_stac_search(served, tmp_path: Path) -> None:
+    """``asset`` and ``stac_search`` keys of a pipeline's tile/predict sections, as the CLI options."""
+    import yaml
+
+    from geoseg.pipeline.model import load_pipeline
+    from geoseg.pipeline.run import run_pipeline
+
+    pytest.importorskip("pystac_client")
+    boxes = grid_boxes((32, 32))
+    bright_boxes_scene(served.root / "a.tif", (32, 32), boxes)
+    bright_boxes_scene(served.root / "found.tif", (32, 32), boxes, seed=4)
+    coll = {"type": "FeatureCollection", "features": [_item("item-a", "a.tif", key="data")]}
+    (served.root / "items.json").write_text(json.dumps(coll))
+    base = served.base
+    landing = {"type": "Catalog", "id": "api", "stac_version": "1.0.0", "description": "test API",
+               "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+               "links": [{"rel": "self", "href": f"{base}/api.json"}, {"rel": "root", "href": f"{base}/api.json"},
+                         {"rel": "search", "href": f"{base}/api/search", "type": "application/geo+json",
+                          "method": "POST"}]}
+    (served.root / "api").mkdir()
+    (served.root / "api.json").write_text(json.dumps(landing))
+    found = {"type": "FeatureCollection", "features": [_item("item-s", f"{base}/found.tif", key="data")], "links": []}
+    (served.root / "api" / "search").write_text(json.dumps(found))
+    spec = {"tile": {"scenes": [served.url("items.json")], "asset": "data",
+                     "stac_search": {"url": f"{base}/api.json", "bbox": [32.5, 0.3, 33.5, 0.5],
+                                     "collections": "imagery"},
+                     "out": "patches", "params": {"size": 16, "overlap": 0, "val_fraction": 0.0}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    (first,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert first.ran
+    names = {im["scene"] for im in json.loads((tmp_path / "patches" / "annotations.json").read_text())["images"]}
+    assert names == {"item-a", "item-s"}  # items named by their ids, the search's as well
+    body = json.loads(served.posted[-1])
+    assert body["bbox"] == [32.5, 0.3, 33.5, 0.5] and body["collections"] == ["imagery"]
+    (again,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert not again.ran, again.why
+    # another item found by the search is another input: the stage runs again
+    found["features"].append(_item("item-t", f"{base}/a.tif", key="data"))
+    (served.root / "api" / "search").write_text(json.dumps(found))
+    (third,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert third.ran
+    # an asset the items lack, or neither scenes nor a search: one line naming the key
+    spec["tile"]["asset"] = "nir"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="nir"):
+        load_pipeline(tmp_path / "p.yaml")
+    del spec["tile"]["scenes"], spec["tile"]["stac_search"], spec["tile"]["asset"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="'scenes' .* or 'stac_search'"):
+        load_pipeline(tmp_path / "p.yaml")
+    spec["tile"]["stac_search"] = {"url": f"{base}/api.json", "bbox": [33, 0, 32, 1]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ConfigError, match="west < east"):
+        load_pipeline(tmp_path / "p.yaml")

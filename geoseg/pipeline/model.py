@@ -15,12 +15,14 @@ from pydantic import ConfigDict, ValidationError
 
 from geoseg.config import Strict, deep_update, format_validation_error, read_yaml, validate
 from geoseg.errors import ConfigError
+from geoseg.io.sources import SceneSource
 from geoseg.pipeline.schema import (
     STAGES,
     ClusterConfig,
     EvaluateStage,
     PipelineFile,
     PredictStage,
+    StacSearch,
     TileStage,
     TrainStage,
 )
@@ -137,7 +139,7 @@ class TileArgs(StageArgs):
     """What :func:`~geoseg.pipeline.stages.run_tile` gets."""
 
     section: ClassVar[type[Strict]] = TileStage
-    scenes: list[str]
+    scenes: list[str | SceneSource]
     labels: Path | None
     out: Path
     cfg: TileConfig
@@ -150,10 +152,12 @@ class TileArgs(StageArgs):
         t = section
         cfg = _params(TileConfig, "tile.params", ctx.inp(t.config) if t.config else None,
                       t.params, ctx.path)
-        a = cls(scenes=ctx.scenes(t.scenes), labels=ctx.inp(t.labels) if t.labels else None,
+        given = ctx.scenes(t.scenes)
+        a = cls(scenes=ctx.sources(given, t.asset, t.stac_search), labels=ctx.inp(t.labels) if t.labels else None,
                 out=ctx.out(t.out), cfg=cfg, skip_bad=t.skip_bad)
-        return ctx.stage("tile", ctx.local(a.scenes) + ([a.labels] if a.labels else []), [a.out], a,
-                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"), **ctx.remote(a.scenes))
+        return ctx.stage("tile", ctx.local(given) + ([a.labels] if a.labels else []), [a.out], a,
+                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"), **ctx.remote(a.scenes),
+                         **ctx.catalog(t.asset, t.stac_search))
 
 
 class TrainArgs(StageArgs):
@@ -181,7 +185,7 @@ class PredictArgs(StageArgs):
     """What :func:`~geoseg.pipeline.stages.run_predict` gets."""
 
     section: ClassVar[type[Strict]] = PredictStage
-    scenes: list[str]
+    scenes: list[str | SceneSource]
     model: Path
     out: Path
     cfg: PredictConfig
@@ -195,12 +199,13 @@ class PredictArgs(StageArgs):
         if isinstance(params.get("prob_out"), str):  # an output: relative to workdir
             params["prob_out"] = str(ctx.out(params["prob_out"]))
         pcfg = _params(PredictConfig, "predict.params", None, params, ctx.path)
-        a = cls(scenes=ctx.scenes(p.scenes), model=ctx.made("predict.model", p.model, "train"),
-                out=ctx.out(p.out), cfg=pcfg)
-        return ctx.stage("predict", [*ctx.local(a.scenes), a.model], [a.out], a,
+        given = ctx.scenes(p.scenes)
+        a = cls(scenes=ctx.sources(given, p.asset, p.stac_search),
+                model=ctx.made("predict.model", p.model, "train"), out=ctx.out(p.out), cfg=pcfg)
+        return ctx.stage("predict", [*ctx.local(given), a.model], [a.out], a,
                          params=pcfg.model_dump(mode="json", exclude={"prob_out"}),
                          prob_out=ctx.rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0],
-                         **ctx.remote(a.scenes))
+                         **ctx.remote(a.scenes), **ctx.catalog(p.asset, p.stac_search))
 
 
 class EvaluateArgs(StageArgs):
@@ -209,7 +214,7 @@ class EvaluateArgs(StageArgs):
     section: ClassVar[type[Strict]] = EvaluateStage
     pred: Path
     truth: Path
-    scenes: list[str]
+    scenes: list[str | SceneSource]
     json_out: Path | None
     quicklook: Path | None
     clip: bool
@@ -223,7 +228,7 @@ class EvaluateArgs(StageArgs):
     def resolve(cls, section: EvaluateStage, ctx: _Resolver) -> Stage[EvaluateArgs]:
         e, stages, path = section, ctx.stages, ctx.path
         predict = stages.get("predict")
-        scenes = (ctx.scenes(e.scenes) if e.scenes is not None
+        scenes: list[str | SceneSource] = (list(ctx.scenes(e.scenes)) if e.scenes is not None
                   else list(predict.args.scenes) if isinstance(predict, Stage)
                   and isinstance(predict.args, PredictArgs) else [])
         if not scenes and (e.clip or e.quicklook):
@@ -268,14 +273,40 @@ class _Resolver:
         return [s if is_remote(s) else str(self.inp(s)) for s in items]
 
     @staticmethod
-    def local(scenes: Sequence[str]) -> list[Path]:
+    def sources(given: list[str], asset: str | None, search: StacSearch | None) -> list[str | SceneSource]:
+        """The scenes a stage reads: ``given`` as written, or the STAC items' assets.
+
+        With ``asset`` or ``stac_search`` the STAC documents are read now (an item's asset,
+        named by its id) and the search's items follow; their URLs are in the digest.
+        """
+        if asset is None and search is None:
+            return list(given)
+        from geoseg.io.sources import list_scenes
+
+        found: list[str | SceneSource] = list(list_scenes(given, asset=asset)) if given else []
+        if search is not None:
+            from geoseg.io.stac import search_scenes
+
+            found += search_scenes(search.url, bbox=search.bbox, datetime=search.datetime,
+                                   collections=search.collections, max_items=search.max_items, asset=asset)
+        return found
+
+    @staticmethod
+    def catalog(asset: str | None, search: StacSearch | None) -> dict[str, Any]:
+        """The catalogue keys for the digest (none when unset: older digests stay valid)."""
+        return {k: v for k, v in (("asset", asset),
+                                  ("stac_search", search.model_dump(mode="json") if search else None)) if v}
+
+    @staticmethod
+    def local(scenes: Sequence[str | SceneSource]) -> list[Path]:
         """The local ones of resolved scenes: stage inputs whose mtime the skip rules compare."""
         from geoseg.io.sources import is_remote
 
-        return [Path(s) for s in scenes if not is_remote(s)]
+        paths = [s.source if isinstance(s, SceneSource) else s for s in scenes]
+        return [Path(p) for p in paths if not is_remote(p)]
 
     @staticmethod
-    def remote(scenes: Sequence[str]) -> dict[str, Any]:
+    def remote(scenes: Sequence[str | SceneSource]) -> dict[str, Any]:
         """``{"remote": [[url, identity]...]}`` for the digest (empty without remote scenes).
 
         A remote scene has no mtime here: its identity (size, ETag, Last-Modified,
@@ -284,7 +315,7 @@ class _Resolver:
         """
         from geoseg.io.sources import is_remote, remote_stamp
 
-        urls = [s for s in scenes if is_remote(s)]
+        urls = [u for u in (s.source if isinstance(s, SceneSource) else s for s in scenes) if is_remote(u)]
         return {"remote": [[u, remote_stamp(u)] for u in urls]} if urls else {}
 
     def out(self, p: str) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 from geoseg import __version__
 from geoseg.errors import ConfigError, GeoSegError, OutputExistsError
 from geoseg.io.atomic import write_json
+from geoseg.io.sources import SceneSource, is_remote
 from geoseg.parallel import check_scheduler
 from geoseg.pipeline.model import FORCE, FROM, UP_TO_DATE, Pipeline, Stage, StageResult, load_pipeline, show
 from geoseg.pipeline.scheduler import SharedScheduler
@@ -131,4 +132,10 @@ def qgis_hint(pipe: Pipeline) -> str | None:
         return None
     a = pipe.stages["predict"].args
     return (f"open {show(a.out)} in QGIS (Layer > Add Layer > Add Vector Layer), on top of "
-            f"{', '.join(show(s) for s in a.scenes)} (Layer > Add Layer > Add Raster Layer)")
+            f"{', '.join(_where(s) for s in a.scenes)} (Layer > Add Layer > Add Raster Layer)")
+
+
+def _where(scene: str | SceneSource) -> str:
+    """A scene as a user adds it in QGIS: a URL as is, a local path relative to here."""
+    src = scene.source if isinstance(scene, SceneSource) else scene
+    return src if is_remote(src) else show(Path(src))

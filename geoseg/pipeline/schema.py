@@ -17,16 +17,47 @@ def _as_tuple(value: Any) -> Any:
     return (value,) if isinstance(value, str) else value
 
 
-class TileStage(Strict):
+class StacSearch(Strict):
+    """``stac_search:`` a STAC API search whose items are scenes too (``--stac-search``)."""
+
+    url: str
+    bbox: tuple[float, float, float, float] | None = Field(None, description="west, south, east, north (degrees)")
+    datetime: str | None = None
+    collections: tuple[str, ...] = ()
+    max_items: int | None = Field(None, ge=1)
+    one_collection = field_validator("collections", mode="before")(_as_tuple)
+
+    @field_validator("bbox")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+        if v is not None and not (v[0] < v[2] and v[1] < v[3]):
+            raise ValueError("bbox is west, south, east, north, with west < east and south < north")
+        return v
+
+
+class _Scenes(Strict):
+    """Scene keys shared by tile and predict: files/folders/URLs/STAC JSON, ``asset``, ``stac_search``."""
+
+    scenes: tuple[str, ...] = ()
+    asset: str | None = Field(None, description="asset of STAC items (default: visual, else data)")
+    stac_search: StacSearch | None = None
+    one_scene = field_validator("scenes", mode="before")(_as_tuple)
+
+    @model_validator(mode="after")
+    def _some(self) -> _Scenes:
+        if not self.scenes and self.stac_search is None:
+            raise ValueError("give 'scenes' (files, folders, URLs or STAC JSON) or 'stac_search'")
+        return self
+
+
+class TileStage(_Scenes):
     """``tile:`` scenes + labels → chips (:func:`geoseg.tile.tile`)."""
 
-    scenes: tuple[str, ...] = Field(min_length=1)
     labels: str | None = None
     out: str = "patches"
     config: str | None = Field(None, description="TileConfig YAML; params override it")
     params: dict[str, Any] = Field(default_factory=dict, description="TileConfig keys")
     skip_bad: bool = False
-    one_scene = field_validator("scenes", mode="before")(_as_tuple)
 
 
 class TrainStage(Strict):
@@ -39,14 +70,12 @@ class TrainStage(Strict):
     epochs: int | None = Field(None, ge=1)
 
 
-class PredictStage(Strict):
+class PredictStage(_Scenes):
     """``predict:`` scenes + model → polygons (:func:`geoseg.predict.stage.predict`)."""
 
-    scenes: tuple[str, ...] = Field(min_length=1)
     model: str | None = Field(None, description="default: the train stage's out")
     out: str = "buildings.gpkg"
     params: dict[str, Any] = Field(default_factory=dict, description="PredictConfig keys")
-    one_scene = field_validator("scenes", mode="before")(_as_tuple)
 
 
 class EvaluateStage(Strict):
