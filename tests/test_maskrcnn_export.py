@@ -120,6 +120,9 @@ def test_predict_backend_onnx_equals_torch(exported: tuple[Path, Path, str], tmp
         summary = predict([scene], model, out, PredictConfig(backend=backend, block=64, watershed_halo=32,
                                                              min_area=0, simplify=0, device="cpu"), scheduler="sync")
         assert summary.blocks == 6 and "Mask R-CNN: no routing" in summary.routing  # the same block plan
+        lines = summary.lines()  # no cells, no FF: the summary does not speak of them
+        assert lines[0] == "scenes: 1, blocks: 6 (resumed: detections 0)"
+        assert lines[1] == "Mask R-CNN: no routing, detections on every block"
         got[backend] = gpd.read_file(out)
     a, b = got["torch"], got["onnx"]
     assert len(a) == len(b) > 0

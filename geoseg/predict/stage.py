@@ -84,17 +84,21 @@ class PredictSummary:
     gsd: str = ""
     """How scenes were read: at which ground pixel size, from which (empty: all native)."""
     tta: str = "none"
+    arch: str = "routed"
+    """The model family (``maskrcnn``: no cells, no FF; one detection task per block)."""
     ff_batch: str = ""
     """The FF batch used and why (probe, --max-memory, --ff-batch; halved after running out of memory)."""
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
         share = self.ff_cells / max(self.cells, 1)
+        routed = self.arch == "routed"
+        resumed = self.resumed if routed else {"detections": self.resumed[PHASES["polys"]]}
         return [
             f"scenes: {self.scenes}, blocks: {self.blocks} "
-            f"(resumed: {', '.join(f'{k} {v}' for k, v in self.resumed.items())})",
+            f"(resumed: {', '.join(f'{k} {v}' for k, v in resumed.items())})",
             f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing}) "
-            f"in {self.ff_regions} regions",
+            f"in {self.ff_regions} regions" if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
@@ -254,7 +258,7 @@ def predict(
     for p in plans:
         p.cache.mkdir(exist_ok=True)
 
-    summary = PredictSummary(out=out, scenes=len(plans), routing=routing,
+    summary = PredictSummary(out=out, scenes=len(plans), routing=routing, arch=meta.arch,
                              gsd=gsd_note(native, infos, cfg), tta=cfg.tta)
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
