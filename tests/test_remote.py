@@ -303,3 +303,35 @@ def test_a_pipeline_takes_stac_items_by_asset_and_a_stac_search(served, tmp_path
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="west < east"):
         load_pipeline(tmp_path / "p.yaml")
+
+
+def test_a_file_replaced_at_its_url_is_read_anew_in_the_same_process(served, tmp_path: Path) -> None:
+    """A long-lived process (a Dask worker, a notebook) that read a URL reads the new file after it is replaced.
+
+    GDAL keeps downloaded ranges per URL for the life of the process: without dropping them the
+    second run tiles the old pixels under the new file's stamp, and exits 0.
+    """
+    from geoseg.io.rasters import open_scene
+
+    first, second = [(4, 4, 20, 20)], [(30, 30, 60, 50), (2, 40, 20, 60)]
+    path = bright_boxes_scene(served.root / "moving.tif", (64, 64), first, seed=1)
+    url = served.url("moving.tif")
+    with open_scene(inspect_scene(url)) as src:
+        old = src.read()
+    st = path.stat()
+    bright_boxes_scene(path, (64, 64), second, seed=2)  # same size on disk, other pixels
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    assert path.stat().st_size == st.st_size
+    with rasterio.open(path) as src:
+        new = src.read()
+    assert not np.array_equal(old, new)
+    info = inspect_scene(url)
+    with open_scene(info) as src:
+        assert np.array_equal(src.read(), new)
+    # and a whole run in this process: the chips are the new file's
+    cfg = TileConfig(size=32, overlap=0, val_fraction=0.0)
+    tile([url], None, tmp_path / "remote", cfg, scheduler="threads")
+    tile([path], None, tmp_path / "local", cfg, scheduler="sync")
+    for chip in sorted((tmp_path / "local" / "images").iterdir()):
+        with rasterio.open(chip) as x, rasterio.open(tmp_path / "remote" / "images" / chip.name) as y:
+            assert np.array_equal(x.read(), y.read())

@@ -30,6 +30,7 @@ from geoseg.io.sources import (
     first_line,
     is_remote,
     open_raster,
+    remote_identity,
     remote_stamp,
     scene_name,
 )
@@ -58,6 +59,9 @@ class SceneInfo:
         resample: this grid's pixel side over the file's (1.0: the file's own grid). Above
             1 the scene is read coarser than stored, below 1 finer; see :meth:`at_gsd` and
             :func:`open_scene`. ``width``, ``height`` and ``transform`` are this grid's.
+        identity: of a remote file, its version when inspected (ETag, Last-Modified,
+            size: :func:`geoseg.io.sources.remote_identity`); reads in a process that saw
+            another version at the URL drop GDAL's cache first. Empty for local files.
     """
 
     source: str
@@ -72,6 +76,7 @@ class SceneInfo:
     has_mask: bool
     gsd: float = float("nan")
     resample: float = 1.0
+    identity: str = ""
 
     @property
     def path(self) -> Path:
@@ -150,7 +155,7 @@ def open_scene(scene: SceneInfo) -> Iterator[Any]:
     coarser, ``bilinear`` when finer; pixels past the file's edge are invalid (nodata, or
     an alpha band when the file has no nodata).
     """
-    with open_raster(scene.source) as src:
+    with open_raster(scene.source, scene.identity) as src:
         if scene.resample == 1.0:
             yield src
             return
@@ -242,10 +247,10 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
     """
     ref = scene if isinstance(scene, SceneSource) else SceneSource(str(scene), scene_name(scene))
     path, remote = ref.source, is_remote(ref.source)
-    if remote:
-        remote_stamp(path)  # HTTP(S): fails with the server's reason (404, refused) in one line
+    # HTTP(S): fails with the server's reason (404, refused) in one line
+    identity = remote_identity(remote_stamp(path)) if remote else ""
     try:
-        with open_raster(path) as src:
+        with open_raster(path, identity) as src:
             if src.crs is None:
                 raise InputRasterError(
                     f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})"
@@ -263,7 +268,7 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
                 source=path, name=ref.name, width=src.width, height=src.height,
                 count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
                 transform=tuple(src.transform)[:6],
-                nodata=src.nodata, has_mask=has_mask, gsd=gsd,
+                nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity,
             )
     except InputRasterError:
         raise

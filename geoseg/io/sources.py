@@ -144,8 +144,14 @@ def remote_options() -> dict[str, str]:
 
 
 @contextmanager
-def open_raster(source: str | Path) -> Iterator[Any]:
+def open_raster(source: str | Path, identity: str = "") -> Iterator[Any]:
     """``rasterio.open`` of a scene source, with the remote read settings for URLs.
+
+    Args:
+        source: a local path, a URL or a GDAL path.
+        identity: of a remote file, what :func:`remote_identity` said when the run
+            inspected it: when this process read the URL before as another file, GDAL's
+            caches of it are dropped first (:func:`geoseg.io.vsicache.fresh`).
 
     Yields:
         The open dataset.
@@ -154,8 +160,18 @@ def open_raster(source: str | Path) -> Iterator[Any]:
         with rasterio.open(source) as src:
             yield src
         return
-    with rasterio.Env(**remote_options()), rasterio.open(gdal_path(source)) as src:
-        yield src
+    from geoseg.io.vsicache import fresh
+
+    path = gdal_path(source)
+    with rasterio.Env(**remote_options()):
+        fresh(path, identity)
+        with rasterio.open(path) as src:
+            yield src
+
+
+def remote_identity(stamp: dict[str, Any]) -> str:
+    """What tells two versions of a remote file apart, from its :func:`remote_stamp`."""
+    return "|".join(str(stamp.get(k) or "") for k in ("etag", "last_modified", "bytes", "gdal"))
 
 
 def _head(url: str, timeout: float = 20.0) -> dict[str, str]:

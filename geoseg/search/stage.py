@@ -133,7 +133,7 @@ def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: 
         geoms = examples.geometry.to_crs(s.crs).to_numpy()
         px = shapely.affinity.affine_transform
         inv = (~s.affine).to_shapely()
-        with open_raster(s.source) as src:
+        with open_raster(s.source, s.identity) as src:
             for i, g in enumerate(geoms):
                 if taken[i] or g is None or not s.footprint.contains(g.centroid):
                     continue
@@ -171,7 +171,7 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
     side_h = math.ceil((core.height + 2 * h) / MULTIPLE) * MULTIPLE
     side_w = math.ceil((core.width + 2 * h) / MULTIPLE) * MULTIPLE
     win = Window(core.col_off - h, core.row_off - h, side_w, side_h)
-    with open_raster(plan.scene.source) as src:
+    with open_raster(plan.scene.source, plan.scene.identity) as src:
         raw, valid = read_window(src, plan, win)
     x = normalize(raw, backend.meta.stats, valid=valid)[None].astype(np.float32)
     boxes = np.zeros((0, 4), np.float32)
