@@ -335,3 +335,21 @@ def test_a_file_replaced_at_its_url_is_read_anew_in_the_same_process(served, tmp
     for chip in sorted((tmp_path / "local" / "images").iterdir()):
         with rasterio.open(chip) as x, rasterio.open(tmp_path / "remote" / "images" / chip.name) as y:
             assert np.array_equal(x.read(), y.read())
+
+
+def test_search_from_a_url_equals_searching_the_file(served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`geoseg search` over a URL: the examples' crops and the blocks read by range requests."""
+    from test_search import BrightBlobs, _examples, _scene
+
+    from geoseg.search import SearchConfig, search
+
+    monkeypatch.setattr("geoseg.search.stage.get_search_backend", lambda *a, **k: BrightBlobs())
+    scene = _scene(served.root / "s.tif", [(100, 118, 20), (30, 30, 20), (140, 126, 20)])
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500015, 99975, 500025, 99985)], "EPSG:4326")
+    cfg = SearchConfig(block=128, halo=32, min_score=0.5)
+    local = search([scene], ex, "model", tmp_path / "local.gpkg", cfg, scheduler="sync")
+    remote = search([served.url("s.tif")], ex, "model", tmp_path / "remote.gpkg", cfg, scheduler="threads")
+    a, b = gpd.read_file(tmp_path / "local.gpkg"), gpd.read_file(tmp_path / "remote.gpkg")
+    assert local.boxes == remote.boxes == len(a) == len(b) == 3
+    assert sorted(g.wkt for g in a.geometry) == sorted(g.wkt for g in b.geometry)
+    assert (b["scene"] == "s").all() and served.sent["s.tif"] > 0  # read from the server
