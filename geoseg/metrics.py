@@ -103,6 +103,10 @@ def port_from(value: int | None) -> int | None:
 def serving(port: int | None, command: str, addr: str = "0.0.0.0") -> Iterator[int | None]:  # noqa: S104
     """Serve :data:`REGISTRY` on ``port`` while inside (nothing when ``port`` is None).
 
+    A process torchrun started with ``LOCAL_RANK`` > 0 serves nothing: its node's local
+    rank 0 serves the port (every rank records the same epoch rows, see
+    :mod:`geoseg.train.ranks`).
+
     Yields:
         The port served (the one chosen by the system when ``port`` is 0), or None.
 
@@ -111,7 +115,8 @@ def serving(port: int | None, command: str, addr: str = "0.0.0.0") -> Iterator[i
     """
     global _command
     _command = command
-    if port is None:
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    if port is None or (local_rank.isdigit() and int(local_rank) > 0):
         yield None
         return
     try:

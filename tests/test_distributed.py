@@ -166,8 +166,10 @@ def test_launch_errors_are_one_line(tiny_patches: Path, tmp_path: Path, monkeypa
     odd = tmp_path / "odd.yaml"
     odd.write_text(TINY.read_text().replace("batch_size: 4", "batch_size: 3"))
     one_line_error(CliRunner().invoke(cli, ["train", str(odd), *base, "--devices", "2"]), "batch_size 3", "multiple")
-    one_line_error(CliRunner().invoke(cli, ["train", str(REPO / "configs" / "maskrcnn-cpu.yaml"), *base,
-                                            "--devices", "2"]), "maskrcnn")
+    semi = tmp_path / "semi.yaml"  # the unlabelled batch (semi.ratio x 4 = 3) is split too
+    semi.write_text(TINY.read_text() + f"semi: {{unlabelled: [{tmp_path}], ratio: 0.75}}\n")
+    one_line_error(CliRunner().invoke(cli, ["train", str(semi), *base, "--devices", "2"]),
+                   "unlabelled batch of 3", "multiple")
     # under torchrun the launcher decides the processes
     for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2",
                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():

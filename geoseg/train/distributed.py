@@ -7,6 +7,11 @@ One run, ``W = devices x nodes`` processes (ranks), each with a replica of the m
   ``(seed, epoch)`` generator and keeps its share of each global batch), DDP averages the
   gradients, so the optimiser sees the gradient of the whole batch and the learning rate,
   the schedule and the number of steps do not depend on ``W``;
+- every family: the routed model, Mask R-CNN, the mean teacher (its unlabelled batches are
+  split like the labelled ones). DDP wraps a :class:`Step`, so each training step is one
+  DDP forward whatever forward passes it makes (labelled and unlabelled), and after each
+  optimiser step rank 0's buffers (batch-norm statistics) are copied to every rank, so the
+  weights, the buffers and their EMA (the teacher) are the same on every rank;
 - validation, ``metrics.csv``, ``curves.png``, the checkpoints and the log lines are rank
   0's; its epoch row (with the loss terms averaged over the ranks) is broadcast so every
   rank keeps the same history and runs the same hooks;
@@ -16,7 +21,7 @@ One run, ``W = devices x nodes`` processes (ranks), each with a replica of the m
   synchronised across the ranks).
 
 Launching: ``geoseg train --devices N`` spawns N local processes
-(:func:`torch.multiprocessing.start_processes`, method ``spawn``); ``--nodes M
+(:func:`geoseg.train.ranks.spawn`, method ``spawn``); ``--nodes M
 --node-rank R --master-addr HOST --master-port P`` on each of M machines makes
 ``N x M`` ranks; a process started by ``torchrun`` (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` in its environment) is one rank already
@@ -40,7 +45,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from geoseg.errors import ConfigError, GeoSegError, GeoSegWarning
+from geoseg.errors import ConfigError, GeoSegWarning
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +95,23 @@ class Dist:
         return box[0]
 
     def sync_buffers(self, *modules: torch.nn.Module | None) -> None:
-        """Rank 0's buffers (e.g. the router threshold validation sets) on every rank."""
-        if self.active:
-            for m in modules:
-                for b in m.buffers() if m is not None else ():
-                    tdist.broadcast(b, src=0)
+        """Rank 0's buffers (batch-norm statistics, the router threshold) on every rank.
+
+        One broadcast per dtype (the buffers flattened into one tensor), as DDP does.
+        """
+        if not self.active:
+            return
+        by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+        for m in modules:
+            for b in m.buffers() if m is not None else ():
+                by_dtype.setdefault(b.dtype, []).append(b)
+        for bufs in by_dtype.values():
+            flat = torch.cat([b.detach().reshape(-1) for b in bufs])
+            tdist.broadcast(flat, src=0)
+            offset = 0
+            for b in bufs:
+                b.copy_(flat[offset:offset + b.numel()].view_as(b))
+                offset += b.numel()
 
     def barrier(self) -> None:
         """Wait for every rank."""
@@ -137,28 +154,51 @@ class Dist:
         if self.rank > 0:
             torch.manual_seed(seed * 1_000_003 + self.rank)
 
-    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-        """``model`` in DistributedDataParallel (batch norm synchronised on CUDA)."""
+    def wrap(self, model: torch.nn.Module, device: torch.device,
+             find_unused: bool = True) -> torch.nn.Module | None:
+        """DistributedDataParallel over a :class:`Step` of ``model`` (None for one process).
+
+        On CUDA ``model``'s batch norms become SyncBatchNorm (in place, same parameters).
+        ``find_unused``: some parameters get no gradient in a step (DDP then looks for them
+        after each forward). Buffers are rank 0's at the start and not broadcast at each
+        forward: the loop copies rank 0's after each step (:meth:`sync_buffers`).
+        """
         if not self.active:
-            return model
+            return None
         from torch.nn.parallel import DistributedDataParallel
 
         if device.type == "cuda":  # SyncBatchNorm runs on GPUs only
             convert: Any = torch.nn.SyncBatchNorm.convert_sync_batchnorm  # untyped in torch
             model = convert(model)
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       find_unused_parameters=True)
+        return DistributedDataParallel(Step(model), device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=find_unused, forward_sync_buffers=False)
 
 
 #: One process, no collectives.
 SINGLE = Dist()
 
 
+class Step(torch.nn.Module):
+    """What DDP wraps: ``net``, and a forward that runs a training step's forward passes.
+
+    ``Step(net)(fn)`` returns ``fn()``: the labelled and unlabelled passes of the mean teacher
+    (or Mask R-CNN's one) are one DDP forward, so DDP prepares one backward per step.
+    """
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside a DistributedDataParallel (or ``model``)."""
+    """The model inside a DistributedDataParallel and its :class:`Step` (or ``model``)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return inner.net if isinstance(inner, Step) else inner
 
 
 class ShardSampler(torch.utils.data.Sampler[int]):
@@ -199,19 +239,22 @@ def from_env() -> Dist | None:
 
 
 def check_supported(cfg: Any, world: int) -> None:
-    """Refuse what multi-process training does not do: Mask R-CNN, the mean teacher, an odd batch."""
+    """Refuse a global batch (labelled, or unlabelled with ``semi``) that the processes cannot share."""
     if world <= 1:
         return
-    if cfg.model.arch == "maskrcnn":
-        raise ConfigError(f"--devices/--nodes: {world} processes train the routed model only; "
-                          "model.arch: maskrcnn trains in one process (devices: 1)")
-    if cfg.semi.enabled:
-        raise ConfigError(f"--devices/--nodes: {world} processes do not train the mean teacher "
-                          "(semi); drop --unlabelled/semi.unlabelled or train in one process")
     b = cfg.data.batch_size
     if isinstance(b, int) and b % world:
         raise ConfigError(f"data.batch_size {b} is the global batch and must be a multiple of the "
                           f"{world} processes (--devices x --nodes); e.g. {max(world, b // world * world)}")
+    if isinstance(b, int) and cfg.semi.enabled:
+        check_unlabelled_batch(max(1, round(cfg.semi.ratio * b)), world)
+
+
+def check_unlabelled_batch(batch: int, world: int) -> None:
+    """The unlabelled batch (``semi.ratio`` x the global batch) is shared by the processes too."""
+    if batch % world:
+        raise ConfigError(f"semi.ratio gives an unlabelled batch of {batch}, which must be a multiple of "
+                          f"the {world} processes (--devices x --nodes); change semi.ratio or data.batch_size")
 
 
 @dataclass(frozen=True)
@@ -285,6 +328,8 @@ def start(cfg: Any, relaunch: Callable[..., Any], kwargs: dict[str, Any], device
         check_supported(cfg, launch.world)
         if launch.world == 1:
             return SINGLE
+        from geoseg.train.ranks import spawn
+
         spawn(relaunch, kwargs, launch)
         return None
     if devices not in (None, rank.local_world):
@@ -333,59 +378,3 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[Dist]:
         yield dist
     finally:
         tdist.destroy_process_group()
-
-
-def spawn(fn: Callable[..., Any], kwargs: dict[str, Any], launch: Launch) -> None:
-    """Run ``fn(**kwargs)`` in ``launch.devices`` local processes, one rank each.
-
-    Raises:
-        The first exception a rank raised (the others are terminated), or
-        :class:`GeoSegError` when a rank died without one (killed, out of memory).
-    """
-    import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException, start_processes
-
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    root = logging.getLogger()
-    logs = (root.level, [h.formatter for h in root.handlers])
-    try:
-        launcher: Any = start_processes  # untyped in torch
-        launcher(_rank_main, args=(fn, kwargs, launch, errors, logs), nprocs=launch.devices, join=True,
-                 start_method="spawn")
-    except ProcessException as err:
-        try:
-            first = errors.get() if not errors.empty() else None
-        except Exception:  # an exception that does not unpickle
-            first = None
-        if isinstance(first, BaseException):
-            raise first from None
-        raise GeoSegError(f"training rank {launch.node_rank * launch.devices + err.error_index} "
-                          f"failed: {first or str(err).strip().splitlines()[-1]}") from None
-
-
-def _rank_main(local_rank: int, fn: Callable[..., Any], kwargs: dict[str, Any], launch: Launch,
-               errors: Any, logs: tuple[int, list[logging.Formatter | None]]) -> None:
-    """A spawned rank: torchrun's environment, the parent's logging, then ``fn``."""
-    rank = launch.node_rank * launch.devices + local_rank
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(launch.world), LOCAL_RANK=str(local_rank),
-                      LOCAL_WORLD_SIZE=str(launch.devices), MASTER_ADDR=launch.master_addr,
-                      MASTER_PORT=str(launch.master_port))
-    level, formatters = logs
-    root = logging.getLogger()
-    root.setLevel(level if rank == 0 else max(level, logging.WARNING))
-    for f in formatters:
-        h = logging.StreamHandler()
-        h.setFormatter(f)
-        root.addHandler(h)
-    logging.captureWarnings(True)
-    if rank > 0:  # rank 0 says it
-        warnings.simplefilter("ignore", GeoSegWarning)
-    try:
-        fn(**kwargs)
-    except BaseException as err:
-        try:
-            errors.put(err)
-        except Exception:  # not picklable: its line
-            errors.put(f"{type(err).__name__}: {err}")
-        raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import logging
 import sys
@@ -28,7 +29,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from geoseg import metrics
 from geoseg.config import dump_yaml, validate
 from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
@@ -41,6 +41,7 @@ from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
 from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
+from geoseg.train.ranks import report
 from geoseg.train.runtime import lr_lambda, mean_teacher_of, resolve_device, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,14 @@ class Trainer:
 
     The model family's parts are hooks (``dataset_class``, ``collate``, :meth:`build_model`,
     :meth:`batch_loss`, :meth:`validate`); :class:`geoseg.train.maskrcnn.MaskRCNNTrainer`
-    overrides them for ``model.arch: maskrcnn``. With ``dist.world > 1`` ``model`` is the
-    DistributedDataParallel wrapper (forward passes go through it), ``net`` the module in it.
+    overrides them for ``model.arch: maskrcnn``. ``model`` (also ``net``) is the model; with
+    ``dist.world > 1`` ``ddp`` is the DistributedDataParallel that runs each step's
+    :meth:`step_loss` (:class:`geoseg.train.distributed.Step`).
     """
 
     dataset_class: type[ChipDataset] = ChipDataset
     collate = staticmethod(collate)
+    find_unused = True  #: DDP's find_unused_parameters: the routed encoder's stages past encoder_depth get no grad
 
     def __init__(self, cfg: TrainConfig, patches: Path, run_dir: Path, device: torch.device,
                  progress: bool | None = None, hooks: Sequence[Hook] = (),
@@ -120,8 +123,9 @@ class Trainer:
         self.ema = (torch.optim.swa_utils.AveragedModel(
             self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),
             use_buffers=True) if decay else None)
-        self.semi = mean_teacher_of(self.cfg, self.ema is not None, self.batch)
-        self.model = dist.wrap(self.model, device)
+        self.semi = mean_teacher_of(self.cfg, self.ema is not None, self.batch, dist)
+        self.ddp = dist.wrap(self.model, device, self.find_unused)
+        self.model = distributed.unwrap(self.ddp) if self.ddp is not None else self.model  # SyncBN on CUDA
         self.amp = bool(o.amp and device.type == "cuda")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.step = 0, 0
@@ -130,8 +134,8 @@ class Trainer:
 
     @property
     def net(self) -> torch.nn.Module:
-        """The model itself (outside DistributedDataParallel)."""
-        return distributed.unwrap(self.model)
+        """The model itself (``model``; outside DistributedDataParallel)."""
+        return self.model
 
     # -- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -196,15 +200,11 @@ class Trainer:
                    disable=not self.dist.main or (
                        (not sys.stderr.isatty()) if self.progress is None else not self.progress))
         for batch in bar:
+            weight = self.semi_weight()
+            ub = next(unlabelled) if unlabelled is not None and weight > 0 else None
             with torch.autocast(self.device.type, enabled=self.amp):
-                total, terms = self.batch_loss(batch)
-                weight = self.semi_weight()
-                if unlabelled is not None and weight > 0:
-                    ub = {k: v.to(self.device, non_blocking=True) for k, v in next(unlabelled).items()}
-                    u_total, u_terms = self.semi.loss(self.model, self.eval_model(), ub, self.loss,
-                                                      self.step / max(1, self.total_steps))
-                    total = total + weight * u_total
-                    terms = {**terms, **u_terms, "unsup_weight": weight}
+                step = functools.partial(self.step_loss, batch, ub, weight)
+                total, terms = self.ddp(step) if self.ddp is not None else step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if self.cfg.optim.grad_clip:
@@ -213,6 +213,7 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            self.dist.sync_buffers(self.model)  # rank 0's batch-norm statistics: the same EMA on every rank
             if self.ema is not None:
                 self.ema.update_parameters(self.net)
             self.step += 1
@@ -229,6 +230,16 @@ class Trainer:
         assert isinstance(self.cfg.model, ModelConfig)
         return RoutedModel.from_config(self.cfg.model)
 
+    def step_loss(self, batch: dict[str, Any], ub: dict[str, Any] | None, weight: float) -> tuple[Any, dict[str, Any]]:
+        """A step's loss: the labelled batch's, plus ``weight`` x the unlabelled batch's ``ub`` (semi)."""
+        total, terms = self.batch_loss(batch)
+        if ub is not None:
+            ub = {k: v.to(self.device, non_blocking=True) for k, v in ub.items()}
+            u_total, u_terms = self.semi.loss(self.model, self.eval_model(), ub, self.loss,
+                                              self.step / max(1, self.total_steps))
+            total, terms = total + weight * u_total, {**terms, **u_terms, "unsup_weight": weight}
+        return total, terms
+
     def batch_loss(self, batch: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """The loss of one training batch (a scalar tensor) and its logged terms (under autocast)."""
         batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
@@ -239,9 +250,7 @@ class Trainer:
 
     def semi_weight(self) -> float:
         """Weight of the unlabelled loss at this step (0 without ``semi``)."""
-        from geoseg.train.semi import ramp_weight
-
-        return ramp_weight(self.cfg.semi, self.step / self.steps_per_epoch) if self.semi else 0.0
+        return self.semi.weight(self.step / self.steps_per_epoch) if self.semi else 0.0
 
     def eval_model(self) -> torch.nn.Module:
         """The weights used for validation and best.pt: the EMA when enabled."""
@@ -302,8 +311,8 @@ class Trainer:
             row = self.dist.broadcast(row)  # rank 0's: every rank keeps the same history
             self.write_outputs(row)
             self.dist.barrier()  # hooks run once the epoch's outputs are written
+            report(row)  # --metrics-port (every rank: torchrun's local rank 0 on each node serves it)
             if self.dist.main:
-                metrics.epoch_done(row)
                 log.info("epoch %d: %s", self.epoch,
                          ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             for hook in self.hooks:
@@ -337,7 +346,7 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
     Raises:
         OutputExistsError: ``run_dir`` holds a run and neither ``resume`` nor ``overwrite``.
         ConfigError: bad config, no stats.json, CUDA asked for without a GPU (or too few for
-            ``devices``), a master port in use, Mask R-CNN or semi with several processes.
+            ``devices``), a master port in use, a global batch the processes cannot share.
         CheckpointError: ``resume`` with a corrupt checkpoint.
     """
     updates = {k: v for k, v in (("epochs", epochs), ("device", device), ("seed", seed),

@@ -8,6 +8,8 @@ checkpoints, ``metrics.csv`` and ``curves.png`` are the loop's own):
   through the same augmentation (geometric ops move both, nearest for labels), then masks,
   boxes (from the augmented masks, so they stay aligned) and labels are derived;
 - the loss: the sum of torchvision's five Mask R-CNN losses, each logged;
+- several processes (``--devices``): as the routed model's (:mod:`geoseg.train.distributed`);
+  the RPN's and the box head's samplers draw from each rank's own random stream;
 - validation: detections → instance label image (:func:`~geoseg.predict.maskrcnn_phase.
   detections_to_instances`, as predict makes it) → COCO mask AP, pixel IoU, instance F1.
 """
@@ -127,6 +129,9 @@ class MaskRCNNTrainer(Trainer):
 
     dataset_class = InstanceDataset
     collate = staticmethod(collate_instances)
+    #: Every parameter gets a gradient in every step (measured, batches without instances too:
+    #: torchvision's empty box and mask losses are ``0 x`` the head outputs), so DDP skips the search.
+    find_unused = False
 
     def build_model(self) -> torch.nn.Module:
         """:class:`~geoseg.models.maskrcnn.MaskRCNNModel` of ``cfg.model``."""

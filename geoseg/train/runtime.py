@@ -50,8 +50,11 @@ def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def mean_teacher_of(cfg: Any, has_ema: bool, batch: int) -> Any:
-    """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi`` (a TrainConfig), or None."""
+def mean_teacher_of(cfg: Any, has_ema: bool, batch: int, dist: Any = None) -> Any:
+    """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi`` (a TrainConfig), or None.
+
+    ``dist`` (a :class:`~geoseg.train.distributed.Dist`): the teacher's batches are this rank's share.
+    """
     if not cfg.semi.enabled:
         return None
     if not has_ema:
@@ -60,5 +63,6 @@ def mean_teacher_of(cfg: Any, has_ema: bool, batch: int) -> Any:
     from geoseg.train.semi import MeanTeacher
 
     assert cfg.patches is not None
+    rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
     return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
-                       Path(cfg.patches))
+                       Path(cfg.patches), rank, world)

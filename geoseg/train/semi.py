@@ -20,7 +20,11 @@ beside the labelled batch:
 5. that loss, times a weight ramped up over ``ramp_epochs`` after ``burn_in_epochs`` of
    supervised training only (``weight · exp(−5 (1 − t)²)``), is added to the labelled one.
 
-Everything drawn is a function of (seed, epoch, index), so ``--resume`` is exact.
+Everything drawn is a function of (seed, epoch, index), so ``--resume`` is exact. With
+several processes the unlabelled batch is the global one, split like the labelled batch
+(each rank its share of the same (seed, epoch) sample); the teacher is the same on every
+rank (the same weights and rank 0's buffers after each step, the same EMA), and
+``unsup``/``confident`` are averaged over the ranks like the other loss terms.
 """
 
 from __future__ import annotations
@@ -261,30 +265,43 @@ class MeanTeacher:
         cfg: the ``semi`` section.
         stats: the labelled chips' band statistics.
         crop: crop side of the labelled samples (the same here).
-        batch_size: labelled batch size; the unlabelled one is ``ratio`` times it.
+        batch_size: the (global) labelled batch size; the unlabelled one is ``ratio`` times it.
         seed: the run's seed.
         patches: the labelled tile folder: a warning when unlabelled chips cover its
             validation split.
+        rank, world: this process's share of each unlabelled batch (``rank`` of ``world``).
+
+    Raises:
+        ConfigError: the unlabelled batch is not a multiple of ``world``.
     """
 
     def __init__(self, cfg: SemiConfig, stats: BandStats, crop: int | None, batch_size: int,
-                 seed: int, patches: Path | None = None) -> None:
+                 seed: int, patches: Path | None = None, rank: int = 0, world: int = 1) -> None:
+        from geoseg.train.distributed import check_unlabelled_batch
+
         self.cfg = cfg
+        self.batch_size = max(1, round(cfg.ratio * batch_size))
+        check_unlabelled_batch(self.batch_size, world)
         self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed)
         if patches is not None:
             warn_if_overlapping_val(cfg.unlabelled, patches)
-        self.batch_size = max(1, round(cfg.ratio * batch_size))
-        self.seed = seed
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def weight(self, epoch: float) -> float:
+        """Weight of the unsupervised loss at a (fractional) epoch (:func:`ramp_weight`)."""
+        return ramp_weight(self.cfg, epoch)
 
     def batches(self, epoch: int, steps: int) -> Iterator[dict[str, torch.Tensor]]:
-        """``steps`` unlabelled batches of ``epoch`` (sampled with replacement, seeded)."""
+        """This rank's share of ``steps`` unlabelled batches of ``epoch`` (sampled with replacement, seeded)."""
         from geoseg.train.dataset import collate
+        from geoseg.train.distributed import ShardSampler
 
         self.data.set_epoch(epoch)
         gen = torch.Generator().manual_seed(self.seed * 100019 + epoch)
-        sampler = torch.utils.data.RandomSampler(self.data, replacement=True,
-                                                 num_samples=steps * self.batch_size, generator=gen)
-        loader = torch.utils.data.DataLoader(self.data, batch_size=self.batch_size, sampler=sampler,
+        sample = torch.utils.data.RandomSampler(self.data, replacement=True,
+                                                num_samples=steps * self.batch_size, generator=gen)
+        sampler = ShardSampler(sample, self.batch_size, self.rank, self.world)
+        loader = torch.utils.data.DataLoader(self.data, batch_size=sampler.share, sampler=sampler,
                                              drop_last=True, num_workers=0, collate_fn=collate)
         yield from loader
 
