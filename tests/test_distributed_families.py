@@ -158,17 +158,26 @@ def resume_is_exact(cfg: TrainConfig, patches: Path, part: Path, full: Path) -> 
 @pytest.mark.slow
 def test_maskrcnn_two_processes_train_as_one_and_resume(tiny_patches: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Epoch 1 (2 steps) as one process; later epochs drift (docs/distributed.md), so resume is checked at 2."""
+    """Epoch 1 (2 steps) as one process; epoch 2 drifts (docs/distributed.md); resume exact."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     b = crashed_after_epoch_1(maskrcnn_cfg(), tiny_patches, tmp_path / "part")
-    one = one_process_as_two(maskrcnn_cfg(), tiny_patches, tmp_path / "one", monkeypatch, [stop_after_epoch_1])
-    assert len(one) == 1 and b["config"]["model"]["arch"] == "maskrcnn"
-    for term in ("loss", "classifier", "box_reg", "mask", "objectness", "rpn_box_reg"):
+    epoch_1: dict[str, torch.Tensor] = {}
+
+    def snapshot(trainer: Trainer, row: dict[str, float]) -> None:  # in this process: no pickling
+        if row["epoch"] == 1:
+            epoch_1.update({k: v.clone() for k, v in trainer.net.state_dict().items()})
+
+    one = one_process_as_two(maskrcnn_cfg(), tiny_patches, tmp_path / "one", monkeypatch, [snapshot])
+    assert len(one) == 2 and b["config"]["model"]["arch"] == "maskrcnn"
+    terms = ("loss", "classifier", "box_reg", "mask", "objectness", "rpn_box_reg")
+    for term in terms:
         assert b["history"][0][term] == pytest.approx(one[0][term], rel=1e-5, abs=1e-7), term
-    assert_same_state(load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt"), b, rtol=1e-3, atol=1e-5,
-                      parts=("model",))
-    train(maskrcnn_cfg(), tiny_patches, tmp_path / "two", epochs=2, devices=2)
+    assert_same_state({"model": epoch_1}, b, rtol=1e-3, atol=1e-5, parts=("model",))
+    two = train(maskrcnn_cfg(), tiny_patches, tmp_path / "two", epochs=2, devices=2).history
     assert [r["epoch"] for r in csv.DictReader((tmp_path / "two" / "metrics.csv").open())] == ["1", "2"]
+    # epoch 2: float differences have changed the proposals sampled; near, not equal (printed with -s)
+    print("epoch 2, 2 processes vs one:", {t: f"{two[1][t] / one[1][t] - 1:+.2%}" for t in terms})
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=0.03)
     resume_is_exact(maskrcnn_cfg(), tiny_patches, tmp_path / "part", tmp_path / "two")
 
 
@@ -278,3 +287,27 @@ def test_semi_batch_the_processes_cannot_share_is_one_line(tmp_path: Path) -> No
         dd.check_supported(cfg, 2)
     dd.check_supported(cfg, 1)
     dd.check_supported(load_config(TrainConfig, TINY_MASKRCNN), 2)  # Mask R-CNN: no longer refused
+
+
+def _params_without_grad(trainer: Trainer, batch: dict) -> list[str]:
+    trainer.model.train()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    total, _ = trainer.batch_loss(batch)
+    total.backward()
+    return [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_find_unused_parameters_is_what_a_step_needs(tiny_patches: Path, tmp_path: Path) -> None:
+    """DDP's find_unused_parameters per family, from one step: on where some parameters get no gradient."""
+    from geoseg.train.maskrcnn import MaskRCNNTrainer
+
+    routed = Trainer(load_config(TrainConfig, TINY), tiny_patches, tmp_path / "r", torch.device("cpu"), progress=False)
+    unused = _params_without_grad(routed, next(iter(routed._loader(True))))
+    assert routed.find_unused and unused and all(".encoder.layer3." in n or ".encoder.layer4." in n for n in unused)
+    print(f"routed tiny: {len(unused)} of {sum(1 for _ in routed.model.parameters())} parameters without a gradient")
+    mrcnn = MaskRCNNTrainer(maskrcnn_cfg(), tiny_patches, tmp_path / "m", torch.device("cpu"), progress=False)
+    batch = next(iter(mrcnn._loader(True)))
+    assert not mrcnn.find_unused and _params_without_grad(mrcnn, batch) == []
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+             "masks": torch.zeros(0, 32, 32, dtype=torch.uint8)}
+    assert _params_without_grad(mrcnn, {**batch, "targets": [empty] * len(batch["targets"])}) == []
