@@ -47,21 +47,52 @@ def _probe(mode: str, **env: str) -> dict:
 
 def test_bound_heap_keeps_block_buffers_mmapped():
     assert _probe("default") == {"what": None, "mmapped": False}  # glibc's dynamic threshold
-    assert _probe("bound") == {"what": "set", "mmapped": True}
+    assert _probe("bound", GEOSEG_MALLOC="mmap") == {"what": "set", "mmapped": True}
+    assert _probe("bound") == {"what": "user", "mmapped": False}  # the default mode trims instead
 
 
 def test_bound_heap_leaves_the_users_choice():
     assert _probe("bound", GEOSEG_MALLOC="default") == {"what": "user", "mmapped": False}
-    assert _probe("bound", MALLOC_MMAP_THRESHOLD_="33554432")["what"] == "user"
+    assert _probe("bound", GEOSEG_MALLOC="mmap", MALLOC_MMAP_THRESHOLD_="33554432")["what"] == "user"
 
 
-def test_predict_fixes_the_threshold(tiny_run, tmp_path, monkeypatch):
+# 400 chunks of 256 KiB below a fixed threshold of 32 MiB come from the heap; freeing all but
+# the last keeps the top of the heap, so ~100 MiB of free pages stay resident until trimmed.
+TRIM = r"""
+import ctypes, sys
+from geoseg.predict.heap import releasing  # imported first: its imports allocate
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt(-3, 32 << 20)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) // 1024
+ps = [libc.malloc(256 << 10) for _ in range(400)]
+for p in ps:
+    ctypes.memset(p, 1, 256 << 10)
+for p in ps[:-1]:
+    libc.free(p)
+before = rss()
+releasing(lambda: None)()
+print(before - rss())
+"""
+
+
+@pytest.mark.parametrize("mode", ["trim", "default"])
+def test_a_block_task_gives_free_heap_pages_back(mode):
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", TRIM], check=True, capture_output=True, text=True,
+                         env={**env, "GEOSEG_MALLOC": mode})
+    freed_mb = int(out.stdout)
+    assert freed_mb > 80 if mode == "trim" else freed_mb < 10
+
+
+def test_predict_trims_after_every_block_task(tiny_run, tmp_path, monkeypatch):
     import geoseg.predict.heap as heap
     from geoseg.predict import PredictConfig, predict
 
     scene = bright_boxes_scene(tmp_path / "s.tif", (128, 128), [(20, 20, 50, 44)])
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
-    monkeypatch.delenv("GEOSEG_MALLOC", raising=False)
-    monkeypatch.setattr(heap, "_done", {})
-    predict([scene], tiny_run, tmp_path / "o.gpkg", PredictConfig(), scheduler="sync", progress=False)
-    assert heap._done == {os.getpid(): "set"}
+    calls = []
+    monkeypatch.setattr(heap, "release", lambda: calls.append(1))
+    s = predict([scene], tiny_run, tmp_path / "o.gpkg", PredictConfig(block=64), scheduler="sync", progress=False)
+    assert s.blocks == 4 and len(calls) == 3 * s.blocks  # PV, FF and instances of each block

@@ -39,7 +39,7 @@ from geoseg.io.rasters import open_scene, valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.models.regions import Region, cover, group_by_shape
-from geoseg.predict.heap import bound_heap
+from geoseg.predict.heap import bound_heap, releasing
 from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
@@ -78,6 +78,7 @@ class FfResult:
 
 
 # ----------------------------------------------------------------------------- phase 1
+@releasing
 def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStats) -> PvResult:
     """PV over one block read decimated; cache its logits; return utilities.
 
@@ -168,6 +169,7 @@ def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     return out
 
 
+@releasing
 def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: ModelKey,
              stats: BandStats, *deps: Any) -> FfResult:
     """Fuse PV and FF on one block core; cache probabilities (uint8, C × h × w).
@@ -263,6 +265,7 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
     return region, win
 
 
+@releasing
 def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, classes: tuple[str, ...],
                     simplify: float, min_area: float, *deps: Any) -> Path:
     """Watershed instances whose centroid lies in the block core, as polygons (cached GPKG).
