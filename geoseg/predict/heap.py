@@ -65,9 +65,10 @@ def release() -> None:
 
 
 def releasing(fn: F) -> F:
-    """Decorate a block task: :func:`release` when it ends."""
+    """Decorate a block task: :func:`bound_heap` before it (once per process), :func:`release` after."""
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        bound_heap()  # a Dask worker process's first block sets its allocator too
         try:
             return fn(*args, **kwargs)
         finally:
@@ -88,11 +89,9 @@ def bound_heap() -> str:
         return _done[pid]
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or _mode() != "mmap":
         what = "user"
-    elif platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        what = "unsupported"
     else:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        what = "set" if libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD) == 1 else "unsupported"
+        libc = _libc()
+        what = "set" if libc is not None and libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD) == 1 else "unsupported"
     if what == "unsupported":
         log.debug("glibc mallopt not available: predict's peak RSS may grow with the number of blocks")
     _done[pid] = what

@@ -37,6 +37,7 @@ from geoseg.io.rasters import open_scene
 from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.meta import ModelMeta
 from geoseg.predict.config import PredictConfig
+from geoseg.predict.heap import releasing
 from geoseg.predict.instances import Instances
 from geoseg.predict.phases import owned_polygons
 from geoseg.predict.plan import BlockPlan, read_window
@@ -144,6 +145,7 @@ def detections_to_instances(det: dict[str, torch.Tensor], shape: tuple[int, int]
                      class_index=np.asarray(cls, dtype=np.int64), area=np.asarray(area, dtype=np.int64))
 
 
+@releasing
 def maskrcnn_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStats,
                    cfg: MaskRCNNConfig, classes: tuple[str, ...], simplify: float, min_area: float,
                    min_area_px: int) -> MaskResult:

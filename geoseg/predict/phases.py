@@ -39,7 +39,7 @@ from geoseg.io.rasters import open_scene, valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.models.regions import Region, cover, group_by_shape
-from geoseg.predict.heap import bound_heap, releasing
+from geoseg.predict.heap import releasing
 from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
@@ -92,7 +92,6 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
     Returns:
         The block's :class:`PvResult`.
     """
-    bound_heap()  # a worker process's first block fixes its allocator too
     out = plan.path("pv", bi, bj)
     core = plan.core(bi, bj)
     gh, gw = math.ceil(core.height / plan.cell), math.ceil(core.width / plan.cell)
@@ -186,7 +185,6 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
     Returns:
         The block's :class:`FfResult`.
     """
-    bound_heap()  # a worker process's first block fixes its allocator too
     out = plan.path("probs", bi, bj)
     if out.exists():
         return FfResult(len(chosen), 0.0)
