@@ -139,3 +139,57 @@ def test_empty_and_bad_shapes():
 def test_helpers():
     assert relabel(np.array([[0, 2], [2, 1]]), np.array([False, True])).tolist() == [[0, 1], [1, 0]]
     assert instance_means(np.array([1, 1, 3]), np.array([0.5, 1.5, 2.0]), 3).tolist() == [1.0, 0.0, 2.0]
+
+
+def _one_watershed(extent, boundary, contact, min_area=8, min_seed_area=4, et=0.5, st=0.7):
+    """The reference: one watershed over the whole window (instances as sets of pixels)."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    four = ndimage.generate_binary_structure(2, 1)
+    mask = np.isfinite(extent) & (extent > et)
+    seeds, n = ndimage.label(mask & (extent * (1 - contact) * (1 - boundary) > st), structure=four)
+    big = np.bincount(seeds.ravel(), minlength=n + 1)[1:] >= min_seed_area
+    seeds = relabel(seeds, big)
+    labels = watershed((1 - extent) + boundary + contact, seeds, connectivity=1, mask=mask)
+    orphans, _ = ndimage.label(mask & (labels == 0), structure=four)
+    labels[orphans > 0] = orphans[orphans > 0] + labels.max()
+    area = np.bincount(labels.ravel())[1:]
+    return {frozenset(np.flatnonzero(labels == i)) for i in np.flatnonzero(area >= min_area) + 1}
+
+
+def blobs(seed: int, side: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random touching and separate rectangles with contact lines and noisy boundaries."""
+    rng = np.random.default_rng(seed)
+    extent = rng.uniform(0, 0.45, (side, side)).astype(np.float32)
+    contact = np.zeros_like(extent)
+    for _ in range(25):
+        r, c = rng.integers(0, side - 20, 2)
+        h, w = rng.integers(3, 20, 2)
+        extent[r:r + h, c:c + w] = rng.uniform(0.55, 1.0)
+        contact[r:r + h, c] = rng.uniform(0, 1)
+    boundary = rng.uniform(0, 0.3, extent.shape).astype(np.float32)
+    return extent, boundary, contact
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_piecewise_watershed_is_one_watershed_over_the_window(seed):
+    extent, boundary, contact = blobs(seed)
+    inst = watershed_instances(extent, boundary, contact)
+    got = {frozenset(np.flatnonzero(inst.labels == i)) for i in range(1, len(inst) + 1)}
+    assert len(got) > 5
+    assert got == _one_watershed(extent, boundary, contact)
+    assert inst.area.tolist() == [len(np.flatnonzero(inst.labels == i)) for i in range(1, len(inst) + 1)]
+    assert np.allclose(inst.score, instance_means(inst.labels, extent, len(inst)))
+
+
+def test_uint8_maps_are_their_float_probabilities():
+    # predict caches probabilities as uint8 x 255: the same instances as from u8 / 255,
+    # thresholds included (128 / 255 > 0.5, 127 / 255 is not)
+    extent, boundary, contact = blobs(3)
+    extent[0, :4] = [127 / 255, 128 / 255, 0.0, 0.0]
+    q = [np.round(a * 255).astype(np.uint8) for a in (extent, boundary, contact)]
+    f = [a.astype(np.float32) / np.float32(255.0) for a in q]
+    a, b = watershed_instances(*q, min_area=1, min_seed_area=1), watershed_instances(*f, min_area=1, min_seed_area=1)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.score, b.score)
+    assert a.labels[0, 1] > 0 and a.labels[0, 0] == 0

@@ -12,9 +12,12 @@ several classes. Instances are cut from them in three steps:
    fronts meet on the contact line (its ridge) rather than half way between seeds;
 3. **measure**: parts of the mask that no seed reached become instances of their own
    (a small object whose core is all boundary is not lost); instances under
-   ``min_area`` pixels are dropped; the rest are numbered 1..n (seeded ones first, in
-   raster order of their seeds, then unseeded ones) and measured with
-   ``numpy.bincount`` (no Python loop over instances or pixels).
+   ``min_area`` pixels are dropped; the rest are numbered 1..n and measured with
+   ``numpy.bincount``.
+
+Steps 1-3 run on each connected piece of the mask in its bounding box (a flood never
+leaves its piece, so this is one watershed over the window): time and the float maps
+scale with the area of the objects, not of the window.
 
 See Also:
     :func:`geoseg.predict.vectorize.instances_to_frame`, which turns the labels into polygons.
@@ -110,6 +113,22 @@ def _check_maps(extent: np.ndarray, boundary: np.ndarray, contact: np.ndarray,
         )
 
 
+def _probability(a: np.ndarray) -> np.ndarray:
+    """float32 probabilities of a map given as floats, or as uint8 x 255 (predict's cache)."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / np.float32(255.0)
+    return np.asarray(a, dtype=np.float32)
+
+
+def above(extent: np.ndarray, threshold: float) -> np.ndarray:
+    """``extent > threshold`` where finite; for uint8 maps exactly as on their float32 values."""
+    if extent.dtype == np.uint8:  # a 256-entry table: the same test as on a.astype(f32) / 255
+        table = np.arange(256, dtype=np.float32) / np.float32(255.0) > threshold
+        return np.asarray(table[extent])
+    extent = np.asarray(extent, dtype=np.float32)
+    return np.asarray(np.isfinite(extent) & (extent > threshold))
+
+
 def watershed_instances(
     extent: np.ndarray,
     boundary: np.ndarray,
@@ -124,11 +143,17 @@ def watershed_instances(
 ) -> Instances:
     """Cut instances out of probability maps by marker-controlled watershed.
 
+    The maps may be float probabilities or uint8 (probability x 255, as predict caches
+    them). The watershed runs on each connected piece of the mask (``extent >
+    extent_threshold``) in its bounding box: flooding never leaves a piece, so the result
+    is that of one watershed over the window, and the work and the float maps scale with
+    the objects' area, not the window's (a sparse block costs little).
+
     Args:
-        extent: float (H, W), probability that a pixel is inside an object.
-        boundary: float (H, W), probability that a pixel is on an object's outline.
-        contact: float (H, W), probability that a pixel lies between two touching objects.
-        class_probs: float (K, H, W) class probabilities, or None for a single class.
+        extent: (H, W), probability that a pixel is inside an object.
+        boundary: (H, W), probability that a pixel is on an object's outline.
+        contact: (H, W), probability that a pixel lies between two touching objects.
+        class_probs: (K, H, W) class probabilities, or None for a single class.
         valid: bool (H, W); pixels outside it (nodata, halo) are never part of an
             instance. Non-finite extent values are invalid too.
         extent_threshold: a pixel may belong to an instance where ``extent`` exceeds it.
@@ -138,9 +163,11 @@ def watershed_instances(
             flooded from the neighbouring seeds, or become an instance of their own.
 
     Returns:
-        :class:`Instances` with labels 1..n, and per instance the mean extent
-        probability (``score``), the class of highest mean probability (``class_index``,
-        0 without ``class_probs``) and the pixel count (``area``).
+        :class:`Instances` with labels 1..n, numbered piece by piece in raster order of
+        the pieces' first pixels (in a piece: seeded instances in raster order of their
+        seeds, then unseeded ones), and per instance the mean extent probability
+        (``score``), the class of highest mean probability (``class_index``, 0 without
+        ``class_probs``) and the pixel count (``area``).
 
     Raises:
         ValueError: the maps do not have matching 2-D shapes.
@@ -153,40 +180,60 @@ def watershed_instances(
         ([0, 1, 1, 1, 0, 2, 2, 2, 0], [0.9, 0.8], [6, 6])
     """
     _check_maps(extent, boundary, contact, class_probs, valid)
-    extent = np.asarray(extent, dtype=np.float32)
-    inside = np.isfinite(extent)
+    mask = above(extent, extent_threshold)
     if valid is not None:
-        inside &= valid.astype(bool)
-    mask = inside & (extent > extent_threshold)
-    core = extent * (1 - np.asarray(contact, np.float32)) * (1 - np.asarray(boundary, np.float32))
-    seeds, n_seeds = ndimage.label(mask & (core > seed_threshold), structure=_FOUR)
+        mask &= valid.astype(bool)
+    pieces, n_pieces = ndimage.label(mask, structure=_FOUR)
+    labels = np.zeros(extent.shape, np.int32)
+    size = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
+    keep_px = max(min_area, 1)
+    scores: list[np.ndarray] = []
+    areas: list[np.ndarray] = []
+    classes: list[np.ndarray] = []
+    n = 0
+    for k, box in enumerate(ndimage.find_objects(pieces), start=1):
+        if box is None or size[k] < keep_px:  # an instance is part of one piece: too small
+            continue
+        piece = pieces[box] == k
+        lab = _flood_piece(piece, _probability(extent[box]), _probability(boundary[box]),
+                           _probability(contact[box]), seed_threshold, min_seed_area)
+        area = np.bincount(lab.ravel())[1:]
+        lab = relabel(lab, area >= keep_px)
+        m = int(np.count_nonzero(area >= keep_px))
+        if not m:
+            continue
+        inside = lab > 0
+        labels[box][inside] = lab[inside] + n
+        n += m
+        areas.append(area[area >= keep_px].astype(np.int64))
+        scores.append(instance_means(lab, _probability(extent[box]), m))
+        if class_probs is not None:
+            means = np.stack([instance_means(lab, _probability(p[box]), m) for p in class_probs])
+            classes.append(means.argmax(axis=0).astype(np.int64))
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    area_all = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    class_index = np.concatenate(classes) if classes else np.zeros(n, dtype=np.int64)
+    return Instances(labels=labels, score=score, class_index=class_index, area=area_all)
+
+
+def _flood_piece(piece: np.ndarray, extent: np.ndarray, boundary: np.ndarray, contact: np.ndarray,
+                 seed_threshold: float, min_seed_area: int) -> np.ndarray:
+    """Seeds, watershed and unseeded parts of one connected piece of the mask (labels 1..s+u)."""
+    core = extent * (1 - contact) * (1 - boundary)
+    seeds, n_seeds = ndimage.label(piece & (core > seed_threshold), structure=_FOUR)
     if n_seeds and min_seed_area > 1:
         big = np.bincount(seeds.ravel(), minlength=n_seeds + 1)[1:] >= min_seed_area
         seeds = relabel(seeds, big)
         n_seeds = int(big.sum())
-
-    energy = np.nan_to_num((1 - extent) + boundary + contact, nan=3.0).astype(np.float32)
     if n_seeds:
-        labels = watershed(energy, seeds, connectivity=1, mask=mask).astype(np.int32)
+        energy = np.nan_to_num((1 - extent) + boundary + contact, nan=3.0).astype(np.float32)
+        labels = np.asarray(watershed(energy, seeds, connectivity=1, mask=piece), dtype=np.int32)
     else:
-        labels = np.zeros(extent.shape, np.int32)
-    # Parts of the mask that no seed reached (their cores were all boundary or contact).
-    orphans, n_orphans = ndimage.label(mask & (labels == 0), structure=_FOUR)
+        labels = np.zeros(piece.shape, np.int32)
+    # Parts of the piece that no seed reached (their cores were all boundary or contact).
+    orphans, _ = ndimage.label(piece & (labels == 0), structure=_FOUR)
     labels[orphans > 0] = orphans[orphans > 0] + n_seeds
-    n = n_seeds + n_orphans
-
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    keep = area >= max(min_area, 1)
-    labels = relabel(labels, keep)
-    n = int(keep.sum())
-    area = area[keep].astype(np.int64)
-    score = instance_means(labels, extent, n)
-    if class_probs is None or n == 0:
-        class_index = np.zeros(n, dtype=np.int64)
-    else:
-        means = np.stack([instance_means(labels, p, n) for p in class_probs])  # loop over K classes
-        class_index = means.argmax(axis=0).astype(np.int64)
-    return Instances(labels=labels, score=score, class_index=class_index, area=area)
+    return labels
 
 
 def instances_from_probs(

@@ -239,7 +239,10 @@ def _paste(logits: torch.Tensor, maps: torch.Tensor, reg: Region, c: int) -> Non
 
 # ----------------------------------------------------------------------------- phase 3
 def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window]:
-    """Probabilities (float32) of the block core plus ``watershed_halo``, from the neighbour caches."""
+    """Probabilities (uint8 x 255, as cached) of the block core plus ``watershed_halo``, from the neighbour caches.
+
+    They stay uint8: the watershed converts only the pieces holding objects to float.
+    """
     win = plan.grown(bi, bj, plan.watershed_halo)
     r0, c0 = int(win.row_off), int(win.col_off)
     r1, c1 = r0 + int(win.height), c0 + int(win.width)
@@ -256,9 +259,8 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
             with np.load(plan.path("probs", ni, nj)) as z:
                 probs = z["probs"]
             if region is None:
-                region = np.zeros((probs.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
-            region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = (
-                probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0].astype(np.float32) / 255.0)
+                region = np.zeros((probs.shape[0], r1 - r0, c1 - c0), dtype=np.uint8)
+            region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0]
     assert region is not None
     return region, win
 
@@ -281,7 +283,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
     Returns:
         The cache GPKG of the block (possibly with no feature).
     """
-    from geoseg.predict.instances import instances_from_probs
+    from geoseg.predict.instances import above, instances_from_probs
 
     out = plan.path("polys", bi, bj)
     if out.exists():
@@ -289,7 +291,7 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
     probs, win = _probs_region(plan, bi, bj)
     with open_scene(plan.scene) as src, read_errors(plan, win):
         # a pixel joins an instance only where the extent clears its threshold: validity is read there
-        valid = valid_where(src, plan, win, probs[0] > post.extent_threshold)
+        valid = valid_where(src, plan, win, above(probs[0], post.extent_threshold))
     inst = instances_from_probs(probs, post, valid)
     return owned_polygons(plan, bi, bj, inst, win, classes, simplify, min_area)
 
@@ -320,11 +322,12 @@ def owned_polygons(plan: BlockPlan, bi: int, bj: int, inst: Instances, win: Wind
     n = len(inst)
     core = plan.core(bi, bj)
     if n:
-        rows, cols = np.indices(labels.shape)
-        flat = labels.ravel()
-        cnt = np.bincount(flat, minlength=n + 1)[1:]
-        cy = np.bincount(flat, weights=rows.ravel(), minlength=n + 1)[1:] / np.maximum(cnt, 1)
-        cx = np.bincount(flat, weights=cols.ravel(), minlength=n + 1)[1:] / np.maximum(cnt, 1)
+        at = np.flatnonzero(labels)  # object pixels only: no window-sized index arrays
+        ids = labels.ravel()[at]
+        rows, cols = np.divmod(at, labels.shape[1])
+        cnt = np.bincount(ids, minlength=n + 1)[1:]
+        cy = np.bincount(ids, weights=rows, minlength=n + 1)[1:] / np.maximum(cnt, 1)
+        cx = np.bincount(ids, weights=cols, minlength=n + 1)[1:] / np.maximum(cnt, 1)
         cy += int(win.row_off) + 0.5
         cx += int(win.col_off) + 0.5
         keep = ((cy >= core.row_off) & (cy < core.row_off + core.height)
