@@ -54,13 +54,39 @@ def test_clusters_share_one_halo_and_isolated_cells_stay_cells() -> None:
         [(0, 0, 1, 1)] * 18, 64, 16)
 
 
+def _quad_cost(mask: np.ndarray, r: int, c: int, side: int) -> int:
+    """Cost of the cover by aligned squares only (whole, or its four quarters)."""
+    sub = mask[r:r + side, c:c + side]
+    if not sub.any():
+        return 0
+    whole = cost([(r, c, *sub.shape)], 64, 16)
+    if side == 1:
+        return whole
+    h = side // 2
+    return min(whole, sum(_quad_cost(mask, r + a, c + b, h) for a in (0, h) for b in (0, h)))
+
+
+def test_neighbour_pairs_share_a_halo_and_cuts_never_cost_more_than_squares() -> None:
+    mask = np.zeros((8, 8), bool)
+    mask[2, 2:4] = True  # a horizontal pair: one 1x2 region (squares only: a 2x2 or two cells)
+    mask[4:6, 6] = True  # a vertical pair: one 2x1 region
+    regions = cover(mask, 64, 16)
+    assert sorted((r.row, r.col, r.shape) for r in regions) == [(2, 2, (1, 2)), (4, 6, (2, 1))]
+    rng = np.random.default_rng(1)
+    for share in (0.05, 0.15, 0.3, 0.5):
+        m = rng.random((16, 16)) < share
+        got = cost([(r.row, r.col, *r.shape) for r in cover(m, 64, 16)], 64, 16)
+        assert got <= sum(_quad_cost(m, r, c, 8) for r in (0, 8) for c in (0, 8))
+
+
 def test_mostly_chosen_windows_run_whole_and_shapes_are_few() -> None:
     rng = np.random.default_rng(0)
     mask = rng.random((32, 32)) < 0.75
     regions = cover(mask, 64, 16)
     assert len(regions) == 16 and {r.shape for r in regions} == {(8, 8)}
     sparse = cover(rng.random((32, 32)) < 0.15, 64, 16)
-    assert len(group_by_shape(sparse)) <= 3
+    shapes = group_by_shape(sparse)
+    assert len(shapes) <= 16 and all(h in (1, 2, 4, 8) and w in (1, 2, 4, 8) for h, w in shapes)
     assert not cover(np.zeros((4, 4), bool), 64, 16)
 
 

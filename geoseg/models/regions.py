@@ -6,15 +6,17 @@ with one halo instead (a 8x8-cell region is 544² for 512²: 1.13x), so the halo
 stops growing with the number of cells.
 
 :func:`cover` turns a grid of chosen cells into regions: the grid is cut into aligned
-windows of ``max_side`` (8) cells, and each window runs whole, or is split into its four
-quarters, recursively down to single cells, whichever costs fewer input pixels (plus
-one cell's worth per region, for its read and call). A window whose cells are mostly
-chosen runs whole, so a block that is mostly chosen runs as the plain dense sliding
-window of the FF network (8x8-cell windows with one halo), and budget 1.0 *is* that
-network. Region sides are 1, 2, 4 or 8 cells (clipped at the grid edge): few shapes reach
-the network, same-shaped regions run as one batch, and fixed-shape engines need few
-profiles. A region writes only the chosen cells in it (:attr:`Region.paste`): the fused
-output keeps its meaning, chosen cells take FF maps and the others keep PV's.
+windows of ``max_side`` (8) cells, and each window runs whole, or is cut in two halves
+(top/bottom or left/right), each half covered the same way recursively down to single
+cells (a guillotine cut), whichever costs fewer input pixels (plus one cell's worth per
+region, for its read and call). Two chosen neighbours thus share one 1x2 region and one
+halo. A window whose cells are mostly chosen runs whole, so a block that is mostly
+chosen runs as the plain dense sliding window of the FF network (8x8-cell windows with
+one halo), and budget 1.0 *is* that network. Region sides are 1, 2, 4 or 8 cells
+(clipped at the grid edge): few shapes reach the network (at most 16), same-shaped
+regions run as one batch, and fixed-shape engines need few profiles. A region writes
+only the chosen cells in it (:attr:`Region.paste`): the fused output keeps its meaning,
+chosen cells take FF maps and the others keep PV's.
 """
 
 from __future__ import annotations
@@ -62,18 +64,34 @@ def cost(rects: list[Rect], cell: int, halo: int) -> int:
     return sum((h * cell + 2 * halo) * (w * cell + 2 * halo) + cell * cell for _, _, h, w in rects)
 
 
-def _quad(chosen: np.ndarray, r: int, c: int, side: int, cell: int, halo: int) -> list[Rect]:
-    """Cheapest cover of the chosen cells of one aligned square: itself, or its four quarters."""
-    sub = chosen[r:r + side, c:c + side]
+def _cut(chosen: np.ndarray, r: int, c: int, h: int, w: int, cell: int, halo: int,
+         memo: dict[Rect, list[Rect]]) -> list[Rect]:
+    """Cheapest cover of the chosen cells of one aligned rectangle (a guillotine cut).
+
+    The rectangle itself, or its two halves (top/bottom or left/right), each covered the same way.
+    """
+    key = (r, c, h, w)
+    if key in memo:
+        return memo[key]
+    sub = chosen[r:r + h, c:c + w]
     if not sub.any():
-        return []
-    whole = [(r, c, sub.shape[0], sub.shape[1])]
-    if side == 1:
-        return whole
-    half = side // 2
-    parts = [rect for dr in (0, half) for dc in (0, half)
-             for rect in _quad(chosen, r + dr, c + dc, half, cell, halo)]
-    return whole if cost(whole, cell, halo) <= cost(parts, cell, halo) else parts
+        best: list[Rect] = []
+    elif sub.all() or h == w == 1:  # full: any cut only adds halos
+        best = [(r, c, sub.shape[0], sub.shape[1])]
+    else:
+        best = [(r, c, sub.shape[0], sub.shape[1])]
+        options = []
+        if h > 1:
+            options.append(_cut(chosen, r, c, h // 2, w, cell, halo, memo)
+                           + _cut(chosen, r + h // 2, c, h // 2, w, cell, halo, memo))
+        if w > 1:
+            options.append(_cut(chosen, r, c, h, w // 2, cell, halo, memo)
+                           + _cut(chosen, r, c + w // 2, h, w // 2, cell, halo, memo))
+        for parts in options:
+            if cost(parts, cell, halo) < cost(best, cell, halo):
+                best = parts
+    memo[key] = best
+    return best
 
 
 def cover(chosen: np.ndarray, cell: int, halo: int, max_side: int = MAX_SIDE) -> list[Region]:
@@ -96,8 +114,9 @@ def cover(chosen: np.ndarray, cell: int, halo: int, max_side: int = MAX_SIDE) ->
     """
     chosen = np.asarray(chosen, dtype=bool)
     side = 1 << (max(1, max_side).bit_length() - 1)
+    memo: dict[Rect, list[Rect]] = {}
     rects = [rect for r in range(0, chosen.shape[0], side) for c in range(0, chosen.shape[1], side)
-             for rect in _quad(chosen, r, c, side, cell, halo)]
+             for rect in _cut(chosen, r, c, side, side, cell, halo, memo)]
     return [Region(r, c, chosen[r:r + h, c:c + w].copy()) for r, c, h, w in sorted(rects)]
 
 
