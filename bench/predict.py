@@ -138,7 +138,7 @@ def _floor_probs(plan, bi: int, bj: int, key, stats) -> int:
             for (r, cc), m in zip(starts, maps, strict=True):
                 logits[:, r * c:(r + rows) * c, cc * c:(cc + cols) * c] = m
     with open(plan.path("probs", bi, bj), "wb") as f:
-        np.savez(f, probs=_probabilities_u8(logits[:, :h, :w].contiguous()))
+        np.save(f, _probabilities_u8(logits[:, :h, :w].contiguous()))
     return len(windows)
 
 

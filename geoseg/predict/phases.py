@@ -219,7 +219,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
                     _paste(logits, maps, regions[i], c)
     probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
-        np.savez(f, probs=probs)  # uncompressed: zlib would cost more than the model at low budgets
+        np.save(f, probs)  # raw .npy: zlib would cost more than the model; readers map the part they need
     return FfResult(len(chosen), model_s, n_regions, int(backend.ff_batch) if len(chosen) else 0)
 
 
@@ -256,8 +256,7 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
             ir0, ic0, ir1, ic1 = max(r0, nr0), max(c0, nc0), min(r1, nr1), min(c1, nc1)
             if ir0 >= ir1 or ic0 >= ic1:
                 continue
-            with np.load(plan.path("probs", ni, nj)) as z:
-                probs = z["probs"]
+            probs = np.load(plan.path("probs", ni, nj), mmap_mode="r")  # reads only the rows sliced
             if region is None:
                 region = np.zeros((probs.shape[0], r1 - r0, c1 - c0), dtype=np.uint8)
             region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0]

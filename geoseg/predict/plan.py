@@ -76,7 +76,7 @@ class BlockPlan:
 
     def path(self, kind: str, bi: int, bj: int) -> Path:
         """Cache file of one phase of one block."""
-        suffix = {"pv": ".npz", "probs": ".npz", "polys": ".gpkg"}[kind]
+        suffix = {"pv": ".npz", "probs": ".npy", "polys": ".gpkg"}[kind]
         return self.cache / f"{kind}_{bi}_{bj}{suffix}"
 
 

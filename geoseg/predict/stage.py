@@ -178,8 +178,7 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
             for bi in range(nbh):
                 for bj in range(nbw):
                     core = plan.core(bi, bj)
-                    with np.load(plan.path("probs", bi, bj)) as z:
-                        dst.write(z["probs"][0], 1, window=core)
+                    dst.write(np.load(plan.path("probs", bi, bj), mmap_mode="r")[0], 1, window=core)
                     mask = src.dataset_mask(window=core)
                     if floating:
                         mask = valid_mask(src.read(plan.band_indexes, window=core), mask)
