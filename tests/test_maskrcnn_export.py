@@ -197,3 +197,39 @@ def test_export_api_refuses_fp16_before_work(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="--fp16 is not supported for a Mask R-CNN export"):
         export_maskrcnn_onnx(tmp_path / "nowhere", tmp_path / "e", fp16=True)
+
+
+def test_differing_counts_or_classes_are_a_mismatch_not_a_tolerance() -> None:
+    from geoseg.export.maskrcnn import compare_detections
+
+    def dets(n: int, label: int = 1, shift: float = 0.0) -> dict[str, torch.Tensor]:
+        return {"boxes": torch.arange(4 * n, dtype=torch.float32).reshape(n, 4) + shift,
+                "scores": torch.linspace(0.9, 0.5, n), "labels": torch.full((n,), label),
+                "masks": torch.zeros(n, 1, 8, 8)}
+
+    class Fake:
+        def __init__(self, *per_window: dict[str, torch.Tensor]) -> None:
+            self.out = iter(per_window)
+
+        def detect(self, x: np.ndarray) -> list[dict[str, torch.Tensor]]:
+            return [next(self.out)]
+
+    windows = [np.zeros((1, 3, 64, 64), np.float32), np.zeros((1, 3, 96, 80), np.float32)]
+    diffs, n, mismatch = compare_detections(Fake(dets(2), dets(3)), Fake(dets(2, shift=0.25), dets(3)), windows)
+    assert mismatch is None and n == 5 and diffs["boxes"] == 0.25 and diffs["scores"] == 0.0
+    _, n, mismatch = compare_detections(Fake(dets(2), dets(3)), Fake(dets(2), dets(1)), windows)
+    assert n == 2 and mismatch == "1 detections against torch's 3 on a 96x80 window"
+    _, _, mismatch = compare_detections(Fake(dets(2)), Fake(dets(2, label=2)), windows[:1])
+    assert mismatch == "other classes than torch's for the same ranks on a 64x64 window"
+
+
+def test_export_refuses_a_count_mismatch_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoseg.export.maskrcnn as mx
+
+    monkeypatch.setattr(mx, "compare_detections", lambda *a: ({"boxes": 0.0, "scores": 0.0, "masks": 0.0}, 0,
+                                                               "1 detections against torch's 3 on a 96x80 window"))
+    run = _checkpoint(tmp_path / "run")
+    res = CliRunner().invoke(cli, ["export", "--model", str(run), "--out", str(tmp_path / "exp")])
+    assert res.exit_code != 0 and not (tmp_path / "exp").exists()
+    msg = res.output.strip().splitlines()[-1]
+    assert "1 detections against torch's 3" in msg and "--tolerance does not relax" in msg, res.output

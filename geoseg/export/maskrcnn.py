@@ -140,29 +140,33 @@ def sample_windows(meta: ModelMeta) -> list[np.ndarray]:
     return out
 
 
-def compare_detections(reference: Any, candidate: Any, windows: list[np.ndarray]) -> tuple[dict[str, float], int]:
+def compare_detections(reference: Any, candidate: Any, windows: list[np.ndarray]
+                       ) -> tuple[dict[str, float], int, str | None]:
     """Largest differences of two backends' detections on the same windows.
 
-    Detections are compared rank by rank (both are sorted by score); a different count,
-    or a different class at some rank, is ``inf`` for every output.
+    Detections are compared rank by rank (both are sorted by score). A different count,
+    or a different class at some rank, is not a difference a tolerance can accept: it is
+    returned as a mismatch, and the comparison stops there.
 
     Returns:
-        ``({"boxes": px, "scores": d, "masks": d}, detections compared)``.
+        ``({"boxes": px, "scores": d, "masks": d}, detections compared, mismatch)``;
+        ``mismatch`` says where counts or classes differ (None when they never do).
     """
     worst = dict.fromkeys(("boxes", "scores", "masks"), 0.0)
     n = 0
     for x in windows:
         ref, got = reference.detect(x)[0], candidate.detect(x)[0]
-        if len(ref["scores"]) != len(got["scores"]) or not torch.equal(ref["labels"], got["labels"].to(ref["labels"])):
-            log.warning("detections differ: %d in torch, %d in ONNX Runtime on a %dx%d window",
-                        len(ref["scores"]), len(got["scores"]), *x.shape[2:])
-            return dict.fromkeys(worst, float("inf")), n
+        where = f"on a {x.shape[2]}x{x.shape[3]} window"
+        if len(ref["scores"]) != len(got["scores"]):
+            return worst, n, f"{len(got['scores'])} detections against torch's {len(ref['scores'])} {where}"
+        if not torch.equal(ref["labels"], got["labels"].to(ref["labels"])):
+            return worst, n, f"other classes than torch's for the same ranks {where}"
         n += len(ref["scores"])
         for k in worst:
             if len(ref[k]):
                 d = (ref[k].double() - got[k].double()).abs().max()
                 worst[k] = max(worst[k], float(d) if bool(torch.isfinite(d)) else float("inf"))
-    return worst, n
+    return worst, n, None
 
 
 def _check(diffs: dict[str, float], tol: float, out: Path) -> None:
@@ -229,12 +233,16 @@ def export_maskrcnn_onnx(model_path: str | Path, out: Path, *, opset: int | None
         reference = TorchBackend.from_model(model, ckpt_meta, "cpu")
         with OnnxBackend(tmp, device="cpu") as candidate:
             try:
-                diffs, n = compare_detections(reference, candidate, sample_windows(meta))
+                diffs, n, mismatch = compare_detections(reference, candidate, sample_windows(meta))
             except GeoSegError:
                 raise
             except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
                 raise ExportError(f"the exported detect graph fails in ONNX Runtime ({_first_line(err)}); "
                                   f"nothing written to {out}: re-export with another --opset") from None
+        if mismatch:
+            raise ExportError(f"ONNX Runtime's detections differ from torch's: {mismatch}; nothing written "
+                              f"to {out}: counts and classes must match, which --tolerance does not relax; "
+                              "re-export with another --opset, or report it")
         _check(diffs, tol, out)
         if n == 0:
             log.warning("the model found nothing in the verification windows: only empty outputs were compared")
