@@ -40,7 +40,7 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cfg(**kw: object) -> PredictConfig:
-    # block 64, budget 0.25: FF calls of 1 to 4 single-cell tiles (see the spy below)
+    # block 64, budget 0.25: FF calls of 1 or 2 tiles (cells, or 1x2 regions; see the spy below)
     base: dict[str, object] = {"block": 64, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0,
                                "budget": 0.25}
     return PredictConfig(**{**base, **kw})
@@ -59,25 +59,25 @@ def test_out_of_memory_halves_the_batch_and_matches_the_small_batch(scene: Path,
     ooms: list[int] = []
 
     def small_gpu(self: TorchBackend, tiles: np.ndarray) -> np.ndarray:
-        if tiles.shape[0] > 2:  # a "GPU" that holds 2 cell tiles
+        if tiles.shape[0] > 1:  # a "GPU" that holds one tile (calls here have 1 or 2)
             ooms.append(tiles.shape[0])
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         sizes.append(tiles.shape[0])
         return real(self, tiles)
 
     monkeypatch.setattr(TorchBackend, "_ff", small_gpu)
-    ref = predict([scene], tiny_run, tmp_path / "ref.gpkg", cfg(ff_batch=2), progress=False)
-    assert ref.lines()[-1] == "FF batch: 2 cell tiles per call (--ff-batch)"
-    assert max(sizes) == 2 and not ooms
+    ref = predict([scene], tiny_run, tmp_path / "ref.gpkg", cfg(ff_batch=1), progress=False)
+    assert ref.lines()[-1] == "FF batch: 1 cell tiles per call (--ff-batch)"
+    assert max(sizes) == 1 and not ooms
     sizes.clear()
     s = predict([scene], tiny_run, tmp_path / "oom.gpkg", cfg(ff_batch=8), progress=False)  # Dask threads
     assert ooms, "the fake never ran out of memory: the test lost its point"
-    assert max(sizes) == 2
-    assert s.lines()[-1] == ("FF batch: 8 cell tiles per call (--ff-batch); halved to 2 after running "
+    assert max(sizes) == 1
+    assert s.lines()[-1] == ("FF batch: 8 cell tiles per call (--ff-batch); halved to 1 after running "
                              "out of memory")
     backend = get_backend(ModelKey(str(tiny_run.resolve()), "torch", "auto", 8))
-    assert backend.ff_batch == 2
-    assert backend.ff_halved == [(8, 2)]  # halved once (8 -> 2: a batch of 4 would still send 3-4 tiles)
+    assert backend.ff_batch == 1
+    assert backend.ff_halved == [(8, 1)]  # halved once (8 -> 1: batches of 4 or 2 would still send 2 tiles)
     assert len(ooms) <= 2  # kept for the run: at most the two Dask threads' first calls failed
     assert wkb(tmp_path / "oom.gpkg") == wkb(tmp_path / "ref.gpkg")
     assert s.ff_cells == ref.ff_cells == 12
