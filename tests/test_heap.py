@@ -40,8 +40,12 @@ libc.free(small)
 
 
 def _probe(mode: str, **env: str) -> dict:
+    # no MALLOC_* tunable from this process: distributed's Nanny leaves MALLOC_TRIM_THRESHOLD_ in
+    # os.environ after a LocalCluster (tests/test_predict.py starts one), and any such variable
+    # turns glibc's dynamic mmap threshold off in the child
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], check=True, capture_output=True, text=True,
-                         env={**{k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}, **env})
+                         env={**clean, **env})
     return json.loads(out.stdout)
 
 

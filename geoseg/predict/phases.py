@@ -140,12 +140,15 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
 
 # ----------------------------------------------------------------------------- phase 2
 def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
-    """As :func:`geoseg.models.postprocess.probabilities`, quantised to uint8 (x 255), in torch."""
-    probs = torch.empty_like(logits)
-    probs[:FIRST_CLASS] = torch.sigmoid(logits[:FIRST_CLASS])
+    """As :func:`geoseg.models.postprocess.probabilities`, quantised to uint8 (x 255), in torch.
+
+    Works in place on ``logits`` (which may be a view): no second float map of the block.
+    """
+    logits[:FIRST_CLASS].sigmoid_()
     if logits.shape[0] > FIRST_CLASS:
-        probs[FIRST_CLASS:] = torch.softmax(logits[FIRST_CLASS:], dim=0)
-    return probs.mul_(255).round_().to(torch.uint8).numpy()
+        logits[FIRST_CLASS:] = torch.softmax(logits[FIRST_CLASS:], dim=0)
+    u8 = logits.mul_(255).round_().to(torch.uint8, memory_format=torch.contiguous_format)
+    return np.asarray(u8.numpy())
 
 
 def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
@@ -192,7 +195,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
     s, c, hl = plan.scale, plan.cell, plan.tile_halo
     pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
     up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
-    logits = up[:, s:s + int(core.height), s:s + int(core.width)].contiguous()
+    logits = up[:, s:s + int(core.height), s:s + int(core.width)]  # a view: FF pastes into it
     model_s = 0.0
     n_regions = 0
     if len(chosen):
