@@ -236,12 +236,12 @@ def test_the_probe_picks_a_batch_within_the_budget(scene: Path, tiny_run: Path, 
     assert s.lines()[-1].startswith(f"FF batch: {p.batch} cell tiles per call (probe: ")
 
 
-def memory_mod_plans(scene: Path, meta, tmp_path: Path):
+def memory_mod_plans(scene: Path, meta, tmp_path: Path, **kw: object):
     from geoseg.io.rasters import inspect_scenes
     from geoseg.predict.stage import _plan
 
     (info,), _ = inspect_scenes([scene])
-    return _plan(info, meta, cfg(), tmp_path)
+    return _plan(info, meta, cfg(**kw), tmp_path)
 
 
 def test_batch_and_threads_from_a_known_cost(scene: Path, tiny_run: Path, tmp_path: Path,
@@ -252,12 +252,21 @@ def test_batch_and_threads_from_a_known_cost(scene: Path, tiny_run: Path, tmp_pa
     fake = FfMemory("cpu", fixed=MIB, per_tile=MIB, free=2**40, in_use=100 * MIB)
     monkeypatch.setattr(memory_mod, "measure_ff", lambda b: fake)
     monkeypatch.setattr(memory_mod, "local_threads", lambda s: 4)
-    # room for 2 threads of block + 1 MiB fixed + 10 tiles each: 2 threads (not 4), batch 10
+    # room for 2 threads of block + 1 MiB fixed + 10 tiles each: 2 threads (not 4), and the
+    # batch is the CPU cap (8 tiles per call are as fast as more there)
     budget = 100 * MIB + 2 * (per_block + 11 * MIB)
     p = plan_ff(backend, cfg(max_memory=budget), plans, "threads")
     floor = memory_mod.region_tiles(backend, plans)
     assert floor < 10
-    assert (p.threads, p.batch) == (2, 10)
+    assert (p.threads, p.batch) == (2, memory_mod.CPU_MAX_BATCH) == (2, 8)
+    # below the cap the budget sets the batch: 6 tiles each (blocks of 2x2 cells: regions fit)
+    small = [memory_mod_plans(scene, backend.meta, tmp_path, block=32)]
+    assert memory_mod.region_tiles(backend, small) < 6
+    monkeypatch.setattr(memory_mod, "local_threads", lambda s: 2)
+    p = plan_ff(backend, cfg(max_memory=100 * MIB + 2 * (block_bytes(small, backend.meta) + 7 * MIB)), small,
+                "threads")
+    assert (p.threads, p.batch) == (2, 6)
+    monkeypatch.setattr(memory_mod, "local_threads", lambda s: 4)
     # an explicit batch is checked against the budget, not probed into another
     p = plan_ff(backend, cfg(max_memory=budget, ff_batch=20), plans, "threads")
     assert (p.threads, p.batch) == (1, 20) and p.why.startswith("--ff-batch, probe: ")
@@ -290,7 +299,7 @@ def test_max_memory_bounds_the_dask_threads_of_the_run(scene: Path, tiny_run: Pa
     s = predict([scene], tiny_run, tmp_path / "one.gpkg", cfg(max_memory=100 * MIB + per_block + 15 * MIB),
                 progress=False)
     assert len(seen) == 1 and threading.get_ident() not in seen  # Dask's pool of 1 thread
-    assert s.lines()[-1].startswith("FF batch: 14 cell tiles per call (probe: 1 MiB per cell tile")
+    assert s.lines()[-1].startswith("FF batch: 8 cell tiles per call (probe: 1 MiB per cell tile")
     assert s.lines()[-1].endswith(": 1 of 2 threads)")
 
 
