@@ -12,8 +12,10 @@ on that port serves, at ``/metrics``, in Prometheus' text format:
   row of ``metrics.csv`` (losses, lr, AP, F1, seconds, ...);
 - ``geoseg_summary{command, name}``: the numbers of a command's summary when it ends
   (chips, blocks, FF cells and their share, polygons, model seconds);
-- ``geoseg_rss_bytes``, ``geoseg_read_bytes``, ``geoseg_gpu_memory_bytes``: this process's
-  resident memory, bytes it has read, and CUDA memory allocated by torch.
+- ``geoseg_rss_bytes``, ``geoseg_read_bytes``: resident memory and bytes read of this
+  process plus the processes it started and that are alive (the ranks that
+  ``train --devices N`` spawns; the sum counts pages two processes share twice);
+- ``geoseg_gpu_memory_bytes``: CUDA memory allocated by torch in this process.
 
 On the local schedulers every task runs in this process, so the numbers are the job's.
 On a Dask cluster (``--scheduler tcp://...``) the task counts and times come from the
@@ -43,26 +45,47 @@ ERRORS = Counter("geoseg_errors", "Errors by kind", ["command", "kind"], registr
 EPOCH = Gauge("geoseg_epoch", "Last finished training epoch", registry=REGISTRY)
 TRAIN = Gauge("geoseg_train_value", "Last metrics.csv row of geoseg train", ["name"], registry=REGISTRY)
 SUMMARY = Gauge("geoseg_summary", "Numbers of a command's summary", ["command", "name"], registry=REGISTRY)
-RSS = Gauge("geoseg_rss_bytes", "Resident memory of this process", registry=REGISTRY)
-READ = Gauge("geoseg_read_bytes", "Bytes this process has read", registry=REGISTRY)
+RSS = Gauge("geoseg_rss_bytes", "Resident memory of this process and its children", registry=REGISTRY)
+READ = Gauge("geoseg_read_bytes", "Bytes read by this process and its children", registry=REGISTRY)
 GPU = Gauge("geoseg_gpu_memory_bytes", "CUDA memory allocated by torch in this process", registry=REGISTRY)
 
 #: The command whose numbers are being recorded (a label of most metrics).
 _command = "geoseg"
 
 
+def _family() -> list[Any]:
+    """This process and the processes it started, alive now (``train --devices N``'s ranks...)."""
+    import psutil
+
+    me = psutil.Process()
+    try:
+        return [me, *me.children(recursive=True)]
+    except psutil.Error:
+        return [me]
+
+
 def _rss() -> float:
     import psutil
 
-    return float(psutil.Process().memory_info().rss)
+    total = 0.0
+    for proc in _family():
+        with contextlib.suppress(psutil.Error):  # a child that ended meanwhile
+            total += proc.memory_info().rss
+    return total
 
 
 def _read_bytes() -> float:
     import psutil
 
-    proc = psutil.Process()
-    io = getattr(proc, "io_counters", None)
-    return float(io().read_chars) if io is not None else float("nan")
+    total, seen = 0.0, False
+    for proc in _family():
+        io = getattr(proc, "io_counters", None)
+        if io is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            total += io().read_chars
+            seen = True
+    return total if seen else float("nan")
 
 
 def _gpu() -> float:

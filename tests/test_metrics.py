@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import urllib.request
 from pathlib import Path
@@ -99,3 +100,27 @@ def test_port_in_use_and_bad_variable_are_one_line(tmp_path: Path, monkeypatch: 
         metrics.port_from(None)
     monkeypatch.setenv("GEOSEG_METRICS_PORT", "0")
     assert metrics.port_from(None) == 0 and metrics.port_from(9100) == 9100
+
+
+def test_memory_and_reads_count_the_processes_started_here(tmp_path) -> None:
+    # train --devices N: the ranks are children of the process that serves the metrics
+    import subprocess
+    import sys
+
+    data = tmp_path / "blob"
+    data.write_bytes(os.urandom(8 << 20))
+    alone = metrics._rss()
+    code = ("import sys, time; b = bytearray(200 << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "open(sys.argv[1], 'rb').read(); print('ok', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ok"
+        assert metrics._rss() > alone + 150e6  # the child's 200 MiB are counted
+        import psutil
+
+        family = metrics._read_bytes()
+        assert family - psutil.Process().io_counters().read_chars >= 7 << 20  # the child's 8 MiB read
+    finally:
+        child.kill()
+        child.wait()
+    assert metrics._rss() < alone + 100e6  # gone with it
