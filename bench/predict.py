@@ -23,6 +23,12 @@ One run does all of it, and prints ratios measured in this run only:
     $ python bench/predict.py                      # 8192² sparse scene, ~25 min on 2 cores
     $ python bench/predict.py --side 4096          # quicker
     $ python bench/predict.py --workdir W --reuse  # keep the model and scenes of W
+    $ python bench/predict.py --model outputs/demo/run --scene data/sample/kampala_blockB_z20.tif \
+          --truth data/sample/labels/buildings.gpkg --workdir W   # a real scene: floor vs 1.0 / 0.25 / auto
+
+With ``--scene``, nothing is trained or generated: the floor and the budgets run with
+``--model`` on that scene, and F1 is against ``--truth`` clipped to the scene's footprint
+(as ``geoseg evaluate --clip``).
 """
 
 from __future__ import annotations
@@ -214,6 +220,9 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="also the cost of --tta flip and d4 (2048² scene)")
     ap.add_argument("--validate", action="store_true",
                     help="validate W/run's best.pt once before the runs (sets its --budget auto threshold)")
+    ap.add_argument("--scene", type=Path, default=None, help="a real scene instead of the generated one")
+    ap.add_argument("--truth", type=Path, default=None, help="with --scene: its true polygons (clipped to it)")
+    ap.add_argument("--model", type=Path, default=None, help="with --scene: the run directory to use")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -224,6 +233,11 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoseg-bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir: {work}", flush=True)
+    if args.scene is not None:
+        if args.truth is None or args.model is None:
+            ap.error("--scene needs --truth and --model")
+        run_benchmarks(work, args.scene, args.truth, model=args.model)
+        return
     if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
         prepare_model(work, args.epochs)
     if args.validate:
@@ -297,16 +311,18 @@ def prepare_data(work: Path) -> Path:
     return work / "patches"
 
 
-def run_benchmarks(work: Path, scene: Path, truth: Path) -> None:
-    """The floor, budget 1.0, 0.25 and auto on the sparse scene, in this process."""
+def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None) -> None:
+    """The floor, budget 1.0, 0.25 and auto on a scene, in this process (truth clipped to the scene)."""
     import geopandas as gpd
 
+    from geoseg.aoi import clip_to, footprint
     from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.evaluate import evaluate_frames
     from geoseg.predict import PredictConfig, predict
 
-    truth_gdf = gpd.read_file(truth)
-    model = work / "run"
+    truth_gdf = clip_to(gpd.read_file(truth), footprint([scene]))
+    print(f"truth: {len(truth_gdf)} polygons in the scene", flush=True)
+    model = model if model is not None else work / "run"
     t0 = time.perf_counter()
     get_backend(ModelKey(str(model.resolve()), "torch", "auto", PredictConfig().ff_batch))
     print(f"model load (once per worker): {time.perf_counter() - t0:.1f} s", flush=True)
