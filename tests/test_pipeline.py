@@ -447,3 +447,22 @@ def test_evaluate_aoi_restricts_like_the_cli_and_is_an_input(project: Path, fake
     assert ran(run(project)) == ["evaluate"]
     report = json.loads((project / "out" / "evaluation.json").read_text())
     assert report["tp"] == 1 and report["f1"] == 1.0
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    # distributed's Nanny sets OMP_NUM_THREADS=1 (and more) in os.environ to spawn its workers,
+    # and leaves it: a later train --devices N stage would start single-threaded ranks
+    from geoseg.pipeline.schema import ClusterConfig
+
+    for k in ("OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a user's own value is kept
+    before = dict(os.environ)
+    shared = pl_scheduler.SharedScheduler("threads", ClusterConfig(workers=1, threads_per_worker=1))
+    try:
+        client = shared.get()
+        assert client.submit(os.getenv, "OMP_NUM_THREADS").result(timeout=60) == "1"  # the worker's own
+        assert dict(os.environ) == before
+    finally:
+        shared.close()
+    assert dict(os.environ) == before

@@ -48,8 +48,37 @@ def make_client(address: str, cluster: ClusterConfig | None) -> tuple[Any, list[
         check_scheduler(address)  # nothing listening: one line now, not Dask's 30 s timeout
         client = Client(address, set_as_default=False)
         return client, [client]
+    env = KeptEnviron()
     lc = LocalCluster(n_workers=cluster.workers, threads_per_worker=cluster.threads_per_worker,
                       dashboard_address=None)
+    env.close()
     log.info("started a LocalCluster of %d workers at %s", cluster.workers, lc.scheduler_address)
     client = Client(lc, set_as_default=False)
-    return client, [client, lc]
+    return client, [client, lc, env]
+
+
+class KeptEnviron:
+    """``os.environ`` as it was at creation, put back by :meth:`close`.
+
+    distributed's Nanny sets its ``pre-spawn-environ`` (``OMP_NUM_THREADS=1``,
+    ``MALLOC_TRIM_THRESHOLD_``...) and ``__DASK_PARENT_PID`` in *this* process's
+    ``os.environ`` before spawning each worker, and leaves them there: every process
+    started afterwards (the ranks of a ``train --devices N`` stage, say) would inherit one
+    thread per rank. Only what changed between creation and :meth:`close` is put back.
+    """
+
+    def __init__(self) -> None:
+        import os
+
+        self._before = dict(os.environ)
+
+    def close(self) -> None:
+        """Restore the variables (workers restarted later set them again; the last close wins)."""
+        import os
+
+        now = dict(os.environ)
+        for k in now.keys() - self._before.keys():
+            os.environ.pop(k, None)
+        for k, v in self._before.items():
+            if now.get(k) != v:
+                os.environ[k] = v
