@@ -178,13 +178,13 @@ def dense_floor(scene: Path, model: Path, out: Path, block: int = 2048) -> dict:
         plan, i, j, meta.postprocess, meta.classes, cfg.simplify, cfg.min_area,
         *[ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff])
         for (i, j) in ff]
-    paths = compute(polys, scheduler="threads", desc="floor", progress=False)
-    frames = [g for g in (gpd.read_file(p) for p in paths) if len(g)]
-    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
-    if meta.postprocess.regularize:  # predict squares outlines for such a model: so does the floor
-        from geoseg.predict.regularize import regularize
+    if meta.postprocess.regularize:  # predict squares outlines per block for such a model: so does the floor
+        from geoseg.predict.regularize import regularize_file
 
-        gdf = regularize(gdf, tolerance=cfg.regularize_tolerance)
+        polys = [delayed(regularize_file, pure=False)(p, cfg.regularize_tolerance) for p in polys]
+    res = compute(polys, scheduler="threads", desc="floor", progress=False)
+    frames = [g for g in (r if isinstance(r, gpd.GeoDataFrame) else gpd.read_file(r) for r in res) if len(g)]
+    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
     write_vector(gdf, out, layer=out.stem)
     shutil.rmtree(cache)
     return {"seconds": time.perf_counter() - t0, "polygons": len(gdf)}

@@ -10,6 +10,7 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
+import shapely
 from click.testing import CliRunner
 from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
 from rasterio.transform import from_origin
@@ -45,6 +46,12 @@ def test_regularize_squares_boxes_and_keeps_f1(scene: tuple[Path, Path], tiny_ru
     a, b = gpd.read_file(tmp_path / "raw.gpkg"), gpd.read_file(tmp_path / "sq.fgb")
     assert len(a) == len(b) and b.is_valid.all() and pyogrio.read_info(tmp_path / "sq.fgb")["layer_name"] == "sq"
     assert np.median(corners(b.geometry.to_numpy())) == 4  # boxes come out as rectangles
+    # squared per block (Dask tasks) = squared as a whole: each outline is regularized alone
+    from geoseg.predict.regularize import regularize
+
+    whole = regularize(a, tolerance=1.0)
+    assert sorted(shapely.normalize(whole.geometry.to_numpy()).astype(str).tolist()) == sorted(
+        shapely.normalize(b.to_crs(a.crs).geometry.to_numpy()).astype(str).tolist())
     assert np.median(corners(a.geometry.to_numpy())) >= 4
     t = gpd.read_file(truth)
     assert evaluate_frames(b, t)["f1"] >= evaluate_frames(a, t)["f1"] - 0.05

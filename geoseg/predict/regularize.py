@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
@@ -156,3 +157,13 @@ def _one_polygon_per_row(rows: np.ndarray, geoms: np.ndarray, n: int) -> np.ndar
     rows_u, first = np.unique(row[order], return_index=True)
     result[rows_u] = parts[order[first]]
     return result
+
+
+def regularize_file(path: str | Path, tolerance: float) -> gpd.GeoDataFrame:
+    """The polygons of one vector file (a predict block's cache), regularized (:func:`regularize`).
+
+    Predict runs it as one Dask task per block, so squaring outlines runs in parallel (on a
+    cluster, on the workers) instead of on the whole output at the end.
+    """
+    gdf = gpd.read_file(path)
+    return regularize(gdf, tolerance=tolerance) if len(gdf) else gdf

@@ -286,9 +286,14 @@ def predict(
                                                          cfg.simplify, cfg.min_area, *nb)
             final.append((plan, i, j, polys))
         tasks += list(pv.values()) + [chosen] + list(ff.values())
+    outputs = [f[3] for f in final]
+    squared = meta.postprocess.regularize if cfg.regularize is None else cfg.regularize
+    if squared:  # per block, in parallel: each outline is squared alone
+        from geoseg.predict.regularize import regularize_file
+
+        outputs = [delayed(regularize_file, pure=False)(o, cfg.regularize_tolerance) for o in outputs]
     with dask.config.set(num_workers=ff_plan.threads) if ff_plan.threads else contextlib.nullcontext():
-        results = compute(tasks + [f[3] for f in final], scheduler=scheduler, desc="predict",
-                          progress=progress)
+        results = compute(tasks + outputs, scheduler=scheduler, desc="predict", progress=progress)
     n_pv = 0
     used: list[int] = []
     if meta.arch == "maskrcnn":
@@ -313,8 +318,8 @@ def predict(
     import geopandas as gpd
 
     target_crs = plans[0].scene.crs
-    for path in results[len(tasks):]:
-        g = gpd.read_file(path)
+    for res in results[len(tasks):]:
+        g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res)
         if len(g):
             frames.append(g.to_crs(target_crs) if g.crs != target_crs else g)
     if frames:
@@ -325,10 +330,7 @@ def predict(
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; polygons are written in %s", target_crs)
     summary.polygons = len(gdf)
-    if meta.postprocess.regularize if cfg.regularize is None else cfg.regularize:
-        from geoseg.predict.regularize import regularize
-
-        gdf = regularize(gdf, tolerance=cfg.regularize_tolerance)
+    if squared:
         summary.regularized = cfg.regularize_tolerance
     if cfg.prob_out:
         base = Path(cfg.prob_out)
