@@ -10,7 +10,8 @@ For each scene (see :mod:`geoseg.predict.phases` for the per-block phases):
    over the upsampled PV maps, block by block;
 4. watershed instances per block with a halo; an instance is kept only by the block
    holding its centroid, so nothing is duplicated or cut along block seams;
-5. polygons (``class``, ``score``, ``area_m2``, ``scene``) in the scene CRS, written
+5. with ``--regularize``, each block's outlines squared in a task of its own;
+6. polygons (``class``, ``score``, ``area_m2``, ``scene``) in the scene CRS, written
    atomically as one GeoPackage layer or GeoJSON (RFC 7946: EPSG:4326).
 
 All phases of all scenes form one Dask graph, so I/O, stitching and vectorizing of one
