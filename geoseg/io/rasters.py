@@ -7,6 +7,7 @@ reads its metadata only, so that bad inputs are found before any output is writt
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ import shapely
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
@@ -34,6 +35,12 @@ from geoseg.io.sources import (
     remote_stamp,
     scene_name,
 )
+
+# rasterio.features.shapes() / rasterize() on arrays (pixel coordinates: geoseg places the
+# results itself) under Dask's threads scheduler sometimes report their temporary in-memory
+# raster as not georeferenced although the output is right (tests/test_tiling.py checks
+# threads == sync): noise, filtered once here for tiling and vectorizing.
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 #: Relative GSD difference under which a scene is read on its own grid (see SceneInfo.at_gsd).
 GSD_TOLERANCE = 0.05

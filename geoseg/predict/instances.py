@@ -195,8 +195,9 @@ def watershed_instances(
         if box is None or size[k] < keep_px:  # an instance is part of one piece: too small
             continue
         piece = pieces[box] == k
-        lab = _flood_piece(piece, _probability(extent[box]), _probability(boundary[box]),
-                           _probability(contact[box]), seed_threshold, min_seed_area)
+        ext = _probability(extent[box])
+        lab = _flood_piece(piece, ext, _probability(boundary[box]), _probability(contact[box]),
+                           seed_threshold, min_seed_area)
         area = np.bincount(lab.ravel())[1:]
         lab = relabel(lab, area >= keep_px)
         m = int(np.count_nonzero(area >= keep_px))
@@ -206,7 +207,7 @@ def watershed_instances(
         labels[box][inside] = lab[inside] + n
         n += m
         areas.append(area[area >= keep_px].astype(np.int64))
-        scores.append(instance_means(lab, _probability(extent[box]), m))
+        scores.append(instance_means(lab, ext, m))
         if class_probs is not None:
             means = np.stack([instance_means(lab, _probability(p[box]), m) for p in class_probs])
             classes.append(means.argmax(axis=0).astype(np.int64))

@@ -15,7 +15,6 @@ longitude/latitude.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,7 +24,6 @@ import pandas as pd
 import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import shapes
 from shapely.geometry import shape
 
@@ -38,11 +36,6 @@ from geoseg.io.rasters import metres_per_pixel
 from geoseg.io.vectors import polygonal_parts
 
 log = logging.getLogger(__name__)
-
-# shapes() of a label array (pixel coordinates, no transform) under Dask's threads
-# scheduler sometimes reports its temporary in-memory raster as not georeferenced; the
-# polygons are right (they are placed by _to_crs_coords), the warning is noise.
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 _GEOD = Geod(ellps="WGS84")
 _WGS84 = CRS.from_epsg(4326)

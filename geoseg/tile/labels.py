@@ -8,23 +8,16 @@ the rasterized truth (RLE is lossless, unlike COCO polygons re-rasterized by pyc
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
 import shapely
 from affine import Affine
 from pycocotools import mask as mask_utils
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
 from geoseg.io.rasters import window_footprint
-
-# rasterize() under Dask's threads scheduler sometimes reports its temporary in-memory
-# raster as not georeferenced although the output is right (tests/test_tiling.py checks
-# threads == sync); the warning is noise there.
-warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module="rasterio.features")
 
 
 def _pixel_bounds(
