@@ -36,9 +36,9 @@ from geoseg.predict.plan import BlockPlan
 
 log = logging.getLogger(__name__)
 
-#: FF batch of a run that cannot probe, and the most ``auto`` picks on the CPU: measured with
-#: the CPU preset's FF on 96² cell tiles, 2 cores, 8 tiles per call run as fast per tile as
-#: 16 or 32 (7.7 vs 8.0-9.6 ms) for a quarter of the call's memory (219 MB at 32).
+#: FF batch of a run that cannot probe, and the most ``auto`` picks on the CPU: on 2 cores
+#: 8 tiles per call run as fast per tile as 16 or 32, for a third to a quarter of the
+#: call's memory (``python bench/ff_batch.py``; docs/benchmarks.md).
 CPU_MAX_BATCH = 8
 #: The most cell tiles per FF call ``auto`` picks on a GPU.
 GPU_MAX_BATCH = 256
