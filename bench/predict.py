@@ -23,6 +23,7 @@ One run does all of it, and prints ratios measured in this run only:
     $ python bench/predict.py                      # 8192² sparse scene, ~25 min on 2 cores
     $ python bench/predict.py --side 4096          # quicker
     $ python bench/predict.py --workdir W --reuse  # keep the model and scenes of W
+    $ python bench/predict.py --workdir W --reuse --router --budgets 0.125,0.25,auto
     $ python bench/predict.py --model outputs/demo/run --scene data/sample/kampala_blockB_z20.tif \
           --truth data/sample/labels/buildings.gpkg --workdir W   # a real scene: floor vs 1.0 / 0.25 / auto
 
@@ -223,6 +224,9 @@ def main() -> None:
     ap.add_argument("--scene", type=Path, default=None, help="a real scene instead of the generated one")
     ap.add_argument("--truth", type=Path, default=None, help="with --scene: its true polygons (clipped to it)")
     ap.add_argument("--model", type=Path, default=None, help="with --scene: the run directory to use")
+    ap.add_argument("--budgets", default="1.0,0.25,auto", help="predict budgets to run against the floor")
+    ap.add_argument("--router", action="store_true",
+                    help="also the router's precision: occupied cells vs cells over the auto threshold")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -236,7 +240,7 @@ def main() -> None:
     if args.scene is not None:
         if args.truth is None or args.model is None:
             ap.error("--scene needs --truth and --model")
-        run_benchmarks(work, args.scene, args.truth, model=args.model)
+        run_benchmarks(work, args.scene, args.truth, model=args.model, budgets=_budgets(args.budgets))
         return
     if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
         prepare_model(work, args.epochs)
@@ -250,8 +254,10 @@ def main() -> None:
     truth = scene.with_suffix(".gpkg")
     print(f"sparse scene {args.side}^2, objects in ~{args.occupied:.0%} of the 64-px cells, "
           f"{len(gpd.read_file(truth))} objects", flush=True)
+    if args.router:
+        router_precision(work / "run", scene, truth)
     if not args.only_tta:
-        run_benchmarks(work, scene, truth)
+        run_benchmarks(work, scene, truth, budgets=_budgets(args.budgets))
     if args.extras:
         extras(work)
     if args.tta:
@@ -311,7 +317,45 @@ def prepare_data(work: Path) -> Path:
     return work / "patches"
 
 
-def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None) -> None:
+def _budgets(text: str) -> list[float | str]:
+    return [b if b == "auto" else float(b) for b in text.split(",")]
+
+
+def router_precision(model: Path, scene: Path, truth: Path) -> None:
+    """Which cells clear the auto threshold: the occupied ones, and which others (PV over the scene)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.features import rasterize
+    from scipy import ndimage
+
+    from geoseg.backends.cache import ModelKey, get_backend
+    from geoseg.bands import normalize
+
+    be = get_backend(ModelKey(str(model.resolve()), "torch", "cpu", 8))
+    meta = be.meta
+    s, c = meta.scale, meta.cell
+    with rasterio.open(scene) as src:
+        h, w = src.height // c * c, src.width // c * c
+        small = src.read(out_shape=(src.count, h // s, w // s), window=((0, h), (0, w)),
+                         resampling=Resampling.average).astype(np.float32)
+        occ_px = rasterize(((g, 1) for g in gpd.read_file(truth).to_crs(src.crs).geometry),
+                           out_shape=(h, w), transform=src.transform)
+    _, util = be.pv(normalize(small, meta.band_stats)[None])
+    util = util[0, :h // c, :w // c]
+    occ = occ_px.reshape(h // c, c, w // c, c).any(axis=(1, 3))
+    thr = (meta.model_extra or {}).get("utility_threshold", float("nan"))
+    chosen = util > thr
+    near = ndimage.binary_dilation(occ, structure=np.ones((3, 3)))
+    top = util >= np.sort(util.ravel())[::-1][max(int(occ.sum()), 1) - 1]
+    print(f"router: {occ.size} cells, {occ.mean():.1%} occupied; auto threshold {thr:.3f} keeps {chosen.mean():.1%} "
+          f"(occupied kept {chosen[occ].mean():.1%}; {int((chosen & ~occ).sum())} empty cells, "
+          f"{int((chosen & ~occ & near).sum())} of them next to an occupied one); the top {occ.mean():.1%} "
+          f"by utility hold {top[occ].mean():.1%} of the occupied cells", flush=True)
+
+
+def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None,
+                   budgets: list[float | str] | None = None) -> None:
     """The floor, budget 1.0, 0.25 and auto on a scene, in this process (truth clipped to the scene)."""
     import geopandas as gpd
 
@@ -327,8 +371,9 @@ def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = No
     get_backend(ModelKey(str(model.resolve()), "torch", "auto", PredictConfig().ff_batch))
     print(f"model load (once per worker): {time.perf_counter() - t0:.1f} s", flush=True)
 
-    def f1(out: Path) -> float:
-        return float(evaluate_frames(gpd.read_file(out), truth_gdf, iou=0.5)["f1"])
+    def scores(out: Path) -> dict:
+        r = evaluate_frames(gpd.read_file(out), truth_gdf, iou=0.5)
+        return {"f1": float(r["f1"]), "miou": float(r["mean_iou"]), "biou": float(r["boundary_iou"])}
 
     def routed(budget: float | str, out: Path) -> dict:
         t0 = time.perf_counter()
@@ -336,26 +381,27 @@ def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = No
         res = {"seconds": time.perf_counter() - t0, "ff_cells": s.ff_cells, "cells": s.cells,
                "model_s": s.model_seconds, "routing": s.routing, "polygons": s.polygons,
                "regions": s.ff_regions}
-        return {**res, "f1": f1(out)}
+        return {**res, **scores(out)}
 
     routed(0.1, work / "warmup.gpkg")  # kernels, allocator
     rows: dict[str, dict] = {}
     fl = dense_floor(scene, model, work / "floor.gpkg")
-    rows["floor"] = {**fl, "f1": f1(work / "floor.gpkg"), "ff_cells": -1}
-    for b in (1.0, 0.25, "auto"):
+    rows["floor"] = {**fl, **scores(work / "floor.gpkg"), "ff_cells": -1}
+    for b in budgets or [1.0, 0.25, "auto"]:
         try:
             rows[str(b)] = routed(b, work / f"pred_{b}.gpkg")  # type: ignore[arg-type]
         except Exception as err:  # noqa: BLE001 - e.g. a predict without --budget auto
             print(f"budget {b}: {err}")
     floor = rows["floor"]["seconds"]
-    print(f"{'run':>8} {'FF cells':>9} {'regions':>8} {'wall s':>7} {'floor/run':>9} {'F1@0.5':>7} {'polygons':>8}")
+    print(f"{'run':>8} {'FF cells':>9} {'regions':>8} {'wall s':>7} {'floor/run':>9} {'F1@0.5':>7} "
+          f"{'mean IoU':>8} {'bnd IoU':>8} {'polygons':>8}")
     for name, r in rows.items():
         cells = "all" if r["ff_cells"] < 0 else str(r["ff_cells"])
         print(f"{name:>8} {cells:>9} {r.get('regions', '-'):>8} {r['seconds']:>7.1f} "
-              f"{floor / r['seconds']:>8.2f}x {r['f1']:>7.3f} {r['polygons']:>8}")
+              f"{floor / r['seconds']:>8.2f}x {r['f1']:>7.3f} {r['miou']:>8.3f} {r['biou']:>8.3f} {r['polygons']:>8}")
     if "1.0" in rows:
         print(f"budget 1.0 / floor: {rows['1.0']['seconds'] / floor:.2f} (target <= 1.10)")
-    for b in ("0.25", "auto"):
+    for b in [k for k in rows if k not in ("floor", "1.0")]:
         if b in rows:
             r = rows[b]
             print(f"floor / routed {b}: {floor / r['seconds']:.2f}x (target >= 3x), F1 "
