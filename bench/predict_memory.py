@@ -19,6 +19,7 @@ One run:
     $ nice python bench/predict_memory.py                 # ~25 min on 2 cores (15 of them training)
     $ python bench/predict_memory.py --small 2000 --big 6000   # a quick look
     $ python bench/predict_memory.py --workdir W --reuse  # keep W's model and scenes
+    $ python bench/predict_memory.py --workdir W --reuse --phases  # each block task's peak, one thread
 """
 
 from __future__ import annotations
@@ -112,6 +113,35 @@ def run_child(scene: Path, model: Path, out: Path, budget: float, block: int) ->
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def phases_child(scene: str, model: str, budget: str) -> None:
+    """Predict with the sync scheduler; print each block task's peak RSS over its RSS before it."""
+    import geoseg.predict.stage as stage
+    from geoseg.backends.torch_backend import TorchBackend
+    from geoseg.predict import PredictConfig, predict
+
+    peaks: dict[str, list[float]] = {}
+
+    def measured(name: str, fn):
+        def run(*args, **kwargs):
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _status_mb("VmRSS")
+            out = fn(*args, **kwargs)
+            peaks.setdefault(name, []).append(_status_mb("VmHWM") - before)
+            return out
+        return run
+
+    for name in ("pv_block", "ff_block", "instances_block"):
+        setattr(stage, name, measured(name, getattr(stage, name)))
+    TorchBackend._ff = measured("one FF call", TorchBackend._ff)
+    TorchBackend._pv = measured("one PV call", TorchBackend._pv)
+    with tempfile.TemporaryDirectory() as tmp:
+        predict([scene], model, Path(tmp) / "p.gpkg", PredictConfig(budget=float(budget)), scheduler="sync",
+                overwrite=True, progress=False)
+    print(f"{'task':>16} {'runs':>5} {'max MB':>7} {'median MB':>10}")
+    for name, v in peaks.items():
+        print(f"{name:>16} {len(v):>5} {max(v):>7.0f} {float(np.median(v)):>10.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", type=int, default=5000, help="side of the small scene (px)")
@@ -123,10 +153,16 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--profile", action="store_true", help="print each run's RSS time line")
+    ap.add_argument("--phases", action="store_true",
+                    help="only the peak memory of each block task (sync scheduler) on the small scene")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--phases-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
+        return
+    if args.phases_child:
+        phases_child(*args.phases_child)
         return
     sys.path.insert(0, str(BENCH))
     import predict as bench_predict  # bench/predict.py: the quick model
@@ -137,6 +173,13 @@ def main() -> None:
     model = work / "run"
     if not (args.reuse and (model / "checkpoints" / "best.pt").exists()):
         bench_predict.prepare_model(work, args.epochs)
+    if args.phases:
+        scene = work / f"sparse{args.small}.tif"
+        if not scene.exists():
+            sparse_scene(scene, args.small, args.occupied, seed=args.small)
+        subprocess.run([sys.executable, __file__, "--phases-child", str(scene), str(model), str(args.budget)],
+                       check=True)
+        return
     rows = {}
     for side in (args.small, args.big):
         scene = work / f"sparse{side}.tif"
