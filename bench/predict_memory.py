@@ -113,33 +113,44 @@ def run_child(scene: Path, model: Path, out: Path, budget: float, block: int) ->
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def phases_child(scene: str, model: str, budget: str) -> None:
-    """Predict with the sync scheduler; print each block task's peak RSS over its RSS before it."""
+def phases_child(scene: str, model: str, budget: str, what: str) -> None:
+    """Predict with the sync scheduler; print the peak RSS of each block task (``what="tasks"``)
+    or model call (``"calls"``) over the RSS before it (one kind per process: a reset of the peak
+    inside a task would hide the task's own)."""
     import geoseg.predict.stage as stage
     from geoseg.backends.torch_backend import TorchBackend
     from geoseg.predict import PredictConfig, predict
 
     peaks: dict[str, list[float]] = {}
+    overall = 0.0  # the run's peak: every reset starts from the RSS of that moment
 
     def measured(name: str, fn):
         def run(*args, **kwargs):
+            nonlocal overall
+            overall = max(overall, _status_mb("VmHWM"))
             Path("/proc/self/clear_refs").write_text("5")
             before = _status_mb("VmRSS")
             out = fn(*args, **kwargs)
-            peaks.setdefault(name, []).append(_status_mb("VmHWM") - before)
+            peak = _status_mb("VmHWM")
+            overall = max(overall, peak)
+            peaks.setdefault(name, []).append(peak - before)
             return out
         return run
 
-    for name in ("pv_block", "ff_block", "instances_block"):
-        setattr(stage, name, measured(name, getattr(stage, name)))
-    TorchBackend._ff = measured("one FF call", TorchBackend._ff)
-    TorchBackend._pv = measured("one PV call", TorchBackend._pv)
+    if what == "tasks":
+        for name in ("pv_block", "ff_block", "instances_block"):
+            setattr(stage, name, measured(name, getattr(stage, name)))
+    else:
+        TorchBackend._ff = measured("one FF call", TorchBackend._ff)
+        TorchBackend._pv = measured("one PV call", TorchBackend._pv)
     with tempfile.TemporaryDirectory() as tmp:
         predict([scene], model, Path(tmp) / "p.gpkg", PredictConfig(budget=float(budget)), scheduler="sync",
                 overwrite=True, progress=False)
     print(f"{'task':>16} {'runs':>5} {'max MB':>7} {'median MB':>10}")
     for name, v in peaks.items():
         print(f"{name:>16} {len(v):>5} {max(v):>7.0f} {float(np.median(v)):>10.0f}")
+    if what == "tasks":
+        print(f"peak RSS of the run: {max(overall, _status_mb('VmHWM')):.0f} MB", flush=True)
 
 
 def main() -> None:
@@ -154,9 +165,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--profile", action="store_true", help="print each run's RSS time line")
     ap.add_argument("--phases", action="store_true",
-                    help="only the peak memory of each block task (sync scheduler) on the small scene")
+                    help="only the peak memory of each block task (sync scheduler), per scene")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
-    ap.add_argument("--phases-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--phases-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(*args.child)
@@ -173,12 +184,15 @@ def main() -> None:
     model = work / "run"
     if not (args.reuse and (model / "checkpoints" / "best.pt").exists()):
         bench_predict.prepare_model(work, args.epochs)
-    if args.phases:
-        scene = work / f"sparse{args.small}.tif"
-        if not scene.exists():
-            sparse_scene(scene, args.small, args.occupied, seed=args.small)
-        subprocess.run([sys.executable, __file__, "--phases-child", str(scene), str(model), str(args.budget)],
-                       check=True)
+    if args.phases:  # one fresh process per scene
+        for side in (args.small, args.big):
+            scene = work / f"sparse{side}.tif"
+            if not scene.exists():
+                sparse_scene(scene, side, args.occupied, seed=side)
+            for what in ("tasks", "calls"):
+                print(f"{side}², one thread, {what}:", flush=True)
+                subprocess.run([sys.executable, __file__, "--phases-child", str(scene), str(model),
+                                str(args.budget), what], check=True)
         return
     rows = {}
     for side in (args.small, args.big):
