@@ -20,7 +20,7 @@ from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.refdet import STRIDE, RefDet, RefDetConfig, decode, xcorr_depthwise
 from geoseg.search import SearchConfig, search
 from geoseg.search.backend import SearchMeta
-from geoseg.search.boxes import average_precision, detections, match
+from geoseg.search.boxes import average_precision, calibrate_similarity, detections, match
 from geoseg.search.losses import SearchLossConfig, assign, search_loss
 
 TINY = RefDetConfig(encoder="convnext_atto", encoder_dims=(16, 32, 64, 128), encoder_depths=(1, 1, 1, 1),
@@ -68,9 +68,10 @@ def test_fusion_is_invariant_to_template_order() -> None:
 def test_model_maps_at_stride_4() -> None:
     net = RefDet(TINY).eval()
     with torch.no_grad():
-        obj, dist = net(torch.randn(2, 3, 64, 96), torch.randn(2, 1, 3, 32, 32))
-    assert obj.shape == (2, 1, 16, 24) and dist.shape == (2, 4, 16, 24)
+        obj, dist, sim = net(torch.randn(2, 3, 64, 96), torch.randn(2, 1, 3, 32, 32))
+    assert obj.shape == (2, 1, 16, 24) and dist.shape == (2, 4, 16, 24) and sim.shape == obj.shape
     assert (dist > 0).all()
+    assert float(sim.abs().max()) <= 1 + 1e-5 and float(sim.std()) > 0  # cosines, varying by cell
 
 
 def test_assign_and_losses() -> None:
@@ -85,9 +86,26 @@ def test_assign_and_losses() -> None:
     obj = torch.where(pos.reshape(1, 1, 16, 16), 20.0, -20.0)
     perfect = search_loss(obj, dist, [boxes], SearchLossConfig())
     assert float(perfect["giou"]) < 1e-4 and float(perfect["focal"]) < 1e-4
-    b, s = detections(obj[0], dist[0], min_score=0.5)
+    b, s, _ = detections(obj[0], dist[0], min_score=0.5)
     assert len(b) == 1 and torch.allclose(b[0], boxes[0], atol=1e-4)
+    # the similarity gate drops the box whose cells are unlike the examples, and reports the kept ones'
+    sim = torch.where(pos.reshape(1, 16, 16), 0.9, -0.2)
+    assert len(detections(obj[0], dist[0], sim, min_score=0.5, min_similarity=0.95).boxes) == 0
+    kept = detections(obj[0], dist[0], sim, min_score=0.5, min_similarity=0.5)
+    assert len(kept.boxes) == 1 and kept.similarity.tolist() == pytest.approx([0.9])
     assert decode(dist[0]).shape == (256, 4)
+
+
+def test_calibrated_similarity_threshold_maximises_f1() -> None:
+    # five true positives at 0.8-0.9, three of the other kind at 0.3-0.5, one true positive at 0.4
+    sims = np.array([0.9, 0.85, 0.5, 0.88, 0.4, 0.3, 0.82, 0.8, 0.45])
+    hits = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0], bool)
+    threshold, f1 = calibrate_similarity(sims, hits, n_truth=7)
+    assert threshold == pytest.approx((0.8 + 0.5) / 2)  # halfway between the last kept and the next
+    assert f1 == pytest.approx(2 * 5 / (5 + 7))
+    # every detection right: no threshold; nothing to calibrate on: none either
+    assert calibrate_similarity(np.array([0.2, 0.9]), np.array([True, True]), 3) == (None, pytest.approx(0.8))
+    assert calibrate_similarity(np.zeros(0), np.zeros(0, bool), 3) == (None, 0.0)
 
 
 def test_average_precision_and_match() -> None:
@@ -102,18 +120,25 @@ def test_average_precision_and_match() -> None:
 
 # ----------------------------------------------------------------------------- the scene pipeline
 class BrightBlobs:
-    """A stand-in backend: every bright blob of the window is one object (exact boxes)."""
+    """A stand-in backend: every bright blob of the window is one object (exact boxes).
 
-    def __init__(self) -> None:
-        self.meta = SearchMeta(model=TINY, stats=STATS, classes=STATS.classes, context=1.5, source=Path("x"))
+    Its similarity is 0.9 on the brightest blobs (value 200, the examples' kind) and 0.2 on
+    dimmer ones; its calibrated threshold is ``similarity``.
+    """
 
-    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((1, 16, 8, 8), np.float32), np.zeros((1, 16, 4, 4), np.float32)
+    def __init__(self, similarity: float | None = 0.6) -> None:
+        self.meta = SearchMeta(model=TINY, stats=STATS, classes=STATS.classes, context=1.5, source=Path("x"),
+                               similarity=similarity)
 
-    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.zeros((1, 16, 8, 8), np.float32), np.zeros((1, 16, 4, 4), np.float32), np.zeros((1, 8))
+
+    def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         b, _, h, w = images.shape
         obj = np.full((b, 1, h // 4, w // 4), -10.0, np.float32)
         dist = np.ones((b, 4, h // 4, w // 4), np.float32)
+        sim = np.where(images[:, :1, 2::4, 2::4] > 2.5, 0.9, 0.2).astype(np.float32)
         for i in range(b):
             lab, _ = ndimage.label(images[i, 0] > 1.0)
             for k, sl in enumerate(ndimage.find_objects(lab), 1):
@@ -124,13 +149,16 @@ class BrightBlobs:
                         if lab[int(cy), int(cx)] == k:
                             obj[i, 0, r, c] = 10.0
                             dist[i, :, r, c] = (cx - x0, cy - y0, x1 - cx, y1 - cy)
-        return obj, dist
+        return obj, dist, sim
 
 
-def _scene(path: Path, squares: list[tuple[int, int, int]], size: int = 256, crs: str = "EPSG:32636") -> Path:
+def _scene(path: Path, squares: list[tuple[int, int, int]], size: int = 256, crs: str = "EPSG:32636",
+           dim: list[tuple[int, int, int]] = ()) -> Path:  # type: ignore[assignment]
     data = np.zeros((3, size, size), np.uint8)
     for r, c, s in squares:
         data[:, r:r + s, c:c + s] = 200
+    for r, c, s in dim:  # another kind: as bright an object for the head, unlike the examples
+        data[:, r:r + s, c:c + s] = 120
     return write_raster(path, data, crs, from_origin(500000, 100000, 0.5, 0.5))
 
 
@@ -164,6 +192,30 @@ def test_object_across_a_block_seam_is_one_box_in_the_scene_crs(tmp_path: Path, 
     assert set(got.columns) >= {"score", "scene", "examples", "geometry"}
     assert (got["examples"] == "ex").all() and (got["scene"] == "s").all()
     assert not list(tmp_path.glob(".found.gpkg.geoseg-cache"))  # cache removed after the write
+
+
+def test_similarity_gate_auto_fixed_and_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 100, 16)], dim=[(180, 40, 16), (40, 180, 16)])
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500010, 99980, 500018, 99988)], "EPSG:32636")
+
+    def run(backend: BrightBlobs, **kw: object) -> tuple[gpd.GeoDataFrame, list[str]]:
+        monkeypatch.setattr("geoseg.search.stage.get_search_backend", lambda *a, **k: backend)
+        out = tmp_path / "found.gpkg"
+        summary = search([scene], ex, "model", out, SearchConfig(block=256, **kw), scheduler="sync",
+                         overwrite=True)
+        return gpd.read_file(out), summary.lines()
+
+    got, lines = run(BrightBlobs(0.6))  # auto: the calibrated 0.6 keeps the examples' kind only
+    assert len(got) == 2 and (got["similarity"] > 0.8).all()
+    assert "similarity: >= 0.600 (calibrated in training)" in lines
+    got, lines = run(BrightBlobs(0.6), min_similarity=0.1)  # a fixed threshold below both kinds
+    assert len(got) == 4 and sorted(got["similarity"].round(2)) == [0.2, 0.2, 0.9, 0.9]
+    got, lines = run(BrightBlobs(-1.0))  # calibrated, and no threshold helped
+    assert len(got) == 4 and "similarity: no threshold" in lines
+    with caplog.at_level("WARNING", logger="geoseg.search.stage"):
+        got, _ = run(BrightBlobs(None))  # a model from before calibration: every box, and a warning
+    assert len(got) == 4 and "no calibrated similarity threshold" in caplog.text
 
 
 def test_max_results_and_min_score(tmp_path: Path, blobs: None) -> None:
@@ -234,6 +286,7 @@ def test_onnx_export_parity_and_backend(tmp_path: Path) -> None:
     assert info["max_rel_diff"] < 1e-3
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"template.onnx", "search.onnx",
                                                                   "search-export.json"}
+    meta = tmp_path / "export" / "search-export.json"
     scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 120, 20)], size=128)
     ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500010, 99980, 500018, 99988)], "EPSG:32636")
     found = {}
@@ -245,3 +298,11 @@ def test_onnx_export_parity_and_backend(tmp_path: Path) -> None:
     assert len(found["torch"]) == len(found["onnx"]) > 0
     # an untrained model scores many boxes alike: the best ones agree, ties below may swap
     np.testing.assert_allclose(found["torch"]["score"][:5], found["onnx"]["score"][:5], atol=1e-4)
+    np.testing.assert_allclose(found["torch"]["similarity"][:5], found["onnx"]["similarity"][:5], atol=1e-4)
+    # an export of an older format (no similarity output) is named, not misread
+    import json
+
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 1}))
+    code, msg = _cli("search", str(scene), "--examples", str(ex), "--model", str(tmp_path / "export"),
+                     "--backend", "onnx", "--out", str(tmp_path / "old.gpkg"))
+    assert code == 1 and "exported by an older geoseg" in msg and len(msg.strip().splitlines()) == 1

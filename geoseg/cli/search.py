@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Output .gpkg, .geojson, .fgb, .shp or .parquet of boxes as polygons.")
 @click.option("--min-score", type=float, help="Keep boxes scoring at least this.  [default: 0.3]")
+@click.option("--min-similarity", callback=lambda ctx, param, v: _auto_or_float(v, "--min-similarity"),
+              help="Keep boxes whose similarity (cosine of kind embeddings) to the examples reaches this; "
+                   "auto: the threshold calibrated in training; -1: none.  [default: auto]")
 @click.option("--max-results", type=int, help="Keep the best N boxes of the run.")
 @click.option("--name", help="Name of the example set in the output (default: the examples file's stem).")
 @click.option("--backend", type=click.Choice(["torch", "onnx"]),
@@ -38,8 +41,9 @@ def search_cmd(scenes: list[SceneSource], examples: Path, model: Path, out: Path
     """Find more objects like the EXAMPLES in SCENES, as boxes in the scene CRS.
 
     The chips under the examples are the templates of a reference detector trained
-    with `geoseg train` on a `task: search` config; every box has score, scene and
-    examples (the example set's name). A killed run resumes when rerun.
+    with `geoseg train` on a `task: search` config; every box has score, similarity
+    (to the examples), scene and examples (the example set's name). A killed run
+    resumes when rerun.
 
     \b
     $ geoseg search scenes/ --examples tanks.gpkg --model runs/search --out tanks_found.gpkg
@@ -56,6 +60,15 @@ def search_cmd(scenes: list[SceneSource], examples: Path, model: Path, out: Path
         click.echo(line, err=True)
 
 
+def _auto_or_float(value: str | None, name: str) -> str | float | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is neither auto nor a number", param_hint=name) from None
+
+
 def train_search_cmd(config: Path, patches: Path | None, out: Path, **kwargs: Any) -> None:
     """`geoseg train` on a ``task: search`` config: train a reference detector."""
     from geoseg.config import load_config
@@ -70,4 +83,8 @@ def train_search_cmd(config: Path, patches: Path | None, out: Path, **kwargs: An
     last = result.history[-1] if result.history else {}
     click.echo(f"trained {result.epochs} epochs; last AP50 {last.get('ap50', float('nan')):.3f}; "
                f"best AP50 {result.best['value']:.3f} at epoch {result.best['epoch']}", err=True)
+    best_row = next((r for r in result.history if r["epoch"] == result.best["epoch"]), {})
+    if "min_similarity" in best_row:
+        click.echo(f"similarity threshold (search --min-similarity auto): {best_row['min_similarity']:.3f}, "
+                   f"validation F1 {best_row['f1_ungated']:.3f} -> {best_row['f1']:.3f}", err=True)
     click.echo(f"run: {out} (checkpoints/best.pt, metrics.csv, curves.png)", err=True)

@@ -14,11 +14,13 @@ kind embedding of each search cell and the examples' prototype (the unit mean of
 centre embeddings); one head (7x7 depthwise, batch norm, 1x1 over P2) embeds templates and
 search images alike. Training supervises the embeddings directly
 (:func:`geoseg.search.losses.kind_contrast`: objects of one kind close, other kinds far),
-so the term can tell kinds apart; the head's part stays free to find objects.
+so the term can tell kinds apart; the head's part stays free to find objects. The cosine
+map itself is an output too: `geoseg search` keeps the boxes whose cosine reaches a
+threshold calibrated in training (:func:`geoseg.search.boxes.calibrate_similarity`).
 
 Two graphs for export and for inference: :meth:`RefDet.encode_templates` (templates ->
 fused kernels and prototype, once per example set) and :meth:`RefDet.detect` (search windows +
-kernels -> maps).
+kernels -> objectness, box and similarity maps).
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class Parts(NamedTuple):
 
     logits: torch.Tensor  #: (B, 1, h, w) objectness: the head's logit + ``sim``
     sim: torch.Tensor  #: (B, 1, h, w) the similarity term
+    cos: torch.Tensor  #: (B, 1, h, w) cosine of each cell's kind embedding with the prototype
     dist: torch.Tensor  #: (B, 4, h, w) box distances in pixels
     search_emb: torch.Tensor  #: (B, embed, h, w) unit kind embeddings of the search cells
     proto: torch.Tensor  #: (B or 1, embed) the template sets' kind prototypes
@@ -244,14 +247,16 @@ class RefDet(nn.Module):
         return F.normalize(_centre(self.embed(p2), 2).mean(dim=(-2, -1)), dim=1)
 
     def detect(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Objectness logits (B, 1, H/4, W/4) and box distances (B, 4, H/4, W/4) in pixels.
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Objectness logits, box distances and similarities of search images, at stride 4.
 
+        Shapes (B, 1, H/4, W/4), (B, 4, H/4, W/4) in pixels and (B, 1, H/4, W/4): the
+        similarity is the cosine of each cell's kind embedding with the prototype.
         ``z2``/``z3``/``proto`` (of :meth:`encode_templates`) hold one template set for the
         batch (leading 1) or one per image.
         """
         out = self.detect_parts(images, z2, z3, proto)
-        return out.logits, out.dist
+        return out.logits, out.dist, out.cos
 
     def detect_parts(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
                      ) -> Parts:
@@ -266,10 +271,10 @@ class RefDet(nn.Module):
         es = self.embed(s2)
         cos = (es * proto[:, :, None, None]).sum(1, keepdim=True)
         sim = self.sim_log_scale.exp() * cos + self.sim_bias
-        return Parts(self.obj(m2) + sim, sim, dist, es, proto, proto[:, None])
+        return Parts(self.obj(m2) + sim, sim, cos, dist, es, proto, proto[:, None])
 
     def forward(self, images: torch.Tensor, templates: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Search ``images`` (B, bands, H, W) for ``templates`` (B, K, bands, T, T)."""
         return self.detect(images, *self.encode_templates(templates))
 

@@ -4,7 +4,7 @@ Both backends take and give numpy arrays: :meth:`fuse` turns normalised template
 (K, bands, T, T) into the fused kernels ``z2``, ``z3`` (each (1, F, k, k)) and the kind
 prototype ``proto`` (1, embed); :meth:`detect` turns normalised search windows
 (B, bands, H, W) and these into objectness logits
-(B, 1, H/4, W/4) and box distances (B, 4, H/4, W/4). One backend per process and model
+(B, 1, H/4, W/4), box distances (B, 4, H/4, W/4) and similarities (B, 1, H/4, W/4). One backend per process and model
 (:func:`get_search_backend`), so Dask tasks of one worker share it.
 """
 
@@ -22,11 +22,14 @@ import torch
 from geoseg.bands import BandStats
 from geoseg.config import validate
 from geoseg.errors import CheckpointError, ConfigError, DependencyError
+from geoseg.io.stamps import input_stamp
 from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
 
 #: file name of the export metadata written beside the two ONNX graphs
 EXPORT_JSON = "search-export.json"
+#: version of the two graphs' inputs and outputs (2: the search graph gives the similarity map)
+EXPORT_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class SearchMeta:
     classes: tuple[str, ...]
     context: float
     source: Path
+    #: the similarity threshold calibrated in training (-1: none helped; None: a model from before calibration)
+    similarity: float | None = None
 
 
 class SearchBackend(Protocol):
@@ -48,7 +53,7 @@ class SearchBackend(Protocol):
     def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
     def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]: ...
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def _meta(ckpt: dict[str, Any], source: Path) -> SearchMeta:
@@ -59,8 +64,9 @@ def _meta(ckpt: dict[str, Any], source: Path) -> SearchMeta:
     raw = {**cfg["model"], "encoder_weights": None}  # every weight is in the checkpoint
     model = validate(RefDetConfig, raw, f"{source} (model)")
     context = float(cfg.get("episodes", {}).get("context", 1.5))
-    return SearchMeta(model=model, stats=BandStats.from_dict(ckpt["stats"]),
-                      classes=tuple(ckpt["classes"]), context=context, source=source)
+    sim = (ckpt.get("calibration") or {}).get("min_similarity")
+    return SearchMeta(model=model, stats=BandStats.from_dict(ckpt["stats"]), classes=tuple(ckpt["classes"]),
+                      context=context, source=source, similarity=None if sim is None else float(sim))
 
 
 def load_search_model(model: str | Path) -> tuple[RefDet, SearchMeta]:
@@ -100,10 +106,11 @@ class TorchSearch:
 
     @torch.no_grad()
     def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-        obj, dist = self.net.detect(torch.from_numpy(images).float().to(self.device),
-                                    *(torch.from_numpy(z).to(self.device) for z in (z2, z3, proto)))
-        return obj.cpu().numpy(), dist.cpu().numpy()
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        maps = self.net.detect(torch.from_numpy(images).float().to(self.device),
+                               *(torch.from_numpy(z).to(self.device) for z in (z2, z3, proto)))
+        obj, dist, sim = (m.cpu().numpy() for m in maps)
+        return obj, dist, sim
 
 
 class OnnxSearch:
@@ -120,6 +127,9 @@ class OnnxSearch:
             raise CheckpointError(f"{folder} is no search export (no {EXPORT_JSON}); pass a run directory "
                                   "or a folder written by geoseg.search.export")
         info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{folder} was exported by an older geoseg (format {info.get('format', 1)}, "
+                                  f"now {EXPORT_FORMAT}); export it again, or pass the run directory")
         self.meta = _meta(info, info_path)
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device in ("cuda", "auto") \
             else ["CPUExecutionProvider"]
@@ -132,20 +142,25 @@ class OnnxSearch:
         return np.asarray(z2), np.asarray(z3), np.asarray(proto)
 
     def detect(self, images: np.ndarray, z2: np.ndarray, z3: np.ndarray, proto: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
-        obj, dist = self.search.run(None, {"images": images.astype(np.float32), "z2": z2, "z3": z3,
-                                           "proto": proto})
-        return np.asarray(obj), np.asarray(dist)
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        obj, dist, sim = self.search.run(None, {"images": images.astype(np.float32), "z2": z2, "z3": z3,
+                                                "proto": proto})
+        return np.asarray(obj), np.asarray(dist), np.asarray(sim)
 
 
-@functools.lru_cache(maxsize=4)
 def get_search_backend(model: str, backend: str = "torch", device: str = "cpu") -> SearchBackend:
-    """One backend per (model, backend, device) in this process.
+    """One backend per (model, backend, device) and model version in this process.
 
     ``backend="onnx"`` takes an export folder, or a run directory whose export (in
     ``RUN/search-onnx/``) is written and verified against torch when missing or older
-    than the checkpoint.
+    than the checkpoint. A model retrained or exported again since (newer files) is loaded again.
     """
+    stamp = input_stamp(model)
+    return _open(model, backend, device, 0 if stamp is None else int(stamp["mtime_ns"]))
+
+
+@functools.lru_cache(maxsize=4)
+def _open(model: str, backend: str, device: str, version: int) -> SearchBackend:
     if backend == "torch":
         if (Path(model) / EXPORT_JSON).is_file():
             raise ConfigError(f"{model} is an ONNX export: pass --backend onnx, or the run directory")

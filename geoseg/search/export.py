@@ -2,13 +2,15 @@
 
 ``template.onnx``: ``templates`` (1, K, bands, T, T), K dynamic -> ``z2``, ``z3`` (fused
 kernels), ``proto`` (kind prototype). ``search.onnx``: ``images`` (B, bands, H, W), B/H/W
-dynamic (H, W multiples of 8), ``z2``, ``z3``, ``proto`` -> ``objectness``, ``distances``.
-``search-export.json`` holds the config, band statistics and classes. Each export is verified against torch on random
+dynamic (H, W multiples of 8), ``z2``, ``z3``, ``proto`` -> ``objectness``, ``distances``,
+``similarity``. ``search-export.json`` holds the config, band statistics, classes and the
+calibrated similarity threshold. Each export is verified against torch on random
 inputs (max abs difference of the outputs, relative to their scale) before it is kept.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -23,7 +25,7 @@ from geoseg.errors import CheckpointError
 from geoseg.io.atomic import write_json
 from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 from geoseg.models.refdet import RefDet
-from geoseg.search.backend import EXPORT_JSON, OnnxSearch, load_search_model
+from geoseg.search.backend import EXPORT_FORMAT, EXPORT_JSON, OnnxSearch, load_search_model
 
 log = logging.getLogger(__name__)
 #: parity tolerance, relative to the largest output magnitude
@@ -45,7 +47,7 @@ class _Search(nn.Module):
         self.net = net
 
     def forward(self, images: torch.Tensor, z2: torch.Tensor, z3: torch.Tensor, proto: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.net.detect(images, z2, z3, proto)
 
 
@@ -105,11 +107,12 @@ def export_search_onnx(model: str | Path, out: str | Path) -> dict[str, Any]:
                 {"templates": {1: "k"}})
         x = torch.randn(2, cfg.bands, 64, 64)
         _export(_Search(net), (x, z2, z3, proto), tmp / "search.onnx", ["images", "z2", "z3", "proto"],
-                ["objectness", "distances"],
-                {"images": {0: "batch", 2: "height", 3: "width"},
-                 "objectness": {0: "batch", 2: "h4", 3: "w4"}, "distances": {0: "batch", 2: "h4", 3: "w4"}})
+                ["objectness", "distances", "similarity"],
+                {"images": {0: "batch", 2: "height", 3: "width"}}
+                | {k: {0: "batch", 2: "h4", 3: "w4"} for k in ("objectness", "distances", "similarity")})
         write_json(tmp / EXPORT_JSON, {k: ckpt[k] for k in ("config", "stats", "classes", "version")}
-                   | {"checkpoint": str(path)}, indent=1)
+                   | {"calibration": ckpt.get("calibration"), "format": EXPORT_FORMAT, "checkpoint": str(path)},
+                   indent=1)
         diff = verify(net, tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -125,6 +128,7 @@ def ensure_export(run: Path) -> Path:
     path = resolve_checkpoint(run)
     folder = (run if run.is_dir() else run.parent) / "search-onnx"
     info = folder / EXPORT_JSON
-    if not info.is_file() or info.stat().st_mtime < path.stat().st_mtime:
+    if (not info.is_file() or info.stat().st_mtime < path.stat().st_mtime
+            or json.loads(info.read_text(encoding="utf-8")).get("format") != EXPORT_FORMAT):
         export_search_onnx(path, folder)
     return folder

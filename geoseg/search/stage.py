@@ -9,7 +9,10 @@
    search graph, decodes boxes, and keeps those whose centre lies in the block (so an
    object across a seam is found by one block); its boxes are cached next to the output.
 4. Per scene, a last non-maximum suppression removes what two blocks saw of one object;
-   boxes become polygons in the scene CRS with ``score``, ``scene`` and ``examples``;
+   boxes become polygons in the scene CRS with ``score``, ``similarity``, ``scene`` and
+   ``examples``; a box is kept when its score reaches ``min_score`` and its similarity
+   (cosine of its kind embedding with the examples') reaches ``min_similarity`` (``auto``:
+   the threshold calibrated on validation episodes in training);
    ``max_results`` best over the run; written atomically. A rerun resumes from the cache.
 """
 
@@ -23,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -47,7 +50,7 @@ from geoseg.models.refdet import MULTIPLE
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.plan import BlockPlan, read_window
 from geoseg.search.backend import SearchMeta, get_search_backend
-from geoseg.search.boxes import detections
+from geoseg.search.boxes import MIN_SCORE, detections
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +58,10 @@ log = logging.getLogger(__name__)
 class SearchConfig(Strict):
     """Options of `geoseg search` (every default once)."""
 
-    min_score: float = Field(0.3, ge=0, le=1, description="keep boxes scoring at least this")
+    min_score: float = Field(MIN_SCORE, ge=0, le=1, description="keep boxes scoring at least this")
+    min_similarity: Annotated[float, Field(ge=-1, le=1)] | Literal["auto"] = Field(
+        "auto", description="keep boxes whose similarity to the examples reaches this; auto: the "
+                            "threshold calibrated in training, -1: no threshold")
     max_results: int | None = Field(None, ge=1, description="keep the best N boxes of the run")
     nms_iou: float = Field(0.4, gt=0, le=1)
     block: int = Field(1024, ge=64, description="block side in px (memory bound)")
@@ -77,11 +83,16 @@ class SearchSummary:
     resumed: int = 0
     boxes: int = 0
     seconds: float = 0.0
+    similarity: float | None = None
+    calibrated: bool = False
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
         return [f"scenes: {self.scenes}, examples: {self.examples}, blocks: {self.blocks} "
                 f"(resumed: {self.resumed})", f"boxes: {self.boxes} -> {self.out}",
+                "similarity: " + ("no threshold" if self.similarity is None else
+                                  f">= {self.similarity:.3f}" + (" (calibrated in training)" if self.calibrated
+                                                                 else "")),
                 f"time: {self.seconds:.1f} s"]
 
 
@@ -160,8 +171,9 @@ def _block_path(plan: BlockPlan, bi: int, bj: int) -> Path:
 
 
 def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
-                 kernels: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: SearchConfig) -> Path:
-    """Boxes (scene pixels) and scores of the objects whose centre lies in block (bi, bj)."""
+                 kernels: tuple[np.ndarray, np.ndarray, np.ndarray], cfg: SearchConfig,
+                 min_similarity: float | None) -> Path:
+    """Boxes (scene pixels), scores and similarities of the objects whose centre lies in block (bi, bj)."""
     path = _block_path(plan, bi, bj)
     if path.exists():
         return path
@@ -175,38 +187,51 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
         raw, valid = read_window(src, plan, win)
     x = normalize(raw, backend.meta.stats, valid=valid)[None].astype(np.float32)
     boxes = np.zeros((0, 4), np.float32)
-    scores = np.zeros(0, np.float32)
+    scores = sims = np.zeros(0, np.float32)
     if valid.any():
-        obj, dist = backend.detect(x, *kernels)
-        tb, ts = detections(torch.from_numpy(obj[0]), torch.from_numpy(dist[0]), min_score=cfg.min_score,
-                            nms_iou=cfg.nms_iou)
-        b = tb.numpy() + np.array([win.col_off, win.row_off] * 2, dtype=np.float32)
+        obj, dist, sim = (torch.from_numpy(m[0]) for m in backend.detect(x, *kernels))
+        det = detections(obj, dist, sim, min_score=cfg.min_score, min_similarity=min_similarity,
+                         nms_iou=cfg.nms_iou)
+        b = det.boxes.numpy() + np.array([win.col_off, win.row_off] * 2, dtype=np.float32)
         mid = (b[:, :2] + b[:, 2:]) / 2
         own = ((mid[:, 0] >= core.col_off) & (mid[:, 0] < core.col_off + core.width)
                & (mid[:, 1] >= core.row_off) & (mid[:, 1] < core.row_off + core.height))
-        boxes, scores = b[own], ts.numpy()[own]
+        boxes, scores, sims = b[own], det.scores.numpy()[own], det.similarity.numpy()[own]
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, boxes=boxes, scores=scores)
+        np.savez(fh, boxes=boxes, scores=scores, similarity=sims)
     return path
 
 
 def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: str) -> gpd.GeoDataFrame:
-    boxes, scores = [], []
+    boxes, scores, sims = [], [], []
     for p in paths:
         with np.load(p) as z:
             boxes.append(z["boxes"])
             scores.append(z["scores"])
-    b, s = np.concatenate(boxes), np.concatenate(scores)
+            sims.append(z["similarity"])
+    b, s, c = np.concatenate(boxes), np.concatenate(scores), np.concatenate(sims)
     if len(b):
         keep = nms(torch.from_numpy(b), torch.from_numpy(s), cfg.nms_iou).numpy()
-        b, s = b[keep], s[keep]
+        b, s, c = b[keep], s[keep], c[keep]
     s_info = plan.scene
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, s_info.width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, s_info.height)
     px = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
     geo = shapely.transform(px, lambda c: np.stack(s_info.affine * (c[:, 0], c[:, 1]), 1))
-    return gpd.GeoDataFrame({"score": s.astype(float), "scene": s_info.name, "examples": name},
+    return gpd.GeoDataFrame({"score": s.astype(float), "similarity": c.astype(float), "scene": s_info.name,
+                             "examples": name},
                             geometry=geo, crs=s_info.crs)
+
+
+def _similarity_gate(cfg: SearchConfig, meta: SearchMeta) -> float | None:
+    """The similarity threshold of a run (None: no threshold)."""
+    if cfg.min_similarity != "auto":
+        return None if cfg.min_similarity <= -1 else cfg.min_similarity
+    if meta.similarity is None:
+        log.warning("%s holds no calibrated similarity threshold (trained by an older geoseg): boxes of "
+                    "other kinds are not filtered out; retrain, or pass --min-similarity (e.g. 0.7)", meta.source)
+        return None
+    return None if meta.similarity <= -1 else meta.similarity
 
 
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
@@ -250,7 +275,9 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
             shutil.rmtree(cache)
     cache.mkdir(parents=True, exist_ok=True)
     write_json(cache / "stamp.json", {"stamp": stamp})
-    summary = SearchSummary(out=out, scenes=len(plans), examples=len(temps))
+    gate = _similarity_gate(cfg, meta)
+    summary = SearchSummary(out=out, scenes=len(plans), examples=len(temps), similarity=gate,
+                            calibrated=cfg.min_similarity == "auto")
     tasks: list[Any] = []
     spans: list[tuple[BlockPlan, int, int]] = []
     for plan in plans:
@@ -260,7 +287,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
         for i in range(nbh):
             for j in range(nbw):
                 summary.resumed += _block_path(plan, i, j).exists()
-                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, kernels, cfg))
+                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, kernels, cfg, gate))
         spans.append((plan, start, len(tasks)))
     summary.blocks = len(tasks)
     results = compute(tasks, scheduler=scheduler, desc="search", progress=progress)

@@ -101,7 +101,8 @@ def score(found: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, kind: str, iou: floa
     Boxes are compared with the truth's envelopes, in the truth's CRS; an object of
     another kind is *returned* when a found box matches it at ``iou`` (one to one).
     ``score_kind`` / ``score_other``: the mean score of the found boxes that match an
-    object of ``kind`` / of another kind (0 when none does).
+    object of ``kind`` / of another kind (0 when none does); ``similarity_kind`` /
+    ``similarity_other`` the same for their similarity, when ``found`` has one.
     """
     found = found.to_crs(truth.crs).sort_values("score", ascending=False)
     want, other = truth[truth["kind"] == kind], truth[truth["kind"] != kind]
@@ -111,8 +112,13 @@ def score(found: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, kind: str, iou: floa
     other_hit = match(_boxes(other.geometry.envelope), pred, iou) if len(other) else np.zeros(0, bool)
     scores = found["score"].to_numpy(dtype=float)
     hit_other = match(pred, _boxes(other.geometry.envelope), iou)
-    return {"found": float(len(found)), "truth": float(len(want)), "recall": tp / max(len(want), 1),
+    out = {"found": float(len(found)), "truth": float(len(want)), "recall": tp / max(len(want), 1),
             "precision": tp / max(len(found), 1),
             "other_returned": float(other_hit.mean()) if len(other) else 0.0,
             "score_kind": float(scores[hit].mean()) if hit.any() else 0.0,
             "score_other": float(scores[hit_other].mean()) if hit_other.any() else 0.0}
+    if "similarity" in found:
+        sims = found["similarity"].to_numpy(dtype=float)
+        out["similarity_kind"] = float(sims[hit].mean()) if hit.any() else 0.0
+        out["similarity_other"] = float(sims[hit_other].mean()) if hit_other.any() else 0.0
+    return out

@@ -3,7 +3,8 @@
 Episodes (:mod:`geoseg.search.episodes`) from a tile directory's train split; AdamW with
 linear warm-up then cosine decay, gradient clipping; validation every ``val.every``
 epochs = box AP50 of ``episodes.val_episodes`` fixed episodes of the val split (the train
-split when there is no val chip); ``checkpoints/last.pt`` and ``best.pt`` (by AP50),
+split when there is no val chip), with the similarity threshold of `geoseg search`
+calibrated on them (:func:`validate`); ``checkpoints/last.pt`` and ``best.pt`` (by AP50),
 ``metrics.csv``, ``curves.png``, ``config.yaml``. ``--resume`` continues from last.pt;
 epochs are seeded by (seed, epoch), so a resumed run draws what the full run would.
 """
@@ -26,7 +27,7 @@ from geoseg.errors import OutputExistsError
 from geoseg.io.atomic import check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
-from geoseg.search.boxes import average_precision, detections, match
+from geoseg.search.boxes import MIN_SCORE, average_precision, calibrate_similarity, detections, match
 from geoseg.search.episodes import Episode, EpisodeConfig, EpisodeSource, draw_episode
 from geoseg.search.losses import SearchLossConfig, kind_contrast, object_embeddings, search_loss
 from geoseg.train.augment import AugmentConfig, build_augment
@@ -109,32 +110,51 @@ def val_episodes(src: EpisodeSource, cfg: SearchTrainConfig) -> list[Episode]:
 
 
 @torch.no_grad()
-def evaluate_ap50(model: RefDet, episodes: list[Episode],
-                  device: torch.device, min_score: float = 0.05, batch: int = 8) -> float:
-    """Box AP50 of the model over episodes (detections pooled over all of them)."""
+def validate(model: RefDet, episodes: list[Episode], device: torch.device, min_score: float = 0.05,
+             batch: int = 8) -> dict[str, float]:
+    """Box AP50 of the model over episodes, and its similarity threshold.
+
+    ``ap50``: detections from ``min_score`` pooled over all episodes (the other kinds'
+    boxes count as false positives). The threshold on the cosine of a
+    box's kind embedding with the examples' prototype that maximises F1 of the detections
+    at the search's default ``--min-score`` (:func:`calibrate_similarity`; -1 when no
+    threshold helps), which `geoseg search --min-similarity auto` applies, is
+    ``min_similarity``; ``f1`` that F1, ``f1_ungated`` the F1 without it.
+    """
     model.eval()
     scores: list[np.ndarray] = []
     hits: list[np.ndarray] = []
+    sims: list[np.ndarray] = []
     n_truth = 0
     for i in range(0, len(episodes), batch):
         part = episodes[i:i + batch]
-        obj, dist = model(torch.stack([e.search for e in part]).to(device),
-                          torch.stack([e.templates for e in part]).to(device))
+        obj, dist, sim = model(torch.stack([e.search for e in part]).to(device),
+                               torch.stack([e.templates for e in part]).to(device))
         for j, truth in enumerate(e.boxes for e in part):
-            boxes, sc = detections(obj[j].cpu(), dist[j].cpu(), min_score=min_score)
-            hits.append(match(boxes, truth))
-            scores.append(sc.numpy())
+            det = detections(obj[j].cpu(), dist[j].cpu(), sim[j].cpu(), min_score=min(min_score, MIN_SCORE))
+            hits.append(match(det.boxes, truth))
+            scores.append(det.scores.numpy())
+            sims.append(det.similarity.numpy())
             n_truth += len(truth)
     if not scores:
-        return 0.0
-    return average_precision(np.concatenate(scores), np.concatenate(hits), n_truth)
+        return {"ap50": 0.0, "min_similarity": -1.0, "f1": 0.0, "f1_ungated": 0.0}
+    sc, hit, cos = np.concatenate(scores), np.concatenate(hits), np.concatenate(sims)
+    above = sc >= min_score
+    out = {"ap50": average_precision(sc[above], hit[above], n_truth)}
+    at = sc >= MIN_SCORE
+    threshold, f1 = calibrate_similarity(cos[at], hit[at], n_truth)
+    out["min_similarity"] = -1.0 if threshold is None else threshold
+    out["f1"] = f1
+    out["f1_ungated"] = 2 * float(hit[at].sum()) / max(int(at.sum()) + n_truth, 1)
+    return out
 
 
 def _payload(cfg: SearchTrainConfig, stats: BandStats, classes: list[str], model: RefDet, opt: Any,
              epoch: int, best: dict[str, Any], history: list[dict[str, float]]) -> dict[str, Any]:
     return {"config": cfg.model_dump(mode="json"), "stats": stats.to_dict(), "classes": classes,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
-            "history": history}
+            "history": history, "calibration": {"min_similarity": best.get("min_similarity"),
+                                                  "min_score": MIN_SCORE}}
 
 
 def _write_metrics(run: Path, history: list[dict[str, float]]) -> None:
@@ -224,9 +244,10 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
         row: dict[str, float] = {"epoch": epoch, **sums, "lr": lr, "seconds": time.perf_counter() - te}
         over = cfg.time_limit_min is not None and time.perf_counter() - t0 > 60 * cfg.time_limit_min
         if epoch % cfg.val.every == 0 or epoch == cfg.epochs or over:
-            row["ap50"] = evaluate_ap50(model, val, dev, cfg.val.min_score, cfg.val.batch_size)
+            row.update(validate(model, val, dev, cfg.val.min_score, cfg.val.batch_size))
             if row["ap50"] > best["value"]:
-                best = {"metric": "ap50", "value": row["ap50"], "epoch": epoch}
+                best = {"metric": "ap50", "value": row["ap50"], "epoch": epoch,
+                        "min_similarity": row["min_similarity"]}
                 save_checkpoint(run / "checkpoints" / "best.pt",
                                 _payload(cfg, stats, classes, model, opt, epoch, best, history + [row]))
         history.append(row)
