@@ -22,7 +22,7 @@ from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.sources import open_raster
-from geoseg.io.vectors import polygonal_parts, read_vector
+from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
 
 #: The valid-data mask of a scene is read decimated to at most this long side.
 MASK_SIDE = 1024
@@ -97,6 +97,9 @@ def read_aoi(path: str | Path) -> gpd.GeoSeries:
 def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
     """The parts of ``gdf`` inside ``area``, in ``gdf``'s CRS; features outside are dropped.
 
+    Geometries are repaired first (:func:`~geoseg.io.vectors.polygonal`); features without
+    a polygonal part are dropped.
+
     Examples:
         >>> g = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[shapely.box(0, 0, 2, 2), shapely.box(5, 5, 6, 6)],
         ...                      crs="EPSG:32636")
@@ -105,6 +108,9 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
         ([1], [2.0])
     """
     region = area.to_crs(gdf.crs) if area.crs != gdf.crs else area
+    geoms = polygonal(gdf.geometry.to_numpy())  # GEOS cannot clip an invalid polygon (OSM has some)
+    keep = np.flatnonzero([g is not None for g in geoms])
+    gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms[keep], index=gdf.index[keep], crs=gdf.crs))
     out = gpd.clip(gdf, region)
     keep = shapely.area(out.geometry.to_numpy()) > 0
     return out.iloc[np.flatnonzero(keep)].sort_index()

@@ -47,7 +47,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
-from geoseg.io.vectors import polygonal_parts, read_vector
+from geoseg.io.vectors import polygonal, read_vector
 from geoseg.matching import EPS, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
@@ -70,28 +70,6 @@ def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
         InputVectorError: see :func:`geoseg.io.vectors.read_vector`.
     """
     return read_vector(path, role)
-
-
-def polygonal(geoms: np.ndarray) -> np.ndarray:
-    """Repair geometries (:func:`~geoseg.io.vectors.polygonal_parts`), one per feature.
-
-    Returns:
-        Per feature, its Polygon, a MultiPolygon of its parts, or None where none is left.
-
-    Examples:
-        >>> bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
-        >>> [g.geom_type if g else None for g in polygonal(np.array([bowtie, shapely.Point(0, 0)]))]
-        ['MultiPolygon', None]
-    """
-    parts, owner = polygonal_parts(geoms)
-    out = np.full(len(geoms), None, dtype=object)
-    count = np.bincount(owner, minlength=len(geoms))
-    one = count[owner] == 1
-    out[owner[one]] = parts[one]
-    if not one.all():
-        owners, idx = np.unique(owner[~one], return_inverse=True)
-        out[owners] = shapely.multipolygons(parts[~one], indices=idx)
-    return out
 
 
 def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:

@@ -116,6 +116,17 @@ def test_clip_and_aoi(tmp_path: Path) -> None:
         read_aoi(tmp_path / "pts.gpkg")
 
 
+def test_clip_repairs_an_invalid_polygon_across_the_edge() -> None:
+    # a bow-tie (self-intersecting, as some OpenStreetMap footprints) across the area's edge:
+    # GEOS cannot clip it as it is ("side location conflict"), so evaluate --clip failed
+    bow = shapely.Polygon([(450040, 35960), (450080, 35990), (450080, 35960), (450040, 35990)])
+    g = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[bow, shapely.LineString([(450000, 35950), (450010, 35950)])],
+                         crs=UTM)
+    out = clip_to(g, gpd.GeoSeries([shapely.box(450000, 35900, 450060, 36000)], crs=UTM))
+    # the repaired bow-tie's two triangles meet at x = 450060: the left one (300 m2) is inside; the line is dropped
+    assert out["n"].tolist() == [1] and out.area.tolist() == [pytest.approx(300.0)]
+
+
 def test_restrict_by_scenes_and_aoi(tmp_path: Path) -> None:
     from geoseg.aoi import restrict
 

@@ -43,6 +43,28 @@ def polygonal_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return parts[keep], index[keep]
 
 
+def polygonal(geoms: np.ndarray) -> np.ndarray:
+    """Repair geometries (:func:`polygonal_parts`), one per feature.
+
+    Returns:
+        Per feature, its Polygon, a MultiPolygon of its parts, or None where none is left.
+
+    Examples:
+        >>> bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
+        >>> [g.geom_type if g else None for g in polygonal(np.array([bowtie, shapely.Point(0, 0)]))]
+        ['MultiPolygon', None]
+    """
+    parts, owner = polygonal_parts(geoms)
+    out = np.full(len(geoms), None, dtype=object)
+    count = np.bincount(owner, minlength=len(geoms))
+    one = count[owner] == 1
+    out[owner[one]] = parts[one]
+    if not one.all():
+        owners, idx = np.unique(owner[~one], return_inverse=True)
+        out[owners] = shapely.multipolygons(parts[~one], indices=idx)
+    return out
+
+
 def check_vector_name(path: str | Path, what: str, *, output: bool = False) -> Path:
     """Refuse a vector file name with ``;``: GDAL's vector drivers cut it there.
 
