@@ -100,3 +100,38 @@ def test_every_row_survives(noisy: gpd.GeoDataFrame) -> None:
     assert len(empty) == 0 and empty.crs == frame.crs
     with pytest.raises(ValueError, match="CRS"):
         regularize(gpd.GeoDataFrame(geometry=[tiny]))
+
+
+def test_a_spike_on_one_side_does_not_move_or_stretch_the_rectangle() -> None:
+    # a 12 x 8 m roof traced with a 0.6 m wide, 2 m long spike off one long side (a tree, a
+    # neighbour's pixels): its minimum rotated rectangle is 2 m taller, so that rectangle scaled
+    # to the area is squatter and off-centre; the second moments hardly see the spike
+    true = aff.rotate(shapely.box(X0, Y0, X0 + 12, Y0 + 8), 20, origin=(X0, Y0))
+    spike = aff.rotate(shapely.box(X0 + 5.7, Y0 + 7.9, X0 + 6.3, Y0 + 10), 20, origin=(X0, Y0))
+    traced = shapely.union(true, spike)
+    assert traced.geom_type == "Polygon"
+    out = regularize(gpd.GeoDataFrame(geometry=[traced], crs=UTM)).geometry.iloc[0]
+    assert corners(out) == 4 and out.area == pytest.approx(traced.area)
+    assert out.intersection(true).area / out.union(true).area > 0.97
+    env = shapely.oriented_envelope(traced)
+    scaled = aff.scale(env, *(2 * [np.sqrt(traced.area / env.area)]), origin="centroid")
+    assert scaled.intersection(true).area / scaled.union(true).area < 0.93  # what squaring did before
+
+
+def test_a_courtyard_is_not_filled_and_its_moments_count_the_hole() -> None:
+    from geoseg.predict.regularize import _moment_rectangles
+
+    outer = shapely.box(X0, Y0, X0 + 20, Y0 + 10)
+    ring = outer.difference(shapely.box(X0 + 6, Y0 + 3, X0 + 14, Y0 + 7))  # 200 - 32 m2
+    rect = _moment_rectangles(np.array([ring]))[0]
+    # the ring's second moments are the outer box's minus the hole's: 20 x 10 -> sides in
+    # proportion sqrt(Iu / A) : sqrt(Iv / A), centred, scaled to the ring's 168 m2
+    iu = (20**3 * 10 - 8**3 * 4) / 12
+    iv = (10**3 * 20 - 4**3 * 8) / 12
+    minx, miny, maxx, maxy = rect.bounds
+    assert (maxx - minx) / (maxy - miny) == pytest.approx(np.sqrt(iu / iv), rel=1e-6)
+    assert rect.area == pytest.approx(168) and rect.centroid.distance(outer.centroid) < 1e-6
+    # regularize does not fill the courtyard: the rectangle overlaps the ring by IoU 0.68 only
+    ragged = shapely.union(ring, shapely.box(X0 + 19.9, Y0 + 4, X0 + 20.4, Y0 + 4.5))
+    out = regularize(gpd.GeoDataFrame(geometry=[ragged], crs=UTM), rectangle=0.6).geometry.iloc[0]
+    assert len(out.interiors) == 1 and out.area == pytest.approx(ragged.area, rel=0.02)

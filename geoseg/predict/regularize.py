@@ -4,7 +4,9 @@ The pixel-traced polygons of :mod:`geoseg.predict.vectorize` follow the raster's
 staircase. Regularization (``geoseg predict --regularize``) squares them, each alone:
 
 - a near-rectangle (area / minimum rotated rectangle >= ``rectangle``, 0.75 by default)
-  becomes its minimum rotated rectangle scaled about its centre to the same area;
+  becomes the rectangle, in the orientation of its minimum rotated rectangle, with its
+  centroid, its area and the proportions of its second moments of area
+  (:func:`_moment_rectangles`);
 - any other outline (an L, a T, a courtyard) gets its edges snapped to its main direction
   and the perpendicular one (45° edges allowed when the outline has them) and parallel
   edges closer than the tolerance merged, by buildingregulariser (MIT, built on geopandas
@@ -105,7 +107,7 @@ def regularize(
     repaired = _one_polygon_per_row(np.arange(len(source)), source, len(source))
     squared = snapped.copy()
     near = np.flatnonzero(rectangularity(repaired) >= rectangle)
-    squared[near] = _area_rectangles(repaired[near])
+    squared[near] = _moment_rectangles(repaired[near])
     result = repaired.copy()
     for candidate in (snapped, squared):  # the later wins where it is good enough
         good = _close_enough(candidate, repaired, min_iou)
@@ -132,15 +134,43 @@ def _close_enough(candidate: np.ndarray, reference: np.ndarray, min_iou: float) 
     return np.asarray(ok & (inter >= min_iou * union))
 
 
-def _area_rectangles(polys: np.ndarray) -> np.ndarray:
-    """The minimum rotated rectangle of each polygon, scaled about its centre to its area."""
-    env = shapely.oriented_envelope(polys)
-    factor = np.sqrt(np.divide(shapely.area(polys), shapely.area(env), out=np.ones(len(polys)),
-                               where=shapely.area(env) > 0))
-    centre = shapely.get_coordinates(shapely.centroid(env))
-    out = np.empty(len(polys), dtype=object)
-    for i, (e, f, (cx, cy)) in enumerate(zip(env, factor, centre, strict=True)):
-        out[i] = shapely.transform(e, lambda xy, f=f, cx=cx, cy=cy: (xy - (cx, cy)) * f + (cx, cy))
+def _moment_rectangles(polys: np.ndarray) -> np.ndarray:
+    """The rectangle of each polygon's centroid, area and spread, in its envelope's orientation.
+
+    Along each side direction of the minimum rotated rectangle, the side's share is the one
+    a rectangle needs to have the polygon's second moment of area about its centroid
+    (``L = sqrt(12 I / A)``, exact for a rectangle); the sides are then scaled to the
+    polygon's area. A staircase outline's envelope runs along its outermost pixels, so
+    the envelope scaled to the area keeps its proportions and its centre, both off when
+    one side is ragged; the moments follow the mass of the outline. Moments come from the
+    vertices (Green's theorem, holes included).
+    """
+    out = shapely.oriented_envelope(polys)
+    box = np.flatnonzero((shapely.get_type_id(out) == shapely.GeometryType.POLYGON)
+                         & (shapely.get_type_id(polys) == shapely.GeometryType.POLYGON) & (shapely.area(polys) > 0))
+    if not len(box):
+        return out
+    corners = np.stack([shapely.get_coordinates(shapely.get_exterior_ring(e))[:4] for e in out[box]])
+    axes = np.stack([corners[:, 1] - corners[:, 0], corners[:, 3] - corners[:, 0]], 1)  # (n, 2 sides, 2)
+    axes /= np.linalg.norm(axes, axis=2, keepdims=True)
+    oriented = shapely.orient_polygons(polys[box])  # exterior counter-clockwise, holes clockwise
+    centre = shapely.get_coordinates(shapely.centroid(oriented))
+    rings, owner = shapely.get_rings(oriented, return_index=True)
+    xy, ring = shapely.get_coordinates(rings, return_index=True)
+    own = owner[ring]
+    local = np.einsum("pk,pak->pa", xy - centre[own], axes[own])  # coordinates along the two sides
+    edge = ring[:-1] == ring[1:]  # consecutive vertices of one ring (each ring is closed)
+    a, b, o = local[:-1][edge], local[1:][edge], own[:-1][edge]
+    cross = a[:, 0] * b[:, 1] - b[:, 0] * a[:, 1]
+    area = np.bincount(o, cross / 2, minlength=len(box))
+    second = np.stack([np.bincount(o, cross * (a[:, i] ** 2 + a[:, i] * b[:, i] + b[:, i] ** 2) / 12,
+                                   minlength=len(box)) for i in (0, 1)], 1)
+    half = np.sqrt(np.maximum(3 * second / area[:, None], 0))  # L / 2 = sqrt(12 I / A) / 2
+    # scaled to the polygon's area (``area`` is signed: the sides may make a left-handed frame)
+    half *= np.sqrt(np.abs(area) / np.maximum(4 * half[:, 0] * half[:, 1], 1e-12))[:, None]
+    hu, hv = axes[:, 0] * half[:, :1], axes[:, 1] * half[:, 1:]
+    out[box] = shapely.polygons(np.stack([centre - hu - hv, centre + hu - hv, centre + hu + hv,
+                                          centre - hu + hv], 1))
     return out
 
 
