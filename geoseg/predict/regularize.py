@@ -145,7 +145,7 @@ def _moment_rectangles(polys: np.ndarray) -> np.ndarray:
     one side is ragged; the moments follow the mass of the outline. Moments come from the
     vertices (Green's theorem, holes included).
     """
-    out = shapely.oriented_envelope(polys)
+    out: np.ndarray = np.asarray(shapely.oriented_envelope(polys), dtype=object)
     box = np.flatnonzero((shapely.get_type_id(out) == shapely.GeometryType.POLYGON)
                          & (shapely.get_type_id(polys) == shapely.GeometryType.POLYGON) & (shapely.area(polys) > 0))
     if not len(box):
