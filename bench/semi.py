@@ -7,7 +7,7 @@ NEON OSBS scene from ../shared/data (never block B's pixels). Each model predict
 at budget 1.0; its polygons are scored against OpenStreetMap clipped to block B. Prints
 F1, AP50 and the training wall time of each, and the difference.
 
-    $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi]
+    $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10]
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--out", type=Path, default=REPO / "outputs" / "bench-semi")
     ap.add_argument("--only", choices=["supervised", "semi"], help="run one of the two")
+    ap.add_argument("--consistency", choices=["hard", "soft"], default="hard", help="semi.consistency")
+    ap.add_argument("--weight", type=float, help="semi.weight (default: the config's, 0.5)")
     args = ap.parse_args()
 
     from geoseg.aoi import clip_to, footprint
@@ -56,12 +58,15 @@ def main() -> None:
     for name in ("supervised", "semi"):
         if args.only and name != args.only:
             continue
-        over: dict[str, object] = {"semi": {"unlabelled": [str(unlabelled)]}} if name == "semi" else {}
+        semi: dict[str, object] = {"unlabelled": [str(unlabelled)], "consistency": args.consistency}
+        if args.weight is not None:
+            semi["weight"] = args.weight
+        over: dict[str, object] = {"semi": semi} if name == "semi" else {}
         cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", over)
-        run = out / name
+        run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
         result = train(cfg, patches, run, epochs=args.epochs, resume=True, progress=False)  # resumes a cut run
         seconds = sum(r["seconds"] for r in result.history)
-        polys = out / f"{name}.gpkg"
+        polys = run.with_suffix(".gpkg")
         predict([block_b], run, polys, PredictConfig(budget=1.0), overwrite=True, progress=False)
         pred = read_polygons(polys, "prediction")
         rep = evaluate_frames(clip_to(pred, area), clip_to(truth, area), iou=0.5)

@@ -6,6 +6,7 @@ the tests' tiny model (`tests/conf/tiny.yaml`), the same seed and epochs; prints
 and the share of unlabelled pixels the teacher kept, per epoch.
 
     $ python bench/semi_tiny.py [--epochs 12] [--threshold 0.9] [--burn-in 5] [--weight 0.5] [--ramp 3]
+                                [--consistency hard|soft]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def scene(path: Path, boxes: list[tuple[int, int, int, int]], seed: int, fg: flo
     from rasterio.transform import from_origin
 
     rng = np.random.default_rng(seed)
-    img = np.full((3, 64, 64), bg)
+    img = np.full((3, 64, 64), float(bg))
     for c0, r0, c1, r1 in boxes:
         img[:, r0:r1, c0:c1] = fg
     img += rng.normal(0, noise, img.shape)
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--burn-in", type=float, default=5)
     ap.add_argument("--weight", type=float, default=0.5)
     ap.add_argument("--ramp", type=float, default=3)
+    ap.add_argument("--consistency", choices=["hard", "soft"], default="hard")
     args = ap.parse_args()
     import geopandas as gpd
     import pandas as pd
@@ -63,7 +65,7 @@ def main() -> None:
     unl = [scene(root / f"u{i}.tif", grid_boxes((64, 64), seed=100 + i), 100 + i, 110, 70, 12) for i in range(10)]
     tile(unl, None, root / "u", TileConfig(size=32, overlap=0), scheduler="sync")
     semi = {"unlabelled": [str(root / "u")], "burn_in_epochs": args.burn_in, "ramp_epochs": args.ramp,
-            "threshold": args.threshold, "weight": args.weight}
+            "threshold": args.threshold, "weight": args.weight, "consistency": args.consistency}
     for name, over in (("supervised", {}), ("semi", {"semi": semi})):
         cfg = load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml",
                           {"data": {"samples_per_epoch": 16}, "val": {"every": 1}, **over})

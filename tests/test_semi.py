@@ -112,6 +112,28 @@ def test_teacher_is_the_ema_of_the_student_after_a_step(tiny_patches: Path, unla
                                        equal_nan=True)
 
 
+def test_soft_consistency_pulls_the_student_to_the_teacher_on_valid_pixels(tiny_patches: Path, unlabelled: Path,
+                                                                          tmp_path: Path) -> None:
+    from geoseg.train.semi import soft_consistency
+
+    teacher = torch.randn(2, 5, 8, 8)  # extent, boundary, contact and two classes
+    valid = torch.rand(2, 8, 8) > 0.3
+    assert float(soft_consistency(teacher, teacher, valid)) == 0.0
+    student = torch.zeros_like(teacher, requires_grad=True)
+    loss = soft_consistency(student, teacher.requires_grad_(), valid)
+    loss.backward()
+    assert teacher.grad is None  # the teacher's maps are constants
+    assert student.grad is not None
+    g = student.grad.permute(1, 0, 2, 3)  # (C, B, H, W): zero wherever the pixel is invalid
+    assert float(g[:, ~valid].abs().sum()) == 0 and float(g[:, valid].abs().sum()) > 0
+    # a training epoch in soft mode: every valid pixel counts (confident 1), no threshold
+    cfg = semi_cfg(unlabelled, consistency="soft")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"samples_per_epoch": 4})})
+    trainer = Trainer(cfg, tiny_patches, tmp_path / "run", torch.device("cpu"), progress=False)
+    terms = trainer.train_epoch()
+    assert terms["unsup"] > 0 and terms["confident"] == 1.0
+
+
 def test_resume_with_semi_equals_uninterrupted(tiny_patches: Path, unlabelled: Path, tmp_path: Path) -> None:
     class Crash(Exception):
         pass

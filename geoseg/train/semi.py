@@ -11,12 +11,16 @@ beside the labelled batch:
    the same pixels (the weak view plus photometric satellite augmentations: haze, clouds,
    radiometry, blur, resolution loss, noise, JPEG; nothing that moves a pixel) to the
    student, so the teacher's maps line up with the student's pixel for pixel;
-3. the teacher's fused maps (PV + FF at ``teacher_budget``) become hard pseudo-targets
-   (extent, boundary, contact > 0.5; the class of highest probability), kept only where the
-   teacher is confident about extent (``max(p, 1 − p) >= threshold``) and the data valid;
+3. ``consistency: hard`` (the default): the teacher's fused maps (PV + FF at
+   ``teacher_budget``) become hard pseudo-targets (extent, boundary, contact > 0.5; the
+   class of highest probability), kept only where the teacher is confident about extent
+   (``max(p, 1 − p) >= threshold``) and the data valid;
 4. the student's output on the strong view is scored against them with the same
    :class:`~geoseg.train.losses.RoutedLoss` as labelled data, router utility included (its
-   target: how much FF lowers the loss against the teacher's maps, per cell);
+   target: how much FF lowers the loss against the teacher's maps, per cell).
+   ``consistency: soft`` (the original mean teacher's): instead of 3-4, the squared
+   difference between the student's and the teacher's fused probabilities, on every valid
+   pixel (no threshold; the router then learns from labelled chips only);
 5. that loss, times a weight ramped up over ``ramp_epochs`` after ``burn_in_epochs`` of
    supervised training only (``weight · exp(−5 (1 − t)²)``), is added to the labelled one.
 
@@ -32,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -68,6 +72,9 @@ class SemiConfig(Strict):
                              description="teacher confidence max(p, 1-p) to keep a pixel")
     ratio: float = Field(1.0, gt=0, description="unlabelled samples per labelled one per step")
     teacher_budget: float = Field(1.0, gt=0, le=1, description="router budget of the teacher")
+    consistency: Literal["hard", "soft"] = Field(
+        "hard", description="hard: thresholded pseudo-targets through the training loss; soft: squared "
+                            "difference of the fused probabilities on every valid pixel")
     strong: AugmentConfig = Field(default_factory=lambda: STRONG.model_copy(),
                                   description="the student's extra, photometric, augmentation")
 
@@ -258,6 +265,32 @@ def pseudo_targets(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold:
     return targets, share
 
 
+def soft_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor
+                     ) -> torch.Tensor:
+    """Mean squared difference of the fused probabilities over valid pixels and channels.
+
+    Extent, boundary and contact through a sigmoid, the classes (if any) through a softmax,
+    as :func:`geoseg.models.postprocess.probabilities`; the teacher's are constants.
+
+    Examples:
+        >>> s = torch.zeros(1, 3, 1, 2)  # p = 0.5 everywhere
+        >>> t = torch.tensor([100.0, -100.0]).reshape(1, 1, 1, 2).expand(1, 3, 1, 2)  # p = 1, 0
+        >>> float(soft_consistency(s, t, torch.tensor([[[True, False]]])))
+        0.25
+    """
+
+    def probs(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        maps = [torch.sigmoid(logits[:, :FIRST_CLASS])]
+        if logits.shape[1] > FIRST_CLASS:
+            maps.append(torch.softmax(logits[:, FIRST_CLASS:], dim=1))
+        return torch.cat(maps, dim=1)
+
+    diff = (probs(student_logits) - probs(teacher_logits.detach())) ** 2
+    weight = valid[:, None].to(diff.dtype)
+    return (diff * weight).sum() / (weight.sum() * diff.shape[1]).clamp_min(1.0)
+
+
 class MeanTeacher:
     """The unlabelled half of each training step (see the module doc).
 
@@ -313,7 +346,10 @@ class MeanTeacher:
         with torch.no_grad():
             t_out = teacher(batch["weak"], budget=self.cfg.teacher_budget)
         teacher.train(was_training)
-        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold)
         out = student(batch["strong"])
+        if self.cfg.consistency == "soft":
+            total = soft_consistency(out.logits, t_out.logits, batch["valid"])
+            return total, {"unsup": float(total.detach()), "confident": 1.0}
+        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold)
         total, _ = loss_fn(out, targets, progress=progress)
         return total, {"unsup": float(total.detach()), "confident": share}
