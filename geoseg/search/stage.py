@@ -209,16 +209,16 @@ def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: st
             boxes.append(z["boxes"])
             scores.append(z["scores"])
             sims.append(z["similarity"])
-    b, s, c = np.concatenate(boxes), np.concatenate(scores), np.concatenate(sims)
+    b, s, sim = np.concatenate(boxes), np.concatenate(scores), np.concatenate(sims)
     if len(b):
         keep = nms(torch.from_numpy(b), torch.from_numpy(s), cfg.nms_iou).numpy()
-        b, s, c = b[keep], s[keep], c[keep]
+        b, s, sim = b[keep], s[keep], sim[keep]
     s_info = plan.scene
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, s_info.width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, s_info.height)
     px = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
     geo = shapely.transform(px, lambda c: np.stack(s_info.affine * (c[:, 0], c[:, 1]), 1))
-    return gpd.GeoDataFrame({"score": s.astype(float), "similarity": c.astype(float), "scene": s_info.name,
+    return gpd.GeoDataFrame({"score": s.astype(float), "similarity": sim.astype(float), "scene": s_info.name,
                              "examples": name},
                             geometry=geo, crs=s_info.crs)
 
