@@ -79,9 +79,11 @@ def run_stage(stage: str, workers: int, scenes: list[Path], labels: Path, model:
     """One stage on a fresh LocalCluster of ``workers`` processes of one thread each."""
     from distributed import Client, LocalCluster, get_task_stream
 
+    from geoseg.pipeline.scheduler import KeptEnviron
     from geoseg.predict import PredictConfig, predict
     from geoseg.tile import TileConfig, tile
 
+    env = KeptEnviron()  # the Nanny leaves OMP_NUM_THREADS=1 etc. in this process's environment
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers)
@@ -103,6 +105,7 @@ def run_stage(stage: str, workers: int, scenes: list[Path], labels: Path, model:
                 if ss.get("action") == "compute":
                     busy[rec["worker"]] = busy.get(rec["worker"], 0.0) + ss["stop"] - ss["start"]
         rss = sorted(client.run(_vmhwm_mb).values())
+    env.close()
     after = _tasks()
     tasks = {k: after[k] - before.get(k, 0.0) for k in after if after[k] > before.get(k, 0.0)}
     return {"seconds": seconds, "rss_mb": rss, "tasks": tasks, "busy_s": sorted(busy.values())}
