@@ -12,7 +12,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import rasterio  # noqa: E402
 import shapely  # noqa: E402
+import torch  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
+
+# The whole suite runs torch on one thread, whichever tests are selected: its tensors are
+# tiny (one thread is fastest), CI's two cores are shared with Dask's threads, and float
+# comparisons between runs (resume, parity) assume one summation order. Tests that need
+# another count set it and restore it.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"

@@ -25,8 +25,6 @@ from geoseg.models import ModelConfig, RoutedModel, StreamConfig, build_stream
 from geoseg.models.checkpoint import model_from_checkpoint
 from geoseg.models.pretrained import hub_weights, named_weights
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture
 def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

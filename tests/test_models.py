@@ -31,8 +31,6 @@ from geoseg.models import (
 from geoseg.models.router import random_extra_mask, topk_mask
 from geoseg.train.losses import RoutedLoss
 
-torch.set_num_threads(1)
-
 # tiny but real: cell 32 + 2 * 16 halo = 64 for FF; PV at 1/2 with depth 4 -> multiple 32
 TINY: dict[str, Any] = {
     "scale": 2,
