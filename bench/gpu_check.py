@@ -42,8 +42,9 @@ Section = dict[str, Any]
 class Check:
     """Runs sections under one time budget and collects the report."""
 
-    def __init__(self, budget_s: float, work: Path, out: Path) -> None:
+    def __init__(self, budget_s: float, work: Path, out: Path, only: set[str] | None = None) -> None:
         self.t0, self.budget_s, self.work, self.out = time.perf_counter(), budget_s, work, out
+        self.only = only
         self.report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                        "budget_s": budget_s, "sections": {}}
         self.state: dict[str, Any] = {}
@@ -54,13 +55,16 @@ class Check:
     def run(self, name: str, fn: Callable[[], Section], needs: tuple[str, ...] = (), min_s: float = 20) -> None:
         sections = self.report["sections"]
         missing = [n for n in needs if sections.get(n, {}).get("status") != "ok"]
-        if missing:
+        if self.only is not None and name not in self.only:
+            sections[name] = {"status": "skipped", "reason": "not in --sections"}
+        elif missing:
             sections[name] = {"status": "skipped", "reason": f"needs {', '.join(missing)}: "
                               + "; ".join(sections.get(n, {}).get("reason", "not run") for n in missing)}
         elif self.left() < min_s:
             sections[name] = {"status": "skipped", "reason": f"time budget spent ({self.left():.0f} s left)"}
         else:
             t0 = time.perf_counter()
+            sections[name] = {"status": "running"}
             try:
                 sections[name] = {"status": "ok", **fn()}
             except Skip as why:
@@ -70,6 +74,11 @@ class Check:
                                   "traceback": traceback.format_exc()[-2000:]}
             sections[name]["seconds"] = round(time.perf_counter() - t0, 2)
         print(f"{name}: {sections[name]['status']} {sections[name].get('reason', '')}", flush=True)
+        self.write()
+
+    def partial(self, name: str, figures: Section) -> None:
+        """Figures of a section still running, written now (the run may be cut short before it ends)."""
+        self.report["sections"][name] = {"status": "running", **figures}
         self.write()
 
     def write(self) -> None:
@@ -134,11 +143,22 @@ def train_amp(chk: Check) -> Section:
     loss = float(rows[-1]["loss"])
     if loss != loss:
         raise RuntimeError("the training loss is NaN under AMP")
-    chk.state["run"] = chk.work / "run"
+    chk.state.setdefault("run", chk.work / "run")
     return {"amp": cfg.optim.amp, "kornia_on_device": cfg.augment.gpu, "batch": cfg.data.batch_size,
             "crop": cfg.data.crop, "s_per_step": sum(sec) / len(sec) / steps,
             "samples_per_s": steps * cfg.data.batch_size * len(sec) / sum(sec), "final_loss": loss,
             "val": {k: v for k, v in res.history[-1].items() if k in ("ap", "ap50", "f1", "auto_share")}}
+
+
+def predict_model(chk: Check, epochs: int) -> Section:
+    """bench/predict.py's model: the CPU preset on its generated boxes, trained here on the GPU."""
+    from predict import prepare_model
+
+    t0 = time.perf_counter()
+    (chk.work / "preset").mkdir(parents=True, exist_ok=True)
+    prepare_model(chk.work / "preset", epochs)
+    chk.state["run"] = chk.work / "preset" / "run"
+    return {"epochs": epochs, "train_s": time.perf_counter() - t0}
 
 
 def _cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
@@ -251,15 +271,16 @@ def predict_throughput(chk: Check, side: int) -> Section:
     from geoseg.evaluate import evaluate_frames
     from geoseg.predict import PredictConfig, predict
 
-    scene = chk.work / f"sparse{side}.tif"
+    scene, warm = chk.work / f"sparse{side}.tif", chk.work / "warm.tif"
     boxes_scene(scene, side, 0.12, seed=2)
+    boxes_scene(warm, 1024, 0.12, seed=3)  # warm-up runs (CUDA context, cudnn, compile) on a small scene
     truth = gpd.read_file(scene.with_suffix(".gpkg"))
     km2 = (side * 0.3) ** 2 / 1e6
     run = chk.state["run"]
 
     def one(model: Path, budget: Any, backend: str = "torch") -> Section:
         out = chk.work / "pred.gpkg"
-        predict([scene], model, out, PredictConfig(budget=budget, backend=backend), overwrite=True, progress=False)
+        predict([warm], model, out, PredictConfig(budget=budget, backend=backend), overwrite=True, progress=False)
         t0 = time.perf_counter()
         s = predict([scene], model, out, PredictConfig(budget=budget, backend=backend), overwrite=True,
                     progress=False)
@@ -270,19 +291,22 @@ def predict_throughput(chk: Check, side: int) -> Section:
     res: Section = {"scene_px": side, "km2": km2, "torch_fp32": {}}
     for b in ("auto", 0.25):
         res["torch_fp32"][f"routed_{b}"] = one(run, b)
-    dense_floor(scene, run, chk.work / "floor.gpkg")
+        chk.partial("predict", res)
+    dense_floor(warm, run, chk.work / "floor.gpkg")
     t0 = time.perf_counter()
     dense_floor(scene, run, chk.work / "floor.gpkg")
     sec = time.perf_counter() - t0
     res["torch_fp32"]["dense_floor"] = {
         "seconds": sec, "km2_per_s": km2 / sec,
         "f1": float(evaluate_frames(gpd.read_file(chk.work / "floor.gpkg"), truth, iou=0.5)["f1"])}
+    chk.partial("predict", res)
     if chk.left() > 60:  # FP16 + torch.compile: the cached backend of this process, swapped in
         key = cache.ModelKey(str(Path(run).resolve()), "torch", "auto", PredictConfig().ff_batch)
         fast = TorchBackend(run, "cuda", precision="fp16", compile=True)
         with cache._LOCK:
             cache._BACKENDS[(key, cache._model_mtime(key.model))] = fast
         res["torch_fp16_compile"] = {"routed_0.25": one(run, 0.25)}
+        chk.partial("predict", res)
         with cache._LOCK:
             cache._BACKENDS.clear()
     if "trt" in chk.state and chk.left() > 30:
@@ -296,17 +320,30 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420, help="time for all sections")
     ap.add_argument("--side", type=int, default=8192, help="side of the predict scene in px (0.3 m)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: next to --out)")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="a trained run for ort_cuda/tensorrt/predict instead of train_amp's few steps")
+    ap.add_argument("--model-epochs", type=int, default=0,
+                    help="train bench/predict.py's model (CPU preset, device auto) this many epochs for "
+                         "ort_cuda/tensorrt/predict: one that finds the boxes (train_amp's few steps do not)")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated sections to run (default all; the ones they need must be listed too)")
     args = ap.parse_args()
     work = args.work or args.out.parent / "gpu-check-work"
     work.mkdir(parents=True, exist_ok=True)
-    chk = Check(args.budget_s, work, args.out)
+    chk = Check(args.budget_s, work, args.out, set(args.sections.split(",")) if args.sections else None)
+    if args.model is not None:
+        chk.state["run"] = args.model
+    model_from = ("env",) if args.model is not None else ("train_amp",)
     chk.run("env", env, min_s=0)
+    if args.model_epochs and args.model is None:
+        chk.run("model", lambda: predict_model(chk, args.model_epochs), needs=("env",), min_s=60)
+        model_from = ("model",)
     chk.run("train_amp", lambda: train_amp(chk), needs=("env",), min_s=120)
     chk.run("kornia", kornia, needs=("env",))
     chk.run("triton", triton_kernels, needs=("env",))
-    chk.run("ort_cuda", lambda: ort_cuda(chk), needs=("train_amp",))
-    chk.run("tensorrt", lambda: tensorrt(chk), needs=("train_amp",), min_s=120)
-    chk.run("predict", lambda: predict_throughput(chk, args.side), needs=("train_amp",), min_s=60)
+    chk.run("ort_cuda", lambda: ort_cuda(chk), needs=model_from)
+    chk.run("tensorrt", lambda: tensorrt(chk), needs=model_from, min_s=120)
+    chk.run("predict", lambda: predict_throughput(chk, args.side), needs=model_from, min_s=60)
     chk.write()
     print(f"wrote {args.out}")
 

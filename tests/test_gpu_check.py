@@ -34,3 +34,17 @@ def test_without_cuda_every_section_is_skipped_with_its_reason(tmp_path: Path) -
     for name, sec in sections.items():
         assert sec["status"] == "skipped" and sec["reason"], (name, sec)
     assert "needs env" in sections["kornia"]["reason"] and "needs train_amp" in sections["predict"]["reason"]
+
+
+def test_sections_and_model_options_keep_the_report_order_and_say_why(tmp_path: Path) -> None:
+    """--sections skips the others by name; --model-epochs puts a `model` section before the rest."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "NO_ALBUMENTATIONS_UPDATE": "1"}
+    out = tmp_path / "report.json"
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(out),
+                          "--budget-s", "60", "--model-epochs", "2", "--sections", "env,model,predict"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    sections = json.loads(out.read_text())["sections"]
+    assert list(sections) == ["env", "model", "train_amp", "kornia", "triton", "ort_cuda", "tensorrt", "predict"]
+    assert sections["kornia"]["reason"] == "not in --sections"
+    assert "needs env" in sections["model"]["reason"] and "needs model" in sections["predict"]["reason"]
