@@ -19,6 +19,8 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 LIMIT_S="${GPU_CHECK_LIMIT_S:-480}"
 export NO_ALBUMENTATIONS_UPDATE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# the optional GPU packages: give up soon on an index that does not answer
+export PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-30}" PIP_RETRIES="${PIP_RETRIES:-1}"
 
 if "$VENV/bin/python" -c "import geoseg" 2>/dev/null; then
     PY="$VENV/bin/python"
