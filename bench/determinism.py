@@ -50,15 +50,15 @@ def main() -> None:
         run = tmp / "run"
         train(cfg, tmp / "p", run, epochs=8)
     scene = bright_boxes_scene(tmp / "big.tif", (1024, 1024), grid_boxes((1024, 1024), seed=5), seed=2)
-    cfg = PredictConfig(block=128, watershed_halo=32, simplify=0.5, min_area=1.0, budget=0.5)
+    pcfg = PredictConfig(block=128, watershed_halo=32, simplify=0.5, min_area=1.0, budget=0.5)
     out = {}
-    predict([scene], run, tmp / "threads.gpkg", cfg, progress=False)
+    predict([scene], run, tmp / "threads.gpkg", pcfg, progress=False)
     out["threads"] = gpd.read_file(tmp / "threads.gpkg")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-        predict([scene], run, tmp / "cluster.gpkg", cfg, scheduler=cl.scheduler_address, progress=False)
+        predict([scene], run, tmp / "cluster.gpkg", pcfg, scheduler=cl.scheduler_address, progress=False)
     out["cluster"] = gpd.read_file(tmp / "cluster.gpkg")
     torch.set_num_threads(1)
-    predict([scene], run, tmp / "one.gpkg", cfg, scheduler="sync", progress=False)
+    predict([scene], run, tmp / "one.gpkg", pcfg, scheduler="sync", progress=False)
     out["torch 1 thread"] = gpd.read_file(tmp / "one.gpkg")
     print(f"polygons (threads): {len(out['threads'])}")
     for name in ("cluster", "torch 1 thread"):

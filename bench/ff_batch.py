@@ -49,11 +49,12 @@ def backend_of(model: Path | None):
     if model is not None:
         return TorchBackend(model, device="cpu")
     from geoseg.config import load_config
-    from geoseg.models import RoutedModel
+    from geoseg.models import ModelConfig, RoutedModel
     from geoseg.train import TrainConfig
 
     cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml")
     mcfg = cfg.model.model_copy(update={"in_channels": 3, "classes": ("building",)})
+    assert isinstance(mcfg, ModelConfig), "the CPU preset is a routed model"
     net = RoutedModel.from_config(mcfg)
     meta = {"config": cfg.model_copy(update={"model": mcfg}).model_dump(mode="json"),
             "stats": {"bands": 3, "mean": [0.0] * 3, "std": [1.0] * 3, "classes": ["building"]},

@@ -138,7 +138,9 @@ def train_amp(chk: Check) -> Section:
     res = train(cfg, patches, chk.work / "run", epochs=epochs, overwrite=True)
     with (chk.work / "run" / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    steps = cfg.data.samples_per_epoch // cfg.data.batch_size
+    bs, spe = cfg.data.batch_size, cfg.data.samples_per_epoch
+    assert isinstance(bs, int) and isinstance(spe, int), "the GPU preset's batch and epoch are numbers"
+    steps = spe // bs
     sec = [float(r["seconds"]) for r in rows[1:-1] or rows[-1:]]  # not the first (warm-up) nor the validated one
     loss = float(rows[-1]["loss"])
     if loss != loss:
@@ -146,7 +148,7 @@ def train_amp(chk: Check) -> Section:
     chk.state.setdefault("run", chk.work / "run")
     return {"amp": cfg.optim.amp, "kornia_on_device": cfg.augment.gpu, "batch": cfg.data.batch_size,
             "crop": cfg.data.crop, "s_per_step": sum(sec) / len(sec) / steps,
-            "samples_per_s": steps * cfg.data.batch_size * len(sec) / sum(sec), "final_loss": loss,
+            "samples_per_s": steps * bs * len(sec) / sum(sec), "final_loss": loss,
             "val": {k: v for k, v in res.history[-1].items() if k in ("ap", "ap50", "f1", "auto_share")}}
 
 
@@ -244,7 +246,8 @@ def ort_cuda(chk: Check) -> Section:
     t0 = time.perf_counter()
     for _ in range(5):
         ref.ff(tiles)
-    return {"providers": be.providers, "export_max_abs_diff_cpu": rep.diffs, "ff_max_abs_diff_vs_torch": diff,
+    return {"providers": getattr(be, "providers", None), "export_max_abs_diff_cpu": rep.max_abs_diff,
+            "ff_max_abs_diff_vs_torch": diff,
             "ff_s_ort": ort_s, "ff_s_torch": (time.perf_counter() - t0) / 5}
 
 
@@ -259,7 +262,7 @@ def tensorrt(chk: Check) -> Section:
     _onnx(chk)
     rep = export_tensorrt(chk.state["onnx"], chk.work / "trt", fp16=True, overwrite=True)
     chk.state["trt"] = chk.work / "trt"
-    return {"version": str(trt.__version__), "max_abs_diff_vs_ort": rep.diffs, "tolerance": rep.tolerance}
+    return {"version": str(trt.__version__), "max_abs_diff_vs_ort": rep.max_abs_diff, "tolerance": rep.tolerance}
 
 
 def predict_throughput(chk: Check, side: int) -> Section:

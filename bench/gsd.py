@@ -67,7 +67,7 @@ def score(pred: Path, truth: Path, scene: Path, work: Path) -> dict[str, float]:
     out = work / f"{pred.stem}.json"
     run([sys.executable, "-m", "geoseg", "evaluate", str(pred), str(truth), "--scenes", str(scene), "--clip",
          "--json", str(out)])
-    return json.loads(out.read_text())  # type: ignore[no-any-return]
+    return json.loads(out.read_text())
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def boxes_scene(path: Path, side: int, density_cells: float, seed: int, cell: in
     transform = from_origin(500000, 4000000, 0.3, 0.3)
     g = side // cell
     occupied = rng.random((g, g)) < density_cells
-    boxes = []
+    boxes: list[Any] = []
     for r, c in zip(*np.nonzero(occupied), strict=True):
         for _ in range(rng.integers(1, 3)):
             w, h = rng.integers(12, 36, 2)
@@ -294,7 +295,7 @@ def validate_run(work: Path, epochs: int) -> None:
     m = tr.validate()
     save_checkpoint(best, inference_payload(tr.state()))
     print(f"validated {best}: ap50 {m.get('ap50', float('nan')):.2f}, f1 {m.get('f1', float('nan')):.2f}, "
-          f"auto threshold {float(tr.eval_model().utility_threshold):.3g} "
+          f"auto threshold {float(cast(torch.Tensor, tr.eval_model().utility_threshold)):.3g} "
           f"({m.get('auto_share', float('nan')):.0%} of the validation cells)", flush=True)
 
 
@@ -389,7 +390,7 @@ def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = No
     rows["floor"] = {**fl, **scores(work / "floor.gpkg"), "ff_cells": -1}
     for b in budgets or [1.0, 0.25, "auto"]:
         try:
-            rows[str(b)] = routed(b, work / f"pred_{b}.gpkg")  # type: ignore[arg-type]
+            rows[str(b)] = routed(b, work / f"pred_{b}.gpkg")
         except Exception as err:  # noqa: BLE001 - e.g. a predict without --budget auto
             print(f"budget {b}: {err}")
     floor = rows["floor"]["seconds"]

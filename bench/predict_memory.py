@@ -141,8 +141,8 @@ def phases_child(scene: str, model: str, budget: str, what: str) -> None:
         for name in ("pv_block", "ff_block", "instances_block"):
             setattr(stage, name, measured(name, getattr(stage, name)))
     else:
-        TorchBackend._ff = measured("one FF call", TorchBackend._ff)
-        TorchBackend._pv = measured("one PV call", TorchBackend._pv)
+        TorchBackend._ff = measured("one FF call", TorchBackend._ff)  # type: ignore[method-assign]
+        TorchBackend._pv = measured("one PV call", TorchBackend._pv)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as tmp:
         predict([scene], model, Path(tmp) / "p.gpkg", PredictConfig(budget=float(budget)), scheduler="sync",
                 overwrite=True, progress=False)

@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -66,7 +67,7 @@ def main() -> None:
             model(x, budget=b)
         for _ in range(args.repeats):
             for b in BUDGETS:
-                times[b].append(t(lambda b=b: model(x, budget=b)))
+                times[b].append(t(partial(model, x, budget=b)))
         xp = model.pad(x)
         enh = statistics.median(t(lambda: model.enhance(model.downsample(xp))) for _ in range(args.repeats))
         pv = statistics.median(t(lambda: model.forward_pv(xp)) for _ in range(args.repeats))

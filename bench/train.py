@@ -45,6 +45,7 @@ def main() -> None:
     loader = iter(trainer._loader(True))
     times = []
     bs = cfg.data.batch_size
+    assert isinstance(bs, int), "the CPU preset's batch size is a number"
     for i in range(args.steps + 1):
         t0 = time.perf_counter()
         batch = next(loader)
