@@ -17,7 +17,9 @@ One run does all of it, and prints ratios measured in this run only:
    already in memory; predict: the seconds its summary counts in model calls);
 5. with ``--extras``: peak RSS of predict (fresh processes) on a 2048² scene and on one of
    4x the area, and onnxruntime vs torch on the 2048² scene;
-6. with ``--tta``: test-time augmentation (none, flip, d4) at budget 1.0 on a 2048² scene:
+6. with ``--memory-format``, only: the torch backend's PV and FF calls on the CPU in
+   channels-last memory format (what predict uses) over contiguous NCHW;
+7. with ``--tta``: test-time augmentation (none, flip, d4) at budget 1.0 on a 2048² scene:
    wall time over the run without, and F1.
 
     $ python bench/predict.py                      # 8192² sparse scene, ~25 min on 2 cores
@@ -53,8 +55,25 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def boxes_scene(path: Path, side: int, density_cells: float, seed: int, cell: int = 64):
-    """A scene of dark ground with bright roofs; roofs fill `density_cells` of the cells."""
+def village_cells(rng: np.random.Generator, g: int, density_cells: float) -> np.ndarray:
+    """Occupied cells in clusters (hamlets and villages of 8-80 cells) until ``density_cells`` of a g x g grid."""
+    occupied = np.zeros((g, g), bool)
+    while occupied.mean() < density_cells:
+        n = int(rng.integers(8, 80))
+        centre = rng.uniform(0, g, 2)
+        rc = np.clip(np.rint(rng.normal(centre, np.sqrt(n) / 3, (n, 2))), 0, g - 1).astype(int)
+        occupied[rc[:, 0], rc[:, 1]] = True
+    return occupied
+
+
+def boxes_scene(path: Path, side: int, density_cells: float, seed: int, cell: int = 64,
+                layout: str = "scattered"):
+    """A scene of dark ground with bright roofs; roofs fill `density_cells` of the cells.
+
+    ``layout``: ``scattered``, each cell occupied independently (objects spread one or two per
+    cell over the scene: the worst case for routing); ``villages``, occupied cells in clusters,
+    as rural settlements are, each roof 3 px inside its cell so neighbours never touch.
+    """
     import geopandas as gpd
     import rasterio
     import shapely
@@ -64,13 +83,15 @@ def boxes_scene(path: Path, side: int, density_cells: float, seed: int, cell: in
     rng = np.random.default_rng(seed)
     transform = from_origin(500000, 4000000, 0.3, 0.3)
     g = side // cell
-    occupied = rng.random((g, g)) < density_cells
+    occupied = (rng.random((g, g)) < density_cells if layout == "scattered"
+                else village_cells(rng, g, density_cells))
+    m = 0 if layout == "scattered" else 3  # margin of a roof inside its cell
     boxes: list[Any] = []
     for r, c in zip(*np.nonzero(occupied), strict=True):
         for _ in range(rng.integers(1, 3)):
             w, h = rng.integers(12, 36, 2)
-            c0 = c * cell + rng.integers(0, max(1, cell - w))
-            r0 = r * cell + rng.integers(0, max(1, cell - h))
+            c0 = c * cell + m + rng.integers(0, max(1, cell - w - 2 * m))
+            r0 = r * cell + m + rng.integers(0, max(1, cell - h - 2 * m))
             box = (int(c0), int(r0), int(c0 + w), int(r0 + h))
             if all(shapely.box(*box).distance(shapely.box(*b)) > 3 for b in boxes[-4:]):
                 boxes.append(box)
@@ -214,6 +235,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=8192, help="side of the sparse test scene (px)")
     ap.add_argument("--occupied", type=float, default=0.12, help="share of 64-px cells holding objects")
+    ap.add_argument("--layout", choices=["scattered", "villages"], default="scattered",
+                    help="occupied cells independent (the worst case) or in clusters, as rural settlements")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the quick training")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
@@ -228,6 +251,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="1.0,0.25,auto", help="predict budgets to run against the floor")
     ap.add_argument("--router", action="store_true",
                     help="also the router's precision: occupied cells vs cells over the auto threshold")
+    ap.add_argument("--memory-format", action="store_true",
+                    help="only: the torch backend's model calls on the CPU, channels-last vs contiguous")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -238,6 +263,11 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="geoseg-bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work dir: {work}", flush=True)
+    if args.memory_format:
+        if not (work / "run" / "checkpoints" / "best.pt").exists() and args.model is None:
+            prepare_model(work, args.epochs)
+        memory_format(args.model or work / "run")
+        return
     if args.scene is not None:
         if args.truth is None or args.model is None:
             ap.error("--scene needs --truth and --model")
@@ -247,13 +277,13 @@ def main() -> None:
         prepare_model(work, args.epochs)
     if args.validate:
         validate_run(work, args.epochs)
-    scene = work / f"sparse{args.side}.tif"
+    scene = work / (f"sparse{args.side}.tif" if args.layout == "scattered" else f"villages{args.side}.tif")
     if not (args.reuse and scene.exists()):
         t0 = time.perf_counter()
-        _, occ = boxes_scene(scene, args.side, args.occupied, seed=2)
+        _, occ = boxes_scene(scene, args.side, args.occupied, seed=2, layout=args.layout)
         print(f"generated the scene in {time.perf_counter() - t0:.0f} s", flush=True)
     truth = scene.with_suffix(".gpkg")
-    print(f"sparse scene {args.side}^2, objects in ~{args.occupied:.0%} of the 64-px cells, "
+    print(f"sparse scene ({args.layout}) {args.side}^2, objects in ~{args.occupied:.0%} of the 64-px cells, "
           f"{len(gpd.read_file(truth))} objects", flush=True)
     if args.router:
         router_precision(work / "run", scene, truth)
@@ -457,6 +487,42 @@ def extras(work: Path) -> None:
     tt, ft = timed(work / "run", "torch", work / "pred_torch.gpkg")
     print(f"onnxruntime vs torch (routed 0.25, 2048²): {to:.1f} s vs {tt:.1f} s = {tt / to:.2f}x "
           f"(target >= 1.0); F1 {fo:.3f} vs {ft:.3f}")
+
+
+def memory_format(model: Path) -> None:
+    """PV and FF calls of the torch backend on the CPU: channels-last (predict's) over contiguous NCHW."""
+    import torch
+
+    from geoseg.backends.torch_backend import TorchBackend
+
+    be = TorchBackend(model, "cpu")
+    rng = np.random.default_rng(0)
+    m = be.meta
+    c, hl = m.cell, m.tile_halo
+    pv_side = 2048 // m.scale + 64  # a 2048-px block at 1/4 with its halo, as predict's PV calls on the CPU preset
+    calls = {"PV, one 2048-px block at 1/4": (be._pv, (1, m.band_count, pv_side, pv_side)),
+             "FF, 8 single cells with halo": (be._ff, (8, m.band_count, c + 2 * hl, c + 2 * hl)),
+             "FF, 2 windows of 8x8 cells": (be._ff, (2, m.band_count, 8 * c + 2 * hl, 8 * c + 2 * hl))}
+
+    def timed(fn: Any, x: np.ndarray) -> float:
+        fn(x)
+        best = math.inf
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn(x)
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    for what, (fn, shape) in calls.items():
+        x = rng.standard_normal(shape, dtype=np.float32)
+        be.channels_last = True
+        be.model.to(memory_format=torch.channels_last)
+        nhwc = timed(fn, x)
+        be.channels_last = False
+        be.model.to(memory_format=torch.contiguous_format)
+        nchw = timed(fn, x)
+        print(f"{what} {tuple(shape)}: contiguous {1000 * nchw:.0f} ms, channels-last {1000 * nhwc:.0f} ms: "
+              f"{nchw / nhwc:.2f}x faster", flush=True)
 
 
 def tta_costs(work: Path) -> None:

@@ -7,7 +7,7 @@ NEON OSBS scene from ../shared/data (never block B's pixels). Each model predict
 at budget 1.0; its polygons are scored against OpenStreetMap clipped to block B. Prints
 F1, AP50 and the training wall time of each, and the difference.
 
-    $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10]
+    $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10] [--seed 1]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["supervised", "semi"], help="run one of the two")
     ap.add_argument("--consistency", choices=["hard", "soft"], default="hard", help="semi.consistency")
     ap.add_argument("--weight", type=float, help="semi.weight (default: the config's, 0.5)")
+    ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
     args = ap.parse_args()
 
     from geoseg.aoi import clip_to, footprint
@@ -62,8 +63,10 @@ def main() -> None:
         if args.weight is not None:
             semi["weight"] = args.weight
         over: dict[str, object] = {"semi": semi} if name == "semi" else {}
-        cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", over)
+        cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {**over, "seed": args.seed})
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
+        if args.seed:
+            run = run.with_name(f"{run.name}-seed{args.seed}")
         result = train(cfg, patches, run, epochs=args.epochs, resume=True, progress=False)  # resumes a cut run
         seconds = sum(r["seconds"] for r in result.history)
         polys = run.with_suffix(".gpkg")
@@ -71,7 +74,7 @@ def main() -> None:
         pred = read_polygons(polys, "prediction")
         rep = evaluate_frames(clip_to(pred, area), clip_to(truth, area), iou=0.5)
         results[name] = rep
-        print(f"{name}: train {seconds:.0f} s, block B polygon F1 {rep['f1']:.3f}, AP50 "
+        print(f"{name} (seed {args.seed}): train {seconds:.0f} s, block B polygon F1 {rep['f1']:.3f}, AP50 "
               f"{rep['ap50']:.3f}, precision {rep['precision']:.3f}, recall {rep['recall']:.3f}")
     if len(results) == 2:
         print(f"semi - supervised: F1 {results['semi']['f1'] - results['supervised']['f1']:+.3f}, "

@@ -195,3 +195,24 @@ def test_torch_precision_option_is_checked(trained_run: Path) -> None:  # noqa: 
     with open_backend(trained_run, "torch", "cpu", precision="fp16") as half, \
             open_backend(trained_run, "torch", "cpu") as full:  # fp16 is CUDA-only: the CPU keeps fp32
         np.testing.assert_array_equal(half.ff(tiles), full.ff(tiles))
+
+
+def test_cpu_backend_runs_channels_last_with_the_same_maps(trained_run: Path) -> None:  # noqa: F811
+    """Predict's CPU model is channels-last (faster convolutions); the maps equal those of NCHW, C-ordered."""
+    from geoseg.backends.torch_backend import TorchBackend
+    from geoseg.models.checkpoint import load_model
+
+    fast = TorchBackend(trained_run, "cpu")
+    net, meta = load_model(trained_run)
+    plain = TorchBackend.from_model(net, meta, "cpu")  # training's and export's wrapper: model left as it is
+    assert fast.channels_last and not plain.channels_last
+    assert next(p for p in fast.model.parameters() if p.ndim == 4).is_contiguous(memory_format=torch.channels_last)
+    rng = np.random.default_rng(3)
+    tiles = rng.standard_normal((3, 3, 40, 72), dtype=np.float32)
+    small = rng.standard_normal((1, 3, 32, 48), dtype=np.float32)
+    got, want = fast.ff(tiles), plain.ff(tiles)
+    assert got.flags.c_contiguous and got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    for a, b in zip(fast.pv(small), plain.pv(small), strict=True):
+        assert a.flags.c_contiguous
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
