@@ -212,6 +212,39 @@ def test_budget_one_is_the_plain_dense_network(scene, tiny_run: Path, tmp_path: 
     assert np.abs(got - ref).max() <= 1
 
 
+def test_budget_one_runs_no_pv_and_leaves_nodata_empty(scene, tiny_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Budget 1.0 is FF alone: PV never runs; cells without a valid pixel get no probability, the rest FF's."""
+
+    from geoseg.backends.torch_backend import TorchBackend
+
+    path, truth = scene
+    want = predict([path], tiny_run, tmp_path / "w.gpkg", cfg(budget=0.5))  # PV runs: the routed path
+    assert want.ff_cells == 24
+    holed = tmp_path / "holed.tif"
+    with rasterio.open(path) as src:
+        img, profile = src.read(), src.profile
+    img[:, :, :32] = 0  # the two left cell columns are nodata
+    with rasterio.open(holed, "w", **{**profile, "nodata": 0}) as dst:
+        dst.write(img)
+
+    def no_pv(self, small):  # noqa: ANN001, ANN202
+        raise AssertionError("PV ran at budget 1.0")
+
+    monkeypatch.setattr(TorchBackend, "_pv", no_pv)
+    prob = tmp_path / "p.tif"
+    s = predict([holed], tiny_run, tmp_path / "d.gpkg", cfg(prob_out=str(prob)))
+    assert "the plain dense network (PV not run)" in s.routing, s.routing
+    assert s.ff_cells == 48 - 12  # every cell with a valid pixel
+    with rasterio.open(prob) as p:
+        extent, t = p.read(1), p.transform
+    assert extent[:, :32].max() == 0 and extent[:, 32:].max() > 200
+    got = gpd.read_file(tmp_path / "d.gpkg")
+    assert len(got) and got.total_bounds[0] >= t.c + 32 * t.a - 1e-6
+    with pytest.raises(AssertionError, match="PV ran"):  # the routed path does need PV
+        predict([holed], tiny_run, tmp_path / "r.gpkg", cfg(budget=0.5))
+
+
 def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run: Path, tmp_path: Path) -> None:
     import torch
 

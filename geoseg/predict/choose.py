@@ -46,6 +46,19 @@ def k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]
     return by_budget, why
 
 
+def dense_run(cfg: PredictConfig, meta: ModelMeta) -> bool:
+    """Whether the K rule of :func:`k_rule` takes every valid cell whatever PV says (budget 1.0).
+
+    Then predict is the plain dense network: PV and its upsampling are skipped (its
+    utilities would rank cells that all run anyway, and FF overwrites its maps).
+    """
+    if cfg.deadline_ms is not None:
+        return False
+    if cfg.budget is None:
+        return meta.deadline_ms is None and meta.budget >= 1.0
+    return cfg.budget != "auto" and float(cfg.budget) >= 1.0
+
+
 def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
     """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none)."""
     thr = (meta.model_extra or {}).get("utility_threshold")

@@ -43,6 +43,9 @@ from geoseg.predict.heap import releasing
 from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
+#: Logit where no model ran (dense runs: cells without a valid pixel at PV's scale): sigmoid ≈ 2e-9.
+NO_PV_LOGIT = -20.0
+
 if TYPE_CHECKING:
     from geoseg.predict.instances import Instances
 
@@ -110,13 +113,19 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
                          resampling=Resampling.average).astype(np.float32)
         # a low-res pixel averaged over a NaN is NaN: invalid, as at full resolution
         valid = valid_mask(small, src.dataset_mask(window=win, out_shape=(h // s, w // s)))
-    x = normalize(small, stats, valid=valid)
-    ph, pw = -x.shape[1] % (m // s), -x.shape[2] % (m // s)
-    x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
     backend = get_backend(model)
-    t0 = time.perf_counter()
-    pv_logits, utility = averaged(backend.pv, x[None], plan.tta)
-    model_s = time.perf_counter() - t0
+    if plan.dense:  # every valid cell runs FF: the read only tells which cells are valid
+        lh0, lw0 = -(-h // m) * m // s, -(-w // m) * m // s
+        pv_logits = np.full((1, backend.meta.n_outputs, lh0, lw0), NO_PV_LOGIT, np.float32)
+        utility = np.zeros((1, lh0 * s // plan.cell, lw0 * s // plan.cell), np.float32)
+        model_s = 0.0
+    else:
+        x = normalize(small, stats, valid=valid)
+        ph, pw = -x.shape[1] % (m // s), -x.shape[2] % (m // s)
+        x = np.pad(x, ((0, 0), (0, ph), (0, pw)))
+        t0 = time.perf_counter()
+        pv_logits, utility = averaged(backend.pv, x[None], plan.tta)
+        model_s = time.perf_counter() - t0
     lr0, lc0 = (int(core.row_off) - r0) // s, (int(core.col_off) - c0) // s
     lh, lw = math.ceil(core.height / s), math.ceil(core.width / s)
     logits = pv_logits[0, :, lr0:lr0 + lh, lc0:lc0 + lw]
@@ -193,9 +202,14 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
         return FfResult(len(chosen), 0.0)
     core = plan.core(bi, bj)
     s, c, hl = plan.scale, plan.cell, plan.tile_halo
-    pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
-    up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
-    logits = up[:, s:s + int(core.height), s:s + int(core.width)]  # a view: FF pastes into it
+    if plan.dense:  # FF covers every valid cell; the others (no valid pixel at 1/scale) hold nothing
+        with np.load(plan.path("pv", bi, bj)) as z:
+            n_out = int(z["logits"].shape[0])
+        logits = torch.full((n_out, int(core.height), int(core.width)), NO_PV_LOGIT)
+    else:
+        pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
+        up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
+        logits = up[:, s:s + int(core.height), s:s + int(core.width)]  # a view: FF pastes into it
     model_s = 0.0
     n_regions = 0
     if len(chosen):

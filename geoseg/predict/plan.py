@@ -32,6 +32,8 @@ class BlockPlan:
         multiple: the model's input multiple; band_indexes: 1-based bands to read.
         cache: the scene's cache directory.
         tta: test-time augmentation of the model calls (:mod:`geoseg.predict.tta`).
+        dense: every valid cell gets FF (budget 1.0): PV's model call is skipped, and so
+            is its upsampling under FF (:func:`geoseg.predict.choose.dense_run`).
     """
 
     scene: SceneInfo
@@ -44,6 +46,7 @@ class BlockPlan:
     band_indexes: tuple[int, ...]
     cache: Path
     tta: str = "none"
+    dense: bool = False
 
     @property
     def blocks_shape(self) -> tuple[int, int]:

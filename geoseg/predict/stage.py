@@ -48,7 +48,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
-from geoseg.predict.choose import cells_of_block, choose_cells, k_rule
+from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.gsd import gsd_note, target_gsd
 from geoseg.predict.heap import bound_heap
@@ -127,7 +127,8 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
     return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),
                      cell=meta.cell, scale=meta.scale, tile_halo=meta.tile_halo,
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
-                     cache=cache / f"scene-{digest(scene.source)[:16]}", tta=cfg.tta)
+                     cache=cache / f"scene-{digest(scene.source)[:16]}", tta=cfg.tta,
+                     dense=meta.arch == "routed" and dense_run(cfg, meta))
 
 
 def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
@@ -246,6 +247,8 @@ def predict(
     model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
     k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)
                      if meta.arch == "routed" else (None, "Mask R-CNN: no routing"))
+    if meta.arch == "routed" and dense_run(cfg, meta):
+        routing += ": FF everywhere, the plain dense network (PV not run)"
     _warn_dtypes(infos, meta)
     stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
