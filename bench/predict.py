@@ -17,7 +17,9 @@ One run does all of it, and prints ratios measured in this run only:
    already in memory; predict: the seconds its summary counts in model calls);
 5. with ``--extras``: peak RSS of predict (fresh processes) on a 2048² scene and on one of
    4x the area, and onnxruntime vs torch on the 2048² scene;
-6. with ``--memory-format``, only: the torch backend's PV and FF calls on the CPU in
+6. with ``--phases BUDGET``, only: one predict at BUDGET with its phases and model calls
+   timed (seconds summed over the Dask threads);
+   with ``--memory-format``, only: the torch backend's PV and FF calls on the CPU in
    channels-last memory format (what predict uses) over contiguous NCHW;
 7. with ``--tta``: test-time augmentation (none, flip, d4) at budget 1.0 on a 2048² scene:
    wall time over the run without, and F1.
@@ -251,6 +253,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="1.0,0.25,auto", help="predict budgets to run against the floor")
     ap.add_argument("--router", action="store_true",
                     help="also the router's precision: occupied cells vs cells over the auto threshold")
+    ap.add_argument("--phases", metavar="BUDGET", default=None,
+                    help="only: where one predict at BUDGET spends its time (seconds per phase, summed over threads)")
     ap.add_argument("--memory-format", action="store_true",
                     help="only: the torch backend's model calls on the CPU, channels-last vs contiguous")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
@@ -287,6 +291,9 @@ def main() -> None:
           f"{len(gpd.read_file(truth))} objects", flush=True)
     if args.router:
         router_precision(work / "run", scene, truth)
+    if args.phases is not None:
+        phases(args.model or work / "run", scene, work, _budgets(args.phases)[0])
+        return
     if not args.only_tta:
         run_benchmarks(work, scene, truth, budgets=_budgets(args.budgets))
     if args.extras:
@@ -487,6 +494,47 @@ def extras(work: Path) -> None:
     tt, ft = timed(work / "run", "torch", work / "pred_torch.gpkg")
     print(f"onnxruntime vs torch (routed 0.25, 2048²): {to:.1f} s vs {tt:.1f} s = {tt / to:.2f}x "
           f"(target >= 1.0); F1 {fo:.3f} vs {ft:.3f}")
+
+
+def phases(model: Path, scene: Path, work: Path, budget: float | str) -> None:
+    """One predict (after a warm-up run) with each phase and model call timed, seconds summed over threads."""
+    import threading
+    from collections import defaultdict
+
+    import geoseg.predict.regularize as reg
+    import geoseg.predict.stage as stage
+    from geoseg.backends.torch_backend import TorchBackend
+    from geoseg.predict import PredictConfig, predict
+
+    spent: dict[str, float] = defaultdict(float)
+    lock = threading.Lock()
+
+    def timed(owner: Any, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        def run(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                with lock:
+                    spent[label] += time.perf_counter() - t0
+        setattr(owner, name, run)
+
+    predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True, progress=False)
+    for name in ("pv_block", "choose_cells", "ff_block", "instances_block"):
+        timed(stage, name, name)
+    timed(reg, "regularize_file", "regularize_file")
+    timed(TorchBackend, "_pv", "  of which PV model calls")
+    timed(TorchBackend, "_ff", "  of which FF model calls")
+    t0 = time.perf_counter()
+    s = predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True, progress=False)
+    wall = time.perf_counter() - t0
+    print(f"predict --budget {budget}: wall {wall:.1f} s, FF on {s.ff_cells} cells in {s.ff_regions} regions; "
+          "seconds per phase, summed over the Dask threads:", flush=True)
+    for label in ("pv_block", "  of which PV model calls", "choose_cells", "ff_block", "  of which FF model calls",
+                  "instances_block", "regularize_file"):
+        print(f"  {label:<28} {spent[label]:7.1f}", flush=True)
 
 
 def memory_format(model: Path) -> None:
