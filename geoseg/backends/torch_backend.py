@@ -52,7 +52,7 @@ class TorchBackend(Backend):
         compile: run both graphs through ``torch.compile``.
 
     On the CPU, a routed model runs in channels-last memory format (inputs converted per
-    call, outputs returned contiguous): oneDNN's convolutions are 1.3-1.5x faster so on
+    call, outputs returned contiguous): oneDNN's convolutions are 1.2-1.45x faster so on
     the CPU preset (``python bench/predict.py --memory-format`` measures it).
 
     Raises:
