@@ -267,7 +267,7 @@ def tensorrt(chk: Check) -> Section:
 
 def predict_throughput(chk: Check, side: int) -> Section:
     import geopandas as gpd
-    from predict import boxes_scene, dense_floor
+    from predict import boxes_scene, dense_floor, phases
 
     from geoseg.backends import cache
     from geoseg.backends.torch_backend import TorchBackend
@@ -292,7 +292,7 @@ def predict_throughput(chk: Check, side: int) -> Section:
                 "routing": s.routing, "f1": float(evaluate_frames(gpd.read_file(out), truth, iou=0.5)["f1"])}
 
     res: Section = {"scene_px": side, "km2": km2, "torch_fp32": {}}
-    for b in ("auto", 0.25):
+    for b in ("auto", 0.25, 1.0):  # 1.0: FF alone, no PV (the floor, through predict)
         res["torch_fp32"][f"routed_{b}"] = one(run, b)
         chk.partial("predict", res)
     dense_floor(warm, run, chk.work / "floor.gpkg")
@@ -303,6 +303,9 @@ def predict_throughput(chk: Check, side: int) -> Section:
         "seconds": sec, "km2_per_s": km2 / sec,
         "f1": float(evaluate_frames(gpd.read_file(chk.work / "floor.gpkg"), truth, iou=0.5)["f1"])}
     chk.partial("predict", res)
+    if chk.left() > 90:  # where routed auto's time goes on the GPU (warm: auto ran above)
+        res["torch_fp32"]["phases_auto"] = phases(run, scene, chk.work, "auto", warmup=False)
+        chk.partial("predict", res)
     if chk.left() > 60:  # FP16 + torch.compile: the cached backend of this process, swapped in
         key = cache.ModelKey(str(Path(run).resolve()), "torch", "auto", PredictConfig().ff_batch)
         fast = TorchBackend(run, "cuda", precision="fp16", compile=True)

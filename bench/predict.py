@@ -496,8 +496,12 @@ def extras(work: Path) -> None:
           f"(target >= 1.0); F1 {fo:.3f} vs {ft:.3f}")
 
 
-def phases(model: Path, scene: Path, work: Path, budget: float | str) -> None:
-    """One predict (after a warm-up run) with each phase and model call timed, seconds summed over threads."""
+def phases(model: Path, scene: Path, work: Path, budget: float | str, warmup: bool = True) -> dict[str, Any]:
+    """One predict (after a warm-up run) with each phase and model call timed, seconds summed over threads.
+
+    Prints them and returns ``{"wall_s", "ff_cells", "regions", "seconds": {phase: s}}``; the
+    timers are removed again before it returns.
+    """
     import threading
     from collections import defaultdict
 
@@ -508,9 +512,11 @@ def phases(model: Path, scene: Path, work: Path, budget: float | str) -> None:
 
     spent: dict[str, float] = defaultdict(float)
     lock = threading.Lock()
+    saved: list[tuple[Any, str, Any]] = []
 
     def timed(owner: Any, name: str, label: str) -> None:
         fn = getattr(owner, name)
+        saved.append((owner, name, owner.__dict__[name]))
 
         def run(*a: Any, **k: Any) -> Any:
             t0 = time.perf_counter()
@@ -521,20 +527,30 @@ def phases(model: Path, scene: Path, work: Path, budget: float | str) -> None:
                     spent[label] += time.perf_counter() - t0
         setattr(owner, name, run)
 
-    predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True, progress=False)
+    if warmup:
+        predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True, progress=False)
     for name in ("pv_block", "choose_cells", "ff_block", "instances_block"):
         timed(stage, name, name)
     timed(reg, "regularize_file", "regularize_file")
-    timed(TorchBackend, "_pv", "  of which PV model calls")
-    timed(TorchBackend, "_ff", "  of which FF model calls")
-    t0 = time.perf_counter()
-    s = predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True, progress=False)
-    wall = time.perf_counter() - t0
+    timed(TorchBackend, "_pv", "pv_model")
+    timed(TorchBackend, "_ff", "ff_model")
+    try:
+        t0 = time.perf_counter()
+        s = predict([scene], model, work / "phases.gpkg", PredictConfig(budget=budget), overwrite=True,
+                    progress=False)
+        wall = time.perf_counter() - t0
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
     print(f"predict --budget {budget}: wall {wall:.1f} s, FF on {s.ff_cells} cells in {s.ff_regions} regions; "
           "seconds per phase, summed over the Dask threads:", flush=True)
-    for label in ("pv_block", "  of which PV model calls", "choose_cells", "ff_block", "  of which FF model calls",
-                  "instances_block", "regularize_file"):
-        print(f"  {label:<28} {spent[label]:7.1f}", flush=True)
+    labels = {"pv_block": "pv_block", "pv_model": "  of which PV model calls", "choose_cells": "choose_cells",
+              "ff_block": "ff_block", "ff_model": "  of which FF model calls",
+              "instances_block": "instances_block", "regularize_file": "regularize_file"}
+    for key, label in labels.items():
+        print(f"  {label:<28} {spent[key]:7.1f}", flush=True)
+    return {"wall_s": wall, "ff_cells": s.ff_cells, "regions": s.ff_regions,
+            "seconds": {key: spent[key] for key in labels}}
 
 
 def memory_format(model: Path) -> None:
