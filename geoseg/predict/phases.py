@@ -203,8 +203,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
     core = plan.core(bi, bj)
     s, c, hl = plan.scale, plan.cell, plan.tile_halo
     if plan.dense:  # FF covers every valid cell; the others (no valid pixel at 1/scale) hold nothing
-        with np.load(plan.path("pv", bi, bj)) as z:
-            n_out = int(z["logits"].shape[0])
+        n_out = get_backend(model).meta.n_outputs
         logits = torch.full((n_out, int(core.height), int(core.width)), NO_PV_LOGIT)
     else:
         pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
