@@ -193,3 +193,50 @@ def test_uint8_maps_are_their_float_probabilities():
     a, b = watershed_instances(*q, min_area=1, min_seed_area=1), watershed_instances(*f, min_area=1, min_seed_area=1)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.score, b.score)
     assert a.labels[0, 1] > 0 and a.labels[0, 0] == 0
+
+
+def _flooded_piece_by_piece(extent, boundary, contact, class_probs, valid, min_area, min_seed_area):
+    """The reference: every connected piece of the mask flooded on its own, in raster order of the pieces."""
+    from scipy import ndimage
+
+    from geoseg.predict.instances import _FOUR, _flood_piece
+
+    mask = (extent > 0.5) & valid
+    pieces, _ = ndimage.label(mask, structure=_FOUR)
+    labels = np.zeros(extent.shape, np.int32)
+    score, area, cls = [], [], []
+    for k, box in enumerate(ndimage.find_objects(pieces), start=1):
+        lab = _flood_piece(pieces[box] == k, extent[box], boundary[box], contact[box], 0.7, min_seed_area)
+        sizes = np.bincount(lab.ravel())[1:]
+        lab = relabel(lab, sizes >= min_area)
+        m = int((sizes >= min_area).sum())
+        labels[box][lab > 0] = lab[lab > 0] + labels.max()
+        area += sizes[sizes >= min_area].tolist()
+        score += instance_means(lab, extent[box], m).tolist()
+        cls += np.stack([instance_means(lab, p[box], m) for p in class_probs]).argmax(0).tolist()
+    return labels, score, area, cls
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(("min_area", "min_seed_area"), [(1, 1), (8, 4), (30, 9)])
+def test_whole_window_equals_flooding_every_piece_on_its_own(seed: int, min_area: int, min_seed_area: int) -> None:
+    # pieces with no seed, one seed (measured without a flood) and several (flooded), touching or not
+    rng = np.random.default_rng(seed)
+    extent = np.zeros((96, 120), np.float32)
+    contact = np.zeros_like(extent)
+    for _ in range(40):
+        r, c = rng.integers(0, 90), rng.integers(0, 112)
+        h, w = rng.integers(2, 14), rng.integers(2, 14)
+        extent[r:r + h, c:c + w] = rng.uniform(0.55, 1.0)
+        contact[r:r + h, c + w // 2] = rng.choice([0.0, 0.9])  # some split in two
+    boundary = (rng.random(extent.shape) < 0.1).astype(np.float32) * 0.8
+    classes = rng.random((3, *extent.shape)).astype(np.float32)
+    valid = rng.random(extent.shape) > 0.02
+    inst = watershed_instances(extent, boundary, contact, classes, valid=valid, min_area=min_area,
+                               min_seed_area=min_seed_area)
+    labels, score, area, cls = _flooded_piece_by_piece(extent, boundary, contact, classes, valid, min_area,
+                                                       min_seed_area)
+    assert len(inst) > 10 and inst.labels.max() == len(inst)
+    np.testing.assert_array_equal(inst.labels, labels)
+    assert inst.area.tolist() == area and inst.class_index.tolist() == cls
+    np.testing.assert_allclose(inst.score, score, rtol=1e-12)

@@ -88,6 +88,27 @@ def test_ragged_blob_becomes_its_rectangle_unless_disabled() -> None:
     assert corners(regularize(frame, rectangle=1.0).geometry.iloc[0]) > 4  # left to buildingregulariser
 
 
+def test_only_outlines_no_rectangle_fits_are_edge_snapped(noisy: gpd.GeoDataFrame,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import buildingregulariser
+
+    seen: list[list[int]] = []
+    real = buildingregulariser.regularize_geodataframe
+
+    def spy(frame: gpd.GeoDataFrame, **kw: object) -> gpd.GeoDataFrame:
+        seen.append(list(frame["_row"]))
+        return real(frame, **kw)
+
+    monkeypatch.setattr(buildingregulariser, "regularize_geodataframe", spy)
+    out = regularize(noisy)
+    assert seen == [[1]]  # the L; the staircase rectangle became its rectangle without it
+    assert [corners(g) for g in out.geometry] == [4, 6]
+    seen.clear()
+    assert corners(regularize(noisy.iloc[:1]).geometry.iloc[0]) == 4 and seen == []  # no call at all
+    regularize(noisy, rectangle=1.0)
+    assert seen == [[0, 1]]  # rectangles disabled: both snapped
+
+
 def test_every_row_survives(noisy: gpd.GeoDataFrame) -> None:
     tiny = shapely.box(X0, Y0 - 30, X0 + 0.6, Y0 - 29.4)  # smaller than the tolerance
     bowtie = shapely.Polygon([(X0, Y0 - 50), (X0 + 4, Y0 - 46), (X0 + 4, Y0 - 50), (X0, Y0 - 46)])

@@ -15,9 +15,12 @@ several classes. Instances are cut from them in three steps:
    ``min_area`` pixels are dropped; the rest are numbered 1..n and measured with
    ``numpy.bincount``.
 
-Steps 1-3 run on each connected piece of the mask in its bounding box (a flood never
-leaves its piece, so this is one watershed over the window): time and the float maps
-scale with the area of the objects, not of the window.
+Seeds are found on the mask's pixels only; a connected piece of the mask with at most one
+seed is one instance (a flood from one seed fills its piece) and is measured with the
+others at once; only a piece with two seeds or more is flooded, in its bounding box (a
+flood never leaves its piece, so this is one watershed over the window). Time and the
+float maps scale with the area of the objects, not of the window, and a scene of
+separate buildings costs no watershed at all.
 
 See Also:
     :func:`geoseg.predict.vectorize.instances_to_frame`, which turns the labels into polygons.
@@ -145,9 +148,10 @@ def watershed_instances(
 
     The maps may be float probabilities or uint8 (probability x 255, as predict caches
     them). The watershed runs on each connected piece of the mask (``extent >
-    extent_threshold``) in its bounding box: flooding never leaves a piece, so the result
-    is that of one watershed over the window, and the work and the float maps scale with
-    the objects' area, not the window's (a sparse block costs little).
+    extent_threshold``) that holds two seeds or more, in its bounding box; a piece with one
+    seed or none is one instance. Flooding never leaves a piece, so the result is that of
+    one watershed over the window, and the work and the float maps scale with the
+    objects' area, not the window's (a sparse block costs little).
 
     Args:
         extent: (H, W), probability that a pixel is inside an object.
@@ -185,35 +189,57 @@ def watershed_instances(
         mask &= valid.astype(bool)
     pieces, n_pieces = ndimage.label(mask, structure=_FOUR)
     labels = np.zeros(extent.shape, np.int32)
-    size = np.bincount(pieces.ravel(), minlength=n_pieces + 1)
     keep_px = max(min_area, 1)
-    scores: list[np.ndarray] = []
-    areas: list[np.ndarray] = []
-    classes: list[np.ndarray] = []
-    n = 0
-    for k, box in enumerate(ndimage.find_objects(pieces), start=1):
-        if box is None or size[k] < keep_px:  # an instance is part of one piece: too small
-            continue
+    # Per pixel of the mask only (never window-sized floats): its piece, extent and seed test.
+    at = np.flatnonzero(mask)
+    piece_at = pieces.ravel()[at]
+    size = np.bincount(piece_at, minlength=n_pieces + 1)
+    ext_at = _probability(extent.ravel()[at])
+    core_at = ext_at * (1 - _probability(contact.ravel()[at])) * (1 - _probability(boundary.ravel()[at]))
+    seeded = at[core_at > seed_threshold]
+    seed_mask = np.zeros(extent.shape, bool)
+    seed_mask.ravel()[seeded] = True
+    seeds, n_seeds = ndimage.label(seed_mask, structure=_FOUR)  # a seed lies in one piece
+    seed_of = seeds.ravel()[seeded]
+    big = np.bincount(seed_of, minlength=n_seeds + 1)[1:] >= max(min_seed_area, 1)
+    piece_of_seed = np.zeros(n_seeds + 1, np.int64)
+    piece_of_seed[seed_of] = pieces.ravel()[seeded]
+    seeds_in = np.bincount(piece_of_seed[1:][big], minlength=n_pieces + 1)
+    # A piece with at most one seed is one instance (a flood from one seed fills its piece):
+    # measured here at once. Only pieces with two seeds or more are flooded, each in its box.
+    kept = size >= keep_px
+    kept[0] = False
+    flooded: dict[int, np.ndarray] = {}
+    count = kept.astype(np.int64)
+    boxes = ndimage.find_objects(pieces)
+    for k in np.flatnonzero(kept & (seeds_in >= 2)):
+        box = boxes[k - 1]
         piece = pieces[box] == k
-        ext = _probability(extent[box])
-        lab = _flood_piece(piece, ext, _probability(boundary[box]), _probability(contact[box]),
-                           seed_threshold, min_seed_area)
+        lab = _flood_piece(piece, _probability(extent[box]), _probability(boundary[box]),
+                           _probability(contact[box]), seed_threshold, min_seed_area)
         area = np.bincount(lab.ravel())[1:]
-        lab = relabel(lab, area >= keep_px)
-        m = int(np.count_nonzero(area >= keep_px))
-        if not m:
-            continue
+        flooded[int(k)] = relabel(lab, area >= keep_px)
+        count[k] = int(np.count_nonzero(area >= keep_px))
+    first = np.cumsum(count) - count  # instances numbered before each piece's
+    whole = kept & (seeds_in < 2)
+    lut = np.zeros(n_pieces + 1, np.int32)
+    lut[whole] = first[whole] + 1
+    labels.ravel()[at] = lut[piece_at]
+    for pid, lab in flooded.items():
         inside = lab > 0
-        labels[box][inside] = lab[inside] + n
-        n += m
-        areas.append(area[area >= keep_px].astype(np.int64))
-        scores.append(instance_means(lab, ext, m))
-        if class_probs is not None:
-            means = np.stack([instance_means(lab, _probability(p[box]), m) for p in class_probs])
-            classes.append(means.argmax(axis=0).astype(np.int64))
-    score = np.concatenate(scores) if scores else np.zeros(0)
-    area_all = np.concatenate(areas) if areas else np.zeros(0, np.int64)
-    class_index = np.concatenate(classes) if classes else np.zeros(n, dtype=np.int64)
+        labels[boxes[pid - 1]][inside] = lab[inside] + first[pid]
+    n = int(count.sum())
+    # every instance's pixels, in raster order: the same sums as per piece
+    lab_at = labels.ravel()[at]
+    area_all = np.bincount(lab_at, minlength=n + 1)[1:].astype(np.int64)
+    sums = np.bincount(lab_at, weights=ext_at.astype(np.float64), minlength=n + 1)[1:]
+    score = np.divide(sums, area_all, out=np.zeros(n), where=area_all > 0)
+    if class_probs is not None and n:
+        means = np.stack([np.bincount(lab_at, weights=_probability(p.ravel()[at]).astype(np.float64),
+                                      minlength=n + 1)[1:] for p in class_probs]) / np.maximum(area_all, 1)
+        class_index = means.argmax(axis=0).astype(np.int64)
+    else:
+        class_index = np.zeros(n, dtype=np.int64)
     return Instances(labels=labels, score=score, class_index=class_index, area=area_all)
 
 

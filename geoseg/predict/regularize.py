@@ -92,26 +92,19 @@ def regularize(
     out = gdf.copy()
     if not len(gdf):
         return out
-    from buildingregulariser import regularize_geodataframe
-
     work = metric_crs(gdf)
     source = gdf.geometry.to_crs(work).to_numpy()
-    frame = gpd.GeoDataFrame({"_row": np.arange(len(gdf))}, geometry=gpd.GeoSeries(source, crs=work), crs=work)
-    with warnings.catch_warnings():  # it warns about the invalid inputs it then repairs
-        warnings.simplefilter("ignore")
-        done = regularize_geodataframe(
-            frame, parallel_threshold=tolerance, simplify=True, simplify_tolerance=tolerance / 2,
-            allow_45_degree=allow_45, allow_circles=False, num_cores=1,
-        )
-    snapped = _one_polygon_per_row(done["_row"].to_numpy(), done.geometry.to_numpy(), len(gdf))
     repaired = _one_polygon_per_row(np.arange(len(source)), source, len(source))
-    squared = snapped.copy()
+    squared = np.array([shapely.Polygon()] * len(gdf), dtype=object)
     near = np.flatnonzero(rectangularity(repaired) >= rectangle)
     squared[near] = _moment_rectangles(repaired[near])
+    square = _close_enough(squared, repaired, min_iou)
+    # edge snapping, only where no rectangle will do (outlines are snapped each alone)
+    snapped = _snap(source[~square], np.flatnonzero(~square), len(gdf), work, tolerance, allow_45)
     result = repaired.copy()
-    for candidate in (snapped, squared):  # the later wins where it is good enough
-        good = _close_enough(candidate, repaired, min_iou)
-        result[good] = candidate[good]
+    snap = _close_enough(snapped, repaired, min_iou)
+    result[snap] = snapped[snap]
+    result[square] = squared[square]
     kept = int(np.sum(result == repaired))
     if kept:
         log.info("%d of %d polygons kept their traced outline: squaring them moved them below "
@@ -122,6 +115,23 @@ def regularize(
 
         out["area_m2"] = geodesic_area(out.geometry.to_numpy(), out.crs)
     return out
+
+
+def _snap(geoms: np.ndarray, rows: np.ndarray, n: int, crs: CRS, tolerance: float,
+          allow_45: bool) -> np.ndarray:
+    """The edge-snapped outlines (buildingregulariser) of ``geoms``, at rows ``rows`` of ``n``; empty elsewhere."""
+    if not len(geoms):
+        return np.array([shapely.Polygon()] * n, dtype=object)
+    from buildingregulariser import regularize_geodataframe
+
+    frame = gpd.GeoDataFrame({"_row": rows}, geometry=gpd.GeoSeries(geoms, crs=crs), crs=crs)
+    with warnings.catch_warnings():  # it warns about the invalid inputs it then repairs
+        warnings.simplefilter("ignore")
+        done = regularize_geodataframe(
+            frame, parallel_threshold=tolerance, simplify=True, simplify_tolerance=tolerance / 2,
+            allow_45_degree=allow_45, allow_circles=False, num_cores=1,
+        )
+    return _one_polygon_per_row(done["_row"].to_numpy(), done.geometry.to_numpy(), n)
 
 
 def _close_enough(candidate: np.ndarray, reference: np.ndarray, min_iou: float) -> np.ndarray:
