@@ -33,6 +33,7 @@ after ``GEOSEG_DIST_TIMEOUT`` seconds (default 600).
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import socket
@@ -376,5 +377,9 @@ def process_group(dist: Dist, device: torch.device) -> Iterator[Dist]:
                              rank=dist.rank, world_size=dist.world, timeout=timeout())
     try:
         yield dist
+        # every rank done before any tears down: a rank that closes its connections while a
+        # peer still uses them can abort in gloo's connection threads
+        tdist.barrier()
     finally:
+        gc.collect()  # DDP's reducer holds the group: released before it is destroyed
         tdist.destroy_process_group()

@@ -391,4 +391,6 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / "config.yaml", dump_yaml(trainer.cfg))
-        return trainer.fit()
+        result = trainer.fit()
+        del trainer  # its DDP model holds the process group, destroyed when the block ends
+    return result

@@ -90,6 +90,9 @@ def _rank_main(local_rank: int, fn: Callable[..., Any], kwargs: dict[str, Any], 
                errors: Any, logs: tuple[int, list[logging.Formatter | None]], rows: Any) -> None:
     """A spawned rank: torchrun's environment, the parent's logging, then ``fn``."""
     global _sink
+    import faulthandler
+
+    faulthandler.enable()  # a rank killed by a signal (SIGABRT, SIGSEGV) leaves its Python stack on stderr
     rank = launch.node_rank * launch.devices + local_rank
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(launch.world), LOCAL_RANK=str(local_rank),
                       LOCAL_WORLD_SIZE=str(launch.devices), MASTER_ADDR=launch.master_addr,
