@@ -28,6 +28,7 @@ One run does all of it, and prints ratios measured in this run only:
     $ python bench/predict.py --side 4096          # quicker
     $ python bench/predict.py --workdir W --reuse  # keep the model and scenes of W
     $ python bench/predict.py --workdir W --reuse --router --budgets 0.125,0.25,auto
+    $ python bench/predict.py --workdir W2 --config bench/configs/ff-depth4-halo8.yaml  # another preset
     $ python bench/predict.py --model outputs/demo/run --scene data/sample/kampala_blockB_z20.tif \
           --truth data/sample/labels/buildings.gpkg --workdir W   # a real scene: floor vs 1.0 / 0.25 / auto
 
@@ -240,6 +241,8 @@ def main() -> None:
     ap.add_argument("--layout", choices=["scattered", "villages"], default="scattered",
                     help="occupied cells independent (the worst case) or in clusters, as rural settlements")
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the quick training")
+    ap.add_argument("--config", type=Path, default=REPO / "configs" / "buildings-cpu.yaml",
+                    help="the preset trained (and validated with --validate)")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--extras", action="store_true", help="also peak RSS and onnxruntime (2048² scenes)")
@@ -269,7 +272,7 @@ def main() -> None:
     print(f"work dir: {work}", flush=True)
     if args.memory_format:
         if not (work / "run" / "checkpoints" / "best.pt").exists() and args.model is None:
-            prepare_model(work, args.epochs)
+            prepare_model(work, args.epochs, args.config)
         memory_format(args.model or work / "run")
         return
     if args.scene is not None:
@@ -278,9 +281,9 @@ def main() -> None:
         run_benchmarks(work, args.scene, args.truth, model=args.model, budgets=_budgets(args.budgets))
         return
     if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
-        prepare_model(work, args.epochs)
+        prepare_model(work, args.epochs, args.config)
     if args.validate:
-        validate_run(work, args.epochs)
+        validate_run(work, args.epochs, args.config)
     scene = work / (f"sparse{args.side}.tif" if args.layout == "scattered" else f"villages{args.side}.tif")
     if not (args.reuse and scene.exists()):
         t0 = time.perf_counter()
@@ -302,21 +305,20 @@ def main() -> None:
         tta_costs(work)
 
 
-def prepare_model(work: Path, epochs: int) -> None:
-    """Train the CPU preset briefly on generated boxes (train and val scenes)."""
+def prepare_model(work: Path, epochs: int, config: Path = REPO / "configs" / "buildings-cpu.yaml") -> None:
+    """Train ``config`` (the CPU preset) briefly on generated boxes (train and val scenes)."""
     from geoseg.config import load_config
     from geoseg.train import TrainConfig, train
 
     patches = prepare_data(work)
-    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml",
-                      {"val": {"every": epochs}})
+    cfg = load_config(TrainConfig, config, {"val": {"every": epochs}})
     t0 = time.perf_counter()
     res = train(cfg, patches, work / "run", epochs=epochs, overwrite=True)
     print(f"trained {epochs} epochs in {time.perf_counter() - t0:.0f} s: "
           f"val ap50 {res.history[-1].get('ap50', float('nan')):.2f}", flush=True)
 
 
-def validate_run(work: Path, epochs: int) -> None:
+def validate_run(work: Path, epochs: int, config: Path = REPO / "configs" / "buildings-cpu.yaml") -> None:
     """Validate the run (its last.pt, no training): metrics, and the calibrated auto threshold in best.pt."""
     import torch
 
@@ -325,7 +327,7 @@ def validate_run(work: Path, epochs: int) -> None:
     from geoseg.train import TrainConfig
     from geoseg.train.loop import Trainer
 
-    cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {"epochs": epochs})
+    cfg = load_config(TrainConfig, config, {"epochs": epochs})
     tr = Trainer(cfg, work / "patches", work / "run", torch.device("cpu"), progress=False)
     best = work / "run" / "checkpoints" / "best.pt"
     tr.load_state(load_checkpoint(work / "run" / "checkpoints" / "last.pt"))  # val every --epochs: last = best
