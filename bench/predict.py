@@ -253,6 +253,9 @@ def main() -> None:
     ap.add_argument("--scene", type=Path, default=None, help="a real scene instead of the generated one")
     ap.add_argument("--truth", type=Path, default=None, help="with --scene: its true polygons (clipped to it)")
     ap.add_argument("--model", type=Path, default=None, help="with --scene: the run directory to use")
+    ap.add_argument("--captures", default=None, metavar="LIST",
+                    help="only: the auto threshold at these shares of the validation gain (e.g. 0.8,0.9,0.95), "
+                         "and what each keeps of the scene")
     ap.add_argument("--budgets", default="1.0,0.25,auto", help="predict budgets to run against the floor")
     ap.add_argument("--router", action="store_true",
                     help="also the router's precision: occupied cells vs cells over the auto threshold")
@@ -294,6 +297,9 @@ def main() -> None:
           f"{len(gpd.read_file(truth))} objects", flush=True)
     if args.router:
         router_precision(work / "run", scene, truth)
+    if args.captures:
+        capture_sweep(work, args.config, scene, truth, [float(x) for x in args.captures.split(",")])
+        return
     if args.phases is not None:
         phases(args.model or work / "run", scene, work, _budgets(args.phases)[0])
         return
@@ -361,13 +367,12 @@ def _budgets(text: str) -> list[float | str]:
     return [b if b == "auto" else float(b) for b in text.split(",")]
 
 
-def router_precision(model: Path, scene: Path, truth: Path) -> None:
-    """Which cells clear the auto threshold: the occupied ones, and which others (PV over the scene)."""
+def _scene_cells(model: Path, scene: Path, truth: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """PV's utility per cell of the scene, which cells hold a true object, and the model's auto threshold."""
     import geopandas as gpd
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.features import rasterize
-    from scipy import ndimage
 
     from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.bands import normalize
@@ -384,7 +389,14 @@ def router_precision(model: Path, scene: Path, truth: Path) -> None:
     _, util = be.pv(normalize(small, meta.band_stats)[None])
     util = util[0, :h // c, :w // c]
     occ = occ_px.reshape(h // c, c, w // c, c).any(axis=(1, 3))
-    thr = (meta.model_extra or {}).get("utility_threshold", float("nan"))
+    return util, occ, float((meta.model_extra or {}).get("utility_threshold", float("nan")))
+
+
+def router_precision(model: Path, scene: Path, truth: Path) -> None:
+    """Which cells clear the auto threshold: the occupied ones, and which others (PV over the scene)."""
+    from scipy import ndimage
+
+    util, occ, thr = _scene_cells(model, scene, truth)
     chosen = util > thr
     near = ndimage.binary_dilation(occ, structure=np.ones((3, 3)))
     top = util >= np.sort(util.ravel())[::-1][max(int(occ.sum()), 1) - 1]
@@ -392,6 +404,45 @@ def router_precision(model: Path, scene: Path, truth: Path) -> None:
           f"(occupied kept {chosen[occ].mean():.1%}; {int((chosen & ~occ).sum())} empty cells, "
           f"{int((chosen & ~occ & near).sum())} of them next to an occupied one); the top {occ.mean():.1%} "
           f"by utility hold {top[occ].mean():.1%} of the occupied cells", flush=True)
+
+
+def capture_sweep(work: Path, config: Path, scene: Path, truth: Path, captures: list[float]) -> None:
+    """The auto threshold calibration would set at each share of FF's validation gain, and what it keeps of the scene.
+
+    The validation of ``W/run``'s last.pt is run again (nothing is written); its per-cell
+    predicted utilities and gains are those ``geoseg.train.calibrate`` ranks.
+    """
+    import torch
+
+    import geoseg.train.calibrate as cal
+    from geoseg.config import load_config
+    from geoseg.models.checkpoint import load_checkpoint
+    from geoseg.train import TrainConfig
+    from geoseg.train.loop import Trainer
+
+    seen: dict[str, np.ndarray] = {}
+    choose = cal.choose_threshold
+
+    def keep(predicted: np.ndarray, gain: np.ndarray, capture: float = cal.CAPTURE) -> tuple[float, float]:
+        seen.update(predicted=predicted, gain=gain)
+        return choose(predicted, gain, capture)
+
+    cfg = load_config(TrainConfig, config, {"epochs": 1})
+    tr = Trainer(cfg, work / "patches", work / "run", torch.device("cpu"), progress=False)
+    tr.load_state(load_checkpoint(work / "run" / "checkpoints" / "last.pt"))
+    cal.choose_threshold = keep
+    try:
+        tr.validate()
+    finally:
+        cal.choose_threshold = choose
+    util, occ, _ = _scene_cells(work / "run", scene, truth)
+    print(f"calibration: {len(seen['gain'])} validation cells, FF's gain positive in "
+          f"{(seen['gain'] > 0).mean():.0%}; the scene's cells {occ.mean():.1%} occupied", flush=True)
+    for capture in captures:
+        thr, share = choose(seen["predicted"], seen["gain"], capture)
+        chosen = util > thr
+        print(f"  capture {capture:.2f}: threshold {thr:.3f}, validation cells kept {share:.0%}, scene cells kept "
+              f"{chosen.mean():.1%}, occupied kept {chosen[occ].mean():.1%}", flush=True)
 
 
 def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None,
