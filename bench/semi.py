@@ -8,6 +8,7 @@ at budget 1.0; its polygons are scored against OpenStreetMap clipped to block B.
 F1, AP50 and the training wall time of each, and the difference.
 
     $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10] [--seed 1]
+          [--ratio 0.5]   # half an unlabelled sample per labelled one: a cheaper step
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def main() -> None:
     ap.add_argument("--consistency", choices=["hard", "soft"], default="hard", help="semi.consistency")
     ap.add_argument("--weight", type=float, help="semi.weight (default: the config's, 0.5)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
+    ap.add_argument("--ratio", type=float, default=1.0,
+                    help="semi.ratio: unlabelled samples per labelled one per step (run folder gets -ratioR)")
     args = ap.parse_args()
 
     from geoseg.aoi import clip_to, footprint
@@ -62,9 +65,13 @@ def main() -> None:
         semi: dict[str, object] = {"unlabelled": [str(unlabelled)], "consistency": args.consistency}
         if args.weight is not None:
             semi["weight"] = args.weight
+        if args.ratio != 1.0:
+            semi["ratio"] = args.ratio
         over: dict[str, object] = {"semi": semi} if name == "semi" else {}
         cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {**over, "seed": args.seed})
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
+        if name == "semi" and args.ratio != 1.0:
+            run = run.with_name(f"{run.name}-ratio{args.ratio:g}")
         if args.seed:
             run = run.with_name(f"{run.name}-seed{args.seed}")
         result = train(cfg, patches, run, epochs=args.epochs, resume=True, progress=False)  # resumes a cut run
