@@ -76,7 +76,7 @@ def main() -> None:
             run = run.with_name(f"{run.name}-seed{args.seed}")
         result = train(cfg, patches, run, epochs=args.epochs, resume=True, progress=False)  # resumes a cut run
         seconds = sum(r["seconds"] for r in result.history)
-        polys = run.with_suffix(".gpkg")
+        polys = run.parent / f"{run.name}.gpkg"  # not with_suffix: "ratio0.5" has a dot
         predict([block_b], run, polys, PredictConfig(budget=1.0), overwrite=True, progress=False)
         pred = read_polygons(polys, "prediction")
         rep = evaluate_frames(clip_to(pred, area), clip_to(truth, area), iou=0.5)
