@@ -29,6 +29,7 @@ One run does all of it, and prints ratios measured in this run only:
     $ python bench/predict.py --workdir W --reuse  # keep the model and scenes of W
     $ python bench/predict.py --workdir W --reuse --router --budgets 0.125,0.25,auto
     $ python bench/predict.py --workdir W2 --config bench/configs/ff-depth4-halo8.yaml  # another preset
+    $ python bench/predict.py --workdir W --reuse --validate --layout villages --rural 0.12  # calibrate on rural too
     $ python bench/predict.py --model outputs/demo/run --scene data/sample/kampala_blockB_z20.tif \
           --truth data/sample/labels/buildings.gpkg --workdir W   # a real scene: floor vs 1.0 / 0.25 / auto
 
@@ -243,6 +244,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8, help="epochs of the quick training")
     ap.add_argument("--config", type=Path, default=REPO / "configs" / "buildings-cpu.yaml",
                     help="the preset trained (and validated with --validate)")
+    ap.add_argument("--rural", type=float, default=None, metavar="SHARE",
+                    help="validate also on a 1024² villages scene with objects in SHARE of the cells (empty land "
+                         "for the auto calibration; e.g. the --occupied of the test scene); with --reuse --validate "
+                         "the chips are made again and the run validated on them")
+    ap.add_argument("--rural-train", action="store_true", help="with --rural: train on such a scene too")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--reuse", action="store_true", help="keep the model and scenes of --workdir")
     ap.add_argument("--extras", action="store_true", help="also peak RSS and onnxruntime (2048² scenes)")
@@ -253,9 +259,9 @@ def main() -> None:
     ap.add_argument("--scene", type=Path, default=None, help="a real scene instead of the generated one")
     ap.add_argument("--truth", type=Path, default=None, help="with --scene: its true polygons (clipped to it)")
     ap.add_argument("--model", type=Path, default=None, help="with --scene: the run directory to use")
-    ap.add_argument("--captures", default=None, metavar="LIST",
-                    help="only: the auto threshold at these shares of the validation gain (e.g. 0.8,0.9,0.95), "
-                         "and what each keeps of the scene")
+    ap.add_argument("--fractions", default=None, metavar="LIST",
+                    help="only: the auto threshold calibration would set at these fractions of FF's top gain "
+                         "(e.g. 0.1,0.2,0.3; geoseg.train.calibrate), and what each keeps of the scene")
     ap.add_argument("--budgets", default="1.0,0.25,auto", help="predict budgets to run against the floor")
     ap.add_argument("--router", action="store_true",
                     help="also the router's precision: occupied cells vs cells over the auto threshold")
@@ -284,7 +290,9 @@ def main() -> None:
         run_benchmarks(work, args.scene, args.truth, model=args.model, budgets=_budgets(args.budgets))
         return
     if not (args.reuse and (work / "run" / "checkpoints" / "best.pt").exists()):
-        prepare_model(work, args.epochs, args.config)
+        prepare_model(work, args.epochs, args.config, args.rural, args.rural_train)
+    elif args.validate and args.rural is not None:
+        prepare_data(work, args.rural, args.rural_train)
     if args.validate:
         validate_run(work, args.epochs, args.config)
     scene = work / (f"sparse{args.side}.tif" if args.layout == "scattered" else f"villages{args.side}.tif")
@@ -297,8 +305,8 @@ def main() -> None:
           f"{len(gpd.read_file(truth))} objects", flush=True)
     if args.router:
         router_precision(work / "run", scene, truth)
-    if args.captures:
-        capture_sweep(work, args.config, scene, truth, [float(x) for x in args.captures.split(",")])
+    if args.fractions:
+        fraction_sweep(work, args.config, scene, truth, [float(x) for x in args.fractions.split(",")])
         return
     if args.phases is not None:
         phases(args.model or work / "run", scene, work, _budgets(args.phases)[0])
@@ -311,12 +319,13 @@ def main() -> None:
         tta_costs(work)
 
 
-def prepare_model(work: Path, epochs: int, config: Path = REPO / "configs" / "buildings-cpu.yaml") -> None:
-    """Train ``config`` (the CPU preset) briefly on generated boxes (train and val scenes)."""
+def prepare_model(work: Path, epochs: int, config: Path = REPO / "configs" / "buildings-cpu.yaml",
+                  rural: float | None = None, rural_train: bool = False) -> None:
+    """Train ``config`` (the CPU preset) briefly on generated boxes (train and val scenes; see :func:`prepare_data`)."""
     from geoseg.config import load_config
     from geoseg.train import TrainConfig, train
 
-    patches = prepare_data(work)
+    patches = prepare_data(work, rural, rural_train)
     cfg = load_config(TrainConfig, config, {"val": {"every": epochs}})
     t0 = time.perf_counter()
     res = train(cfg, patches, work / "run", epochs=epochs, overwrite=True)
@@ -344,22 +353,29 @@ def validate_run(work: Path, epochs: int, config: Path = REPO / "configs" / "bui
           f"({m.get('auto_share', float('nan')):.0%} of the validation cells)", flush=True)
 
 
-def prepare_data(work: Path) -> Path:
-    """Chips of generated boxes: a 1024² train scene and a 512² val scene; returns the patches folder."""
+def prepare_data(work: Path, rural: float | None = None, rural_train: bool = False) -> Path:
+    """Chips of generated boxes: a 1024² train scene and a 512² val scene; returns the patches folder.
+
+    Both are dense (objects in half of the cells, scattered). With ``rural``, a 1024²
+    villages scene with objects in that share of the cells is added to val (other seeds
+    than the test scene's): chips with empty land around settlements, as a validation set
+    drawn from rural scenes has, for ``--budget auto`` to be calibrated on; with
+    ``rural_train`` another one to train, for the router to learn on.
+    """
     import geopandas as gpd
 
     from geoseg.tile import TileConfig, tile
 
-    tr_labels, _ = boxes_scene(work / "train.tif", 1024, 0.5, seed=0)
-    boxes_scene(work / "val.tif", 512, 0.5, seed=1)
-    va_labels = work / "val.gpkg"
-    both = gpd.GeoDataFrame(
-        geometry=list(gpd.read_file(tr_labels).geometry) + list(gpd.read_file(va_labels).geometry),
-        crs="EPSG:32636")
+    scenes = [boxes_scene(work / "train.tif", 1024, 0.5, seed=0)[0], boxes_scene(work / "val.tif", 512, 0.5, seed=1)[0]]
+    if rural is not None:
+        scenes.append(boxes_scene(work / "val_rural.tif", 1024, rural, seed=11, layout="villages")[0])
+        if rural_train:
+            scenes.append(boxes_scene(work / "train_rural.tif", 1024, rural, seed=10, layout="villages")[0])
+    both = gpd.GeoDataFrame(geometry=[g for lab in scenes for g in gpd.read_file(lab).geometry], crs="EPSG:32636")
     both["class"] = "building"
     both.to_file(work / "labels.gpkg")
-    tile([work / "train.tif", work / "val.tif"], work / "labels.gpkg", work / "patches",
-         TileConfig(val_fraction=0.0, val_scenes=("val",), overlap=0), overwrite=True)
+    tile([lab.with_suffix(".tif") for lab in scenes], work / "labels.gpkg", work / "patches",
+         TileConfig(val_fraction=0.0, val_scenes=("val*",), overlap=0), overwrite=True)
     return work / "patches"
 
 
@@ -406,11 +422,13 @@ def router_precision(model: Path, scene: Path, truth: Path) -> None:
           f"by utility hold {top[occ].mean():.1%} of the occupied cells", flush=True)
 
 
-def capture_sweep(work: Path, config: Path, scene: Path, truth: Path, captures: list[float]) -> None:
-    """The auto threshold calibration would set at each share of FF's validation gain, and what it keeps of the scene.
+def fraction_sweep(work: Path, config: Path, scene: Path, truth: Path, fractions: list[float]) -> None:
+    """The auto threshold calibration would set at each ``fraction``, and what it keeps of the scene.
 
-    The validation of ``W/run``'s last.pt is run again (nothing is written); its per-cell
-    predicted utilities and gains are those ``geoseg.train.calibrate`` ranks.
+    The validation of ``W/run``'s last.pt is run again on ``W/patches`` (nothing is
+    written); its per-cell predicted utilities and gains are those ``geoseg.train.calibrate``
+    ranks. Also what the rule of an earlier revision (keep the ranked cells until they hold
+    95 % of the peak cumulative gain) would keep, for comparison.
     """
     import torch
 
@@ -423,9 +441,9 @@ def capture_sweep(work: Path, config: Path, scene: Path, truth: Path, captures: 
     seen: dict[str, np.ndarray] = {}
     choose = cal.choose_threshold
 
-    def keep(predicted: np.ndarray, gain: np.ndarray, capture: float = cal.CAPTURE) -> tuple[float, float]:
+    def keep(predicted: np.ndarray, gain: np.ndarray, fraction: float = cal.FRACTION) -> tuple[float, float]:
         seen.update(predicted=predicted, gain=gain)
-        return choose(predicted, gain, capture)
+        return choose(predicted, gain, fraction)
 
     cfg = load_config(TrainConfig, config, {"epochs": 1})
     tr = Trainer(cfg, work / "patches", work / "run", torch.device("cpu"), progress=False)
@@ -438,11 +456,20 @@ def capture_sweep(work: Path, config: Path, scene: Path, truth: Path, captures: 
     util, occ, _ = _scene_cells(work / "run", scene, truth)
     print(f"calibration: {len(seen['gain'])} validation cells, FF's gain positive in "
           f"{(seen['gain'] > 0).mean():.0%}; the scene's cells {occ.mean():.1%} occupied", flush=True)
-    for capture in captures:
-        thr, share = choose(seen["predicted"], seen["gain"], capture)
+
+    def line(name: str, thr: float, share: float) -> None:
         chosen = util > thr
-        print(f"  capture {capture:.2f}: threshold {thr:.3f}, validation cells kept {share:.0%}, scene cells kept "
+        print(f"  {name}: threshold {thr:.3f}, validation cells kept {share:.0%}, scene cells kept "
               f"{chosen.mean():.1%}, occupied kept {chosen[occ].mean():.1%}", flush=True)
+
+    for fraction in fractions:
+        line(f"fraction {fraction:.2f}", *choose(seen["predicted"], seen["gain"], fraction))
+    order = np.argsort(-seen["predicted"], kind="stable")
+    cum = np.cumsum(seen["gain"][order])
+    k = int(np.argmax(cum >= 0.95 * cum.max())) + 1
+    ranked = seen["predicted"][order]
+    thr = float(-np.inf) if k == len(ranked) else float((ranked[k - 1] + ranked[k]) / 2)
+    line("earlier rule (95 % of the gain)", thr, k / len(ranked))
 
 
 def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import geopandas as gpd
@@ -249,12 +250,21 @@ def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run:
 
     path, truth = scene
     s = predict([path], tiny_run, tmp_path / "a.gpkg", cfg(budget="auto"))
-    assert s.routing.startswith("--budget auto: predicted utility >"), s.routing
-    assert 0 < s.ff_cells <= s.cells
-    assert evaluate_frames(gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(truth), iou=0.5)["f1"] > 0.9
-    # a checkpoint from before calibration: auto falls back to the model's budget, and says so
     ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
-    assert torch.isfinite(ckpt["model"]["utility_threshold"]) or torch.isinf(ckpt["model"]["utility_threshold"])
+    thr = float(ckpt["model"]["utility_threshold"])
+    assert not math.isnan(thr) and thr != math.inf
+    if thr == -math.inf:  # FF paid on every validation cell: a dense pass
+        assert s.routing == "--budget auto: every cell (FF paid on every validation cell)" and s.ff_cells == s.cells
+    else:
+        assert s.routing.startswith(f"--budget auto: predicted utility > {thr:.3g}"), s.routing
+        assert 0 < s.ff_cells <= s.cells
+    assert evaluate_frames(gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(truth), iou=0.5)["f1"] > 0.9
+    for forced, cells in ((-math.inf, s.cells), (math.inf, 0)):  # thresholds set by hand: all cells, none
+        ckpt["model"]["utility_threshold"] = torch.tensor(forced)
+        save_checkpoint(tmp_path / "forced.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+        assert predict([path], tmp_path / "forced.pt", tmp_path / "f.gpkg", cfg(budget="auto"),
+                       overwrite=True).ff_cells == cells
+    # a checkpoint from before calibration: auto falls back to the model's budget, and says so
     ckpt["model"].pop("utility_threshold")
     old = tmp_path / "old.pt"
     save_checkpoint(old, {k: v for k, v in ckpt.items() if k not in ("format", "version")})

@@ -102,15 +102,46 @@ def test_pack_regions_is_pack_cells_for_one_cell_and_crops_back() -> None:
     torch.testing.assert_close(cells[1, 1, 2], x[1, :, 48:64, 80:96], rtol=0, atol=0)
 
 
-def test_threshold_captures_most_of_the_gain() -> None:
+def test_threshold_keeps_the_cells_where_ff_pays() -> None:
     from geoseg.train.calibrate import choose_threshold
 
     rng = np.random.default_rng(0)
     gain = np.where(rng.random(1000) < 0.1, 1.0, -0.01)  # FF pays on 10 % of the cells
     predicted = gain + rng.normal(0, 0.1, 1000)
     thr, share = choose_threshold(predicted, gain)
-    assert 0.08 < share < 0.2 and (predicted > thr).mean() == share
+    assert 0.08 < share < 0.12 and (predicted > thr).mean() == share
+    assert (predicted[gain > 0] > thr).mean() > 0.98 and (predicted[gain < 0] > thr).mean() < 0.02
     assert choose_threshold(predicted, -np.abs(gain)) == (float("inf"), 0.0)
+
+
+def test_threshold_is_a_rule_per_cell_whatever_the_share_of_empty_cells() -> None:
+    """Validation chips mostly empty or mostly dense: the same cut between paying and empty cells."""
+    from geoseg.train.calibrate import choose_threshold
+
+    rng = np.random.default_rng(1)
+
+    def cells(n_paying: int, n_empty: int) -> tuple[np.ndarray, np.ndarray]:
+        gain = np.r_[rng.uniform(0.5, 1.5, n_paying), rng.normal(0.0, 0.02, n_empty)]
+        util = np.r_[rng.uniform(0.3, 0.6, n_paying), rng.uniform(-0.1, 0.2, n_empty)]
+        return util, gain
+
+    thr_dense, share_dense = choose_threshold(*cells(90, 10))
+    thr_sparse, share_sparse = choose_threshold(*cells(10, 900))
+    assert 0.2 <= thr_dense <= 0.3 and 0.2 <= thr_sparse <= 0.3  # between the two groups, either way
+    assert share_dense == 0.9 and abs(share_sparse - 10 / 910) < 1e-9
+    # no empty cell at all: nowhere to cut, every cell runs FF
+    assert choose_threshold(*cells(50, 0)) == (float("-inf"), 1.0)
+
+
+def test_threshold_follows_the_expected_gain_not_single_cells() -> None:
+    """A noisy cell among low-utility ones does not drag the cut down; a paying group does."""
+    from geoseg.train.calibrate import choose_threshold
+
+    util = np.linspace(0.0, 1.0, 100)
+    gain = np.where(util > 0.7, 1.0, 0.0)
+    gain[10] = 1.0  # one lucky low-utility cell: the fit pools it with its neighbours
+    thr, share = choose_threshold(util, gain)
+    assert 0.69 < thr < 0.71 and share == 0.3
 
 
 def test_calibration_sets_the_buffer_and_old_weights_load_uncalibrated() -> None:

@@ -67,8 +67,10 @@ def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
 
     def by_threshold(n: int, util: Any = None) -> int:
         return int(np.count_nonzero(np.asarray(util) > thr)) if util is not None else n
+    if thr == -math.inf:
+        return by_threshold, "--budget auto: every cell (FF paid on every validation cell)"
     return by_threshold, (f"--budget auto: predicted utility > {thr:.3g}, the threshold calibrated on "
-                          "validation to keep 95 % of FF's gain")
+                          "validation (where FF's expected gain stops paying)")
 
 
 def choose_cells(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarray:

@@ -1,11 +1,18 @@
 """Calibration of the router's utility threshold for ``geoseg predict --budget auto``.
 
 On the validation chips, FF runs on every cell (budget 1.0), and each cell gets its
-*actual* gain, the router's training target: PV's loss there minus FF's loss there.
-Cells are ranked by *predicted* utility; the threshold is the predicted utility below
-which the remaining cells add less than ``1 - CAPTURE`` of the largest gain FF can give
-(the peak of the cumulative gain along that ranking). So a dense scene gets a dense FF
-pass and a sparse one a sparse pass, without the user choosing a budget.
+*actual* gain, the router's training target: PV's loss there minus FF's loss there. The
+gain FF can be expected to bring at a predicted utility is the isotonic (non-decreasing)
+regression of the actual gains on the predicted utilities; the threshold is the predicted
+utility below which that expected gain falls under ``FRACTION`` of FF's gain on the most
+useful cells (the best mean gain of the top cells by predicted utility, at least
+``TOP_CELLS`` of them and ``TOP_SHARE`` of all, so that one lucky cell is not the
+reference and a few paying cells among many empty ones are not diluted). It is a rule per cell: a
+cell runs FF when its own expected gain is worth it, whatever share of the validation
+chips is empty land, so a dense scene gets a dense FF pass and a sparse one a sparse
+pass without the user choosing a budget. Validation chips where FF pays on every cell
+(no empty land) give no place to cut: the threshold then keeps every cell, and training
+says so in its log.
 
 The threshold lives in the model's ``utility_threshold`` buffer (saved with the weights,
 NaN until calibrated; checkpoints from before it load as uncalibrated, and predict then
@@ -14,43 +21,62 @@ falls back to the model's budget).
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import isotonic_regression
 
 from geoseg.models.cells import pack_cells
 from geoseg.train.losses import RoutedLoss, prepare_targets
 
-#: Share of the largest achievable validation gain the chosen cells must capture.
-CAPTURE = 0.95
+log = logging.getLogger(__name__)
+
+#: A cell runs FF under ``--budget auto`` when FF's expected gain there is at least this
+#: share of its gain on the most useful validation cells.
+FRACTION = 0.2
+#: The reference: the best mean gain of the top k cells by predicted utility, k at least
+#: ``TOP_CELLS`` and ``TOP_SHARE`` of the validation cells.
+TOP_CELLS, TOP_SHARE = 5, 0.02
 
 
-def choose_threshold(predicted: np.ndarray, gain: np.ndarray, capture: float = CAPTURE) -> tuple[float, float]:
-    """The utility threshold that captures ``capture`` of the peak cumulative gain.
+def choose_threshold(predicted: np.ndarray, gain: np.ndarray, fraction: float = FRACTION) -> tuple[float, float]:
+    """The utility threshold above which FF's expected gain is at least ``fraction`` of its top gain.
 
     Args:
         predicted: predicted utility per cell.
         gain: actual gain per cell (PV loss minus FF loss).
-        capture: share of the peak cumulative gain to reach.
+        fraction: share of FF's gain on the most useful cells (see the module) that a
+            cell's expected gain must reach.
 
     Returns:
-        ``(threshold, share of cells above it)``; ``(inf, 0)`` when FF never pays.
+        ``(threshold, share of cells above it)``; ``(inf, 0)`` when FF does not pay even on
+        the top cells, ``(-inf, 1)`` when every cell's expected gain clears the bar.
 
     Examples:
         >>> choose_threshold(np.array([3.0, 2.0, 1.0, 0.0]), np.array([1.0, 1.0, -0.5, 0.0]))
         (1.5, 0.5)
     """
-    order = np.argsort(-predicted, kind="stable")
-    cum = np.cumsum(gain[order])
-    if not len(cum) or cum.max() <= 0:
+    if not len(predicted):
         return float("inf"), 0.0
-    k = int(np.argmax(cum >= capture * cum.max())) + 1  # cells kept
-    ranked = predicted[order]
-    thr = float(-np.inf) if k == len(ranked) else float((ranked[k - 1] + ranked[k]) / 2)
-    return thr, k / len(ranked)
+    order = np.argsort(predicted, kind="stable")  # ascending
+    ranked, ranked_gain = predicted[order], gain[order].astype(np.float64)
+    top_means = np.cumsum(ranked_gain[::-1]) / np.arange(1, len(ranked) + 1)  # mean of the top k, k = 1..n
+    ref = float(top_means[min(max(TOP_CELLS, math.ceil(TOP_SHARE * len(ranked))), len(ranked)) - 1:].max())
+    if ref <= 0:
+        return float("inf"), 0.0
+    expected = isotonic_regression(ranked_gain, increasing=True).x
+    pays = expected >= fraction * ref  # the last is True: the top block's mean is the largest top-k mean
+    if not pays.any():
+        return float("inf"), 0.0
+    first = int(np.argmax(pays))
+    if first == 0:
+        return float("-inf"), 1.0
+    return float((ranked[first - 1] + ranked[first]) / 2), (len(ranked) - first) / len(ranked)
 
 
 @torch.no_grad()
@@ -91,6 +117,10 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
     if not preds or not sum(len(p) for p in preds):
         return {}
     thr, share = choose_threshold(torch.cat(preds).numpy(), torch.cat(gains).numpy())
+    if thr == float("-inf"):
+        log.warning("--budget auto: FF pays on every validation cell, so auto will run FF on every cell (a dense "
+                    "pass); if the scenes to predict have empty land the validation chips lack, validate on "
+                    "chips like them")
     for m in (model, *also):
         m.utility_threshold.fill_(thr)
     return {"auto_share": share}
