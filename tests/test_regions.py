@@ -161,3 +161,21 @@ def test_calibration_sets_the_buffer_and_old_weights_load_uncalibrated() -> None
     fresh = tiny_model()
     fresh.load_state_dict(state)  # strict: a checkpoint from before the buffer still loads
     assert torch.isnan(fresh.utility_threshold)
+
+
+def test_a_dense_calibration_is_said_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """FF paying on every validation cell: auto is a dense pass (threshold -inf), and the log says so once."""
+    from test_models import targets_for, tiny_model
+
+    import geoseg.train.calibrate as cal
+    from geoseg.train.losses import RoutedLoss
+
+    monkeypatch.setattr(cal, "choose_threshold", lambda p, g: (float("-inf"), 1.0))
+    monkeypatch.setattr(cal, "_warned_dense", [])
+    model = tiny_model()
+    batch = {"image": torch.randn(2, 3, 64, 64), **targets_for(2, 64, 64)}
+    with caplog.at_level("WARNING", logger="geoseg.train.calibrate"):
+        for _ in range(3):
+            assert cal.calibrate_router(model, [batch], RoutedLoss(), torch.device("cpu")) == {"auto_share": 1.0}
+    assert model.utility_threshold == float("-inf")
+    assert sum("FF pays on every validation cell" in r.message for r in caplog.records) == 1

@@ -42,6 +42,7 @@ FRACTION = 0.2
 #: The reference: the best mean gain of the top k cells by predicted utility, k at least
 #: ``TOP_CELLS`` and ``TOP_SHARE`` of the validation cells.
 TOP_CELLS, TOP_SHARE = 5, 0.02
+_warned_dense: list[bool] = []
 
 
 def choose_threshold(predicted: np.ndarray, gain: np.ndarray, fraction: float = FRACTION) -> tuple[float, float]:
@@ -117,7 +118,8 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
     if not preds or not sum(len(p) for p in preds):
         return {}
     thr, share = choose_threshold(torch.cat(preds).numpy(), torch.cat(gains).numpy())
-    if thr == float("-inf"):
+    if thr == float("-inf") and not _warned_dense:
+        _warned_dense.append(True)  # once per process, not at every validation
         log.warning("--budget auto: FF pays on every validation cell, so auto will run FF on every cell (a dense "
                     "pass); if the scenes to predict have empty land the validation chips lack, validate on "
                     "chips like them")
