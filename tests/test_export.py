@@ -113,6 +113,23 @@ def test_export_json_has_what_predict_needs(onnx_export: tuple[Path, str], train
     assert meta.fp16 is False
 
 
+@pytest.mark.parametrize(("thr", "every"), [(float("-inf"), True), (float("inf"), False), (0.25, None)])
+def test_an_infinite_auto_threshold_survives_the_export_json(onnx_export: tuple[Path, str], thr: float,
+                                                              every: bool | None) -> None:
+    """-inf (FF paid on every validation cell) is not 'never calibrated' after a trip through JSON."""
+    from geoseg.models.meta import ModelMeta
+    from geoseg.predict.choose import _auto_rule
+
+    meta = read_export_meta(onnx_export[0]).model_copy(update={"utility_threshold": thr})
+    back = ModelMeta.from_mapping(json.loads(json.dumps(meta.to_json(), allow_nan=False)), "test")
+    rule = _auto_rule(back)
+    assert rule is not None
+    count, why = rule
+    util = np.array([-5.0, 0.0, 0.5, 5.0])
+    assert count(4, util) == {True: 4, False: 0, None: 2}[every]
+    assert ("every cell" in why) == bool(every)
+
+
 def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import geoseg.export as ex
     import geoseg.export.onnx as ex_onnx

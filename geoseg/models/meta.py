@@ -12,6 +12,7 @@ number they are: ``band_count`` (how many bands the model takes, not which to re
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,8 +145,17 @@ class ModelMeta(BaseModel):
         return meta
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict with the on-disk keys (extra export keys included)."""
-        return self.model_dump(mode="json", by_alias=True)
+        """A JSON-ready dict with the on-disk keys (extra export keys included).
+
+        JSON has no infinity: an infinite ``utility_threshold`` (``--budget auto`` runs FF
+        on every cell, or on none) is written as the string ``"-inf"`` / ``"inf"``, which
+        predict reads back; pydantic would write ``null``, i.e. "never calibrated".
+        """
+        data = self.model_dump(mode="json", by_alias=True)
+        thr = (self.model_extra or {}).get("utility_threshold")
+        if isinstance(thr, float) and math.isinf(thr):
+            data["utility_threshold"] = "inf" if thr > 0 else "-inf"
+        return data
 
 
 def read_json_object(path: str | Path) -> dict[str, Any]:

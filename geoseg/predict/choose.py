@@ -62,6 +62,8 @@ def dense_run(cfg: PredictConfig, meta: ModelMeta) -> bool:
 def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
     """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none)."""
     thr = (meta.model_extra or {}).get("utility_threshold")
+    if thr in ("inf", "-inf"):  # an export's geoseg-export.json (JSON has no infinity)
+        thr = float(thr)
     if thr is None or not isinstance(thr, int | float) or math.isnan(thr):
         return None
 
