@@ -35,6 +35,7 @@ from rasterio.windows import transform as window_transform
 from geoseg.backends.cache import ModelKey, get_backend
 from geoseg.bands import BandStats, normalize
 from geoseg.io.atomic import atomic_path
+from geoseg.io.npy import load_npz, map_npy
 from geoseg.io.rasters import open_scene, valid_mask
 from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
@@ -100,8 +101,8 @@ def pv_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: BandStat
     gh, gw = math.ceil(core.height / plan.cell), math.ceil(core.width / plan.cell)
     cell0 = (int(core.row_off) // plan.cell, int(core.col_off) // plan.cell)
     if out.exists():
-        with np.load(out) as z:
-            return PvResult(z["utility"], z["allowed"], cell0, 0.0)
+        saved = load_npz(out, "utility", "allowed")
+        return PvResult(saved[0], saved[1], cell0, 0.0)
     s, m = plan.scale, plan.multiple
     ctx = m  # context ring for PV's receptive field, aligned to the cell grid
     ring = plan.grown(bi, bj, ctx)
@@ -162,16 +163,14 @@ def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
 
 def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     """PV logits of the block core with a ring of one low-res pixel from the neighbours."""
-    with np.load(plan.path("pv", bi, bj)) as z:
-        centre = z["logits"].astype(np.float32)
+    centre = load_npz(plan.path("pv", bi, bj), "logits")[0].astype(np.float32)
     out = np.pad(centre, ((0, 0), (1, 1), (1, 1)), mode="edge")  # scene edge: clamp
     nbh, nbw = plan.blocks_shape
     for di, dj in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
         ni, nj = bi + di, bj + dj
         if not (0 <= ni < nbh and 0 <= nj < nbw):
             continue
-        with np.load(plan.path("pv", ni, nj)) as z:
-            nb = z["logits"]
+        nb = load_npz(plan.path("pv", ni, nj), "logits")[0]
         rows = slice(-1, None) if di == -1 else (slice(0, 1) if di == 1 else slice(None))
         cols = slice(-1, None) if dj == -1 else (slice(0, 1) if dj == 1 else slice(None))
         orow = slice(0, 1) if di == -1 else (slice(-1, None) if di == 1 else slice(1, -1))
@@ -272,7 +271,7 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
             ir0, ic0, ir1, ic1 = max(r0, nr0), max(c0, nc0), min(r1, nr1), min(c1, nc1)
             if ir0 >= ir1 or ic0 >= ic1:
                 continue
-            probs = np.load(plan.path("probs", ni, nj), mmap_mode="r")  # reads only the rows sliced
+            probs = map_npy(plan.path("probs", ni, nj))  # reads only the rows sliced
             if region is None:
                 region = np.zeros((probs.shape[0], r1 - r0, c1 - c0), dtype=np.uint8)
             region[:, ir0 - r0:ir1 - r0, ic0 - c0:ic1 - c0] = probs[:, ir0 - nr0:ir1 - nr0, ic0 - nc0:ic1 - nc0]

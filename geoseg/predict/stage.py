@@ -43,6 +43,7 @@ from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
 from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
+from geoseg.io.npy import map_npy
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
@@ -180,7 +181,7 @@ def _write_probs(plan: BlockPlan, path: Path) -> None:
             for bi in range(nbh):
                 for bj in range(nbw):
                     core = plan.core(bi, bj)
-                    dst.write(np.load(plan.path("probs", bi, bj), mmap_mode="r")[0], 1, window=core)
+                    dst.write(map_npy(plan.path("probs", bi, bj))[0], 1, window=core)
                     mask = src.dataset_mask(window=core)
                     if floating:
                         mask = valid_mask(src.read(plan.band_indexes, window=core), mask)

@@ -42,6 +42,7 @@ from geoseg.config import Strict
 from geoseg.errors import ConfigError, InputRasterError, InputVectorError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.formats import vector_driver, write_vector
+from geoseg.io.npy import load_npz
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes, open_raster
 from geoseg.io.stamps import digest, input_stamp
@@ -205,10 +206,10 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
 def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: str) -> gpd.GeoDataFrame:
     boxes, scores, sims = [], [], []
     for p in paths:
-        with np.load(p) as z:
-            boxes.append(z["boxes"])
-            scores.append(z["scores"])
-            sims.append(z["similarity"])
+        b_, s_, sim_ = load_npz(p, "boxes", "scores", "similarity")
+        boxes.append(b_)
+        scores.append(s_)
+        sims.append(sim_)
     b, s, sim = np.concatenate(boxes), np.concatenate(scores), np.concatenate(sims)
     if len(b):
         keep = nms(torch.from_numpy(b), torch.from_numpy(s), cfg.nms_iou).numpy()
