@@ -470,6 +470,16 @@ def fraction_sweep(work: Path, config: Path, scene: Path, truth: Path, fractions
     ranked = seen["predicted"][order]
     thr = float(-np.inf) if k == len(ranked) else float((ranked[k - 1] + ranked[k]) / 2)
     line("earlier rule (95 % of the gain)", thr, k / len(ranked))
+    # The gain of an earlier revision: PV's loss minus FF's loss (the router's training target).
+    decision = cal.decision_errors
+    ba = tr.loss.cfg.boundary_aware.weight(1.0)
+    cal.decision_errors = lambda logits, t: tr.loss.per_sample_loss(logits, t, ba)  # type: ignore[assignment]
+    cal.choose_threshold = keep
+    try:
+        tr.validate()
+    finally:
+        cal.choose_threshold, cal.decision_errors = choose, decision
+    line(f"loss gain (earlier revision), fraction {cal.FRACTION:.2f}", *choose(seen["predicted"], seen["gain"]))
 
 
 def run_benchmarks(work: Path, scene: Path, truth: Path, model: Path | None = None,

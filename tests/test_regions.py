@@ -144,6 +144,40 @@ def test_threshold_follows_the_expected_gain_not_single_cells() -> None:
     assert 0.69 < thr < 0.71 and share == 0.3
 
 
+def _cell_targets(extent: torch.Tensor) -> dict[str, torch.Tensor]:
+    zeros = torch.zeros_like(extent)
+    return {"extent": extent, "boundary": zeros, "contact": zeros, "valid": torch.ones_like(extent, dtype=torch.bool)}
+
+
+def test_decision_errors_count_the_thresholded_pixels_that_disagree() -> None:
+    from geoseg.train.calibrate import decision_errors
+
+    extent = torch.zeros(2, 8, 8)
+    extent[:, :4] = 1.0  # a roof on the top half
+    t = _cell_targets(extent)
+    right = torch.full((2, 3, 8, 8), -3.0)
+    right[:, 0, :4] = 3.0
+    assert decision_errors(right, t).tolist() == [0.0, 0.0]
+    wrong = right.clone()
+    wrong[0, 0, :2] = -3.0  # a quarter of the roof missed
+    wrong[1, 1, :, :4] = 3.0  # half the cell called boundary
+    assert decision_errors(wrong, t).tolist() == [0.25, 0.5]
+    t["valid"][0, :2] = False  # the missed rows are outside the scene: not counted
+    assert decision_errors(wrong, t)[0] == 0.0
+
+
+def test_a_surer_ff_where_pv_is_already_right_is_no_gain() -> None:
+    """An empty cell, PV below 0.5 everywhere and FF far below: the loss drops, the decisions do not change."""
+    from geoseg.train.calibrate import decision_errors
+    from geoseg.train.losses import RoutedLoss
+
+    t = {**_cell_targets(torch.zeros(1, 16, 16)), "sdf": torch.ones(1, 16, 16)}
+    pv, ff = torch.full((1, 3, 16, 16), -0.5), torch.full((1, 3, 16, 16), -6.0)
+    loss = RoutedLoss()
+    assert loss.per_sample_loss(pv, t, 0.5) - loss.per_sample_loss(ff, t, 0.5) > 0.3
+    assert decision_errors(pv, t) - decision_errors(ff, t) == 0.0
+
+
 def test_calibration_sets_the_buffer_and_old_weights_load_uncalibrated() -> None:
     from test_models import targets_for, tiny_model
 

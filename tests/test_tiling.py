@@ -108,6 +108,21 @@ def test_nodata_chips_skipped_and_stats_over_valid_pixels(nodata_4band: Path, tm
     np.testing.assert_allclose(stats["std"], valid.std(axis=1), rtol=1e-4)
 
 
+def test_all_chips_in_val_give_val_statistics(nodata_4band: Path, tmp_path: Path) -> None:
+    """Chips only to validate on (e.g. for geoseg calibrate): stats.json from the val pixels, train's otherwise."""
+    out = tmp_path / "out"
+    tile([nodata_4band], None, out, TileConfig(size=60, overlap=0, val_fraction=1.0), scheduler="sync")
+    stats = json.loads((out / "stats.json").read_text())
+    with rasterio.open(nodata_4band) as src:
+        valid = src.read()[:, :, 60:].reshape(4, -1).astype(np.float64)
+    assert stats["stats_split"] == "val" and stats["chips"] == {"train": 0, "val": 4}
+    np.testing.assert_allclose(stats["mean"], valid.mean(axis=1), rtol=1e-6)
+    both = tmp_path / "both"
+    tile([nodata_4band], None, both, TileConfig(size=60, overlap=0, val_fraction=0.5, split_block=1),
+         scheduler="sync")
+    assert json.loads((both / "stats.json").read_text())["stats_split"] == "train"
+
+
 def test_labels_repaired_exploded_and_outside_counted(merc_rgb: Path, tmp_path: Path) -> None:
     with rasterio.open(merc_rgb) as src:
         b = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)

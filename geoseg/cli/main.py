@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "tile": "geoseg.cli.tile:tile_cmd",
     "evaluate": "geoseg.cli.evaluate:evaluate_cmd",
     "train": "geoseg.cli.train:train_cmd",
+    "calibrate": "geoseg.cli.calibrate:calibrate_cmd",
     "export": "geoseg.cli.export:export_cmd",
     "predict": "geoseg.cli.predict:predict_cmd",
     "search": "geoseg.cli.search:search_cmd",

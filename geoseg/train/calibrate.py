@@ -1,7 +1,13 @@
 """Calibration of the router's utility threshold for ``geoseg predict --budget auto``.
 
 On the validation chips, FF runs on every cell (budget 1.0), and each cell gets its
-*actual* gain, the router's training target: PV's loss there minus FF's loss there. The
+*actual* gain: what FF changes of the decisions predict takes from the maps there, the
+share of valid pixels whose thresholded extent, boundary and contact (and argmax class)
+PV gets wrong minus the share FF gets wrong (:func:`decision_errors`). Not the router's
+training target (PV's loss minus FF's loss): a loss also rewards FF for being surer where
+PV is already right (the Lovász hinge of an empty cell is PV's most confident negative
+pixel inside the margin), so with the loss every empty cell of one model looked worth FF
+(docs/benchmarks.md). The
 gain FF can be expected to bring at a predicted utility is the isotonic (non-decreasing)
 regression of the actual gains on the predicted utilities; the threshold is the predicted
 utility below which that expected gain falls under ``FRACTION`` of FF's gain on the most
@@ -32,7 +38,8 @@ import torch.nn.functional as F
 from scipy.optimize import isotonic_regression
 
 from geoseg.models.cells import pack_cells
-from geoseg.train.losses import RoutedLoss, prepare_targets
+from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
+from geoseg.train.losses import IGNORE, RoutedLoss, prepare_targets
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +52,34 @@ TOP_CELLS, TOP_SHARE = 5, 0.02
 _warned_dense: list[bool] = []
 
 
+def decision_errors(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Share of each sample's valid pixels whose thresholded maps disagree with the targets.
+
+    Extent, boundary and contact at probability 0.5 (logit 0), each counted (so up to 3
+    per pixel), plus the argmax class where the class target is set.
+
+    Shape:
+        - logits: (N, C, H, W)
+        - targets: (N, H, W) each
+        - output: (N,)
+    """
+    valid = targets["valid"]
+    wrong = torch.zeros_like(logits[:, EXTENT])
+    for channel, name in ((EXTENT, "extent"), (BOUNDARY, "boundary"), (CONTACT, "contact")):
+        wrong += ((logits[:, channel] > 0) != (targets[name] > 0.5)).to(wrong.dtype)
+    if logits.shape[1] > FIRST_CLASS and "classes" in targets:
+        cls = targets["classes"]
+        wrong += ((logits[:, FIRST_CLASS:].argmax(1) != cls) & (cls != IGNORE)).to(wrong.dtype)
+    v = valid.to(wrong.dtype).flatten(1)
+    return (wrong.flatten(1) * v).sum(1) / v.sum(1).clamp_min(1.0)
+
+
 def choose_threshold(predicted: np.ndarray, gain: np.ndarray, fraction: float = FRACTION) -> tuple[float, float]:
     """The utility threshold above which FF's expected gain is at least ``fraction`` of its top gain.
 
     Args:
         predicted: predicted utility per cell.
-        gain: actual gain per cell (PV loss minus FF loss).
+        gain: actual gain per cell (PV's decision errors minus FF's).
         fraction: share of FF's gain on the most useful cells (see the module) that a
             cell's expected gain must reach.
 
@@ -88,7 +117,7 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
     Args:
         model: the routed model validated (e.g. the EMA weights).
         loader: validation batches with targets.
-        loss: the training loss (its per-cell loss defines the gain).
+        loss: the training loss (for its per-cell targets).
         device: where the model runs.
         also: other models to give the same threshold (the raw weights behind an EMA).
 
@@ -99,7 +128,6 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
     was_training = model.training
     model.eval()
     preds, gains = [], []
-    ba = loss.cfg.boundary_aware.weight(1.0)  # the router's target at the end of training
     for batch in loader:
         out = model(batch["image"].to(device), budget=1.0)
         targets = prepare_targets({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)},
@@ -109,8 +137,8 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
         pv_full = F.interpolate(out.pv_logits, size=padded, mode="bilinear", align_corners=False)
         cell_t = loss.cell_targets(targets, out.cells, cell, padded)
         keep = cell_t["valid"].flatten(1).any(1)
-        gain = (loss.per_sample_loss(pack_cells(pv_full, out.cells, cell, 0), cell_t, ba)
-                - loss.per_sample_loss(out.ff_logits, cell_t, ba))
+        gain = (decision_errors(pack_cells(pv_full, out.cells, cell, 0), cell_t)
+                - decision_errors(out.ff_logits, cell_t))
         b, r, c = out.cells.unbind(1)
         preds.append(out.utility[b, r, c][keep].float().cpu())
         gains.append(gain[keep].float().cpu())
