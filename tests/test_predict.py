@@ -262,8 +262,9 @@ def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run:
     for forced, cells in ((-math.inf, s.cells), (math.inf, 0)):  # thresholds set by hand: all cells, none
         ckpt["model"]["utility_threshold"] = torch.tensor(forced)
         save_checkpoint(tmp_path / "forced.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
-        assert predict([path], tmp_path / "forced.pt", tmp_path / "f.gpkg", cfg(budget="auto"),
-                       overwrite=True).ff_cells == cells
+        f = predict([path], tmp_path / "forced.pt", tmp_path / "f.gpkg", cfg(budget="auto"), overwrite=True)
+        assert f.ff_cells == cells and f.ff_covered == cells  # every cell is one region's, or none
+    assert s.ff_covered >= s.ff_cells
     # a checkpoint from before calibration: auto falls back to the model's budget, and says so
     ckpt["model"].pop("utility_threshold")
     old = tmp_path / "old.pt"

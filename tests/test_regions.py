@@ -213,3 +213,18 @@ def test_a_dense_calibration_is_said_once(monkeypatch: pytest.MonkeyPatch, caplo
             assert cal.calibrate_router(model, [batch], RoutedLoss(), torch.device("cpu")) == {"auto_share": 1.0}
     assert model.utility_threshold == float("-inf")
     assert sum("FF pays on every validation cell" in r.message for r in caplog.records) == 1
+
+
+def test_predict_writes_ff_over_the_whole_region_clipped_at_the_block() -> None:
+    """The unchosen cell a region covers takes FF's maps too (FF computed it): no seam inside a region."""
+    from geoseg.models.regions import Region
+    from geoseg.predict.phases import _paste
+
+    logits = torch.zeros(3, 128, 192)
+    assert _paste(logits, torch.ones(3, 64, 128), Region(0, 1, np.array([[True, False]])), 64) == 2
+    assert logits[:, :64, 64:].eq(1).all() and logits[:, 64:].eq(0).all() and logits[:, :, :64].eq(0).all()
+    edge = torch.zeros(3, 100, 100)  # a block whose last cells are partial
+    maps = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 64, 64).expand(3, 64, 64)
+    assert _paste(edge, maps, Region(1, 1, np.array([[True]])), 64) == 1
+    torch.testing.assert_close(edge[:, 64:, 64:], maps[:, :36, :36])
+    assert edge[:, :64].eq(0).all()

@@ -14,9 +14,10 @@ halo. A window whose cells are mostly chosen runs whole, so a block that is most
 chosen runs as the plain dense sliding window of the FF network (8x8-cell windows with
 one halo), and budget 1.0 *is* that network. Region sides are 1, 2, 4 or 8 cells
 (clipped at the grid edge): few shapes reach the network (at most 16), same-shaped
-regions run as one batch, and fixed-shape engines need few profiles. A region writes
-only the chosen cells in it (:attr:`Region.paste`): the fused output keeps its meaning,
-chosen cells take FF maps and the others keep PV's.
+regions run as one batch, and fixed-shape engines need few profiles. :attr:`Region.paste`
+marks the chosen cells of a region (each chosen cell is in exactly one); predict writes
+FF's maps over the whole region, the unchosen cells it covers too (FF computed them: no
+PV/FF seam inside a region, at no cost), and PV's stay on the cells no region covers.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ class Region:
     Attributes:
         row: first cell row (in the grid given to :func:`cover`).
         col: first cell column.
-        paste: (rows, cols) bool: the chosen cells this region writes (regions are
-            disjoint: each chosen cell is written by exactly one).
+        paste: (rows, cols) bool: the chosen cells of this region (regions are disjoint:
+            each chosen cell is in exactly one); training takes FF's maps of these, predict
+            of the whole region.
     """
 
     row: int

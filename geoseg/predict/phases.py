@@ -9,7 +9,8 @@ directory, written atomically, so a killed run resumes where it stopped:
 - :func:`ff_block`: FF on the chosen cells of the block core, merged into regions
   (:mod:`geoseg.models.regions`: one windowed read and one halo per region, same-shaped
   regions batched; a block whose cells are mostly chosen runs as plain dense windows),
-  pasted over the PV logits upsampled to full resolution; probabilities cached as uint8;
+  pasted over the PV logits upsampled to full resolution (every cell of a region: the
+  chosen ones and those a region covers to save a halo); probabilities cached as uint8;
 - :func:`instances_block`: probabilities of the block plus a halo, assembled from the
   3×3 neighbouring caches; watershed; an instance is kept only by the block that holds
   its centroid (nothing duplicated, nothing cut at seams); vectorized.
@@ -79,6 +80,8 @@ class FfResult:
     """FF regions (rectangles of cells, one halo each) the cells ran in (0 when resumed)."""
     ff_batch: int = 0
     """The backend's FF batch after the block (halved when a call ran out of memory; 0: no FF run)."""
+    covered: int = 0
+    """Cells whose maps FF wrote: the chosen ones and the others inside their regions (0 when resumed)."""
 
 
 # ----------------------------------------------------------------------------- phase 1
@@ -209,7 +212,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
         up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
         logits = up[:, s:s + int(core.height), s:s + int(core.width)]  # a view: FF pastes into it
     model_s = 0.0
-    n_regions = 0
+    n_regions = covered = 0
     if len(chosen):
         backend = get_backend(model)
         mask = np.zeros((math.ceil(core.height / c), math.ceil(core.width / c)), dtype=bool)
@@ -231,25 +234,25 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
                 ff = torch.from_numpy(maps)
                 model_s += time.perf_counter() - t0
                 for i, maps in zip(members, ff, strict=True):
-                    _paste(logits, maps, regions[i], c)
+                    covered += _paste(logits, maps, regions[i], c)
     probs = _probabilities_u8(logits)
     with atomic_path(out) as tmp, tmp.open("wb") as f:
         np.save(f, probs)  # raw .npy: zlib would cost more than the model; readers map the part they need
-    return FfResult(len(chosen), model_s, n_regions, int(backend.ff_batch) if len(chosen) else 0)
+    return FfResult(len(chosen), model_s, n_regions, int(backend.ff_batch) if len(chosen) else 0, covered)
 
 
-def _paste(logits: torch.Tensor, maps: torch.Tensor, reg: Region, c: int) -> None:
-    """Write a region's FF maps over the cells it owns (clipped at the block edge)."""
+def _paste(logits: torch.Tensor, maps: torch.Tensor, reg: Region, c: int) -> int:
+    """Write a region's FF maps over all of its cells (clipped at the block edge); returns their number.
+
+    Regions are disjoint, and FF computed every cell of the rectangle: its cells that the
+    router did not choose (a region covers a few to save a halo) take FF's maps too, not
+    PV's, so no PV/FF seam runs through a roof inside a region. It costs nothing.
+    """
     rows, cols = reg.shape
-    if reg.paste.all():
-        y0, x0 = reg.row * c, reg.col * c
-        h, w = min(rows * c, logits.shape[1] - y0), min(cols * c, logits.shape[2] - x0)
-        logits[:, y0:y0 + h, x0:x0 + w] = maps[:, :h, :w]
-        return
-    for pr, pc in zip(*np.nonzero(reg.paste), strict=True):
-        y0, x0 = (reg.row + pr) * c, (reg.col + pc) * c
-        h, w = min(c, logits.shape[1] - y0), min(c, logits.shape[2] - x0)
-        logits[:, y0:y0 + h, x0:x0 + w] = maps[:, pr * c:pr * c + h, pc * c:pc * c + w]
+    y0, x0 = reg.row * c, reg.col * c
+    h, w = min(rows * c, logits.shape[1] - y0), min(cols * c, logits.shape[2] - x0)
+    logits[:, y0:y0 + h, x0:x0 + w] = maps[:, :h, :w]
+    return rows * cols
 
 
 # ----------------------------------------------------------------------------- phase 3

@@ -74,6 +74,8 @@ class PredictSummary:
     ff_cells: int = 0
     ff_regions: int = 0
     """Rectangles of cells FF ran on, one halo each (blocks resumed from the cache not counted)."""
+    ff_covered: int = 0
+    """Cells whose maps FF wrote: ``ff_cells`` plus the other cells of their regions (resumed blocks not counted)."""
     polygons: int = 0
     model_seconds: float = 0.0
     seconds: float = 0.0
@@ -100,7 +102,10 @@ class PredictSummary:
             f"scenes: {self.scenes}, blocks: {self.blocks} "
             f"(resumed: {', '.join(f'{k} {v}' for k, v in resumed.items())})",
             f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing}) "
-            f"in {self.ff_regions} regions" if routed else f"{self.routing}, detections on every block",
+            f"in {self.ff_regions} regions"
+            + (f" (FF's maps on the {self.ff_covered - self.ff_cells} other cells they cover too)"
+               if self.ff_covered > self.ff_cells else "")
+            if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
@@ -312,6 +317,7 @@ def predict(
         summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
         summary.ff_cells += sum(r.cells for r in ffs)
         summary.ff_regions += sum(r.regions for r in ffs)
+        summary.ff_covered += sum(r.covered for r in ffs)
         used += [r.ff_batch for r in ffs if r.ff_batch]
     summary.ff_batch = (summary_line(int(model_key.ff_batch), ff_plan.why, min(used, default=None))
                         if meta.arch == "routed" else f"memory: {ff_plan.why}" if ff_plan.threads else "")
