@@ -197,22 +197,24 @@ def test_calibration_sets_the_buffer_and_old_weights_load_uncalibrated() -> None
     assert torch.isnan(fresh.utility_threshold)
 
 
-def test_a_dense_calibration_is_said_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """FF paying on every validation cell: auto is a dense pass (threshold -inf), and the log says so once."""
+def test_a_dense_calibration_is_said_for_best_pt_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FF paying on every validation cell: auto is a dense pass (threshold -inf); training warns
+    only when that is best.pt's epoch, not for an early epoch's untrained router."""
     from test_models import targets_for, tiny_model
 
     import geoseg.train.calibrate as cal
     from geoseg.train.losses import RoutedLoss
 
     monkeypatch.setattr(cal, "choose_threshold", lambda p, g: (float("-inf"), 1.0))
-    monkeypatch.setattr(cal, "_warned_dense", [])
     model = tiny_model()
     batch = {"image": torch.randn(2, 3, 64, 64), **targets_for(2, 64, 64)}
-    with caplog.at_level("WARNING", logger="geoseg.train.calibrate"):
-        for _ in range(3):
-            assert cal.calibrate_router(model, [batch], RoutedLoss(), torch.device("cpu")) == {"auto_share": 1.0}
+    assert cal.calibrate_router(model, [batch], RoutedLoss(), torch.device("cpu")) == {"auto_share": 1.0}
     assert model.utility_threshold == float("-inf")
-    assert sum("FF pays on every validation cell" in r.message for r in caplog.records) == 1
+    history = [{"epoch": 1.0}, {"epoch": 2.0, "auto_share": 1.0}, {"epoch": 4.0, "auto_share": 0.875}]
+    assert cal.dense_auto_note(history, 4) is None  # the demo's case: dense at epoch 2, 87.5 % at best
+    note = cal.dense_auto_note(history, 2)
+    assert note is not None and "best.pt (epoch 2)" in note and "geoseg calibrate" in note
+    assert cal.dense_auto_note(history, 1) is None  # no validation that epoch
 
 
 def test_predict_writes_ff_over_the_whole_region_clipped_at_the_block() -> None:

@@ -18,7 +18,7 @@ cell runs FF when its own expected gain is worth it, whatever share of the valid
 chips is empty land, so a dense scene gets a dense FF pass and a sparse one a sparse
 pass without the user choosing a budget. Validation chips where FF pays on every cell
 (no empty land) give no place to cut: the threshold then keeps every cell, and training
-says so in its log.
+says so at its end when that holds for ``best.pt`` (not for an early epoch's).
 
 The threshold lives in the model's ``utility_threshold`` buffer (saved with the weights,
 NaN until calibrated; checkpoints from before it load as uncalibrated, and predict then
@@ -27,7 +27,6 @@ falls back to the model's budget).
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -41,15 +40,12 @@ from geoseg.models.cells import pack_cells
 from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
 from geoseg.train.losses import IGNORE, RoutedLoss, prepare_targets
 
-log = logging.getLogger(__name__)
-
 #: A cell runs FF under ``--budget auto`` when FF's expected gain there is at least this
 #: share of its gain on the most useful validation cells.
 FRACTION = 0.2
 #: The reference: the best mean gain of the top k cells by predicted utility, k at least
 #: ``TOP_CELLS`` and ``TOP_SHARE`` of the validation cells.
 TOP_CELLS, TOP_SHARE = 5, 0.02
-_warned_dense: list[bool] = []
 
 
 def decision_errors(logits: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -109,6 +105,20 @@ def choose_threshold(predicted: np.ndarray, gain: np.ndarray, fraction: float = 
     return float((ranked[first - 1] + ranked[first]) / 2), (len(ranked) - first) / len(ranked)
 
 
+def dense_auto_note(history: Sequence[dict[str, float]], best_epoch: int) -> str | None:
+    """The warning training ends with when ``best.pt``'s threshold is -inf, else None.
+
+    An early epoch's dense calibration (an untrained router ranks nothing) is not worth a
+    word: only the epoch that ``best.pt`` holds decides what ``--budget auto`` does.
+    """
+    best = next((r for r in history if r.get("epoch") == best_epoch), {})
+    if best.get("auto_share") != 1.0:  # 1.0 only for the -inf threshold (a finite one leaves a cell out)
+        return None
+    return (f"--budget auto: FF pays on every validation cell for best.pt (epoch {best_epoch}), so auto will run "
+            "FF on every cell (a dense pass); if the scenes to predict have empty land the validation chips "
+            "lack, run `geoseg calibrate RUN --patches DIR` on chips like them")
+
+
 @torch.no_grad()
 def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedLoss, device: torch.device,
                      also: Sequence[torch.nn.Module] = ()) -> dict[str, float]:
@@ -146,11 +156,6 @@ def calibrate_router(model: Any, loader: Iterable[dict[str, Any]], loss: RoutedL
     if not preds or not sum(len(p) for p in preds):
         return {}
     thr, share = choose_threshold(torch.cat(preds).numpy(), torch.cat(gains).numpy())
-    if thr == float("-inf") and not _warned_dense:
-        _warned_dense.append(True)  # once per process, not at every validation
-        log.warning("--budget auto: FF pays on every validation cell, so auto will run FF on every cell (a dense "
-                    "pass); if the scenes to predict have empty land the validation chips lack, validate on "
-                    "chips like them")
     for m in (model, *also):
         m.utility_threshold.fill_(thr)
     return {"auto_share": share}

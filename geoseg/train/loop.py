@@ -317,6 +317,11 @@ class Trainer:
                          ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
             for hook in self.hooks:
                 hook(self, row)
+        from geoseg.train.calibrate import dense_auto_note
+
+        note = dense_auto_note(self.history, self.best["epoch"])
+        if note and self.dist.main:
+            log.warning(note)
         return TrainResult(self.run_dir, self.epoch, self.best, self.history)
 
 
