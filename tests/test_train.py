@@ -36,10 +36,17 @@ def test_tiny_set_overfits(tiny_run: Path) -> None:
     assert last["loss"] < float(rows[0]["loss"])
 
 
-def test_outputs_and_checkpoint(patches: Path, tmp_path: Path) -> None:
+def test_outputs_and_checkpoint(patches: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                caplog: pytest.LogCaptureFixture) -> None:
+    import geoseg.train.calibrate as cal
+
+    monkeypatch.setattr(cal, "choose_threshold", lambda p, g: (float("-inf"), 1.0))  # FF pays everywhere
     run = tmp_path / "run"
-    res = train(tiny(), patches, run, epochs=2)
+    with caplog.at_level("WARNING", logger="geoseg.train.loop"):
+        res = train(tiny(), patches, run, epochs=2)
     assert res.epochs == 2
+    dense = [r.message for r in caplog.records if "FF pays on every validation cell" in r.message]
+    assert dense == [cal.dense_auto_note(res.history, res.best["epoch"])]  # once, at the end, for best.pt
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     for key in ("loss", "lr", "ap", "ap50", "iou", "f1", "seconds", "pv_extent", "ff_extent",

@@ -318,9 +318,7 @@ class Trainer:
             for hook in self.hooks:
                 hook(self, row)
         from geoseg.train.calibrate import dense_auto_note
-
-        note = dense_auto_note(self.history, self.best["epoch"])
-        if note and self.dist.main:
+        if self.dist.main and (note := dense_auto_note(self.history, self.best["epoch"])):
             log.warning(note)
         return TrainResult(self.run_dir, self.epoch, self.best, self.history)
 
