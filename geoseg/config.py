@@ -7,6 +7,7 @@ YAML is read with ``yaml.safe_load`` only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,8 +105,46 @@ def deep_update(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return out
 
 
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides (``--set``) as a nested mapping; keys dotted, values read as YAML.
+
+    Examples:
+        >>> parse_sets(["model.ff.encoder_depth=5", "model.halo=16", "augment.d4=0.5"])
+        {'model': {'ff': {'encoder_depth': 5}, 'halo': 16}, 'augment': {'d4': 0.5}}
+        >>> parse_sets(["model.pv.decoder_channels=[64, 32, 16, 16, 16]"])
+        {'model': {'pv': {'decoder_channels': [64, 32, 16, 16, 16]}}}
+
+    Raises:
+        ConfigError: an item without ``=``, an empty key part, a value that is not YAML, or a key
+            set twice.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. "
+                              "--set model.ff.encoder_depth=5")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: the value is not YAML ({err.__class__.__name__}); "
+                              "quote it, e.g. --set 'name=\"a: b\"'") from None
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part.strip(), {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{'.'.join(parts[:i + 1])}' is also set to a value")
+        last = parts[-1].strip()
+        if last in node:
+            raise ConfigError(f"--set {item!r}: '{key.strip()}' is set twice (or inside a value set before)")
+        node[last] = value
+    return out
+
+
 def load_config(
-    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+    source: str | None = None,
 ) -> M:
     """Load a YAML config, apply overrides (CLI options win), and validate it.
 
@@ -113,6 +152,7 @@ def load_config(
         model: the pydantic model of the config.
         path: YAML file, or None for the model's defaults.
         overrides: nested mapping of values that take precedence (None values are ignored).
+        source: what errors name (default: the file, or "options").
 
     Raises:
         ConfigError: unreadable file, unknown key or invalid value.
@@ -120,7 +160,7 @@ def load_config(
     data = read_yaml(path) if path is not None else {}
     clean = {k: v for k, v in (overrides or {}).items() if v is not None}
     data = deep_update(data, clean)
-    return validate(model, data, str(path) if path is not None else "options")
+    return validate(model, data, source or (str(path) if path is not None else "options"))
 
 
 def dump_yaml(model: BaseModel) -> str:

@@ -113,9 +113,16 @@ def test_cli_train_and_resume_errors(patches: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     run = tmp_path / "run"
     res = runner.invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out", str(run),
-                              "--epochs", "1"])
+                              "--epochs", "1", "--set", "optim.lr=0.0123", "--set", "augment.d4=0.5"])
     assert res.exit_code == 0, res.output
     assert "trained 1 epochs" in res.output
+    saved = load_config(TrainConfig, run / "config.yaml")  # --set is recorded in the run
+    assert saved.optim.lr == 0.0123 and saved.augment.d4 == 0.5
+    assert saved.optim.ema_decay == 0.9 and saved.model.halo == 4  # the rest as in the file
+    # --set cannot change a run it resumes: said, not ignored
+    res = runner.invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out", str(run),
+                              "--resume", "--epochs", "2", "--set", "optim.lr=0.1"])
+    assert res.exit_code == 1 and "--set does not apply with --resume" in res.output
     # a corrupt last.pt: one line, exit 1, no traceback
     (run / "checkpoints" / "last.pt").write_bytes(b"garbage")
     res = runner.invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out", str(run),
@@ -133,6 +140,19 @@ def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
                                    str(tmp_path / "r")])
     assert res.exit_code == 1
     assert "unknown key 'model.encodr'" in res.output and "c.yaml" in res.output
+    # the same through --set: the key and where it came from
+    for sets, said in ((["model.encodr=resnet18"], "unknown key 'model.encodr' in"),
+                       (["model.halo=-3"], "invalid value for 'model.halo'"),
+                       (["model.halo"], "expected KEY=VALUE"),
+                       (["model..halo=4"], "expected KEY=VALUE"),
+                       (["model.halo=4", "model.halo=8"], "set twice"),
+                       (["model=1", "model.halo=8"], "'model' is also set to a value"),
+                       (["optim.lr=[1, 2"], "the value is not YAML")):
+        args = [a for s in sets for a in ("--set", s)]
+        res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out",
+                                       str(tmp_path / "r"), *args])
+        assert res.exit_code == 1 and said in res.output, (sets, res.output)
+        assert res.output.count("\n") == 1 and not (tmp_path / "r").exists()
 
 
 def test_presets_are_valid() -> None:
@@ -174,3 +194,15 @@ def test_greedy_match_is_the_evaluation_matcher() -> None:
     assert {(i, j) for i, j, _ in greedy_match(ious, 0.5)} == pairs
     assert greedy_match(np.zeros((0, 2)), 0.5) == []
     assert greedy_match(np.array([[2 / 3]]), 80 / 120) == [(0, 0, 2 / 3)]  # same tolerance
+
+
+def test_set_overrides_are_dotted_keys_with_yaml_values() -> None:
+    from geoseg.config import parse_sets
+
+    got = parse_sets(["model.ff.encoder_depth=5", "model.halo=16", "augment.d4=0.5",
+                      "model.ff.decoder_channels=[128, 64, 32, 16, 16]", "device=cpu", "model.pv.encoder_weights=null"])
+    assert got == {"model": {"ff": {"encoder_depth": 5, "decoder_channels": [128, 64, 32, 16, 16]}, "halo": 16,
+                             "pv": {"encoder_weights": None}},
+                   "augment": {"d4": 0.5}, "device": "cpu"}
+    cfg = load_config(TrainConfig, TINY, parse_sets(["model.halo=8", "optim.lr=1e-3"]))
+    assert cfg.model.halo == 8 and cfg.optim.lr == 1e-3 and cfg.model.cell == tiny().model.cell

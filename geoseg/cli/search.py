@@ -69,13 +69,15 @@ def _auto_or_float(value: str | None, name: str) -> str | float | None:
         raise click.BadParameter(f"'{value}' is neither auto nor a number", param_hint=name) from None
 
 
-def train_search_cmd(config: Path, patches: Path | None, out: Path, **kwargs: Any) -> None:
+def train_search_cmd(config: Path, patches: Path | None, out: Path, overrides: dict[str, Any] | None = None,
+                     **kwargs: Any) -> None:
     """`geoseg train` on a ``task: search`` config: train a reference detector."""
     from geoseg.config import load_config
     from geoseg.errors import ConfigError
     from geoseg.search.train import SearchTrainConfig, train_search
 
-    cfg = load_config(SearchTrainConfig, config)
+    cfg = load_config(SearchTrainConfig, config, overrides,
+                      source=f"{config} with --set" if overrides else None)
     patches = patches or (Path(cfg.patches) if cfg.patches else None)
     if patches is None:
         raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")

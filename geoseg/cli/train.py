@@ -33,12 +33,15 @@ from geoseg.cli.options import overwrite_option, progress_option
 @click.option("--unlabelled", "unlabelled", multiple=True, type=click.Path(path_type=Path),
               help="Output folder of `geoseg tile` without --labels: mean-teacher training on its "
                    "chips (repeatable; adds to the config's semi.unlabelled).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value: dotted key, YAML value, e.g. --set model.ff.encoder_depth=5 "
+                   "(repeatable; validated like the file; the run's config.yaml records it).")
 @overwrite_option
 @progress_option
 def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None, resume: bool,
               device: str | None, seed: int | None, devices: int | None, nodes: int | None,
               node_rank: int | None, master_addr: str | None, master_port: int | None,
-              max_memory: str | None, unlabelled: tuple[Path, ...], overwrite: bool,
+              max_memory: str | None, unlabelled: tuple[Path, ...], sets: tuple[str, ...], overwrite: bool,
               progress: bool | None) -> None:
     """Train the routed instance-segmentation model on chips from geoseg tile.
 
@@ -48,16 +51,21 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     \b
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/b1 --resume --epochs 30
+    $ geoseg train configs/buildings-cpu.yaml --patches patches/ --out runs/h16 --set model.halo=16
     $ geoseg train configs/buildings-gpu.yaml --patches patches/ --out runs/b2 --devices 4
     $ torchrun --nproc-per-node 4 -m geoseg train configs/buildings-gpu.yaml --patches patches/ --out runs/b2
     $ geoseg tile more_scenes/ --out unlabelled/
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --unlabelled unlabelled/ --out runs/semi
     """
-    from geoseg.config import load_config
+    from geoseg.config import load_config, parse_sets
     from geoseg.errors import ConfigError
     from geoseg.train import TrainConfig, train
     from geoseg.train.config import config_task
 
+    overrides = parse_sets(sets)
+    if overrides and resume:
+        raise ConfigError(f"--set does not apply with --resume: the run in {out} continues with the "
+                          "config it was started with; start a new --out to change it")
     if config_task(config) == "search":  # the reference detector of `geoseg search`
         from geoseg.cli.search import train_search_cmd
 
@@ -66,10 +74,10 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
         if devices or nodes or max_memory:
             raise ConfigError(f"--devices, --nodes and --max-memory are not supported with 'task: search' "
                               f"({config}); it trains in one process")
-        train_search_cmd(config, patches, out, epochs=epochs, resume=resume, overwrite=overwrite,
+        train_search_cmd(config, patches, out, overrides, epochs=epochs, resume=resume, overwrite=overwrite,
                          device=device, seed=seed, progress=progress)
         return
-    cfg = load_config(TrainConfig, config)
+    cfg = load_config(TrainConfig, config, overrides, source=f"{config} with --set" if overrides else None)
     if unlabelled:
         semi = cfg.semi.model_copy(update={"unlabelled": [*cfg.semi.unlabelled, *map(str, unlabelled)]})
         cfg = cfg.model_copy(update={"semi": semi})
