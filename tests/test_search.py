@@ -275,6 +275,10 @@ def test_routed_checkpoint_and_unknown_config_key_are_one_line(tmp_path: Path) -
     cfg.write_text("task: search\nepisodes:\n  crops: 64\n")
     code, out = _cli("train", cfg, "--patches", tmp_path, "--out", tmp_path / "r")
     assert code == 1 and "unknown key 'episodes.crops'" in out
+    # --set reaches the search config too, validated the same way
+    cfg.write_text("task: search\n")
+    code, out = _cli("train", cfg, "--patches", tmp_path, "--out", tmp_path / "r", "--set", "episodes.crops=64")
+    assert code == 1 and "unknown key 'episodes.crops' in" in out and "with --set" in out
 
 
 def test_onnx_export_parity_and_backend(tmp_path: Path) -> None:
