@@ -144,23 +144,25 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
 
 def load_config(
     model: type[M], path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-    source: str | None = None,
+    sets: Sequence[str] = (),
 ) -> M:
     """Load a YAML config, apply overrides (CLI options win), and validate it.
 
     Args:
         model: the pydantic model of the config.
         path: YAML file, or None for the model's defaults.
-        overrides: nested mapping of values that take precedence (None values are ignored).
-        source: what errors name (default: the file, or "options").
+        overrides: nested mapping of CLI options, which take precedence (None: not given, ignored).
+        sets: ``--set KEY=VALUE`` items (:func:`parse_sets`), applied over the file as given
+            (``null`` included); errors then name the file "with --set".
 
     Raises:
         ConfigError: unreadable file, unknown key or invalid value.
     """
-    data = read_yaml(path) if path is not None else {}
+    data = deep_update(read_yaml(path) if path is not None else {}, parse_sets(sets))
     clean = {k: v for k, v in (overrides or {}).items() if v is not None}
     data = deep_update(data, clean)
-    return validate(model, data, source or (str(path) if path is not None else "options"))
+    source = str(path) if path is not None else "options"
+    return validate(model, data, f"{source} with --set" if sets else source)
 
 
 def dump_yaml(model: BaseModel) -> str:

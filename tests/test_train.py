@@ -204,5 +204,15 @@ def test_set_overrides_are_dotted_keys_with_yaml_values() -> None:
     assert got == {"model": {"ff": {"encoder_depth": 5, "decoder_channels": [128, 64, 32, 16, 16]}, "halo": 16,
                              "pv": {"encoder_weights": None}},
                    "augment": {"d4": 0.5}, "device": "cpu"}
-    cfg = load_config(TrainConfig, TINY, parse_sets(["model.halo=8", "optim.lr=1e-3"]))
+    cfg = load_config(TrainConfig, TINY, sets=["model.halo=8", "optim.lr=1e-3"])
     assert cfg.model.halo == 8 and cfg.optim.lr == 1e-3 and cfg.model.cell == tiny().model.cell
+
+
+def test_set_null_applies_and_cli_options_win(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(TINY.read_text() + "\npatches: chips/\n")
+    assert load_config(TrainConfig, cfg_file).patches == "chips/"
+    # a null through --set is applied (a None CLI option means "not given" and is skipped)
+    assert load_config(TrainConfig, cfg_file, sets=["patches=null"]).patches is None
+    both = load_config(TrainConfig, cfg_file, {"epochs": 7, "seed": None}, sets=["epochs=3", "seed=5"])
+    assert both.epochs == 7 and both.seed == 5  # an explicit option beats --set, which beats the file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,15 +70,14 @@ def _auto_or_float(value: str | None, name: str) -> str | float | None:
         raise click.BadParameter(f"'{value}' is neither auto nor a number", param_hint=name) from None
 
 
-def train_search_cmd(config: Path, patches: Path | None, out: Path, overrides: dict[str, Any] | None = None,
+def train_search_cmd(config: Path, patches: Path | None, out: Path, sets: Sequence[str] = (),
                      **kwargs: Any) -> None:
     """`geoseg train` on a ``task: search`` config: train a reference detector."""
     from geoseg.config import load_config
     from geoseg.errors import ConfigError
     from geoseg.search.train import SearchTrainConfig, train_search
 
-    cfg = load_config(SearchTrainConfig, config, overrides,
-                      source=f"{config} with --set" if overrides else None)
+    cfg = load_config(SearchTrainConfig, config, sets=sets)
     patches = patches or (Path(cfg.patches) if cfg.patches else None)
     if patches is None:
         raise ConfigError(f"no patches directory: pass --patches or set 'patches' in {config}")

@@ -57,13 +57,12 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     $ geoseg tile more_scenes/ --out unlabelled/
     $ geoseg train configs/buildings-cpu.yaml --patches patches/ --unlabelled unlabelled/ --out runs/semi
     """
-    from geoseg.config import load_config, parse_sets
+    from geoseg.config import load_config
     from geoseg.errors import ConfigError
     from geoseg.train import TrainConfig, train
     from geoseg.train.config import config_task
 
-    overrides = parse_sets(sets)
-    if overrides and resume:
+    if sets and resume:
         raise ConfigError(f"--set does not apply with --resume: the run in {out} continues with the "
                           "config it was started with; start a new --out to change it")
     if config_task(config) == "search":  # the reference detector of `geoseg search`
@@ -74,10 +73,10 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
         if devices or nodes or max_memory:
             raise ConfigError(f"--devices, --nodes and --max-memory are not supported with 'task: search' "
                               f"({config}); it trains in one process")
-        train_search_cmd(config, patches, out, overrides, epochs=epochs, resume=resume, overwrite=overwrite,
+        train_search_cmd(config, patches, out, sets, epochs=epochs, resume=resume, overwrite=overwrite,
                          device=device, seed=seed, progress=progress)
         return
-    cfg = load_config(TrainConfig, config, overrides, source=f"{config} with --set" if overrides else None)
+    cfg = load_config(TrainConfig, config, sets=sets)
     if unlabelled:
         semi = cfg.semi.model_copy(update={"unlabelled": [*cfg.semi.unlabelled, *map(str, unlabelled)]})
         cfg = cfg.model_copy(update={"semi": semi})
