@@ -9,6 +9,7 @@ F1, AP50 and the training wall time of each, and the difference.
 
     $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10] [--seed 1]
           [--ratio 0.5]   # half an unlabelled sample per labelled one: a cheaper step
+    $ python bench/semi.py --only supervised --epochs 46   # about the semi run's time (run folder gets -e46)
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main() -> None:
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
         if name == "semi" and args.ratio != 1.0:
             run = run.with_name(f"{run.name}-ratio{args.ratio:g}")
+        if args.epochs != 30:  # another run than the 30-epoch one (resume would extend it)
+            run = run.with_name(f"{run.name}-e{args.epochs}")
         if args.seed:
             run = run.with_name(f"{run.name}-seed{args.seed}")
         result = train(cfg, patches, run, epochs=args.epochs, resume=True, progress=False)  # resumes a cut run

@@ -95,6 +95,27 @@ def test_weak_and_strong_views_line_up_on_a_checkerboard(tmp_path: Path) -> None
     np.testing.assert_array_equal(same["weak"].numpy(), same["strong"].numpy())
 
 
+def test_unlabelled_chips_are_read_at_the_labelled_gsd(tmp_path: Path) -> None:
+    """A 0.25 m scene for a model of 0.5 m chips is read at 0.5 m, as predict would read it."""
+    board = ((np.indices((64, 64)) // 8).sum(0) % 2).astype(np.uint8) * 150 + 50  # 8-px squares at 0.25 m
+    scene = write_raster(tmp_path / "fine.tif", np.stack([board, board, board]), "EPSG:32636",
+                         from_origin(500000, 40000, 0.25, 0.25))
+    tile([scene], None, tmp_path / "u", TileConfig(size=32, overlap=0), scheduler="sync")
+    stats = BandStats(mean=(120.0,) * 3, std=(60.0,) * 3)
+
+    def weak(**grid: object) -> np.ndarray:
+        return UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=QUIET, seed=0, **grid)[0]["weak"][0].numpy()
+
+    coarse = weak(gsd=0.5)
+    assert coarse.shape == (16, 16)  # 32 chip pixels of 0.25 m read into 16 of 0.5 m
+    squares = ((np.indices((16, 16)) // 4).sum(0) % 2).astype(bool)  # 4-px squares at 0.5 m
+    assert any(np.array_equal(coarse > coarse.mean(), d4(sq, k)) for sq in (squares, ~squares) for k in range(8))
+    assert weak(gsd=None).shape == (32, 32)  # no labelled GSD: the chip's own grid
+    assert weak(gsd=0.5, gsd_range=(0.2, 0.6)).shape == (32, 32)  # inside a scale-augmented range
+    assert weak(gsd=0.26).shape == (32, 32)  # within 5 %: its own grid
+    assert UnlabelledChips([tmp_path / "u"], stats, crop=8, strong=QUIET, seed=0, gsd=0.5)[0]["weak"].shape == (3, 8, 8)
+
+
 def test_teacher_is_the_ema_of_the_student_after_a_step(tiny_patches: Path, unlabelled: Path,
                                                          tmp_path: Path) -> None:
     cfg = semi_cfg(unlabelled, teacher_decay=0.7)

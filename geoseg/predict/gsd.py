@@ -23,12 +23,25 @@ def target_gsd(cfg: PredictConfig, meta: ModelMeta, scene_gsd: float | None = No
         return None
     if cfg.gsd != "model":
         return float(cfg.gsd)
-    if meta.gsd_range is not None and scene_gsd is not None and scene_gsd > 0:
-        lo, hi = meta.gsd_range
+    return model_grid(meta.gsd, meta.gsd_range, scene_gsd)
+
+
+def model_grid(gsd: float | None, gsd_range: Sequence[float] | None, scene_gsd: float | None
+               ) -> float | None:
+    """Metres per pixel a model trained at ``gsd`` (across ``gsd_range``) reads a scene at (None: its own grid).
+
+    The rule of ``--gsd model``, shared with the mean teacher's unlabelled chips.
+
+    Examples:
+        >>> model_grid(0.15, None, 0.075), model_grid(0.15, (0.1, 0.3), 0.2), model_grid(0.15, (0.1, 0.3), 0.6)
+        (0.15, None, 0.3)
+    """
+    if gsd_range is not None and scene_gsd is not None and scene_gsd > 0:
+        lo, hi = gsd_range
         if lo / _TOLERANCE <= scene_gsd <= hi * _TOLERANCE:
             return None
         return min(max(scene_gsd, lo), hi)
-    return meta.gsd
+    return gsd
 
 
 def gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> str:

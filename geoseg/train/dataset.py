@@ -33,15 +33,20 @@ import numpy as np
 import rasterio
 import torch
 from pycocotools import mask as mask_utils
-from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
 from geoseg.bands import load_stats, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.io.rasters import valid_mask
-from geoseg.train.scale import ScaledWindow, draw_factor, label_region, resample_labels, scaled_window
+from geoseg.train.scale import (
+    ScaledWindow,
+    draw_factor,
+    label_region,
+    read_scaled,
+    resample_labels,
+    scaled_window,
+)
 from geoseg.train.targets import halo, make_targets
 
 PAD = {"image": 0.0, "extent": 0.0, "boundary": 0.0, "contact": 0.0, "sdf": 1.0,
@@ -244,20 +249,13 @@ class ChipDataset(Dataset[dict[str, Any]]):
         return np.random.default_rng([self.seed, self.epoch, i])
 
     def _read(self, path: Path, sw: ScaledWindow) -> tuple[np.ndarray, np.ndarray]:
-        win, shape = sw.window, sw.shape
-        resampling = Resampling.average if max(sw.factor) > 1 else Resampling.bilinear
         try:
             with rasterio.open(path) as src:
                 if src.count != self.stats.bands:
                     raise InputRasterError(
                         f"{path} has {src.count} bands but stats.json {self.stats.bands}; "
                         "rerun `geoseg tile` with --overwrite")
-                if sw.resampled:
-                    raw = src.read(window=win, out_shape=(src.count, *shape), resampling=resampling)
-                    valid = valid_mask(raw, src.dataset_mask(window=win, out_shape=shape))
-                else:
-                    raw = src.read(window=win)
-                    valid = valid_mask(raw, src.dataset_mask(window=win))
+                raw, valid = read_scaled(src, sw)
         except RasterioError as err:
             raise InputRasterError(f"cannot read chip {path}: {err}; "
                                    "rerun `geoseg tile` to rewrite it") from None

@@ -60,9 +60,12 @@ def mean_teacher_of(cfg: Any, has_ema: bool, batch: int, dist: Any = None) -> An
     if not has_ema:
         raise ConfigError("semi needs a teacher: set semi.teacher_decay (or optim.ema_decay)")
     from geoseg.bands import load_stats
+    from geoseg.train.dataset import load_stats_gsd
     from geoseg.train.semi import MeanTeacher
 
     assert cfg.patches is not None
     rank, world = (dist.rank, dist.world) if dist is not None else (0, 1)
+    gsd = load_stats_gsd(Path(cfg.patches))
     return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
-                       Path(cfg.patches), rank, world)
+                       Path(cfg.patches), rank, world, gsd=gsd if math.isfinite(gsd) else None,
+                       gsd_range=cfg.augment.gsd_range if cfg.augment.gsd > 0 else None)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from rasterio.enums import Resampling
 from rasterio.windows import Window
+
+from geoseg.io.rasters import valid_mask
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,19 @@ def scaled_window(chip_hw: tuple[int, int], crop: int | None, factor: float,
         return ScaledWindow(win, (int(win.height), int(win.width)))
     oh, ow = max(1, round(win.height / factor)), max(1, round(win.width / factor))
     return ScaledWindow(win, (oh, ow), (win.height / oh, win.width / ow))
+
+
+def read_scaled(src: Any, sw: ScaledWindow) -> tuple[np.ndarray, np.ndarray]:
+    """The bands (C, H, W) and valid mask (H, W) of ``sw`` from an open raster, on the sample grid.
+
+    GDAL resamples: average when the sample grid is coarser than the chip's, bilinear when finer.
+    """
+    if not sw.resampled:
+        raw = src.read(window=sw.window)
+        return raw, valid_mask(raw, src.dataset_mask(window=sw.window))
+    how = Resampling.average if max(sw.factor) > 1 else Resampling.bilinear
+    raw = src.read(window=sw.window, out_shape=(src.count, *sw.shape), resampling=how)
+    return raw, valid_mask(raw, src.dataset_mask(window=sw.window, out_shape=sw.shape))
 
 
 def label_region(sw: ScaledWindow, chip_hw: tuple[int, int], pad: int

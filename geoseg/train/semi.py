@@ -6,7 +6,10 @@ them, and is the model that validation scores and ``best.pt`` holds. Each traini
 beside the labelled batch:
 
 1. an unlabelled batch: random crops of chips written by ``geoseg tile`` without labels,
-   scaled with the *labelled* band statistics (the model's);
+   scaled with the *labelled* band statistics (the model's) and read on the grid predict
+   reads a scene of their GSD on (``--gsd model``: the labelled chips' GSD, or natively
+   inside a scale-augmented ``augment.gsd_range``), so the teacher sees objects at the
+   size it learned them (a 0.075 m chip for a model of 0.15 m chips is read at 0.15 m);
 2. a weak view (one of the 8 flips/90° rotations) goes to the teacher, a strong view of
    the same pixels (the weak view plus photometric satellite augmentations: haze, clouds,
    radiometry, blur, resolution loss, noise, JPEG; nothing that moves a pixel) to the
@@ -33,6 +36,7 @@ rank (the same weights and rank 0's buffers after each step, the same EMA), and
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,9 +53,10 @@ from torch.utils.data import Dataset
 from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
 from geoseg.config import Strict
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.io.rasters import valid_mask
+from geoseg.io.rasters import GSD_TOLERANCE
 from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
 from geoseg.train.augment import AugmentConfig, build_augment
+from geoseg.train.scale import read_scaled, scaled_window
 
 #: The strong view's default: photometric families only (the weak view's D4 is shared).
 STRONG = AugmentConfig(d4=0.0, shift_scale_rotate=0.0, haze=0.3, clouds_shadows=0.3, blur=0.5,
@@ -125,6 +130,31 @@ def chips_of(root: Path) -> list[Path]:
     return chips
 
 
+def chip_grid(root: Path, gsd: float | None, gsd_range: tuple[float, float] | None
+              ) -> list[tuple[Path, float]]:
+    """The chips of ``root`` and the factor each is read at (chip pixels per sample pixel).
+
+    A chip's GSD is its entry in ``root/annotations.json`` (else ``root/stats.json``'s);
+    the target grid is :func:`geoseg.predict.gsd.model_grid`'s; 1.0 (its own grid) when
+    either is unknown or they differ by at most 5 %.
+    """
+    from geoseg.predict.gsd import model_grid
+    from geoseg.train.dataset import load_stats_gsd
+
+    coco = root / "annotations.json"
+    images = json.loads(coco.read_text(encoding="utf-8")).get("images", []) if coco.is_file() else []
+    by_name = {im.get("file_name"): im.get("gsd") for im in images}
+    fallback = load_stats_gsd(root) if (root / "stats.json").is_file() else math.nan
+    out = []
+    for chip in chips_of(root):
+        g = by_name.get(chip.name)
+        g = float(g) if isinstance(g, int | float) and g > 0 else fallback
+        target = model_grid(gsd, gsd_range, g) if math.isfinite(g) else None
+        factor = 1.0 if target is None else target / g
+        out.append((chip, 1.0 if abs(factor - 1.0) <= GSD_TOLERANCE else factor))
+    return out
+
+
 def _footprints(coco_path: Path, split: str | None) -> Any:
     """Footprints of the chips of a COCO file of `geoseg tile` (one split or all), by CRS."""
     import json
@@ -181,14 +211,18 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
         crop: side of the random crops (chips smaller are used whole).
         strong: the strong view's augmentation config (photometric only).
         seed: crops, D4 elements and strong augmentations are f(seed, epoch, index).
+        gsd, gsd_range: the labelled chips' GSD and the scale augmentation's range (None:
+            off): the grid the chips are read on (:func:`chip_grid`).
 
     Raises:
         ConfigError: a folder without chips, or chips of another band count than ``stats``.
     """
 
     def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
-                 strong: AugmentConfig, seed: int = 0) -> None:
-        self.chips = [c for r in roots for c in chips_of(Path(r))]
+                 strong: AugmentConfig, seed: int = 0, gsd: float | None = None,
+                 gsd_range: tuple[float, float] | None = None) -> None:
+        grid = [c for r in roots for c in chip_grid(Path(r), gsd, gsd_range)]
+        self.chips, self.factors = [c for c, _ in grid], [f for _, f in grid]
         for root in roots:
             first = chips_of(Path(root))[0]
             with rasterio.open(first) as src:
@@ -211,11 +245,8 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
         path = self.chips[i]
         try:
             with rasterio.open(path) as src:
-                h, w = src.height, src.width
-                ch, cw = (h, w) if self.crop is None else (min(self.crop, h), min(self.crop, w))
-                win = Window(int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch)
-                raw = src.read(window=win)
-                valid = valid_mask(raw, src.dataset_mask(window=win))
+                raw, valid = read_scaled(src, scaled_window((src.height, src.width), self.crop,
+                                                            self.factors[i], rng))
         except RasterioError as err:
             raise InputRasterError(f"cannot read chip {path}: {err}; rerun `geoseg tile` to rewrite it") from None
         k = int(rng.integers(8))
@@ -303,19 +334,21 @@ class MeanTeacher:
         patches: the labelled tile folder: a warning when unlabelled chips cover its
             validation split.
         rank, world: this process's share of each unlabelled batch (``rank`` of ``world``).
+        gsd, gsd_range: the grid of the labelled chips (see :class:`UnlabelledChips`).
 
     Raises:
         ConfigError: the unlabelled batch is not a multiple of ``world``.
     """
 
     def __init__(self, cfg: SemiConfig, stats: BandStats, crop: int | None, batch_size: int,
-                 seed: int, patches: Path | None = None, rank: int = 0, world: int = 1) -> None:
+                 seed: int, patches: Path | None = None, rank: int = 0, world: int = 1,
+                 gsd: float | None = None, gsd_range: tuple[float, float] | None = None) -> None:
         from geoseg.train.distributed import check_unlabelled_batch
 
         self.cfg = cfg
         self.batch_size = max(1, round(cfg.ratio * batch_size))
         check_unlabelled_batch(self.batch_size, world)
-        self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed)
+        self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed, gsd, gsd_range)
         if patches is not None:
             warn_if_overlapping_val(cfg.unlabelled, patches)
         self.seed, self.rank, self.world = seed, rank, world
