@@ -155,6 +155,32 @@ def test_soft_consistency_pulls_the_student_to_the_teacher_on_valid_pixels(tiny_
     assert terms["unsup"] > 0 and terms["confident"] == 1.0
 
 
+def test_a_teacher_that_keeps_no_pixel_is_reported(tiny_patches: Path, unlabelled: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hard pseudo-targets above what the extent ever reaches teach nothing: say so, once, not silently."""
+    import warnings
+
+    from geoseg.errors import GeoSegWarning
+    from geoseg.train import semi
+
+    monkeypatch.setattr(semi, "EMPTY_STEPS", 2)
+
+    def epoch(threshold: float) -> tuple[dict[str, float], list[str]]:
+        cfg = semi_cfg(unlabelled, threshold=threshold)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"samples_per_epoch": 8})})
+        trainer = Trainer(cfg, tiny_patches, tmp_path / f"run{threshold}", torch.device("cpu"), progress=False)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            terms = trainer.train_epoch()
+        return terms, [str(w.message) for w in caught if issubclass(w.category, GeoSegWarning)]
+
+    terms, said = epoch(0.999)
+    assert terms["confident"] == 0.0
+    assert len([m for m in said if "kept no unlabelled pixel" in m and "semi.threshold 0.999" in m]) == 1
+    terms, said = epoch(0.5)  # every pixel kept: no warning
+    assert terms["confident"] == 1.0 and not [m for m in said if "kept no unlabelled pixel" in m]
+
+
 def test_resume_with_semi_equals_uninterrupted(tiny_patches: Path, unlabelled: Path, tmp_path: Path) -> None:
     class Crash(Exception):
         pass

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -52,12 +53,14 @@ from torch.utils.data import Dataset
 
 from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
 from geoseg.config import Strict
-from geoseg.errors import ConfigError, InputRasterError
+from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
 from geoseg.io.rasters import GSD_TOLERANCE
 from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
 from geoseg.train.augment import AugmentConfig, build_augment
 from geoseg.train.scale import read_scaled, scaled_window
 
+#: Consecutive steps in which the teacher keeps no pixel before a warning (hard consistency).
+EMPTY_STEPS = 20
 #: The strong view's default: photometric families only (the weak view's D4 is shared).
 STRONG = AugmentConfig(d4=0.0, shift_scale_rotate=0.0, haze=0.3, clouds_shadows=0.3, blur=0.5,
                        noise=0.5, jpeg=0.3, downscale=0.2, brightness_contrast_gamma=0.8)
@@ -175,12 +178,8 @@ def _footprints(coco_path: Path, split: str | None) -> Any:
 
 def warn_if_overlapping_val(unlabelled: Sequence[str | Path], patches: Path) -> None:
     """Warn when unlabelled chips cover pixels of the validation split (optimistic scores)."""
-    import warnings
-
     import geopandas as gpd
     import shapely
-
-    from geoseg.errors import GeoSegWarning
 
     val = _footprints(patches / "annotations.json", "val")
     if not val:
@@ -351,7 +350,7 @@ class MeanTeacher:
         self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed, gsd, gsd_range)
         if patches is not None:
             warn_if_overlapping_val(cfg.unlabelled, patches)
-        self.seed, self.rank, self.world = seed, rank, world
+        self.seed, self.rank, self.world, self.empty = seed, rank, world, 0
 
     def weight(self, epoch: float) -> float:
         """Weight of the unsupervised loss at a (fractional) epoch (:func:`ramp_weight`)."""
@@ -384,5 +383,11 @@ class MeanTeacher:
             total = soft_consistency(out.logits, t_out.logits, batch["valid"])
             return total, {"unsup": float(total.detach()), "confident": 1.0}
         targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold)
+        self.empty = self.empty + 1 if share < 1e-3 else 0
+        if self.empty == EMPTY_STEPS:  # once per run of empty steps
+            warnings.warn(f"semi: the teacher kept no unlabelled pixel in {EMPTY_STEPS} steps (extent max(p, 1-p) "
+                          f">= semi.threshold {self.cfg.threshold}), so the unsupervised loss teaches nothing; "
+                          "a Lovász-trained extent seldom passes 0.8: lower semi.threshold (e.g. 0.7) or set "
+                          "semi.consistency: soft", GeoSegWarning, stacklevel=2)
         total, _ = loss_fn(out, targets, progress=progress)
         return total, {"unsup": float(total.detach()), "confident": share}
