@@ -160,8 +160,6 @@ def chip_grid(root: Path, gsd: float | None, gsd_range: tuple[float, float] | No
 
 def _footprints(coco_path: Path, split: str | None) -> Any:
     """Footprints of the chips of a COCO file of `geoseg tile` (one split or all), by CRS."""
-    import json
-
     from affine import Affine
 
     from geoseg.io.rasters import window_footprint
