@@ -9,6 +9,7 @@ F1, AP50 and the training wall time of each, and the difference.
 
     $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10] [--seed 1]
           [--ratio 0.5]   # half an unlabelled sample per labelled one: a cheaper step
+          [--keep 0.5]    # hard pseudo-targets: the most confident half of each pseudo-class
     $ python bench/semi.py --only supervised --epochs 46   # about the semi run's time (run folder gets -e46)
 """
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["supervised", "semi"], help="run one of the two")
     ap.add_argument("--consistency", choices=["hard", "soft"], default="hard", help="semi.consistency")
     ap.add_argument("--weight", type=float, help="semi.weight (default: the config's, 0.5)")
+    ap.add_argument("--keep", type=float, help="semi.keep: the most confident share of each pseudo-class "
+                    "instead of semi.threshold (hard consistency; run folder gets -keepK)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
     ap.add_argument("--ratio", type=float, default=1.0,
                     help="semi.ratio: unlabelled samples per labelled one per step (run folder gets -ratioR)")
@@ -68,11 +71,15 @@ def main() -> None:
             semi["weight"] = args.weight
         if args.ratio != 1.0:
             semi["ratio"] = args.ratio
+        if args.keep is not None:
+            semi["keep"] = args.keep
         over: dict[str, object] = {"semi": semi} if name == "semi" else {}
         cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {**over, "seed": args.seed})
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
         if name == "semi" and args.ratio != 1.0:
             run = run.with_name(f"{run.name}-ratio{args.ratio:g}")
+        if name == "semi" and args.keep is not None:
+            run = run.with_name(f"{run.name}-keep{args.keep:g}")
         if args.epochs != 30:  # another run than the 30-epoch one (resume would extend it)
             run = run.with_name(f"{run.name}-e{args.epochs}")
         if args.seed:

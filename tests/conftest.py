@@ -118,6 +118,41 @@ def grid_boxes(shape: tuple[int, int], step: int = 16, seed: int = 0) -> list[tu
     return boxes
 
 
+def shifted_domain(root: Path, labelled: int = 1, unlabelled: int = 10, val: int = 4) -> tuple[Path, Path]:
+    """Tile folders of a domain shift that only unlabelled chips can bridge (issue #12).
+
+    Labelled: ``labelled`` 64x64 scenes (4 chips of 32 each) of grey boxes (200 in every
+    band on 40). Validation and ``unlabelled`` scenes: the same kind of boxes, bright in the
+    first band only (200, 40, 40 on 40: another "sensor"), never seen with a label.
+
+    Returns:
+        the labelled tile folder (the val scenes are its validation split) and the unlabelled one.
+    """
+    import pandas as pd
+
+    from geoseg.tile import TileConfig, tile
+
+    def scene(name: str, seed: int, fg: tuple[float, float, float]) -> tuple[Path, list]:
+        boxes = grid_boxes((64, 64), seed=seed)
+        img = np.full((3, 64, 64), 40.0)
+        for c0, r0, c1, r1 in boxes:
+            img[:, r0:r1, c0:c1] = np.asarray(fg)[:, None, None]
+        img += np.random.default_rng(seed).normal(0, 5, img.shape)
+        return write_raster(root / name, np.clip(img, 0, 255).astype("uint8"), "EPSG:32636",
+                            from_origin(450000 + 1000 * seed, 40000, 0.5, 0.5)), boxes
+
+    grey, tinted = (200.0, 200.0, 200.0), (200.0, 40.0, 40.0)
+    scenes = [scene(f"train{i}.tif", i, grey) for i in range(labelled)]
+    scenes += [scene(f"val{i}.tif", 50 + i, tinted) for i in range(val)]
+    parts = [gpd.read_file(labels_for(path, root / f"{path.stem}.gpkg", boxes)) for path, boxes in scenes]
+    gpd.GeoDataFrame(pd.concat(parts), crs=parts[0].crs).to_file(root / "labels.gpkg")
+    tile([path for path, _ in scenes], root / "labels.gpkg", root / "patches",
+         TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
+    unl = [scene(f"u{i}.tif", 100 + i, tinted)[0] for i in range(unlabelled)]
+    tile(unl, None, root / "unlabelled", TileConfig(size=32, overlap=0), scheduler="sync")
+    return root / "patches", root / "unlabelled"
+
+
 @pytest.fixture(scope="session")
 def tiny_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tile output of a 64x64 scene of bright boxes; the val scene has the same layout."""

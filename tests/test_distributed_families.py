@@ -256,6 +256,29 @@ def test_buffers_of_rank_0_in_one_broadcast_per_dtype(monkeypatch: pytest.Monkey
     assert not sent
 
 
+def test_keep_cuts_the_whole_unlabelled_batch_on_every_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """semi.keep: each rank's histogram summed over the ranks (Dist.sum) gives the whole batch's pixels."""
+    from geoseg.train.pseudo import class_histograms, pseudo_targets
+
+    logits = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2
+    valid = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.1
+    whole, _ = pseudo_targets(logits, valid, keep_share=0.3)
+    hists = [class_histograms(logits[2 * r:2 * r + 2], valid[2 * r:2 * r + 2]) for r in (0, 1)]
+
+    def all_reduce(t: torch.Tensor, op=None) -> None:  # this rank's histogram plus the other's
+        assert op == tdist.ReduceOp.SUM
+        t.copy_(hists[0] + hists[1])
+
+    monkeypatch.setattr(tdist, "all_reduce", all_reduce)
+    monkeypatch.setattr(tdist, "get_backend", lambda: "gloo")
+    shares = [pseudo_targets(logits[2 * r:2 * r + 2], valid[2 * r:2 * r + 2], keep_share=0.3,
+                             reduce=dd.Dist(rank=r, world=2).sum)[0]["valid"] for r in (0, 1)]
+    assert torch.equal(torch.cat(shares), whole["valid"])
+    alone = pseudo_targets(logits[:2], valid[:2], keep_share=0.3)[0]["valid"]  # a rank cutting its own share
+    assert not torch.equal(alone, whole["valid"][:2])
+    assert dd.SINGLE.sum(hists[0]) is hists[0]
+
+
 def test_step_is_one_ddp_forward_and_unwraps() -> None:
     net = torch.nn.Linear(2, 1)
     step = dd.Step(net)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REPO, bright_boxes_scene, grid_boxes, write_raster
+from conftest import REPO, bright_boxes_scene, grid_boxes, shifted_domain, write_raster
 from rasterio.transform import from_origin
 
 from geoseg.bands import BandStats
@@ -21,7 +21,8 @@ from geoseg.tile import TileConfig, tile
 from geoseg.train import TrainConfig, train
 from geoseg.train.augment import AugmentConfig
 from geoseg.train.loop import Trainer
-from geoseg.train.semi import STRONG, SemiConfig, UnlabelledChips, d4, pseudo_targets, ramp_weight
+from geoseg.train.pseudo import pseudo_targets
+from geoseg.train.semi import STRONG, SemiConfig, UnlabelledChips, d4, ramp_weight
 
 TINY = REPO / "tests" / "conf" / "tiny.yaml"
 QUIET = AugmentConfig(d4=0, shift_scale_rotate=0, haze=0, clouds_shadows=0, blur=0, noise=0, jpeg=0,
@@ -40,8 +41,9 @@ def unlabelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def semi_cfg(unlabelled: Path, **semi: object) -> TrainConfig:
+    rule = {} if semi.get("consistency") == "soft" or "keep" in semi else {"threshold": 0.6}
     over = {"semi": {"unlabelled": [str(unlabelled)], "burn_in_epochs": 0, "ramp_epochs": 0,
-                     "threshold": 0.6, "weight": 1.0, **semi}}
+                     "weight": 1.0, **rule, **semi}}
     return load_config(TrainConfig, TINY, over)
 
 
@@ -62,6 +64,31 @@ def test_confident_pixels_only_on_hand_made_maps() -> None:
     assert t["extent"].tolist() == [[[1.0, 1.0, 0.0, 1.0]]]
     assert share == pytest.approx(2 / 3)
     assert t["classes"].tolist() == [[[0, -1, -1, -1]]]  # a class where confident object only
+
+
+def test_keep_is_the_most_confident_share_of_each_pseudo_class() -> None:
+    """2 building and 8 background pixels (one invalid): half of each, the surest, whatever p's scale."""
+    p = torch.tensor([0.7, 0.6, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.28, 0.01])
+    logits = torch.logit(p).reshape(1, 1, 1, 10).repeat(1, 3, 1, 1)
+    valid = torch.ones(1, 1, 10, dtype=torch.bool)
+    valid[..., 9] = False  # the surest background pixel is nodata: never kept
+    t, share = pseudo_targets(logits, valid, keep_share=0.5)
+    kept = t["valid"][0, 0].tolist()
+    assert kept == [True, False, False, False, False, True, True, True, True, False]
+    assert share == pytest.approx(5 / 9)
+    t, _ = pseudo_targets(logits, valid, threshold=0.9)  # the fixed rule keeps nothing here
+    assert not t["valid"].any()
+    t, share = pseudo_targets(logits, torch.zeros_like(valid), keep_share=0.5)
+    assert share == 0 and not t["valid"].any()
+
+
+def test_keep_is_the_default_and_excludes_threshold() -> None:
+    assert SemiConfig().keep_share == 0.5 and SemiConfig(keep=0.2).keep_share == 0.2
+    assert SemiConfig(threshold=0.8).keep_share is None
+    with pytest.raises(ValueError, match="keep or threshold, not both"):
+        SemiConfig(keep=0.5, threshold=0.8)
+    with pytest.raises(ValueError, match="consistency: soft"):
+        SemiConfig(consistency="soft", keep=0.5)
 
 
 def test_strong_view_must_not_move_pixels() -> None:
@@ -135,7 +162,7 @@ def test_teacher_is_the_ema_of_the_student_after_a_step(tiny_patches: Path, unla
 
 def test_soft_consistency_pulls_the_student_to_the_teacher_on_valid_pixels(tiny_patches: Path, unlabelled: Path,
                                                                           tmp_path: Path) -> None:
-    from geoseg.train.semi import soft_consistency
+    from geoseg.train.pseudo import soft_consistency
 
     teacher = torch.randn(2, 5, 8, 8)  # extent, boundary, contact and two classes
     valid = torch.rand(2, 8, 8) > 0.3
@@ -234,3 +261,26 @@ def test_unlabelled_chips_over_the_validation_split_warn(tiny_patches: Path, tmp
     far = bright_boxes_scene(tmp_path / "far.tif", (64, 64), [], transform=from_origin(0, 0, 0.5, 0.5))
     tile([far], None, tmp_path / "ok", TileConfig(size=32, overlap=0), scheduler="sync")
     warn_if_overlapping_val([tmp_path / "ok"], tiny_patches)  # no warning (an error under pytest)
+
+
+@pytest.mark.slow
+def test_unlabelled_chips_of_another_sensor_help(tmp_path: Path) -> None:
+    """4 labelled chips of grey boxes; validation and 40 unlabelled chips of red-only boxes.
+
+    The supervised model learns "bright in every band" and loses the red boxes as it fits
+    the grey ones; the mean teacher, taught on the unlabelled chips by its own surest
+    pixels, keeps them (``python bench/semi_tiny.py`` prints both runs per epoch).
+    """
+    patches, unlabelled = shifted_domain(tmp_path)
+
+    def run(name: str, over: dict[str, object]) -> list[dict[str, float]]:
+        cfg = load_config(TrainConfig, TINY, {"data": {"samples_per_epoch": 16}, **over})
+        return train(cfg, patches, tmp_path / name, epochs=12).history
+
+    sup = run("supervised", {})
+    semi = run("semi", {"semi": {"unlabelled": [str(unlabelled)], "burn_in_epochs": 4, "ramp_epochs": 2,
+                                 "weight": 1.0}})
+    assert [h["ap"] for h in semi[:4]] == [h["ap"] for h in sup[:4]]  # burn-in: the same run
+    assert all(h["confident"] == pytest.approx(0.5, abs=0.02) for h in semi[4:])
+    assert semi[-1]["ap"] > sup[-1]["ap"] + 0.3 and semi[-1]["f1"] > 0.9
+    assert max(h["ap"] for h in semi) > max(h["ap"] for h in sup) + 0.15

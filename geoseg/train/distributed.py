@@ -129,6 +129,16 @@ class Dist:
         tdist.all_reduce(t, op=tdist.ReduceOp.MIN)
         return int(t.item())
 
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the ranks (a new tensor, on ``t``'s device)."""
+        if not self.active:
+            return t
+        out = t.detach().clone()
+        if tdist.get_backend() == "nccl":
+            out = out.cuda(self.local_rank)
+        tdist.all_reduce(out, op=tdist.ReduceOp.SUM)
+        return out.to(t.device)
+
     def rng_states(self) -> dict[str, Any]:
         """The checkpoint's ``rng``: this rank's torch and CUDA states, and every rank's."""
         mine = {"torch": torch.get_rng_state(),

@@ -68,4 +68,5 @@ def mean_teacher_of(cfg: Any, has_ema: bool, batch: int, dist: Any = None) -> An
     gsd = load_stats_gsd(Path(cfg.patches))
     return MeanTeacher(cfg.semi, load_stats(cfg.patches), cfg.data.crop, batch, cfg.seed,
                        Path(cfg.patches), rank, world, gsd=gsd if math.isfinite(gsd) else None,
-                       gsd_range=cfg.augment.gsd_range if cfg.augment.gsd > 0 else None)
+                       gsd_range=cfg.augment.gsd_range if cfg.augment.gsd > 0 else None,
+                       reduce=dist.sum if dist is not None and dist.active else None)

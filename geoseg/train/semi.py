@@ -16,8 +16,10 @@ beside the labelled batch:
    student, so the teacher's maps line up with the student's pixel for pixel;
 3. ``consistency: hard`` (the default): the teacher's fused maps (PV + FF at
    ``teacher_budget``) become hard pseudo-targets (extent, boundary, contact > 0.5; the
-   class of highest probability), kept only where the teacher is confident about extent
-   (``max(p, 1 − p) >= threshold``) and the data valid;
+   class of highest probability), kept where the data is valid and the teacher is most
+   sure about extent (``max(p, 1 − p)``): the ``keep`` share of each pseudo-class (building,
+   background) in the batch (default 0.5, class-balanced, whatever the calibration), or
+   above a fixed ``threshold``;
 4. the student's output on the strong view is scored against them with the same
    :class:`~geoseg.train.losses.RoutedLoss` as labelled data, router utility included (its
    target: how much FF lowers the loss against the teacher's maps, per cell).
@@ -39,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,8 +57,8 @@ from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
 from geoseg.config import Strict
 from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
 from geoseg.io.rasters import GSD_TOLERANCE
-from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
 from geoseg.train.augment import AugmentConfig, build_augment
+from geoseg.train.pseudo import pseudo_targets, soft_consistency
 from geoseg.train.scale import read_scaled, scaled_window
 
 #: Consecutive steps in which the teacher keeps no pixel before a warning (hard consistency).
@@ -76,8 +78,11 @@ class SemiConfig(Strict):
     weight: float = Field(0.5, ge=0, description="weight of the unsupervised loss after the ramp")
     ramp_epochs: float = Field(3.0, ge=0, description="sigmoid ramp-up of the weight, in epochs")
     burn_in_epochs: float = Field(5.0, ge=0, description="supervised-only epochs first")
-    threshold: float = Field(0.9, ge=0.5, lt=1.0,
-                             description="teacher confidence max(p, 1-p) to keep a pixel")
+    keep: float | None = Field(
+        None, gt=0, le=1, description="hard: the most confident share of each pseudo-class (building, "
+                                      "background) kept per batch (None: 0.5 unless threshold is set)")
+    threshold: float | None = Field(
+        None, ge=0.5, lt=1.0, description="hard, instead of keep: teacher confidence max(p, 1-p) to keep a pixel")
     ratio: float = Field(1.0, gt=0, description="unlabelled samples per labelled one per step")
     teacher_budget: float = Field(1.0, gt=0, le=1, description="router budget of the teacher")
     consistency: Literal["hard", "soft"] = Field(
@@ -92,6 +97,20 @@ class SemiConfig(Strict):
             raise ValueError("semi.strong must not move pixels (set d4 and shift_scale_rotate "
                              "to 0): the teacher's targets must line up with the student's view")
         return self
+
+    @model_validator(mode="after")
+    def _one_confidence_rule(self) -> SemiConfig:
+        if self.keep is not None and self.threshold is not None:
+            raise ValueError("semi: give keep or threshold, not both")
+        if self.consistency == "soft" and (self.keep is not None or self.threshold is not None):
+            raise ValueError("semi.keep and semi.threshold choose hard pseudo-targets; consistency: soft "
+                             "uses every valid pixel: remove them")
+        return self
+
+    @property
+    def keep_share(self) -> float | None:
+        """The share of each pseudo-class kept, or None when a fixed ``threshold`` is set."""
+        return None if self.threshold is not None else (0.5 if self.keep is None else self.keep)
 
     @property
     def enabled(self) -> bool:
@@ -262,63 +281,6 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32))
 
 
-def pseudo_targets(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold: float
-                   ) -> tuple[dict[str, torch.Tensor], float]:
-    """Hard targets from the teacher's maps, kept where it is confident about extent.
-
-    Args:
-        teacher_logits: (B, C, H, W) fused logits of the teacher on the weak view.
-        valid: (B, H, W) bool, valid data.
-        threshold: keep pixels where ``max(p, 1 - p) >= threshold`` for extent.
-
-    Returns:
-        ``extent``, ``boundary``, ``contact`` (float 0/1), ``sdf`` (0: no boundary-aware
-        term), ``valid`` (bool) [, ``classes``], and the share of valid pixels kept.
-
-    Examples:
-        >>> logits = torch.tensor([4.0, 0.1, -4.0]).reshape(1, 1, 1, 3).expand(1, 3, 1, 3)
-        >>> t, share = pseudo_targets(logits, torch.ones(1, 1, 3, dtype=torch.bool), 0.9)
-        >>> t["extent"].tolist(), t["valid"].tolist(), round(share, 3)
-        ([[[1.0, 1.0, 0.0]]], [[[True, False, True]]], 0.667)
-    """
-    p = torch.sigmoid(teacher_logits.detach().float())
-    ext = p[:, EXTENT]
-    keep = valid & (torch.maximum(ext, 1 - ext) >= threshold)
-    targets = {"extent": (ext > 0.5).float(), "boundary": (p[:, BOUNDARY] > 0.5).float(),
-               "contact": (p[:, CONTACT] > 0.5).float(), "sdf": torch.zeros_like(ext), "valid": keep}
-    if teacher_logits.shape[1] > FIRST_CLASS:
-        cls = teacher_logits[:, FIRST_CLASS:].argmax(1)
-        targets["classes"] = cls.masked_fill(~(keep & (ext > 0.5)), -1)
-    share = float(keep.sum()) / max(1, int(valid.sum()))
-    return targets, share
-
-
-def soft_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor
-                     ) -> torch.Tensor:
-    """Mean squared difference of the fused probabilities over valid pixels and channels.
-
-    Extent, boundary and contact through a sigmoid, the classes (if any) through a softmax,
-    as :func:`geoseg.models.postprocess.probabilities`; the teacher's are constants.
-
-    Examples:
-        >>> s = torch.zeros(1, 3, 1, 2)  # p = 0.5 everywhere
-        >>> t = torch.tensor([100.0, -100.0]).reshape(1, 1, 1, 2).expand(1, 3, 1, 2)  # p = 1, 0
-        >>> float(soft_consistency(s, t, torch.tensor([[[True, False]]])))
-        0.25
-    """
-
-    def probs(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        maps = [torch.sigmoid(logits[:, :FIRST_CLASS])]
-        if logits.shape[1] > FIRST_CLASS:
-            maps.append(torch.softmax(logits[:, FIRST_CLASS:], dim=1))
-        return torch.cat(maps, dim=1)
-
-    diff = (probs(student_logits) - probs(teacher_logits.detach())) ** 2
-    weight = valid[:, None].to(diff.dtype)
-    return (diff * weight).sum() / (weight.sum() * diff.shape[1]).clamp_min(1.0)
-
-
 class MeanTeacher:
     """The unlabelled half of each training step (see the module doc).
 
@@ -332,6 +294,7 @@ class MeanTeacher:
             validation split.
         rank, world: this process's share of each unlabelled batch (``rank`` of ``world``).
         gsd, gsd_range: the grid of the labelled chips (see :class:`UnlabelledChips`).
+        reduce: sums a tensor over the processes, so that ``keep`` cuts the global batch.
 
     Raises:
         ConfigError: the unlabelled batch is not a multiple of ``world``.
@@ -339,7 +302,8 @@ class MeanTeacher:
 
     def __init__(self, cfg: SemiConfig, stats: BandStats, crop: int | None, batch_size: int,
                  seed: int, patches: Path | None = None, rank: int = 0, world: int = 1,
-                 gsd: float | None = None, gsd_range: tuple[float, float] | None = None) -> None:
+                 gsd: float | None = None, gsd_range: tuple[float, float] | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         from geoseg.train.distributed import check_unlabelled_batch
 
         self.cfg = cfg
@@ -348,7 +312,7 @@ class MeanTeacher:
         self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed, gsd, gsd_range)
         if patches is not None:
             warn_if_overlapping_val(cfg.unlabelled, patches)
-        self.seed, self.rank, self.world, self.empty = seed, rank, world, 0
+        self.seed, self.rank, self.world, self.empty, self.reduce = seed, rank, world, 0, reduce
 
     def weight(self, epoch: float) -> float:
         """Weight of the unsupervised loss at a (fractional) epoch (:func:`ramp_weight`)."""
@@ -380,12 +344,13 @@ class MeanTeacher:
         if self.cfg.consistency == "soft":
             total = soft_consistency(out.logits, t_out.logits, batch["valid"])
             return total, {"unsup": float(total.detach()), "confident": 1.0}
-        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold)
-        self.empty = self.empty + 1 if share < 1e-3 else 0
+        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold,
+                                        self.cfg.keep_share, self.reduce)
+        self.empty = self.empty + 1 if share < 1e-3 and self.cfg.threshold is not None else 0
         if self.empty == EMPTY_STEPS:  # once per run of empty steps
             warnings.warn(f"semi: the teacher kept no unlabelled pixel in {EMPTY_STEPS} steps (extent max(p, 1-p) "
                           f">= semi.threshold {self.cfg.threshold}), so the unsupervised loss teaches nothing; "
-                          "a Lovász-trained extent seldom passes 0.8: lower semi.threshold (e.g. 0.7) or set "
-                          "semi.consistency: soft", GeoSegWarning, stacklevel=2)
+                          "a Lovász-trained extent seldom passes 0.8: remove semi.threshold (the default keeps "
+                          "the most confident half of each class) or lower it", GeoSegWarning, stacklevel=2)
         total, _ = loss_fn(out, targets, progress=progress)
         return total, {"unsup": float(total.detach()), "confident": share}
