@@ -10,6 +10,7 @@ F1, AP50 and the training wall time of each, and the difference.
     $ python bench/semi.py [--epochs 30] [--out outputs/bench-semi] [--consistency soft --weight 10] [--seed 1]
           [--ratio 0.5]   # half an unlabelled sample per labelled one: a cheaper step
           [--keep 0.5]    # hard pseudo-targets: the most confident half of each pseudo-class
+          [--block-b]     # diagnostic only: unlabelled = block B's other zooms (breaks the target's rule)
     $ python bench/semi.py --only supervised --epochs 46   # about the semi run's time (run folder gets -e46)
 """
 
@@ -33,6 +34,9 @@ def main() -> None:
     ap.add_argument("--weight", type=float, help="semi.weight (default: the config's, 0.5)")
     ap.add_argument("--keep", type=float, help="semi.keep: the most confident share of each pseudo-class "
                     "instead of semi.threshold (hard consistency; run folder gets -keepK)")
+    ap.add_argument("--block-b", action="store_true",
+                    help="a diagnostic, not the target: the unlabelled chips are block B's other zooms (z19, "
+                         "z21), the scene validated on (run folder gets -blockB)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
     ap.add_argument("--ratio", type=float, default=1.0,
                     help="semi.ratio: unlabelled samples per labelled one per step (run folder gets -ratioR)")
@@ -52,10 +56,13 @@ def main() -> None:
     labels = sample / "labels" / "buildings.gpkg"
     block_b = sample / "kampala_blockB_z20.tif"
     out = args.out
-    patches, unlabelled = out / "patches", out / "unlabelled"
+    patches, unlabelled = out / "patches", out / ("unlabelled-blockB" if args.block_b else "unlabelled")
     if not (patches / "annotations.json").exists():
         tile([sample], labels, patches, TileConfig(size=512, overlap=64, val_fraction=0.0,
                                                     val_scenes=("kampala_blockB*",)), progress=False)
+    if args.block_b and not (unlabelled / "annotations.json").exists():
+        tile([kampala / "kampala_blockB_z19.tif", kampala / "kampala_blockB_z21.tif"], None, unlabelled,
+             TileConfig(size=512, overlap=64), progress=False)
     if not (unlabelled / "annotations.json").exists():
         tile([kampala / "kampala_blockA_z19.tif", kampala / "kampala_blockA_z21.tif",
               SHARED / "neon_osbs_trees" / "OSBS_029.tif"], None, unlabelled,
@@ -80,6 +87,8 @@ def main() -> None:
             run = run.with_name(f"{run.name}-ratio{args.ratio:g}")
         if name == "semi" and args.keep is not None:
             run = run.with_name(f"{run.name}-keep{args.keep:g}")
+        if name == "semi" and args.block_b:
+            run = run.with_name(f"{run.name}-blockB")
         if args.epochs != 30:  # another run than the 30-epoch one (resume would extend it)
             run = run.with_name(f"{run.name}-e{args.epochs}")
         if args.seed:

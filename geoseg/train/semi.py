@@ -237,11 +237,11 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
     def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
                  strong: AugmentConfig, seed: int = 0, gsd: float | None = None,
                  gsd_range: tuple[float, float] | None = None) -> None:
-        grid = [c for r in roots for c in chip_grid(Path(r), gsd, gsd_range)]
-        self.chips, self.factors = [c for c, _ in grid], [f for _, f in grid]
-        for root in roots:
-            first = chips_of(Path(root))[0]
-            with rasterio.open(first) as src:
+        grids = {Path(r): chip_grid(Path(r), gsd, gsd_range) for r in roots}
+        self.chips = [c for grid in grids.values() for c, _ in grid]
+        self.factors = [f for grid in grids.values() for _, f in grid]
+        for root, grid in grids.items():
+            with rasterio.open(grid[0][0]) as src:
                 if src.count != stats.bands:
                     raise ConfigError(f"unlabelled chips in {root} have {src.count} bands but the "
                                       f"labelled ones {stats.bands}; tile scenes of the same sensor")
