@@ -87,8 +87,7 @@ def test_keep_is_the_default_and_excludes_threshold() -> None:
     assert SemiConfig(threshold=0.8).keep_share is None
     with pytest.raises(ValueError, match="keep or threshold, not both"):
         SemiConfig(keep=0.5, threshold=0.8)
-    with pytest.raises(ValueError, match="consistency: soft"):
-        SemiConfig(consistency="soft", keep=0.5)
+    SemiConfig(consistency="soft", threshold=0.9)  # a soft run's config.yaml of an earlier revision loads
 
 
 def test_strong_view_must_not_move_pixels() -> None:

@@ -34,6 +34,10 @@ def class_histograms(teacher_logits: torch.Tensor, valid: torch.Tensor) -> torch
     summed over their shares of a batch (an all-reduce), it is the whole batch's.
     """
     _, conf, sides = extent_confidence(teacher_logits, valid)
+    return _histograms(conf, sides)
+
+
+def _histograms(conf: torch.Tensor, sides: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.histc(conf[side], bins=BINS, min=0.5, max=1.0) for side in sides])
 
 
@@ -63,8 +67,8 @@ def pseudo_targets(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold:
     A Lovász-trained extent is not calibrated (its probabilities may never pass 0.8), so
     the default rule is relative: among the valid pixels the teacher calls building
     (``p > 0.5``), the ``keep_share`` with the highest ``p``; among the others, the share
-    with the lowest (to 1/4096 of the confidence range, whole bins kept). Both classes keep the same share however
-    few buildings there are, so the student is not taught to erase them.
+    with the lowest (to 1/4096 of the confidence range, whole bins kept). Both classes keep
+    the same share however few buildings there are, so the student is not taught to erase them.
 
     Args:
         teacher_logits: (B, C, H, W) fused logits of the teacher on the weak view.
@@ -95,7 +99,7 @@ def pseudo_targets(teacher_logits: torch.Tensor, valid: torch.Tensor, threshold:
             raise ValueError("pseudo_targets needs threshold or keep_share")
         keep = valid & (conf >= threshold)
     else:
-        hist = class_histograms(teacher_logits, valid)
+        hist = _histograms(conf, sides)
         keep = torch.zeros_like(valid)
         for side, cut in zip(sides, class_cuts(hist if reduce is None else reduce(hist), keep_share), strict=True):
             keep |= side & (conf >= cut)

@@ -100,11 +100,9 @@ class SemiConfig(Strict):
 
     @model_validator(mode="after")
     def _one_confidence_rule(self) -> SemiConfig:
+        # soft ignores both (runs of earlier revisions saved threshold: 0.9 with every consistency)
         if self.keep is not None and self.threshold is not None:
             raise ValueError("semi: give keep or threshold, not both")
-        if self.consistency == "soft" and (self.keep is not None or self.threshold is not None):
-            raise ValueError("semi.keep and semi.threshold choose hard pseudo-targets; consistency: soft "
-                             "uses every valid pixel: remove them")
         return self
 
     @property
