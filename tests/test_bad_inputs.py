@@ -337,6 +337,72 @@ def test_labels_without_geometry_column(kind: str, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def _two_layer_labels(tmp_path: Path) -> tuple[Path, Path]:
+    """A scene, and a GeoPackage whose first layer holds 3 of its 4 squares and whose second holds all 4."""
+    import pyogrio
+
+    scene = write_raster(tmp_path / "s.tif", np.ones((1, 64, 64), np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    labels = labels_for(scene, tmp_path / "tmp.gpkg", [(4, 4, 12, 12), (40, 4, 50, 12), (4, 40, 12, 50),
+                                                          (40, 40, 52, 52)], crs=CRS)
+    every = gpd.read_file(labels)
+    out = tmp_path / "labels.gpkg"
+    every.iloc[:3].to_file(out, layer="draft")
+    every.to_file(out, layer="checked")
+    pyogrio.write_dataframe(pd.DataFrame({"note": ["a table"]}), out, layer="notes")
+    return scene, out
+
+
+def test_labels_of_several_layers_name_the_one_to_read(tmp_path: Path) -> None:
+    """OGR reads a file's first layer: with several, tiling it would use the wrong polygons with exit 0."""
+    scene, labels = _two_layer_labels(tmp_path)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--out", str(tmp_path / "out")])
+    line = one_error_line(res, labels.name)
+    assert "2 geometry layers (draft, checked)" in line and f"{labels}|layername=draft" in line
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", f"{labels}|layername=nope",
+                                   "--out", str(tmp_path / "out")])
+    assert "no layer 'nope'; its layers: draft, checked, notes" in one_error_line(res, labels.name)
+
+    def instances(layer: str, out: Path, *extra: str) -> int:
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", f"{labels}|layername={layer}", "--out",
+                                       str(out), "--size", "32", "--overlap", "0", *extra])
+        assert res.exit_code == 0, res.output
+        return len(json.loads((out / "annotations.json").read_text())["annotations"])
+
+    assert instances("draft", tmp_path / "a") == 3
+    assert instances("checked", tmp_path / "b") == 4
+    # the layer is part of what a rerun must match: another layer is not "already done"
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", f"{labels}|layername=checked", "--out",
+                                   str(tmp_path / "a"), "--size", "32", "--overlap", "0"])
+    assert "other parameters or inputs" in one_error_line(res, "a")
+    assert instances("checked", tmp_path / "a", "--overwrite") == 4
+
+
+def test_truth_of_several_layers_is_refused_by_evaluate(tmp_path: Path) -> None:
+    scene, labels = _two_layer_labels(tmp_path)
+    pred = tmp_path / "pred.gpkg"
+    gpd.read_file(labels, layer="checked").to_file(pred)
+    res = CliRunner().invoke(cli, ["evaluate", str(pred), str(labels)])
+    assert "name the one to read" in one_error_line(res, labels.name)
+    res = CliRunner().invoke(cli, ["evaluate", str(pred), f"{labels}|layername=draft", "--json",
+                                   str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert (report["tp"], report["fp"], report["fn"]) == (3, 1, 0), report  # scored against the 3 drafts
+
+
+def test_one_geometry_layer_beside_tables_is_read(tmp_path: Path) -> None:
+    """A GeoPackage of one polygon layer after an attribute table: that layer, not the first table."""
+    import pyogrio
+
+    from geoseg.io.vectors import read_labels
+
+    path = tmp_path / "l.gpkg"
+    pyogrio.write_dataframe(pd.DataFrame({"note": ["a table"]}), path, layer="notes")
+    gpd.GeoDataFrame(geometry=[shapely.box(0, 0, 1, 1)], crs=CRS).to_file(path, layer="roofs")
+    assert len(read_labels(path)) == 1
+
+
 # -- 7. a malformed stats.json at train time --------------------------------------------------
 
 @pytest.mark.parametrize("text", ['{"bands": 3, "mean": [1, 2', '[]', '{"bands": 3}',

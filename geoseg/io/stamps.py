@@ -21,6 +21,8 @@ from typing import Any
 def input_stamp(path: str | Path) -> dict[str, Any] | None:
     """``{"name", "bytes", "mtime_ns"}`` of a file or a whole folder; None when it is missing.
 
+    A layer of a vector file (``x.gpkg|layername=roofs``) gets the file's stamp and ``layer``.
+
     For a folder, ``bytes`` is the total size of the files in it and ``mtime_ns`` the newest
     mtime of the folder and of anything in it. A URL or GDAL network path (a ``str``) gets
     :func:`geoseg.io.sources.remote_stamp` (ETag and Last-Modified too); it raises
@@ -34,6 +36,12 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
 
     if is_remote(path):
         return remote_stamp(path)
+    if "|layername=" in str(path):  # one layer of a vector file (QGIS's syntax): the file's stamp and the layer
+        from geoseg.io.vectors import split_layer
+
+        file, layer = split_layer(path)
+        stamp = input_stamp(file)
+        return None if stamp is None else {**stamp, "layer": layer}
     p = Path(path)
     try:
         st = p.stat()

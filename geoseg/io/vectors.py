@@ -14,6 +14,51 @@ from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError
 
 #: Name of the class column in every GeoDataFrame geoseg hands around.
 CLASS = "class"
+#: QGIS's data source syntax for one layer of a file: ``buildings.gpkg|layername=roofs``.
+LAYER_SEP = "|layername="
+
+
+def split_layer(path: str | Path) -> tuple[Path, str | None]:
+    """A vector input as (file, layer): ``x.gpkg|layername=roofs`` names a layer, as in QGIS.
+
+    Examples:
+        >>> split_layer("labels.gpkg|layername=roofs")
+        (PosixPath('labels.gpkg'), 'roofs')
+        >>> split_layer("labels.gpkg")
+        (PosixPath('labels.gpkg'), None)
+    """
+    file, sep, layer = str(path).partition(LAYER_SEP)
+    return Path(file), (layer if sep else None)
+
+
+def pick_layer(path: Path, role: str, layer: str | None) -> str | None:
+    """The layer to read: the one named, else the file's only layer with geometries.
+
+    A file of several geometry layers and no name given is refused: reading its first one,
+    as OGR does, would tile or score the wrong polygons without a word.
+
+    Raises:
+        InputVectorError: the named layer is not in the file; several geometry layers and none named.
+    """
+    try:
+        layers = [(str(n), g) for n, g in pyogrio.list_layers(path)]
+    except Exception:  # unreadable: read_file's error names it
+        return layer
+    names = [n for n, _ in layers]
+    spatial = [n for n, g in layers if g is not None]
+
+    def shown(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    if layer is not None:
+        if layer not in names:
+            raise InputVectorError(f"{role} file {path} has no layer '{layer}'; its layers: {shown(names)}")
+        return layer
+    if len(spatial) > 1:
+        raise InputVectorError(
+            f"{role} file {path} holds {len(spatial)} geometry layers ({shown(spatial)}); name the one to read "
+            f"as '{path}{LAYER_SEP}{spatial[0]}' (QGIS's syntax for a layer of a file)")
+    return spatial[0] if spatial and len(layers) > 1 else layer
 
 
 def polygonal_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -85,20 +130,29 @@ def check_vector_name(path: str | Path, what: str, *, output: bool = False) -> P
 def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.GeoDataFrame:
     """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
 
-    The one reader of the vector inputs of geoseg (labels, truth, predictions).
+    The one reader of the vector inputs of geoseg (labels, truth, predictions, AOIs,
+    examples), so each takes ``FILE|layername=LAYER`` for a layer of a multi-layer file.
 
     Args:
-        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf...
+        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf..., optionally ``|layername=LAYER``.
         role: what the file is (``"label"``, ``"truth"``), for messages.
-        layer: the layer to read (the first by default).
+        layer: the layer to read (default: the one in ``path``, else the file's only
+            geometry layer).
 
     Raises:
         InputVectorError: a missing or unreadable file, a name with ``;``, a layer without
-            a geometry column (an attribute table, a CSV), or no CRS.
+            a geometry column (an attribute table, a CSV), several geometry layers and
+            none named, a named layer the file lacks, or no CRS.
     """
+    path, named = split_layer(path)
+    if layer is not None and named is not None and layer != named:
+        raise InputVectorError(f"{role} file {path}: layer '{named}' in the path and '{layer}' given; name one")
+    layer = layer if layer is not None else named
     path = check_vector_name(path, f"{role} file")
     if not path.exists():
         raise InputVectorError(f"{role} file {path} does not exist; check the path")
+    if path.suffix.lower() != ".parquet":
+        layer = pick_layer(path, role, layer)
     try:
         if path.suffix.lower() == ".parquet":  # GeoParquet (geoseg predict writes it): pyarrow
             gdf = gpd.read_parquet(path)
