@@ -276,6 +276,10 @@ def evaluate_frames(
     tcls = truth[class_field].astype(str).to_numpy() if by_class else np.zeros(len(truth), dtype=str)
 
     pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
+    if len(pg) and len(tg) and not shapely.box(*pred.total_bounds).intersects(shapely.box(*truth.total_bounds)):
+        log.warning("the predictions (bounds %s) and the truth (bounds %s; both in %s) do not "
+                    "overlap: nothing can match; check that each file's CRS is the one its coordinates are in",
+                    _bounds(pred), _bounds(truth), pred.crs.to_string())
     # pairs below both thresholds can never match: skip them early
     pi, ti, pair_iou = candidate_pairs(pg, tg, pcls, tcls, min_iou=min(iou, THRESHOLDS[0]) - 2 * EPS)
     matched = match_by_iou(pi, ti, pair_iou, iou)
@@ -314,7 +318,7 @@ def evaluate(
     class_field: str = "class",
     boundary_width: float | None = None,
 ) -> dict[str, Any]:
-    """Compare a file of predicted polygons with a file of true polygons (first layer of each).
+    """Compare a file of predicted polygons with a file of true polygons (``FILE|layername=L`` for a layer).
 
     Args:
         pred: vector file of predictions (e.g. the output of ``geoseg predict``).
@@ -333,6 +337,10 @@ def evaluate(
     truth_gdf = read_polygons(truth, "truth")
     return evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
                            boundary_width=boundary_width)
+
+
+def _bounds(gdf: gpd.GeoDataFrame) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in gdf.total_bounds) + ")"
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -102,6 +102,21 @@ def test_truth_in_wgs84_same_as_utm():
         assert r["boundary_iou"] == pytest.approx(utm["boundary_iou"], rel=1e-3)
 
 
+def test_truth_with_a_wrong_crs_warns_that_nothing_overlaps(caplog):
+    """Truth whose coordinates are in another CRS than the one it declares lands elsewhere: F1 0 is the
+    right number, but the user must learn why."""
+    truth = grid(5).set_crs("EPSG:32637", allow_override=True)  # the coordinates are UTM 36N's
+    with caplog.at_level("WARNING"):
+        r = evaluate_frames(grid(5), truth)
+    assert (r["tp"], r["fp"], r["fn"]) == (0, 5, 5)
+    assert "do not overlap" in caplog.text and "CRS" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_frames(grid(5, dx=10.0), grid(5))  # in the gaps: nothing matches, yet the extents overlap
+        evaluate_frames(grid(0), grid(5))
+    assert "do not overlap" not in caplog.text
+
+
 def test_per_class_matches_within_class():
     truth = grid(4, **{"class": ["house", "house", "shed", "shed"]})
     pred = grid(4, **{"class": ["house", "shed", "shed", "shed"]})
