@@ -391,6 +391,27 @@ def test_truth_of_several_layers_is_refused_by_evaluate(tmp_path: Path) -> None:
     assert (report["tp"], report["fp"], report["fn"]) == (3, 1, 0), report  # scored against the 3 drafts
 
 
+def test_labels_that_touch_no_scene_are_refused_before_writing(tmp_path: Path) -> None:
+    """Labels whose declared CRS is not their coordinates' (UTM 37N given to 36N numbers) miss every scene:
+    tiling them would write negative chips only, with exit 0."""
+    scene, labels = _two_layer_labels(tmp_path)
+    wrong = tmp_path / "wrong.gpkg"
+    gpd.read_file(labels, layer="checked").set_crs("EPSG:32637", allow_override=True).to_file(wrong)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(wrong), "--out", str(tmp_path / "out"),
+                                   "--size", "32", "--overlap", "0"])
+    line = one_error_line(res, wrong.name, "scene s")
+    assert "none of the 4 polygons" in line and "CRS" in line and "EPSG:32636" in line
+    assert not (tmp_path / "out").exists()
+    # some outside (labels of a wider area) is normal: counted in the summary
+    some = tmp_path / "some.gpkg"
+    extra = gpd.read_file(wrong)
+    gpd.GeoDataFrame(geometry=[*gpd.read_file(labels, layer="checked").geometry, *extra.to_crs(CRS).geometry],
+                     crs=CRS).to_file(some)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(some), "--out", str(tmp_path / "out"),
+                                   "--size", "32", "--overlap", "0"])
+    assert res.exit_code == 0 and "labels: 8, 4 outside every scene" in res.output, res.output
+
+
 def test_one_geometry_layer_beside_tables_is_read(tmp_path: Path) -> None:
     """A GeoPackage of one polygon layer after an attribute table: that layer, not the first table."""
     import pyogrio

@@ -32,7 +32,7 @@ from dask.delayed import delayed
 from rasterio.windows import Window
 
 from geoseg import __version__, metrics
-from geoseg.errors import GeoSegWarning, InputRasterError
+from geoseg.errors import GeoSegWarning, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.rasters import (
     SceneInfo,
@@ -251,6 +251,10 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
     }, indent=2)
 
 
+def _bounds(geoms: Any) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in shapely.total_bounds(geoms)) + ")"
+
+
 def tile(
     scenes: Sequence[str | Path | SceneSource],
     labels: str | Path | None,
@@ -305,9 +309,6 @@ def tile(
     summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
                           labels=0 if gdf is None else len(gdf))
 
-    manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
-    prepare_out_dir(out, manifest, overwrite)
-
     grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
     sb, blocks, splits = split_scenes(good, grids, cfg)
     summary.split_block = sb
@@ -341,6 +342,14 @@ def tile(
                     min_valid=cfg.min_valid, compress=cfg.compress,
                 ))
     summary.labels_outside = summary.labels - len(touched)
+    if gdf is not None and len(gdf) and not touched:  # before anything is written
+        s = good[0]
+        raise InputVectorError(
+            f"none of the {len(gdf)} polygons of {labels} touches a scene (in {s.crs}: labels "
+            f"{_bounds(by_crs[s.crs][0])}, scene {s.name} {_bounds([s.footprint])}); check that the labels' "
+            "CRS is the one of their coordinates, or tile without --labels for negative chips only")
+    manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
+    prepare_out_dir(out, manifest, overwrite)
     chip_names = {f"{s.name}_{int(w.row_off)}_{int(w.col_off)}.tif"
                   for s in good for row in grids[s.name] for w in row}
     for p in remove_leftovers(out, keep=chip_names):
