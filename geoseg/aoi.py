@@ -8,6 +8,7 @@ with the part of the other that the edge keeps.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,8 @@ MASK_SIDE = 1024
 #: mosaic, say) are not cut out of the footprint: clipping both sides around them would only
 #: punch holes in roofs and add staircase corners to the outlines compared.
 SPECK = 0.005
+
+log = logging.getLogger(__name__)
 
 
 def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSeries:
@@ -141,6 +144,7 @@ def restrict(
         InputVectorError: the AOI file cannot be read or holds no polygon.
     """
     notes: list[str] = []
+    before = len(pred) + len(truth)
     if clip:
         if not scenes:
             raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "
@@ -152,4 +156,7 @@ def restrict(
         area = read_aoi(aoi)
         pred, truth = clip_to(pred, area), clip_to(truth, area)
         notes.append(f"inside {Path(aoi).name}")
+    if before and not len(pred) + len(truth):
+        log.warning("no prediction and no truth polygon is left %s: every number is 0; check that the "
+                    "area overlaps the polygons (and its CRS)", " and ".join(notes))
     return pred, truth, notes

@@ -143,6 +143,21 @@ def test_restrict_by_scenes_and_aoi(tmp_path: Path) -> None:
         restrict(pred, truth, clip=True)
 
 
+def test_an_aoi_beside_every_polygon_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An AOI of another place (or in a wrong CRS) leaves nothing: every number 0, with a warning why."""
+    from geoseg.aoi import restrict
+
+    truth = pred = gpd.GeoDataFrame(geometry=[shapely.box(450010, 35970, 450020, 35980)], crs=UTM)
+    gpd.GeoDataFrame(geometry=[shapely.box(460000, 35900, 460015, 36000)], crs=UTM).to_file(tmp_path / "a.gpkg")
+    with caplog.at_level("WARNING"):
+        p, t, _ = restrict(pred, truth, aoi=tmp_path / "a.gpkg")
+    assert len(p) == len(t) == 0 and "no prediction and no truth polygon is left inside a.gpkg" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        restrict(pred.iloc[:0], truth.iloc[:0], aoi=tmp_path / "a.gpkg")  # nothing to begin with: no warning
+    assert caplog.text == ""
+
+
 def test_evaluate_reports_outline_quality_and_cli_restricts(tmp_path: Path) -> None:
     import json
 
