@@ -69,6 +69,23 @@ def test_nan_pixels_are_invalid_in_predict(tiny_run: Path, tmp_path: Path) -> No
     assert not gdf.intersects(right).any()
 
 
+def test_a_scene_without_valid_pixels_warns(tiny_run: Path, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A scene of nodata only (outside a mosaic's imagery) gives no polygon, and says so; the others go on."""
+    good = bright_boxes_scene(tmp_path / "good.tif", SHAPE, BOXES, seed=4)
+    with rasterio.open(good) as src:
+        transform, crs = src.transform, src.crs.to_string()
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((3, *SHAPE), np.uint8), crs, transform, nodata=0)
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+        predict([empty, good], tiny_run, tmp_path / "p.gpkg", cfg(), progress=False)
+    assert "1 scene(s) hold no valid pixel" in caplog.text and "from empty" in caplog.text, caplog.text
+    assert set(gpd.read_file(tmp_path / "p.gpkg")["scene"]) == {"good"}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+        predict([good], tiny_run, tmp_path / "q.gpkg", cfg(), progress=False)
+    assert "no valid pixel" not in caplog.text
+
+
 def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "t.tif"
     img = np.random.default_rng(0).integers(0, 255, (3, 256, 256)).astype("uint8")

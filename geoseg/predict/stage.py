@@ -306,6 +306,7 @@ def predict(
         results = compute(tasks + outputs, scheduler=scheduler, desc="predict", progress=progress)
     n_pv = 0
     used: list[int] = []
+    empty: list[str] = []
     if meta.arch == "maskrcnn":
         summary.model_seconds = sum(r.model_s for r in results[:len(tasks)])
     for plan in plans if meta.arch == "routed" else []:
@@ -319,6 +320,11 @@ def predict(
         summary.ff_regions += sum(r.regions for r in ffs)
         summary.ff_covered += sum(r.covered for r in ffs)
         used += [r.ff_batch for r in ffs if r.ff_batch]
+        if not any(r.allowed.any() for r in pvs):
+            empty.append(plan.scene.name)
+    if empty:  # a scene outside the imagery of a mosaic, say: no polygon, and the user told why
+        log.warning("%d scene(s) hold no valid pixel (nodata, masked, or NaN everywhere): no polygon from %s",
+                    len(empty), ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else ""))
     summary.ff_batch = (summary_line(int(model_key.ff_batch), ff_plan.why, min(used, default=None))
                         if meta.arch == "routed" else f"memory: {ff_plan.why}" if ff_plan.threads else "")
     for plan in plans if meta.arch == "routed" else []:
