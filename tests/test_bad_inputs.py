@@ -294,6 +294,20 @@ def test_missing_chip_fails_train_up_front_and_tile_rewrites_it(train_only_patch
     assert chip.is_file() and s.chips_written == 1
 
 
+def test_train_on_chips_without_labels_is_refused(tmp_path: Path) -> None:
+    """Chips tiled without --labels (meant for --unlabelled) would train a model of empty masks, exit 0."""
+    from conftest import REPO
+
+    data = np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8)
+    scene = write_raster(tmp_path / "s.tif", data, CRS, from_origin(450000, 40000, 1, 1))
+    tile([scene], None, tmp_path / "p", TileConfig(size=32, overlap=0, val_fraction=0.0), scheduler="sync")
+    res = CliRunner().invoke(cli, ["train", str(REPO / "tests" / "conf" / "tiny.yaml"),
+                                   "--patches", str(tmp_path / "p"), "--out", str(tmp_path / "run")])
+    line = one_error_line(res, "annotations.json")
+    assert "no labelled object" in line and "--unlabelled" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # -- 5. temporaries of a killed tile run ------------------------------------------------------
 
 def test_rerun_removes_temporaries_of_a_killed_run(tmp_path: Path) -> None:

@@ -155,8 +155,8 @@ class ChipDataset(Dataset[dict[str, Any]]):
     Raises:
         InputRasterError: ``annotations.json`` or ``stats.json`` missing or unreadable, or
             a chip it lists missing on disk.
-        ConfigError: unknown split, or no chip in the split; scale augmentation on chips
-            whose GSD is unknown.
+        ConfigError: unknown split, or no chip in the split; train chips without any object;
+            scale augmentation on chips whose GSD is unknown.
     """
 
     def __init__(self, root: str | Path, split: Literal["train", "val"] = "train", *,
@@ -186,6 +186,11 @@ class ChipDataset(Dataset[dict[str, Any]]):
             hint = ("tile with val_fraction > 0 or val_scenes set" if split == "val"
                     else "tile more scenes or lower val_fraction")
             raise ConfigError(f"no '{split}' chips in {ann_path}; {hint}")
+        if split == "train" and len(self.index.bbox) == 0:  # a model of empty masks, with exit 0
+            raise ConfigError(
+                f"the {len(self.index)} train chips of {ann_path} hold no labelled object (tiled without "
+                "--labels, or with labels outside the train scenes); tile with --labels, or give chips "
+                "without labels to train as --unlabelled")
         missing = [str(f) for f in self.index.files if not (self.root / "images" / str(f)).is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more chips)" if len(missing) > 1 else ""
