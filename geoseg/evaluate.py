@@ -245,7 +245,8 @@ def evaluate_frames(
         empty when the evaluation is class-agnostic).
 
     Raises:
-        InputVectorError: a frame has no CRS, or non-numeric scores.
+        InputVectorError: a frame has no CRS, or non-numeric scores; a ``class_field`` other
+            than ``"class"`` that neither frame has.
         ValueError: ``iou`` is not in (0, 1].
     """
     if not 0 < iou <= 1:
@@ -270,8 +271,12 @@ def evaluate_frames(
     rank[np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")] = np.arange(len(pred))
 
     by_class = class_field in pred.columns and class_field in truth.columns
+    if class_field != "class" and class_field not in pred.columns and class_field not in truth.columns:
+        raise InputVectorError(f"neither the predictions nor the truth has a column '{class_field}' (the "
+                               "class field); name one they have, or leave it out to match every class")
     if not by_class and (class_field in pred.columns or class_field in truth.columns):
-        log.info("only one input has a '%s' column: matching ignores classes", class_field)
+        (log.warning if class_field != "class" else log.info)(
+            "only one input has a '%s' column: matching ignores classes", class_field)
     pcls = pred[class_field].astype(str).to_numpy() if by_class else np.zeros(len(pred), dtype=str)
     tcls = truth[class_field].astype(str).to_numpy() if by_class else np.zeros(len(truth), dtype=str)
 

@@ -426,6 +426,20 @@ def test_labels_that_touch_no_scene_are_refused_before_writing(tmp_path: Path) -
     assert res.exit_code == 0 and "labels: 8, 4 outside every scene" in res.output, res.output
 
 
+def test_a_class_field_the_labels_lack_is_refused(tmp_path: Path) -> None:
+    """--class-field kind on labels without 'kind' once gave every polygon one class, exit 0."""
+    scene, labels = _two_layer_labels(tmp_path)
+    one = f"{labels}|layername=checked"
+    args = ["tile", str(scene), "--labels", one, "--size", "32", "--overlap", "0"]
+    res = CliRunner().invoke(cli, [*args, "--class-field", "kind", "--out", str(tmp_path / "out")])
+    assert "no column 'kind'" in one_error_line(res, labels.name, "class")
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "ok")])  # the default field: one class
+    assert res.exit_code == 0, res.output
+    cats = json.loads((tmp_path / "ok" / "annotations.json").read_text())["categories"]
+    assert [c["name"] for c in cats] == ["building"]  # labels_for's 'class' column
+
+
 def test_one_geometry_layer_beside_tables_is_read(tmp_path: Path) -> None:
     """A GeoPackage of one polygon layer after an attribute table: that layer, not the first table."""
     import pyogrio

@@ -117,6 +117,14 @@ def test_truth_with_a_wrong_crs_warns_that_nothing_overlaps(caplog):
     assert "do not overlap" not in caplog.text
 
 
+def test_a_class_field_neither_input_has_is_refused(caplog):
+    with pytest.raises(InputVectorError, match="column 'kind'"):
+        evaluate_frames(grid(3), grid(3), class_field="kind")
+    with caplog.at_level("WARNING"):  # only one has it: class-agnostic, and the user is told
+        r = evaluate_frames(grid(3, kind=["a"] * 3), grid(3), class_field="kind")
+    assert r["tp"] == 3 and "only one input has a 'kind' column" in caplog.text
+
+
 def test_per_class_matches_within_class():
     truth = grid(4, **{"class": ["house", "house", "shed", "shed"]})
     pred = grid(4, **{"class": ["house", "shed", "shed", "shed"]})

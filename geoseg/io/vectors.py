@@ -184,8 +184,8 @@ def read_labels(
     """Read labels as one Polygon per instance with a string ``class`` column.
 
     Invalid geometries are repaired with ``make_valid`` and their polygonal parts kept;
-    MultiPolygons become one instance per part. When ``class_field`` is not a column,
-    every instance gets ``class_name``.
+    MultiPolygons become one instance per part. When ``class_field`` is ``"class"`` and not
+    a column, every instance gets ``class_name``; another field that is not a column is an error.
 
     Args:
         path: GeoPackage, GeoJSON, Shapefile, or any file pyogrio reads.
@@ -198,10 +198,15 @@ def read_labels(
         and ``geometry``, in the file's CRS.
 
     Raises:
-        InputVectorError: see :func:`read_vector`.
+        InputVectorError: see :func:`read_vector`; a ``class_field`` other than ``"class"``
+            that the file lacks.
     """
     path = Path(path)
     gdf = read_vector(path, "label", layer)
+    if class_field != CLASS and class_field not in gdf.columns:  # a field named but absent: not one class
+        cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
+        raise InputVectorError(f"label file {path} has no column '{class_field}' (the class field); its "
+                               f"columns: {', '.join(cols[:12]) or 'none'}")
     if class_field in gdf.columns:
         classes = gdf[class_field].astype(str).to_numpy()
     else:
