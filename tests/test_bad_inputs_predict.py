@@ -86,6 +86,22 @@ def test_a_scene_without_valid_pixels_warns(tiny_run: Path, tmp_path: Path,
     assert "no valid pixel" not in caplog.text
 
 
+def test_a_scene_given_twice_is_predicted_once(tiny_run: Path, tmp_path: Path) -> None:
+    """A folder and a file in it: one scene (once an error telling to rename it); two files of one name: an error."""
+    from geoseg.errors import InputRasterError
+    from geoseg.io.sources import list_scenes
+
+    (tmp_path / "in").mkdir()
+    good = bright_boxes_scene(tmp_path / "in" / "good.tif", SHAPE, BOXES, seed=4)
+    assert [s.name for s in list_scenes([tmp_path / "in", good])] == ["good"]
+    once = predict([tmp_path / "in"], tiny_run, tmp_path / "a.gpkg", cfg(), progress=False).polygons
+    assert predict([tmp_path / "in", good], tiny_run, tmp_path / "b.gpkg", cfg(), progress=False).polygons == once > 0
+    (tmp_path / "other").mkdir()
+    bright_boxes_scene(tmp_path / "other" / "good.tif", SHAPE, BOXES, seed=5)
+    with pytest.raises(InputRasterError, match="two scenes share the name 'good'"):
+        list_scenes([tmp_path / "in", tmp_path / "other"])
+
+
 def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "t.tif"
     img = np.random.default_rng(0).integers(0, 255, (3, 256, 256)).astype("uint8")

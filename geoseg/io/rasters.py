@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +25,6 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError
 from geoseg.io.sources import (
-    RASTER_SUFFIXES,
     REMOTE_HINT,
     SceneSource,
     first_line,
@@ -212,37 +211,6 @@ def crs_to_string(crs: CRS) -> str:
     """``EPSG:nnnn`` when the CRS has an EPSG code, its WKT otherwise."""
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
-
-
-def list_rasters(inputs: Iterable[str | Path]) -> list[Path]:
-    """Expand directories into the rasters they hold (by extension), keep files as given.
-
-    Raises:
-        InputRasterError: an input does not exist, or a directory holds no raster.
-    """
-    out: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                raise InputRasterError(
-                    f"{path} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}); "
-                    "pass the folder of your scenes or the files themselves"
-                )
-            out.extend(found)
-        elif path.exists():
-            out.append(path)
-        else:
-            raise InputRasterError(f"{path} does not exist; check the path")
-    names = [p.stem for p in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputRasterError(
-            f"two scenes share the name '{dupes[0]}'; scene names (file stems) must be unique"
-        )
-    return out
 
 
 def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:

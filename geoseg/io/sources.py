@@ -255,7 +255,8 @@ def check_unique_names(scenes: Iterable[SceneSource]) -> None:
 def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = None) -> list[SceneSource]:
     """Scenes of the inputs: files, folders of rasters, URLs, and STAC Items / ItemCollections.
 
-    A folder gives its rasters (by extension); a local path is made absolute; a URL or
+    A folder gives its rasters (by extension); a local path is made absolute (and a file
+    given twice, say as a folder and as a file in it, is listed once); a URL or
     GDAL path is kept as given (not checked here: :func:`geoseg.io.rasters.inspect_scene`
     reads it); a STAC JSON (a file, or a URL ending in ``.json``) gives the ``asset`` of
     each of its items (:func:`geoseg.io.stac.stac_scenes`), named by item id.
@@ -290,5 +291,6 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
                 out.append(SceneSource(str(path.resolve()), path.stem))
             else:
                 raise InputRasterError(f"{path} does not exist; check the path")
+    out = list(dict.fromkeys(out))  # a file given twice (a folder and a file in it) is one scene
     check_unique_names(out)
     return out
