@@ -102,6 +102,50 @@ def test_a_scene_given_twice_is_predicted_once(tiny_run: Path, tmp_path: Path) -
         list_scenes([tmp_path / "in", tmp_path / "other"])
 
 
+def _with_alpha(rgb: Path, out: Path, transparent_from: int) -> Path:
+    """``rgb`` as RGBA (a drone or web-map export), transparent from column ``transparent_from`` on."""
+    with rasterio.open(rgb) as src:
+        data, profile = src.read(), src.profile
+    alpha = np.full((1, *data.shape[1:]), 255, np.uint8)
+    alpha[:, :, transparent_from:] = 0
+    profile.update(count=4, photometric="RGB", alpha="YES")
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(np.concatenate([data, alpha]))
+    return out
+
+
+def test_an_alpha_band_is_the_mask_not_a_band(tiny_run: Path, tmp_path: Path) -> None:
+    """RGBA scenes: a 3-band model predicts them as they are, nothing where alpha is 0; tile writes RGB chips
+    (once: 4-band chips and an alpha 'band' in stats.json, and predict asked for --bands)."""
+    import json
+
+    from geoseg.tile import TileConfig, tile
+
+    rgb = bright_boxes_scene(tmp_path / "rgb.tif", SHAPE, BOXES, seed=4)
+    rgba = _with_alpha(rgb, tmp_path / "rgba.tif", transparent_from=48)
+    predict([rgba], tiny_run, tmp_path / "p.gpkg", cfg(), progress=False)
+    got = gpd.read_file(tmp_path / "p.gpkg")
+    with rasterio.open(rgba) as src:
+        x_clear = (src.transform * (48, 0))[0]
+    assert len(got) > 0 and not got.intersects(shapely.box(x_clear + 0.5, -1e9, 1e9, 1e9)).any()
+    tile([rgba], None, tmp_path / "chips", TileConfig(size=32, overlap=0, min_valid=0.0), scheduler="sync")
+    stats = json.loads((tmp_path / "chips" / "stats.json").read_text())
+    assert stats["bands"] == 3 and max(stats["mean"]) < 200  # no alpha band (mean ~255 where opaque)
+    for chip in (tmp_path / "chips" / "images").iterdir():
+        with rasterio.open(chip) as src:
+            assert src.count == 3
+    # alpha before the data bands (a VRT can say so): an error, not a shifted band order
+    vrt = tmp_path / "alpha_first.vrt"
+    vrt.write_text(f"""<VRTDataset rasterXSize="{SHAPE[1]}" rasterYSize="{SHAPE[0]}">
+  <SRS>EPSG:32636</SRS><GeoTransform>450000, 0.5, 0, 40000, 0, -0.5</GeoTransform>""" + "".join(
+        f"""<VRTRasterBand dataType="Byte" band="{i}"><ColorInterp>{ci}</ColorInterp><SimpleSource>
+    <SourceFilename relativeToVRT="1">rgba.tif</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource>
+  </VRTRasterBand>""" for i, (ci, b) in enumerate([("Alpha", 4), ("Red", 1), ("Green", 2), ("Blue", 3)], 1))
+        + "</VRTDataset>")
+    res = CliRunner().invoke(cli, ["predict", str(vrt), "--model", str(tiny_run), "--out", str(tmp_path / "v.gpkg")])
+    assert "alpha band 1 of 4" in one_error_line(res, str(vrt))
+
+
 def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "t.tif"
     img = np.random.default_rng(0).integers(0, 255, (3, 256, 256)).astype("uint8")

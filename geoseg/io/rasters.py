@@ -18,7 +18,7 @@ import numpy as np
 import shapely
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -54,7 +54,7 @@ class SceneInfo:
         name: the scene name used in outputs (the file stem, or the STAC item id).
         width: columns.
         height: rows.
-        count: band count.
+        count: band count, without an alpha band (the mask: RGBA is 3 data bands).
         dtype: numpy dtype name of the bands.
         crs: CRS as a string (``EPSG:nnnn`` when it has one, else WKT).
         transform: affine transform, GDAL order is not used: ``Affine`` order (a..f).
@@ -236,12 +236,20 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
                 raise InputRasterError(f"{path} mixes band types {src.dtypes}; convert it first")
             flags = src.mask_flag_enums
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
+            # an alpha band (drone and web-map exports are RGBA) is the mask, not data: GDAL's
+            # dataset_mask reads it; the data bands are those before it
+            alpha = [i for i, ci in enumerate(src.colorinterp, 1) if ci == ColorInterp.alpha]
+            count = src.count - len(alpha)
+            if alpha and (count < 1 or alpha != list(range(count + 1, src.count + 1))):
+                raise InputRasterError(
+                    f"{path}: alpha band {alpha[0]} of {src.count} is not after the data bands; move it last "
+                    f"(gdal_translate -b ... -mask ...) or drop it")
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
             gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 source=path, name=ref.name, width=src.width, height=src.height,
-                count=src.count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
+                count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
                 transform=tuple(src.transform)[:6],
                 nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity,
             )
