@@ -33,9 +33,11 @@ requires_shared_data = pytest.mark.skipif(
 def write_raster(path: Path, data: np.ndarray, crs: str, transform, nodata=None, mask=None) -> Path:
     """Write a (bands, rows, cols) array as a GeoTIFF, with an optional internal mask."""
     count, h, w = data.shape
+    # 4 bytes a pixel are RGBA to GDAL by default: bands here are data (RGBN), none alpha
+    extra = {"photometric": "MINISBLACK"} if count >= 4 and data.dtype == np.uint8 else {}
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
         path, "w", driver="GTiff", width=w, height=h, count=count, dtype=data.dtype,
-        crs=crs, transform=transform, nodata=nodata,
+        crs=crs, transform=transform, nodata=nodata, **extra,
     ) as dst:
         dst.write(data)
         if mask is not None:

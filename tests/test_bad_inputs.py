@@ -161,7 +161,8 @@ def test_nan_chips_give_finite_training_inputs(tmp_path: Path) -> None:
 
     _nan_scene(tmp_path / "nan.tif", nodata=-9999.0)
     out = tmp_path / "out"
-    tile([tmp_path / "nan.tif"], None, out,
+    labels = labels_for(tmp_path / "nan.tif", tmp_path / "l.gpkg", [(50, 5, 60, 15)], crs=CRS)  # train needs one
+    tile([tmp_path / "nan.tif"], labels, out,
          TileConfig(size=32, overlap=0, min_valid=0.0, val_fraction=0.0), scheduler="sync")
     assert np.isfinite(json.loads((out / "stats.json").read_text())["mean"]).all()
     ds = ChipDataset(out, "train", crop=None)

@@ -144,6 +144,24 @@ def test_an_alpha_band_is_the_mask_not_a_band(tiny_run: Path, tmp_path: Path) ->
         + "</VRTDataset>")
     res = CliRunner().invoke(cli, ["predict", str(vrt), "--model", str(tiny_run), "--out", str(tmp_path / "v.gpkg")])
     assert "alpha band 1 of 4" in one_error_line(res, str(vrt))
+    # a near-infrared band in a 4-byte GeoTIFF written with GDAL's defaults is marked alpha: its values
+    # say it is data, so it stays a band (with a warning), not a mask that drops it
+    from geoseg.errors import GeoSegWarning
+    from geoseg.io.rasters import inspect_scenes
+    from geoseg.io.sources import list_scenes
+
+    with rasterio.open(rgb) as src:
+        data, profile = src.read(), src.profile
+    nir = np.random.default_rng(0).integers(20, 230, (1, *SHAPE), dtype=np.uint8)
+    profile.update(count=4)
+    profile.pop("photometric", None)
+    with rasterio.open(tmp_path / "rgbn.tif", "w", **profile) as dst:
+        dst.write(np.concatenate([data, nir]))
+    with rasterio.open(tmp_path / "rgbn.tif") as src:
+        assert src.colorinterp[3].name == "alpha"  # what GDAL made of it
+    with pytest.warns(GeoSegWarning, match="band 4 is marked alpha but holds other values"):
+        (info,), _ = inspect_scenes(list_scenes([tmp_path / "rgbn.tif"]))
+    assert info.count == 4
 
 
 def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:

@@ -39,6 +39,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return bright_boxes_scene(root / "scene.tif", SHAPE, grid_boxes(SHAPE, step=20, seed=5), seed=7)
 
 
+#: Cells FF runs on in the halving test, whatever the router says (its choice moves with the
+#: float sums of the CPU the tiny model trained on): two lone cells in each 64-px block of the
+#: 6 x 8 cell grid, so that each block's FF call sends 2 tiles of one shape.
+TWO_PER_BLOCK = np.array([(0, 0), (2, 2), (0, 4), (2, 6), (4, 0), (4, 2), (4, 5), (4, 7)])
+
+
 def cfg(**kw: object) -> PredictConfig:
     # block 64, budget 0.25: FF calls of 1 or 2 tiles (cells, or 1x2 regions; see the spy below)
     base: dict[str, object] = {"block": 64, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0,
@@ -59,13 +65,14 @@ def test_out_of_memory_halves_the_batch_and_matches_the_small_batch(scene: Path,
     ooms: list[int] = []
 
     def small_gpu(self: TorchBackend, tiles: np.ndarray) -> np.ndarray:
-        if tiles.shape[0] > 1:  # a "GPU" that holds one tile (calls here have 1 or 2)
+        if tiles.shape[0] > 1:  # a "GPU" that holds one tile (calls here have 1 or 2: TWO_PER_BLOCK)
             ooms.append(tiles.shape[0])
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         sizes.append(tiles.shape[0])
         return real(self, tiles)
 
     monkeypatch.setattr(TorchBackend, "_ff", small_gpu)
+    monkeypatch.setattr("geoseg.predict.stage.choose_cells", lambda *a: TWO_PER_BLOCK.copy())
     ref = predict([scene], tiny_run, tmp_path / "ref.gpkg", cfg(ff_batch=1), progress=False)
     assert ref.lines()[-1] == "FF batch: 1 cell tiles per call (--ff-batch)"
     assert max(sizes) == 1 and not ooms
@@ -80,7 +87,7 @@ def test_out_of_memory_halves_the_batch_and_matches_the_small_batch(scene: Path,
     assert backend.ff_halved == [(8, 1)]  # halved once (8 -> 1: batches of 4 or 2 would still send 2 tiles)
     assert len(ooms) <= 2  # kept for the run: at most the two Dask threads' first calls failed
     assert wkb(tmp_path / "oom.gpkg") == wkb(tmp_path / "ref.gpkg")
-    assert s.ff_cells == ref.ff_cells == 12
+    assert s.ff_cells == ref.ff_cells == len(TWO_PER_BLOCK)
     # the next run starts from its own batch again (nothing halved is inherited silently)
     monkeypatch.setattr(TorchBackend, "_ff", real)
     again = predict([scene], tiny_run, tmp_path / "again.gpkg", cfg(ff_batch=8), progress=False)
