@@ -11,6 +11,7 @@ F1, AP50 and the training wall time of each, and the difference.
           [--ratio 0.5]   # half an unlabelled sample per labelled one: a cheaper step
           [--keep 0.5]    # hard pseudo-targets: the most confident half of each pseudo-class
           [--block-b]     # diagnostic only: unlabelled = block B's other zooms (breaks the target's rule)
+          [--burn-in 15]  # supervised epochs before the unlabelled chips count (the config's: 5)
     $ python bench/semi.py --only supervised --epochs 46   # about the semi run's time (run folder gets -e46)
 """
 
@@ -37,6 +38,8 @@ def main() -> None:
     ap.add_argument("--block-b", action="store_true",
                     help="a diagnostic, not the target: the unlabelled chips are block B's other zooms (z19, "
                          "z21), the scene validated on (run folder gets -blockB)")
+    ap.add_argument("--burn-in", type=float, help="semi.burn_in_epochs: supervised epochs before the unlabelled "
+                    "chips count (default: the config's, 5; run folder gets -burnB)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
     ap.add_argument("--ratio", type=float, default=1.0,
                     help="semi.ratio: unlabelled samples per labelled one per step (run folder gets -ratioR)")
@@ -80,6 +83,8 @@ def main() -> None:
             semi["ratio"] = args.ratio
         if args.keep is not None:
             semi["keep"] = args.keep
+        if args.burn_in is not None:
+            semi["burn_in_epochs"] = args.burn_in
         over: dict[str, object] = {"semi": semi} if name == "semi" else {}
         cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {**over, "seed": args.seed})
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
@@ -89,6 +94,8 @@ def main() -> None:
             run = run.with_name(f"{run.name}-keep{args.keep:g}")
         if name == "semi" and args.block_b:
             run = run.with_name(f"{run.name}-blockB")
+        if name == "semi" and args.burn_in is not None:
+            run = run.with_name(f"{run.name}-burn{args.burn_in:g}")
         if args.epochs != 30:  # another run than the 30-epoch one (resume would extend it)
             run = run.with_name(f"{run.name}-e{args.epochs}")
         if args.seed:
