@@ -47,7 +47,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
-from geoseg.io.vectors import polygonal, read_vector
+from geoseg.io.vectors import bounds_text, polygonal, read_vector
 from geoseg.matching import EPS, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
@@ -284,7 +284,7 @@ def evaluate_frames(
     if len(pg) and len(tg) and not shapely.box(*pred.total_bounds).intersects(shapely.box(*truth.total_bounds)):
         log.warning("the predictions (bounds %s) and the truth (bounds %s; both in %s) do not "
                     "overlap: nothing can match; check that each file's CRS is the one its coordinates are in",
-                    _bounds(pred), _bounds(truth), pred.crs.to_string())
+                    bounds_text(pred), bounds_text(truth), pred.crs.to_string())
     # pairs below both thresholds can never match: skip them early
     pi, ti, pair_iou = candidate_pairs(pg, tg, pcls, tcls, min_iou=min(iou, THRESHOLDS[0]) - 2 * EPS)
     matched = match_by_iou(pi, ti, pair_iou, iou)
@@ -342,10 +342,6 @@ def evaluate(
     truth_gdf = read_polygons(truth, "truth")
     return evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
                            boundary_width=boundary_width)
-
-
-def _bounds(gdf: gpd.GeoDataFrame) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in gdf.total_bounds) + ")"
 
 
 def format_report(report: dict[str, Any]) -> str:

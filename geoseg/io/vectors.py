@@ -61,6 +61,11 @@ def pick_layer(path: Path, role: str, layer: str | None) -> str | None:
     return spatial[0] if spatial and len(layers) > 1 else layer
 
 
+def bounds_text(geoms: object) -> str:
+    """``(xmin, ymin, xmax, ymax)`` of geometries (a GeoDataFrame, GeoSeries or array), for messages."""
+    return "(" + ", ".join(f"{v:.6g}" for v in shapely.total_bounds(getattr(geoms, "geometry", geoms))) + ")"
+
+
 def polygonal_parts(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Repair geometries and keep only their polygonal parts, as single Polygons.
 

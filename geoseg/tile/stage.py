@@ -43,7 +43,7 @@ from geoseg.io.rasters import (
     window_footprint,
 )
 from geoseg.io.sources import SceneSource, list_scenes
-from geoseg.io.vectors import CLASS, read_labels
+from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
 from geoseg.tile.grid import split_scenes, window_grid
@@ -251,10 +251,6 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
     }, indent=2)
 
 
-def _bounds(geoms: Any) -> str:
-    return "(" + ", ".join(f"{v:.6g}" for v in shapely.total_bounds(geoms)) + ")"
-
-
 def tile(
     scenes: Sequence[str | Path | SceneSource],
     labels: str | Path | None,
@@ -346,7 +342,7 @@ def tile(
         s = good[0]
         raise InputVectorError(
             f"none of the {len(gdf)} polygons of {labels} touches a scene (in {s.crs}: labels "
-            f"{_bounds(by_crs[s.crs][0])}, scene {s.name} {_bounds([s.footprint])}); check that the labels' "
+            f"{bounds_text(by_crs[s.crs][0])}, scene {s.name} {bounds_text([s.footprint])}); check that the labels' "
             "CRS is the one of their coordinates, or tile without --labels for negative chips only")
     manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
     prepare_out_dir(out, manifest, overwrite)
