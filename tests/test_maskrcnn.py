@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import rasterio
 import shapely
 import torch
 from click.testing import CliRunner
-from conftest import REPO, bright_boxes_scene, tile_box_scenes
+from conftest import REPO, bright_boxes_scene, tile_box_scenes, write_raster
 from scipy import ndimage
 from test_train import Crash, crash_after_first_epoch
 
@@ -176,6 +177,28 @@ def test_building_across_block_seam_is_one_polygon(tmp_path: Path, monkeypatch: 
         (area,) = gdf.geometry[gdf.geometry.contains(centre)].area / px
         assert (c1 - c0) * (r1 - r0) <= round(area) <= (c1 - c0 + 2) * (r1 - r0 + 2)
     assert (gdf["score"] > 0.89).all() and set(gdf["class"]) == {"building"}
+
+
+def test_a_scene_without_valid_pixels_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """As the routed path: a scene of nodata only gives no polygon, says so, and the others go on."""
+    from geoseg.backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "detect", _oracle_detect)
+    good = bright_boxes_scene(tmp_path / "good.tif", (64, 64), [(8, 8, 24, 24)], crs="EPSG:32633")
+    with rasterio.open(good) as src:
+        transform, crs = src.transform, src.crs.to_string()
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 64, 64), np.uint8), crs, transform, nodata=0)
+    run = _untrained_checkpoint(tmp_path / "run")
+    cfg = PredictConfig(block=32, watershed_halo=32, min_area=0, simplify=0, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+        predict([empty, good], run, tmp_path / "p.gpkg", cfg, scheduler="sync")
+    assert "1 scene(s) hold no valid pixel" in caplog.text and "from empty" in caplog.text, caplog.text
+    assert set(gpd.read_file(tmp_path / "p.gpkg")["scene"]) == {"good"}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+        predict([good], run, tmp_path / "q.gpkg", cfg, scheduler="sync")
+    assert "no valid pixel" not in caplog.text
 
 
 def test_mask_nms_and_threshold() -> None:

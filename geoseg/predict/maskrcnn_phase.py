@@ -53,6 +53,8 @@ class MaskResult:
     """Seconds in the model (0 when resumed from the cache)."""
     detections: int
     """Instances kept in the window before ownership (0 when resumed)."""
+    any_valid: bool = True
+    """The block's window holds a valid pixel (True when resumed: a scene without one warns)."""
 
 
 def paste_mask(prob: torch.Tensor, box: torch.Tensor, shape: tuple[int, int], threshold: float
@@ -180,7 +182,7 @@ def maskrcnn_block(plan: BlockPlan, bi: int, bj: int, model: ModelKey, stats: Ba
     model_s = time.perf_counter() - t0
     inst = detections_to_instances(det, valid.shape, cfg, min_area=min_area_px, valid=valid)
     path = owned_polygons(plan, bi, bj, inst, win, classes, simplify, min_area)
-    return MaskResult(path, model_s, len(inst))
+    return MaskResult(path, model_s, len(inst), bool(valid.any()))
 
 
 def maskrcnn_graph(plans: list[BlockPlan], model: ModelKey, meta: ModelMeta, cfg: PredictConfig

@@ -309,6 +309,12 @@ def predict(
     empty: list[str] = []
     if meta.arch == "maskrcnn":
         summary.model_seconds = sum(r.model_s for r in results[:len(tasks)])
+        k = 0
+        for plan in plans:  # one task per block, scene after scene
+            n = math.prod(plan.blocks_shape)
+            if not any(r.any_valid for r in results[k:k + n]):
+                empty.append(plan.scene.name)
+            k += n
     for plan in plans if meta.arch == "routed" else []:
         nbh, nbw = plan.blocks_shape
         block_results = results[n_pv:n_pv + 2 * nbh * nbw + 1]
