@@ -406,6 +406,20 @@ def test_truth_of_several_layers_is_refused_by_evaluate(tmp_path: Path) -> None:
     assert (report["tp"], report["fp"], report["fn"]) == (3, 1, 0), report  # scored against the 3 drafts
 
 
+def test_a_layer_named_in_geoparquet_must_be_its_one_layer(tmp_path: Path) -> None:
+    """GeoParquet has one layer (OGR names it after the file): another name was once ignored without a word."""
+    scene, labels = _two_layer_labels(tmp_path)
+    pred = tmp_path / "pred.parquet"
+    gpd.read_file(labels, layer="checked").to_parquet(pred)
+    res = CliRunner().invoke(cli, ["evaluate", f"{pred}|layername=draft", f"{labels}|layername=checked"])
+    line = one_error_line(res, pred.name)
+    assert "GeoParquet, one layer ('pred'), not 'draft'" in line and "drop '|layername=draft'" in line
+    res = CliRunner().invoke(cli, ["evaluate", f"{pred}|layername=pred", f"{labels}|layername=checked", "--json",
+                                   str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["tp"] == 4
+
+
 def test_labels_that_touch_no_scene_are_refused_before_writing(tmp_path: Path) -> None:
     """Labels whose declared CRS is not their coordinates' (UTM 37N given to 36N numbers) miss every scene:
     tiling them would write negative chips only, with exit 0."""

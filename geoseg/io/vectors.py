@@ -158,6 +158,9 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
         raise InputVectorError(f"{role} file {path} does not exist; check the path")
     if path.suffix.lower() != ".parquet":
         layer = pick_layer(path, role, layer)
+    elif layer is not None and layer != path.stem:  # one layer, named after the file, as OGR names it
+        raise InputVectorError(f"{role} file {path} is GeoParquet, one layer ('{path.stem}'), not '{layer}'; "
+                               f"drop '{LAYER_SEP}{layer}'")
     try:
         if path.suffix.lower() == ".parquet":  # GeoParquet (geoseg predict writes it): pyarrow
             gdf = gpd.read_parquet(path)
