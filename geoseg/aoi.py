@@ -22,6 +22,7 @@ from rasterio.features import shapes
 from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
 from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
 
@@ -50,10 +51,8 @@ def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSerie
     """
     path = str(path)  # a URL keeps its two slashes
     try:
-        with open_raster(path) as src:
-            if src.crs is None:
-                raise InputRasterError(f"{path} has no CRS, so its footprint cannot be placed; "
-                                       f"assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")
+        with no_georef_warning(), open_raster(path) as src:
+            check_grid(path, src)  # no CRS, or GCPs/RPCs only: its footprint cannot be placed
             w, h, tr, crs = src.width, src.height, src.transform, src.crs
             scale = max(1.0, max(w, h) / max_side)
             shape = (max(1, round(h / scale)), max(1, round(w / scale)))

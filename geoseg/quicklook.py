@@ -21,6 +21,7 @@ from rasterio.errors import RasterioError
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path
+from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
 
 #: Outline colours (RGB 0-255); the tests look for PRED_COLOR in the pixels.
@@ -89,10 +90,16 @@ def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
 Canvas = tuple[np.ndarray, Any, tuple[float, float, float, float], str, tuple[int, int]]
 
 
-def _read_scene(scene: str, max_side: int) -> Canvas:
-    """The scene stretched to RGB, its CRS, bounds, interpolation and (height, width) of the PNG."""
+def _read_scene(scene: str, max_side: int, placed: bool) -> Canvas:
+    """The scene stretched to RGB, its CRS, bounds, interpolation and (height, width) of the PNG.
+
+    With ``placed`` (polygons are drawn on it), a scene that is not on a georeferenced grid is
+    an error (:func:`~geoseg.io.rasters.check_grid`): the polygons would be misplaced.
+    """
     try:
-        with open_raster(scene) as src:
+        with no_georef_warning(), open_raster(scene) as src:
+            if placed:
+                check_grid(scene, src)
             long = max(src.width, src.height)
             side = min(max_side, max(long, MIN_SIDE))  # long side of the PNG
             width = max(1, round(src.width * side / long))
@@ -147,7 +154,8 @@ def quicklook(
         ``out_png`` as a Path.
 
     Raises:
-        InputRasterError: the scene cannot be read, or has no CRS while polygons are given.
+        InputRasterError: the scene cannot be read, or is not on a georeferenced grid (no CRS, GCPs or RPCs
+            only) while polygons are given.
         InputVectorError: a polygon file cannot be read or has no CRS.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -166,11 +174,8 @@ def quicklook(
         label = "polygons"
     else:
         scene = str(scene)  # a URL keeps its two slashes
-        img, crs, (left, bottom, right, top), interp, (height, width) = _read_scene(scene, max_side)
+        img, crs, (left, bottom, right, top), interp, (height, width) = _read_scene(scene, max_side, bool(layers))
         label = scene.rsplit("/", 1)[-1].split("?")[0]
-        if layers and crs is None:
-            raise InputRasterError(f"{scene} has no CRS, so polygons cannot be placed on it; assign one "
-                                   f"(e.g. gdal_edit.py -a_srs EPSG:32636 {scene})")
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)

@@ -543,3 +543,57 @@ def test_truncated_scene_names_file_and_window_in_tile(tmp_path: Path) -> None:
     line = one_error_line(res, str(path), "cannot read pixels")
     assert "truncated" in line
     assert not (out / "annotations.json").exists() and not (out / "stats.json").exists()
+
+
+# -- rasters off a georeferenced grid: GCPs or RPCs only, or nothing ---------------------------
+
+def _ungridded(tmp_path: Path) -> dict[str, Path]:
+    """Three rasters GDAL gives the identity transform: GCPs only, RPCs only (a raw satellite product), none."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    data = np.full((3, 64, 64), 90, np.uint8)
+    grid = from_origin(500000, 40000, 0.5, 0.5)
+    gcps = [GroundControlPoint(r, c, *(grid * (c, r))) for r, c in ((0, 0), (0, 64), (64, 0), (64, 64))]
+    poly = [1.0] + [0.0] * 19
+    rpc = RPC(height_off=0, height_scale=100, lat_off=0.36, lat_scale=0.01, line_den_coeff=poly,
+              line_num_coeff=[0.0, 0.0, -1.0] + [0.0] * 17, line_off=32, line_scale=32, long_off=33.0,
+              long_scale=0.01, samp_den_coeff=poly, samp_num_coeff=[0.0, 1.0] + [0.0] * 18, samp_off=32,
+              samp_scale=32)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        for name, extra in (("gcps", {}), ("rpcs", {"rpcs": rpc}), ("plain", {})):
+            path = tmp_path / f"{name}.tif"
+            with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8",
+                               **extra) as dst:
+                dst.write(data)
+                if name == "gcps":
+                    dst.gcps = (gcps, rasterio.crs.CRS.from_string(CRS))
+            out[name] = path
+    return out
+
+
+def test_rasters_off_a_grid_are_refused_with_the_command_that_grids_them(tmp_path: Path) -> None:
+    """GCP/RPC-only scenes (raw satellite products) once got "no CRS; assign one (gdal_edit -a_srs)": followed,
+    that advice left the identity transform, and predict put every polygon at pixel coordinates with exit 0."""
+    scenes = _ungridded(tmp_path)
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.box(500004, 39980, 500010, 39990)], crs=CRS).to_file(labels)
+    expected = {"gcps": ("4 ground control points only", f"gdalwarp -t_srs {CRS}"),
+                "rpcs": ("RPCs only", "gdalwarp -rpc -t_srs"),
+                "plain": ("no geotransform", "gdal_translate -a_ullr")}
+    for name, path in scenes.items():
+        for args in (["tile", str(path), "--labels", str(labels), "--out", str(tmp_path / "p")],
+                     ["predict", str(path), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o.gpkg")],
+                     ["evaluate", str(labels), str(labels), "--scenes", str(path), "--clip"]):
+            line = one_error_line(CliRunner().invoke(cli, args), path.name)
+            assert all(part in line for part in expected[name]), (args[0], line)
+            assert "assign one" not in line
+        assert not (tmp_path / "p").exists() and not (tmp_path / "o.gpkg").exists()
+    from geoseg.errors import InputRasterError
+    from geoseg.quicklook import quicklook
+
+    with pytest.raises(InputRasterError, match="ground control points"):
+        quicklook(scenes["gcps"], tmp_path / "q.png", pred=labels)
+    assert quicklook(scenes["gcps"], tmp_path / "q.png").exists()  # a picture alone needs no grid

@@ -248,6 +248,41 @@ def alpha_bands(src: Any, path: str) -> list[int]:
     return alpha
 
 
+@contextmanager
+def no_georef_warning() -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning: :func:`check_grid` says it, with the fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
+def check_grid(path: str | Path, src: Any) -> None:
+    """Refuse a raster that is not on a georeferenced grid, with the command that puts it on one.
+
+    Scenes are read window by window through their geotransform. A raster georeferenced by
+    ground control points or RPCs only (a raw satellite product) has none: GDAL gives it the
+    identity transform, and reading it as such would put every polygon at pixel coordinates.
+
+    Raises:
+        InputRasterError: no geotransform (GCPs, RPCs or nothing), or a geotransform without a CRS.
+    """
+    if src.transform == Affine.identity():
+        gcps, gcp_crs = src.gcps
+        target = f" -t_srs {crs_to_string(gcp_crs)}" if gcp_crs else " -t_srs EPSG:<UTM zone>"
+        if gcps:
+            raise InputRasterError(
+                f"{path} is georeferenced by {len(gcps)} ground control points only, not a grid; warp it "
+                f"first: gdalwarp{target} {path} warped.tif")
+        if src.rpcs:
+            raise InputRasterError(
+                f"{path} has RPCs only (a raw satellite product), not a grid; orthorectify it first: "
+                f"gdalwarp -rpc -t_srs EPSG:<UTM zone> [-to RPC_DEM=dem.tif] {path} ortho.tif")
+        raise InputRasterError(f"{path} has no geotransform; georeference it first (QGIS's Georeferencer, "
+                               f"or gdal_translate -a_ullr XMIN YMAX XMAX YMIN -a_srs EPSG:... {path} out.tif)")
+    if src.crs is None:
+        raise InputRasterError(f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")
+
+
 def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
     """Open a raster (a local file, a URL, a GDAL path) and return its metadata.
 
@@ -260,13 +295,8 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
     # HTTP(S): fails with the server's reason (404, refused) in one line
     identity = remote_identity(remote_stamp(path)) if remote else ""
     try:
-        with open_raster(path, identity) as src:
-            if src.crs is None:
-                raise InputRasterError(
-                    f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})"
-                )
-            if src.transform == Affine.identity() and src.gcps[0] == []:
-                raise InputRasterError(f"{path} has no geotransform; georeference it first")
+        with no_georef_warning(), open_raster(path, identity) as src:
+            check_grid(path, src)
             if len(set(src.dtypes)) != 1:
                 raise InputRasterError(f"{path} mixes band types {src.dtypes}; convert it first")
             flags = src.mask_flag_enums
