@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from affine import Affine
 from click.testing import CliRunner
 from conftest import bright_boxes_scene, grid_boxes, write_raster
 from rasterio.transform import from_origin
@@ -277,3 +278,26 @@ def test_truth_without_geometry_column(kind: str, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["evaluate", str(pred), str(truth), "--json", str(tmp_path / "e.json")])
     assert "no geometry column" in one_error_line(res, str(truth))
     assert not (tmp_path / "e.json").exists()
+
+
+def test_objects_in_overlapping_scenes_come_out_once(tiny_run: Path, tmp_path: Path) -> None:
+    """Two scenes cut from one with an overlap (tiles of a mosaic): each box once, and whole where one scene
+    cuts it (before, every box of the overlap came out twice, and those at a scene edge as a fragment too)."""
+    full = bright_boxes_scene(tmp_path / "full.tif", SHAPE, BOXES, seed=4)
+    with rasterio.open(full) as src:
+        data, t, crs = src.read(), src.transform, src.crs.to_string()
+    cuts = {"left": (0, 70), "right": (30, SHAPE[1])}  # boxes cross col 30 and col 70: cut by one scene
+    parts = [write_raster(tmp_path / f"{name}.tif", data[:, :, c0:c1].copy(), crs, t * Affine.translation(c0, 0))
+             for name, (c0, c1) in cuts.items()]
+    assert any(c0 < 30 < c1 for c0, _, c1, _ in BOXES) and any(c0 < 70 < c1 for c0, _, c1, _ in BOXES)
+    once = predict(parts, tiny_run, tmp_path / "once.gpkg", cfg(), progress=False)
+    every = predict(parts, tiny_run, tmp_path / "all.gpkg", cfg(overlaps="all"), progress=False)
+    alone = predict([full], tiny_run, tmp_path / "full.gpkg", cfg(), progress=False)
+    assert every.copies == 0 and once.copies == every.polygons - once.polygons > 0
+    assert once.polygons == alone.polygons == len(BOXES)
+    gdf = gpd.read_file(tmp_path / "once.gpkg")
+    px = abs(t.a * t.e)
+    for c0, r0, c1, r1 in BOXES:  # one polygon on each box, the whole of it
+        hit = gdf[gdf.contains(shapely.Point(*(t * ((c0 + c1) / 2, (r0 + r1) / 2))))]
+        assert len(hit) == 1 and hit.area.iloc[0] / px >= 0.8 * (c1 - c0) * (r1 - r0), (c0, r0, c1, r1)
+    assert "overlapping scenes: " in "\n".join(once.lines()) and "--overlaps all" in "\n".join(once.lines())

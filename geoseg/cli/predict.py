@@ -98,6 +98,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.option("--max-memory", callback=_size, metavar="SIZE",
               help="RAM this run may hold, e.g. 8GiB or 512MiB: bounds the FF batch and the Dask threads "
               "of a local run (a budget too small for one block is an error).")
+@click.option("--overlaps", type=click.Choice(["once", "all"]),
+              help="Objects where scenes overlap: once (the polygon of the scene that sees it deeper inside) "
+                   "or all (one per scene)." + _default("overlaps"))
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
 @scheduler_option

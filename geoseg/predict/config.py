@@ -42,6 +42,9 @@ class PredictConfig(Strict):
                                     "(None: the model's postprocess.regularize)")
     regularize_tolerance: float = Field(1.0, gt=0, description="regularization: steps smaller "
                                         "than this are squared away, in metres")
+    overlaps: Literal["once", "all"] = Field(
+        "once", description="objects where scenes overlap: 'once' (the polygon of the scene that sees "
+        "it deeper inside; geoseg.predict.overlaps) or 'all' (one polygon per scene)")
 
     @field_validator("max_memory", mode="before")
     @classmethod

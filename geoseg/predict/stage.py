@@ -77,6 +77,8 @@ class PredictSummary:
     ff_covered: int = 0
     """Cells whose maps FF wrote: ``ff_cells`` plus the other cells of their regions (resumed blocks not counted)."""
     polygons: int = 0
+    copies: int = 0
+    """Polygons dropped as copies of one object found by overlapping scenes (``--overlaps once``)."""
     model_seconds: float = 0.0
     seconds: float = 0.0
     resumed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PHASES.values(), 0))
@@ -108,6 +110,8 @@ class PredictSummary:
             if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
+        ] + ([f"overlapping scenes: {self.copies} polygons were copies of an object another scene saw deeper "
+              "inside, dropped (--overlaps all keeps them)"] if self.copies else []) + [
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
             + (f", test-time augmentation {self.tta}" if self.tta != "none" else "") + ")",
         ] + ([self.ff_batch] if self.ff_batch else []) + ([f"read at {self.gsd}"] if self.gsd else []) \
@@ -157,7 +161,7 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     # changes it even though the folder's own mtime does not move
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
-                                                           "ff_batch", "max_memory"}),  # same output
+                                                           "ff_batch", "max_memory", "overlaps"}),  # same caches
                "scenes": [[s.source, input_stamp(s.source)] for s in scenes]}
     return digest(payload)
 
@@ -352,6 +356,10 @@ def predict(
                                geometry=gpd.GeoSeries([], crs=target_crs), crs=target_crs)
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; polygons are written in %s", target_crs)
+    if cfg.overlaps == "once":
+        from geoseg.predict.overlaps import drop_copies
+
+        gdf, summary.copies = drop_copies(gdf, [p.scene for p in plans])
     summary.polygons = len(gdf)
     if squared:
         summary.regularized = cfg.regularize_tolerance

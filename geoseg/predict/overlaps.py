@@ -1,0 +1,91 @@
+"""Objects found twice where scenes overlap: one polygon kept, from the scene that sees it deeper inside.
+
+Scenes of one predict run are predicted one by one, so an object in the overlap of two
+scenes (adjacent acquisitions, tiles of a mosaic cut with an overlap) comes out once per
+scene. With ``--overlaps once`` (the default) such copies are merged:
+
+1. only scenes whose outlines overlap are looked at (nothing is read otherwise); their
+   footprints (where they hold valid pixels, :func:`geoseg.aoi.scene_footprint`) are
+   brought to the output CRS;
+2. two polygons of different scenes are copies of one object when their intersection
+   covers more than half of the smaller one (an object cut by one scene's edge is a copy
+   of the whole one the other scene sees);
+3. of two copies, the one kept comes from the scene where the point of their intersection
+   lies deeper inside the footprint (farther from its edge): the view with the most
+   context around the object; on a tie, the scene given first.
+
+Polygons of one scene are never merged with each other: the block phases already keep
+each object once per scene.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from pyproj import CRS
+
+from geoseg.io.rasters import SceneInfo
+
+#: Two polygons of different scenes are copies of one object above this intersection / smaller area.
+SAME_OBJECT = 0.5
+
+
+def outline(scene: SceneInfo, crs: CRS | str) -> shapely.Polygon:
+    """The scene's four corners through its affine (rotated scenes too), in ``crs``."""
+    t, w, h = scene.affine, scene.width, scene.height
+    quad = shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)])
+    return gpd.GeoSeries([shapely.segmentize(quad, quad.length / 400)], crs=scene.crs).to_crs(crs).iloc[0]
+
+
+def overlapping(scenes: Sequence[SceneInfo], crs: CRS | str) -> list[int]:
+    """Indices of the scenes whose outline overlaps another's (with area), in ``crs``."""
+    quads = np.array([outline(s, crs) for s in scenes], dtype=object)
+    tree = shapely.STRtree(quads)
+    left, right = tree.query(quads, predicate="intersects")
+    pairs = [(int(i), int(j)) for i, j in zip(left, right, strict=True) if i < j]
+    return sorted({k for i, j in pairs if shapely.intersection(quads[i], quads[j]).area > 0 for k in (i, j)})
+
+
+def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd.GeoDataFrame, int]:
+    """``gdf`` with one polygon per object found by several overlapping scenes (see the module docstring).
+
+    Args:
+        gdf: predict's polygons, with a ``scene`` column holding each scene's name.
+        scenes: the scenes of the run, in the order given (first wins a tie).
+
+    Returns:
+        The polygons kept (the input when no scenes overlap), and how many were dropped.
+    """
+    if len(scenes) < 2 or len(gdf) < 2:
+        return gdf, 0
+    over = overlapping(scenes, gdf.crs)
+    if not over:
+        return gdf, 0
+    from geoseg.aoi import scene_footprint
+
+    rank = {s.name: k for k, s in enumerate(scenes)}
+    feet = {scenes[k].name: scene_footprint(scenes[k].source).to_crs(gdf.crs).iloc[0] for k in over}
+    geoms = gdf.geometry.to_numpy()
+    names = gdf["scene"].to_numpy()
+    left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    pick = (left < right) & (names[left] != names[right])
+    pick &= np.isin(names[left], list(feet)) & np.isin(names[right], list(feet))
+    left, right = left[pick], right[pick]
+    if not len(left):
+        return gdf, 0
+    inter = shapely.intersection(geoms[left], geoms[right])
+    smaller = np.minimum(shapely.area(geoms[left]), shapely.area(geoms[right]))
+    same = shapely.area(inter) > SAME_OBJECT * smaller
+    left, right, inter = left[same], right[same], inter[same]
+    point = shapely.point_on_surface(inter)
+    depth = {name: shapely.distance(point, shapely.boundary(foot)) * shapely.contains(foot, point)
+             for name, foot in feet.items()}
+    d_left = np.array([depth[n][k] for k, n in enumerate(names[left])])
+    d_right = np.array([depth[n][k] for k, n in enumerate(names[right])])
+    first_left = np.array([rank[a] < rank[b] for a, b in zip(names[left], names[right], strict=True)], dtype=bool)
+    keep_left = (d_left > d_right) | ((d_left == d_right) & first_left)
+    drop = np.unique(np.where(keep_left, right, left))
+    return gdf.drop(index=gdf.index[drop]), len(drop)
