@@ -47,7 +47,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
-from geoseg.io.vectors import bounds_text, polygonal, read_vector
+from geoseg.io.vectors import bounds_text, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import EPS, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
@@ -67,9 +67,12 @@ def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
     """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
 
     Raises:
-        InputVectorError: see :func:`geoseg.io.vectors.read_vector`.
+        InputVectorError: see :func:`geoseg.io.vectors.read_vector`; features and no polygon
+            among them (points, lines: :func:`geoseg.io.vectors.require_polygons`).
     """
-    return read_vector(path, role)
+    gdf = read_vector(path, role)
+    require_polygons(gdf, split_layer(path)[0], role)
+    return gdf
 
 
 def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:

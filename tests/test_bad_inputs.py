@@ -597,3 +597,29 @@ def test_rasters_off_a_grid_are_refused_with_the_command_that_grids_them(tmp_pat
     with pytest.raises(InputRasterError, match="ground control points"):
         quicklook(scenes["gcps"], tmp_path / "q.png", pred=labels)
     assert quicklook(scenes["gcps"], tmp_path / "q.png").exists()  # a picture alone needs no grid
+
+
+def test_labels_and_truth_of_points_or_lines_are_refused(tmp_path: Path) -> None:
+    """Building centroids (points) or outlines as lines gave no polygon: tile wrote negative chips only and
+    evaluate scored against nothing (F1 0), both with exit 0."""
+    scene, labels = _two_layer_labels(tmp_path)
+    polys = gpd.read_file(labels, layer="checked")
+    points, lines = tmp_path / "points.gpkg", tmp_path / "lines.geojson"
+    gpd.GeoDataFrame(geometry=polys.centroid, crs=polys.crs).to_file(points)
+    gpd.GeoDataFrame(geometry=[shapely.LineString(p.exterior.coords) for p in polys.geometry],
+                     crs=polys.crs).to_file(lines)
+    for path, kind in ((points, "4 Point"), (lines, "4 LineString")):
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(path), "--out", str(tmp_path / "out"),
+                                       "--size", "32", "--overlap", "0"])
+        line = one_error_line(res, path.name)
+        assert f"holds 4 features and no polygon ({kind})" in line and "Buffer" in line
+        assert not (tmp_path / "out").exists()
+        res = CliRunner().invoke(cli, ["evaluate", f"{labels}|layername=checked", str(path)])
+        assert "truth file" in one_error_line(res, path.name, "no polygon")
+    # polygons with a point among them: the polygons are read (evaluate says how many features it ignores)
+    mixed = tmp_path / "mixed.gpkg"
+    gpd.GeoDataFrame(geometry=[*polys.geometry, polys.centroid.iloc[0]], crs=polys.crs).to_file(mixed)
+    res = CliRunner().invoke(cli, ["evaluate", f"{labels}|layername=checked", str(mixed), "--json",
+                                   str(tmp_path / "e.json")])
+    assert res.exit_code == 0 and "1 truth features have no polygonal area" in res.output, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["tp"] == 4

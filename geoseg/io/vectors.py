@@ -186,6 +186,31 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
     return gdf
 
 
+def require_polygons(gdf: gpd.GeoDataFrame, path: str | Path, role: str) -> None:
+    """Refuse a vector file whose features are all points or lines (building centroids, road lines).
+
+    Polygonal parts are what labels and truth are made of: such a file would give none, so
+    tiling would write negative chips only and evaluate would score against nothing.
+
+    Raises:
+        InputVectorError: features, and no polygon among them.
+
+    Examples:
+        >>> require_polygons(gpd.GeoDataFrame(geometry=[shapely.Point(0, 0)] * 2), "pts.gpkg", "label")
+        Traceback (most recent call last):
+        geoseg.errors.InputVectorError: label file pts.gpkg holds 2 features and no polygon (2 Point); ...
+    """
+    geoms = gdf.geometry.to_numpy()
+    present = geoms[~(shapely.is_missing(geoms) | shapely.is_empty(geoms))]
+    if not len(present) or np.isin(shapely.get_type_id(present), (3, 6, 7)).any():  # (Multi)Polygon, collection
+        return
+    kinds, counts = np.unique([g.geom_type for g in present], return_counts=True)
+    raise InputVectorError(
+        f"{role} file {path} holds {len(present)} features and no polygon "
+        f"({', '.join(f'{n} {k}' for k, n in zip(kinds, counts, strict=True))}); geoseg needs object outlines: "
+        "buffer points or lines into polygons first (QGIS: Vector > Geoprocessing Tools > Buffer)")
+
+
 def read_labels(
     path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None
 ) -> gpd.GeoDataFrame:
@@ -211,6 +236,7 @@ def read_labels(
     """
     path = Path(path)
     gdf = read_vector(path, "label", layer)
+    require_polygons(gdf, path, "label")
     if class_field != CLASS and class_field not in gdf.columns:  # a field named but absent: not one class
         cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
         raise InputVectorError(f"label file {path} has no column '{class_field}' (the class field); its "
