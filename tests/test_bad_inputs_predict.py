@@ -301,3 +301,22 @@ def test_objects_in_overlapping_scenes_come_out_once(tiny_run: Path, tmp_path: P
         hit = gdf[gdf.contains(shapely.Point(*(t * ((c0 + c1) / 2, (r0 + r1) / 2))))]
         assert len(hit) == 1 and hit.area.iloc[0] / px >= 0.8 * (c1 - c0) * (r1 - r0), (c0, r0, c1, r1)
     assert "overlapping scenes: " in "\n".join(once.lines()) and "--overlaps all" in "\n".join(once.lines())
+
+
+def test_overwrite_never_deletes_other_layers_of_a_geopackage(tiny_run: Path, tmp_path: Path) -> None:
+    """A QGIS project GeoPackage given as --out with --overwrite lost all its layers to the one predicted."""
+    scene = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES, seed=4)
+    project = tmp_path / "project.gpkg"
+    roads = gpd.GeoDataFrame(geometry=[shapely.LineString([(450000, 39990), (450040, 39990)])], crs="EPSG:32636")
+    roads.to_file(project, layer="roads")
+    before = project.read_bytes()
+    args = ["predict", str(scene), "--model", str(tiny_run), "--out", str(project), "--block", "32",
+            "--watershed-halo", "16", "--budget", "1.0", "--overwrite"]
+    line = one_error_line(CliRunner().invoke(cli, args), "project.gpkg")
+    assert "other layers (roads)" in line and "new file" in line
+    assert project.read_bytes() == before
+    own = tmp_path / "own.gpkg"  # a file holding only geoseg's own layer is replaced as before
+    res = CliRunner().invoke(cli, [*args[:5], str(own), *args[6:]])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*args[:5], str(own), *args[6:]])
+    assert res.exit_code == 0 and len(gpd.read_file(own)) > 0, res.output

@@ -24,7 +24,7 @@ from typing import Any
 import geopandas as gpd
 from pyproj import CRS
 
-from geoseg.errors import GeoSegError, OutputError
+from geoseg.errors import GeoSegError, OutputError, OutputExistsError
 from geoseg.io.atomic import as_output_error, output_error, temp_name
 from geoseg.io.vectors import check_vector_name
 
@@ -68,6 +68,36 @@ def vector_driver(path: str | Path) -> str:
             f"cannot write {path}: unknown vector extension '{ext}'; use one of "
             f"{', '.join(DRIVERS)} (GeoPackage, GeoJSON, FlatGeobuf, Shapefile, GeoParquet)"
         ) from None
+
+
+def check_replace(path: Path, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``, and always one whose other layers would go with it.
+
+    Outputs are written whole and renamed over the old file: a GeoPackage that also holds
+    layers geoseg does not write (a QGIS project's roads and parcels, saved styles) would
+    lose them. geoseg's own layer is named after the file's stem.
+
+    Raises:
+        OutputExistsError: ``path`` exists and not ``overwrite``; or it is a GeoPackage with
+            layers other than ``path.stem``.
+    """
+    if not path.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if vector_driver(path) != "GPKG":
+        return
+    import pyogrio
+
+    try:
+        others = [str(n) for n, _ in pyogrio.list_layers(path) if str(n) != path.stem]
+    except Exception:  # not a GeoPackage GDAL reads: nothing readable is lost by replacing it
+        return
+    if others:
+        shown = ", ".join(others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+        raise OutputExistsError(
+            f"{path} holds other layers ({shown}) that --overwrite would delete with the file; write to a new "
+            "file (QGIS shows it beside them) or move those layers out first")
 
 
 def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = None) -> Path:

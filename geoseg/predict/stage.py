@@ -41,7 +41,7 @@ from dask.delayed import delayed
 
 from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
-from geoseg.errors import ConfigError, InputRasterError, OutputExistsError
+from geoseg.errors import ConfigError, InputRasterError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.npy import map_npy
 from geoseg.io.rasters import SceneInfo, inspect_scenes
@@ -229,8 +229,10 @@ def predict(
     Raises:
         InputRasterError: unreadable scene, or bands that do not fit the model.
         CheckpointError / ConfigError / DependencyError: model, backend or options at fault.
-        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+        OutputExistsError: ``out`` exists and ``overwrite`` is False, or is a GeoPackage holding
+            other layers (:func:`geoseg.io.formats.check_replace`).
     """
+    from geoseg.io.formats import check_replace
     from geoseg.predict.vectorize import vector_driver, write_vector
 
     t0 = time.perf_counter()
@@ -239,8 +241,7 @@ def predict(
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)  # unknown extension: fail before any work
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_replace(out, overwrite)
     check_writable(out, "--out")
     if cfg.prob_out:
         check_writable(cfg.prob_out, "--prob-out")

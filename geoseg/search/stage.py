@@ -39,9 +39,9 @@ from torchvision.ops import nms
 
 from geoseg.bands import normalize
 from geoseg.config import Strict
-from geoseg.errors import ConfigError, InputRasterError, InputVectorError, OutputExistsError
+from geoseg.errors import ConfigError, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
-from geoseg.io.formats import vector_driver, write_vector
+from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes, open_raster
@@ -249,15 +249,15 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     Raises:
         InputVectorError: examples unreadable, empty, or outside every scene.
         InputRasterError / CheckpointError / ConfigError: scenes, model or options at fault.
-        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+        OutputExistsError: ``out`` exists and ``overwrite`` is False, or is a GeoPackage holding
+            other layers (:func:`geoseg.io.formats.check_replace`).
     """
     t0 = time.perf_counter()
     cfg = cfg or SearchConfig()
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_replace(out, overwrite)
     check_writable(out, "--out")
     ex_path = Path(examples).resolve()
     ex = read_examples(ex_path)
