@@ -47,7 +47,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
-from geoseg.io.vectors import bounds_text, polygonal, read_vector, require_polygons, split_layer
+from geoseg.io.vectors import bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import EPS, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
@@ -280,8 +280,8 @@ def evaluate_frames(
     if not by_class and (class_field in pred.columns or class_field in truth.columns):
         (log.warning if class_field != "class" else log.info)(
             "only one input has a '%s' column: matching ignores classes", class_field)
-    pcls = pred[class_field].astype(str).to_numpy() if by_class else np.zeros(len(pred), dtype=str)
-    tcls = truth[class_field].astype(str).to_numpy() if by_class else np.zeros(len(truth), dtype=str)
+    pcls = class_values(pred, class_field, "predictions") if by_class else np.zeros(len(pred), dtype=str)
+    tcls = class_values(truth, class_field, "truth") if by_class else np.zeros(len(truth), dtype=str)
 
     pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
     if len(pg) and len(tg) and not shapely.box(*pred.total_bounds).intersects(shapely.box(*truth.total_bounds)):

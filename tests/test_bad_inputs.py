@@ -623,3 +623,27 @@ def test_labels_and_truth_of_points_or_lines_are_refused(tmp_path: Path) -> None
                                    str(tmp_path / "e.json")])
     assert res.exit_code == 0 and "1 truth features have no polygonal area" in res.output, res.output
     assert json.loads((tmp_path / "e.json").read_text())["tp"] == 4
+
+
+def test_features_without_a_class_are_refused(tmp_path: Path) -> None:
+    """A null in --class-field crashed tile ('unexpected TypeError', pandas keeps NaN through astype(str)),
+    and evaluate scored it as a class of its own."""
+    scene, labels = _two_layer_labels(tmp_path)
+    gdf = gpd.read_file(labels, layer="checked")
+    gdf["kind"] = ["house", None, "shed", "house"]
+    kinds = tmp_path / "kinds.gpkg"
+    gdf.to_file(kinds)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(kinds), "--class-field", "kind", "--out",
+                                   str(tmp_path / "out"), "--size", "32", "--overlap", "0"])
+    line = one_error_line(res, kinds.name)
+    assert "1 of 4 features have no value in 'kind'" in line and "features 2)" in line and "unexpected" not in line
+    assert not (tmp_path / "out").exists()
+    res = CliRunner().invoke(cli, ["evaluate", str(kinds), str(kinds), "--class-field", "kind"])
+    assert "1 of 4 features have no value in 'kind'" in one_error_line(res, "predictions")
+    gdf["kind"] = gdf["kind"].fillna("house")
+    gdf.to_file(kinds)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(kinds), "--class-field", "kind", "--out",
+                                   str(tmp_path / "out"), "--size", "32", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    cats = json.loads((tmp_path / "out" / "annotations.json").read_text())["categories"]
+    assert [c["name"] for c in cats] == ["house", "shed"]

@@ -211,6 +211,35 @@ def require_polygons(gdf: gpd.GeoDataFrame, path: str | Path, role: str) -> None
         "buffer points or lines into polygons first (QGIS: Vector > Geoprocessing Tools > Buffer)")
 
 
+def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
+    """The class of each feature as a string; features without one are an error.
+
+    pandas keeps missing values through ``astype(str)``: a null class would become a class
+    of its own (or break sorting the classes), so the file is refused instead.
+
+    Args:
+        gdf: the features.
+        field: the class column (present in ``gdf``).
+        what: the input, for the message (``"label file x.gpkg"``).
+
+    Raises:
+        InputVectorError: a feature has no value in ``field``.
+
+    Examples:
+        >>> class_values(gpd.GeoDataFrame({"k": ["a", 2]}, geometry=[None, None]), "k", "labels").tolist()
+        ['a', '2']
+    """
+    col = gdf[field]
+    missing = np.flatnonzero(col.isna().to_numpy())
+    if len(missing):
+        rows = ", ".join(str(int(r) + 1) for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InputVectorError(
+            f"{what}: {len(missing)} of {len(gdf)} features have no value in '{field}' (the class field; "
+            f"features {rows}); give them a class or remove them (QGIS: Field Calculator), or pass another "
+            "--class-field")
+    return np.asarray(col.astype(str).to_numpy(), dtype=object)
+
+
 def read_labels(
     path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None
 ) -> gpd.GeoDataFrame:
@@ -242,7 +271,7 @@ def read_labels(
         raise InputVectorError(f"label file {path} has no column '{class_field}' (the class field); its "
                                f"columns: {', '.join(cols[:12]) or 'none'}")
     if class_field in gdf.columns:
-        classes = gdf[class_field].astype(str).to_numpy()
+        classes = class_values(gdf, class_field, f"label file {path}")
     else:
         classes = np.full(len(gdf), class_name, dtype=object)
     geoms = gdf.geometry.to_numpy()
