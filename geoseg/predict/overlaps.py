@@ -68,7 +68,9 @@ def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd
 
     rank = {s.name: k for k, s in enumerate(scenes)}
     feet = {scenes[k].name: scene_footprint(scenes[k].source).to_crs(gdf.crs).iloc[0] for k in over}
-    geoms = gdf.geometry.to_numpy()
+    geoms = gdf.geometry.to_numpy().copy()
+    bad = ~shapely.is_valid(geoms)
+    geoms[bad] = shapely.make_valid(geoms[bad])  # GEOS cannot intersect an invalid polygon
     names = gdf["scene"].to_numpy()
     left, right = shapely.STRtree(geoms).query(geoms, predicate="intersects")
     pick = (left < right) & (names[left] != names[right])
