@@ -22,6 +22,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.errors import (
+    ConfigError,
     EmptyLabelsWarning,
     InputRasterError,
     InputVectorError,
@@ -170,6 +171,12 @@ def test_val_scenes_go_wholly_to_val(utm_uint16: Path, tmp_path: Path) -> None:
     imgs = json.loads((out / "annotations.json").read_text())["images"]
     assert {im["split"] for im in imgs if im["scene"] == "other"} == {"val"}
     assert {im["split"] for im in imgs if im["scene"] == "utm"} == {"train"}
+    # a pattern that matches no scene (a typo: 'Oth*') once fell back to the random block split, with the
+    # scene meant to be held out partly in train; it is an error before anything is written
+    with pytest.raises(ConfigError, match=r"--val-scenes 'Oth\*' matches none of the scenes tiled \(utm, other\)"):
+        tile([utm_uint16, other], None, tmp_path / "typo", TileConfig(size=32, overlap=0, val_scenes=("oth*", "Oth*")),
+             scheduler="sync")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_rerun_writes_nothing_and_resumes(merc_rgb: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from rasterio.windows import Window
 
-from geoseg.errors import GeoSegWarning
+from geoseg.errors import ConfigError, GeoSegWarning
 from geoseg.io.rasters import SceneInfo
 from geoseg.tile.config import TileConfig
 
@@ -57,7 +57,16 @@ def plan_splits(
     Scenes matching ``val_scenes`` go wholly to val. Of the other blocks,
     ``round(val_fraction × n)`` chosen by a seeded shuffle go to val; when that rounds to
     0 with ``val_fraction`` > 0, no forced val scene and at least two blocks, one does.
+
+    Raises:
+        ConfigError: a ``val_scenes`` pattern that matches no scene.
     """
+    names = [s.name for s in scenes]
+    for pat in cfg.val_scenes:  # a typo would silently give a random split, the held-out scene in train
+        if not any(fnmatch.fnmatch(n, pat) for n in names):
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise ConfigError(f"--val-scenes '{pat}' matches none of the scenes tiled ({shown}); patterns match "
+                              "scene names, the file names without extension (case-sensitive)")
     out: dict[tuple[str, tuple[int, int]], Literal["train", "val"]] = {}
     pool: list[tuple[str, tuple[int, int]]] = []
     for s in scenes:
