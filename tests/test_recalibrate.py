@@ -70,4 +70,9 @@ def test_chips_unlike_the_model_are_refused_and_nothing_is_written(run_copy: Pat
          TileConfig(size=32, overlap=0, val_fraction=0.0), scheduler="sync")
     res = CliRunner().invoke(cli, ["calibrate", str(run_copy), "--patches", str(tmp_path / "train_only")])
     assert res.exit_code != 0 and "no 'val' chips" in res.output
+    # chips at another ground pixel size than predict reads such scenes at (the model's 0.5 m)
+    tile([bright_boxes_scene(tmp_path / "t1m.tif", (128, 128), boxes)], tmp_path / "l.gpkg", tmp_path / "p1m",
+         TileConfig(size=32, overlap=0, val_fraction=1.0, gsd=1.0), scheduler="sync")
+    res = CliRunner().invoke(cli, ["calibrate", str(run_copy), "--patches", str(tmp_path / "p1m")])
+    assert res.exit_code != 0 and "are at 1 m a pixel" in res.output and "--gsd 0.5" in res.output, res.output
     assert (run_copy / "checkpoints" / "best.pt").read_bytes() == before

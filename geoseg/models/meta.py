@@ -24,7 +24,7 @@ from geoseg.errors import CheckpointError
 from geoseg.models.postprocess import PostprocessConfig
 
 
-def _trained_range(config: dict[str, Any]) -> list[float] | None:
+def trained_range(config: dict[str, Any]) -> list[float] | None:
     """``augment.gsd_range`` of a training config when scale augmentation was on, else None."""
     aug = config.get("augment") or {}
     rng = aug.get("gsd_range")
@@ -107,7 +107,7 @@ class ModelMeta(BaseModel):
             "stats": {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in stats.items()},
             "classes": list(ckpt_meta.get("classes") or c.classes), **grid,
             "postprocess": dict(config.get("postprocess") or {}),
-            "model": c.model_dump(mode="json"), "gsd_range": _trained_range(config),
+            "model": c.model_dump(mode="json"), "gsd_range": trained_range(config),
             "checkpoint": path, "checkpoint_version": str(ckpt_meta.get("version", "")),
         }
         return cls._checked(data, path or "the checkpoint", "retrain or pass another checkpoint")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from geoseg.bands import BandStats
 from geoseg.errors import CheckpointError, ConfigError
+from geoseg.io.rasters import GSD_TOLERANCE
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def recalibrate(model: str | Path, patches: str | Path | None = None, device: st
     if have["bands"] != len(want.mean) or have["dtype"] != want.dtype:
         raise ConfigError(f"the chips in {root} have {have['bands']} {have['dtype']} bands, the model in {path} "
                           f"{len(want.mean)} {want.dtype}: tile scenes like those it was trained on")
+    _check_gsd(root, have, ckpt, path)
     d = cfg.data
     ds = ChipDataset(root, "val", crop=None, augment=None, boundary_width=d.boundary_width,
                      contact_distance=d.contact_distance, seed=cfg.seed)
@@ -91,3 +93,23 @@ def recalibrate(model: str | Path, patches: str | Path | None = None, device: st
            for k in ("model", "ema") if ckpt.get(k) is not None}
     save_checkpoint(path, {**ckpt, **new})
     return Recalibration(path, before, after, float(res["auto_share"]), len(ds))
+
+
+def _check_gsd(root: Path, have: dict[str, Any], ckpt: dict[str, Any], path: Path) -> None:
+    """Refuse chips of another ground pixel size than the one predict reads such scenes at.
+
+    A threshold set on chips at 0.15 m for a model that reads scenes at 0.3 m would route
+    the cells of 0.3 m reads by the utilities of images twice as fine: silently off.
+    """
+    from geoseg.models.meta import trained_range
+    from geoseg.predict.gsd import model_grid
+
+    chips, trained = have.get("gsd"), ckpt.get("stats", {}).get("gsd")
+    if not (isinstance(chips, int | float) and chips > 0 and isinstance(trained, int | float) and trained > 0):
+        return  # one of them not recorded (older files): nothing to compare
+    rng = trained_range(ckpt["config"])
+    target = model_grid(float(trained), rng, float(chips))
+    if target is not None and abs(float(chips) / target - 1.0) > GSD_TOLERANCE:
+        raise ConfigError(f"the chips in {root} are at {chips:g} m a pixel, but the model in {path} reads scenes like "
+                          f"them at {target:g} m (its training GSD): tile them again with --gsd {target:g}")
+
