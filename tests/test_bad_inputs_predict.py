@@ -320,3 +320,18 @@ def test_overwrite_never_deletes_other_layers_of_a_geopackage(tiny_run: Path, tm
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, [*args[:5], str(own), *args[6:]])
     assert res.exit_code == 0 and len(gpd.read_file(own)) > 0, res.output
+
+
+def test_a_scene_read_far_finer_than_stored_warns_first(tiny_run: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A 2.5 m scene and a model trained at 0.5 m: read 5x finer (25x the pixels), said before the work."""
+    coarse = bright_boxes_scene(tmp_path / "coarse.tif", (32, 32), [(4, 4, 12, 12)],
+                                transform=from_origin(450000, 40000, 2.5, 2.5))
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.gsd"):
+        s = predict([coarse], tiny_run, tmp_path / "p.gpkg", cfg(), progress=False)
+    assert "1 scene(s) are read over 4x finer than stored, e.g. coarse: 2.5 m to 0.5 m" in caplog.text, caplog.text
+    assert "25x the pixels" in caplog.text and "--gsd native" in caplog.text and "0.5 m/px" in s.gsd
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.gsd"):
+        predict([coarse], tiny_run, tmp_path / "q.gpkg", cfg(gsd="native"), progress=False)
+    assert "finer than stored" not in caplog.text

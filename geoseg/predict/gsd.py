@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from geoseg.io.rasters import SceneInfo
 from geoseg.models.meta import ModelMeta
 from geoseg.predict.config import PredictConfig
+
+log = logging.getLogger(__name__)
+
+#: Scenes read more than this many times finer than stored are warned about.
+UPSAMPLE_WARN = 4.0
 
 #: A scene this close to the edge of the trained range counts as inside (see SceneInfo.at_gsd).
 _TOLERANCE = 1.05
@@ -53,3 +59,21 @@ def gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: Predi
     why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
     return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
             f"(native {', '.join(f'{g:g}' for g in native)} m/px)")
+
+
+def warn_upsampling(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> None:
+    """Warn, before any work, of scenes read more than :data:`UPSAMPLE_WARN` times finer than stored.
+
+    A 10 m Sentinel-2 scene read at a building model's 0.3 m is 33 times finer: the model
+    sees none of the detail it learned, finds noise, and the work grows 1100-fold.
+    """
+    far = [(a, b) for a, b in zip(before, after, strict=True) if b.resample < 1 / UPSAMPLE_WARN]
+    if not far:
+        return
+    a, b = far[0]
+    why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
+    log.warning("%d scene(s) are read over %gx finer than stored, e.g. %s: %.3g m to %.3g m a pixel (%s), %.0fx "
+                "the pixels: the model sees none of the detail it learned, and the work grows as much; use a "
+                "model trained near the scenes' pixel size, or --gsd native", len(far), UPSAMPLE_WARN,
+                a.name, a.gsd, b.gsd, why, (a.gsd / b.gsd) ** 2)
+

@@ -51,7 +51,7 @@ from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
 from geoseg.predict.config import PredictConfig
-from geoseg.predict.gsd import gsd_note, target_gsd
+from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
 from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
@@ -252,6 +252,7 @@ def predict(
     stats = meta.band_stats
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
+    warn_upsampling(native, infos, cfg)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
