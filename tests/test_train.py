@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from conftest import REPO
 
 from geoseg.cli.main import cli
 from geoseg.config import load_config
-from geoseg.errors import CheckpointError, OutputExistsError
+from geoseg.errors import CheckpointError, ConfigError, OutputExistsError
 from geoseg.models.checkpoint import load_checkpoint
 from geoseg.train import TrainConfig, train
 
@@ -96,6 +97,14 @@ def test_existing_run_needs_resume_or_overwrite(patches: Path, tmp_path: Path) -
     with pytest.raises(OutputExistsError, match="--resume"):
         train(tiny(), patches, tmp_path / "run", epochs=1)
     train(tiny(), patches, tmp_path / "run", epochs=1, overwrite=True)
+    # resuming on other chips (tiled again: another mean) once went on with the new normalisation halfway
+    other = Path(shutil.copytree(patches, tmp_path / "other"))
+    stats = json.loads((other / "stats.json").read_text())
+    stats["mean"] = [m + 10 for m in stats["mean"]]
+    (other / "stats.json").write_text(json.dumps(stats))
+    with pytest.raises(ConfigError, match=r"are not the chips .*last.pt was trained on \(mean differ\)"):
+        train(tiny(), other, tmp_path / "run", epochs=2, resume=True)
+    assert train(tiny(), patches, tmp_path / "run", epochs=2, resume=True).epochs == 2
 
 
 def test_corrupt_and_foreign_checkpoints(tmp_path: Path) -> None:

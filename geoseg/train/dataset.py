@@ -84,6 +84,31 @@ def read_stats(patches: Path) -> dict[str, Any]:
             "std": list(stats.std), "classes": classes, "gsd": float(gsd) if ok else None}
 
 
+def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last: Path) -> None:
+    """Refuse to resume a run on chips other than those it was trained on.
+
+    The run normalises with the chips' statistics and records them in its checkpoints: chips
+    tiled again from other scenes (other means, another data type, GSD or classes) would
+    change the input of the weights halfway, and the checkpoint would record only the new ones.
+
+    Raises:
+        ConfigError: bands, data type, mean, std, GSD or classes differ from ``last``'s.
+    """
+    had = {**ckpt.get("stats", {}), "classes": ckpt.get("classes")}
+
+    def changed(a: Any, b: Any, numbers: bool) -> bool:
+        if not numbers:
+            return bool(a != b)
+        return np.shape(a) != np.shape(b) or not np.allclose(a, b, rtol=1e-6, atol=0)
+
+    differ = [k for k in ("bands", "dtype", "mean", "std", "gsd", "classes")  # unrecorded (None): not compared
+              if had.get(k) is not None and stats.get(k) is not None
+              and changed(had[k], stats[k], k in ("mean", "std", "gsd"))]
+    if differ:
+        raise ConfigError(f"--patches {patches} are not the chips {last} was trained on ({', '.join(differ)} "
+                          "differ): resume with those chips, or train a new run (--overwrite, or another --out)")
+
+
 class _Index:
     """Compact per-split index of a COCO file: numpy arrays, RLE counts in one blob."""
 
