@@ -647,3 +647,25 @@ def test_features_without_a_class_are_refused(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     cats = json.loads((tmp_path / "out" / "annotations.json").read_text())["categories"]
     assert [c["name"] for c in cats] == ["house", "shed"]
+
+
+def test_local_engineering_crs_is_refused(tmp_path: Path) -> None:
+    """A site grid (LOCAL_CS, drone surveys in local coordinates) has no place on the Earth: the CRS
+    transformations crashed with 'unexpected ProjError', a bug-report line."""
+    local = rasterio.crs.CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["Easting",EAST],'
+                                      'AXIS["Northing",NORTH]]')
+    scene = tmp_path / "site.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=32, height=32, count=3, dtype="uint8", crs=local,
+                       transform=from_origin(1000, 2000, 0.5, 0.5)) as dst:
+        dst.write(np.full((3, 32, 32), 50, np.uint8))
+    labels = tmp_path / "site.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.box(1002, 1990, 1008, 1996)], crs=local.to_wkt()).to_file(labels)
+    good_scene, good_labels = _two_layer_labels(tmp_path)
+    for args, name in ((["tile", str(scene), "--out", str(tmp_path / "o")], scene.name),
+                       (["predict", str(scene), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.gpkg")],
+                        scene.name),
+                       (["tile", str(good_scene), "--labels", str(labels), "--out", str(tmp_path / "o")], labels.name),
+                       (["evaluate", str(labels), f"{good_labels}|layername=checked"], labels.name)):
+        line = one_error_line(CliRunner().invoke(cli, args), name)
+        assert "local engineering CRS ('site grid')" in line and "-a_srs EPSG:" in line and "unexpected" not in line
+    assert not (tmp_path / "o").exists()

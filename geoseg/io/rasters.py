@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import shapely
 from affine import Affine
+from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
@@ -247,6 +248,12 @@ def check_grid(path: str | Path, src: Any) -> None:
                                f"or gdal_translate -a_ullr XMIN YMAX XMAX YMIN -a_srs EPSG:... {path} out.tif)")
     if src.crs is None:
         raise InputRasterError(f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")
+    crs = ProjCRS.from_wkt(src.crs.to_wkt())
+    if crs.is_engineering:  # LOCAL_CS: a site grid with no place on the Earth
+        raise InputRasterError(
+            f"{path} has a local engineering CRS ('{crs.name}'), which has no place on the Earth: its polygons "
+            f"could not be placed in QGIS nor measured; assign its real CRS (gdal_edit.py -a_srs EPSG:... {path}) "
+            "or georeference it")
 
 
 def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:

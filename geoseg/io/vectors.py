@@ -183,6 +183,10 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
         raise InputVectorError(
             f"{role} file {path} has no CRS; assign one (e.g. ogr2ogr -a_srs EPSG:4326 fixed.gpkg {path})"
         )
+    if gdf.crs.is_engineering:  # LOCAL_CS: a site grid that no transformation reaches
+        raise InputVectorError(
+            f"{role} file {path} has a local engineering CRS ('{gdf.crs.name}'), which has no place on the Earth; "
+            f"assign its real CRS (ogr2ogr -a_srs EPSG:... fixed.gpkg {path})")
     return gdf
 
 
