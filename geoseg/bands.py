@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import InputRasterError
+from geoseg.io.rasters import FILL
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -100,7 +101,8 @@ def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> A
     """Raw values to [0, 1] per band, for augmentation.
 
     ``u = clip((x − (mean − 3·std)) / (6·std), 0, 1)``: mean − 3 std maps to 0, mean to
-    0.5, mean + 3 std to 1. NaN and ±inf (invalid data) map to 0.5, the mean.
+    0.5, mean + 3 std to 1. NaN, ±inf and fill values (:data:`geoseg.io.rasters.FILL`; invalid
+    data) map to 0.5, the mean.
 
     Args:
         image: raw values, bands on ``channel_axis``.
@@ -114,10 +116,10 @@ def scale_to_unit(image: Array, stats: BandStats, *, channel_axis: int = 0) -> A
     if isinstance(image, torch.Tensor):
         x = image.to(mean.dtype)
         u = torch.clamp((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
-        return torch.where(torch.isfinite(x), u, torch.full_like(u, 0.5))
+        return torch.where(x.abs() < FILL, u, torch.full_like(u, 0.5))
     x = image.astype(np.float32, copy=False)
     u = np.clip((x - (mean - SIGMAS * std)) / (2 * SIGMAS * std), 0.0, 1.0)
-    return np.where(np.isfinite(x), u, np.float32(0.5)).astype(np.float32)
+    return np.where(np.abs(x) < FILL, u, np.float32(0.5)).astype(np.float32)
 
 
 def unit_to_normalized(unit: Array) -> Array:
@@ -151,13 +153,13 @@ def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
     if isinstance(image, torch.Tensor):
         x = image.to(mean.dtype)
         z = torch.clamp((x - mean) / std, -SIGMAS, SIGMAS)
-        ok = torch.isfinite(x).all(dim=ax, keepdim=True)
+        ok = (x.abs() < FILL).all(dim=ax, keepdim=True)
         if valid is not None:
             ok = ok & valid.unsqueeze(ax).to(torch.bool)
         return torch.where(ok, z, torch.zeros_like(z))
     x = image.astype(np.float32, copy=False)
     z = np.clip((x - mean) / std, -SIGMAS, SIGMAS)
-    ok = np.isfinite(x).all(axis=ax, keepdims=True)
+    ok = (np.abs(x) < FILL).all(axis=ax, keepdims=True)
     if valid is not None:
         ok = ok & np.expand_dims(np.asarray(valid, dtype=bool), ax)
     return np.where(ok, z, np.float32(0.0)).astype(np.float32, copy=False)

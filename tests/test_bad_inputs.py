@@ -121,19 +121,21 @@ def test_any_affine_keeps_every_instance(tmp_path_factory: pytest.TempPathFactor
 
 # -- 2. NaN and inf are invalid data ---------------------------------------------------------
 
-def _nan_scene(path: Path, nodata: float | None = None) -> np.ndarray:
+def _nan_scene(path: Path, nodata: float | None = None, bad: float = np.nan) -> np.ndarray:
     rng = np.random.default_rng(3)
     data = rng.normal(100, 20, (2, 64, 96)).astype(np.float32)
-    data[:, 5:20, 10:40] = np.nan  # patches, in every band
-    data[:, 40:50, 60:70] = np.nan
+    data[:, 5:20, 10:40] = bad  # patches, in every band
+    data[:, 40:50, 60:70] = bad
     data[:, 30, 30] = np.inf
     data[0, 33, 33] = -np.inf  # one band only: the pixel is invalid
     write_raster(path, data, CRS, from_origin(450000, 40000, 0.5, 0.5), nodata=nodata)
     return data
 
 
-def test_nan_pixels_excluded_from_stats_and_masked_in_chips(tmp_path: Path) -> None:
-    data = _nan_scene(tmp_path / "nan.tif")
+@pytest.mark.parametrize("bad", [np.nan, -3.4028235e38], ids=["nan", "float-fill"])
+def test_nan_pixels_excluded_from_stats_and_masked_in_chips(tmp_path: Path, bad: float) -> None:
+    """NaN, and GDAL's float fill value when no nodata is declared (stats were once -5.7e37 +- 1.3e38)."""
+    data = _nan_scene(tmp_path / "nan.tif", bad=bad)
     out = tmp_path / "out"
     # one split, so that the stats cover every chip
     tile([tmp_path / "nan.tif"], None, out,
@@ -141,7 +143,7 @@ def test_nan_pixels_excluded_from_stats_and_masked_in_chips(tmp_path: Path) -> N
     text = (out / "stats.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     stats = json.loads(text)
-    valid = np.isfinite(data).all(axis=0)
+    valid = (np.abs(data) < 1e30).all(axis=0)  # NaN compares False too
     vals = data[:, valid].astype(np.float64)
     np.testing.assert_allclose(stats["mean"], vals.mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(stats["std"], vals.std(axis=1), rtol=1e-6)
@@ -669,3 +671,15 @@ def test_local_engineering_crs_is_refused(tmp_path: Path) -> None:
         line = one_error_line(CliRunner().invoke(cli, args), name)
         assert "local engineering CRS ('site grid')" in line and "-a_srs EPSG:" in line and "unexpected" not in line
     assert not (tmp_path / "o").exists()
+
+
+def test_complex_scenes_are_refused(tmp_path: Path) -> None:
+    """SAR single-look complex: the imaginary part was dropped without a word, and chips tiled from the rest."""
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=1, dtype="complex64", crs=CRS,
+                       transform=from_origin(450000, 40000, 0.5, 0.5)) as dst:
+        dst.write(np.full((1, 32, 32), 1 + 2j, np.complex64))
+    res = CliRunner().invoke(cli, ["tile", str(path), "--out", str(tmp_path / "out")])
+    line = one_error_line(res, path.name)
+    assert "complex64" in line and "amplitude" in line and "abs(A)" in line
+    assert not (tmp_path / "out").exists()

@@ -175,21 +175,27 @@ def open_scene(scene: SceneInfo) -> Iterator[Any]:
             yield vrt
 
 
-def valid_mask(data: np.ndarray, dataset_mask: np.ndarray | None = None) -> np.ndarray:
-    """Valid pixels of a (bands, rows, cols) read: the dataset mask, and finite in every band.
+#: A float value of this magnitude or more is a fill value, invalid like NaN: GDAL writes
+#: -3.4e38 (float32's lowest) where a float raster has no data, often without declaring it.
+FILL = 1e30
 
-    NaN and ±inf are invalid data everywhere in geoseg, whether or not the raster declares
-    a nodata value; ``dataset_mask`` (``src.dataset_mask()``, 0 = invalid) covers nodata,
-    per-dataset masks and alpha.
+
+def valid_mask(data: np.ndarray, dataset_mask: np.ndarray | None = None) -> np.ndarray:
+    """Valid pixels of a (bands, rows, cols) read: the dataset mask, and usable in every band.
+
+    NaN, ±inf and fill values (magnitude of :data:`FILL` or more: GDAL's float
+    nodata -3.4e38, often not declared) are invalid data everywhere in geoseg, whether or
+    not the raster declares a nodata value; ``dataset_mask`` (``src.dataset_mask()``,
+    0 = invalid) covers nodata, per-dataset masks and alpha.
 
     Examples:
-        >>> valid_mask(np.array([[[1.0, np.nan, np.inf]]])).tolist()
-        [[True, False, False]]
+        >>> valid_mask(np.array([[[1.0, np.nan, np.inf, -3.4028235e38]]])).tolist()
+        [[True, False, False, False]]
     """
     valid = (np.ones(data.shape[1:], dtype=bool) if dataset_mask is None
              else np.asarray(dataset_mask) > 0)
     if np.issubdtype(data.dtype, np.floating):
-        valid &= np.isfinite(data).all(axis=0)
+        valid &= (np.abs(data) < FILL).all(axis=0)
     return valid
 
 
@@ -272,6 +278,10 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             check_grid(path, src)
             if len(set(src.dtypes)) != 1:
                 raise InputRasterError(f"{path} mixes band types {src.dtypes}; convert it first")
+            if src.dtypes[0].startswith("complex"):  # complex64/128, complex_int16 (CInt16)
+                raise InputRasterError(f"{path} is {src.dtypes[0]} (complex: SAR single-look complex?); geoseg reads "
+                                       "real values, and the imaginary part would be dropped: convert it to amplitude "
+                                       "first (gdal_calc.py -A in.tif --calc='abs(A)' --type Float32)")
             flags = src.mask_flag_enums
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
             count = src.count - len(alpha_bands(src, path))

@@ -219,12 +219,13 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             names = ", ".join(s.source for s in scenes)
             raise InputRasterError(
                 f"no valid pixel to compute band statistics in {names}: every pixel is "
-                f"nodata, NaN/inf or masked (or in chips below min_valid {cfg.min_valid}); "
+                f"nodata, NaN/inf, a fill value (magnitude 1e30 or more) or masked (or in chips below min_valid "
+                f"{cfg.min_valid}); "
                 "check the scenes' nodata and data")
         for sc in scenes:
             if not chips_of.get(sc.name):
                 warnings.warn(f"{sc.source} gave no chip: no window has min_valid "
-                              f"{cfg.min_valid} of valid pixels (not nodata, NaN/inf or masked)",
+                              f"{cfg.min_valid} of valid pixels (not nodata, NaN/inf, fill values or masked)",
                               GeoSegWarning, stacklevel=3)
         f.write('], "annotations": [')
         n_ann = 0
