@@ -673,8 +673,9 @@ def test_local_engineering_crs_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_complex_scenes_are_refused(tmp_path: Path) -> None:
-    """SAR single-look complex: the imaginary part was dropped without a word, and chips tiled from the rest."""
+def test_complex_and_paletted_scenes_are_refused(tmp_path: Path) -> None:
+    """SAR single-look complex: the imaginary part was dropped without a word, and chips tiled from the rest.
+    A paletted image: tiled as colour indices, and predict advised --bands 1,1,1 (indices as grey values)."""
     path = tmp_path / "slc.tif"
     with rasterio.open(path, "w", driver="GTiff", width=32, height=32, count=1, dtype="complex64", crs=CRS,
                        transform=from_origin(450000, 40000, 0.5, 0.5)) as dst:
@@ -683,3 +684,14 @@ def test_complex_scenes_are_refused(tmp_path: Path) -> None:
     line = one_error_line(res, path.name)
     assert "complex64" in line and "amplitude" in line and "abs(A)" in line
     assert not (tmp_path / "out").exists()
+    pal = tmp_path / "pal.tif"
+    with rasterio.open(pal, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8", crs=CRS,
+                       transform=from_origin(450000, 40000, 0.5, 0.5), photometric="palette") as dst:
+        dst.write(np.arange(32 * 32, dtype=np.uint8).reshape(1, 32, 32) % 3)
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (255, 0, 0, 255), 2: (200, 200, 200, 255)})
+    for args in (["tile", str(pal), "--out", str(tmp_path / "out")],
+                 ["predict", str(pal), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.gpkg")]):
+        line = one_error_line(CliRunner().invoke(cli, args), pal.name)
+        assert "paletted" in line and "gdal_translate -expand rgb" in line and "--bands" not in line
+    assert not (tmp_path / "out").exists()
+

@@ -19,7 +19,7 @@ import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
 from rasterio.crs import CRS
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -278,6 +278,9 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             check_grid(path, src)
             if len(set(src.dtypes)) != 1:
                 raise InputRasterError(f"{path} mixes band types {src.dtypes}; convert it first")
+            if ColorInterp.palette in src.colorinterp:  # values are indices into a colour table, not colours
+                raise InputRasterError(f"{path} is a paletted image (a band of indices into a colour table); expand "
+                                       f"it to RGB first: gdal_translate -expand rgb {path} rgb.tif")
             if src.dtypes[0].startswith("complex"):  # complex64/128, complex_int16 (CInt16)
                 raise InputRasterError(f"{path} is {src.dtypes[0]} (complex: SAR single-look complex?); geoseg reads "
                                        "real values, and the imaginary part would be dropped: convert it to amplitude "
