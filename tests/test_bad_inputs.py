@@ -695,3 +695,18 @@ def test_complex_and_paletted_scenes_are_refused(tmp_path: Path) -> None:
         assert "paletted" in line and "gdal_translate -expand rgb" in line and "--bands" not in line
     assert not (tmp_path / "out").exists()
 
+
+
+def test_chips_far_beyond_the_labels_are_said_to_be_negatives(tmp_path: Path) -> None:
+    """Labels of one scene of two (or of one district of a city's scene): the rest is tiled as negatives, which
+    teaches the model that unlabelled buildings are background. Tile cannot know, so it says it."""
+    scene, labels = _two_layer_labels(tmp_path)
+    with rasterio.open(scene) as src:
+        data, t = src.read(), src.transform
+    away = write_raster(tmp_path / "away.tif", data, CRS, t * Affine.translation(0, 10_000))  # 10 km south
+    args = ["--labels", f"{labels}|layername=checked", "--size", "16", "--overlap", "0"]
+    res = CliRunner().invoke(cli, ["tile", str(scene), str(away), *args, "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "16 of 32 chips lie over a chip away from the labels' extent and are written as negatives" in res.output
+    res = CliRunner().invoke(cli, ["tile", str(scene), *args, "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0 and "labels' extent" not in res.output, res.output

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+import shapely
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigError, GeoSegWarning
-from geoseg.io.rasters import SceneInfo
+from geoseg.io.rasters import SceneInfo, window_footprint
 from geoseg.tile.config import TileConfig
 
 log = logging.getLogger(__name__)
@@ -119,3 +120,26 @@ def split_scenes(
                       "without validation (tile more or larger scenes, or set val_scenes)",
                       GeoSegWarning, stacklevel=3)
     return sb, blocks, splits
+
+
+def chips_beyond_labels(scene: SceneInfo, windows: Sequence[Window], geoms: np.ndarray) -> int:
+    """Chips of a scene farther than one chip from the bounding box of the labels (in the scene's CRS).
+
+    Such chips are written as negatives. Where the land beyond the labels is unlabelled rather
+    than empty (labels of one district over a city's scene, of 3 scenes of 10), they teach the
+    model that its buildings are background: tile warns (it cannot know which is the case).
+
+    Args:
+        scene: the scene.
+        windows: its chip windows.
+        geoms: the labels in the scene's CRS (none: every chip is beyond).
+    """
+    if not len(windows):
+        return 0
+    if not len(geoms):
+        return len(windows)
+    side = max(int(w.width) for w in windows) * float(np.hypot(scene.affine.a, scene.affine.d))
+    near = shapely.box(*shapely.total_bounds(geoms)).buffer(side)
+    feet = np.array([window_footprint(w, scene.affine) for w in windows], dtype=object)
+    return int((~shapely.intersects(feet, near)).sum())
+

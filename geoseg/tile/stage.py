@@ -46,7 +46,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
-from geoseg.tile.grid import split_scenes, window_grid
+from geoseg.tile.grid import chips_beyond_labels, split_scenes, window_grid
 from geoseg.tile.inputs import drop_small_scenes
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
@@ -313,6 +313,7 @@ def tile(
     touched: set[int] = set()
     by_crs: dict[str, Any] = {}
     jobs: list[BlockJob] = []
+    beyond = [0, 0]  # chips over a chip away from the labels' extent, chips in all
     for s in good:
         if gdf is not None and s.crs not in by_crs:
             g = gdf.to_crs(s.crs)
@@ -320,6 +321,8 @@ def tile(
         geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
         if sindex is not None:
             touched.update(sindex.query(s.footprint, predicate="intersects").tolist())
+            beyond[0] += chips_beyond_labels(s, [w for row in grids[s.name] for w in row], geoms)
+            beyond[1] += sum(map(len, grids[s.name]))
         for b in blocks[s.name]:
             block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
                           if (i // sb, j // sb) == b]
@@ -339,6 +342,10 @@ def tile(
                     min_valid=cfg.min_valid, compress=cfg.compress,
                 ))
     summary.labels_outside = summary.labels - len(touched)
+    if touched and beyond[0] >= max(4, beyond[1] / 4):
+        log.warning("%d of %d chips lie over a chip away from the labels' extent and are written as negatives: if "
+                    "that land is unlabelled rather than empty, tile only the labelled area (crop the scenes: "
+                    "gdal_translate -projwin) or add its labels", beyond[0], beyond[1])
     if gdf is not None and len(gdf) and not touched:  # before anything is written
         s = good[0]
         raise InputVectorError(
