@@ -34,9 +34,8 @@ SAME_OBJECT = 0.5
 
 
 def outline(scene: SceneInfo, crs: CRS | str) -> shapely.Polygon:
-    """The scene's four corners through its affine (rotated scenes too), in ``crs``."""
-    t, w, h = scene.affine, scene.width, scene.height
-    quad = shapely.Polygon([t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)])
+    """The scene's outline (:attr:`SceneInfo.footprint`, rotated scenes too) in ``crs``, densified to stay true."""
+    quad = scene.footprint
     return gpd.GeoSeries([shapely.segmentize(quad, quad.length / 400)], crs=scene.crs).to_crs(crs).iloc[0]
 
 
@@ -83,11 +82,17 @@ def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd
     same = shapely.area(inter) > SAME_OBJECT * smaller
     left, right, inter = left[same], right[same], inter[same]
     point = shapely.point_on_surface(inter)
-    depth = {name: shapely.distance(point, shapely.boundary(foot)) * shapely.contains(foot, point)
-             for name, foot in feet.items()}
-    d_left = np.array([depth[n][k] for k, n in enumerate(names[left])])
-    d_right = np.array([depth[n][k] for k, n in enumerate(names[right])])
-    first_left = np.array([rank[a] < rank[b] for a, b in zip(names[left], names[right], strict=True)], dtype=bool)
-    keep_left = (d_left > d_right) | ((d_left == d_right) & first_left)
+
+    def depth(side: np.ndarray) -> np.ndarray:
+        """Distance of each pair's point to the edge of the footprint of the scene of ``side``'s polygon."""
+        out = np.zeros(len(side))
+        for name, foot in feet.items():  # a few scenes: one vectorised pass each, over its pairs only
+            m = names[side] == name
+            out[m] = shapely.distance(point[m], shapely.boundary(foot)) * shapely.contains(foot, point[m])
+        return out
+
+    d_left, d_right = depth(left), depth(right)
+    order = gdf["scene"].map(rank).to_numpy()
+    keep_left = (d_left > d_right) | ((d_left == d_right) & (order[left] < order[right]))
     drop = np.unique(np.where(keep_left, right, left))
     return gdf.drop(index=gdf.index[drop]), len(drop)
