@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import ConfigError, InputRasterError
 from geoseg.io.rasters import FILL
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -163,3 +163,30 @@ def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
     if valid is not None:
         ok = ok & np.expand_dims(np.asarray(valid, dtype=bool), ax)
     return np.where(ok, z, np.float32(0.0)).astype(np.float32, copy=False)
+
+
+def band_selection(source: str, count: int, band_indexes: tuple[int, ...] | None, need: int,
+                   model: str = "model") -> tuple[int, ...]:
+    """The 1-based bands of a scene to read for a model taking ``need`` bands (``--bands`` or all).
+
+    Examples:
+        >>> band_selection("a.tif", 4, (3, 2, 1), 3)
+        (3, 2, 1)
+        >>> band_selection("a.tif", 3, (1, 2), 3)
+        Traceback (most recent call last):
+        geoseg.errors.ConfigError: --bands 1,2 names 2 bands but the model takes 3; name 3 of a.tif's bands 1..3
+
+    Raises:
+        ConfigError: ``--bands`` names another number of bands than ``need``, or a band the scene lacks.
+        InputRasterError: without ``--bands``, the scene has another number of bands than ``need``.
+    """
+    given = ",".join(map(str, band_indexes or ()))
+    if band_indexes and len(band_indexes) != need:
+        raise ConfigError(f"--bands {given} names {len(band_indexes)} bands but the {model} takes {need}; "
+                          f"name {need} of {source}'s bands 1..{count}")
+    if band_indexes is None and count != need:
+        raise InputRasterError(f"{source} has {count} bands but the {model} takes {need}; map them with "
+                               f"--bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
+    if band_indexes and any(b < 1 or b > count for b in band_indexes):
+        raise ConfigError(f"--bands {given} names a band that {source} (bands 1..{count}) does not have")
+    return band_indexes or tuple(range(1, count + 1))

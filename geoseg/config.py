@@ -35,8 +35,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     Returns:
         A message such as ``unknown key 'model.pv.encodr' in configs/x.yaml``.
     """
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    errors = err.errors()
+    first = errors[0]
+    key = ".".join(str(p) for p in _field_path(first["loc"])) or "<root>"
     if first["type"] == "extra_forbidden":
         what = f"unknown key '{key}'"
         hint = "remove it or check its spelling against docs/cli.md"
@@ -47,10 +48,31 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         what = str(first["msg"]).removeprefix("Value error, ")
         hint = "fix the values"
     else:
-        what = f"invalid value for '{key}': {first['msg']}"
+        # a union (float or 'auto') fails once per member: one message, the members' reasons joined
+        same = [e for e in errors if _field_path(e["loc"]) == _field_path(first["loc"])]
+        why = " or ".join(dict.fromkeys(str(e["msg"]).removeprefix("Input should be ") for e in same))
+        shown = f" {first['input']!r}" if len(same) > 1 else ""
+        what = f"invalid value{shown} for '{key}': " + ("should be " + why if len(same) > 1 else str(first["msg"]))
         hint = "fix the value"
-    extra = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+        errors = [first] + [e for e in errors if e not in same]
+    extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return f"{what} in {source}{extra}; {hint}"
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """The keys of a pydantic error location, without the union members' tags.
+
+    Examples:
+        >>> _field_path(("predict", "budget", "constrained-float"))
+        ('predict', 'budget')
+        >>> _field_path(("gsd", "literal['native','model']"))
+        ('gsd',)
+    """
+    return tuple(p for p in loc if isinstance(p, int) or (p.isidentifier() and p not in _TAGS))
+
+
+#: pydantic's names for the members of a union of plain types (keys never take them)
+_TAGS = frozenset({"float", "int", "str", "bool", "list", "dict", "tuple", "none"})
 
 
 def validate(model: type[M], data: dict[str, Any], source: str) -> M:

@@ -191,6 +191,29 @@ def test_band_mismatch_leaves_nothing(tiny_run: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s4.tif"]  # no cache, no output
 
 
+def test_bands_of_another_count_name_the_option_not_the_scene(tiny_run: Path, tmp_path: Path) -> None:
+    """--bands 1,2 for a 3-band model said 'the scene has 3 bands but the model takes 3'."""
+    path = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    out = tmp_path / "o.gpkg"
+    for bands in ("1,2", "1,2,3,3"):
+        res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out", str(out),
+                                       "--bands", bands])
+        line = one_error_line(res, str(path), f"--bands {bands}")
+        assert f"names {len(bands.split(','))} bands but the model takes 3" in line, line
+    assert not out.exists()
+
+
+def test_options_of_two_kinds_say_both_in_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    """--gsd 0 said "invalid value for 'gsd.literal['native','model']' ... (and 1 more problems)"."""
+    path = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    for opt, value, said in (("--gsd", "0", "should be 'native' or 'model' or greater than 0"),
+                             ("--budget", "0", "should be greater than 0 or 'auto'")):
+        res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
+                                       str(tmp_path / "o.gpkg"), opt, value])
+        line = one_error_line(res, f"for '{opt[2:]}'", said)
+        assert "literal" not in line and "constrained" not in line and "more problems" not in line, line
+
+
 def test_other_dtype_than_training_warns(tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = bright_boxes_scene(tmp_path / "u16.tif", SHAPE, BOXES, dtype="uint16")
     with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
@@ -242,8 +265,14 @@ def test_scene_smaller_than_the_model_scale(tiny_run: Path, tmp_path: Path) -> N
                         from_origin(450000, 40000, 0.5, 0.5))
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
                                    str(tmp_path / "o.gpkg")])
-    assert "too small for the model" in one_error_line(res, str(path))
+    assert "too small for the model" in one_error_line(res, str(path), "remove it")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dot.tif"]
+    # a scene large enough as stored, read too coarse: the fix is the option, not the file
+    big = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    res = CliRunner().invoke(cli, ["predict", str(big), "--model", str(tiny_run), "--out",
+                                   str(tmp_path / "o.gpkg"), "--gsd", "1000"])
+    line = one_error_line(res, str(big), "read at 1e+03 m/px (--gsd)", "finer --gsd")
+    assert "remove it" not in line and not (tmp_path / "o.gpkg").exists()
     two = bright_boxes_scene(tmp_path / "two.tif", (2, 2), [], seed=0)  # the smallest that runs
     predict([two], tiny_run, tmp_path / "two.gpkg", cfg(), progress=False)
     assert (tmp_path / "two.gpkg").is_file()

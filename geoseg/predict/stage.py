@@ -41,7 +41,8 @@ from dask.delayed import delayed
 
 from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
-from geoseg.errors import ConfigError, InputRasterError
+from geoseg.bands import band_selection
+from geoseg.errors import InputRasterError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.npy import map_npy
 from geoseg.io.rasters import SceneInfo, inspect_scenes
@@ -119,19 +120,13 @@ class PredictSummary:
 
 
 def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) -> BlockPlan:
-    band_indexes = cfg.band_indexes or tuple(range(1, scene.count + 1))
-    need = meta.band_count
-    if len(band_indexes) != need:
-        raise InputRasterError(
-            f"{scene.source} has {scene.count} bands but the model takes {need}; "
-            f"map them with --bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
-    if any(b < 1 or b > scene.count for b in band_indexes):
-        raise ConfigError(f"--bands {','.join(map(str, band_indexes))} names a band that "
-                          f"{scene.source} (bands 1..{scene.count}) does not have")
+    band_indexes = band_selection(scene.source, scene.count, cfg.band_indexes, meta.band_count)
     if min(scene.width, scene.height) < meta.scale:  # PV reads it at 1/scale: not one pixel left
         raise InputRasterError(
-            f"{scene.source} is {scene.width}x{scene.height} pixels, too small for the model (at least "
-            f"{meta.scale}x{meta.scale}, its PV scale); remove it from the inputs")
+            f"{scene.source} is {scene.width}x{scene.height} pixels"
+            + (f" read at {scene.gsd:.3g} m/px (--gsd)" if scene.resample != 1.0 else "")
+            + f", too small for the model (at least {meta.scale}x{meta.scale}, its PV scale); "
+            + ("read it at a finer --gsd" if scene.resample > 1.0 else "remove it from the inputs"))
     block = math.ceil(cfg.block / meta.multiple) * meta.multiple
     # the scene's cache folder is named by its resolved path or URL, never by a name the user chose
     return BlockPlan(scene=scene, block=block, watershed_halo=min(cfg.watershed_halo, block),

@@ -37,9 +37,9 @@ from pydantic import Field
 from rasterio.windows import Window
 from torchvision.ops import nms
 
-from geoseg.bands import normalize
+from geoseg.bands import band_selection, normalize
 from geoseg.config import Strict
-from geoseg.errors import ConfigError, InputRasterError, InputVectorError
+from geoseg.errors import InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
@@ -98,13 +98,7 @@ class SearchSummary:
 
 
 def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path) -> BlockPlan:
-    idx = cfg.band_indexes or tuple(range(1, scene.count + 1))
-    if len(idx) != bands:
-        raise InputRasterError(f"{scene.source} has {scene.count} bands but the search model takes {bands}; "
-                               f"map them with --bands (e.g. --bands {','.join(['1'] * bands)})")
-    if any(b < 1 or b > scene.count for b in idx):
-        raise ConfigError(f"--bands {','.join(map(str, idx))} names a band that {scene.source} "
-                          f"(bands 1..{scene.count}) does not have")
+    idx = band_selection(scene.source, scene.count, cfg.band_indexes, bands, "search model")
     block = math.ceil(cfg.block / MULTIPLE) * MULTIPLE
     halo = math.ceil(cfg.halo / MULTIPLE) * MULTIPLE
     return BlockPlan(scene=scene, block=block, watershed_halo=min(halo, block), cell=MULTIPLE, scale=1,
