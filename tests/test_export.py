@@ -147,6 +147,28 @@ def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeyp
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
+def test_the_opset_asked_for_is_written_or_refused(trained_run: Path, tmp_path: Path,
+                                                   capfd: pytest.CaptureFixture[str]) -> None:
+    """--opset 13 wrote opset 18 with exit 0 (the dynamo exporter keeps its own opset where it
+    cannot convert), and a failing TorchScript export dumped its IR graph to stdout."""
+    for opset in (13, 99):
+        out = tmp_path / f"o{opset}"
+        res = CliRunner().invoke(cli, ["export", "--model", str(trained_run), "--out", str(out),
+                                       "--opset", str(opset)])
+        if res.exit_code == 0:  # the TorchScript exporter can write this model at 13
+            assert opset == 13
+            for graph in ("pv", "ff"):
+                got = onnx.load(str(out / f"{graph}.onnx"), load_external_data=False).opset_import
+                assert [o.version for o in got if o.domain in ("", "ai.onnx")] == [opset]
+            assert read_export_meta(out).opset == opset
+            continue
+        lines = [ln for ln in res.output.splitlines() if ln.startswith("geoseg: error:")]
+        assert len(lines) == 1 and "ONNX export" in lines[0], res.output
+        assert "Please feel free" not in lines[0]
+        assert not out.exists()
+    assert "IR graph" not in capfd.readouterr().out
+
+
 def test_tolerance_failure_names_graph_and_fix() -> None:
     from geoseg.export import ExportError
     from geoseg.export.verify import _check

@@ -87,7 +87,9 @@ def export_detect(model: nn.Module, path: Path, bands: int, opset: int | None, e
     try:
         if exporter == "dynamo":  # fails with torch 2.14 (module docstring); kept to say so when asked
             return _export_dynamo(model, example, path)
-        with warnings.catch_warnings():  # TracerWarnings and the exporter's deprecation notice
+        from geoseg.export.onnx import quiet_stdout
+
+        with warnings.catch_warnings(), quiet_stdout():  # TracerWarnings, deprecation, IR dumps
             warnings.simplefilter("ignore")
             torch.onnx.export(DetectGraph(model).eval(), (example,), str(path), input_names=[INPUT],
                               output_names=list(DETECT_OUTPUTS), opset_version=opset, dynamo=False,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
+import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 Exporter = Literal["auto", "dynamo", "torchscript"]
 INPUTS = {"pv": "small", "ff": "tiles"}
 OUTPUTS = {"pv": ["pv_logits", "utility"], "ff": ["ff_logits"]}
+#: first opset the dynamo exporter writes itself (below it converts, or silently keeps its own)
+DYNAMO_MIN_OPSET = 18
 
 
 class _Graph(nn.Module):
@@ -63,14 +69,17 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, graph: s
     name, outputs = INPUTS[graph], OUTPUTS[graph]
     module = module.eval()
     failure = ""
-    if exporter in ("auto", "dynamo"):
+    # below its first opset the dynamo exporter converts, and where that fails it keeps its own
+    # opset without an error: an older opset goes to the TorchScript exporter, which writes it
+    if exporter == "dynamo" or (exporter == "auto" and (opset is None or opset >= DYNAMO_MIN_OPSET)):
         try:
-            with warnings.catch_warnings(), tempfile.TemporaryDirectory() as artifacts:
+            with warnings.catch_warnings(), tempfile.TemporaryDirectory() as artifacts, _quiet("onnxscript"):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(module, (example,), str(path), input_names=[name], output_names=outputs,
                                   opset_version=opset, dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes=({a: torch.export.Dim.DYNAMIC for a in axes},),
                                   artifacts_dir=artifacts)
+            _check_opset(path, opset)
             return "dynamo"
         except Exception as err:  # noqa: BLE001 - torch.export and onnxscript raise many types
             path.unlink(missing_ok=True)
@@ -82,16 +91,20 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, graph: s
             log.warning("dynamo ONNX export of the %s graph failed (%s); trying the TorchScript exporter",
                         graph, failure)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_stdout():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (example,), str(path), input_names=[name], output_names=outputs,
-                              opset_version=opset, dynamo=False, dynamic_axes={name: axes, **out_axes})
+                              opset_version=opset, dynamo=False, dynamic_axes={name: axes, **out_axes},
+                              verbose=False)
+        _check_opset(path, opset)
         return "torchscript"
     except Exception as err:  # noqa: BLE001 - the TorchScript exporter raises many types
         path.unlink(missing_ok=True)
         failure = "; ".join(filter(None, [failure, f"torchscript: {_first_line(err)}"]))
-        raise ExportError(f"ONNX export of the {graph} graph failed ({failure}); try another --opset, "
-                          "or report it with the model config") from None
+        hint = (f"opsets below {DYNAMO_MIN_OPSET} need the TorchScript exporter: export with --opset "
+                f"{DYNAMO_MIN_OPSET} or newer (or none)" if opset is not None and opset < DYNAMO_MIN_OPSET
+                else "try another --opset, or report it with the model config")
+        raise ExportError(f"ONNX export of the {graph} graph failed ({failure}); {hint}") from None
 
 
 def verify_inputs(meta: ModelMeta, ff_max: int | None = None) -> dict[str, list[np.ndarray]]:
@@ -101,6 +114,44 @@ def verify_inputs(meta: ModelMeta, ff_max: int | None = None) -> dict[str, list[
     region = np.random.default_rng(1).standard_normal((2, meta.band_count, h, w), dtype=np.float32)
     cases["ff"].append(region)
     return cases
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Errors only from ``logger`` (onnxscript logs a converter's traceback as a warning; ours says why)."""
+    lg = logging.getLogger(logger)
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Discard what C++ code writes to the process's stdout.
+
+    torch's TorchScript exporter dumps the whole IR graph (a thousand lines) to stdout when
+    it fails, whatever ``verbose`` says (torch 2.14 tests a function for truth in
+    ``setup_onnx_logging``); the error is ours to say, in one line.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _check_opset(path: Path, opset: int | None) -> None:
+    """Raise where the graph written is not of the opset asked for (the exporters may fall back)."""
+    got = _onnx_opset(path)
+    if opset is not None and got != opset:
+        raise RuntimeError(f"wrote opset {got}, not the {opset} asked for")
 
 
 def _onnx_opset(path: Path) -> int | None:

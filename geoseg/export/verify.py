@@ -23,7 +23,8 @@ class ExportError(GeoSegError, RuntimeError):
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line.split(" Please feel free to request support")[0].rstrip(". ")[:200]  # torch's plea: not ours
 
 
 def _tolerance(tolerance: float | None, fp16: bool) -> float:
