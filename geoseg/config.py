@@ -19,6 +19,10 @@ from geoseg.errors import ConfigError
 M = TypeVar("M", bound=BaseModel)
 
 
+#: largest seed: numpy's generators take 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are validated."""
 

@@ -156,12 +156,16 @@ def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
                        (["model..halo=4"], "expected KEY=VALUE"),
                        (["model.halo=4", "model.halo=8"], "set twice"),
                        (["model=1", "model.halo=8"], "'model' is also set to a value"),
-                       (["optim.lr=[1, 2"], "the value is not YAML")):
+                       (["optim.lr=[1, 2"], "the value is not YAML"),
+                       (["seed=-5"], "invalid value for 'seed'")):  # was 'unexpected ValueError'
         args = [a for s in sets for a in ("--set", s)]
         res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out",
                                        str(tmp_path / "r"), *args])
         assert res.exit_code == 1 and said in res.output, (sets, res.output)
         assert res.output.count("\n") == 1 and not (tmp_path / "r").exists()
+    res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out",
+                                   str(tmp_path / "r"), "--seed", "-5"])
+    assert res.exit_code == 2 and "--seed" in res.output and "unexpected" not in res.output
 
 
 def test_presets_are_valid() -> None:

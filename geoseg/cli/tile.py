@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from geoseg.cli.options import overwrite_option, progress_option, scenes_argument, scheduler_option
+from geoseg.config import MAX_SEED
 
 if TYPE_CHECKING:
     from geoseg.io.sources import SceneSource
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 @click.option("--val-scenes", multiple=True, help="Glob of scene names put wholly in validation (repeatable).")
 @click.option("--class-field", help="Label column holding the class.  [default: class]")
 @click.option("--class-name", help="Class of every label when --class-field is absent.  [default: object]")
-@click.option("--seed", type=int, help="Seed of the train/val split.  [default: 0]")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Seed of the train/val split.  [default: 0]")
 @click.option("--gsd", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Resample every scene to this ground pixel size, so scenes of mixed resolution "
               "train together.  [default: each scene's own]")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from geoseg.cli.options import overwrite_option, progress_option
+from geoseg.config import MAX_SEED
 
 
 @click.command("train")
@@ -18,7 +19,7 @@ from geoseg.cli.options import overwrite_option, progress_option
 @click.option("--epochs", type=int, help="Train up to this epoch (overrides the config).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.")
-@click.option("--seed", type=int, help="Seed of weights, sampling and augmentation.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Seed of weights, sampling and augmentation.")
 @click.option("--devices", type=click.IntRange(min=1),
               help="Training processes on this machine (one GPU each on CUDA; config key 'devices'). "
                    "data.batch_size is the global batch, split over all processes. See docs/distributed.md.")

@@ -22,7 +22,8 @@ import torch
 from pydantic import Field
 
 from geoseg.bands import BandStats, load_stats
-from geoseg.config import Strict, dump_yaml
+from geoseg.config import MAX_SEED, Strict, dump_yaml
+from geoseg.config import validate as validate_config
 from geoseg.errors import OutputExistsError
 from geoseg.io.atomic import check_writable, write_text
 from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
@@ -60,7 +61,7 @@ class SearchTrainConfig(Strict):
 
     task: Literal["search"]
     epochs: int = Field(20, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     patches: str | None = None
     time_limit_min: float | None = Field(None, gt=0, description="stop after the epoch that passes it")
@@ -185,10 +186,8 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
     """
     from tqdm.auto import tqdm
 
-    if seed is not None:
-        cfg = cfg.model_copy(update={"seed": seed})
-    if epochs is not None:
-        cfg = cfg.model_copy(update={"epochs": epochs})
+    updates = {k: v for k, v in (("seed", seed), ("epochs", epochs)) if v is not None}
+    cfg = validate_config(type(cfg), {**cfg.model_dump(mode="json"), **updates}, "options")
     run = Path(out)
     last = run / "checkpoints" / "last.pt"
     if last.exists() and not resume and not overwrite:

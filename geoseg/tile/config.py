@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from geoseg.config import Strict
+from geoseg.config import MAX_SEED, Strict
 
 
 class TileConfig(Strict):
@@ -23,7 +23,7 @@ class TileConfig(Strict):
     gsd: float | None = Field(None, gt=0, description="resample chips to this many metres per "
                               "pixel (None: each scene's own; scenes within 5 % are not resampled)")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> TileConfig:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidatorFunctionWrapHandler, field_validator, model_validator
 
-from geoseg.config import Strict, read_yaml
+from geoseg.config import MAX_SEED, Strict, read_yaml
 from geoseg.models.config import ModelConfig
 from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.postprocess import PostprocessConfig
@@ -66,7 +66,7 @@ class TrainConfig(Strict):
     """The whole training config (``configs/*.yaml``)."""
 
     epochs: int = Field(20, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     devices: int = Field(1, ge=1, description="training processes on this machine, one GPU each on CUDA "
                                               "(geoseg.train.distributed)")
