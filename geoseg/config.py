@@ -56,7 +56,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         same = [e for e in errors if _field_path(e["loc"]) == _field_path(first["loc"])]
         why = " or ".join(dict.fromkeys(str(e["msg"]).removeprefix("Input should be ") for e in same))
         shown = f" {first['input']!r}" if len(same) > 1 else ""
-        what = f"invalid value{shown} for '{key}': " + ("should be " + why if len(same) > 1 else str(first["msg"]))
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        what = f"invalid value{shown} for '{key}': " + ("should be " + why if len(same) > 1 else msg)
         hint = "fix the value"
         errors = [first] + [e for e in errors if e not in same]
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""

@@ -507,6 +507,31 @@ def test_one_pixel_scene_is_a_clear_error(tmp_path: Path) -> None:
     assert "dot.tif" in res.output and "too small" in res.output
 
 
+def test_tile_gsd_far_off_the_scenes_says_so(tmp_path: Path) -> None:
+    """--gsd 100 on a 1 m scene said 'remove it' (the scene is fine, the option is not), and
+    --gsd 0.2 tiled 25 times the pixels without a word."""
+    ok = write_raster(tmp_path / "ok.tif", np.ones((3, 40, 40), np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    res = CliRunner().invoke(cli, ["tile", str(ok), "--out", str(tmp_path / "o"), "--gsd", "100"])
+    line = one_error_line(res, "ok.tif", "at 100 m/px (--gsd)", "finer --gsd")
+    assert "remove it" not in line and not (tmp_path / "o").exists()
+    res = CliRunner().invoke(cli, ["tile", str(ok), "--out", str(tmp_path / "o"), "--gsd", "0.2",
+                                   "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "resampled over 4x finer than stored by --gsd" in res.output and "25x the pixels" in res.output
+    res = CliRunner().invoke(cli, ["tile", str(ok), "--out", str(tmp_path / "o2"), "--gsd", "0.5",
+                                   "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0 and "finer than stored" not in res.output, res.output
+
+
+def test_a_blank_class_name_or_field_is_refused(tmp_path: Path) -> None:
+    ok = write_raster(tmp_path / "ok.tif", np.ones((3, 40, 40), np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    for opt in ("--class-name", "--class-field"):
+        res = CliRunner().invoke(cli, ["tile", str(ok), "--out", str(tmp_path / "o"), opt, " "])
+        line = one_error_line(res, f"'{opt[2:].replace('-', '_')}'", "must not be blank")
+        assert "Value error" not in line
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_all_invalid_scene_among_others_warns(tmp_path: Path) -> None:
     from geoseg.errors import GeoSegWarning
 

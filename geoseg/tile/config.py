@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from geoseg.config import MAX_SEED, Strict
 
@@ -24,6 +24,13 @@ class TileConfig(Strict):
                               "pixel (None: each scene's own; scenes within 5 % are not resampled)")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
     seed: int = Field(0, ge=0, le=MAX_SEED)
+
+    @field_validator("class_field", "class_name")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> TileConfig:

@@ -1,14 +1,21 @@
 """Checks of the inputs of `geoseg tile` that reading them does not make: before any output.
 
 - :func:`drop_small_scenes`: scenes too small for a chip.
+- :func:`warn_upsampling`: ``--gsd`` far finer than the scenes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from geoseg.errors import InputRasterError
 from geoseg.io.rasters import SceneInfo
+
+log = logging.getLogger(__name__)
+
+#: Scenes resampled more than this many times finer than stored are warned about (as predict does).
+UPSAMPLE_WARN = 4.0
 
 #: The smallest chip side (``TileConfig.size`` >= 8): a scene narrower is too small.
 MIN_SCENE_SIDE = 8
@@ -32,9 +39,26 @@ def drop_small_scenes(
         if min(s.width, s.height) >= MIN_SCENE_SIDE:
             keep.append(s)
             continue
-        msg = (f"{s.source} is {s.width}x{s.height} pixels, too small for a chip (at least "
-               f"{MIN_SCENE_SIDE}x{MIN_SCENE_SIDE}); remove it or pass --skip-bad")
+        at = f" at {s.gsd:.3g} m/px (--gsd)" if s.resample != 1.0 else ""
+        fix = "tile it at a finer --gsd, or pass --skip-bad" if s.resample > 1.0 else "remove it or pass --skip-bad"
+        msg = (f"{s.source} is {s.width}x{s.height} pixels{at}, too small for a chip (at least "
+               f"{MIN_SCENE_SIDE}x{MIN_SCENE_SIDE}); {fix}")
         if not skip_bad:
             raise InputRasterError(msg)
         bad.append((s.source, msg))
     return keep
+
+
+def warn_upsampling(before: Sequence[SceneInfo], after: Sequence[SceneInfo]) -> None:
+    """Warn, before any work, of scenes ``--gsd`` resamples over :data:`UPSAMPLE_WARN` times finer.
+
+    Chips of a 0.3 m scene at 0.05 m hold no detail the scene lacks: 36 times the pixels
+    (and the disk), and a model trained on them learns blur at the scale it will be asked
+    to find sharp roofs at.
+    """
+    far = [(a, b) for a, b in zip(before, after, strict=True) if b.resample < 1 / UPSAMPLE_WARN]
+    if far:
+        a, b = far[0]
+        log.warning("%d scene(s) are resampled over %gx finer than stored by --gsd, e.g. %s: %.3g m to %.3g m a "
+                    "pixel, %.0fx the pixels, with no detail the scene lacks; tile at the scenes' own pixel size "
+                    "(no --gsd) or near it", len(far), UPSAMPLE_WARN, a.name, a.gsd, b.gsd, (a.gsd / b.gsd) ** 2)

@@ -47,7 +47,7 @@ from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
 from geoseg.tile.grid import chips_beyond_labels, split_scenes, window_grid
-from geoseg.tile.inputs import drop_small_scenes
+from geoseg.tile.inputs import drop_small_scenes, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
     PARTS,
@@ -290,7 +290,8 @@ def tile(
     check_scheduler(scheduler)
     out = check_writable(Path(out).resolve(), "--out", directory=True)
     good, bad = inspect_scenes(list_scenes(scenes), skip_bad=skip_bad)
-    good = [s.at_gsd(cfg.gsd) for s in good]  # --gsd: chips of every scene at one scale
+    good, native = [s.at_gsd(cfg.gsd) for s in good], good  # --gsd: chips of every scene at one scale
+    warn_upsampling(native, good)
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
