@@ -246,6 +246,15 @@ def test_cli_unlabelled_folder_and_its_errors(tiny_patches: Path, unlabelled: Pa
     res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
                                    str(tmp_path / "r3"), "--unlabelled", str(one_band)])
     assert res.exit_code == 1 and "1 bands but the labelled ones 3" in res.output
+    # uint16 chips normalised with uint8 statistics: trained on without a word before
+    wide = tmp_path / "u16"
+    scene = write_raster(tmp_path / "u16.tif", np.full((3, 40, 40), 900, np.uint16), "EPSG:32636",
+                         from_origin(470000, 40000, 1, 1))
+    tile([scene], None, wide, TileConfig(size=32, overlap=0), scheduler="sync")
+    res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(tiny_patches), "--out",
+                                   str(tmp_path / "r4"), "--unlabelled", str(wide)])
+    assert res.exit_code == 1 and "are uint16 but the labelled ones uint8" in res.output, res.output
+    assert not (tmp_path / "r4" / "checkpoints").exists()
 
 
 def test_unlabelled_chips_over_the_validation_split_warn(tiny_patches: Path, tmp_path: Path) -> None:

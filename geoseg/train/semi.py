@@ -229,7 +229,7 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
             off): the grid the chips are read on (:func:`chip_grid`).
 
     Raises:
-        ConfigError: a folder without chips, or chips of another band count than ``stats``.
+        ConfigError: a folder without chips, or chips of another band count or data type than ``stats``.
     """
 
     def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
@@ -243,6 +243,10 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
                 if src.count != stats.bands:
                     raise ConfigError(f"unlabelled chips in {root} have {src.count} bands but the "
                                       f"labelled ones {stats.bands}; tile scenes of the same sensor")
+                if stats.dtype and src.dtypes[0] != stats.dtype:  # normalised by the labelled chips' stats
+                    raise ConfigError(f"unlabelled chips in {root} are {src.dtypes[0]} but the labelled ones "
+                                      f"{stats.dtype}: the labelled chips' statistics would normalise them "
+                                      "wrongly; tile scenes of the same sensor and processing")
         self.stats, self.crop, self.seed, self.epoch = stats, crop, seed, 0
         self.strong = build_augment(strong, stats.bands, seed=seed)
 
