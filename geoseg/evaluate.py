@@ -1,6 +1,7 @@
 """Predicted polygons against truth polygons: SpaceNet F1, COCO-style AP, boundary IoU.
 
-Every feature is one object (a MultiPolygon feature is one object of several parts).
+Every feature is one object (a MultiPolygon feature is one object of several parts); a truth
+polygon that repeats another of its class (IoU >= 0.9: mapped twice) counts once, with a warning.
 Geometries are repaired with ``make_valid`` and their polygonal parts kept; features
 with no area left are dropped (logged).
 
@@ -48,7 +49,7 @@ from pyproj import CRS
 
 from geoseg.errors import InputVectorError
 from geoseg.io.vectors import bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
-from geoseg.matching import EPS, greedy, match_by_iou
+from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
 log = logging.getLogger(__name__)
@@ -93,43 +94,6 @@ def _prepare(gdf: gpd.GeoDataFrame, crs: CRS, role: str) -> gpd.GeoDataFrame:
     out = gdf.iloc[np.flatnonzero(keep)].copy()
     out.geometry = gpd.GeoSeries(geoms[keep], index=out.index, crs=crs)
     return out.reset_index(drop=True)
-
-
-def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray | None = None,
-                    truth_class: np.ndarray | None = None, *,
-                    min_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every same-class (pred, truth) pair with IoU > ``min_iou``, IoU computed vectorised.
-
-    Pairs come from an STRtree query; those whose IoU cannot exceed ``min_iou`` by their
-    bounding boxes alone (neighbours that merely touch) are dropped before the costly
-    exact intersection.
-
-    Returns:
-        Indices into ``pred`` and ``truth``, and the IoU of each pair.
-
-    Examples:
-        >>> p, t, iou = candidate_pairs(np.array([shapely.box(2, 0, 12, 10)]),
-        ...                             np.array([shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10)]))
-        >>> p.tolist(), t.tolist(), iou.round(4).tolist()
-        ([0], [0], [0.6667])
-    """
-    pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
-    if pred_class is not None and truth_class is not None:
-        same = pred_class[pi] == truth_class[ti]
-        pi, ti = pi[same], ti[same]
-    area_p, area_t = shapely.area(pred), shapely.area(truth)
-    if min_iou > 0 and len(pi):
-        bp, bt = shapely.bounds(pred[pi]), shapely.bounds(truth[ti])
-        box = (np.clip(np.minimum(bp[:, 2], bt[:, 2]) - np.maximum(bp[:, 0], bt[:, 0]), 0, None)
-               * np.clip(np.minimum(bp[:, 3], bt[:, 3]) - np.maximum(bp[:, 1], bt[:, 1]), 0, None))
-        most = np.minimum(box, np.minimum(area_p[pi], area_t[ti]))  # the intersection is at most this
-        hope = most >= min_iou * (area_p[pi] + area_t[ti] - most) * (1 - 1e-9)
-        pi, ti = pi[hope], ti[hope]
-    inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
-    union = area_p[pi] + area_t[ti] - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-    keep = iou > min_iou
-    return pi[keep].astype(np.int64), ti[keep].astype(np.int64), iou[keep]
 
 
 def match_by_score(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, rank: np.ndarray,
@@ -282,6 +246,12 @@ def evaluate_frames(
             "only one input has a '%s' column: matching ignores classes", class_field)
     pcls = class_values(pred, class_field, "predictions") if by_class else np.zeros(len(pred), dtype=str)
     tcls = class_values(truth, class_field, "truth") if by_class else np.zeros(len(truth), dtype=str)
+    twice = duplicates(truth.geometry.to_numpy(), tcls)
+    if len(twice):  # one object mapped twice: a prediction can match one of them only
+        log.warning("%d truth polygons repeat another of their class (IoU >= %g) and count once", len(twice),
+                    DUPLICATE_IOU)
+        keep = np.setdiff1d(np.arange(len(truth)), twice)
+        truth, tcls = truth.iloc[keep].reset_index(drop=True), tcls[keep]
 
     pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
     if len(pg) and len(tg) and not shapely.box(*pred.total_bounds).intersects(shapely.box(*truth.total_bounds)):

@@ -1,5 +1,8 @@
 """Greedy one-to-one matching of predicted and true objects, shared by evaluation and training.
 
+:func:`candidate_pairs` finds the polygon pairs worth matching (IoU computed vectorised);
+:func:`duplicates` uses it to find the labels drawn twice.
+
 Both :mod:`geoseg.evaluate` (polygons) and :mod:`geoseg.train.metrics` (masks of val
 chips) count a match the SpaceNet way: candidate pairs sorted by IoU descending, each
 taken when neither its prediction nor its truth is taken yet, at IoU >= a threshold.
@@ -8,9 +11,13 @@ taken when neither its prediction nor its truth is taken yet, at IoU >= a thresh
 from __future__ import annotations
 
 import numpy as np
+import shapely
 
 #: IoU is compared with a threshold to this tolerance (80/120 >= 2/3 whatever the rounding).
 EPS = 1e-9
+
+#: Two polygons of one class overlapping at this IoU or more are one object drawn twice.
+DUPLICATE_IOU = 0.9
 
 
 def greedy(pi: np.ndarray, ti: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -62,3 +69,60 @@ def match_by_iou(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, threshold: flo
     ok = np.flatnonzero(iou >= threshold - EPS)
     order = ok[np.lexsort((ti[ok], pi[ok], -iou[ok]))]
     return greedy(pi, ti, order)
+
+
+def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray | None = None,
+                    truth_class: np.ndarray | None = None, *,
+                    min_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every same-class (pred, truth) pair with IoU > ``min_iou``, IoU computed vectorised.
+
+    Pairs come from an STRtree query; those whose IoU cannot exceed ``min_iou`` by their
+    bounding boxes alone (neighbours that merely touch) are dropped before the costly
+    exact intersection.
+
+    Returns:
+        Indices into ``pred`` and ``truth``, and the IoU of each pair.
+
+    Examples:
+        >>> p, t, iou = candidate_pairs(np.array([shapely.box(2, 0, 12, 10)]),
+        ...                             np.array([shapely.box(0, 0, 10, 10), shapely.box(20, 0, 30, 10)]))
+        >>> p.tolist(), t.tolist(), iou.round(4).tolist()
+        ([0], [0], [0.6667])
+    """
+    pi, ti = shapely.STRtree(truth).query(pred, predicate="intersects")
+    if pred_class is not None and truth_class is not None:
+        same = pred_class[pi] == truth_class[ti]
+        pi, ti = pi[same], ti[same]
+    area_p, area_t = shapely.area(pred), shapely.area(truth)
+    if min_iou > 0 and len(pi):
+        bp, bt = shapely.bounds(pred[pi]), shapely.bounds(truth[ti])
+        box = (np.clip(np.minimum(bp[:, 2], bt[:, 2]) - np.maximum(bp[:, 0], bt[:, 0]), 0, None)
+               * np.clip(np.minimum(bp[:, 3], bt[:, 3]) - np.maximum(bp[:, 1], bt[:, 1]), 0, None))
+        most = np.minimum(box, np.minimum(area_p[pi], area_t[ti]))  # the intersection is at most this
+        hope = most >= min_iou * (area_p[pi] + area_t[ti] - most) * (1 - 1e-9)
+        pi, ti = pi[hope], ti[hope]
+    inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
+    union = area_p[pi] + area_t[ti] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    keep = iou > min_iou
+    return pi[keep].astype(np.int64), ti[keep].astype(np.int64), iou[keep]
+
+
+def duplicates(geoms: np.ndarray, classes: np.ndarray | None = None, iou: float = DUPLICATE_IOU) -> np.ndarray:
+    """Indices of the polygons that repeat an earlier one (same class, IoU >= ``iou``).
+
+    The first of each group is kept: a building mapped twice (an OpenStreetMap import over
+    hand-mapped footprints) is one object. Kept twice, tile's training targets mark all of
+    it as contact between two instances (so the model learns to find no seed there), and
+    evaluation can match only one of the two.
+
+    Examples:
+        >>> a, b = shapely.box(0, 0, 10, 10), shapely.box(0, 0, 10, 10.5)
+        >>> duplicates(np.array([a, b, shapely.box(5, 0, 15, 10)])).tolist()
+        [1]
+    """
+    if len(geoms) < 2:
+        return np.zeros(0, dtype=np.int64)
+    i, j, _ = candidate_pairs(geoms, geoms, classes, classes, min_iou=iou - EPS)
+    later = j > i
+    return np.unique(j[later]).astype(np.int64)

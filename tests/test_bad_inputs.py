@@ -507,6 +507,31 @@ def test_one_pixel_scene_is_a_clear_error(tmp_path: Path) -> None:
     assert "dot.tif" in res.output and "too small" in res.output
 
 
+def test_a_building_mapped_twice_is_one_instance_and_one_truth(tmp_path: Path) -> None:
+    """Two copies of a polygon (an OSM import over hand-mapped roofs) were two instances: all
+    of the roof became contact in the training targets, and evaluate could match one only."""
+    scene = write_raster(tmp_path / "s.tif", np.full((3, 64, 64), 50, np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    one = [shapely.box(450004, 39950, 450014, 39960), shapely.box(450030, 39950, 450040, 39960)]
+    twice = [*one, shapely.box(450004, 39950, 450014, 39960.3), shapely.box(450016, 39950, 450026, 39960)]
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame({"class": ["b"] * 4}, geometry=twice, crs=CRS).to_file(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one chip: no validation split
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--out", str(tmp_path / "p"),
+                                       "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "1 label polygons repeat another of their class" in res.output and "feature 3" in res.output
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert len(coco["annotations"]) == 3  # the copy dropped, the neighbour kept
+    pred = tmp_path / "pred.gpkg"
+    gpd.GeoDataFrame(geometry=one + [twice[3]], crs=CRS).to_file(pred)
+    res = CliRunner().invoke(cli, ["evaluate", str(pred), str(labels), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert (report["tp"], report["fn"], report["fp"]) == (3, 0, 0)
+    assert "1 truth polygons repeat another" in res.output
+
+
 def test_tile_gsd_far_off_the_scenes_says_so(tmp_path: Path) -> None:
     """--gsd 100 on a 1 m scene said 'remove it' (the scene is fine, the option is not), and
     --gsd 0.2 tiled 25 times the pixels without a word."""

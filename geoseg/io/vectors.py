@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pyogrio
 import shapely
 
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError
+from geoseg.matching import DUPLICATE_IOU, duplicates
+
+log = logging.getLogger(__name__)
 
 #: Name of the class column in every GeoDataFrame geoseg hands around.
 CLASS = "class"
@@ -250,7 +254,8 @@ def read_labels(
     """Read labels as one Polygon per instance with a string ``class`` column.
 
     Invalid geometries are repaired with ``make_valid`` and their polygonal parts kept;
-    MultiPolygons become one instance per part. When ``class_field`` is ``"class"`` and not
+    MultiPolygons become one instance per part; a polygon that repeats another of its class
+    (:func:`geoseg.matching.duplicates`) is used once, with a warning. When ``class_field`` is ``"class"`` and not
     a column, every instance gets ``class_name``; another field that is not a column is an error.
 
     Args:
@@ -285,6 +290,12 @@ def read_labels(
     out = gpd.GeoDataFrame(
         {CLASS: classes[rows[idx]], "label_id": rows[idx]}, geometry=parts, crs=gdf.crs
     )
+    twice = duplicates(out.geometry.to_numpy(), out[CLASS].to_numpy())
+    if len(twice):  # one object drawn twice would be all contact between two instances
+        log.warning("%s: %d label polygons repeat another of their class (IoU >= %g; the first is feature %d, "
+                    "counting from 1) and are used once; remove the duplicates from the file to silence this",
+                    path, len(twice), DUPLICATE_IOU, int(out["label_id"].iloc[twice[0]]) + 1)
+        out = out.drop(index=out.index[twice]).reset_index(drop=True)
     if len(out) == 0:
         warnings.warn(
             f"{path} holds no polygon labels: only negative chips will be written",
