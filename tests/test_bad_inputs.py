@@ -532,6 +532,20 @@ def test_a_building_mapped_twice_is_one_instance_and_one_truth(tmp_path: Path) -
     assert "1 truth polygons repeat another" in res.output
 
 
+def test_a_quoted_scenes_pattern_is_expanded(tmp_path: Path) -> None:
+    """'scenes/*.tif' quoted (or from a script without a shell) was 'does not exist'."""
+    from geoseg.io.sources import list_scenes
+
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        write_raster(tmp_path / "in" / f"{name}.tif", np.ones((3, 40, 40), np.uint8), CRS,
+                     from_origin(450000, 40000, 1, 1))
+    assert [s.name for s in list_scenes([str(tmp_path / "in" / "*.tif")])] == ["a", "b"]
+    assert [s.name for s in list_scenes([str(tmp_path / "**" / "b.tif")])] == ["b"]
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path / "in" / "z*.tif"), "--out", str(tmp_path / "o")])
+    one_error_line(res, "z*.tif", "matches no file")
+
+
 def test_tile_gsd_far_off_the_scenes_says_so(tmp_path: Path) -> None:
     """--gsd 100 on a 1 m scene said 'remove it' (the scene is fine, the option is not), and
     --gsd 0.2 tiled 25 times the pixels without a word."""

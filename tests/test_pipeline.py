@@ -105,7 +105,7 @@ class Fakes:
         return [kw for n, kw in self.calls if n == name][-1]
 
     def tile(self, scenes, labels, out, cfg, *, scheduler, overwrite, skip_bad, progress):
-        self._record("tile", overwrite=overwrite, scheduler=scheduler, cfg=cfg)
+        self._record("tile", overwrite=overwrite, scheduler=scheduler, cfg=cfg, scenes=scenes)
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "annotations.json").write_text("{}")
         return SimpleNamespace(lines=lambda: ["chips: 4"])
@@ -190,6 +190,33 @@ def test_touched_input_reruns_its_stage_and_later(project: Path, fakes: Fakes, t
         assert res["train"].why == f"input {project / 'out' / 'patches'} rebuilt by tile"
     age(project)
     assert ran(run(project)) == []
+
+
+def test_a_scenes_pattern_is_its_files_and_a_new_one_reruns(project: Path, fakes: Fakes) -> None:
+    """A glob in the YAML (no shell expands it) was a path that does not exist."""
+    spec = read_spec(project)
+    spec["tile"]["scenes"] = ["../data/[ab].tif"]
+    write_spec(project, spec)
+    run(project)
+    data = project / "data"
+    assert [Path(str(s)).name for s in fakes.kwargs("tile")["scenes"]] == ["a.tif", "b.tif"]
+    age(project)
+    fakes.calls.clear()
+    assert ran(run(project)) == []
+    spec["tile"]["scenes"] = ["../data/*.tif"]  # now c.tif too
+    write_spec(project, spec)
+    res = run(project)
+    assert res["tile"].why == "parameters changed"
+    assert [Path(str(s)).name for s in fakes.kwargs("tile")["scenes"]] == ["a.tif", "b.tif", "c.tif"]
+    age(project)
+    scene(data / "d.tif")  # a file the pattern now matches: the stage's scenes changed
+    fakes.calls.clear()
+    res = run(project)
+    assert res["tile"].ran and [Path(str(s)).name for s in fakes.kwargs("tile")["scenes"]][-1] == "d.tif"
+    spec["tile"]["scenes"] = ["../data/none_*.tif"]
+    write_spec(project, spec)
+    cli_res = CliRunner().invoke(cli, ["run", str(project / "pipe" / "p.yaml")])
+    assert cli_res.exit_code == 1 and "none_*.tif" in cli_res.output and "matches no file" in cli_res.output
 
 
 def test_changed_parameter_reruns_its_stage_and_later(project: Path, fakes: Fakes) -> None:

@@ -18,6 +18,7 @@ STAC Items, ItemCollections and API searches become scenes in :mod:`geoseg.io.st
 from __future__ import annotations
 
 import email.utils
+import glob
 import os
 import urllib.error
 import urllib.parse
@@ -255,14 +256,16 @@ def check_unique_names(scenes: Iterable[SceneSource]) -> None:
 def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = None) -> list[SceneSource]:
     """Scenes of the inputs: files, folders of rasters, URLs, and STAC Items / ItemCollections.
 
-    A folder gives its rasters (by extension); a local path is made absolute (and a file
+    A folder gives its rasters (by extension); a glob pattern (``scenes/*.tif``,
+    ``**`` recursive) its matching files; a local path is made absolute (and a file
     given twice, say as a folder and as a file in it, is listed once); a URL or
     GDAL path is kept as given (not checked here: :func:`geoseg.io.rasters.inspect_scene`
     reads it); a STAC JSON (a file, or a URL ending in ``.json``) gives the ``asset`` of
     each of its items (:func:`geoseg.io.stac.stac_scenes`), named by item id.
 
     Raises:
-        InputRasterError: a local input does not exist, a folder holds no raster, two
+        InputRasterError: a local input does not exist, a folder holds no raster, a pattern
+            matches no file, two
             scenes share a name.
         InputVectorError: a STAC document is unreadable or an item lacks the asset.
     """
@@ -289,6 +292,11 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
                 out.extend(SceneSource(str(p.resolve()), p.stem) for p in found)
             elif path.exists():
                 out.append(SceneSource(str(path.resolve()), path.stem))
+            elif glob.has_magic(s):  # a pattern the shell did not expand (quoted, or in a pipeline YAML)
+                hits = sorted(Path(h) for h in glob.glob(s, recursive=True) if Path(h).is_file())
+                if not hits:
+                    raise InputRasterError(f"{s} matches no file; check the pattern")
+                out.extend(SceneSource(str(h.resolve()), h.stem) for h in hits)
             else:
                 raise InputRasterError(f"{path} does not exist; check the path")
     out = list(dict.fromkeys(out))  # a file given twice (a folder and a file in it) is one scene

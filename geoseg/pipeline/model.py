@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -267,10 +268,24 @@ class _Resolver:
         return Path(os.path.normpath(self.root / Path(p).expanduser()))
 
     def scenes(self, items: Sequence[str]) -> list[str]:
-        """Scene inputs: a URL or GDAL path as written, a local path relative to the file's folder."""
+        """Scene inputs: a URL or GDAL path as written, a local path relative to the file's folder.
+
+        A pattern (``scenes/*.tif``) gives the files it matches now, so a file added to
+        it changes the stage's parameters and runs the stage again.
+        """
         from geoseg.io.sources import is_remote
 
-        return [s if is_remote(s) else str(self.inp(s)) for s in items]
+        out: list[str] = []
+        for s in items:
+            if is_remote(s) or not glob.has_magic(s) or self.inp(s).exists():
+                out.append(s if is_remote(s) else str(self.inp(s)))
+                continue
+            hits = sorted(h for h in glob.glob(str(self.inp(s)), recursive=True) if os.path.isfile(h))
+            if not hits:
+                raise ConfigError(f"scenes pattern {s} (relative to the pipeline file's folder) matches no file; "
+                                  "check the pattern")
+            out.extend(hits)
+        return out
 
     @staticmethod
     def sources(given: list[str], asset: str | None, search: StacSearch | None) -> list[str | SceneSource]:
