@@ -162,6 +162,31 @@ def test_split_by_blocks_not_chips(utm_uint16: Path, tmp_path: Path) -> None:
     assert "train" in splits and "val" in splits
 
 
+@pytest.mark.parametrize("fixture", ["utm_uint16", "nodata_4band"])
+def test_train_chips_never_hold_a_val_pixel(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """Neighbouring chips overlap: the train chips at a val block's edge held a strip of its
+    pixels (and val chips one of theirs), so validation scored pixels the model trained on."""
+    scene = request.getfixturevalue(fixture)
+    out = tmp_path / "out"
+    tile([scene], None, out, TileConfig(size=20, overlap=6, split_block=2, val_fraction=0.5, min_valid=0.0),
+         scheduler="sync")
+    imgs = json.loads((out / "annotations.json").read_text())["images"]
+    val = [im["window"] for im in imgs if im["split"] == "val"]
+    shared = 0
+    for im in (im for im in imgs if im["split"] == "train"):
+        c, r, w, h = im["window"]
+        with rasterio.open(out / "images" / im["file_name"]) as src:
+            valid = src.dataset_mask() > 0
+        for vc, vr, vw, vh in val:
+            r0, r1, c0, c1 = max(r, vr) - r, min(r + h, vr + vh) - r, max(c, vc) - c, min(c + w, vc + vw) - c
+            if r1 > r0 and c1 > c0:
+                shared += (r1 - r0) * (c1 - c0)
+                assert not valid[r0:r1, c0:c1].any(), (im["file_name"], (vc, vr))
+    assert shared > 0  # the layout does put train chips over val pixels
+    stats = json.loads((out / "stats.json").read_text())
+    assert all(np.isfinite(stats["mean"])) and all(np.isfinite(stats["std"]))
+
+
 def test_val_scenes_go_wholly_to_val(utm_uint16: Path, tmp_path: Path) -> None:
     other = write_raster(tmp_path / "other.tif", np.ones((1, 50, 50), np.uint16), "EPSG:32636",
                          from_origin(450000, 40000, 0.5, 0.5))

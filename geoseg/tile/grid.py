@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -143,3 +143,40 @@ def chips_beyond_labels(scene: SceneInfo, windows: Sequence[Window], geoms: np.n
     feet = np.array([window_footprint(w, scene.affine) for w in windows], dtype=object)
     return int((~shapely.intersects(feet, near)).sum())
 
+
+
+def held_out(grid: list[list[Window]], sb: int, split_of: Mapping[tuple[int, int], str],
+             block: tuple[int, int]) -> tuple[Window, ...]:
+    """The val windows of a scene that overlap the windows of train ``block`` (none for a val block).
+
+    Neighbouring chips share ``overlap`` pixels, so the train chips at a val block's edge
+    hold a strip of val pixels (and the val chips one of train pixels): the validation
+    scores would count pixels the model trained on. Tile masks them out of the train
+    chips (:func:`held_mask`).
+    """
+    if split_of[block] != "train":
+        return ()
+    mine = [w for i, row in enumerate(grid) for j, w in enumerate(row) if (i // sb, j // sb) == block]
+    r0, c0 = min(int(w.row_off) for w in mine), min(int(w.col_off) for w in mine)
+    r1 = max(int(w.row_off + w.height) for w in mine)
+    c1 = max(int(w.col_off + w.width) for w in mine)
+    return tuple(w for i, row in enumerate(grid) for j, w in enumerate(row)
+                 if split_of[(i // sb, j // sb)] == "val" and w.row_off < r1 and w.row_off + w.height > r0
+                 and w.col_off < c1 and w.col_off + w.width > c0)
+
+
+def held_mask(win: Window, held: Sequence[Window]) -> np.ndarray:
+    """Pixels of ``win`` inside any of the ``held`` windows (the val chips' pixels), as bool.
+
+    Examples:
+        >>> held_mask(Window(0, 0, 4, 3), [Window(2, 1, 8, 8)]).astype(int).tolist()
+        [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    """
+    h, w = int(win.height), int(win.width)
+    out = np.zeros((h, w), dtype=bool)
+    for v in held:
+        r0, c0 = max(0, int(v.row_off - win.row_off)), max(0, int(v.col_off - win.col_off))
+        r1, c1 = min(h, int(v.row_off + v.height - win.row_off)), min(w, int(v.col_off + v.width - win.col_off))
+        if r1 > r0 and c1 > c0:
+            out[r0:r1, c0:c1] = True
+    return out

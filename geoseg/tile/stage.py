@@ -46,7 +46,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
-from geoseg.tile.grid import chips_beyond_labels, split_scenes, window_grid
+from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, window_grid
 from geoseg.tile.inputs import drop_small_scenes, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
@@ -83,6 +83,7 @@ class BlockJob:
     part_path: Path
     min_valid: float
     compress: str
+    held: tuple[Window, ...] = ()  # val windows overlapping a train block: masked out of its chips
 
 
 @dataclass
@@ -141,6 +142,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             with read_errors(scene.source, win):
                 data = src.read(list(range(1, scene.count + 1)), window=win)  # not a warp's alpha
                 mask = valid_mask(data, src.dataset_mask(window=win))
+            if job.held and (cut := held_mask(win, job.held)).any():  # val pixels: never trained on
+                mask &= ~cut
+                if scene.nodata is not None:
+                    data[:, cut] = scene.nodata
             frac = float(mask.mean())
             if frac < job.min_valid:
                 counts["low_valid"] += 1
@@ -324,7 +329,9 @@ def tile(
             touched.update(sindex.query(s.footprint, predicate="intersects").tolist())
             beyond[0] += chips_beyond_labels(s, [w for row in grids[s.name] for w in row], geoms)
             beyond[1] += sum(map(len, grids[s.name]))
+        split_of = {b: splits[(s.name, b)] for b in blocks[s.name]}
         for b in blocks[s.name]:
+            held = held_out(grids[s.name], sb, split_of, b)
             block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
                           if (i // sb, j // sb) == b]
             for k in range(0, len(block_wins), TASK_WINDOWS):
@@ -340,7 +347,7 @@ def tile(
                     else np.empty(0, dtype=int),
                     images_dir=out / "images",
                     part_path=out / PARTS / f"{s.name}__{b[0]}_{b[1]}_{k // TASK_WINDOWS}.json",
-                    min_valid=cfg.min_valid, compress=cfg.compress,
+                    min_valid=cfg.min_valid, compress=cfg.compress, held=held,
                 ))
     summary.labels_outside = summary.labels - len(touched)
     if touched and beyond[0] >= max(4, beyond[1] / 4):
