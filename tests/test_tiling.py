@@ -168,8 +168,9 @@ def test_train_chips_never_hold_a_val_pixel(fixture: str, request: pytest.Fixtur
     pixels (and val chips one of theirs), so validation scored pixels the model trained on."""
     scene = request.getfixturevalue(fixture)
     out = tmp_path / "out"
-    tile([scene], None, out, TileConfig(size=20, overlap=6, split_block=2, val_fraction=0.5, min_valid=0.0),
-         scheduler="sync")
+    cfg = TileConfig(size=20, overlap=6, split_block=2, val_fraction=0.5, min_valid=0.0)
+    labels = labels_for(scene, tmp_path / "l.geojson", [(70, 5, 80, 15), (100, 40, 110, 50)])
+    tile([scene], labels, out, cfg, scheduler="sync")
     imgs = json.loads((out / "annotations.json").read_text())["images"]
     val = [im["window"] for im in imgs if im["split"] == "val"]
     shared = 0
@@ -185,6 +186,11 @@ def test_train_chips_never_hold_a_val_pixel(fixture: str, request: pytest.Fixtur
     assert shared > 0  # the layout does put train chips over val pixels
     stats = json.loads((out / "stats.json").read_text())
     assert all(np.isfinite(stats["mean"])) and all(np.isfinite(stats["std"]))
+    if fixture == "utm_uint16":  # chips for the mean teacher (no labels) use every pixel: all are unlabelled
+        tile([scene], None, tmp_path / "unl", cfg, scheduler="sync")
+        for p in (tmp_path / "unl" / "images").iterdir():
+            with rasterio.open(p) as src:
+                assert (src.dataset_mask() > 0).all(), p.name
 
 
 def test_val_scenes_go_wholly_to_val(utm_uint16: Path, tmp_path: Path) -> None:

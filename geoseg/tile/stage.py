@@ -331,7 +331,7 @@ def tile(
             beyond[1] += sum(map(len, grids[s.name]))
         split_of = {b: splits[(s.name, b)] for b in blocks[s.name]}
         for b in blocks[s.name]:
-            held = held_out(grids[s.name], sb, split_of, b)
+            held = held_out(grids[s.name], sb, split_of, b) if gdf is not None else ()  # unlabelled: all used
             block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
                           if (i // sb, j // sb) == b]
             for k in range(0, len(block_wins), TASK_WINDOWS):
