@@ -104,7 +104,7 @@ def test_weak_and_strong_views_line_up_on_a_checkerboard(tmp_path: Path) -> None
     chip = np.stack([board, board // 2, 255 - board])
     (tmp_path / "u" / "images").mkdir(parents=True)
     write_raster(tmp_path / "u" / "images" / "c.tif", chip, "EPSG:32636", from_origin(0, 0, 1, 1))
-    stats = BandStats(mean=(120.0, 60.0, 130.0), std=(60.0, 30.0, 60.0))
+    stats = BandStats(mean=(120.0, 60.0, 130.0), std=(60.0, 30.0, 60.0), dtype="uint8")
     monotonic = QUIET.model_copy(update={"brightness_contrast_gamma": 1.0})
     seen = set()
     for seed in range(12):
@@ -127,7 +127,7 @@ def test_unlabelled_chips_are_read_at_the_labelled_gsd(tmp_path: Path) -> None:
     scene = write_raster(tmp_path / "fine.tif", np.stack([board, board, board]), "EPSG:32636",
                          from_origin(500000, 40000, 0.25, 0.25))
     tile([scene], None, tmp_path / "u", TileConfig(size=32, overlap=0), scheduler="sync")
-    stats = BandStats(mean=(120.0,) * 3, std=(60.0,) * 3)
+    stats = BandStats(mean=(120.0,) * 3, std=(60.0,) * 3, dtype="uint8")
 
     def weak(**grid: object) -> np.ndarray:
         return UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=QUIET, seed=0, **grid)[0]["weak"][0].numpy()
