@@ -277,6 +277,27 @@ def test_train_without_val_chips_warns_and_best_is_last(train_only_patches: Path
         torch.testing.assert_close(best["model"][k], last["ema"][k], rtol=0, atol=0, equal_nan=True, msg=k)
 
 
+def test_val_chips_without_an_object_score_nothing_and_best_is_last(tmp_path: Path) -> None:
+    """AP was 0 at every epoch, so best.pt stayed the first validated epoch: an untrained model."""
+    import torch
+    from conftest import bright_boxes_scene, grid_boxes
+
+    from geoseg.errors import GeoSegWarning
+    from geoseg.train import train
+
+    boxes = grid_boxes((64, 64))
+    bright_boxes_scene(tmp_path / "a.tif", (64, 64), boxes)
+    bright_boxes_scene(tmp_path / "empty.tif", (64, 64), [], transform=from_origin(470000, 40000, 0.5, 0.5))
+    labels_for(tmp_path / "a.tif", tmp_path / "l.gpkg", boxes)
+    tile([tmp_path / "a.tif", tmp_path / "empty.tif"], tmp_path / "l.gpkg", tmp_path / "p",
+         TileConfig(size=32, overlap=0, val_scenes=("empty",), val_fraction=0.0), scheduler="sync")
+    run = tmp_path / "run"
+    with pytest.warns(GeoSegWarning, match="validation chips .* hold no labelled object"):
+        res = train(_tiny_cfg(), tmp_path / "p", run, epochs=2)
+    assert res.best["epoch"] == 2 and np.isnan(res.best["value"])
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 2
+
+
 # -- 4. a chip in annotations.json missing on disk ---------------------------------------------
 
 def test_missing_chip_fails_train_up_front_and_tile_rewrites_it(train_only_patches: Path,

@@ -20,7 +20,6 @@ import io
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geoseg.config import dump_yaml, validate
-from geoseg.errors import ConfigError, GeoSegWarning, OutputExistsError
+from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
 from geoseg.models.checkpoint import inference_payload, load_checkpoint, save_checkpoint
 from geoseg.models.config import ModelConfig
@@ -98,15 +97,13 @@ class Trainer:
                                            contact_distance=d.contact_distance, seed=self.cfg.seed)
         with contextlib.redirect_stdout(io.StringIO()):
             self.coco = COCO(str(patches / "annotations.json"))
-        self.val_ids = [i for i, im in self.coco.imgs.items() if im.get("split") == "val"]
+        from geoseg.train.metrics import val_image_ids
+
+        self.val_ids = val_image_ids(self.coco, patches / "annotations.json")  # [] (warned): no validation
         self.val_ds = (self.dataset_class(patches, "val", crop=None, augment=None,
                                           boundary_width=d.boundary_width,
                                           contact_distance=d.contact_distance, seed=self.cfg.seed)
                        if self.val_ids else None)
-        if self.val_ds is None:
-            warnings.warn(f"no validation chips in {patches / 'annotations.json'}: training "
-                          "without validation, checkpoints/best.pt is the last epoch; tile with "
-                          "val_fraction > 0 or val_scenes to validate", GeoSegWarning, stacklevel=2)
         self.samples = d.samples_per_epoch or len(self.train_ds)
         self.steps_per_epoch = max(1, self.samples // self.batch)
         self.total_steps = self.steps_per_epoch * self.cfg.epochs

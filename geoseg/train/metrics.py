@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,10 +20,32 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from geoseg.errors import GeoSegWarning
 from geoseg.matching import EPS, match_by_iou
 from geoseg.models.postprocess import PostprocessConfig, probabilities
 from geoseg.predict.instances import Instances, instances_from_probs
 from geoseg.tile.labels import encode_rle
+
+
+def val_image_ids(coco: COCO, ann_path: Path) -> list[int]:
+    """The val chips to score each epoch; none (with a warning) when there is nothing to score.
+
+    Val chips without one labelled object score AP 0 at every epoch, so the first epoch
+    would stay the best and ``best.pt`` an untrained model: training then runs without
+    validation, ``best.pt`` being the last epoch, as without val chips.
+    """
+    ids = [i for i, im in coco.imgs.items() if im.get("split") == "val"]
+    if ids and not coco.getAnnIds(imgIds=ids):
+        warnings.warn(f"the {len(ids)} validation chips of {ann_path} hold no labelled object: nothing to score "
+                      "(AP would be 0 every epoch and best.pt an early one); training without validation, "
+                      "checkpoints/best.pt is the last epoch; tile with val_scenes or a val_fraction that "
+                      "puts labelled land in validation", GeoSegWarning, stacklevel=3)
+        return []
+    if not ids:
+        warnings.warn(f"no validation chips in {ann_path}: training without validation, checkpoints/best.pt is "
+                      "the last epoch; tile with val_fraction > 0 or val_scenes to validate", GeoSegWarning,
+                      stacklevel=3)
+    return ids
 
 
 def greedy_match(ious: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
