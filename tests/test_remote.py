@@ -233,6 +233,23 @@ def test_tile_from_a_url_in_worker_processes(served, tmp_path: Path) -> None:
     assert summary.chips_written == 8
 
 
+def test_an_unreachable_stac_api_is_one_line(tmp_path: Path) -> None:
+    """urllib3 logged each of its five retries as a warning, and the error line cut the
+    socket's reason off mid-parenthesis ('[Errno 111; check the API URL')."""
+    import socket
+
+    pytest.importorskip("pystac_client")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = CliRunner().invoke(cli, ["tile", "--stac-search", f"http://127.0.0.1:{port}/", "--bbox", "1,2,3,4",
+                                   "--out", str(tmp_path / "p")])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1, res.output
+    assert "cannot connect (Connection refused)" in lines[0] and f"127.0.0.1:{port}" in lines[0]
+    assert not (tmp_path / "p").exists()
+
+
 def test_cli_scene_options_usage_errors(served, tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["tile", "--out", str(tmp_path / "p")])

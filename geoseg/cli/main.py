@@ -95,6 +95,8 @@ def setup_logging(verbosity: int, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # an HTTP client's retries are its business: the error line names the URL when they fail
+    logging.getLogger("urllib3").setLevel(max(level, logging.ERROR) if verbosity < 2 else level)
     logging.captureWarnings(True)
 
 

@@ -11,6 +11,7 @@ item id. :func:`search_scenes` runs a STAC API search (``--stac-search URL --bbo
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -161,6 +162,8 @@ def search_scenes(url: str, *, bbox: Sequence[float] | None = None, datetime: st
                                    query=query).items())
     except (APIError, pystac.STACError, OSError, ValueError, NotImplementedError) as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if errno := re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", msg):  # requests' nesting: the socket's reason
+            msg = f"cannot connect ({errno.group(1).strip()})"
         raise InputRasterError(f"STAC search at {url} failed: {msg[:200]}; check the API URL, "
                                "--bbox (west,south,east,north in degrees) and --datetime") from None
     if not found:
