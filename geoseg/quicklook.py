@@ -19,7 +19,7 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
-from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.errors import ConfigError, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path
 from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
@@ -31,6 +31,18 @@ TRUTH_COLOR = (255, 215, 0)
 #: legend stay readable.
 MIN_SIDE = 600
 DPI = 100
+
+
+def png_path(path: str | Path, what: str = "--quicklook") -> Path:
+    """``path`` when it names a PNG; a quick-look is written as PNG whatever its name.
+
+    Raises:
+        ConfigError: another extension (``--quicklook scene.tif`` wrote a PNG over the scene).
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{what} {path}: a quick-look is a PNG image; give a name ending in .png")
+    return path
 
 
 def stretch(bands: np.ma.MaskedArray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
@@ -157,13 +169,14 @@ def quicklook(
         InputRasterError: the scene cannot be read, or is not on a georeferenced grid (no CRS, GCPs or RPCs
             only) while polygons are given.
         InputVectorError: a polygon file cannot be read or has no CRS.
+        ConfigError: ``out_png`` does not end in ``.png``.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import LineCollection
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    out_png = Path(out_png)
+    out_png = png_path(out_png, "quick-look")
     layers = [(g, c, name) for g, c, name in (
         (_frame(truth, "truth"), TRUTH_COLOR, "truth"), (_frame(pred, "prediction"), PRED_COLOR, "prediction"))
         if g is not None]

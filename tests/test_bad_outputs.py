@@ -174,3 +174,33 @@ def test_vector_names_with_a_semicolon_are_refused(scene: tuple[Path, Path], tin
     text, code = run("tile", scene[0], "--labels", truth, "--out", tmp_path / "p")
     one_error_line(text, code, str(truth), "';'")
     assert not (tmp_path / "p").exists()
+
+
+def test_an_output_never_replaces_an_input(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
+    """--prob-out scene.tif wrote probabilities over the scene, --json pred.gpkg the report over
+    the predictions, --quicklook scene.tif a PNG over the scene: each with exit 0."""
+    import hashlib
+
+    src, labels = (shutil.copy(p, tmp_path / p.name) for p in scene)
+    src, labels = Path(src), Path(labels)
+    digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, labels)}
+    out = tmp_path / "o.gpkg"
+    common = ("--model", tiny_run, "--scheduler", "sync", "--budget", "1.0")
+    text, code = run("predict", src, "--out", out, "--prob-out", src, *common)
+    one_error_line(text, code, f"--prob-out {src} is a scene", "would be overwritten")
+    text, code = run("predict", src, "--out", out, "--prob-out", out, *common)
+    one_error_line(text, code, "--prob-out", "also --out's output")
+    assert not out.exists()
+    text, code = run("predict", src, "--out", out, "--prob-out", tmp_path / "p.tif", *common)
+    assert code == 0, text
+    text, code = run("predict", src, "--out", tmp_path / "o2.gpkg", "--prob-out", tmp_path / "p.tif", *common)
+    one_error_line(text, code, "p.tif exists", "--overwrite")  # another run's probabilities
+    text, code = run("evaluate", out, labels, "--json", out)
+    one_error_line(text, code, f"--json {out} is the predictions")
+    text, code = run("evaluate", out, labels, "--json", labels)
+    one_error_line(text, code, "is the truth")
+    text, code = run("evaluate", out, labels, "--scenes", src, "--quicklook", src)
+    one_error_line(text, code, "a quick-look is a PNG image")
+    text, code = run("evaluate", out, labels, "--json", tmp_path / "x.png", "--quicklook", tmp_path / "x.png")
+    one_error_line(text, code, "also --json's output")
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (src, labels)} == digest

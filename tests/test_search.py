@@ -271,6 +271,9 @@ def test_routed_checkpoint_and_unknown_config_key_are_one_line(tmp_path: Path) -
                                                       "classes": ["a"], "model": {}})
     code, out = _cli("search", scene, "--examples", ex, "--model", run, "--out", tmp_path / "o.gpkg")
     assert code == 1 and "not a search model" in out and len(out.strip().splitlines()) == 1
+    before = ex.read_bytes()  # --out over the examples, --overwrite given: refused, not deleted
+    code, out = _cli("search", scene, "--examples", ex, "--model", run, "--out", ex, "--overwrite")
+    assert code == 1 and "is the examples: it would be overwritten" in out and ex.read_bytes() == before
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("task: search\nepisodes:\n  crops: 64\n")
     code, out = _cli("train", cfg, "--patches", tmp_path, "--out", tmp_path / "r")

@@ -46,13 +46,18 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     """
     from geoseg.aoi import restrict
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
-    from geoseg.io.atomic import check_writable, write_json
+    from geoseg.io.atomic import check_outputs, check_writable, write_json
     from geoseg.io.sources import list_scenes, scene_name
+    from geoseg.quicklook import png_path
 
     for path, what in ((json_path, "--json"), (quicklook_png, "--quicklook")):
         if path is not None:
             check_writable(path, what)
+    if quicklook_png is not None:
+        png_path(quicklook_png)
     rasters = [s.source for s in list_scenes(scenes)] if scenes else []
+    check_outputs({"--json": json_path, "--quicklook": quicklook_png},
+                  {"the predictions": pred, "the truth": truth, "a scene": rasters, "the AOI": aoi})
     pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
     pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi)
     report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,

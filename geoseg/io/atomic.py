@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,43 @@ def _advice(err: OSError) -> str:
     if err.errno == errno.ENAMETOOLONG:
         return "choose a shorter name"
     return "choose a folder you can write to"
+
+
+def check_outputs(outputs: Mapping[str, str | Path | Iterable[str | Path] | None],
+                  inputs: Mapping[str, str | Path | Iterable[str | Path] | None]) -> None:
+    """Fail now, before any work, where an output would replace an input or another output.
+
+    ``--prob-out scene.tif`` wrote the probabilities over the scene it read, ``--json
+    pred.gpkg`` the report over the predictions, ``--quicklook scene.tif`` a PNG over the
+    scene, each with exit 0. URLs and GDAL paths among the inputs are not local files and
+    are skipped.
+
+    Args:
+        outputs: what the message names (``"--prob-out"``) -> the path or paths it writes.
+        inputs: what the message names (``"a scene"``) -> the path or paths read.
+
+    Raises:
+        OutputError: an output is an input, or two outputs are one file.
+
+    Examples:
+        >>> check_outputs({"--json": "a.gpkg"}, {"the predictions": "a.gpkg"})
+        Traceback (most recent call last):
+        geoseg.errors.OutputError: --json a.gpkg is the predictions: it would be overwritten; choose another name
+    """
+    def paths(v: str | Path | Iterable[str | Path] | None) -> list[str | Path]:
+        return [] if v is None else [v] if isinstance(v, (str, Path)) else list(v)
+
+    read = {Path(p).resolve(): what for what, v in inputs.items() for p in paths(v) if "://" not in str(p)
+            and not str(p).startswith("/vsi")}
+    written: dict[Path, str] = {}
+    for what, v in outputs.items():
+        for p in paths(v):
+            r = Path(p).resolve()
+            if r in read:
+                raise OutputError(f"{what} {p} is {read[r]}: it would be overwritten; choose another name")
+            if r in written:
+                raise OutputError(f"{what} {p} is also {written[r]}'s output; give each output its own name")
+            written[r] = what
 
 
 def output_error(path: Path, err: OSError, what: str = "output") -> OutputError:

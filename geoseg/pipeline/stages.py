@@ -120,11 +120,15 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     """Evaluate (inside the scenes' footprint with ``clip``, an ``aoi``); write the JSON and quick-look."""
     from geoseg.aoi import restrict
     from geoseg.evaluate import evaluate_frames, format_report, read_polygons
+    from geoseg.io.atomic import check_outputs
     from geoseg.io.sources import list_scenes, scene_name
+    from geoseg.quicklook import png_path
 
     a = stage.args
-    pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     scenes = [s.source for s in list_scenes(a.scenes)] if a.scenes else []
+    check_outputs({"evaluate.json": a.json_out, "evaluate.quicklook": a.quicklook and png_path(a.quicklook)},
+                  {"the predictions": a.pred, "the truth": a.truth, "a scene": scenes, "the AOI": a.aoi})
+    pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
     pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi)
     report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field,

@@ -42,8 +42,8 @@ from dask.delayed import delayed
 from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
-from geoseg.errors import InputRasterError
-from geoseg.io.atomic import atomic_path, check_writable, write_json
+from geoseg.errors import InputRasterError, OutputExistsError
+from geoseg.io.atomic import atomic_path, check_outputs, check_writable, write_json
 from geoseg.io.npy import map_npy
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -134,6 +134,14 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
                      multiple=meta.multiple, band_indexes=tuple(band_indexes),
                      cache=cache / f"scene-{digest(scene.source)[:16]}", tta=cfg.tta,
                      dense=meta.arch == "routed" and dense_run(cfg, meta))
+
+
+def _prob_paths(cfg: PredictConfig, plans: Sequence[BlockPlan]) -> list[Path]:
+    """The probability rasters of ``--prob-out``: the name itself for one scene, NAME_<scene> for several."""
+    if not cfg.prob_out:
+        return []
+    base = Path(cfg.prob_out)
+    return [base if len(plans) == 1 else base.with_name(f"{base.stem}_{p.scene.name}{base.suffix}") for p in plans]
 
 
 def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
@@ -250,6 +258,10 @@ def predict(
     warn_upsampling(native, infos, cfg)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
+    probs = _prob_paths(cfg, plans)
+    check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model})
+    if not overwrite and (old_probs := [p for p in probs if p.exists()]):
+        raise OutputExistsError(f"--prob-out {old_probs[0]} exists; pass --overwrite to replace it")
     ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
     model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
     k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)
@@ -360,12 +372,9 @@ def predict(
     summary.polygons = len(gdf)
     if squared:
         summary.regularized = cfg.regularize_tolerance
-    if cfg.prob_out:
-        base = Path(cfg.prob_out)
-        for plan in plans:
-            path = base if len(plans) == 1 else base.with_name(f"{base.stem}_{plan.scene.name}{base.suffix}")
-            _write_probs(plan, path)
-            summary.prob_out.append(path)
+    for plan, path in zip(plans, probs, strict=False):  # probs: none without --prob-out
+        _write_probs(plan, path)
+        summary.prob_out.append(path)
     write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0

@@ -40,13 +40,13 @@ from torchvision.ops import nms
 from geoseg.bands import band_selection, normalize
 from geoseg.config import Strict
 from geoseg.errors import InputVectorError
-from geoseg.io.atomic import atomic_path, check_writable, write_json
+from geoseg.io.atomic import atomic_path, check_outputs, check_writable, write_json
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes, open_raster
 from geoseg.io.stamps import digest, input_stamp
-from geoseg.io.vectors import read_vector
+from geoseg.io.vectors import read_vector, split_layer
 from geoseg.models.refdet import MULTIPLE
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.plan import BlockPlan, read_window
@@ -251,6 +251,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)
+    check_outputs({"--out": out}, {"the examples": split_layer(examples)[0]})  # before --overwrite may apply
     check_replace(out, overwrite)
     check_writable(out, "--out")
     ex_path = Path(examples).resolve()
