@@ -36,9 +36,13 @@ def tiles(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data[:, 88:, 112:] = NODATA  # nodata corner
     scene = write_raster(d / "scene.tif", data, "EPSG:32636",
                          from_origin(450000, 40000, 1.0, 1.0), nodata=NODATA)
+    # val: a copy of the scene, so every chip of either split is the whole window (a val block
+    # beside train blocks would mask its pixels out of their chips: tests/test_tiling.py)
+    held = write_raster(d / "heldout.tif", data, "EPSG:32636",
+                        from_origin(450000, 40000, 1.0, 1.0), nodata=NODATA)
     labels = labels_for(scene, d / "labels.gpkg", BOXES, crs="EPSG:32636", classes=CLASSES)
-    tile([scene], labels, d / "tiles", TileConfig(size=48, overlap=8, split_block=2,
-                                                  val_fraction=0.5, min_valid=0.0, seed=1),
+    tile([scene, held], labels, d / "tiles", TileConfig(size=48, overlap=8, split_block=2, val_scenes=("heldout",),
+                                                        val_fraction=0.0, min_valid=0.0, seed=1),
          scheduler="sync")
     return d / "tiles"
 
