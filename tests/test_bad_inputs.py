@@ -567,6 +567,25 @@ def test_a_quoted_scenes_pattern_is_expanded(tmp_path: Path) -> None:
     one_error_line(res, "z*.tif", "matches no file")
 
 
+def test_val_scene_on_the_ground_of_a_train_scene_warns(tmp_path: Path) -> None:
+    """Two captures of one place, one held out with --val-scenes: validated on roofs trained on."""
+    for name, x0 in (("here_2023", 450000), ("here_2024", 450010), ("elsewhere", 460000)):
+        write_raster(tmp_path / f"{name}.tif", np.full((3, 64, 64), 60, np.uint8), CRS, from_origin(x0, 40000, 1, 1))
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame({"class": ["b", "b"]}, geometry=[shapely.box(450020, 39950, 450030, 39960),
+                                                       shapely.box(460020, 39950, 460030, 39960)],
+                     crs=CRS).to_file(labels)
+    base = ["tile", "--labels", str(labels), "--size", "32", "--overlap", "0", "--val-fraction", "0"]
+    res = CliRunner().invoke(cli, [*base, str(tmp_path / "here_2023.tif"), str(tmp_path / "here_2024.tif"),
+                                   "--val-scenes", "here_2024", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0, res.output
+    assert "train chips of scene here_2023 cover 84% of the ground of scene here_2024's validation chips" \
+        in res.output, res.output
+    res = CliRunner().invoke(cli, [*base, str(tmp_path / "here_2023.tif"), str(tmp_path / "elsewhere.tif"),
+                                   "--val-scenes", "elsewhere", "--out", str(tmp_path / "p2")])
+    assert res.exit_code == 0 and "cover" not in res.output, res.output
+
+
 def test_tile_gsd_far_off_the_scenes_says_so(tmp_path: Path) -> None:
     """--gsd 100 on a 1 m scene said 'remove it' (the scene is fine, the option is not), and
     --gsd 0.2 tiled 25 times the pixels without a word."""

@@ -180,3 +180,44 @@ def held_mask(win: Window, held: Sequence[Window]) -> np.ndarray:
         if r1 > r0 and c1 > c0:
             out[r0:r1, c0:c1] = True
     return out
+
+
+def warn_shared_ground(scenes: Sequence[SceneInfo], grids: dict[str, list[list[Window]]], sb: int,
+                       splits: Splits) -> None:
+    """Warn when train chips of one scene cover the ground of another scene's val chips.
+
+    Two zooms or dates of one place, one of them in ``--val-scenes``: the model trains on
+    the very roofs it is validated on, and the validation scores (the best checkpoint,
+    ``calibrate``'s threshold) are optimistic. Within one scene the val blocks' pixels are
+    masked out of the train chips (:func:`held_mask`); across scenes tile can only say so.
+    Shares are measured in EPSG:4326 (a ratio of nearby areas, so degrees do).
+    """
+    import geopandas as gpd
+
+    def ground(split: str) -> tuple[list[str], np.ndarray]:
+        names, areas = [], []
+        for s in scenes:
+            feet = [window_footprint(w, s.affine) for i, row in enumerate(grids[s.name])
+                    for j, w in enumerate(row) if splits[(s.name, (i // sb, j // sb))] == split]
+            if feet:
+                names.append(s.name)
+                areas.append(gpd.GeoSeries([shapely.union_all(feet)], crs=s.crs).to_crs(4326).iloc[0])
+        return names, np.array(areas, dtype=object)
+
+    val_names, val = ground("val")
+    if not len(val):
+        return
+    train_names, train = ground("train")
+    if not len(train):
+        return
+    vi, ti = shapely.STRtree(train).query(val, predicate="intersects")
+    other = np.array([val_names[a] != train_names[b] for a, b in zip(vi, ti, strict=True)], dtype=bool)
+    vi, ti = vi[other], ti[other]
+    shared = shapely.area(shapely.intersection(val[vi], train[ti]))
+    big = shared > 0.01 * shapely.area(val[vi])
+    if big.any():
+        k = int(np.flatnonzero(big)[0])
+        log.warning("train chips of scene %s cover %.0f%% of the ground of scene %s's validation chips (%d such "
+                    "pairs): the model would be validated on roofs it trained on (another zoom or date of one "
+                    "place?); put every scene of a place in one split (--val-scenes)", train_names[ti[k]],
+                    100 * shared[k] / shapely.area(val[vi[k]]), val_names[vi[k]], int(big.sum()))

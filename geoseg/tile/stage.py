@@ -46,7 +46,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
-from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, window_grid
+from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, warn_shared_ground, window_grid
 from geoseg.tile.inputs import drop_small_scenes, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
@@ -314,6 +314,7 @@ def tile(
 
     grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
     sb, blocks, splits = split_scenes(good, grids, cfg)
+    warn_shared_ground(good, grids, sb, splits)
     summary.split_block = sb
 
     touched: set[int] = set()
