@@ -43,3 +43,28 @@ def test_json_log_format_carries_summary_and_error_lines(tmp_path) -> None:
     assert res.exit_code == 1
     (err,) = [jsonlib.loads(line) for line in res.output.splitlines() if line.strip()]
     assert err["level"] == "ERROR" and err["message"].startswith("geoseg: error: overlap (64)")
+
+
+def test_our_warnings_are_one_line_without_our_source(tmp_path) -> None:
+    """A GeoSegWarning printed 'WARNING py.warnings: <install path>/geoseg/tile/stage.py:309:
+    EmptyLabelsWarning: ...' and then the source line that raised it."""
+    import warnings
+
+    import geopandas as gpd
+    import numpy as np
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    scene = write_raster(tmp_path / "s.tif", np.full((3, 64, 64), 60, np.uint8), "EPSG:32636",
+                         from_origin(450000, 40000, 1, 1))
+    empty = tmp_path / "none.gpkg"
+    gpd.GeoDataFrame({"class": []}, geometry=gpd.GeoSeries([], crs="EPSG:32636")).to_file(empty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # shown, as for a user (pytest's config makes them errors)
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(empty), "--out", str(tmp_path / "p"),
+                                       "--size", "32", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if "holds no polygon labels" in ln]
+    assert lines == [f"WARNING geoseg: {empty} holds no polygon labels: only negative chips will be written"], \
+        res.output
+    assert "py.warnings" not in res.output and ".py:" not in res.output

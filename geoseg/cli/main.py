@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,6 +99,26 @@ def setup_logging(verbosity: int, fmt: str) -> None:
     # an HTTP client's retries are its business: the error line names the URL when they fail
     logging.getLogger("urllib3").setLevel(max(level, logging.ERROR) if verbosity < 2 else level)
     logging.captureWarnings(True)
+    if not getattr(warnings.showwarning, "geoseg", False):
+        warnings.showwarning = _show_warning(warnings.showwarning)
+
+
+def _show_warning(captured: Any) -> Any:
+    """Our warnings as one log line each ('WARNING geoseg: ...'), without our source file and line.
+
+    Other packages' warnings keep the logging module's form (``py.warnings``, file and line).
+    """
+    from geoseg.errors import GeoSegWarning
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if file is None and issubclass(category, GeoSegWarning):
+            logging.getLogger("geoseg").warning("%s", message)
+        else:
+            captured(message, category, filename, lineno, file, line)
+
+    show.geoseg = True  # type: ignore[attr-defined]
+    return show
 
 
 def _unexpected(err: BaseException) -> str:
