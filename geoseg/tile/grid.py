@@ -10,6 +10,7 @@ from typing import Literal
 
 import numpy as np
 import shapely
+from rasterio import windows
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigError, GeoSegWarning
@@ -144,7 +145,6 @@ def chips_beyond_labels(scene: SceneInfo, windows: Sequence[Window], geoms: np.n
     return int((~shapely.intersects(feet, near)).sum())
 
 
-
 def held_out(grid: list[list[Window]], sb: int, split_of: Mapping[tuple[int, int], str],
              block: tuple[int, int]) -> tuple[Window, ...]:
     """The val windows of a scene that overlap the windows of train ``block`` (none for a val block).
@@ -152,17 +152,17 @@ def held_out(grid: list[list[Window]], sb: int, split_of: Mapping[tuple[int, int
     Neighbouring chips share ``overlap`` pixels, so the train chips at a val block's edge
     hold a strip of val pixels (and the val chips one of train pixels): the validation
     scores would count pixels the model trained on. Tile masks them out of the train
-    chips (:func:`held_mask`).
+    chips (:func:`held_mask`). An overlap is under a chip, so only the eight neighbouring
+    blocks are looked at.
     """
     if split_of[block] != "train":
         return ()
-    mine = [w for i, row in enumerate(grid) for j, w in enumerate(row) if (i // sb, j // sb) == block]
-    r0, c0 = min(int(w.row_off) for w in mine), min(int(w.col_off) for w in mine)
-    r1 = max(int(w.row_off + w.height) for w in mine)
-    c1 = max(int(w.col_off + w.width) for w in mine)
-    return tuple(w for i, row in enumerate(grid) for j, w in enumerate(row)
-                 if split_of[(i // sb, j // sb)] == "val" and w.row_off < r1 and w.row_off + w.height > r0
-                 and w.col_off < c1 and w.col_off + w.width > c0)
+    bi, bj = block
+    rows = range(max(0, (bi - 1) * sb), min(len(grid), (bi + 2) * sb))
+    cols = range(max(0, (bj - 1) * sb), min(len(grid[0]), (bj + 2) * sb))
+    mine = [grid[i][j] for i in rows for j in cols if (i // sb, j // sb) == block]
+    return tuple(grid[i][j] for i in rows for j in cols if split_of[(i // sb, j // sb)] == "val"
+                 and any(windows.intersect(grid[i][j], w) for w in mine))
 
 
 def held_mask(win: Window, held: Sequence[Window]) -> np.ndarray:
@@ -172,13 +172,12 @@ def held_mask(win: Window, held: Sequence[Window]) -> np.ndarray:
         >>> held_mask(Window(0, 0, 4, 3), [Window(2, 1, 8, 8)]).astype(int).tolist()
         [[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
     """
-    h, w = int(win.height), int(win.width)
-    out = np.zeros((h, w), dtype=bool)
+    out = np.zeros((int(win.height), int(win.width)), dtype=bool)
     for v in held:
-        r0, c0 = max(0, int(v.row_off - win.row_off)), max(0, int(v.col_off - win.col_off))
-        r1, c1 = min(h, int(v.row_off + v.height - win.row_off)), min(w, int(v.col_off + v.width - win.col_off))
-        if r1 > r0 and c1 > c0:
-            out[r0:r1, c0:c1] = True
+        if windows.intersect(win, v):  # the shared part, in the pixels of ``win``
+            part = windows.intersection(win, v)
+            r0, c0 = int(part.row_off - win.row_off), int(part.col_off - win.col_off)
+            out[r0:r0 + int(part.height), c0:c0 + int(part.width)] = True
     return out
 
 
