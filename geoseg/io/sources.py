@@ -253,6 +253,11 @@ def check_unique_names(scenes: Iterable[SceneSource]) -> None:
         seen[s.name] = s.source
 
 
+def matching_files(pattern: str) -> list[Path]:
+    """The files a glob pattern matches (``**`` recursive), sorted; folders are left out."""
+    return sorted(Path(h) for h in glob.glob(pattern, recursive=True) if os.path.isfile(h))
+
+
 def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = None) -> list[SceneSource]:
     """Scenes of the inputs: files, folders of rasters, URLs, and STAC Items / ItemCollections.
 
@@ -293,7 +298,7 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
             elif path.exists():
                 out.append(SceneSource(str(path.resolve()), path.stem))
             elif glob.has_magic(s):  # a pattern the shell did not expand (quoted, or in a pipeline YAML)
-                hits = sorted(Path(h) for h in glob.glob(s, recursive=True) if Path(h).is_file())
+                hits = matching_files(s)
                 if not hits:
                     raise InputRasterError(f"{s} matches no file; check the pattern")
                 out.extend(SceneSource(str(h.resolve()), h.stem) for h in hits)

@@ -273,18 +273,18 @@ class _Resolver:
         A pattern (``scenes/*.tif``) gives the files it matches now, so a file added to
         it changes the stage's parameters and runs the stage again.
         """
-        from geoseg.io.sources import is_remote
+        from geoseg.io.sources import is_remote, matching_files
 
         out: list[str] = []
         for s in items:
             if is_remote(s) or not glob.has_magic(s) or self.inp(s).exists():
                 out.append(s if is_remote(s) else str(self.inp(s)))
                 continue
-            hits = sorted(h for h in glob.glob(str(self.inp(s)), recursive=True) if os.path.isfile(h))
+            hits = matching_files(str(self.inp(s)))
             if not hits:
                 raise ConfigError(f"scenes pattern {s} (relative to the pipeline file's folder) matches no file; "
                                   "check the pattern")
-            out.extend(hits)
+            out.extend(map(str, hits))
         return out
 
     @staticmethod
