@@ -83,3 +83,19 @@ def test_geoparquet_reads_back_as_an_input(frame: gpd.GeoDataFrame, tmp_path: Pa
 
     back = read_vector(write_vector(frame, tmp_path / "b.parquet"), "prediction")
     assert back.crs == UTM and len(back) == 3
+
+
+def test_geojson_splits_a_roof_on_the_antimeridian(tmp_path: Path) -> None:
+    """A roof across 180° (UTM 60N, Fiji/Kiribati): two parts at ±180, never a polygon round the globe."""
+    from pyproj import Transformer
+
+    x, y = Transformer.from_crs(4326, 32660, always_xy=True).transform(180.0, -16.5)
+    roof = shapely.box(x - 8, y - 6, x + 8, y + 6)
+    frame = gpd.GeoDataFrame({"class": ["building"]}, geometry=[roof], crs="EPSG:32660")
+    back = gpd.read_file(write_vector(frame, tmp_path / "fiji.geojson"))
+    geom = back.geometry.iloc[0]
+    assert geom.geom_type == "MultiPolygon" and len(geom.geoms) == 2
+    assert all(p.bounds[2] - p.bounds[0] < 1e-3 for p in geom.geoms)  # each part a few metres wide
+    assert sorted(round(p.centroid.x) for p in geom.geoms) == [-180, 180]
+    # back in UTM the two parts are the roof again
+    assert back.to_crs("EPSG:32660").area.iloc[0] == pytest.approx(roof.area, rel=1e-3)
