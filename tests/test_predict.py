@@ -61,6 +61,21 @@ def test_polygons_match_truth_and_schema(scene, tiny_run: Path, tmp_path: Path) 
     assert hits.geometry.iloc[0].intersection(seam).area / hits.geometry.iloc[0].union(seam).area > 0.7
 
 
+def test_objects_cut_by_a_small_watershed_halo_are_reported(scene, tiny_run: Path, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path, _ = scene
+    with caplog.at_level("WARNING", logger="geoseg"):
+        gdf = run(path, tiny_run, tmp_path / "h16.gpkg")
+    assert "cut" not in caplog.text and "cut_at_window" not in gdf.columns
+    with caplog.at_level("WARNING", logger="geoseg"):
+        cut = run(path, tiny_run, tmp_path / "h0.gpkg", watershed_halo=0)
+    assert len(cut) > len(gdf)  # the seam box (and any other box on a block edge) is in pieces
+    line = next(r.getMessage() for r in caplog.records if "cut in two" in r.getMessage())
+    k = int(line.split()[0])
+    assert k >= 2 and "in scene)" in line and "raise --watershed-halo (now 0)" in line, line
+    assert "cut_at_window" not in cut.columns
+
+
 def test_block_size_does_not_change_the_result(scene, tiny_run: Path, tmp_path: Path) -> None:
     path, _ = scene
     small = run(path, tiny_run, tmp_path / "s.gpkg", block=32)

@@ -42,7 +42,7 @@ from geoseg.models.config import FIRST_CLASS
 from geoseg.models.postprocess import PostprocessConfig
 from geoseg.models.regions import Region, cover, group_by_shape
 from geoseg.predict.heap import releasing
-from geoseg.predict.plan import BlockPlan, read_errors, read_window, valid_where
+from geoseg.predict.plan import CUT, BlockPlan, at_window_edge, read_errors, read_window, valid_where
 from geoseg.predict.tta import averaged
 
 #: Logit where no model ran (dense runs: cells without a valid pixel at PV's scale): sigmoid ≈ 2e-9.
@@ -351,14 +351,15 @@ def owned_polygons(plan: BlockPlan, bi: int, bj: int, inst: Instances, win: Wind
                 & (cx >= core.col_off) & (cx < core.col_off + core.width))
         lut = np.zeros(n + 1, dtype=np.int32)
         lut[1:][keep] = np.arange(1, int(keep.sum()) + 1)
+        cut = at_window_edge(plan, labels, win, n)[keep]
         labels = lut[labels]
         score, cls = inst.score[keep], inst.class_index[keep]
     else:
-        score = cls = np.zeros(0)
+        score = cls = cut = np.zeros(0)
     transform = window_transform(win, plan.scene.affine)
     gdf = instances_to_frame(labels, transform, plan.scene.crs, score=score, class_index=cls,
                              class_names=classes, simplify=simplify,
-                             extra={"scene": plan.scene.name})
+                             extra={"scene": plan.scene.name, CUT: cut.astype(bool)})
     gdf = gdf[gdf["area_m2"] >= min_area]
     write_vector(gdf, out)
     return out

@@ -7,6 +7,7 @@ its result in the plan's per-scene cache directory.
 
 from __future__ import annotations
 
+import logging
 import math
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from rasterio.windows import Window, intersection
 
 from geoseg.io import rasters
 from geoseg.io.rasters import SceneInfo, valid_mask
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,3 +147,39 @@ def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> np.
             valid[r:r + h, c:c + w] = (valid_mask(src.read(plan.band_indexes, window=part), mask)
                                        if floating else mask > 0)
     return valid
+
+
+#: Column of a block's cached polygons: the object reaches the edge of the window the instance
+#: phase saw, inside the scene, so it may be cut at a block seam; the stage counts and drops it.
+CUT = "cut_at_window"
+
+
+def at_window_edge(plan: BlockPlan, labels: np.ndarray, win: Window, n: int) -> np.ndarray:
+    """Per instance 1..n, whether it touches a side of ``win`` that is not the scene's edge."""
+    sides = []
+    if win.row_off > 0:
+        sides.append(labels[0])
+    if win.col_off > 0:
+        sides.append(labels[:, 0])
+    if win.row_off + win.height < plan.scene.height:
+        sides.append(labels[-1])
+    if win.col_off + win.width < plan.scene.width:
+        sides.append(labels[:, -1])
+    touched = np.zeros(n + 1, dtype=bool)
+    for side in sides:
+        touched[side] = True
+    return touched[1:]
+
+
+def warn_cut(cut: dict[str, int], plan: BlockPlan, arch: str) -> None:
+    """Log how many objects per scene reached the edge of their instance window (:data:`CUT`)."""
+    if not cut:
+        return
+    total = sum(cut.values())
+    where = ", ".join(f"{k} in {name}" for name, k in sorted(cut.items(), key=lambda kv: -kv[1])[:3])
+    halo = plan.watershed_halo
+    what = "detection halo" if arch == "maskrcnn" else "watershed halo"
+    fix = (f"raise --watershed-halo (now {halo}) above half the largest object's size in pixels"
+           if halo < plan.block else f"raise --block (now {plan.block}) and --watershed-halo")
+    log.warning("%d object(s) (%s) reach the edge of the %d-px %s around their block and may be cut in two "
+                "at block seams; %s", total, where, halo, what, fix)

@@ -56,7 +56,7 @@ from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
 from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
-from geoseg.predict.plan import BlockPlan
+from geoseg.predict.plan import CUT, BlockPlan, warn_cut
 
 log = logging.getLogger(__name__)
 
@@ -354,8 +354,12 @@ def predict(
     import geopandas as gpd
 
     target_crs = plans[0].scene.crs
+    cut: dict[str, int] = {}
     for res in results[len(tasks):]:
         g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res)
+        if CUT in g:
+            for name, k in g.loc[g.pop(CUT).astype(bool), "scene"].value_counts().items():
+                cut[str(name)] = cut.get(str(name), 0) + int(k)
         if len(g):
             frames.append(g.to_crs(target_crs) if g.crs != target_crs else g)
     if frames:
@@ -363,6 +367,7 @@ def predict(
     else:
         gdf = gpd.GeoDataFrame({"class": [], "score": [], "area_m2": [], "scene": []},
                                geometry=gpd.GeoSeries([], crs=target_crs), crs=target_crs)
+    warn_cut(cut, plans[0], meta.arch)
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; polygons are written in %s", target_crs)
     if cfg.overlaps == "once":
