@@ -34,7 +34,15 @@ class SchedulerError(GeoSegError, ConnectionError):
 
 
 class OutputExistsError(GeoSegError, FileExistsError):
-    """An output exists and would be clobbered without ``--overwrite``."""
+    """An output exists and would be clobbered without ``--overwrite``.
+
+    Attributes:
+        path: the file at fault where the message names one of several outputs (None: ``--out``).
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class CheckpointError(GeoSegError, ValueError):

@@ -347,6 +347,20 @@ def test_output_missing_and_foreign_output(project: Path, fakes: Fakes) -> None:
     assert ran(run(project, from_stage="predict")) == ["predict", "evaluate"]
 
 
+def test_a_foreign_prob_out_file_is_named_not_the_polygons(project: Path, fakes: Fakes,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """predict's refusal of an existing --prob-out file was reported as the polygons' (--out) file."""
+    prob = project / "out" / "probs.tif"
+
+    def refuses(*a: Any, **kw: Any) -> None:
+        raise OutputExistsError(f"--prob-out {prob} exists; pass --overwrite to replace it", path=str(prob))
+
+    monkeypatch.setattr("geoseg.predict.predict", refuses)
+    res = CliRunner().invoke(cli, ["run", str(project / "pipe" / "p.yaml")])
+    assert res.exit_code == 1 and f"{prob} holds outputs that this pipeline did not record" in res.output, res.output
+    assert "buildings.gpkg" not in res.output
+
+
 def test_one_shared_client_for_tile_and_predict(project: Path, fakes: Fakes,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[Any] = []

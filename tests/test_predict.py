@@ -147,6 +147,33 @@ def test_resume_after_interruption_gives_the_same_file(scene, tiny_run: Path, tm
     assert not cache.exists()
 
 
+def test_a_kill_between_prob_out_and_out_resumes_without_overwrite(scene, tiny_run: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The rerun asked for --overwrite for the probability raster its own killed run had written."""
+    import geoseg.predict.vectorize as vec
+
+    path, _ = scene
+    out, prob = tmp_path / "out.gpkg", tmp_path / "p.tif"
+    real = vec.write_vector
+
+    def killed_at_out(gdf, dest, *a, **kw):
+        if Path(dest) == out:
+            raise KeyboardInterrupt("killed")
+        return real(gdf, dest, *a, **kw)
+
+    monkeypatch.setattr(vec, "write_vector", killed_at_out)
+    with pytest.raises(KeyboardInterrupt):
+        predict([path], tiny_run, out, cfg(prob_out=str(prob)), scheduler="sync")
+    assert prob.exists() and not out.exists()
+    monkeypatch.setattr(vec, "write_vector", real)
+    summary = predict([path], tiny_run, out, cfg(prob_out=str(prob)), scheduler="sync")
+    assert summary.prob_out == [prob] and summary.resumed["instances"] == 12 and out.exists()
+    # a probability file of another job (another --block) is still never replaced without --overwrite
+    with pytest.raises(OutputExistsError, match="p.tif exists") as err:
+        predict([path], tiny_run, tmp_path / "o2.gpkg", cfg(prob_out=str(prob), block=64), scheduler="sync")
+    assert err.value.path == str(prob)  # what `geoseg run` names
+
+
 def test_geojson_prob_out_and_errors(scene, tiny_run: Path, tmp_path: Path) -> None:
     path, _ = scene
     out = tmp_path / "b.geojson"

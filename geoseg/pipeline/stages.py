@@ -111,8 +111,8 @@ def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], l
     try:
         summary = predict(a.scenes, a.model, a.out, a.cfg, scheduler=run.scheduler.get(),
                           overwrite=not run.first, progress=run.progress)
-    except OutputExistsError:
-        raise _foreign("predict", a.out) from None
+    except OutputExistsError as err:  # --out, or the --prob-out file it names
+        raise _foreign("predict", Path(err.path) if err.path else a.out) from None
     return [a.out, *summary.prob_out], summary.lines()
 
 

@@ -34,17 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import numpy as np
 import pandas as pd
-import rasterio
 from dask.delayed import delayed
 
 from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError
-from geoseg.io.atomic import atomic_path, check_outputs, check_writable, write_json
-from geoseg.io.npy import map_npy
+from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
@@ -57,6 +54,7 @@ from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import CUT, BlockPlan, warn_cut
+from geoseg.predict.probs import PROBS_WRITTEN, prob_paths, probs_written, write_probs
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +134,6 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
                      dense=meta.arch == "routed" and dense_run(cfg, meta))
 
 
-def _prob_paths(cfg: PredictConfig, plans: Sequence[BlockPlan]) -> list[Path]:
-    """The probability rasters of ``--prob-out``: the name itself for one scene, NAME_<scene> for several."""
-    if not cfg.prob_out:
-        return []
-    base = Path(cfg.prob_out)
-    return [base if len(plans) == 1 else base.with_name(f"{base.stem}_{p.scene.name}{base.suffix}") for p in plans]
-
-
 def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
     """Warn when scenes are of another data type than the training chips (uint8 vs uint16...)."""
     trained = str(meta.stats.get("dtype") or "")
@@ -167,40 +157,6 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
                                                            "ff_batch", "max_memory", "overlaps"}),  # same caches
                "scenes": [[s.source, input_stamp(s.source)] for s in scenes]}
     return digest(payload)
-
-
-def _write_probs(plan: BlockPlan, path: Path) -> None:
-    """Extent probabilities of a scene, assembled block by block, as a COG.
-
-    uint8 0-255 with GDAL scale 1/255 and offset 0 (QGIS shows 0-1), and an internal mask:
-    the scene's valid pixels (nodata, masked, and NaN/inf in float scenes are masked).
-    """
-    from rasterio.shutil import copy as rio_copy
-
-    from geoseg.io.rasters import open_scene, valid_mask
-
-    s = plan.scene
-    tmp_tif = plan.cache / "probs_full.tif"
-    profile = {"driver": "GTiff", "width": s.width, "height": s.height, "count": 1,
-               "dtype": "uint8", "crs": s.rio_crs, "transform": s.affine, "tiled": True,
-               "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-    nbh, nbw = plan.blocks_shape
-    floating = np.issubdtype(np.dtype(s.dtype), np.floating)
-    # both writes inside: a full disk while assembling is an error naming --prob-out too
-    with atomic_path(path, what="--prob-out") as tmp:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(tmp_tif, "w", **profile) as dst, \
-                open_scene(s) as src:
-            for bi in range(nbh):
-                for bj in range(nbw):
-                    core = plan.core(bi, bj)
-                    dst.write(map_npy(plan.path("probs", bi, bj))[0], 1, window=core)
-                    mask = src.dataset_mask(window=core)
-                    if floating:
-                        mask = valid_mask(src.read(plan.band_indexes, window=core), mask)
-                    dst.write_mask(np.where(mask, 255, 0).astype(np.uint8), window=core)
-            dst.scales, dst.offsets = (1 / 255,), (0.0,)
-            dst.update_tags(1, scale="1/255", meaning="probability of object extent")
-        rio_copy(tmp_tif, tmp, driver="COG", compress="deflate", overview_resampling="average")
 
 
 def predict(
@@ -258,10 +214,13 @@ def predict(
     warn_upsampling(native, infos, cfg)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
-    probs = _prob_paths(cfg, plans)
+    probs = prob_paths(cfg, plans)
     check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model})
-    if not overwrite and (old_probs := [p for p in probs if p.exists()]):
-        raise OutputExistsError(f"--prob-out {old_probs[0]} exists; pass --overwrite to replace it")
+    stamp = _stamp(backend.source, cfg, infos)
+    ours = probs_written(cache, stamp)  # by a killed run of this same job: replaced, as a resume
+    if not overwrite and (old_probs := [p for p in probs if p.exists() and str(p) not in ours]):
+        raise OutputExistsError(f"--prob-out {old_probs[0]} exists; pass --overwrite to replace it",
+                                path=str(old_probs[0]))
     ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
     model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
     k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)
@@ -269,7 +228,6 @@ def predict(
     if meta.arch == "routed" and dense_run(cfg, meta):
         routing += ": FF everywhere, the plain dense network (PV not run)"
     _warn_dtypes(infos, meta)
-    stamp = _stamp(backend.source, cfg, infos)
     if cache.exists():
         old = cache / "stamp.json"
         same = old.exists() and json.loads(old.read_text()).get("stamp") == stamp
@@ -378,8 +336,9 @@ def predict(
     if squared:
         summary.regularized = cfg.regularize_tolerance
     for plan, path in zip(plans, probs, strict=False):  # probs: none without --prob-out
-        _write_probs(plan, path)
+        write_probs(plan, path)
         summary.prob_out.append(path)
+        write_json(cache / PROBS_WRITTEN, {"stamp": stamp, "paths": [str(p) for p in summary.prob_out]})
     write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
