@@ -1,7 +1,9 @@
 """Predicted polygons against truth polygons: SpaceNet F1, COCO-style AP, boundary IoU.
 
-Every feature is one object (a MultiPolygon feature is one object of several parts); a truth
-polygon that repeats another of its class (IoU >= 0.9: mapped twice) counts once, with a warning.
+Each part of a MultiPolygon feature is an object of its own, as ``geoseg tile`` makes one
+training instance per part (``multipart="whole"``: every feature one object, its parts
+together); a truth polygon that repeats another of its class (IoU >= 0.9: mapped twice)
+counts once, with a warning.
 Geometries are repaired with ``make_valid`` and their polygonal parts kept; features
 with no area left are dropped (logged).
 
@@ -85,14 +87,26 @@ def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:
     return CRS.from_user_input(ref.estimate_utm_crs()) if len(ref) else crs
 
 
-def _prepare(gdf: gpd.GeoDataFrame, crs: CRS, role: str) -> gpd.GeoDataFrame:
+#: ``multipart`` values: each part an object (as tile trains), or each feature one object.
+MULTIPART = ("parts", "whole")
+
+
+def _prepare(gdf: gpd.GeoDataFrame, crs: CRS, role: str, multipart: str) -> gpd.GeoDataFrame:
     gdf = gdf.to_crs(crs)
     geoms = polygonal(gdf.geometry.to_numpy())
     keep = np.array([g is not None for g in geoms], dtype=bool)
     if not keep.all():
         log.warning("%d %s features have no polygonal area and are ignored", int((~keep).sum()), role)
-    out = gdf.iloc[np.flatnonzero(keep)].copy()
-    out.geometry = gpd.GeoSeries(geoms[keep], index=out.index, crs=crs)
+    rows, geoms = np.flatnonzero(keep), geoms[keep]
+    if multipart == "parts" and len(geoms):
+        geoms, owner = shapely.get_parts(geoms, return_index=True)
+        if len(geoms) > len(rows):
+            log.info("%d %s features have several parts: each part is an object (%d objects from %d "
+                     "features; --multipart whole keeps a feature one object)",
+                     int((np.bincount(owner) > 1).sum()), role, len(geoms), len(rows))
+        rows = rows[owner]
+    out = gdf.iloc[rows].copy()
+    out.geometry = gpd.GeoSeries(geoms, index=out.index, crs=crs)
     return out.reset_index(drop=True)
 
 
@@ -195,6 +209,7 @@ def evaluate_frames(
     class_field: str = "class",
     score_field: str = "score",
     boundary_width: float | None = None,
+    multipart: str = "parts",
 ) -> dict[str, Any]:
     """Compare predicted with true polygons (see the module docstring for the metrics).
 
@@ -206,6 +221,8 @@ def evaluate_frames(
         score_field: confidence column of ``pred`` (all 1 when absent).
         boundary_width: band width of boundary IoU in metres; None: 2 % of each pair's
             bounding-box diagonal.
+        multipart: ``parts``: each part of a MultiPolygon is an object, as tile trains;
+            ``whole``: each feature is one object.
 
     Returns:
         JSON-able dict with the :data:`KEYS` and ``per_class`` (class -> the same keys;
@@ -218,11 +235,13 @@ def evaluate_frames(
     """
     if not 0 < iou <= 1:
         raise ValueError(f"iou must be in (0, 1], got {iou}")
+    if multipart not in MULTIPART:
+        raise ValueError(f"multipart must be one of {MULTIPART}, got {multipart!r}")
     for role, gdf in (("prediction", pred), ("truth", truth)):
         if gdf.crs is None:
             raise InputVectorError(f"the {role} polygons have no CRS; set one with gdf.set_crs(...)")
     crs = _metric_crs(pred, truth)
-    pred, truth = _prepare(pred, crs, "prediction"), _prepare(truth, crs, "truth")
+    pred, truth = _prepare(pred, crs, "prediction", multipart), _prepare(truth, crs, "truth", multipart)
     if boundary_width is not None:
         boundary_width /= crs.axis_info[0].unit_conversion_factor  # metres -> CRS units
 
@@ -295,6 +314,7 @@ def evaluate(
     iou: float = 0.5,
     class_field: str = "class",
     boundary_width: float | None = None,
+    multipart: str = "parts",
 ) -> dict[str, Any]:
     """Compare a file of predicted polygons with a file of true polygons (``FILE|layername=L`` for a layer).
 
@@ -304,6 +324,7 @@ def evaluate(
         iou: IoU at which a pair counts as a match.
         class_field: class column; per-class numbers when both files have it.
         boundary_width: band width of boundary IoU in metres (None: 2 % of the diagonal).
+        multipart: ``parts`` (each part of a MultiPolygon an object) or ``whole``.
 
     Returns:
         See :func:`evaluate_frames`.
@@ -314,7 +335,7 @@ def evaluate(
     pred_gdf = read_polygons(pred, "prediction")
     truth_gdf = read_polygons(truth, "truth")
     return evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
-                           boundary_width=boundary_width)
+                           boundary_width=boundary_width, multipart=multipart)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -71,6 +71,27 @@ def test_missing_and_extra_polygons():
     assert r["f1"] == pytest.approx(8 / 13)
 
 
+def test_multipart_truth_is_scored_per_part_as_tile_trains(tmp_path):
+    """A building mapped as one MultiPolygon of 3 parts, found as 3 polygons: 0 TP before (one object)."""
+    parts = grid(3)
+    truth = gpd.GeoDataFrame({"class": ["building"]}, geometry=[shapely.union_all(parts.geometry)], crs=UTM)
+    pred = parts.assign(**{"class": "building", "score": 0.9})
+    r = evaluate_frames(pred, truth)
+    assert (r["tp"], r["fp"], r["fn"], r["mean_iou"]) == (3, 0, 0, 1.0)
+    r = evaluate_frames(pred, truth, multipart="whole")  # each part is a third of the object
+    assert (r["tp"], r["fp"], r["fn"]) == (0, 3, 1)
+    r = evaluate_frames(truth.assign(score=1.0), truth, multipart="whole")  # predicted as one: a match
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0)
+    with pytest.raises(ValueError, match="multipart"):
+        evaluate_frames(pred, truth, multipart="each")
+    pred.to_file(tmp_path / "p.gpkg")
+    truth.to_file(tmp_path / "t.gpkg")
+    for mode, row in (("parts", ["all", "3", "0", "0"]), ("whole", ["all", "0", "3", "1"])):
+        res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"),
+                                       "--multipart", mode])
+        assert res.exit_code == 0 and res.output.splitlines()[2].split()[:4] == row, res.output
+
+
 def test_matching_is_one_to_one():
     truth = grid(1)
     pred = gpd.GeoDataFrame(geometry=[truth.geometry[0], truth.geometry[0].buffer(0.1, join_style="mitre")],
@@ -145,10 +166,12 @@ def test_invalid_and_empty_geometries(caplog):
     truth = grid(2)
     bowtie = shapely.Polygon([(X0, Y0), (X0 + 10, Y0 + 10), (X0 + 10, Y0), (X0, Y0 + 10)])
     pred = gpd.GeoDataFrame(geometry=[truth.geometry[1], bowtie, shapely.Point(X0, Y0), None], crs=UTM)
-    r = evaluate_frames(pred, truth)
+    r = evaluate_frames(pred, truth, multipart="whole")
     # the bow-tie is repaired into one MultiPolygon of two triangles: half the square, IoU 0.5
     assert (r["tp"], r["fp"], r["fn"]) == (2, 0, 0) and r["mean_iou"] == pytest.approx(0.75)
-    assert evaluate_frames(pred, truth, iou=0.6)["tp"] == 1
+    assert evaluate_frames(pred, truth, iou=0.6, multipart="whole")["tp"] == 1
+    r = evaluate_frames(pred, truth)  # as tile reads labels: two triangles, a quarter of the square each
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 2, 1) and r["mean_iou"] == 1.0
     assert "2 prediction features have no polygonal area" in caplog.text
     empty = evaluate_frames(pred.iloc[:0], truth)
     assert (empty["tp"], empty["fp"], empty["fn"], empty["ap"]) == (0, 0, 2, 0.0)

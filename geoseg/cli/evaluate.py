@@ -18,6 +18,8 @@ import click
               help="Class column; per-class numbers when both files have it.")
 @click.option("--boundary-width", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Band width of boundary IoU.  [default: 2% of each pair's bbox diagonal]")
+@click.option("--multipart", type=click.Choice(["parts", "whole"]), default="parts", show_default=True,
+              help="A MultiPolygon feature is one object per part (as tile trains) or one object.")
 @click.option("--scenes", "scenes", multiple=True, metavar="SCENE",
               help="The predicted rasters (files or folders; repeat the option): --clip's footprint "
               "and --quicklook's background.")
@@ -28,7 +30,7 @@ import click
 @click.option("--quicklook", "quicklook_png", type=click.Path(path_type=Path), metavar="PNG",
               help="Also draw the first scene (or a grey canvas) with both outlines into this PNG.")
 def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, class_field: str,
-                 boundary_width: float | None, scenes: tuple[str, ...], clip: bool, aoi: Path | None,
+                 boundary_width: float | None, multipart: str, scenes: tuple[str, ...], clip: bool, aoi: Path | None,
                  quicklook_png: Path | None) -> None:
     """Compare predicted polygons PRED with true polygons TRUTH (any vector files, any CRS).
 
@@ -61,7 +63,7 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
     pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi)
     report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
-                             boundary_width=boundary_width)
+                             boundary_width=boundary_width, multipart=multipart)
     click.echo(f"IoU >= {iou:g}: {pred} vs {truth}" + (f" ({', '.join(notes)})" if notes else ""))
     click.echo(format_report(report))
     if json_path is not None:

@@ -223,6 +223,7 @@ class EvaluateArgs(StageArgs):
     iou: float
     class_field: str
     boundary_width: float | None
+    multipart: str
     max_side: int
 
     @classmethod

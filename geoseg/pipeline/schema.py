@@ -89,6 +89,7 @@ class EvaluateStage(Strict):
     iou: float = Field(0.5, gt=0, le=1)
     class_field: str = "class"
     boundary_width: float | None = Field(None, gt=0)
+    multipart: Literal["parts", "whole"] = Field("parts", description="a MultiPolygon: one object per part, or one")
     json_out: str | None = Field("evaluation.json", alias="json")
     quicklook: str | None = "quicklook.png"
     max_side: int = Field(1500, ge=64)

@@ -132,7 +132,7 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
     pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi)
     report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field,
-                             boundary_width=a.boundary_width)
+                             boundary_width=a.boundary_width, multipart=a.multipart)
     outputs: list[Path] = []
     if a.json_out is not None:
         write_json(a.json_out, report, indent=2)
