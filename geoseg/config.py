@@ -2,12 +2,12 @@
 
 Configs are YAML files that map one to one onto pydantic models with ``extra="forbid"``:
 an unknown key is an error that names the key and the file, never silently ignored.
-YAML is read with ``yaml.safe_load`` only.
+YAML is read with ``yaml.SafeLoader`` only (a key given twice in a mapping is an error).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,28 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):  # type: ignore[misc]  # PyYAML has no stubs here
+    """A mapping of a YAML file gives one key twice (PyYAML would keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise DuplicateKeyError(None, None, f"key '{key}' is given twice (lines {seen[key]} and {line})",
+                                        key_node.start_mark)
+            if isinstance(key, Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping with safe loading.
 
@@ -104,7 +126,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}; check the path") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader (duplicate keys refused)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err.problem}; keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -149,6 +149,18 @@ def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
                                    str(tmp_path / "r")])
     assert res.exit_code == 1
     assert "unknown key 'model.encodr'" in res.output and "c.yaml" in res.output
+    # a key given twice: PyYAML kept the last one silently, so an edit above was lost
+    text = TINY.read_text()
+    cfg.write_text(text.replace("halo: 4", "halo: 4\n  halo: 8"))
+    line = text[:text.index("halo: 4")].count("\n") + 1
+    res = CliRunner().invoke(cli, ["train", str(cfg), "--patches", str(patches), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"c.yaml: key 'halo' is given twice (lines {line} and {line + 1}); keep one" in res.output
+    # YAML merge keys still override: an anchor's key given again is not a duplicate
+    from geoseg.config import read_yaml
+
+    (tmp_path / "m.yaml").write_text("a: &a {lr: 1, wd: 2}\nb:\n  <<: *a\n  lr: 3\n")
+    assert read_yaml(tmp_path / "m.yaml")["b"] == {"lr": 3, "wd": 2}
     # the same through --set: the key and where it came from
     for sets, said in ((["model.encodr=resnet18"], "unknown key 'model.encodr' in"),
                        (["model.halo=-3"], "invalid value for 'model.halo'"),
