@@ -106,4 +106,9 @@ def test_a_deadline_trained_model_predicts_by_its_deadline(scene: Path, tiny_run
     s = predict([scene], model, tmp_path / "e.gpkg", PredictConfig(block=256, deadline_ms=12.0), progress=False)
     assert s.ff_cells == 12 and "--deadline-ms 12" in s.routing
     s = predict([scene], tiny_run, tmp_path / "m.gpkg", PredictConfig(block=256), progress=False)
-    assert "the model's budget 0.5" in s.routing  # tiny.yaml trains with budget 0.5, no deadline
+    assert s.routing.startswith("--budget auto (the default for a calibrated model)"), s.routing  # no deadline
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    ckpt["model"].pop("utility_threshold")  # a checkpoint from before calibration: its trained budget
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    s = predict([scene], tmp_path / "old.pt", tmp_path / "o.gpkg", PredictConfig(block=256), progress=False)
+    assert "the model's budget 0.5" in s.routing and s.ff_cells == 24  # tiny.yaml trains with budget 0.5

@@ -69,7 +69,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
               help="Output .gpkg, .geojson (in EPSG:4326), .fgb, .shp or .parquet (GeoParquet).")
 @click.option("--budget", callback=_budget, help="Share of cells run at full resolution (1.0 is dense), "
               "or 'auto': the cells whose utility clears the model's calibrated threshold.  "
-              "[default: the model's deadline or budget]")
+              "[default: the model's deadline, else auto when the model is calibrated, else its budget]")
 @click.option("--deadline-ms", type=float, help="Per scene: run as many FF cells as this allows.")
 @click.option("--backend", type=click.Choice(["torch", "onnx", "tensorrt"]), help=_default("backend"))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help=_default("device"))

@@ -17,7 +17,8 @@ def k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]
     """How many cells FF runs per scene: ``(k_of(valid cells), a line saying why)``.
 
     Precedence: ``--deadline-ms``, then ``--budget``, then the model's own deadline, then
-    the model's budget.
+    ``auto`` when the model has a calibrated utility threshold (training sets one when it
+    validates), then the model's budget.
     """
     from geoseg.models.router import k_for_budget, k_for_deadline
 
@@ -31,8 +32,8 @@ def k_rule(cfg: PredictConfig, meta: ModelMeta, backend: Any) -> tuple[Any, str]
         def by_deadline(n: int, util: Any = None) -> int:
             return k_for_deadline(float(deadline), ms_per_cell, n_cells=n)
         return by_deadline, why
-    if cfg.budget == "auto":
-        auto = _auto_rule(meta)
+    if cfg.budget in ("auto", None):  # no --budget: auto for a calibrated model
+        auto = _auto_rule(meta, given=cfg.budget == "auto")
         if auto is not None:
             return auto
     budget = meta.budget if cfg.budget in (None, "auto") else float(cfg.budget)
@@ -55,23 +56,35 @@ def dense_run(cfg: PredictConfig, meta: ModelMeta) -> bool:
     if cfg.deadline_ms is not None:
         return False
     if cfg.budget is None:
-        return meta.deadline_ms is None and meta.budget >= 1.0
+        return meta.deadline_ms is None and _threshold(meta) is None and meta.budget >= 1.0
     return cfg.budget != "auto" and float(cfg.budget) >= 1.0
 
 
-def _auto_rule(meta: ModelMeta) -> tuple[Any, str] | None:
-    """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none)."""
+def _threshold(meta: ModelMeta) -> float | None:
+    """The model's calibrated utility threshold; None when it has none (NaN, or absent)."""
     thr = (meta.model_extra or {}).get("utility_threshold")
     if thr in ("inf", "-inf"):  # an export's geoseg-export.json (JSON has no infinity)
         thr = float(thr)
     if thr is None or not isinstance(thr, int | float) or math.isnan(thr):
         return None
+    return float(thr)
+
+
+def _auto_rule(meta: ModelMeta, given: bool = True) -> tuple[Any, str] | None:
+    """``--budget auto``: the cells whose utility clears the model's calibrated threshold (None: none).
+
+    ``given``: the user passed ``--budget auto`` (else it is the default, and the line says so).
+    """
+    thr = _threshold(meta)
+    if thr is None:
+        return None
 
     def by_threshold(n: int, util: Any = None) -> int:
         return int(np.count_nonzero(np.asarray(util) > thr)) if util is not None else n
+    name = "--budget auto" if given else "--budget auto (the default for a calibrated model)"
     if thr == -math.inf:
-        return by_threshold, "--budget auto: every cell (FF paid on every validation cell)"
-    return by_threshold, (f"--budget auto: predicted utility > {thr:.3g}, the threshold calibrated on "
+        return by_threshold, f"{name}: every cell (FF paid on every validation cell)"
+    return by_threshold, (f"{name}: predicted utility > {thr:.3g}, the threshold calibrated on "
                           "validation (where FF's expected gain stops paying)")
 
 

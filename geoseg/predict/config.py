@@ -17,7 +17,8 @@ class PredictConfig(Strict):
     """Parameters of `geoseg predict`."""
 
     budget: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None = Field(
-        None, description="share of cells run by FF (None: the model's deadline or budget); 1.0 is dense "
+        None, description="share of cells run by FF (None: the model's deadline, else 'auto' when the "
+        "model is calibrated, else its budget); 1.0 is dense "
         "sliding-window inference; 'auto': the cells whose utility clears the model's calibrated threshold")
     deadline_ms: float | None = Field(None, gt=0, description="per scene: the K it allows")
     backend: Literal["torch", "onnx", "tensorrt"] = "torch"
