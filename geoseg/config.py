@@ -26,7 +26,7 @@ MAX_SEED = 2**32 - 1
 class Strict(BaseModel):
     """Base of every config model: unknown keys are errors, values are validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # inf and NaN are never a setting
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

@@ -169,7 +169,9 @@ def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
                        (["model.halo=4", "model.halo=8"], "set twice"),
                        (["model=1", "model.halo=8"], "'model' is also set to a value"),
                        (["optim.lr=[1, 2"], "the value is not YAML"),
-                       (["seed=-5"], "invalid value for 'seed'")):  # was 'unexpected ValueError'
+                       (["seed=-5"], "invalid value for 'seed'"),  # was 'unexpected ValueError'
+                       (["optim.lr=.nan"], "'optim.lr': Input should be a finite number"),  # NaN trained to NaN
+                       (["optim.grad_clip=.inf"], "'optim.grad_clip': Input should be a finite number")):
         args = [a for s in sets for a in ("--set", s)]
         res = CliRunner().invoke(cli, ["train", str(TINY), "--patches", str(patches), "--out",
                                        str(tmp_path / "r"), *args])
