@@ -42,6 +42,10 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     errors = err.errors()
     first = errors[0]
     key = ".".join(str(p) for p in _field_path(first["loc"])) or "<root>"
+    where = f"in {source}"
+    flag = _cli_option(key) if source == "options" else None
+    if flag is not None:  # the values came from the command line: name the option the user typed
+        key, where = flag, "on the command line"
     if first["type"] == "extra_forbidden":
         what = f"unknown key '{key}'"
         hint = "remove it or check its spelling against docs/cli.md"
@@ -61,7 +65,21 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         hint = "fix the value"
         errors = [first] + [e for e in errors if e not in same]
     extra = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return f"{what} in {source}{extra}; {hint}"
+    return f"{what} {where}{extra}; {hint}"
+
+
+def _cli_option(key: str) -> str | None:
+    """The option of the running click command that sets config key ``key``, or None.
+
+    ``max_results`` is ``--max-results``; None outside a command, or when no option has that name.
+    """
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    flag = "--" + key.replace("_", "-")
+    if ctx is None or "." in key:
+        return None
+    return flag if any(flag in getattr(p, "opts", ()) for p in ctx.command.params) else None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:

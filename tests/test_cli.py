@@ -68,3 +68,20 @@ def test_our_warnings_are_one_line_without_our_source(tmp_path) -> None:
     assert lines == [f"WARNING geoseg: {empty} holds no polygon labels: only negative chips will be written"], \
         res.output
     assert "py.warnings" not in res.output and ".py:" not in res.output
+
+
+def test_a_bad_option_value_names_the_option_typed(tmp_path) -> None:
+    """Errors named the config field ('min_area', 'max_results') 'in options', not the option the user typed."""
+    from conftest import bright_boxes_scene
+
+    scene, model = bright_boxes_scene(tmp_path / "s.tif", (32, 32), [(4, 4, 12, 12)]), tmp_path / "run"
+    for args, said in ((["predict", str(scene), "--model", str(model), "--out", str(tmp_path / "o.gpkg"),
+                         "--min-area", "-1"], "invalid value for '--min-area': Input should be greater than or "
+                                              "equal to 0 on the command line; fix the value"),
+                       (["predict", str(scene), "--model", str(model), "--out", str(tmp_path / "o.gpkg"),
+                         "--simplify", "inf"], "invalid value for '--simplify': Input should be a finite number"),
+                       (["search", str(scene), "--examples", str(tmp_path / "e.gpkg"), "--model", str(model),
+                         "--out", str(tmp_path / "f.gpkg"), "--max-results", "0"],
+                        "invalid value for '--max-results'")):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 1 and said in res.output and res.output.count("\n") == 1, res.output
