@@ -210,7 +210,7 @@ def test_options_of_two_kinds_say_both_in_one_line(tiny_run: Path, tmp_path: Pat
                              ("--budget", "0", "should be greater than 0 or 'auto'")):
         res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
                                        str(tmp_path / "o.gpkg"), opt, value])
-        line = one_error_line(res, f"for '{opt[2:]}'", said)
+        line = one_error_line(res, f"for '{opt}'", said)
         assert "literal" not in line and "constrained" not in line and "more problems" not in line, line
 
 
