@@ -123,12 +123,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):  # SafeLoader's own error follows
+                continue
             line = key_node.start_mark.line + 1
-            if isinstance(key, Hashable) and key in seen:
+            if key in seen:
                 raise DuplicateKeyError(None, None, f"key '{key}' is given twice (lines {seen[key]} and {line})",
                                         key_node.start_mark)
-            if isinstance(key, Hashable):
-                seen[key] = line
+            seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
