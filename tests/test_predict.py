@@ -162,11 +162,14 @@ def test_a_kill_between_prob_out_and_out_resumes_without_overwrite(scene, tiny_r
         return real(gdf, dest, *a, **kw)
 
     monkeypatch.setattr(vec, "write_vector", killed_at_out)
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        predict([path], tiny_run, out, cfg(prob_out=str(prob)), scheduler="sync")
+        predict([path], tiny_run, out, cfg(prob_out="p.tif"), scheduler="sync")
     assert prob.exists() and not out.exists()
     monkeypatch.setattr(vec, "write_vector", real)
-    summary = predict([path], tiny_run, out, cfg(prob_out=str(prob)), scheduler="sync")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # the same file, named from another directory
+    summary = predict([path], tiny_run, out, cfg(prob_out="../p.tif"), scheduler="sync")
     assert summary.prob_out == [prob] and summary.resumed["instances"] == 12 and out.exists()
     # a probability file of another job (another --block) is still never replaced without --overwrite
     with pytest.raises(OutputExistsError, match="p.tif exists") as err:

@@ -24,7 +24,7 @@ def prob_paths(cfg: PredictConfig, plans: Sequence[BlockPlan]) -> list[Path]:
     """The probability rasters of ``--prob-out``: the name itself for one scene, NAME_<scene> for several."""
     if not cfg.prob_out:
         return []
-    base = Path(cfg.prob_out)
+    base = Path(cfg.prob_out).resolve()  # absolute: the record below holds the same path from any directory
     return [base if len(plans) == 1 else base.with_name(f"{base.stem}_{p.scene.name}{base.suffix}") for p in plans]
 
 
