@@ -179,6 +179,29 @@ def test_building_across_block_seam_is_one_polygon(tmp_path: Path, monkeypatch: 
     assert (gdf["score"] > 0.89).all() and set(gdf["class"]) == {"building"}
 
 
+def test_buildings_cut_by_a_small_detection_halo_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """As the watershed path: a detection halo smaller than the building across the seams warns."""
+    from geoseg.backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "detect", _oracle_detect)
+    boxes = [(22, 20, 44, 41), (4, 4, 14, 12), (70, 66, 90, 90), (50, 4, 60, 28)]
+    scene = bright_boxes_scene(tmp_path / "s.tif", (96, 96), boxes, crs="EPSG:32633")
+    run = _untrained_checkpoint(tmp_path / "run")
+    cfg = PredictConfig(block=32, watershed_halo=32, min_area=0, simplify=0, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        whole = predict([scene], run, tmp_path / "h32.gpkg", cfg, scheduler="sync")
+    assert whole.polygons == 4 and "cut in two" not in caplog.text, caplog.text
+    with caplog.at_level(logging.WARNING, logger="geoseg"):
+        cut = predict([scene], run, tmp_path / "h2.gpkg", cfg.model_copy(update={"watershed_halo": 2}),
+                      scheduler="sync")
+    assert cut.polygons > 4  # the building across four blocks (at least) is in pieces
+    line = next(r.getMessage() for r in caplog.records if "cut in two" in r.getMessage())
+    assert "2-px detection halo" in line and "raise --watershed-halo (now 2)" in line and "in s)" in line, line
+    assert int(line.split()[0]) >= 2
+    assert "cut_at_window" not in gpd.read_file(tmp_path / "h2.gpkg").columns
+
+
 def test_a_scene_without_valid_pixels_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     """As the routed path: a scene of nodata only gives no polygon, says so, and the others go on."""
