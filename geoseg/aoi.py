@@ -118,6 +118,13 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
     return out.iloc[np.flatnonzero(keep)].sort_index()
 
 
+def _one_part_each(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Each polygonal part of ``gdf`` as a feature of its own (repaired), attributes kept."""
+    parts, index = polygonal_parts(gdf.geometry.to_numpy())
+    out = gdf.iloc[index].reset_index(drop=True)
+    return out.set_geometry(gpd.GeoSeries(parts, index=out.index, crs=gdf.crs))
+
+
 def restrict(
     pred: gpd.GeoDataFrame,
     truth: gpd.GeoDataFrame,
@@ -125,6 +132,7 @@ def restrict(
     scenes: Sequence[str | Path] = (),
     clip: bool = False,
     aoi: str | Path | None = None,
+    multipart: str = "whole",
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
     """Clip predictions and truth to the scenes' footprint (``clip``) and/or an AOI file.
 
@@ -134,6 +142,10 @@ def restrict(
         scenes: the predicted rasters (files; :func:`footprint`).
         clip: restrict to the footprint of ``scenes``.
         aoi: a vector file of polygons to restrict to (any CRS).
+        multipart: ``parts``: when clipping, each part of a MultiPolygon becomes its own
+            feature first, so that a polygon the area's edge cuts in two (a concave roof)
+            stays one feature, one object; evaluate the result with ``multipart="whole"``.
+            ``whole``: features are clipped as they are.
 
     Returns:
         ``(pred, truth, notes)``; the notes say what was applied, for the report's header.
@@ -144,6 +156,8 @@ def restrict(
     """
     notes: list[str] = []
     before = len(pred) + len(truth)
+    if multipart == "parts" and (clip or aoi is not None):
+        pred, truth = _one_part_each(pred), _one_part_each(truth)
     if clip:
         if not scenes:
             raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "

@@ -92,6 +92,27 @@ def test_multipart_truth_is_scored_per_part_as_tile_trains(tmp_path):
         assert res.exit_code == 0 and res.output.splitlines()[2].split()[:4] == row, res.output
 
 
+def test_a_concave_roof_cut_by_the_aoi_is_one_object(tmp_path):
+    """--aoi/--clip cut a U-shaped roof into its two arms: one object still, not two."""
+    x, y = 450000, 35000
+    u = shapely.union_all([shapely.box(x, y, x + 30, y + 10), shapely.box(x, y, x + 10, y + 30),
+                           shapely.box(x + 20, y, x + 30, y + 30)])
+    two = shapely.MultiPolygon([shapely.box(x + 50, y + 20, x + 60, y + 30),
+                                shapely.box(x + 70, y + 20, x + 80, y + 30)])
+    truth = gpd.GeoDataFrame({"class": ["building"] * 2}, geometry=[u, two], crs=UTM)
+    pred = gpd.GeoDataFrame({"class": ["building"] * 3, "score": 0.9},
+                            geometry=[u, *two.geoms], crs=UTM)  # the U whole, the mapped parts apart
+    truth.to_file(tmp_path / "t.gpkg")
+    pred.to_file(tmp_path / "p.gpkg")
+    gpd.GeoDataFrame(geometry=[shapely.box(x - 100, y + 15, x + 100, y + 100)], crs=UTM).to_file(tmp_path / "a.gpkg")
+    for mode, row in (("parts", ["all", "3", "0", "0"]), ("whole", ["all", "2", "1", "0"])):
+        res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"),
+                                       "--aoi", str(tmp_path / "a.gpkg"), "--multipart", mode])
+        # parts: U (cut in two by the AOI, still one object) + the 2 parts; before: 4 true positives.
+        # whole: the U, and one square at IoU 0.5 with the 2-part feature
+        assert res.exit_code == 0 and res.output.splitlines()[2].split()[:4] == row, (mode, res.output)
+
+
 def test_matching_is_one_to_one():
     truth = grid(1)
     pred = gpd.GeoDataFrame(geometry=[truth.geometry[0], truth.geometry[0].buffer(0.1, join_style="mitre")],

@@ -61,9 +61,10 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     check_outputs({"--json": json_path, "--quicklook": quicklook_png},
                   {"the predictions": pred, "the truth": truth, "a scene": rasters, "the AOI": aoi})
     pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
-    pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi)
-    report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field,
-                             boundary_width=boundary_width, multipart=multipart)
+    pred_gdf, truth_gdf, notes = restrict(pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi,
+                                          multipart=multipart)
+    report = evaluate_frames(pred_gdf, truth_gdf, iou=iou, class_field=class_field, boundary_width=boundary_width,
+                             multipart="whole" if notes else multipart)  # restrict split the parts already
     click.echo(f"IoU >= {iou:g}: {pred} vs {truth}" + (f" ({', '.join(notes)})" if notes else ""))
     click.echo(format_report(report))
     if json_path is not None:

@@ -130,9 +130,9 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
                   {"the predictions": a.pred, "the truth": a.truth, "a scene": scenes, "the AOI": a.aoi})
     pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
-    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi)
-    report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field,
-                             boundary_width=a.boundary_width, multipart=a.multipart)
+    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi, multipart=a.multipart)
+    report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field, boundary_width=a.boundary_width,
+                             multipart="whole" if notes else a.multipart)  # restrict split the parts already
     outputs: list[Path] = []
     if a.json_out is not None:
         write_json(a.json_out, report, indent=2)
