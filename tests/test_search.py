@@ -194,6 +194,31 @@ def test_object_across_a_block_seam_is_one_box_in_the_scene_crs(tmp_path: Path, 
     assert not list(tmp_path.glob(".found.gpkg.geoseg-cache"))  # cache removed after the write
 
 
+def test_a_point_example_is_the_template_square_around_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point (a click in QGIS) reads the template side around it, as a box smaller than that does."""
+    seen: list[np.ndarray] = []
+
+    class Recording(BrightBlobs):
+        def fuse(self, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            seen.append(templates)
+            return super().fuse(templates)
+
+    monkeypatch.setattr("geoseg.search.stage.get_search_backend", lambda *a, **k: Recording())
+    scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 100, 16)])
+    centre = (500000 + 28 * 0.5, 100000 - 28 * 0.5)  # the first square's centre
+    point = tmp_path / "point.gpkg"
+    gpd.GeoDataFrame(geometry=[shapely.Point(centre)], crs="EPSG:32636").to_file(point)
+    box = _examples(tmp_path / "box.gpkg", "EPSG:32636",
+                    [(centre[0] - 2, centre[1] - 2, centre[0] + 2, centre[1] + 2)], "EPSG:32636")
+    for ex in (point, box):
+        found = search([scene], ex, "model", tmp_path / f"found_{ex.stem}.gpkg", SearchConfig(block=128, halo=32),
+                       scheduler="sync")
+        assert found.boxes == 2
+    assert seen[0].shape == (1, 3, TINY.template_size, TINY.template_size)
+    np.testing.assert_array_equal(seen[0], seen[1])
+    assert seen[0].max() > 2.0  # the bright square is in it
+
+
 def test_similarity_gate_auto_fixed_and_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
     scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 100, 16)], dim=[(180, 40, 16), (40, 180, 16)])

@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 @click.command("search")
 @scenes_argument
 @click.option("--examples", required=True, type=click.Path(path_type=Path),
-              help="Vector file of polygons or boxes drawn around examples (any CRS, at least one).")
+              help="Vector file of polygons or boxes drawn around examples, or points on small ones "
+                   "(any CRS, at least one).")
 @click.option("--model", required=True, type=click.Path(path_type=Path),
               help="Run directory of a `task: search` training, .pt checkpoint, or its ONNX export folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
