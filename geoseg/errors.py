@@ -9,6 +9,33 @@ Messages name the file or value at fault and say what to do.
 from __future__ import annotations
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (its type when empty), for a one-line error.
+
+    A line over ``limit`` characters ends at its last full sentence (or word) within the
+    limit, with "..." where it was cut: never mid-word. torch's "Please feel free to
+    request support" plea is dropped.
+
+    Examples:
+        >>> first_line(ValueError("bad header\\nTraceback ..."))
+        'bad header'
+        >>> first_line(OSError("failed finding central directory. This is an internal error of it"), limit=40)
+        'failed finding central directory'
+        >>> first_line(KeyError())
+        'KeyError'
+    """
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    line = line.split(" Please feel free to request support")[0].rstrip()
+    if len(line) <= limit:
+        return line
+    head = line[:limit]
+    end = head.rfind(". ")
+    if end > limit // 4:
+        return head[:end]
+    return head[:head.rfind(" ")].rstrip(",;:") + "..." if " " in head else head + "..."
+
+
 class GeoSegError(Exception):
     """Root of every geoseg error."""
 

@@ -291,6 +291,29 @@ def test_a_file_named_pt_that_is_no_checkpoint(content: bytes, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "s.tif"]
 
 
+def test_a_truncated_checkpoint_is_one_line_cut_at_a_word(tmp_path: Path) -> None:
+    """torch's reason for a truncated file is 300 characters; the line was cut mid-word ("If yo")."""
+    import io
+    import re
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1000)}, buf)
+    model = tmp_path / "model.pt"
+    model.write_bytes(buf.getvalue()[:600])  # a copy that stopped early
+    scene = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    line = one_error_line(CliRunner().invoke(cli, ["predict", str(scene), "--model", str(model), "--out",
+                                                   str(tmp_path / "o.gpkg")]), str(model))
+    reason = re.search(r"not a loadable checkpoint \((.*)\); it is corrupt", line)
+    assert reason and "central directory" in reason.group(1), line
+    try:
+        torch.load(model, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the message torch gives, whatever its type
+        words = set(re.split(r"[\s.]+", str(err)))
+    assert reason.group(1).rstrip(".").split()[-1] in words, line  # a whole word of torch's message
+
+
 @pytest.mark.parametrize("kind", ["gpkg_table", "csv"])
 def test_truth_without_geometry_column(kind: str, tmp_path: Path) -> None:
     import pandas as pd

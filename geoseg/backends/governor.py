@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import FfMemoryError, GeoSegError
+from geoseg.errors import FfMemoryError, GeoSegError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def run_ff(backend: Any, x: np.ndarray) -> np.ndarray:
                 if not is_out_of_memory(err):
                     raise
                 failed = err
-            first = str(failed).splitlines()[0][:160] if str(failed) else type(failed).__name__
+            first = first_line(failed, 160)
             del failed  # its traceback holds the tensors of the failed call
             backend._release_memory()
         sent = min(per, len(x))

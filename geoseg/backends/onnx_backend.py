@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from geoseg.backends.base import Backend, available_cores, export_file, read_export_meta
-from geoseg.errors import CheckpointError, ConfigError, DependencyError
+from geoseg.errors import CheckpointError, ConfigError, DependencyError, first_line
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -132,8 +132,8 @@ class OnnxBackend(Backend):
         try:
             return ort.InferenceSession(str(path), sess_options=so, providers=providers)
         except Exception as err:  # onnxruntime raises its own untyped exceptions
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise CheckpointError(f"onnxruntime cannot load {path} ({first[:160]}); the file is corrupt "
+            first = first_line(err, 160)
+            raise CheckpointError(f"onnxruntime cannot load {path} ({first}); the file is corrupt "
                                   "or from a newer exporter: re-run geoseg export") from None
 
     def detect(self, images: np.ndarray) -> list[dict[str, Any]]:

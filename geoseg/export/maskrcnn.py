@@ -38,9 +38,9 @@ from torch import nn
 from geoseg import __version__
 from geoseg.backends.base import EXPORT_FILE, EXPORT_FORMAT, EXPORT_FORMAT_VERSION
 from geoseg.backends.onnx_detect import DETECT_OUTPUTS
-from geoseg.errors import ConfigError, GeoSegError, OutputExistsError
+from geoseg.errors import ConfigError, GeoSegError, OutputExistsError, first_line
 from geoseg.export.report import BOX_FACTOR, ExportReport
-from geoseg.export.verify import ExportError, _first_line, _tolerance
+from geoseg.export.verify import ExportError, _tolerance
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
 from geoseg.models.meta import ModelMeta
@@ -99,7 +99,7 @@ def export_detect(model: nn.Module, path: Path, bands: int, opset: int | None, e
         raise
     except Exception as err:  # noqa: BLE001 - the TorchScript exporter raises many types
         path.unlink(missing_ok=True)
-        raise ExportError(f"ONNX export of the Mask R-CNN detect graph failed (torchscript: {_first_line(err)}); "
+        raise ExportError(f"ONNX export of the Mask R-CNN detect graph failed (torchscript: {first_line(err)}); "
                           "try another --opset (11 or newer), or report it with the model config") from None
     return "torchscript"
 
@@ -119,7 +119,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path) -> str:
         while cause.__cause__ is not None:  # torch.onnx wraps what torch.export raised
             cause = cause.__cause__
         raise ExportError(f"the dynamo ONNX exporter cannot export Mask R-CNN ({type(cause).__name__}: "
-                          f"{_first_line(cause)}); "
+                          f"{first_line(cause)}); "
                           "use exporter='torchscript' or 'auto'") from None
     return "dynamo"
 
@@ -239,7 +239,7 @@ def export_maskrcnn_onnx(model_path: str | Path, out: Path, *, opset: int | None
             except GeoSegError:
                 raise
             except Exception as err:  # noqa: BLE001 - onnxruntime raises its own types
-                raise ExportError(f"the exported detect graph fails in ONNX Runtime ({_first_line(err)}); "
+                raise ExportError(f"the exported detect graph fails in ONNX Runtime ({first_line(err)}); "
                                   f"nothing written to {out}: re-export with another --opset") from None
         if mismatch:
             raise ExportError(f"ONNX Runtime's detections differ from torch's: {mismatch}; nothing written "

@@ -20,11 +20,10 @@ from torch import nn
 
 from geoseg import __version__
 from geoseg.backends.base import EXPORT_FILE, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, is_export_dir
-from geoseg.errors import ConfigError, OutputExistsError
+from geoseg.errors import ConfigError, OutputExistsError, first_line
 from geoseg.export.report import ExportReport
 from geoseg.export.verify import (
     ExportError,
-    _first_line,
     _tolerance,
     _verify,
     random_inputs,
@@ -83,7 +82,7 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, graph: s
             return "dynamo"
         except Exception as err:  # noqa: BLE001 - torch.export and onnxscript raise many types
             path.unlink(missing_ok=True)
-            failure = f"dynamo: {_first_line(err)}"
+            failure = f"dynamo: {first_line(err)}"
             log.debug("dynamo export of the %s graph", graph, exc_info=True)
             if exporter == "dynamo":
                 raise ExportError(f"ONNX export of the {graph} graph failed ({failure}); try "
@@ -100,7 +99,7 @@ def _export_graph(module: nn.Module, example: torch.Tensor, path: Path, graph: s
         return "torchscript"
     except Exception as err:  # noqa: BLE001 - the TorchScript exporter raises many types
         path.unlink(missing_ok=True)
-        failure = "; ".join(filter(None, [failure, f"torchscript: {_first_line(err)}"]))
+        failure = "; ".join(filter(None, [failure, f"torchscript: {first_line(err)}"]))
         hint = (f"opsets below {DYNAMO_MIN_OPSET} need the TorchScript exporter: export with --opset "
                 f"{DYNAMO_MIN_OPSET} or newer (or none)" if opset is not None and opset < DYNAMO_MIN_OPSET
                 else "try another --opset, or report it with the model config")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.backends.base import Backend
-from geoseg.errors import ConfigError, GeoSegError
+from geoseg.errors import ConfigError, GeoSegError, first_line
 from geoseg.models.meta import ModelMeta
 
 #: Largest max-abs difference accepted by default (FP32 graphs).
@@ -19,12 +19,6 @@ FP16_TOLERANCE = 5e-2
 class ExportError(GeoSegError, RuntimeError):
     """An export failed: the exporter refused the model, or its outputs differ from the reference."""
 
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line.split(" Please feel free to request support")[0].rstrip(". ")[:200]  # torch's plea: not ours
 
 
 def _tolerance(tolerance: float | None, fp16: bool) -> float:
@@ -102,7 +96,7 @@ def _verify(reference: Backend, candidate: Backend, cases: dict[str, list[np.nda
     except GeoSegError:
         raise
     except Exception as err:  # noqa: BLE001 - runtimes raise their own types
-        raise ExportError(f"the exported graphs fail in {what} ({_first_line(err)}); nothing written to "
+        raise ExportError(f"the exported graphs fail in {what} ({first_line(err)}); nothing written to "
                           f"{out}: re-export with another --opset") from None
     _check(diffs, tolerance, what, out)
     return diffs

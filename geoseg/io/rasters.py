@@ -24,12 +24,11 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
-    first_line,
     is_remote,
     open_raster,
     remote_identity,
@@ -319,14 +318,14 @@ def read_errors(path: str | Path, win: Window) -> Iterator[None]:
     try:
         yield
     except RasterioError as err:
-        first = first_line(err)
+        first = first_line(err, 120)
         where = f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} {int(win.width)}x{int(win.height)}"
         if is_remote(path):
-            raise InputRasterError(f"{where} ({first[:120]}); the server failed or the file changed: "
+            raise InputRasterError(f"{where} ({first}); the server failed or the file changed: "
                                    f"rerun (finished blocks are kept), or {REMOTE_HINT}") from None
         raise InputRasterError(
             f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
-            f"{int(win.width)}x{int(win.height)} ({first[:120]}); the file is damaged or truncated: "
+            f"{int(win.width)}x{int(win.height)} ({first}); the file is damaged or truncated: "
             "re-create or re-download it (gdalinfo -checksum finds the bad part)") from None
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import rasterio
 from rasterio.errors import RasterioError
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import InputRasterError, first_line
 
 #: Extensions taken from a directory (explicit files may have any extension GDAL reads).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
@@ -231,11 +231,6 @@ def remote_stamp(source: str | Path) -> dict[str, Any]:
     from geoseg.io.stamps import digest
 
     return {"name": scene_name(s), "url": s, "bytes": None, "gdal": digest(meta), "mtime_ns": 0}
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an error's message (its type when empty)."""
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def check_unique_names(scenes: Iterable[SceneSource]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import ConfigError, DependencyError, InputRasterError
+from geoseg.errors import ConfigError, DependencyError, InputRasterError, first_line
 from geoseg.io.sources import REMOTE_HINT, SceneSource, check_unique_names, http_url, is_remote
 
 #: Assets taken when ``--asset`` is not given, in this order.
@@ -58,7 +58,7 @@ def _read_json(source: str) -> Any:
     except FileNotFoundError:
         raise InputRasterError(f"{source} does not exist; check the path") from None
     except (OSError, ValueError) as err:
-        raise InputRasterError(f"cannot read STAC document {source}: {str(err).splitlines()[0]}; "
+        raise InputRasterError(f"cannot read STAC document {source}: {first_line(err)}; "
                                "pass a STAC Item or ItemCollection JSON") from None
 
 

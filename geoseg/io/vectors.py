@@ -11,7 +11,7 @@ import numpy as np
 import pyogrio
 import shapely
 
-from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError
+from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line
 from geoseg.matching import DUPLICATE_IOU, duplicates
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
             info = pyogrio.read_info(path, layer=layer)
             gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise InputVectorError(
             f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile"
         ) from None

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from geoseg import __version__
-from geoseg.errors import CheckpointError
+from geoseg.errors import CheckpointError, first_line
 from geoseg.io.atomic import atomic_path
 
 FORMAT = "geoseg-checkpoint"
@@ -82,9 +82,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any bytes: torch raises KeyError, ValueError, ...
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err, 120)
         raise CheckpointError(
-            f"{path} is not a loadable checkpoint ({first[:120]}); it is corrupt or was not "
+            f"{path} is not a loadable checkpoint ({first}); it is corrupt or was not "
             "written by geoseg train: retrain or pass another file"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -129,8 +129,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], *, ema: bool = True) -> torch.nn
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise CheckpointError(f"checkpoint weights do not fit its config ({first[:120]}); "
+        raise CheckpointError(f"checkpoint weights do not fit its config ({first_line(err, 120)}); "
                               "retrain or pass another checkpoint") from None
     return model.eval()
 

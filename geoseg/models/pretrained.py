@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def fetch(src: HubWeights) -> Path:
         try:
             path = hf_hub_download(src.repo_id, filename, revision=src.revision, cache_dir=cache)
         except Exception as err:  # noqa: BLE001 - network, HTTP, disk: all mean "not fetched"
-            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            reason = first_line(err, 160)
             raise ConfigError(_missing(src, cache, f"download failed: {reason}")) from None
     return Path(path)
 

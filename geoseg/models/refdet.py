@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from geoseg.config import Strict
-from geoseg.errors import ConfigError
+from geoseg.errors import ConfigError, first_line
 
 #: Stride of the head's output grid in input pixels.
 STRIDE = 4
@@ -205,7 +205,7 @@ class RefDet(nn.Module):
             state = torch.load(path, map_location="cpu", weights_only=True)
             missing = self.encoder.load_state_dict(state, strict=False)
         except Exception as err:  # noqa: BLE001 - any bad file
-            raise ConfigError(f"model.encoder_weights {path} cannot be loaded ({str(err)[:100]}); "
+            raise ConfigError(f"model.encoder_weights {path} cannot be loaded ({first_line(err, 120)}); "
                               "pass a timm state dict of the same encoder") from None
         if len(missing.missing_keys) == len(self.encoder.state_dict()):
             raise ConfigError(f"model.encoder_weights {path} holds no weight of '{self.cfg.encoder}'")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from geoseg.errors import CheckpointError, ConfigError
+from geoseg.errors import CheckpointError, ConfigError, first_line
 from geoseg.models.config import StreamConfig, check_encoder_name, check_encoder_weights
 from geoseg.models.pretrained import fetch, hub_weights, is_named
 
@@ -189,7 +189,7 @@ def build_stream(cfg: StreamConfig, in_channels: int, out_channels: int, *, chec
             raise
         raise CheckpointError(
             f"cached weights '{cfg.encoder_weights}' of encoder '{cfg.encoder}' cannot be loaded "
-            f"({str(err).splitlines()[0][:160]}); delete them from the Hugging Face cache to fetch "
+            f"({first_line(err, 160)}); delete them from the Hugging Face cache to fetch "
             "them again, or set encoder_weights to null"
         ) from None
     if cfg.encoder_weights is not None and not named:

@@ -21,7 +21,7 @@ import torch
 
 from geoseg.bands import BandStats
 from geoseg.config import validate
-from geoseg.errors import CheckpointError, ConfigError, DependencyError
+from geoseg.errors import CheckpointError, ConfigError, DependencyError, first_line
 from geoseg.io.stamps import input_stamp
 from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
@@ -82,7 +82,7 @@ def load_search_model(model: str | Path) -> tuple[RefDet, SearchMeta]:
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit its config ({str(err).splitlines()[0][:100]}); "
+        raise CheckpointError(f"{path}: weights do not fit its config ({first_line(err)}); "
                               "retrain or pass another checkpoint") from None
     return net.eval(), meta
 
