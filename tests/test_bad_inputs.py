@@ -275,6 +275,18 @@ def test_train_without_val_chips_warns_and_best_is_last(train_only_patches: Path
     assert best["epoch"] == last["epoch"] == 2
     for k in last["ema"]:  # best.pt holds the EMA weights; an uncalibrated threshold is NaN in both
         torch.testing.assert_close(best["model"][k], last["ema"][k], rtol=0, atol=0, equal_nan=True, msg=k)
+    # the summary line says so, not "best ap nan at epoch 1"
+    from conftest import REPO
+
+    from geoseg.cli.main import cli
+
+    with warnings.catch_warnings():  # the CLI logs the warning (pytest makes GeoSegWarning an error)
+        warnings.simplefilter("default", GeoSegWarning)
+        out = CliRunner().invoke(cli, ["train", str(REPO / "tests" / "conf" / "tiny.yaml"), "--patches",
+                                       str(train_only_patches), "--out", str(tmp_path / "cli"), "--epochs", "1",
+                                       "--set", "data.samples_per_epoch=4"])
+    assert out.exit_code == 0, out.output
+    assert "best.pt is the last epoch, 1 (no validation)" in out.output and "nan" not in out.output, out.output
 
 
 def test_val_chips_without_an_object_score_nothing_and_best_is_last(tmp_path: Path) -> None:

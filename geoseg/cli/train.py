@@ -93,6 +93,7 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
             raise ConfigError(f"--max-memory sizes data.batch_size: auto, but {config} sets "
                               f"data.batch_size {cfg.data.batch_size}; set it to auto or drop --max-memory")
     from geoseg.train.distributed import Nodes
+    from geoseg.train.metrics import best_text
 
     machines = Nodes(nodes or 1, node_rank, master_addr, master_port)
     result = train(cfg, patches, out, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
@@ -102,6 +103,5 @@ def train_cmd(config: Path, patches: Path | None, out: Path, epochs: int | None,
     last = result.history[-1] if result.history else {}
     scores = ", ".join(f"{k} {last[k]:.3f}" for k in ("ap", "ap50", "iou", "f1") if k in last)
     click.echo(f"trained {result.epochs} epochs; last: {scores or 'no validation chips'}; "
-               f"best {result.best['metric']} {result.best['value']:.3f} at epoch "
-               f"{result.best['epoch']}", err=True)
+               f"{best_text(result.best)}", err=True)
     click.echo(f"run: {out} (checkpoints/best.pt, metrics.csv, curves.png)", err=True)

@@ -90,6 +90,7 @@ def run_tile(stage: Stage[TileArgs], run: StageRun) -> tuple[list[Path], list[st
 def run_train(stage: Stage[TrainArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Train afresh, or resume an unfinished run when nothing changed."""
     from geoseg.train import train
+    from geoseg.train.metrics import best_text
 
     a = stage.args
     resume = run.unfinished
@@ -98,9 +99,7 @@ def run_train(stage: Stage[TrainArgs], run: StageRun) -> tuple[list[Path], list[
                     overwrite=not resume and not run.first, progress=run.progress)
     except OutputExistsError:
         raise _foreign("train", a.out) from None
-    b = res.best
-    return [a.out], [f"trained {res.epochs} epochs; best {b['metric']} {b['value']:.3f} at "
-                        f"epoch {b['epoch']}"]
+    return [a.out], [f"trained {res.epochs} epochs; {best_text(res.best)}"]
 
 
 def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], list[str]]:

@@ -48,6 +48,21 @@ def val_image_ids(coco: COCO, ann_path: Path) -> list[int]:
     return ids
 
 
+def best_text(best: dict[str, Any]) -> str:
+    """The run summary's words for ``best.pt``: its metric and epoch, or that nothing validated it.
+
+    Examples:
+        >>> best_text({"metric": "ap", "value": 0.4213, "epoch": 12})
+        'best ap 0.421 at epoch 12'
+        >>> best_text({"metric": "ap", "value": float("nan"), "epoch": 3})
+        'best.pt is the last epoch, 3 (no validation)'
+    """
+    value = float(best["value"])
+    if not np.isfinite(value) or value < 0:
+        return f"best.pt is the last epoch, {best['epoch']} (no validation)"
+    return f"best {best['metric']} {value:.3f} at epoch {best['epoch']}"
+
+
 def greedy_match(ious: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """One-to-one matches (pred, truth, iou) of an IoU matrix: :func:`geoseg.matching.match_by_iou`.
 
