@@ -10,9 +10,13 @@ scene. With ``--overlaps once`` (the default) such copies are merged:
 2. two polygons of different scenes are copies of one object when their intersection
    covers more than half of the smaller one (an object cut by one scene's edge is a copy
    of the whole one the other scene sees);
-3. of two copies, the one kept comes from the scene where the point of their intersection
-   lies deeper inside the footprint (farther from its edge): the view with the most
-   context around the object; on a tie, the scene given first.
+3. copies are grouped (connected pairs): where the scenes segment an object differently
+   (one polygon in A, two in B), the group holds all three. Each group is kept from one
+   scene only, the one that sees it deeper inside its footprint: the scene whose least
+   deep point of the group (a point of each pair's intersection, measured to the
+   footprint's edge) is the deepest, the view with the most context around the object;
+   on a tie, the scene given first. Deciding pair by pair could keep a part from each
+   scene (overlapping copies) or drop both parts of an object.
 
 Polygons of one scene are never merged with each other: the block phases already keep
 each object once per scene.
@@ -81,18 +85,44 @@ def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd
     smaller = np.minimum(shapely.area(geoms[left]), shapely.area(geoms[right]))
     same = shapely.area(inter) > SAME_OBJECT * smaller
     left, right, inter = left[same], right[same], inter[same]
+    if not len(left):
+        return gdf, 0
     point = shapely.point_on_surface(inter)
-
-    def depth(side: np.ndarray) -> np.ndarray:
-        """Distance of each pair's point to the edge of the footprint of the scene of ``side``'s polygon."""
-        out = np.zeros(len(side))
-        for name, foot in feet.items():  # a few scenes: one vectorised pass each, over its pairs only
-            m = names[side] == name
-            out[m] = shapely.distance(point[m], shapely.boundary(foot)) * shapely.contains(foot, point[m])
-        return out
-
-    d_left, d_right = depth(left), depth(right)
-    order = gdf["scene"].map(rank).to_numpy()
-    keep_left = (d_left > d_right) | ((d_left == d_right) & (order[left] < order[right]))
-    drop = np.unique(np.where(keep_left, right, left))
+    drop = _losers(left, right, point, names, feet, rank, len(geoms))
     return gdf.drop(index=gdf.index[drop]), len(drop)
+
+
+def _losers(left: np.ndarray, right: np.ndarray, point: np.ndarray, names: np.ndarray,
+            feet: dict[str, shapely.Geometry], rank: dict[str, int], n: int) -> np.ndarray:
+    """Polygons to drop: in each group of copies, those not of the group's deepest scene.
+
+    Args:
+        left: first polygon of each copy pair.
+        right: second polygon of each pair.
+        point: a point of each pair's intersection.
+        names: scene name of every polygon.
+        feet: footprint of each overlapping scene, in the polygons' CRS.
+        rank: order of each scene as given (first wins a tie).
+        n: number of polygons.
+
+    Returns:
+        Sorted indices of the polygons dropped.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, comp = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n)), directed=False)
+    scenes = sorted(feet, key=rank.__getitem__)  # argmax takes the first of equal depths: the first given
+    col = {name: k for k, name in enumerate(scenes)}
+    depth = np.stack([shapely.distance(point, shapely.boundary(feet[name])) * shapely.contains(feet[name], point)
+                      for name in scenes], axis=1)  # (pairs, scenes)
+    groups, group_of_pair = np.unique(comp[left], return_inverse=True)
+    least = np.full((len(groups), len(scenes)), np.inf)
+    np.minimum.at(least, group_of_pair, depth)  # the group's least deep point, in each scene
+    members = np.unique(np.concatenate([left, right]))
+    group_of = np.searchsorted(groups, comp[members])
+    scene_of = np.array([col[name] for name in names[members]], dtype=np.int64)
+    present = np.zeros(least.shape, dtype=bool)
+    present[group_of, scene_of] = True
+    winner = np.argmax(np.where(present, least, -np.inf), axis=1)  # only a scene with a polygon in the group
+    return members[scene_of != winner[group_of]]

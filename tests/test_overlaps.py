@@ -1,0 +1,55 @@
+"""`predict --overlaps once`: copies of an object from overlapping scenes, decided per group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from conftest import write_raster
+from rasterio.transform import from_origin
+
+from geoseg.io.rasters import inspect_scene
+from geoseg.predict.overlaps import drop_copies
+
+UTM = "EPSG:32636"
+
+
+def _scenes(tmp_path: Path) -> list:
+    """A: x 0-100 m, B: x 50-150 m, both y 0-100 m (1 m pixels): they overlap on x 50-100."""
+    data = np.random.default_rng(0).integers(30, 200, (3, 100, 100), dtype=np.uint8)
+    return [inspect_scene(write_raster(tmp_path / f"{name}.tif", data, UTM, from_origin(x0, 100, 1, 1)))
+            for name, x0 in (("a", 0), ("b", 50))]
+
+
+def test_an_object_segmented_differently_by_two_scenes_is_kept_from_one(tmp_path: Path) -> None:
+    """A long roof in the overlap: one polygon in A, two halves in B. Pair by pair, the left half's
+    intersection lies deeper in A (A's polygon kept) and the right half's deeper in B (B's right half
+    kept, A's polygon dropped): only the right half was left, the left half of the roof was lost."""
+    scenes = _scenes(tmp_path)
+    whole = shapely.box(55, 45, 95, 55)
+    halves = [shapely.box(55, 45, 75, 55), shapely.box(75, 45, 95, 55)]
+    alone = [shapely.box(10, 10, 20, 20), shapely.box(120, 80, 130, 90)]  # one scene sees each
+    gdf = gpd.GeoDataFrame({"scene": ["a", "b", "b", "a", "b"]}, geometry=[whole, *halves, *alone], crs=UTM)
+    kept, dropped = drop_copies(gdf, scenes)
+    # the group's least deep point is 15 m inside either scene: a tie, so the first scene (A)
+    assert dropped == 2 and kept["scene"].tolist() == ["a", "a", "b"]
+    assert kept.geometry.iloc[0].equals(whole)
+    covered = shapely.union_all(kept.geometry.to_numpy())
+    assert covered.intersection(whole).area == whole.area  # the whole roof, once
+    assert shapely.union_all(kept.geometry.to_numpy()).area == sum(kept.area)  # no overlapping copies
+    # B given first wins the tie: its two halves are kept, A's polygon goes
+    kept, dropped = drop_copies(gdf, scenes[::-1])
+    assert dropped == 1 and sorted(kept["scene"].tolist()) == ["a", "b", "b", "b"]
+    assert shapely.union_all(kept.geometry.to_numpy()).intersection(whole).area == whole.area
+
+
+def test_the_deeper_scene_keeps_the_group(tmp_path: Path) -> None:
+    """Near B's edge (x 50) a roof is deeper in A: A's copy is kept, whatever the order given."""
+    scenes = _scenes(tmp_path)
+    roof_a, roof_b = shapely.box(52, 45, 62, 55), shapely.box(52, 45, 62, 55.5)
+    gdf = gpd.GeoDataFrame({"scene": ["b", "a"]}, geometry=[roof_b, roof_a], crs=UTM)
+    for order in (scenes, scenes[::-1]):
+        kept, dropped = drop_copies(gdf, order)
+        assert dropped == 1 and kept["scene"].tolist() == ["a"]
