@@ -85,7 +85,9 @@ def boxes_scene(path: Path, side: int, density_cells: float, seed: int, cell: in
     from rasterio.windows import Window
 
     rng = np.random.default_rng(seed)
-    transform = from_origin(500000, 4000000, 0.3, 0.3)
+    # each seed its own place (10 km apart): the scenes' labels go to one file for tile, and
+    # scenes on one ground would each get the others' roofs as labels
+    transform = from_origin(500000 + 10000 * seed, 4000000, 0.3, 0.3)
     g = side // cell
     occupied = (rng.random((g, g)) < density_cells if layout == "scattered"
                 else village_cells(rng, g, density_cells))
