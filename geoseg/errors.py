@@ -26,7 +26,7 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     """
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
-    line = line.split(" Please feel free to request support")[0].rstrip()
+    line = line.split(" Please feel free to request support")[0].rstrip(" .")  # the caller punctuates
     if len(line) <= limit:
         return line
     head = line[:limit]

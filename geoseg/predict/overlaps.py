@@ -114,15 +114,20 @@ def _losers(left: np.ndarray, right: np.ndarray, point: np.ndarray, names: np.nd
     _, comp = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n)), directed=False)
     scenes = sorted(feet, key=rank.__getitem__)  # argmax takes the first of equal depths: the first given
     col = {name: k for k, name in enumerate(scenes)}
-    depth = np.stack([shapely.distance(point, shapely.boundary(feet[name])) * shapely.contains(feet[name], point)
-                      for name in scenes], axis=1)  # (pairs, scenes)
     groups, group_of_pair = np.unique(comp[left], return_inverse=True)
-    least = np.full((len(groups), len(scenes)), np.inf)
-    np.minimum.at(least, group_of_pair, depth)  # the group's least deep point, in each scene
     members = np.unique(np.concatenate([left, right]))
     group_of = np.searchsorted(groups, comp[members])
     scene_of = np.array([col[name] for name in names[members]], dtype=np.int64)
-    present = np.zeros(least.shape, dtype=bool)
+    present = np.zeros((len(groups), len(scenes)), dtype=bool)  # the scenes with a polygon in each group
     present[group_of, scene_of] = True
-    winner = np.argmax(np.where(present, least, -np.inf), axis=1)  # only a scene with a polygon in the group
+    least = np.full(present.shape, -np.inf)  # the group's least deep point in each scene; -inf: not present
+    for k, name in enumerate(scenes):  # each scene over the pairs of its groups only (a mosaic has many)
+        sel = np.flatnonzero(present[group_of_pair, k])
+        if len(sel):
+            foot = feet[name]
+            depth = shapely.distance(point[sel], shapely.boundary(foot)) * shapely.contains(foot, point[sel])
+            column = np.full(len(groups), np.inf)
+            np.minimum.at(column, group_of_pair[sel], depth)
+            least[:, k] = np.where(present[:, k], column, -np.inf)
+    winner = np.argmax(least, axis=1)
     return members[scene_of != winner[group_of]]
