@@ -130,4 +130,5 @@ def _losers(left: np.ndarray, right: np.ndarray, point: np.ndarray, names: np.nd
             np.minimum.at(column, group_of_pair[sel], depth)
             least[:, k] = np.where(present[:, k], column, -np.inf)
     winner = np.argmax(least, axis=1)
-    return members[scene_of != winner[group_of]]
+    losers: np.ndarray = members[scene_of != winner[group_of]]
+    return losers
