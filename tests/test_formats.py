@@ -99,3 +99,8 @@ def test_geojson_splits_a_roof_on_the_antimeridian(tmp_path: Path) -> None:
     assert sorted(round(p.centroid.x) for p in geom.geoms) == [-180, 180]
     # back in UTM the two parts are the roof again
     assert back.to_crs("EPSG:32660").area.iloc[0] == pytest.approx(roof.area, rel=1e-3)
+    # and evaluate scores the two parts as the one roof (repaired into one polygon), not as two objects
+    from geoseg.evaluate import evaluate_frames
+
+    r = evaluate_frames(back.assign(score=0.9), frame)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0) and r["mean_iou"] > 0.99
