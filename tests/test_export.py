@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import REPO
 
@@ -128,6 +129,33 @@ def test_an_infinite_auto_threshold_survives_the_export_json(onnx_export: tuple[
     util = np.array([-5.0, 0.0, 0.5, 5.0])
     assert count(4, util) == {True: 4, False: 0, None: 2}[every]
     assert ("every cell" in why) == bool(every)
+
+
+def test_an_export_whose_checkpoint_changed_since_warns(trained_run: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recalibrating (or retraining) the run after export left predict on the export's old threshold, silently."""
+    import shutil
+
+    import geoseg.backends.base as base
+    from geoseg.models.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    out = tmp_path / "onnx"
+    res = CliRunner().invoke(cli, ["export", "--model", str(run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    warned: list[str] = []
+    monkeypatch.setattr(base.log, "warning", warned.append)  # the CLI's logging setup is not caplog's
+    base.open_backend(out, "onnx", device="cpu").close()
+    assert warned == [] and base.stale_export(out) is None
+    best = run / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    ckpt["model"]["utility_threshold"] = torch.tensor(0.123)  # as `geoseg calibrate` rewrites it
+    save_checkpoint(best, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    base.open_backend(out, "onnx", device="cpu").close()
+    assert len(warned) == 1, warned
+    assert f"{out} was exported from {best.resolve()}, which has changed since" in warned[0]
+    assert f"geoseg export --model {best.resolve()} --out {out} --overwrite" in warned[0]
 
 
 def test_failed_export_leaves_nothing(trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ the output of ``geoseg export``, recognised by its ``geoseg-export.json`` (see
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import statistics
 import threading
@@ -32,6 +33,8 @@ import numpy as np
 from geoseg.errors import CheckpointError, ConfigError
 from geoseg.models.meta import ModelMeta, read_json_object
 from geoseg.models.regions import MAX_SIDE
+
+log = logging.getLogger(__name__)
 
 #: Name of the metadata file that marks an export directory.
 EXPORT_FILE = "geoseg-export.json"
@@ -314,10 +317,32 @@ def open_backend(
         raise ConfigError(f"the {backend} backend needs an export directory, but {path} is a run "
                           f"directory or checkpoint; run `geoseg export --model {path} --format "
                           f"{'tensorrt' if backend == 'tensorrt' else 'onnx'} --out DIR` first and pass DIR")
+    if exported and (why := stale_export(path)):
+        log.warning(why)
     module, attr = target.split(":")
     cls: Any = getattr(importlib.import_module(module), attr)  # a Backend subclass: (path, device, **options)
     backend_obj: Backend = cls(path, device=device, **options)
     return backend_obj
+
+
+def stale_export(export_dir: Path) -> str | None:
+    """Why an export no longer matches the checkpoint it came from (retrained, recalibrated), or None.
+
+    The export records the sha256 of its checkpoint (``checkpoint_sha256``); where that file
+    still exists and its bytes differ, predict with the export uses the old weights and
+    ``--budget auto`` threshold. Exports of earlier revisions (no hash) and exports whose
+    checkpoint is elsewhere (copied to another machine) are not checked.
+    """
+    from geoseg.io.stamps import file_sha256
+
+    meta = read_export_meta(export_dir)
+    want = (meta.model_extra or {}).get("checkpoint_sha256")
+    src = Path(meta.checkpoint) if meta.checkpoint else None
+    if not want or src is None or not src.is_file() or file_sha256(src) == want:
+        return None
+    return (f"{export_dir} was exported from {src}, which has changed since (retrained, or "
+            f"recalibrated by geoseg calibrate): this run uses the export's older copy; re-export with "
+            f"`geoseg export --model {src} --out {export_dir} --overwrite` to use the new one")
 
 
 def is_maskrcnn(model_path: Path) -> bool:

@@ -43,6 +43,7 @@ from geoseg.export.report import BOX_FACTOR, ExportReport
 from geoseg.export.verify import ExportError, _tolerance
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
+from geoseg.io.stamps import file_sha256
 from geoseg.models.meta import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def export_maskrcnn_onnx(model_path: str | Path, out: Path, *, opset: int | None
         raise ConfigError("--fp16 is not supported for a Mask R-CNN export (only FP32 is exported and "
                           "verified); drop --fp16")
     tol = _tolerance(tolerance, False)
-    _guard_model(out, resolve_checkpoint(model_path))
+    ckpt_path = resolve_checkpoint(model_path)
+    _guard_model(out, ckpt_path)
     if out.exists() and not overwrite:  # fail before loading anything
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     model, ckpt_meta = load_model(model_path, "cpu")
@@ -226,7 +228,8 @@ def export_maskrcnn_onnx(model_path: str | Path, out: Path, *, opset: int | None
         used = export_detect(model, tmp / "detect.onnx", meta.band_count, opset, exporter)
         info: dict[str, Any] = {
             "format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "geoseg_version": __version__,
-            **meta.to_json(), "files": {"onnx": {"detect": "detect.onnx"}}, "inputs": {"detect": INPUT},
+            **meta.to_json(), "checkpoint_sha256": file_sha256(ckpt_path),
+            "files": {"onnx": {"detect": "detect.onnx"}}, "inputs": {"detect": INPUT},
             "outputs": {"detect": list(DETECT_OUTPUTS)}, "exporter": {"detect": used},
             "opset": _onnx_opset(tmp / "detect.onnx"), "fp16": False,
             "verification": {}}

@@ -30,6 +30,7 @@ from geoseg.export.verify import (
 )
 from geoseg.io.atomic import write_json
 from geoseg.io.staging import staging_dir
+from geoseg.io.stamps import file_sha256
 from geoseg.models.meta import ModelMeta
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,8 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
     if is_export_dir(model_path):
         raise ConfigError(f"{model_path} is already an export directory; pass the run directory or .pt "
                           "it came from")
-    _guard_model(out, resolve_checkpoint(model_path))
+    ckpt_path = resolve_checkpoint(model_path)
+    _guard_model(out, ckpt_path)
     if out.exists() and not overwrite:  # fail before loading anything
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     model, ckpt_meta = load_model(model_path, "cpu")
@@ -221,7 +223,8 @@ def export_onnx(model_path: str | Path, out_dir: str | Path, *, opset: int | Non
                                 {"ff_logits": {0: "n", 2: "height", 3: "width"}}, opset, exporter),
         }
         info = {"format": EXPORT_FORMAT, "format_version": EXPORT_FORMAT_VERSION, "geoseg_version": __version__,
-                **meta.to_json(), "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}, "inputs": INPUTS,
+                **meta.to_json(), "checkpoint_sha256": file_sha256(ckpt_path),
+                "files": {"onnx": {"pv": "pv.onnx", "ff": "ff.onnx"}}, "inputs": INPUTS,
                 "outputs": OUTPUTS, "exporter": used, "opset": _onnx_opset(tmp / "pv.onnx"), "fp16": fp16,
                 "verification": {}}
         write_json(tmp / EXPORT_FILE, info, indent=2)

@@ -59,6 +59,12 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
     return {"name": p.name, "bytes": size, "mtime_ns": newest}
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (a checkpoint: what an export came from), read in chunks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def digest(payload: Any) -> str:
     """sha256 of a JSON-ready payload (keys sorted), e.g. stamps plus the options of a run."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
