@@ -309,7 +309,7 @@ def test_routed_checkpoint_and_unknown_config_key_are_one_line(tmp_path: Path) -
     assert code == 1 and "unknown key 'episodes.crops' in" in out and "with --set" in out
 
 
-def test_onnx_export_parity_and_backend(tmp_path: Path) -> None:
+def test_onnx_export_parity_and_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
     from geoseg.search.export import export_search_onnx
 
@@ -338,3 +338,19 @@ def test_onnx_export_parity_and_backend(tmp_path: Path) -> None:
     code, msg = _cli("search", str(scene), "--examples", str(ex), "--model", str(tmp_path / "export"),
                      "--backend", "onnx", "--out", str(tmp_path / "old.gpkg"))
     assert code == 1 and "exported by an older geoseg" in msg and len(msg.strip().splitlines()) == 1
+
+    # the run retrained since the export: the export still runs, with a warning naming both
+    import geoseg.search.backend as sb
+
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": sb.EXPORT_FORMAT}))
+    warned: list[str] = []
+    monkeypatch.setattr(sb.log, "warning", lambda msg, *args: warned.append(msg % args))
+    sb.OnnxSearch(tmp_path / "export")
+    assert warned == []
+    torch.manual_seed(1)
+    cfg = {"task": "search", "model": TINY.model_dump(mode="json"), "episodes": {"context": 1.5}}
+    save_checkpoint(run / "checkpoints" / "best.pt", {"config": cfg, "stats": STATS.to_dict(),
+                                                      "classes": list(STATS.classes),
+                                                      "model": RefDet(TINY).state_dict()})
+    sb.OnnxSearch(tmp_path / "export")
+    assert len(warned) == 1 and "which has changed since (retrained)" in warned[0], warned

@@ -333,13 +333,12 @@ def stale_export(export_dir: Path) -> str | None:
     ``--budget auto`` threshold. Exports of earlier revisions (no hash) and exports whose
     checkpoint is elsewhere (copied to another machine) are not checked.
     """
-    from geoseg.io.stamps import file_sha256
+    from geoseg.io.stamps import changed_since
 
     meta = read_export_meta(export_dir)
-    want = (meta.model_extra or {}).get("checkpoint_sha256")
-    src = Path(meta.checkpoint) if meta.checkpoint else None
-    if not want or src is None or not src.is_file() or file_sha256(src) == want:
+    if not changed_since(meta.checkpoint, (meta.model_extra or {}).get("checkpoint_sha256")):
         return None
+    src = meta.checkpoint
     return (f"{export_dir} was exported from {src}, which has changed since (retrained, or "
             f"recalibrated by geoseg calibrate): this run uses the export's older copy; re-export with "
             f"`geoseg export --model {src} --out {export_dir} --overwrite` to use the new one")

@@ -65,6 +65,16 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def changed_since(checkpoint: str | Path | None, sha256: str | None) -> bool:
+    """Whether the file an export came from still exists and is no longer the one hashed then.
+
+    False when either is unknown (an export of an earlier revision) or the file is gone
+    (an export moved to another machine): nothing to compare.
+    """
+    path = Path(checkpoint) if checkpoint else None
+    return bool(sha256) and path is not None and path.is_file() and file_sha256(path) != sha256
+
+
 def digest(payload: Any) -> str:
     """sha256 of a JSON-ready payload (keys sorted), e.g. stamps plus the options of a run."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,9 +23,11 @@ import torch
 from geoseg.bands import BandStats
 from geoseg.config import validate
 from geoseg.errors import CheckpointError, ConfigError, DependencyError, first_line
-from geoseg.io.stamps import input_stamp
+from geoseg.io.stamps import changed_since, input_stamp
 from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 from geoseg.models.refdet import RefDet, RefDetConfig
+
+log = logging.getLogger(__name__)
 
 #: file name of the export metadata written beside the two ONNX graphs
 EXPORT_JSON = "search-export.json"
@@ -131,6 +134,10 @@ class OnnxSearch:
             raise CheckpointError(f"{folder} was exported by an older geoseg (format {info.get('format', 1)}, "
                                   f"now {EXPORT_FORMAT}); export it again, or pass the run directory")
         self.meta = _meta(info, info_path)
+        if changed_since(info.get("checkpoint"), info.get("checkpoint_sha256")):
+            log.warning("%s was exported from %s, which has changed since (retrained): this run uses the "
+                        "export's older copy; pass the run directory with --backend onnx (it exports again) or "
+                        "export it again", folder, info["checkpoint"])
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device in ("cuda", "auto") \
             else ["CPUExecutionProvider"]
         providers = [p for p in providers if p in ort.get_available_providers()]

@@ -23,6 +23,7 @@ from torch import nn
 
 from geoseg.errors import CheckpointError
 from geoseg.io.atomic import write_json
+from geoseg.io.stamps import file_sha256
 from geoseg.models.checkpoint import load_checkpoint, resolve_checkpoint
 from geoseg.models.refdet import RefDet
 from geoseg.search.backend import EXPORT_FORMAT, EXPORT_JSON, OnnxSearch, load_search_model
@@ -111,7 +112,8 @@ def export_search_onnx(model: str | Path, out: str | Path) -> dict[str, Any]:
                 {"images": {0: "batch", 2: "height", 3: "width"}}
                 | {k: {0: "batch", 2: "h4", 3: "w4"} for k in ("objectness", "distances", "similarity")})
         write_json(tmp / EXPORT_JSON, {k: ckpt[k] for k in ("config", "stats", "classes", "version")}
-                   | {"calibration": ckpt.get("calibration"), "format": EXPORT_FORMAT, "checkpoint": str(path)},
+                   | {"calibration": ckpt.get("calibration"), "format": EXPORT_FORMAT, "checkpoint": str(path),
+                      "checkpoint_sha256": file_sha256(path)},
                    indent=1)
         diff = verify(net, tmp)
         if out.exists():
