@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -123,6 +124,31 @@ def _one_part_each(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     parts, index = polygonal_parts(gdf.geometry.to_numpy())
     out = gdf.iloc[index].reset_index(drop=True)
     return out.set_geometry(gpd.GeoSeries(parts, index=out.index, crs=gdf.crs))
+
+
+def evaluate_within(
+    pred: gpd.GeoDataFrame,
+    truth: gpd.GeoDataFrame,
+    *,
+    scenes: Sequence[str | Path] = (),
+    clip: bool = False,
+    aoi: str | Path | None = None,
+    multipart: str = "parts",
+    **options: Any,
+) -> tuple[dict[str, Any], gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
+    """:func:`restrict`, then :func:`geoseg.evaluate.evaluate_frames` (``geoseg evaluate`` and the pipeline).
+
+    With ``multipart="parts"``, parts are taken before clipping (a concave roof the area's
+    edge cuts in two stays one object), so the clipped frames are evaluated whole.
+
+    Returns:
+        ``(report, pred, truth, notes)``: the frames as restricted (for a quick-look).
+    """
+    from geoseg.evaluate import evaluate_frames
+
+    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=clip, aoi=aoi, multipart=multipart)
+    report = evaluate_frames(pred, truth, multipart="whole" if notes else multipart, **options)
+    return report, pred, truth, notes
 
 
 def restrict(

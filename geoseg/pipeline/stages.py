@@ -117,8 +117,8 @@ def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], l
 
 def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Evaluate (inside the scenes' footprint with ``clip``, an ``aoi``); write the JSON and quick-look."""
-    from geoseg.aoi import restrict
-    from geoseg.evaluate import evaluate_frames, format_report, read_polygons
+    from geoseg.aoi import evaluate_within
+    from geoseg.evaluate import format_report, read_polygons
     from geoseg.io.atomic import check_outputs
     from geoseg.io.sources import list_scenes, scene_name
     from geoseg.quicklook import png_path
@@ -129,9 +129,9 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
                   {"the predictions": a.pred, "the truth": a.truth, "a scene": scenes, "the AOI": a.aoi})
     pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
-    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi, multipart=a.multipart)
-    report = evaluate_frames(pred, truth, iou=a.iou, class_field=a.class_field, boundary_width=a.boundary_width,
-                             multipart="whole" if notes else a.multipart)  # restrict split the parts already
+    report, pred, truth, notes = evaluate_within(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi,
+                                                 multipart=a.multipart, iou=a.iou, class_field=a.class_field,
+                                                 boundary_width=a.boundary_width)
     outputs: list[Path] = []
     if a.json_out is not None:
         write_json(a.json_out, report, indent=2)
