@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import ConfigError, InputRasterError
+from geoseg.io.encoding import Scaling, recorded_scaling
 from geoseg.io.rasters import FILL
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -36,6 +37,9 @@ class BandStats:
     std: tuple[float, ...]
     classes: tuple[str, ...] = ("object",)
     dtype: str = "float32"
+    #: the bands' declared (scale, offset) in the tiled scenes (:mod:`geoseg.io.encoding`);
+    #: None: not recorded (tiled before geoseg recorded them)
+    scaling: Scaling | None = None
 
     @property
     def bands(self) -> int:
@@ -46,12 +50,14 @@ class BandStats:
     def from_dict(cls, d: dict[str, Any]) -> BandStats:
         """From the mapping of ``stats.json`` (or a checkpoint)."""
         return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
-                   classes=tuple(d.get("classes", ("object",))), dtype=str(d.get("dtype", "")))
+                   classes=tuple(d.get("classes", ("object",))), dtype=str(d.get("dtype", "")),
+                   scaling=recorded_scaling(d))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (for checkpoints)."""
         return {"mean": list(self.mean), "std": list(self.std), "classes": list(self.classes),
-                "dtype": self.dtype, "bands": self.bands}
+                "dtype": self.dtype, "bands": self.bands,
+                "scaling": None if self.scaling is None else [list(p) for p in self.scaling]}
 
 
 def load_stats(root: str | Path) -> BandStats:

@@ -216,7 +216,7 @@ def test_options_of_two_kinds_say_both_in_one_line(tiny_run: Path, tmp_path: Pat
 
 def test_other_dtype_than_training_warns(tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = bright_boxes_scene(tmp_path / "u16.tif", SHAPE, BOXES, dtype="uint16")
-    with caplog.at_level(logging.WARNING, logger="geoseg.predict.stage"):
+    with caplog.at_level(logging.WARNING, logger="geoseg.io.encoding"):
         predict([path], tiny_run, tmp_path / "o.gpkg", cfg(), progress=False)
     assert any("uint16" in r.message and "uint8" in r.message and "u16.tif" in r.message
                for r in caplog.records), caplog.text

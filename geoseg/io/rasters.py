@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
+from geoseg.io.encoding import Scaling, band_scaling
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
@@ -69,6 +70,7 @@ class SceneInfo:
         identity: of a remote file, its version when inspected (ETag, Last-Modified,
             size: :func:`geoseg.io.sources.remote_identity`); reads in a process that saw
             another version at the URL drop GDAL's cache first. Empty for local files.
+        scaling: the data bands' declared (scale, offset); () when none (:mod:`geoseg.io.encoding`).
     """
 
     source: str
@@ -84,6 +86,7 @@ class SceneInfo:
     gsd: float = float("nan")
     resample: float = 1.0
     identity: str = ""
+    scaling: Scaling = ()
 
     @property
     def path(self) -> Path:
@@ -286,7 +289,8 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
                                        "first (gdal_calc.py -A in.tif --calc='abs(A)' --type Float32)")
             flags = src.mask_flag_enums
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
-            count = src.count - len(alpha_bands(src, path))
+            count = src.count - len(alpha_bands(src, path))  # alpha bands come last
+            scaling = band_scaling(src.scales, src.offsets, range(1, count + 1))
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
             gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
@@ -294,7 +298,7 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
                 source=path, name=ref.name, width=src.width, height=src.height,
                 count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
                 transform=tuple(src.transform)[:6],
-                nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity,
+                nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity, scaling=scaling,
             )
     except InputRasterError:
         raise

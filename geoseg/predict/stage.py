@@ -42,6 +42,7 @@ from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import check_outputs, check_writable, write_json
+from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
@@ -134,21 +135,6 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
                      dense=meta.arch == "routed" and dense_run(cfg, meta))
 
 
-def _warn_dtypes(scenes: Sequence[SceneInfo], meta: ModelMeta) -> None:
-    """Warn when scenes are of another data type than the training chips (uint8 vs uint16...)."""
-    trained = str(meta.stats.get("dtype") or "")
-    if not trained:
-        return
-    for s in scenes:
-        if s.dtype != trained:
-            st = meta.band_stats
-            log.warning("%s is %s but the model was trained on %s chips; its values are normalised "
-                        "with the training statistics (mean %s, std %s): rescale the scene to the "
-                        "training range (gdal_translate -scale -ot %s) if results look wrong",
-                        s.source, s.dtype, trained, [round(v, 1) for v in st.mean],
-                        [round(v, 1) for v in st.std], trained)
-
-
 def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) -> str:
     # the model's stamp covers a run directory's contents: a checkpoint retrained in place
     # changes it even though the folder's own mtime does not move
@@ -208,6 +194,7 @@ def predict(
     model_key = ModelKey(str(Path(model).resolve()), cfg.backend, cfg.device, cfg.ff_batch)
     backend = get_backend(model_key)
     meta = backend.meta
+    check_for_model(infos, meta.band_stats)  # stored values of another meaning: refused
     stats = meta.band_stats
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
@@ -227,7 +214,6 @@ def predict(
                      if meta.arch == "routed" else (None, "Mask R-CNN: no routing"))
     if meta.arch == "routed" and dense_run(cfg, meta):
         routing += ": FF everywhere, the plain dense network (PV not run)"
-    _warn_dtypes(infos, meta)
     if cache.exists():
         old = cache / "stamp.json"
         same = old.exists() and json.loads(old.read_text()).get("stamp") == stamp

@@ -41,6 +41,7 @@ from geoseg.bands import band_selection, normalize
 from geoseg.config import Strict
 from geoseg.errors import InputVectorError
 from geoseg.io.atomic import atomic_path, check_outputs, check_writable, write_json
+from geoseg.io.encoding import check_for_model
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
 from geoseg.io.rasters import SceneInfo, inspect_scenes
@@ -260,6 +261,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta
+    check_for_model(infos, meta.stats)  # stored values of another meaning: refused
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, cfg, meta.model.bands, cache) for s in infos]
     temps = templates_for(ex, plans, meta, ex_path)

@@ -1,6 +1,7 @@
 """Checks of the inputs of `geoseg tile` that reading them does not make: before any output.
 
 - :func:`drop_small_scenes`: scenes too small for a chip.
+- :func:`same_kind`: scenes whose pixels one set of band statistics cannot normalise.
 - :func:`warn_upsampling`: ``--gsd`` far finer than the scenes.
 """
 
@@ -10,6 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from geoseg.errors import InputRasterError
+from geoseg.io.encoding import one_encoding
 from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
@@ -19,6 +21,18 @@ UPSAMPLE_WARN = 4.0
 
 #: The smallest chip side (``TileConfig.size`` >= 8): a scene narrower is too small.
 MIN_SCENE_SIDE = 8
+
+
+def same_kind(scenes: Sequence[SceneInfo]) -> None:
+    """Refuse scenes of one run with other band counts, data types or declared scales/offsets.
+
+    Raises:
+        InputRasterError: naming the scenes of each kind and what to do.
+    """
+    if len({s.count for s in scenes}) > 1:
+        desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
+        raise InputRasterError(f"scenes have different band counts ({desc}); tile them into separate folders")
+    one_encoding(scenes)
 
 
 def drop_small_scenes(

@@ -16,7 +16,7 @@ from rasterio.windows import Window
 
 from geoseg import __version__
 from geoseg.errors import OutputExistsError
-from geoseg.io.atomic import write_json
+from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo
 from geoseg.io.stamps import input_stamp
 from geoseg.tile.config import TileConfig
@@ -46,6 +46,16 @@ def chip_profile(scene: SceneInfo, window: Window, compress: str) -> dict[str, A
     if w % 16 == 0 and h % 16 == 0:
         profile.update(tiled=True, blockxsize=min(256, w), blockysize=min(256, h))
     return profile
+
+
+def write_chip(path: Path, profile: dict[str, Any], data: np.ndarray, mask: np.ndarray, scene: SceneInfo) -> None:
+    """Write one chip (atomically): its pixels as stored, the scene's declared scales/offsets, its mask."""
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        if scene.scaling:  # what the stored values stand for, as in the scene (QGIS shows them)
+            dst.scales, dst.offsets = zip(*scene.scaling, strict=True)
+        if scene.nodata is None and (scene.has_mask or not mask.all()):
+            dst.write_mask(mask)  # NaN/inf pixels too: invalid in the chip
 
 
 def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:

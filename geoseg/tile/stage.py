@@ -47,7 +47,7 @@ from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.config import TileConfig
 from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, warn_shared_ground, window_grid
-from geoseg.tile.inputs import drop_small_scenes, warn_upsampling
+from geoseg.tile.inputs import drop_small_scenes, same_kind, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
     PARTS,
@@ -57,6 +57,7 @@ from geoseg.tile.outputs import (
     manifest_of,
     prepare_out_dir,
     remove_leftovers,
+    write_chip,
 )
 
 _chip_profile = chip_profile  # the name bench/tile.py imports
@@ -157,10 +158,7 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             if path.exists():
                 counts["existing"] += 1
             else:
-                with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-                    dst.write(data)
-                    if scene.nodata is None and (scene.has_mask or not mask.all()):
-                        dst.write_mask(mask)  # NaN/inf pixels too: invalid in the chip
+                write_chip(path, profile, data, mask, scene)
                 counts["written"] += 1
             if mask.any():  # per split: stats.json takes train's, val's when all chips are val
                 flat = data.reshape(scene.count, -1)
@@ -250,7 +248,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         raise InputRasterError(f"band statistics of {out} are not finite (mean {mean.tolist()}, "
                                f"std {std.tolist()}); check the scenes for extreme values")
     write_json(out / "stats.json", {
-        "bands": count, "dtype": scenes[0].dtype,
+        "bands": count, "dtype": scenes[0].dtype, "scaling": [list(p) for p in scenes[0].scaling],
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
         "tile": cfg.model_dump(mode="json"), **gsd_stats(gsds),
@@ -300,12 +298,7 @@ def tile(
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
-    counts = {s.count for s in good}
-    if len(counts) > 1:
-        desc = ", ".join(f"{s.name}: {s.count}" for s in good)
-        raise InputRasterError(
-            f"scenes have different band counts ({desc}); tile them into separate folders"
-        )
+    same_kind(good)  # band counts, data types, declared scales/offsets
     gdf = read_labels(labels, cfg.class_field, cfg.class_name) if labels is not None else None
     classes = sorted(set(gdf[CLASS])) if gdf is not None and len(gdf) else [cfg.class_name]
     cat_of = {c: i + 1 for i, c in enumerate(classes)}

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from geoseg.bands import load_stats, scale_to_unit, unit_to_normalized
 from geoseg.errors import ConfigError, InputRasterError
+from geoseg.io.encoding import recorded_scaling
 from geoseg.train.scale import (
     ScaledWindow,
     draw_factor,
@@ -80,8 +81,10 @@ def read_stats(patches: Path) -> dict[str, Any]:
                                "rerun `geoseg tile` with --overwrite")
     gsd = raw.get("gsd")  # absent in tile outputs before GSDs were recorded
     ok = isinstance(gsd, int | float) and math.isfinite(gsd) and gsd > 0
+    scaling = recorded_scaling(raw)  # absent before declared scales/offsets were recorded: None
     return {"bands": stats.bands, "dtype": stats.dtype, "mean": list(stats.mean),
-            "std": list(stats.std), "classes": classes, "gsd": float(gsd) if ok else None}
+            "std": list(stats.std), "classes": classes, "gsd": float(gsd) if ok else None,
+            "scaling": None if scaling is None else [list(p) for p in scaling]}
 
 
 def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last: Path) -> None:
@@ -92,7 +95,8 @@ def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last:
     change the input of the weights halfway, and the checkpoint would record only the new ones.
 
     Raises:
-        ConfigError: bands, data type, mean, std, GSD or classes differ from ``last``'s.
+        ConfigError: bands, data type, mean, std, GSD, classes or declared scales/offsets
+            differ from ``last``'s.
     """
     had = {**ckpt.get("stats", {}), "classes": ckpt.get("classes")}
 
@@ -101,7 +105,8 @@ def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last:
             return bool(a != b)
         return np.shape(a) != np.shape(b) or not np.allclose(a, b, rtol=1e-6, atol=0)
 
-    differ = [k for k in ("bands", "dtype", "mean", "std", "gsd", "classes")  # unrecorded (None): not compared
+    keys = ("bands", "dtype", "mean", "std", "gsd", "classes", "scaling")
+    differ = [k for k in keys  # unrecorded (None): not compared
               if had.get(k) is not None and stats.get(k) is not None
               and changed(had[k], stats[k], k in ("mean", "std", "gsd"))]
     if differ:

@@ -18,6 +18,7 @@ import torch
 
 from geoseg.bands import BandStats
 from geoseg.errors import CheckpointError, ConfigError
+from geoseg.io.encoding import describe, recorded_scaling
 from geoseg.io.rasters import GSD_TOLERANCE
 
 
@@ -72,6 +73,11 @@ def recalibrate(model: str | Path, patches: str | Path | None = None, device: st
     if have["bands"] != len(want.mean) or have["dtype"] != want.dtype:
         raise ConfigError(f"the chips in {root} have {have['bands']} {have['dtype']} bands, the model in {path} "
                           f"{len(want.mean)} {want.dtype}: tile scenes like those it was trained on")
+    declared = recorded_scaling(have)  # None: not recorded (chips or model of an earlier version)
+    if declared is not None and want.scaling is not None and declared != want.scaling:
+        raise ConfigError(f"the chips in {root} declare {describe(declared)}, the model in "
+                          f"{path} was trained on chips of {describe(want.scaling)}: tile scenes like those it "
+                          "was trained on")
     _check_gsd(root, have, ckpt, path)
     d = cfg.data
     ds = ChipDataset(root, "val", crop=None, augment=None, boundary_width=d.boundary_width,

@@ -56,6 +56,7 @@ from torch.utils.data import Dataset
 from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
 from geoseg.config import Strict
 from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
+from geoseg.io.encoding import band_scaling, describe
 from geoseg.io.rasters import GSD_TOLERANCE
 from geoseg.train.augment import AugmentConfig, build_augment
 from geoseg.train.pseudo import pseudo_targets, soft_consistency
@@ -229,7 +230,8 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
             off): the grid the chips are read on (:func:`chip_grid`).
 
     Raises:
-        ConfigError: a folder without chips, or chips of another band count or data type than ``stats``.
+        ConfigError: a folder without chips, or chips of another band count, data type or
+            declared scale/offset than ``stats``.
     """
 
     def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
@@ -247,6 +249,11 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
                     raise ConfigError(f"unlabelled chips in {root} are {src.dtypes[0]} but the labelled ones "
                                       f"{stats.dtype}: the labelled chips' statistics would normalise them "
                                       "wrongly; tile scenes of the same sensor and processing")
+                declared = band_scaling(src.scales, src.offsets, range(1, src.count + 1))
+                if stats.scaling is not None and declared != stats.scaling:  # chips keep their scenes' own
+                    raise ConfigError(f"unlabelled chips in {root} declare {describe(declared)} but the labelled "
+                                      f"ones {describe(stats.scaling)}: their stored values mean another quantity; "
+                                      "tile scenes of the same sensor and processing")
         self.stats, self.crop, self.seed, self.epoch = stats, crop, seed, 0
         self.strong = build_augment(strong, stats.bands, seed=seed)
 

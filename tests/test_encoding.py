@@ -1,0 +1,163 @@
+"""Scenes whose stored values mean different things (data type, declared scale/offset).
+
+GDAL bands may declare ``physical = stored * scale + offset`` (Sentinel-2 L2A of processing
+baseline 04.00 on: offset -0.1, scale 0.0001). geoseg normalises stored values with one set of
+statistics, so mixing such scenes in a tile run, or predicting one with a model trained on
+another encoding, would be a wrong result with exit 0: each is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import bright_boxes_scene, grid_boxes, labels_for
+
+from geoseg.bands import BandStats, load_stats
+from geoseg.cli.main import cli
+from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
+from geoseg.io.encoding import band_scaling, check_for_model, describe
+from geoseg.io.rasters import inspect_scene
+from geoseg.predict import PredictConfig, predict
+from geoseg.tile import TileConfig, tile
+
+SHAPE = (64, 64)
+BOXES = grid_boxes(SHAPE, step=20, seed=3)
+S2 = ((0.0001, -0.1),) * 3  # Sentinel-2 L2A from processing baseline 04.00
+
+
+def declare(path: Path, scaling: tuple[tuple[float, float], ...]) -> Path:
+    """Declare per-band (scale, offset) on an existing GeoTIFF, as gdal_edit.py -scale/-offset does."""
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = zip(*scaling, strict=True)
+    return path
+
+
+def scene(path: Path, seed: int = 0, scaling: tuple[tuple[float, float], ...] = (), **kw: object) -> Path:
+    bright_boxes_scene(path, SHAPE, BOXES, seed=seed, **kw)  # type: ignore[arg-type]
+    return declare(path, scaling) if scaling else path
+
+
+def test_declared_scaling_of_data_bands_only() -> None:
+    assert band_scaling((1.0, 1.0, 1.0), (0.0, 0.0, 0.0), [1, 2, 3]) == ()
+    assert band_scaling((None, None), (None, None), [1, 2]) == ()  # nothing declared
+    assert band_scaling((0.5, 2.0, 1.0), (1.0, 0.0, 7.0), [1, 2]) == ((0.5, 1.0), (2.0, 0.0))
+    assert describe(()) == "no scale or offset"
+    assert describe(S2) == "scale 0.0001 and offset -0.1"
+    assert describe(((2.0, 0.0), (1.0, 3.0))) == "scales 2, 1 and offsets 0, 3"
+
+
+def test_inspect_reads_the_declaration(tmp_path: Path) -> None:
+    assert inspect_scene(scene(tmp_path / "plain.tif")).scaling == ()
+    assert inspect_scene(scene(tmp_path / "s2.tif", scaling=S2)).scaling == S2
+
+
+@pytest.mark.parametrize("second", [{"dtype": "uint16"}, {"scaling": S2}], ids=["dtype", "scale-offset"])
+def test_tile_refuses_scenes_of_two_encodings_before_writing(second: dict[str, object], tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    a = scene(tmp_path / "s" / "a.tif")
+    b = scene(tmp_path / "s" / "b.tif", seed=1, **second)  # type: ignore[arg-type]
+    labels = labels_for(a, tmp_path / "l.gpkg", BOXES)
+    with pytest.raises(InputRasterError) as err:
+        tile([a, b], labels, tmp_path / "out", TileConfig(size=32, overlap=0), scheduler="sync")
+    msg = str(err.value)
+    assert "a.tif" in msg and "b.tif" in msg and "separate folders" in msg, msg
+    assert ("uint8" in msg and "uint16" in msg) if "dtype" in second else "offset -0.1" in msg
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    # the CLI: one line, exit code non-zero
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path / "s"), "--labels", str(labels),
+                                   "--out", str(tmp_path / "cli"), "--size", "32", "--overlap", "0"])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("geoseg: error:")]
+    assert len(errors) == 1 and "a.tif" in errors[0] and "b.tif" in errors[0], res.output
+
+
+def test_one_declared_encoding_is_recorded_and_kept_in_the_chips(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    scenes = [scene(tmp_path / "s" / f"{n}.tif", seed=i, scaling=S2) for i, n in enumerate("ab")]
+    out = tmp_path / "p"
+    tile(scenes, labels_for(scenes[0], tmp_path / "l.gpkg", BOXES), out,
+         TileConfig(size=32, overlap=0), scheduler="sync")
+    assert json.loads((out / "stats.json").read_text())["scaling"] == [list(p) for p in S2]
+    assert load_stats(out).scaling == S2
+    chip = sorted((out / "images").glob("*.tif"))[0]
+    with rasterio.open(chip) as src:  # QGIS shows the values they stand for, as in the scene
+        assert band_scaling(src.scales, src.offsets, [1, 2, 3]) == S2
+    with rasterio.open(chip) as c:  # the stored values, unchanged
+        assert c.dtypes[0] == "uint8" and c.read().max() > 100
+
+
+def test_plain_scenes_record_no_scaling(tiny_patches: Path) -> None:
+    assert json.loads((tiny_patches / "stats.json").read_text())["scaling"] == []
+    assert load_stats(tiny_patches).scaling == ()
+
+
+def test_predict_refuses_a_scene_of_another_declared_encoding(tiny_run: Path, tmp_path: Path) -> None:
+    bad = scene(tmp_path / "s2.tif", scaling=S2)
+    out = tmp_path / "o.gpkg"
+    cfg = PredictConfig(block=32, watershed_halo=16, budget=1.0)
+    with pytest.raises(InputRasterError) as err:
+        predict([bad], tiny_run, out, cfg, progress=False)
+    msg = str(err.value)
+    assert "s2.tif" in msg and "scale 0.0001 and offset -0.1" in msg and "no scale or offset" in msg, msg
+    assert f"gdal_edit.py -scale 1 -offset 0 {bad}" in msg, msg  # if the values already mean the same
+    assert not out.exists() and not list(tmp_path.glob(".o.gpkg*"))
+    declare(bad, ((1.0, 0.0),) * 3)  # the command the message gives: predicted
+    assert predict([bad], tiny_run, out, cfg, progress=False).polygons > 0
+
+
+def test_calibrate_refuses_chips_of_another_declared_encoding(tiny_run: Path, tmp_path: Path) -> None:
+    from geoseg.train.recalibrate import recalibrate
+
+    (tmp_path / "s").mkdir()
+    scenes = [scene(tmp_path / "s" / f"{n}.tif", seed=i, scaling=S2) for i, n in enumerate(("train", "val"))]
+    tile(scenes, labels_for(scenes[0], tmp_path / "l.gpkg", BOXES), tmp_path / "p",
+         TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
+    before = (tiny_run / "checkpoints" / "best.pt").read_bytes()
+    with pytest.raises(ConfigError, match="declare scale 0.0001 and offset -0.1, the model .* no scale or offset"):
+        recalibrate(tiny_run, tmp_path / "p")
+    assert (tiny_run / "checkpoints" / "best.pt").read_bytes() == before
+
+
+def test_models_of_earlier_versions_are_not_compared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    s2 = inspect_scene(scene(tmp_path / "s2.tif", scaling=S2))
+    check_for_model([s2], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=None))
+    with pytest.raises(InputRasterError, match="trained on chips of scale 0.0001 and offset -0.1"):
+        plain = inspect_scene(scene(tmp_path / "plain.tif"))
+        check_for_model([plain], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=S2))
+    with caplog.at_level(logging.WARNING, logger="geoseg.io.encoding"):  # another dtype: a warning only
+        check_for_model([s2], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint16", scaling=S2))
+    assert any("s2.tif is uint8" in r.message and "uint16" in r.message for r in caplog.records), caplog.text
+
+
+def test_unlabelled_chips_of_another_declared_encoding_are_refused(tiny_patches: Path, tmp_path: Path) -> None:
+    from geoseg.train.augment import AugmentConfig
+    from geoseg.train.semi import UnlabelledChips
+
+    (tmp_path / "s").mkdir()
+    u = scene(tmp_path / "s" / "u.tif", scaling=S2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeoSegWarning)
+        tile([u], None, tmp_path / "u", TileConfig(size=32, overlap=0), scheduler="sync")
+    stats = load_stats(tiny_patches)
+    with pytest.raises(ConfigError, match="declare scale 0.0001 and offset -0.1 but the labelled ones no scale"):
+        UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=AugmentConfig(), seed=0)
+    declared = BandStats(stats.mean, stats.std, stats.classes, stats.dtype, scaling=S2)
+    assert len(UnlabelledChips([tmp_path / "u"], declared, crop=None, strong=AugmentConfig(), seed=0)) > 0
+
+
+def test_resume_on_chips_of_another_declared_encoding_is_refused(tmp_path: Path) -> None:
+    from geoseg.train.dataset import same_chips
+
+    record = {"bands": 3, "dtype": "uint8", "mean": [1.0] * 3, "std": [1.0] * 3, "gsd": 0.5, "scaling": []}
+    same_chips({"stats": record, "classes": None}, dict(record), tmp_path, tmp_path / "last.pt")
+    same_chips({"stats": {**record, "scaling": None}, "classes": None},  # recorded before: not compared
+               {**record, "scaling": [[0.0001, -0.1]] * 3}, tmp_path, tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match="scaling"):
+        same_chips({"stats": record, "classes": None}, {**record, "scaling": [[0.0001, -0.1]] * 3},
+                   tmp_path, tmp_path / "last.pt")
