@@ -92,6 +92,36 @@ def test_one_declared_encoding_is_recorded_and_kept_in_the_chips(tmp_path: Path)
         assert c.dtypes[0] == "uint8" and c.read().max() > 100
 
 
+def _item(item_id: str, href: Path, fields: dict[str, object]) -> dict[str, object]:
+    return {"type": "Feature", "stac_version": "1.0.0", "id": item_id,
+            "properties": {"datetime": "2024-01-01T00:00:00Z"}, "links": [],
+            "geometry": {"type": "Point", "coordinates": [33.0, 0.4]}, "bbox": [33.0, 0.4, 33.0, 0.4],
+            "assets": {"data": {"href": str(href), "type": "image/tiff; application=geotiff", **fields}}}
+
+
+def test_a_stac_asset_declares_for_a_file_that_does_not(tmp_path: Path) -> None:
+    from geoseg.io.stac import asset_scaling, stac_scenes
+
+    assert asset_scaling({"raster:bands": [{"scale": 0.0001, "offset": -0.1}] * 2}) == ((0.0001, -0.1),) * 2
+    assert asset_scaling({"bands": [{"raster:scale": 2.0}]}) == ((2.0, 0.0),)  # STAC 1.1, raster v2
+    assert asset_scaling({"raster:offset": -0.1}) == ((1.0, -0.1),)  # on the asset: every band
+    assert asset_scaling({"raster:bands": [{"nodata": 0}]}) is None
+    (tmp_path / "s").mkdir()
+    old, new = scene(tmp_path / "s" / "old.tif"), scene(tmp_path / "s" / "new.tif", seed=1)
+    s2 = {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}  # one band entry: for every band
+    coll = {"type": "FeatureCollection", "features": [_item("baseline-0300", old, {}),
+                                                      _item("baseline-0400", new, s2)]}
+    (tmp_path / "items.json").write_text(json.dumps(coll))
+    scenes = stac_scenes(str(tmp_path / "items.json"))
+    assert [inspect_scene(s).scaling for s in scenes] == [(), S2]
+    declare(new, ((0.5, 0.0),) * 3)  # the file's own declaration wins over the catalogue's
+    assert inspect_scene(stac_scenes(str(tmp_path / "items.json"))[1]).scaling == ((0.5, 0.0),) * 3
+    declare(new, ((1.0, 0.0),) * 3)
+    with pytest.raises(InputRasterError, match="old.tif: no scale or offset; .*new.tif: scale 0.0001 and offset -0.1"):
+        tile(scenes, labels_for(old, tmp_path / "l.gpkg", BOXES), tmp_path / "p",
+             TileConfig(size=32, overlap=0), scheduler="sync")
+
+
 def test_plain_scenes_record_no_scaling(tiny_patches: Path) -> None:
     assert json.loads((tiny_patches / "stats.json").read_text())["scaling"] == []
     assert load_stats(tiny_patches).scaling == ()

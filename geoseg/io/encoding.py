@@ -46,6 +46,23 @@ def band_scaling(scales: Iterable[float | None], offsets: Iterable[float | None]
     return () if all(p == (1.0, 0.0) for p in chosen) else chosen
 
 
+def catalogued(declared: Scaling | None, bands: int) -> Scaling:
+    """A catalogue's declaration (a STAC asset's) for a file of ``bands`` data bands.
+
+    One pair stands for every band; another count than the file's is not this file's: ().
+
+    Examples:
+        >>> catalogued(((0.0001, -0.1),), 2)
+        ((0.0001, -0.1), (0.0001, -0.1))
+        >>> catalogued(((1.0, 0.0),), 3), catalogued(None, 3)
+        ((), ())
+    """
+    if not declared or len(declared) not in (1, bands):
+        return ()
+    full = declared * bands if len(declared) == 1 else declared
+    return () if all(p == (1.0, 0.0) for p in full) else full
+
+
 def recorded_scaling(stats: Mapping[str, Any]) -> Scaling | None:
     """The scaling a ``stats.json`` (or a checkpoint's stats) records; None when unrecorded."""
     raw = stats.get("scaling")

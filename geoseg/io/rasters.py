@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
-from geoseg.io.encoding import Scaling, band_scaling
+from geoseg.io.encoding import Scaling, band_scaling, catalogued
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
@@ -290,7 +290,7 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             flags = src.mask_flag_enums
             has_mask = any(MaskFlags.all_valid not in f for f in flags)
             count = src.count - len(alpha_bands(src, path))  # alpha bands come last
-            scaling = band_scaling(src.scales, src.offsets, range(1, count + 1))
+            scaling = band_scaling(src.scales, src.offsets, range(1, count + 1)) or catalogued(ref.scaling, count)
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
             gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))

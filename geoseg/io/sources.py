@@ -33,6 +33,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from geoseg.errors import InputRasterError, first_line
+from geoseg.io.encoding import Scaling
 
 #: Extensions taken from a directory (explicit files may have any extension GDAL reads).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
@@ -73,10 +74,13 @@ class SceneSource:
     Attributes:
         source: a local path or a URL / GDAL path (see :func:`gdal_path`).
         name: the scene's name in chip names and the ``scene`` column (unique in a run).
+        scaling: the per-band (scale, offset) its STAC asset declares (``raster:bands``),
+            for a file that declares none itself (:mod:`geoseg.io.encoding`); None: none.
     """
 
     source: str
     name: str
+    scaling: Scaling | None = None
 
 
 def is_remote(source: str | Path) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import ConfigError, DependencyError, InputRasterError, first_line
+from geoseg.io.encoding import Scaling
 from geoseg.io.sources import REMOTE_HINT, SceneSource, check_unique_names, http_url, is_remote
 
 #: Assets taken when ``--asset`` is not given, in this order.
@@ -102,7 +103,7 @@ def choose_asset(item: Any, asset: str | None, where: str) -> str:
     rasters = [k for k, a in item.assets.items()
                if (a.media_type or "").startswith(_GEOTIFF) or "data" in (a.roles or [])]
     if len(rasters) == 1:
-        return rasters[0]
+        return str(rasters[0])
     raise ConfigError(f"item {item.id} of {where} has no 'visual' or 'data' asset; choose one of "
                       f"{', '.join(keys)} with --asset")
 
@@ -117,13 +118,37 @@ def _absolute(href: str, base: str) -> str:
     return str((Path(base).resolve().parent / href).resolve())
 
 
+def asset_scaling(fields: dict[str, Any]) -> Scaling | None:
+    """The per-band (scale, offset) a STAC asset declares; None when it declares none.
+
+    The raster extension's ``raster:bands`` (v1: ``scale``, ``offset`` per band) or STAC 1.1's
+    ``bands`` (``raster:scale``, ``raster:offset``), else both fields on the asset itself (one
+    pair for every band). Sentinel-2 L2A items declare offset -0.1 from processing baseline
+    04.00 on, which their COGs do not.
+
+    Examples:
+        >>> asset_scaling({"raster:bands": [{"scale": 0.0001, "offset": -0.1}]})
+        ((0.0001, -0.1),)
+        >>> asset_scaling({"raster:bands": [{"nodata": 0}]}) is None
+        True
+    """
+    bands = fields.get("raster:bands") or fields.get("bands")
+    if not isinstance(bands, list) or not all(isinstance(b, dict) for b in bands):
+        bands = [fields]
+    pairs = [(b.get("scale", b.get("raster:scale")), b.get("offset", b.get("raster:offset"))) for b in bands]
+    if all(sc is None and off is None for sc, off in pairs):
+        return None
+    return tuple((1.0 if sc is None else float(sc), 0.0 if off is None else float(off)) for sc, off in pairs)
+
+
 def item_scenes(items: Sequence[Any], asset: str | None, where: str) -> list[SceneSource]:
     """The chosen asset of each item as a scene named by the item id."""
     out = []
     for item in items:
         key = choose_asset(item, asset, where)
         base = item.get_self_href() or where
-        out.append(SceneSource(_absolute(item.assets[key].href, base), item.id))
+        chosen = item.assets[key]
+        out.append(SceneSource(_absolute(chosen.href, base), item.id, asset_scaling(chosen.extra_fields)))
     check_unique_names(out)
     return out
 
