@@ -154,14 +154,25 @@ def test_calibrate_refuses_chips_of_another_declared_encoding(tiny_run: Path, tm
     assert (tiny_run / "checkpoints" / "best.pt").read_bytes() == before
 
 
+def test_only_the_bands_read_are_compared(tiny_run: Path, tmp_path: Path) -> None:
+    # a 4th band (say, a quality band) declares a scale; the model reads bands 1-3: predicted
+    four = scene(tmp_path / "four.tif", bands=4, scaling=((1.0, 0.0),) * 3 + ((0.01, 0.0),))
+    cfg = PredictConfig(block=32, watershed_halo=16, budget=1.0, band_indexes=(1, 2, 3))
+    assert predict([four], tiny_run, tmp_path / "o.gpkg", cfg, progress=False).polygons > 0
+    with pytest.raises(InputRasterError, match="four.tif declares scales 1, 1, 0.01 and offsets 0, 0, 0 for the "
+                       "bands read"):
+        predict([four], tiny_run, tmp_path / "p.gpkg", cfg.model_copy(update={"band_indexes": (1, 2, 4)}),
+                 progress=False)
+
+
 def test_models_of_earlier_versions_are_not_compared(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     s2 = inspect_scene(scene(tmp_path / "s2.tif", scaling=S2))
-    check_for_model([s2], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=None))
+    check_for_model([(s2, [1, 2, 3])], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=None))
     with pytest.raises(InputRasterError, match="trained on chips of scale 0.0001 and offset -0.1"):
         plain = inspect_scene(scene(tmp_path / "plain.tif"))
-        check_for_model([plain], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=S2))
+        check_for_model([(plain, [1, 2, 3])], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", scaling=S2))
     with caplog.at_level(logging.WARNING, logger="geoseg.io.encoding"):  # another dtype: a warning only
-        check_for_model([s2], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint16", scaling=S2))
+        check_for_model([(s2, [1, 2, 3])], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint16", scaling=S2))
     assert any("s2.tif is uint8" in r.message and "uint16" in r.message for r in caplog.records), caplog.text
 
 

@@ -120,8 +120,23 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
             f"bring them to one encoding first ({_UNSCALE})")
 
 
-def check_for_model(scenes: Sequence[SceneInfo], stats: BandStats) -> None:
-    """Check scenes against the encoding of the chips a model was trained on (its ``BandStats``).
+def selected(scaling: Scaling, bands: Sequence[int]) -> Scaling:
+    """The declaration of the 1-based ``bands`` read (``--bands``) of a scene's ``scaling``.
+
+    Examples:
+        >>> selected(((1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.5, 0.0)), [1, 2, 3]), selected((), [2])
+        ((), ())
+        >>> selected(((1.0, 0.0), (0.5, 0.0)), [2, 1])
+        ((0.5, 0.0), (1.0, 0.0))
+    """
+    if not scaling:
+        return ()
+    chosen = tuple(scaling[b - 1] for b in bands)
+    return () if all(p == (1.0, 0.0) for p in chosen) else chosen
+
+
+def check_for_model(reads: Sequence[tuple[SceneInfo, Sequence[int]]], stats: BandStats) -> None:
+    """Check the bands read of each scene (``(scene, bands)``) against the training chips' encoding.
 
     Another data type warns (a Float32 copy of byte imagery is common and harmless); other
     declared scales/offsets are refused. Unrecorded (models of earlier versions): not compared.
@@ -130,15 +145,16 @@ def check_for_model(scenes: Sequence[SceneInfo], stats: BandStats) -> None:
         InputRasterError: a scene whose declared scale/offset differ from the training chips'.
     """
     trained, dtype = stats.scaling, stats.dtype
-    for s in scenes:
-        if trained is not None and s.scaling != trained:
+    for s, bands in reads:
+        declared = selected(s.scaling, bands)
+        if trained is not None and declared != trained:
             if len(set(trained)) > 1:
                 same = "gdal_edit.py -scale and -offset of each band"
             else:
                 scale, offset = trained[0] if trained else (1.0, 0.0)
                 same = f"gdal_edit.py -scale {scale:g} -offset {offset:g} {s.source}"
             raise InputRasterError(
-                f"{s.source} declares {describe(s.scaling)} for its bands but the model was trained on "
+                f"{s.source} declares {describe(declared)} for the bands read but the model was trained on "
                 f"chips of {describe(trained)}: its stored values mean another quantity; bring it to the "
                 f"training scenes' encoding (or retrain on scenes like it), or, if its values already mean "
                 f"what theirs did, make the declarations match ({same})")

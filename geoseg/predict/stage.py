@@ -194,13 +194,13 @@ def predict(
     model_key = ModelKey(str(Path(model).resolve()), cfg.backend, cfg.device, cfg.ff_batch)
     backend = get_backend(model_key)
     meta = backend.meta
-    check_for_model(infos, meta.band_stats)  # stored values of another meaning: refused
     stats = meta.band_stats
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     warn_upsampling(native, infos, cfg)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
+    check_for_model([(p.scene, p.band_indexes) for p in plans], stats)  # stored values of another meaning
     probs = prob_paths(cfg, plans)
     check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model})
     stamp = _stamp(backend.source, cfg, infos)

@@ -261,9 +261,9 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta
-    check_for_model(infos, meta.stats)  # stored values of another meaning: refused
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, cfg, meta.model.bands, cache) for s in infos]
+    check_for_model([(p.scene, p.band_indexes) for p in plans], meta.stats)  # stored values of another meaning
     temps = templates_for(ex, plans, meta, ex_path)
     kernels = backend.fuse(temps)
     stamp = _stamp(meta, cfg, infos, ex_path)
