@@ -40,10 +40,9 @@ def band_scaling(scales: Iterable[float | None], offsets: Iterable[float | None]
         >>> band_scaling((0.0001, 0.0001, 1.0), (-0.1, -0.1, 0.0), [1, 2])
         ((0.0001, -0.1), (0.0001, -0.1))
     """
-    pairs = [(1.0 if s is None else float(s), 0.0 if o is None else float(o))
-             for s, o in zip(scales, offsets, strict=True)]
-    chosen = tuple(pairs[b - 1] for b in bands)
-    return () if all(p == (1.0, 0.0) for p in chosen) else chosen
+    pairs = tuple((1.0 if s is None else float(s), 0.0 if o is None else float(o))
+                  for s, o in zip(scales, offsets, strict=True))
+    return selected(pairs, bands)
 
 
 def catalogued(declared: Scaling | None, bands: int) -> Scaling:
@@ -59,8 +58,7 @@ def catalogued(declared: Scaling | None, bands: int) -> Scaling:
     """
     if not declared or len(declared) not in (1, bands):
         return ()
-    full = declared * bands if len(declared) == 1 else declared
-    return () if all(p == (1.0, 0.0) for p in full) else full
+    return selected(declared * bands if len(declared) == 1 else declared, range(1, bands + 1))
 
 
 def recorded_scaling(stats: Mapping[str, Any]) -> Scaling | None:
