@@ -23,6 +23,7 @@ from rasterio.features import shapes
 from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
+from geoseg.io.datums import to_crs
 from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
 from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
@@ -110,7 +111,7 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
         >>> out["n"].tolist(), out.area.tolist()
         ([1], [2.0])
     """
-    region = area.to_crs(gdf.crs) if area.crs != gdf.crs else area
+    region = to_crs(area, gdf.crs, "the area of interest") if area.crs != gdf.crs else area
     geoms = polygonal(gdf.geometry.to_numpy())  # GEOS cannot clip an invalid polygon (OSM has some)
     keep = np.flatnonzero([g is not None for g in geoms])
     gdf = gdf.iloc[keep].set_geometry(gpd.GeoSeries(geoms[keep], index=gdf.index[keep], crs=gdf.crs))

@@ -50,6 +50,7 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
+from geoseg.io.datums import to_crs
 from geoseg.io.vectors import bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
@@ -92,7 +93,7 @@ MULTIPART = ("parts", "whole")
 
 
 def _prepare(gdf: gpd.GeoDataFrame, crs: CRS, role: str, multipart: str) -> gpd.GeoDataFrame:
-    gdf = gdf.to_crs(crs)
+    gdf = to_crs(gdf, crs, f"the {role} polygons")  # warns where PROJ lacks a datum grid
     geoms = polygonal(gdf.geometry.to_numpy())
     keep = np.array([g is not None for g in geoms], dtype=bool)
     if not keep.all():

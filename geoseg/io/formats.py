@@ -26,6 +26,7 @@ from pyproj import CRS
 
 from geoseg.errors import GeoSegError, OutputError, OutputExistsError
 from geoseg.io.atomic import as_output_error, output_error, temp_name
+from geoseg.io.datums import to_crs
 from geoseg.io.vectors import check_vector_name
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = No
         raise VectorFormatError(f"cannot write {path}: the polygons have no CRS; set one with gdf.set_crs()")
     if driver == "GeoJSON" and not CRS.from_user_input(gdf.crs).equals(_WGS84):
         log.info("writing %s in EPSG:4326 (RFC 7946 GeoJSON); source CRS was %s", path, gdf.crs.to_string())
-        gdf = gdf.to_crs(_WGS84)
+        gdf = to_crs(gdf, _WGS84, f"{path} (GeoJSON: EPSG:4326)")
     with _staging_dir(path) as folder:
         staged = folder / path.name
         if driver == "GeoParquet":

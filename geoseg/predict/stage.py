@@ -42,6 +42,7 @@ from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import check_outputs, check_writable, write_json
+from geoseg.io.datums import to_crs
 from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -305,7 +306,8 @@ def predict(
             for name, k in g.loc[g.pop(CUT).astype(bool), "scene"].value_counts().items():
                 cut[str(name)] = cut.get(str(name), 0) + int(k)
         if len(g):
-            frames.append(g.to_crs(target_crs) if g.crs != target_crs else g)
+            other = g.crs != target_crs
+            frames.append(to_crs(g, target_crs, f"polygons of scenes in {g.crs.to_string()}") if other else g)
     if frames:
         gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target_crs)
     else:

@@ -41,6 +41,7 @@ from geoseg.bands import band_selection, normalize
 from geoseg.config import Strict
 from geoseg.errors import InputVectorError
 from geoseg.io.atomic import atomic_path, check_outputs, check_writable, write_json
+from geoseg.io.datums import to_crs
 from geoseg.io.encoding import check_for_model
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
@@ -137,7 +138,7 @@ def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: 
     taken = np.zeros(len(examples), dtype=bool)
     for plan in plans:
         s = plan.scene
-        geoms = examples.geometry.to_crs(s.crs).to_numpy()
+        geoms = to_crs(examples.geometry, s.crs, "the examples").to_numpy()
         px = shapely.affinity.affine_transform
         inv = (~s.affine).to_shapely()
         with open_raster(s.source, s.identity) as src:

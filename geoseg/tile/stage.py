@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from geoseg import __version__, metrics
 from geoseg.errors import GeoSegWarning, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
+from geoseg.io.datums import to_crs
 from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
@@ -316,7 +317,7 @@ def tile(
     beyond = [0, 0]  # chips over a chip away from the labels' extent, chips in all
     for s in good:
         if gdf is not None and s.crs not in by_crs:
-            g = gdf.to_crs(s.crs)
+            g = to_crs(gdf, s.crs, f"--labels {labels}")  # warns where PROJ lacks a datum grid
             by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
         geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
         if sindex is not None:
