@@ -3,7 +3,7 @@
 British National Grid (OSGB36) labels on a UTM (WGS 84) scene: PROJ's accurate
 transformation reads the OSTN15 grid, which pyproj's wheels do not ship; without it PROJ
 falls back to a Helmert shift good to a few metres, silently. geoseg says so, naming the
-grid. Where the grid is installed (a user's machine with projsync run) the tests that need
+grid. Where the grid is installed (a user's machine after `pyproj sync`) the tests that need
 it missing skip.
 """
 
@@ -54,7 +54,7 @@ def test_one_datum_loses_nothing() -> None:
 @needs_missing_grid
 def test_labels_in_british_national_grid_warn_naming_the_grid(tmp_path: Path) -> None:
     gap = datum_gap("EPSG:27700", "EPSG:32630")
-    assert gap is not None and GRID in gap and f"projsync --file {GRID}" in gap and "PROJ_NETWORK=ON" in gap
+    assert gap is not None and GRID in gap and f"pyproj sync --file {GRID}" in gap and "PROJ_NETWORK=ON" in gap
     scene = oxford_scene(tmp_path / "oxford.tif")
     labels = labels_for(scene, tmp_path / "os_mastermap.gpkg", grid_boxes((64, 64)), crs="EPSG:27700")
     with pytest.warns(GeoSegWarning, match=rf"--labels .*os_mastermap.gpkg \(EPSG:27700\) reprojected to "

@@ -55,7 +55,7 @@ def datum_gap(src: str, dst: str, where: tuple[float, float, float, float] | Non
         grids = sorted({g.short_name for g in best.grids if not g.available}) or ["(a grid)"]
         return (f"PROJ's best transformation ({best.name}, {_accuracy(best.accuracy)}) needs the grid "
                 f"{', '.join(grids)}, which is not installed here, so PROJ falls back to {how}; install the "
-                f"grid (projsync --file {grids[0]}) or let PROJ fetch it (PROJ_NETWORK=ON)")
+                f"grid (pyproj sync --file {grids[0]}) or let PROJ fetch it (PROJ_NETWORK=ON)")
     if used is not None and "ballpark" in used.description.lower():
         return (f"PROJ knows no transformation between their datums and uses a ballpark one ({used.description}: "
                 "error unknown, often tens of metres); give both in one datum")
