@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 from pyproj import CRS, Transformer
+from pyproj.exceptions import ProjError
 from pyproj.transformer import AreaOfInterest, TransformerGroup
 
 from geoseg.errors import GeoSegWarning
@@ -45,11 +46,14 @@ def datum_gap(src: str, dst: str, where: tuple[float, float, float, float] | Non
     if a == b:
         return None
     aoi = AreaOfInterest(*where) if where is not None else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # pyproj's own note of a missing grid: said below
-        group = TransformerGroup(a, b, always_xy=True, area_of_interest=aoi)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # pyproj's own note of a missing grid: said below
+            group = TransformerGroup(a, b, always_xy=True, area_of_interest=aoi)
+    except ProjError:  # no judgement possible: the reprojection itself says what is wrong
+        return None
     used = group.transformers[0] if group.transformers else None
-    how = f"{used.description} ({_accuracy(used.accuracy)})" if used is not None else "none"
+    how = f"{used.description} ({_accuracy(used.accuracy)})" if used is not None else "no transformation"
     if not group.best_available and group.unavailable_operations:
         best = group.unavailable_operations[0]
         grids = sorted({g.short_name for g in best.grids if not g.available}) or ["(a grid)"]
@@ -68,9 +72,12 @@ def _extent(geo: Any, crs: CRS) -> tuple[float, float, float, float] | None:
     if not np.isfinite(bounds).all():
         return None
     if not crs.is_geographic:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            bounds = np.asarray(Transformer.from_crs(crs, 4326, always_xy=True).transform_bounds(*bounds))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bounds = np.asarray(Transformer.from_crs(crs, 4326, always_xy=True).transform_bounds(*bounds))
+        except ProjError:
+            return None
     if not np.isfinite(bounds).all():
         return None
     west, south = (float(v) for v in np.floor(bounds[:2] * 10) / 10)
