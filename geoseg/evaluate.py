@@ -51,7 +51,7 @@ from pyproj import CRS
 
 from geoseg.errors import InputVectorError
 from geoseg.io.datums import to_crs
-from geoseg.io.vectors import bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
+from geoseg.io.vectors import NO_FIELD, bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
@@ -218,7 +218,7 @@ def evaluate_frames(
         pred: predicted polygons; ``score_field`` ranks them for AP when present.
         truth: true polygons, in any CRS (reprojected to that of ``pred``).
         iou: IoU at which a pair counts as a match for tp/fp/fn.
-        class_field: class column; per-class numbers when both frames have it.
+        class_field: class column; per-class numbers when both frames have it; ``"none"``: classes ignored.
         score_field: confidence column of ``pred`` (all 1 when absent).
         boundary_width: band width of boundary IoU in metres; None: 2 % of each pair's
             bounding-box diagonal.
@@ -257,11 +257,12 @@ def evaluate_frames(
     rank = np.empty(len(pred), dtype=np.int64)
     rank[np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")] = np.arange(len(pred))
 
-    by_class = class_field in pred.columns and class_field in truth.columns
-    if class_field != "class" and class_field not in pred.columns and class_field not in truth.columns:
+    named = class_field.lower() != NO_FIELD  # none: every prediction may match every truth
+    by_class = named and class_field in pred.columns and class_field in truth.columns
+    if named and class_field != "class" and class_field not in pred.columns and class_field not in truth.columns:
         raise InputVectorError(f"neither the predictions nor the truth has a column '{class_field}' (the "
                                "class field); name one they have, or leave it out to match every class")
-    if not by_class and (class_field in pred.columns or class_field in truth.columns):
+    if named and not by_class and (class_field in pred.columns or class_field in truth.columns):
         (log.warning if class_field != "class" else log.info)(
             "only one input has a '%s' column: matching ignores classes", class_field)
     pcls = class_values(pred, class_field, "predictions") if by_class else np.zeros(len(pred), dtype=str)
@@ -303,7 +304,8 @@ def evaluate_frames(
     report = _summary(np.flatnonzero(matched), pair_iou, biou, len(pred), len(truth), aps, shape)
     report["per_class"] = per_class if by_class else {}
     if by_class and not (set(pcls) & set(tcls)) and len(pred) and len(truth):
-        log.warning("no class is in both inputs (%s vs %s): nothing can match; check the class field",
+        log.warning("no class is in both inputs (%s vs %s): nothing can match; check the class field, or "
+                    "match regardless of class with --class-field none",
                     sorted(set(pcls))[:5], sorted(set(tcls))[:5])
     return report
 

@@ -330,3 +330,19 @@ def test_one_polygon_repair():
     kinds = [g.geom_type if g is not None else None for g in polygonal(geoms)]
     assert kinds == ["MultiPolygon", None, None, "MultiPolygon", "Polygon"]
     assert polygonal(geoms)[4].equals(geoms[4])
+
+
+def test_class_field_none_matches_regardless_of_class(tmp_path) -> None:
+    boxes = [shapely.box(i * 20, 0, i * 20 + 10, 10) for i in range(5)]
+    pred = gpd.GeoDataFrame({"class": ["object"] * 5, "score": [0.9] * 5}, geometry=boxes, crs="EPSG:32636")
+    truth = gpd.GeoDataFrame({"class": ["house", None, "garage", None, None]}, geometry=boxes, crs="EPSG:32636")
+    with pytest.raises(InputVectorError, match="none: one class for every feature"):  # null classes in truth
+        evaluate_frames(pred, truth)
+    report = evaluate_frames(pred, truth, class_field="none")
+    assert (report["tp"], report["fp"], report["fn"], report["per_class"]) == (5, 0, 0, {})
+    pred.to_file(tmp_path / "p.gpkg")
+    truth.to_file(tmp_path / "t.gpkg")
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"),
+                                   "--class-field", "none", "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["f1"] == 1.0

@@ -358,3 +358,25 @@ def test_kampala_sample(tmp_path: Path) -> None:
             rasterio.open(SAMPLE / "kampala_blockB_z20.tif") as src:
         np.testing.assert_array_equal(chip.dataset_mask(), src.dataset_mask())
         np.testing.assert_array_equal(chip.read(), src.read())
+
+
+def test_class_field_none_makes_one_class_of_labels_with_an_empty_class_column(tmp_path: Path) -> None:
+    # Overture's buildings carry a 'class' column that is mostly null: refused by default, with the way out
+    from conftest import bright_boxes_scene, grid_boxes
+
+    boxes = grid_boxes((64, 64), step=20, seed=1)
+    (tmp_path / "s").mkdir()
+    scene = bright_boxes_scene(tmp_path / "s" / "a.tif", (64, 64), boxes)
+    labels = gpd.read_file(labels_for(scene, tmp_path / "l.gpkg", boxes))
+    labels["class"] = ["house" if i == 0 else None for i in range(len(labels))]
+    labels.to_parquet(tmp_path / "overture.parquet")
+    args = ["tile", str(tmp_path / "s"), "--labels", str(tmp_path / "overture.parquet"), "--size", "32",
+            "--overlap", "0", "--scheduler", "sync"]
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "refused")])
+    assert res.exit_code != 0 and "--class-field (none: one class for every feature)" in res.output, res.output
+    res = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "p"), "--class-field", "none",
+                                   "--class-name", "building"])
+    assert res.exit_code == 0, res.output
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["building"]
+    assert {a["label_id"] for a in coco["annotations"]} == set(range(len(labels)))

@@ -15,7 +15,7 @@ import click
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the numbers to this JSON file (same key names).")
 @click.option("--class-field", default="class", show_default=True,
-              help="Class column; per-class numbers when both files have it.")
+              help="Class column; per-class numbers when both files have it; none: match regardless of class.")
 @click.option("--boundary-width", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Band width of boundary IoU.  [default: 2% of each pair's bbox diagonal]")
 @click.option("--multipart", type=click.Choice(["parts", "whole"]), default="parts", show_default=True,

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @click.option("--val-fraction", type=float, help="Share of split blocks in validation.  [default: 0.2]")
 @click.option("--split-block", type=int, help="Side of a split block in chips.  [default: 4]")
 @click.option("--val-scenes", multiple=True, help="Glob of scene names put wholly in validation (repeatable).")
-@click.option("--class-field", help="Label column holding the class.  [default: class]")
+@click.option("--class-field", help="Label column holding the class; none: every label is --class-name "
+              "(Overture's mostly empty 'class').  [default: class]")
 @click.option("--class-name", help="Class of every label when --class-field is absent.  [default: object]")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), help="Seed of the train/val split.  [default: 0]")
 @click.option("--gsd", type=click.FloatRange(0, min_open=True), metavar="METRES",

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 #: Name of the class column in every GeoDataFrame geoseg hands around.
 CLASS = "class"
+#: ``--class-field none``: no class column (tile: every label is ``--class-name``; evaluate: classes ignored).
+NO_FIELD = "none"
 #: QGIS's data source syntax for one layer of a file: ``buildings.gpkg|layername=roofs``.
 LAYER_SEP = "|layername="
 
@@ -244,7 +246,7 @@ def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
         raise InputVectorError(
             f"{what}: {len(missing)} of {len(gdf)} features have no value in '{field}' (the class field; "
             f"features {rows}); give them a class or remove them (QGIS: Field Calculator), or pass another "
-            "--class-field")
+            "--class-field (none: one class for every feature)")
     return np.asarray(col.astype(str).to_numpy(), dtype=object)
 
 
@@ -255,12 +257,13 @@ def read_labels(
 
     Invalid geometries are repaired with ``make_valid`` and their polygonal parts kept;
     MultiPolygons become one instance per part; a polygon that repeats another of its class
-    (:func:`geoseg.matching.duplicates`) is used once, with a warning. When ``class_field`` is ``"class"`` and not
-    a column, every instance gets ``class_name``; another field that is not a column is an error.
+    (:func:`geoseg.matching.duplicates`) is used once, with a warning. When ``class_field`` is ``"none"``, or
+    ``"class"`` and not a column, every instance gets ``class_name``; another field that is not a column is an
+    error.
 
     Args:
         path: GeoPackage, GeoJSON, Shapefile, or any file pyogrio reads.
-        class_field: column holding the class of each feature.
+        class_field: column holding the class of each feature; ``"none"``: every feature is ``class_name``.
         class_name: the class of every feature when ``class_field`` is absent.
         layer: layer to read (first layer by default).
 
@@ -275,11 +278,12 @@ def read_labels(
     path = Path(path)
     gdf = read_vector(path, "label", layer)
     require_polygons(gdf, path, "label")
-    if class_field != CLASS and class_field not in gdf.columns:  # a field named but absent: not one class
+    one_class = class_field.lower() == NO_FIELD  # whatever columns the file has (Overture's mostly null 'class')
+    if not one_class and class_field != CLASS and class_field not in gdf.columns:  # named but absent
         cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
         raise InputVectorError(f"label file {path} has no column '{class_field}' (the class field); its "
                                f"columns: {', '.join(cols[:12]) or 'none'}")
-    if class_field in gdf.columns:
+    if not one_class and class_field in gdf.columns:
         classes = class_values(gdf, class_field, f"label file {path}")
     else:
         classes = np.full(len(gdf), class_name, dtype=object)
