@@ -387,6 +387,26 @@ def test_labels_without_geometry_column(kind: str, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_labels_as_a_csv_of_wkt_name_the_conversion(tmp_path: Path) -> None:
+    # Google Open Buildings: a CSV whose 'geometry' column is WKT in EPSG:4326
+    import pyogrio
+
+    scene = write_raster(tmp_path / "s.tif", np.ones((1, 32, 32), np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    roof = gpd.GeoSeries([shapely.box(450004, 39980, 450012, 39990)], crs=CRS).to_crs(4326)
+    labels = tmp_path / "open_buildings.csv"
+    pd.DataFrame({"confidence": [0.8], "geometry": roof.to_wkt()}).to_csv(labels, index=False)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--out", str(tmp_path / "out")])
+    line = one_error_line(res, labels.name)
+    assert "'geometry' column looks like WKT" in line and "-oo GEOM_POSSIBLE_NAMES=geometry" in line, line
+    assert not (tmp_path / "out").exists()
+    # what the suggested ogr2ogr does (its open options, through pyogrio), then -a_srs: tiled
+    gdf = pyogrio.read_dataframe(labels, GEOM_POSSIBLE_NAMES="geometry", KEEP_GEOM_COLUMNS="NO").set_crs(4326)
+    gdf.to_file(tmp_path / "open_buildings.gpkg")
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(tmp_path / "open_buildings.gpkg"),
+                                   "--out", str(tmp_path / "out"), "--size", "16", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+
+
 def _two_layer_labels(tmp_path: Path) -> tuple[Path, Path]:
     """A scene, and a GeoPackage whose first layer holds 3 of its 4 squares and whose second holds all 4."""
     import pyogrio

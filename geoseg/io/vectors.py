@@ -180,6 +180,12 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
             f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile"
         ) from None
     if info.get("geometry_type") is None or not isinstance(gdf, gpd.GeoDataFrame):
+        wkt = [str(f) for f in info.get("fields", []) if str(f).lower() in ("geometry", "wkt", "geom", "the_geom")]
+        if wkt:  # Google Open Buildings: a CSV of WKT in EPSG:4326
+            raise InputVectorError(
+                f"{role} file {path} is a table whose '{wkt[0]}' column looks like WKT; convert it, saying its CRS: "
+                f"ogr2ogr -oo GEOM_POSSIBLE_NAMES={wkt[0]} -oo KEEP_GEOM_COLUMNS=NO -a_srs EPSG:4326 "
+                f"{path.stem}.gpkg {path} (EPSG:4326 for Google Open Buildings; QGIS: Add Delimited Text Layer)")
         raise InputVectorError(
             f"{role} file {path} has no geometry column (layer '{info.get('layer_name')}' is a "
             f"table of {info.get('driver')} without geometry); pass a polygon layer "
