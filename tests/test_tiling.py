@@ -380,3 +380,28 @@ def test_class_field_none_makes_one_class_of_labels_with_an_empty_class_column(t
     coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["building"]
     assert {a["label_id"] for a in coco["annotations"]} == set(range(len(labels)))
+
+
+def test_labels_far_from_every_scene_are_left_out_but_keep_their_classes(tmp_path: Path) -> None:
+    # a country's footprints for one scene: only those near it are repaired and compared
+    from conftest import bright_boxes_scene, grid_boxes
+
+    boxes = grid_boxes((64, 64), step=20, seed=2)
+    (tmp_path / "s").mkdir()
+    scene = bright_boxes_scene(tmp_path / "s" / "a.tif", (64, 64), boxes)
+    near = gpd.read_file(labels_for(scene, tmp_path / "near.gpkg", boxes))  # EPSG:4326
+    far = gpd.GeoSeries([shapely.box(30 + i * 1e-3, 1.0, 30.0005 + i * 1e-3, 1.0005) for i in range(50)],
+                        crs=4326)
+    rows: list[tuple[str, object]] = []
+    for i, g in enumerate(near.geometry):  # near features at rows 1, 3, 5...: label_id is the row
+        rows += [("shed", far.iloc[i]), ("building", g)]
+    rows += [("shed", g) for g in far.iloc[len(near):]]
+    labels = gpd.GeoDataFrame({"class": [c for c, _ in rows]}, geometry=[g for _, g in rows], crs=4326)
+    labels.to_file(tmp_path / "country.gpkg")
+    s = tile([scene], tmp_path / "country.gpkg", tmp_path / "p", TileConfig(size=32, overlap=0), scheduler="sync")
+    assert (s.labels, s.labels_outside) == (len(near) + 50, 50)  # counted as before, not repaired
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["building", "shed"]  # of every label, as before
+    near_rows = {2 * i + 1 for i in range(len(near))}
+    assert {a["label_id"] for a in coco["annotations"]} == near_rows
+    assert {a["category_id"] for a in coco["annotations"]} == {1}

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pyogrio
 import shapely
+from pyproj import CRS
 
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line
 from geoseg.matching import DUPLICATE_IOU, duplicates
@@ -257,7 +260,8 @@ def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
 
 
 def read_labels(
-    path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None
+    path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None,
+    near: Sequence[tuple[Any, shapely.Geometry]] | None = None,
 ) -> gpd.GeoDataFrame:
     """Read labels as one Polygon per instance with a string ``class`` column.
 
@@ -272,10 +276,15 @@ def read_labels(
         class_field: column holding the class of each feature; ``"none"``: every feature is ``class_name``.
         class_name: the class of every feature when ``class_field`` is absent.
         layer: layer to read (first layer by default).
+        near: areas (each with its CRS: the scenes' footprints); features whose envelope
+            meets none are left out before they are repaired and compared (a country's
+            buildings for a few scenes; when none meets one, all are kept, for the caller's
+            diagnosis). Classes and the null-class check still cover every feature.
 
     Returns:
         GeoDataFrame with columns ``class``, ``label_id`` (row of the source feature)
-        and ``geometry``, in the file's CRS.
+        and ``geometry``, in the file's CRS; ``attrs``: ``classes`` (of every feature) and
+        ``far`` (features left out by ``near``).
 
     Raises:
         InputVectorError: see :func:`read_vector`; a ``class_field`` other than ``"class"``
@@ -295,6 +304,12 @@ def read_labels(
         classes = np.full(len(gdf), class_name, dtype=object)
     geoms = gdf.geometry.to_numpy()
     present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    areal = present & np.isin(shapely.get_type_id(geoms), (3, 6, 7))  # polygons (collections: their parts)
+    everything = sorted(set(classes[areal]))
+    close = _near(geoms, gdf.crs, near) if near is not None else present
+    far = int((present & ~close).sum()) if (present & close).any() else 0
+    if far:
+        present &= close
     rows = np.flatnonzero(present)
     parts, idx = polygonal_parts(geoms[present])
     out = gpd.GeoDataFrame(
@@ -306,9 +321,30 @@ def read_labels(
                     "counting from 1) and are used once; remove the duplicates from the file to silence this",
                     path, len(twice), DUPLICATE_IOU, int(out["label_id"].iloc[twice[0]]) + 1)
         out = out.drop(index=out.index[twice]).reset_index(drop=True)
+    out.attrs.update(classes=everything, far=far)
     if len(out) == 0:
         warnings.warn(
             f"{path} holds no polygon labels: only negative chips will be written",
             EmptyLabelsWarning, stacklevel=2,
         )
     return out
+
+
+def _near(geoms: np.ndarray, crs: Any, areas: Sequence[tuple[Any, shapely.Geometry]]) -> np.ndarray:
+    """Whether each geometry's envelope meets one of ``areas`` (grown by 1 %), taken to ``crs``."""
+    from pyproj import Transformer
+
+    hit = np.zeros(len(geoms), dtype=bool)
+    tree = shapely.STRtree(geoms)
+    for area_crs, area in areas:
+        grown = shapely.segmentize(area, max(area.length, 1e-9) / 400)  # true when reprojected
+        if CRS.from_user_input(area_crs) != CRS.from_user_input(crs):
+            to = Transformer.from_crs(area_crs, crs, always_xy=True)
+            grown = shapely.transform(grown, lambda xy, to=to: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
+        x0, y0, x1, y1 = grown.bounds
+        if not np.isfinite([x0, y0, x1, y1]).all():  # outside the labels' CRS: cannot judge, keep all
+            return np.ones(len(geoms), dtype=bool)
+        pad = 0.01 * max(x1 - x0, y1 - y0)
+        hit[tree.query(shapely.box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))] = True
+    return hit
+

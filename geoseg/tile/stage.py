@@ -300,11 +300,12 @@ def tile(
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
     same_kind(good)  # band counts, data types, declared scales/offsets
-    gdf = read_labels(labels, cfg.class_field, cfg.class_name) if labels is not None else None
-    classes = sorted(set(gdf[CLASS])) if gdf is not None and len(gdf) else [cfg.class_name]
+    near = [(s.crs, s.footprint) for s in good]  # a country's labels for a few scenes: only theirs are repaired
+    gdf = read_labels(labels, cfg.class_field, cfg.class_name, near=near) if labels is not None else None
+    classes = (gdf.attrs.get("classes") if gdf is not None else None) or [cfg.class_name]  # of every label
     cat_of = {c: i + 1 for i, c in enumerate(classes)}
     summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
-                          labels=0 if gdf is None else len(gdf))
+                          labels=0 if gdf is None else len(gdf) + gdf.attrs["far"])  # far ones: outside
 
     grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
     sb, blocks, splits = split_scenes(good, grids, cfg)
