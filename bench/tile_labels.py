@@ -1,0 +1,80 @@
+"""Benchmark of `geoseg tile` with a country's labels for one small scene.
+
+Prints, measured in this one run (only the ratio counts): the wall time and peak RSS of
+`geoseg tile` with a labels file of N polygons of which a few hundred lie on the scene
+(the rest spread over 100 km around it), against the baseline a user would otherwise run:
+the same tile with the labels clipped to the scene first (what ``ogr2ogr -spat`` gives).
+Each tile runs in a fresh process.
+
+    $ python bench/tile_labels.py                 # 500 000 labels
+    $ python bench/tile_labels.py --labels 50000  # quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
+def run(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `geoseg tile` in a fresh process."""
+    code = ("import resource, sys; from geoseg.cli.main import cli\n"
+            "try:\n    cli.main(sys.argv[1:], standalone_mode=False)\n"
+            "finally:\n    print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True).stdout
+    rss = float(next(ln for ln in out.splitlines() if ln.startswith("RSS")).split()[1])
+    return time.perf_counter() - t0, rss
+
+
+def make(root: Path, labels: int) -> None:
+    """The scene, its labels (``near.gpkg``) and the country's (``country.gpkg``), in ``root``."""
+    import geopandas as gpd
+    import shapely
+    from conftest import bright_boxes_scene, grid_boxes, labels_for
+
+    (root / "s").mkdir()
+    scene = bright_boxes_scene(root / "s" / "scene.tif", (512, 512), grid_boxes((512, 512), step=20))
+    near = gpd.read_file(labels_for(scene, root / "near.gpkg", grid_boxes((512, 512), step=20), crs="EPSG:32636"))
+    rng = np.random.default_rng(0)
+    n = labels - len(near)
+    x, y = rng.uniform(400000, 500000, n), rng.uniform(-10000, 90000, n)
+    far = shapely.box(x, y, x + 8, y + 10)
+    far = far[~shapely.intersects(far, shapely.box(*near.total_bounds).buffer(500))]
+    country = gpd.GeoDataFrame({"class": ["building"] * (len(far) + len(near))},
+                               geometry=np.concatenate([far, near.geometry.to_numpy()]), crs="EPSG:32636")
+    country.to_file(root / "country.gpkg")
+    print(f"labels: {len(country)} in the file, {len(near)} on the scene")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--labels", type=int, default=500_000, help="polygons in the country file")
+    ap.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # the data, in a child: RSS stays the tiles'
+    a = ap.parse_args()
+    if a.make is not None:
+        make(a.make, a.labels)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        subprocess.run([sys.executable, __file__, "--make", str(root), "--labels", str(a.labels)], check=True)
+        base = ["tile", str(root / "s"), "--size", "256", "--overlap", "0", "--scheduler", "sync"]
+        clipped = run([*base, "--labels", str(root / "near.gpkg"), "--out", str(root / "p1")])
+        whole = run([*base, "--labels", str(root / "country.gpkg"), "--out", str(root / "p2")])
+        print(f"labels clipped to the scene first: {clipped[0]:.1f} s, {clipped[1]:.0f} MB peak RSS")
+        print(f"the country's labels:              {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS")
+        print(f"ratio (country / clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
