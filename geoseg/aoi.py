@@ -120,6 +120,18 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
     return out.iloc[np.flatnonzero(keep)].sort_index()
 
 
+def _near(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
+    """The features whose envelope meets ``area``'s: all that clipping to it can keep, in file order."""
+    if not len(gdf) or not len(area):
+        return gdf
+    region = area.to_crs(gdf.crs) if area.crs != gdf.crs else area  # clip_to warns of a datum gap
+    bounds = region.total_bounds
+    if not np.isfinite(bounds).all():  # beyond the features' CRS: clip_to decides
+        return gdf
+    hits = shapely.STRtree(gdf.geometry.to_numpy()).query(shapely.box(*bounds))
+    return gdf.iloc[np.unique(hits)]
+
+
 def _one_part_each(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     """Each polygonal part of ``gdf`` as a feature of its own (repaired), attributes kept."""
     parts, index = polygonal_parts(gdf.geometry.to_numpy())
@@ -183,19 +195,21 @@ def restrict(
     """
     notes: list[str] = []
     before = len(pred) + len(truth)
-    if multipart == "parts" and (clip or aoi is not None):
-        pred, truth = _one_part_each(pred), _one_part_each(truth)
+    areas: list[tuple[str, gpd.GeoSeries]] = []
     if clip:
         if not scenes:
             raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "
                                    "(files or folders), or restrict with --aoi FILE instead")
-        area = footprint(scenes)
-        pred, truth = clip_to(pred, area), clip_to(truth, area)
-        notes.append("inside the scenes")
+        areas.append(("inside the scenes", footprint(scenes)))
     if aoi is not None:
-        area = read_aoi(aoi)
+        areas.append((f"inside {Path(aoi).name}", read_aoi(aoi)))
+    for _, area in areas:  # a country's truth for a few scenes: only what may be kept is repaired
+        pred, truth = _near(pred, area), _near(truth, area)
+    if multipart == "parts" and areas:
+        pred, truth = _one_part_each(pred), _one_part_each(truth)
+    for note, area in areas:
         pred, truth = clip_to(pred, area), clip_to(truth, area)
-        notes.append(f"inside {Path(aoi).name}")
+        notes.append(note)
     if before and not len(pred) + len(truth):
         log.warning("no prediction and no truth polygon is left %s: every number is 0; check that the "
                     "area overlaps the polygons (and its CRS)", " and ".join(notes))
