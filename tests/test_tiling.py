@@ -405,3 +405,30 @@ def test_labels_far_from_every_scene_are_left_out_but_keep_their_classes(tmp_pat
     near_rows = {2 * i + 1 for i in range(len(near))}
     assert {a["label_id"] for a in coco["annotations"]} == near_rows
     assert {a["category_id"] for a in coco["annotations"]} == {1}
+
+
+def test_a_subset_in_qgis_syntax_keeps_the_features_it_selects(tmp_path: Path) -> None:
+    # Google Open Buildings' confidence, as QGIS writes a filtered layer's source
+    from conftest import bright_boxes_scene, grid_boxes
+
+    from geoseg.errors import OutputExistsError
+
+    boxes = grid_boxes((64, 64), step=20, seed=4)
+    (tmp_path / "s").mkdir()
+    scene = bright_boxes_scene(tmp_path / "s" / "a.tif", (64, 64), boxes)
+    labels = gpd.read_file(labels_for(scene, tmp_path / "l.gpkg", boxes))
+    labels["confidence"] = np.linspace(0.5, 0.95, len(labels))
+    labels.to_file(tmp_path / "ob.gpkg", layer="buildings")
+    kept = int((labels["confidence"] >= 0.7).sum())
+    assert 0 < kept < len(labels)
+    source = f"{tmp_path / 'ob.gpkg'}|layername=buildings|subset=\"confidence\" >= 0.7"
+    cfg = TileConfig(size=32, overlap=0)
+    s = tile([scene], source, tmp_path / "p", cfg, scheduler="sync")
+    assert s.labels == kept
+    with pytest.raises(OutputExistsError):  # another subset is other labels: never a silent resume
+        tile([scene], source.replace("0.7", "0.5"), tmp_path / "p", cfg, scheduler="sync")
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", f"{tmp_path / 'ob.gpkg'}|subset=confidnce > 1",
+                                   "--out", str(tmp_path / "bad"), "--size", "32", "--overlap", "0"])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("geoseg: error:")][0]
+    assert "with subset 'confidnce > 1'" in line and "OGR SQL WHERE clause" in line, line

@@ -21,7 +21,8 @@ from typing import Any
 def input_stamp(path: str | Path) -> dict[str, Any] | None:
     """``{"name", "bytes", "mtime_ns"}`` of a file or a whole folder; None when it is missing.
 
-    A layer of a vector file (``x.gpkg|layername=roofs``) gets the file's stamp and ``layer``.
+    A layer of a vector file (``x.gpkg|layername=roofs``) gets the file's stamp and ``layer``
+    (and ``subset``, given ``|subset=SQL``).
 
     For a folder, ``bytes`` is the total size of the files in it and ``mtime_ns`` the newest
     mtime of the folder and of anything in it. A URL or GDAL network path (a ``str``) gets
@@ -36,12 +37,12 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
 
     if is_remote(path):
         return remote_stamp(path)
-    if "|layername=" in str(path):  # one layer of a vector file (QGIS's syntax): the file's stamp and the layer
-        from geoseg.io.vectors import split_layer
+    if "|layername=" in str(path) or "|subset=" in str(path):  # QGIS's syntax: the file's stamp, layer, subset
+        from geoseg.io.vectors import split_source
 
-        file, layer = split_layer(path)
+        file, layer, subset = split_source(path)
         stamp = input_stamp(file)
-        return None if stamp is None else {**stamp, "layer": layer}
+        return None if stamp is None else {**stamp, "layer": layer, **({"subset": subset} if subset else {})}
     p = Path(path)
     try:
         st = p.stat()

@@ -25,6 +25,25 @@ CLASS = "class"
 NO_FIELD = "none"
 #: QGIS's data source syntax for one layer of a file: ``buildings.gpkg|layername=roofs``.
 LAYER_SEP = "|layername="
+#: ... and for the features a filter keeps (last, as QGIS writes it): ``x.gpkg|subset="confidence" > 0.7``.
+SUBSET_SEP = "|subset="
+
+
+def split_source(path: str | Path) -> tuple[Path, str | None, str | None]:
+    """A vector input as (file, layer, subset), in QGIS's data source syntax (Layer Properties > Source).
+
+    ``|layername=`` names a layer of the file, ``|subset=`` an OGR SQL WHERE clause on its
+    columns (QGIS's Query Builder writes it), always last.
+
+    Examples:
+        >>> split_source("labels.gpkg|layername=roofs|subset=confidence >= 0.7")
+        (PosixPath('labels.gpkg'), 'roofs', 'confidence >= 0.7')
+        >>> split_source("labels.gpkg")
+        (PosixPath('labels.gpkg'), None, None)
+    """
+    text, ssep, subset = str(path).partition(SUBSET_SEP)
+    file, lsep, layer = text.partition(LAYER_SEP)
+    return Path(file), (layer if lsep else None), (subset if ssep else None)
 
 
 def split_layer(path: str | Path) -> tuple[Path, str | None]:
@@ -36,8 +55,8 @@ def split_layer(path: str | Path) -> tuple[Path, str | None]:
         >>> split_layer("labels.gpkg")
         (PosixPath('labels.gpkg'), None)
     """
-    file, sep, layer = str(path).partition(LAYER_SEP)
-    return Path(file), (layer if sep else None)
+    file, layer, _ = split_source(path)
+    return file, layer
 
 
 def pick_layer(path: Path, role: str, layer: str | None) -> str | None:
@@ -145,10 +164,13 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
     """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
 
     The one reader of the vector inputs of geoseg (labels, truth, predictions, AOIs,
-    examples), so each takes ``FILE|layername=LAYER`` for a layer of a multi-layer file.
+    examples), so each takes ``FILE|layername=LAYER`` for a layer of a multi-layer file and
+    ``|subset=SQL`` for the features a WHERE clause keeps (Google Open Buildings'
+    ``confidence >= 0.7``), as QGIS writes a layer's source.
 
     Args:
-        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf..., optionally ``|layername=LAYER``.
+        path: GeoPackage, GeoJSON, Shapefile, FlatGeobuf..., optionally ``|layername=LAYER``
+            and ``|subset=SQL``.
         role: what the file is (``"label"``, ``"truth"``), for messages.
         layer: the layer to read (default: the one in ``path``, else the file's only
             geometry layer).
@@ -156,9 +178,9 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
     Raises:
         InputVectorError: a missing or unreadable file, a name with ``;``, a layer without
             a geometry column (an attribute table, a CSV), several geometry layers and
-            none named, a named layer the file lacks, or no CRS.
+            none named, a named layer the file lacks, no CRS, or a subset OGR cannot apply.
     """
-    path, named = split_layer(path)
+    path, named, subset = split_source(path)
     if layer is not None and named is not None and layer != named:
         raise InputVectorError(f"{role} file {path}: layer '{named}' in the path and '{layer}' given; name one")
     layer = layer if layer is not None else named
@@ -170,15 +192,23 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
     elif layer is not None and layer != path.stem:  # one layer, named after the file, as OGR names it
         raise InputVectorError(f"{role} file {path} is GeoParquet, one layer ('{path.stem}'), not '{layer}'; "
                                f"drop '{LAYER_SEP}{layer}'")
+    if subset is not None and path.suffix.lower() == ".parquet":
+        raise InputVectorError(f"{role} file {path} is GeoParquet, which '{SUBSET_SEP}' cannot filter; save the "
+                               "features to keep as a GeoPackage first (QGIS: Export > Save Selected Features As)")
     try:
         if path.suffix.lower() == ".parquet":  # GeoParquet (geoseg predict writes it): pyarrow
             gdf = gpd.read_parquet(path)
             info = {"geometry_type": "GeoParquet", "layer_name": path.stem, "driver": "GeoParquet"}
         else:
             info = pyogrio.read_info(path, layer=layer)
-            gdf = gpd.read_file(path, layer=layer, engine="pyogrio")
+            gdf = gpd.read_file(path, layer=layer, engine="pyogrio", where=subset)
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
         msg = first_line(err)
+        if subset is not None:
+            raise InputVectorError(
+                f"cannot read {role} file {path} with subset '{subset}': {msg}; the subset is an OGR SQL WHERE "
+                "clause on the file's columns (quote names with spaces in double quotes; QGIS: Query Builder)"
+            ) from None
         raise InputVectorError(
             f"cannot read {role} file {path}: {msg}; use a GeoPackage, GeoJSON or Shapefile"
         ) from None
