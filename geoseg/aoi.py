@@ -26,7 +26,7 @@ from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.datums import to_crs
 from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
-from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
+from geoseg.io.vectors import near_mask, polygonal, polygonal_parts, read_vector
 
 #: The valid-data mask of a scene is read decimated to at most this long side.
 MASK_SIDE = 1024
@@ -121,15 +121,11 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
 
 
 def _near(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
-    """The features whose envelope meets ``area``'s: all that clipping to it can keep, in file order."""
+    """The features whose envelope meets ``area``: all that clipping to it can keep, in file order."""
     if not len(gdf) or not len(area):
         return gdf
-    region = area.to_crs(gdf.crs) if area.crs != gdf.crs else area  # clip_to warns of a datum gap
-    bounds = region.total_bounds
-    if not np.isfinite(bounds).all():  # beyond the features' CRS: clip_to decides
-        return gdf
-    hits = shapely.STRtree(gdf.geometry.to_numpy()).query(shapely.box(*bounds))
-    return gdf.iloc[np.unique(hits)]
+    keep = near_mask(gdf.geometry.to_numpy(), gdf.crs, [(area.crs, shapely.union_all(area.to_numpy()))])
+    return gdf.iloc[np.flatnonzero(keep)]
 
 
 def _one_part_each(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

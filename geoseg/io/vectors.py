@@ -336,7 +336,7 @@ def read_labels(
     present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
     areal = present & np.isin(shapely.get_type_id(geoms), (3, 6, 7))  # polygons (collections: their parts)
     everything = sorted(set(classes[areal]))
-    close = _near(geoms, gdf.crs, near) if near is not None else present
+    close = near_mask(geoms, gdf.crs, near) if near is not None else present
     far = int((present & ~close).sum()) if (present & close).any() else 0
     if far:
         present &= close
@@ -360,8 +360,12 @@ def read_labels(
     return out
 
 
-def _near(geoms: np.ndarray, crs: Any, areas: Sequence[tuple[Any, shapely.Geometry]]) -> np.ndarray:
-    """Whether each geometry's envelope meets one of ``areas`` (grown by 1 %), taken to ``crs``."""
+def near_mask(geoms: np.ndarray, crs: Any, areas: Sequence[tuple[Any, shapely.Geometry]]) -> np.ndarray:
+    """Whether each geometry's envelope meets one of ``areas`` (each with its CRS; grown by 1 %) in ``crs``.
+
+    All that clipping to the areas can keep, found on envelopes before anything is repaired
+    (a country's footprints for a few scenes); an area beyond ``crs``'s domain keeps all.
+    """
     from pyproj import Transformer
 
     hit = np.zeros(len(geoms), dtype=bool)
