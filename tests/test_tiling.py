@@ -432,3 +432,32 @@ def test_a_subset_in_qgis_syntax_keeps_the_features_it_selects(tmp_path: Path) -
     assert res.exit_code != 0 and "Traceback" not in res.output, res.output
     line = [ln for ln in res.output.splitlines() if ln.startswith("geoseg: error:")][0]
     assert "with subset 'confidnce > 1'" in line and "OGR SQL WHERE clause" in line, line
+
+
+def test_openstreetmap_buildings_through_layer_and_subset(tmp_path: Path) -> None:
+    # an OSM extract (XML here, PBF alike): its multipolygons layer holds every area; the subset keeps buildings
+    import pyogrio
+    from conftest import bright_boxes_scene
+    from pyproj import Transformer
+
+    if "OSM" not in pyogrio.list_drivers():
+        pytest.skip("this GDAL has no OSM driver")
+    x, y = Transformer.from_crs(4326, 32636, always_xy=True).transform(32.57995, 0.36035)
+    (tmp_path / "s").mkdir()
+    bright_boxes_scene(tmp_path / "s" / "k.tif", (80, 80), [(10, 10, 30, 30)], transform=from_origin(x, y, 0.5, 0.5))
+    square = [(0.3600, 32.5800), (0.3600, 32.5801), (0.3601, 32.5801), (0.3601, 32.5800)]
+    grass = [(lat + 0.0002, lon + 0.0002) for lat, lon in square]
+    nodes = "".join(f'<node id="{i + 1}" lat="{lat}" lon="{lon}" version="1"/>'
+                    for i, (lat, lon) in enumerate(square + grass))
+    refs = ["".join(f'<nd ref="{i}"/>' for i in (*ids, ids[0])) for ids in ((1, 2, 3, 4), (5, 6, 7, 8))]
+    (tmp_path / "extract.osm").write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?><osm version="0.6">{nodes}'
+        f'<way id="10" version="1">{refs[0]}<tag k="building" v="yes"/></way>'
+        f'<way id="11" version="1">{refs[1]}<tag k="landuse" v="grass"/></way></osm>')
+    source = f"{tmp_path / 'extract.osm'}|layername=multipolygons|subset=building IS NOT NULL"
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path / "s"), "--labels", source, "--out", str(tmp_path / "p"),
+                                   "--size", "32", "--overlap", "0", "--scheduler", "sync"])
+    assert res.exit_code == 0, res.output
+    assert "labels: 1, 0 outside every scene" in res.output  # the grass is not a building
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert len(coco["annotations"]) > 0 and {a["label_id"] for a in coco["annotations"]} == {0}
