@@ -366,16 +366,18 @@ def near_mask(geoms: np.ndarray, crs: Any, areas: Sequence[tuple[Any, shapely.Ge
     All that clipping to the areas can keep, found on envelopes before anything is repaired
     (a country's footprints for a few scenes); an area beyond ``crs``'s domain keeps all.
     """
-    from pyproj import Transformer
+    from rasterio.errors import RasterioError
+    from rasterio.warp import transform_bounds
 
     hit = np.zeros(len(geoms), dtype=bool)
     tree = shapely.STRtree(geoms)
+    dst = CRS.from_user_input(crs)
     for area_crs, area in areas:
-        grown = shapely.segmentize(area, max(area.length, 1e-9) / 400)  # true when reprojected
-        if CRS.from_user_input(area_crs) != CRS.from_user_input(crs):
-            to = Transformer.from_crs(area_crs, crs, always_xy=True)
-            grown = shapely.transform(grown, lambda xy, to=to: np.column_stack(to.transform(xy[:, 0], xy[:, 1])))
-        x0, y0, x1, y1 = grown.bounds
+        src = CRS.from_user_input(area_crs)
+        try:  # the area's bounds in ``crs``, edges densified (a footprint's sides curve when reprojected)
+            x0, y0, x1, y1 = area.bounds if src == dst else transform_bounds(src.to_wkt(), dst.to_wkt(), *area.bounds)
+        except (RasterioError, ValueError):
+            return np.ones(len(geoms), dtype=bool)
         if not np.isfinite([x0, y0, x1, y1]).all():  # outside the labels' CRS: cannot judge, keep all
             return np.ones(len(geoms), dtype=bool)
         pad = 0.01 * max(x1 - x0, y1 - y0)
