@@ -1,10 +1,11 @@
-"""Benchmark of `geoseg tile` with a country's labels for one small scene.
+"""Benchmark of `geoseg tile` and `geoseg evaluate --clip` with a country's labels for one small scene.
 
 Prints, measured in this one run (only the ratio counts): the wall time and peak RSS of
 `geoseg tile` with a labels file of N polygons of which a few hundred lie on the scene
 (the rest spread over 100 km around it), against the baseline a user would otherwise run:
-the same tile with the labels clipped to the scene first (what ``ogr2ogr -spat`` gives).
-Each tile runs in a fresh process.
+the same tile with the labels clipped to the scene first (what ``ogr2ogr -spat`` gives);
+then the same for `geoseg evaluate --clip` with that file as the truth (the predictions:
+the scene's own labels). Each command runs in a fresh process.
 
     $ python bench/tile_labels.py                 # 500 000 labels
     $ python bench/tile_labels.py --labels 50000  # quick run
@@ -73,6 +74,12 @@ def main() -> None:
         whole = run([*base, "--labels", str(root / "country.gpkg"), "--out", str(root / "p2")])
         print(f"labels clipped to the scene first: {clipped[0]:.1f} s, {clipped[1]:.0f} MB peak RSS")
         print(f"the country's labels:              {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS")
+        print(f"ratio (country / clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
+        ev = ["evaluate", str(root / "near.gpkg"), "--scenes", str(root / "s"), "--clip"]
+        clipped = run([*ev[:2], str(root / "near.gpkg"), *ev[2:]])
+        whole = run([*ev[:2], str(root / "country.gpkg"), *ev[2:]])
+        print(f"evaluate --clip, truth clipped first: {clipped[0]:.1f} s, {clipped[1]:.0f} MB peak RSS")
+        print(f"evaluate --clip, the country's truth: {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS")
         print(f"ratio (country / clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
 
 

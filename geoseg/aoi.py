@@ -24,9 +24,10 @@ from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.datums import to_crs
+from geoseg.io.near import near_mask
 from geoseg.io.rasters import check_grid, no_georef_warning
 from geoseg.io.sources import open_raster
-from geoseg.io.vectors import near_mask, polygonal, polygonal_parts, read_vector
+from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
 
 #: The valid-data mask of a scene is read decimated to at most this long side.
 MASK_SIDE = 1024
@@ -143,21 +144,55 @@ def evaluate_within(
     clip: bool = False,
     aoi: str | Path | None = None,
     multipart: str = "parts",
+    areas: list[tuple[str, gpd.GeoSeries]] | None = None,
     **options: Any,
 ) -> tuple[dict[str, Any], gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
     """:func:`restrict`, then :func:`geoseg.evaluate.evaluate_frames` (``geoseg evaluate`` and the pipeline).
 
     With ``multipart="parts"``, parts are taken before clipping (a concave roof the area's
     edge cuts in two stays one object), so the clipped frames are evaluated whole.
+    ``areas``: :func:`areas_of` ``(scenes, clip, aoi)``, when the caller read them already.
 
     Returns:
         ``(report, pred, truth, notes)``: the frames as restricted (for a quick-look).
     """
     from geoseg.evaluate import evaluate_frames
 
-    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=clip, aoi=aoi, multipart=multipart)
+    pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=clip, aoi=aoi, multipart=multipart, areas=areas)
     report = evaluate_frames(pred, truth, multipart="whole" if notes else multipart, **options)
     return report, pred, truth, notes
+
+
+def areas_of(scenes: Sequence[str | Path], clip: bool, aoi: str | Path | None) -> list[tuple[str, gpd.GeoSeries]]:
+    """The areas evaluate restricts to, each with its note: the scenes' footprint (``clip``), the AOI.
+
+    Raises:
+        InputRasterError: ``clip`` without scenes, or a scene that cannot be read.
+        InputVectorError: the AOI file cannot be read or holds no polygon.
+    """
+    areas: list[tuple[str, gpd.GeoSeries]] = []
+    if clip:
+        if not scenes:
+            raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "
+                                   "(files or folders), or restrict with --aoi FILE instead")
+        areas.append(("inside the scenes", footprint(scenes)))
+    if aoi is not None:
+        areas.append((f"inside {Path(aoi).name}", read_aoi(aoi)))
+    return areas
+
+
+def read_within(
+    pred: str | Path, truth: str | Path, areas: list[tuple[str, gpd.GeoSeries]],
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """Read predictions and truth, only near the first of ``areas`` (:func:`areas_of`) when there is one.
+
+    A country's truth for a few scenes is read through its spatial index instead of whole
+    (:func:`geoseg.evaluate.read_polygons`); :func:`restrict` then clips both to every area.
+    """
+    from geoseg.evaluate import read_polygons
+
+    near = [(area.crs, area.iloc[0]) for _, area in areas[:1]] or None
+    return read_polygons(pred, "prediction", near=near), read_polygons(truth, "truth", near=near)
 
 
 def restrict(
@@ -168,6 +203,7 @@ def restrict(
     clip: bool = False,
     aoi: str | Path | None = None,
     multipart: str = "whole",
+    areas: list[tuple[str, gpd.GeoSeries]] | None = None,
 ) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, list[str]]:
     """Clip predictions and truth to the scenes' footprint (``clip``) and/or an AOI file.
 
@@ -181,6 +217,7 @@ def restrict(
             feature first, so that a polygon the area's edge cuts in two (a concave roof)
             stays one feature, one object; evaluate the result with ``multipart="whole"``.
             ``whole``: features are clipped as they are.
+        areas: :func:`areas_of` ``(scenes, clip, aoi)``, when the caller has them already.
 
     Returns:
         ``(pred, truth, notes)``; the notes say what was applied, for the report's header.
@@ -191,14 +228,7 @@ def restrict(
     """
     notes: list[str] = []
     before = len(pred) + len(truth)
-    areas: list[tuple[str, gpd.GeoSeries]] = []
-    if clip:
-        if not scenes:
-            raise InputRasterError("--clip needs the predicted scenes: pass them with --scenes "
-                                   "(files or folders), or restrict with --aoi FILE instead")
-        areas.append(("inside the scenes", footprint(scenes)))
-    if aoi is not None:
-        areas.append((f"inside {Path(aoi).name}", read_aoi(aoi)))
+    areas = areas if areas is not None else areas_of(scenes, clip, aoi)
     for _, area in areas:  # a country's truth for a few scenes: only what may be kept is repaired
         pred, truth = _near(pred, area), _near(truth, area)
     if multipart == "parts" and areas:

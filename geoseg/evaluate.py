@@ -51,6 +51,7 @@ from pyproj import CRS
 
 from geoseg.errors import InputVectorError
 from geoseg.io.datums import to_crs
+from geoseg.io.near import Areas, near_features
 from geoseg.io.vectors import NO_FIELD, bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
@@ -67,14 +68,18 @@ THRESHOLDS = (50 + 5 * np.arange(10)) / 100
 RECALLS = np.linspace(0.0, 1.0, 101)
 
 
-def read_polygons(path: str | Path, role: str = "polygon") -> gpd.GeoDataFrame:
+def read_polygons(path: str | Path, role: str = "polygon", near: Areas | None = None) -> gpd.GeoDataFrame:
     """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
+
+    ``near``: areas (each with its CRS); a polygon layer is read only where it meets them
+    (:func:`geoseg.io.near.near_features`: a country's truth for a few scenes), else whole.
 
     Raises:
         InputVectorError: see :func:`geoseg.io.vectors.read_vector`; features and no polygon
             among them (points, lines: :func:`geoseg.io.vectors.require_polygons`).
     """
-    gdf = read_vector(path, role)
+    got = near_features(path, role, None, near) if near else None
+    gdf = got[0].reset_index(drop=True) if got is not None else read_vector(path, role)
     require_polygons(gdf, split_layer(path)[0], role)
     return gdf
 

@@ -46,8 +46,8 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     $ geoseg evaluate b.gpkg truth.gpkg --scenes data/sample/kampala_blockB_z20.tif --clip \\
           --quicklook look.png
     """
-    from geoseg.aoi import evaluate_within
-    from geoseg.evaluate import format_report, read_polygons
+    from geoseg.aoi import areas_of, evaluate_within, read_within
+    from geoseg.evaluate import format_report
     from geoseg.io.atomic import check_outputs, check_writable, write_json
     from geoseg.io.sources import list_scenes, scene_name
     from geoseg.quicklook import png_path
@@ -60,9 +60,10 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     rasters = [s.source for s in list_scenes(scenes)] if scenes else []
     check_outputs({"--json": json_path, "--quicklook": quicklook_png},
                   {"the predictions": pred, "the truth": truth, "a scene": rasters, "the AOI": aoi})
-    pred_gdf, truth_gdf = read_polygons(pred, "prediction"), read_polygons(truth, "truth")
+    areas = areas_of(rasters, clip, aoi)  # a country's truth for a few scenes: read only near them
+    pred_gdf, truth_gdf = read_within(pred, truth, areas)
     report, pred_gdf, truth_gdf, notes = evaluate_within(
-        pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi, multipart=multipart, iou=iou,
+        pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi, multipart=multipart, areas=areas, iou=iou,
         class_field=class_field, boundary_width=boundary_width)
     click.echo(f"IoU >= {iou:g}: {pred} vs {truth}" + (f" ({', '.join(notes)})" if notes else ""))
     click.echo(format_report(report))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +11,9 @@ import geopandas as gpd
 import numpy as np
 import pyogrio
 import shapely
-from pyproj import CRS
 
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line
+from geoseg.io.near import Areas, near_mask, read_near
 from geoseg.matching import DUPLICATE_IOU, duplicates
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,9 @@ def check_vector_name(path: str | Path, what: str, *, output: bool = False) -> P
     return path
 
 
-def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.GeoDataFrame:
+def read_vector(
+    path: str | Path, role: str, layer: str | None = None, mask: shapely.Geometry | None = None,
+) -> gpd.GeoDataFrame:
     """Read a vector file (anything pyogrio reads) that has geometries and a CRS.
 
     The one reader of the vector inputs of geoseg (labels, truth, predictions, AOIs,
@@ -174,6 +175,8 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
         role: what the file is (``"label"``, ``"truth"``), for messages.
         layer: the layer to read (default: the one in ``path``, else the file's only
             geometry layer).
+        mask: only the features that meet it (in the file's CRS; OGR's spatial filter),
+            indexed by feature id (not for GeoParquet).
 
     Raises:
         InputVectorError: a missing or unreadable file, a name with ``;``, a layer without
@@ -201,7 +204,8 @@ def read_vector(path: str | Path, role: str, layer: str | None = None) -> gpd.Ge
             info = {"geometry_type": "GeoParquet", "layer_name": path.stem, "driver": "GeoParquet"}
         else:
             info = pyogrio.read_info(path, layer=layer)
-            gdf = gpd.read_file(path, layer=layer, engine="pyogrio", where=subset)
+            filters: dict[str, Any] = {} if mask is None else {"mask": mask, "fid_as_index": True}
+            gdf = gpd.read_file(path, layer=layer, engine="pyogrio", where=subset, **filters)
     except Exception as err:  # pyogrio raises DataSourceError, DataLayerError, ...
         msg = first_line(err)
         if subset is not None:
@@ -291,7 +295,7 @@ def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
 
 def read_labels(
     path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None,
-    near: Sequence[tuple[Any, shapely.Geometry]] | None = None,
+    near: Areas | None = None,
 ) -> gpd.GeoDataFrame:
     """Read labels as one Polygon per instance with a string ``class`` column.
 
@@ -306,41 +310,48 @@ def read_labels(
         class_field: column holding the class of each feature; ``"none"``: every feature is ``class_name``.
         class_name: the class of every feature when ``class_field`` is absent.
         layer: layer to read (first layer by default).
-        near: areas (each with its CRS: the scenes' footprints); features whose envelope
-            meets none are left out before they are repaired and compared (a country's
-            buildings for a few scenes; when none meets one, all are kept, for the caller's
-            diagnosis). Classes and the null-class check still cover every feature.
+        near: areas (each with its CRS: the scenes' footprints); only the features near them
+            are read (:func:`geoseg.io.near.read_near`: a country's buildings for a few
+            scenes; a GeoPackage's R-tree) or kept (:func:`geoseg.io.near.near_mask`)
+            before they are repaired and compared; when none is near, all are kept, for the
+            caller's diagnosis. Classes and the null-class check still cover every feature.
 
     Returns:
         GeoDataFrame with columns ``class``, ``label_id`` (row of the source feature)
         and ``geometry``, in the file's CRS; ``attrs``: ``classes`` (of every feature) and
-        ``far`` (features left out by ``near``).
+        ``far`` (features left out by ``near``, with those of a polygon layer that have no geometry).
 
     Raises:
         InputVectorError: see :func:`read_vector`; a ``class_field`` other than ``"class"``
             that the file lacks.
     """
     path = Path(path)
-    gdf = read_vector(path, "label", layer)
-    require_polygons(gdf, path, "label")
     one_class = class_field.lower() == NO_FIELD  # whatever columns the file has (Overture's mostly null 'class')
-    if not one_class and class_field != CLASS and class_field not in gdf.columns:  # named but absent
+    got = read_near(path, "label", layer, near, None if one_class else class_field) if near is not None else None
+    gdf, every = got if got is not None else (read_vector(path, "label", layer), None)
+    table = gdf if every is None else every  # one row per feature of the file
+    require_polygons(gdf, path, "label")
+    if not one_class and class_field != CLASS and class_field not in table.columns:  # named but absent
         cols = [str(c) for c in gdf.columns if c != gdf.geometry.name]
         raise InputVectorError(f"label file {path} has no column '{class_field}' (the class field); its "
                                f"columns: {', '.join(cols[:12]) or 'none'}")
-    if not one_class and class_field in gdf.columns:
-        classes = class_values(gdf, class_field, f"label file {path}")
+    if not one_class and class_field in table.columns:
+        classes = class_values(table, class_field, f"label file {path}")
     else:
-        classes = np.full(len(gdf), class_name, dtype=object)
+        classes = np.full(len(table), class_name, dtype=object)
     geoms = gdf.geometry.to_numpy()
     present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
-    areal = present & np.isin(shapely.get_type_id(geoms), (3, 6, 7))  # polygons (collections: their parts)
-    everything = sorted(set(classes[areal]))
-    close = near_mask(geoms, gdf.crs, near) if near is not None else present
-    far = int((present & ~close).sum()) if (present & close).any() else 0
-    if far:
-        present &= close
-    rows = np.flatnonzero(present)
+    if every is not None:  # a polygon layer, read near the areas: rows of the file from feature ids
+        rows = every.index.get_indexer(gdf.index)[present]
+        everything, far = sorted(set(classes)), len(every) - int(present.sum())
+    else:
+        areal = present & np.isin(shapely.get_type_id(geoms), (3, 6, 7))  # polygons (collections: their parts)
+        everything = sorted(set(classes[areal]))
+        close = near_mask(geoms, gdf.crs, near) if near is not None else present
+        far = int((present & ~close).sum()) if (present & close).any() else 0
+        if far:
+            present &= close
+        rows = np.flatnonzero(present)
     parts, idx = polygonal_parts(geoms[present])
     out = gpd.GeoDataFrame(
         {CLASS: classes[rows[idx]], "label_id": rows[idx]}, geometry=parts, crs=gdf.crs
@@ -358,29 +369,3 @@ def read_labels(
             EmptyLabelsWarning, stacklevel=2,
         )
     return out
-
-
-def near_mask(geoms: np.ndarray, crs: Any, areas: Sequence[tuple[Any, shapely.Geometry]]) -> np.ndarray:
-    """Whether each geometry's envelope meets one of ``areas`` (each with its CRS; grown by 1 %) in ``crs``.
-
-    All that clipping to the areas can keep, found on envelopes before anything is repaired
-    (a country's footprints for a few scenes); an area beyond ``crs``'s domain keeps all.
-    """
-    from rasterio.errors import RasterioError
-    from rasterio.warp import transform_bounds
-
-    hit = np.zeros(len(geoms), dtype=bool)
-    tree = shapely.STRtree(geoms)
-    dst = CRS.from_user_input(crs)
-    for area_crs, area in areas:
-        src = CRS.from_user_input(area_crs)
-        try:  # the area's bounds in ``crs``, edges densified (a footprint's sides curve when reprojected)
-            x0, y0, x1, y1 = area.bounds if src == dst else transform_bounds(src.to_wkt(), dst.to_wkt(), *area.bounds)
-        except (RasterioError, ValueError):
-            return np.ones(len(geoms), dtype=bool)
-        if not np.isfinite([x0, y0, x1, y1]).all():  # outside the labels' CRS: cannot judge, keep all
-            return np.ones(len(geoms), dtype=bool)
-        pad = 0.01 * max(x1 - x0, y1 - y0)
-        hit[tree.query(shapely.box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))] = True
-    return hit
-

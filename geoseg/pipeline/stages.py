@@ -117,8 +117,8 @@ def run_predict(stage: Stage[PredictArgs], run: StageRun) -> tuple[list[Path], l
 
 def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path], list[str]]:
     """Evaluate (inside the scenes' footprint with ``clip``, an ``aoi``); write the JSON and quick-look."""
-    from geoseg.aoi import evaluate_within
-    from geoseg.evaluate import format_report, read_polygons
+    from geoseg.aoi import areas_of, evaluate_within, read_within
+    from geoseg.evaluate import format_report
     from geoseg.io.atomic import check_outputs
     from geoseg.io.sources import list_scenes, scene_name
     from geoseg.quicklook import png_path
@@ -127,11 +127,12 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     scenes = [s.source for s in list_scenes(a.scenes)] if a.scenes else []
     check_outputs({"evaluate.json": a.json_out, "evaluate.quicklook": a.quicklook and png_path(a.quicklook)},
                   {"the predictions": a.pred, "the truth": a.truth, "a scene": scenes, "the AOI": a.aoi})
-    pred, truth = read_polygons(a.pred, "prediction"), read_polygons(a.truth, "truth")
     # the same restriction as `geoseg evaluate --clip --aoi`: the scenes' valid-data footprint
+    areas = areas_of(scenes, a.clip, a.aoi)
+    pred, truth = read_within(a.pred, a.truth, areas)
     report, pred, truth, notes = evaluate_within(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi,
-                                                 multipart=a.multipart, iou=a.iou, class_field=a.class_field,
-                                                 boundary_width=a.boundary_width)
+                                                 multipart=a.multipart, areas=areas, iou=a.iou,
+                                                 class_field=a.class_field, boundary_width=a.boundary_width)
     outputs: list[Path] = []
     if a.json_out is not None:
         write_json(a.json_out, report, indent=2)

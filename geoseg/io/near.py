@@ -1,0 +1,127 @@
+"""The features of a large vector file near a few areas: a country's buildings for a few scenes.
+
+A country's footprints hold millions of polygons of which a scene meets a few hundred.
+:func:`read_near` reads only the features whose geometry meets the areas (OGR's spatial
+filter, through a GeoPackage's R-tree or a FlatGeobuf's index), plus one column of every
+feature without its geometry (the classes, and the row numbers that ``label_id`` keeps).
+:func:`near_mask` is the same test on features already in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import shapely
+from pyproj import CRS
+
+#: Areas (each with its CRS), as the callers hand them: the scenes' footprints.
+Areas = Sequence[tuple[Any, shapely.Geometry]]
+#: Layer geometry types whose every feature is a polygon or none (OGR's names, any dimension).
+POLYGONAL = re.compile(r"^(Multi)?Polygon( Z| M| ZM)?$|^(Multi)?Polygon25D$", re.IGNORECASE)
+
+
+def area_boxes(crs: Any, areas: Areas) -> list[shapely.Geometry] | None:
+    """Each area's bounding box in ``crs``, grown by 1 % of its larger side.
+
+    The bounds are reprojected with their edges densified (a footprint's sides curve when
+    reprojected). None when an area cannot be placed in ``crs`` (beyond its domain): the
+    caller cannot judge nearness and keeps everything.
+    """
+    from rasterio.warp import transform_bounds
+
+    dst = CRS.from_user_input(crs)
+    boxes = []
+    for area_crs, area in areas:
+        src = CRS.from_user_input(area_crs)
+        try:
+            x0, y0, x1, y1 = area.bounds if src == dst else transform_bounds(src.to_wkt(), dst.to_wkt(), *area.bounds)
+        except Exception:  # GDAL finds no operation (a local engineering CRS...): cannot judge
+            return None
+        if not np.isfinite([x0, y0, x1, y1]).all():
+            return None
+        pad = 0.01 * max(x1 - x0, y1 - y0)
+        boxes.append(shapely.box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))
+    return boxes
+
+
+def near_mask(geoms: np.ndarray, crs: Any, areas: Areas) -> np.ndarray:
+    """Whether each geometry's envelope meets one of ``areas`` (each with its CRS; grown by 1 %) in ``crs``.
+
+    All that clipping to the areas can keep, found on envelopes before anything is repaired
+    (a country's footprints for a few scenes); an area beyond ``crs``'s domain keeps all.
+
+    Examples:
+        >>> geoms = np.array([shapely.box(0, 0, 1, 1), shapely.box(50, 50, 51, 51)])
+        >>> near_mask(geoms, "EPSG:32636", [("EPSG:32636", shapely.box(0.5, 0.5, 3, 3))]).tolist()
+        [True, False]
+    """
+    boxes = area_boxes(crs, areas)
+    if boxes is None:
+        return np.ones(len(geoms), dtype=bool)
+    hit = np.zeros(len(geoms), dtype=bool)
+    tree = shapely.STRtree(geoms)
+    for box in boxes:
+        hit[tree.query(box)] = True
+    return hit
+
+
+def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) -> tuple[gpd.GeoDataFrame, Any] | None:
+    """The features of a polygon layer whose geometry meets one of ``areas``' boxes, and the layer's info.
+
+    Read through OGR's spatial filter (a GeoPackage's R-tree, a FlatGeobuf's index), indexed
+    by feature id: a subset of what :func:`near_mask` keeps and a superset of what clipping
+    to the areas keeps. None, and the caller reads the whole file as before, where this
+    read could differ from it or saves nothing: GeoParquet, a layer that may hold points or
+    lines beside polygons, areas beyond the file's CRS, no feature near them (the caller's
+    diagnosis needs them all), or a file that does not open (the whole read's error names it).
+    """
+    from geoseg.io.vectors import pick_layer, read_vector, split_source
+
+    src, named, _ = split_source(path)
+    if src.suffix.lower() == ".parquet" or not src.exists():
+        return None
+    try:
+        info = pyogrio.read_info(src, layer=pick_layer(src, role, layer if layer is not None else named))
+        if info.get("crs") is None or CRS.from_user_input(info["crs"]).is_engineering:
+            return None
+    except Exception:  # the whole read says what is wrong with the file
+        return None
+    if not POLYGONAL.match(str(info.get("geometry_type"))):
+        return None
+    boxes = area_boxes(info["crs"], areas)
+    if not boxes:
+        return None
+    near = read_vector(path, role, layer, mask=shapely.union_all(boxes))
+    return (near, info) if len(near) else None
+
+
+def read_near(
+    path: str | Path, role: str, layer: str | None, areas: Areas, field: str | None,
+) -> tuple[gpd.GeoDataFrame, pd.DataFrame] | None:
+    """The features of a polygon layer near ``areas`` (:func:`near_features`), and one column of every feature.
+
+    Returns ``(near, every)``: ``every`` holds the ``field`` column (when the layer has
+    it) of every feature, indexed by feature id in file order, read without geometries
+    (Arrow): the classes, and the rows in the file that ``label_id`` keeps. None where
+    :func:`near_features` is, or the feature ids are not unique.
+    """
+    from geoseg.io.vectors import split_source
+
+    got = near_features(path, role, layer, areas)
+    if got is None:
+        return None
+    near, info = got
+    src, _, subset = split_source(path)
+    columns = [field] if field is not None and field in list(info["fields"]) else []
+    every = pyogrio.read_dataframe(src, layer=info["layer_name"], columns=columns, read_geometry=False,
+                                   fid_as_index=True, use_arrow=True, where=subset)
+    if not every.index.is_unique or not near.index.isin(every.index).all():
+        return None
+    return near, every

@@ -1,0 +1,152 @@
+"""A country's labels for a few scenes: only the features near the scenes are read (geoseg.io.near)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from geoseg.errors import InputVectorError
+from geoseg.io.near import near_mask, read_near
+from geoseg.io.vectors import read_labels
+
+CRS = "EPSG:32636"
+AREA = shapely.box(500_000, 0, 500_100, 100)  # a scene's footprint, 100 m square
+
+
+def country(
+    path: Path, *, classes: list[str | None] | list[str] | None = None, delete: tuple[int, ...] = (),
+) -> gpd.GeoDataFrame:
+    """300 buildings: every 7th on the area, the rest kilometres away; ``delete``: fids removed after writing.
+
+    Returns the features as the file holds them (file order), deleted ones gone.
+    """
+    rng = np.random.default_rng(0)
+    geoms = []
+    for i in range(300):
+        if i % 7 == 3:  # on the area, away from its edge
+            x, y = 500_010.0 + (i % 8) * 10, 10.0 + (i // 40) * 10
+        else:
+            x, y = 510_000 + rng.uniform(0, 20_000), 10_000 + rng.uniform(0, 20_000)
+        geoms.append(shapely.box(x, y, x + 6, y + 5))
+    cls = classes or ["building"] * 300
+    gpd.GeoDataFrame({"class": cls}, geometry=geoms, crs=CRS).to_file(path)
+    if delete:  # gaps in the feature ids, as editing a GeoPackage in QGIS leaves them
+        with sqlite3.connect(path) as db:
+            db.execute(f"DELETE FROM {path.stem} WHERE fid IN ({','.join(map(str, delete))})")
+    return gpd.read_file(path)
+
+
+def expected(whole: gpd.GeoDataFrame) -> np.ndarray:
+    """Rows (in file order) of the features whose envelope meets the area: what the whole read keeps."""
+    return np.flatnonzero(near_mask(whole.geometry.to_numpy(), CRS, [(CRS, AREA)]))
+
+
+def test_only_near_features_are_read_and_label_ids_stay_rows_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "country.gpkg"
+    whole = country(path, delete=(2, 11, 12, 150))  # fids 1.. with gaps: rows and fids part ways
+    got = read_near(path, "label", None, [(CRS, AREA)], "class")
+    assert got is not None
+    near, every = got
+    rows = expected(whole)
+    assert len(near) == len(rows) < len(whole) // 5  # the far ones were never read
+    assert len(every) == len(whole) and list(every.columns) == ["class"]
+
+    labels = read_labels(path, near=[(CRS, AREA)])
+    assert sorted(labels["label_id"]) == rows.tolist()
+    for _, lab in labels.iterrows():  # each label is the feature of its row
+        assert lab.geometry.equals(whole.geometry.iloc[lab["label_id"]])
+    assert labels.attrs["far"] == len(whole) - len(rows)
+
+
+@pytest.mark.parametrize("suffix", [".fgb", ".shp"])
+def test_other_indexed_formats_keep_rows_of_their_own_file_order(tmp_path: Path, suffix: str) -> None:
+    """A FlatGeobuf with its index stores features in its own (Hilbert) order: rows are of that order."""
+    path = tmp_path / f"country{suffix}"
+    country(tmp_path / "country.gpkg").to_file(path)
+    whole = gpd.read_file(path)
+    assert read_near(path, "label", None, [(CRS, AREA)], "class") is not None
+    labels = read_labels(path, near=[(CRS, AREA)])
+    assert sorted(labels["label_id"]) == expected(whole).tolist()
+    for _, lab in labels.iterrows():
+        assert lab.geometry.equals(whole.geometry.iloc[lab["label_id"]])
+
+
+def test_the_area_in_another_crs_and_a_far_only_class(tmp_path: Path) -> None:
+    path = tmp_path / "country.gpkg"
+    classes = ["building"] * 300
+    classes[100] = "silo"  # i = 100 is far away: its class still counts
+    whole = country(path, classes=classes)
+    area = gpd.GeoSeries([AREA], crs=CRS).to_crs("EPSG:4326").iloc[0]
+    labels = read_labels(path, near=[("EPSG:4326", area)])
+    assert sorted(labels["label_id"]) == expected(whole).tolist()
+    assert labels.attrs["classes"] == ["building", "silo"]
+    assert set(labels["class"]) == {"building"}
+
+
+def test_a_far_feature_without_class_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "country.gpkg"
+    classes: list[str | None] = ["building"] * 300
+    classes[100] = None  # row 100, far from the area
+    country(path, classes=classes)
+    with pytest.raises(InputVectorError, match=r"1 of 300 features have no value in 'class'.*features 101\)"):
+        read_labels(path, near=[(CRS, AREA)])
+
+
+def test_a_subset_counts_the_features_it_keeps(tmp_path: Path) -> None:
+    path = tmp_path / "country.gpkg"
+    classes = ["house" if i % 2 else "shed" for i in range(300)]
+    country(path, classes=classes)
+    source = f"{path}|subset=\"class\" = 'house'"
+    whole = read_labels(source)  # the whole read: rows among the selected features
+    want = whole.iloc[np.flatnonzero(near_mask(whole.geometry.to_numpy(), CRS, [(CRS, AREA)]))]
+    labels = read_labels(source, near=[(CRS, AREA)])
+    assert sorted(labels["label_id"]) == sorted(want["label_id"]) and len(want)
+    assert labels.attrs["classes"] == ["house"]
+
+
+def test_layers_that_may_hold_points_and_areas_nothing_meets_read_whole(tmp_path: Path) -> None:
+    mixed = tmp_path / "mixed.geojson"
+    gpd.GeoDataFrame({"class": ["building", "tree"]},
+                     geometry=[shapely.box(500_010, 10, 500_016, 15), shapely.Point(510_000, 10_000)],
+                     crs=CRS).to_file(mixed)
+    assert read_near(mixed, "label", None, [(CRS, AREA)], "class") is None  # the point's class must not count
+    assert read_labels(mixed, near=[(CRS, AREA)]).attrs["classes"] == ["building"]
+
+    path = tmp_path / "country.gpkg"
+    whole = country(path)
+    elsewhere = [(CRS, shapely.box(0, 0, 10, 10))]
+    assert read_near(path, "label", None, elsewhere, "class") is None  # nothing near: the caller's diagnosis
+    assert len(read_labels(path, near=elsewhere)) == len(whole)
+
+
+def test_evaluate_clip_reads_a_country_truth_near_the_scene_only(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    from geoseg.aoi import areas_of, read_within
+    from geoseg.cli.main import cli
+
+    truth = tmp_path / "country.gpkg"
+    whole = country(truth, delete=(5, 40))
+    scene = write_raster(tmp_path / "scene.tif", np.full((1, 200, 200), 100, np.uint8), CRS,
+                         from_origin(500_000, 100, 0.5, 0.5))
+    near = whole.iloc[expected(whole)]
+    pred = tmp_path / "pred.gpkg"
+    near.iloc[:-3].to_file(pred)  # three buildings missed
+
+    got_pred, got_truth = read_within(pred, truth, areas_of([scene], True, None))
+    assert len(got_truth) == len(near) < len(whole) // 5  # the far truth was never read
+    assert list(got_truth.index) == list(range(len(near)))  # as the whole read numbers them
+
+    res = CliRunner().invoke(cli, ["evaluate", str(pred), str(truth), "--scenes", str(scene), "--clip",
+                                   "--json", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert (report["tp"], report["fp"], report["fn"]) == (len(near) - 3, 0, 3)
