@@ -40,6 +40,8 @@ def main() -> None:
                          "z21), the scene validated on (run folder gets -blockB)")
     ap.add_argument("--burn-in", type=float, help="semi.burn_in_epochs: supervised epochs before the unlabelled "
                     "chips count (default: the config's, 5; run folder gets -burnB)")
+    ap.add_argument("--cutmix", type=float, help="semi.cutmix: share of the student's samples that are a CutMix "
+                    "of two (run folder gets -cutmixC)")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both runs (run folders get -seedN)")
     ap.add_argument("--ratio", type=float, default=1.0,
                     help="semi.ratio: unlabelled samples per labelled one per step (run folder gets -ratioR)")
@@ -85,6 +87,8 @@ def main() -> None:
             semi["keep"] = args.keep
         if args.burn_in is not None:
             semi["burn_in_epochs"] = args.burn_in
+        if args.cutmix is not None:
+            semi["cutmix"] = args.cutmix
         over: dict[str, object] = {"semi": semi} if name == "semi" else {}
         cfg = load_config(TrainConfig, REPO / "configs" / "buildings-cpu.yaml", {**over, "seed": args.seed})
         run = out / (name if name == "supervised" else f"semi-{args.consistency}-{semi.get('weight', 'default')}")
@@ -96,6 +100,8 @@ def main() -> None:
             run = run.with_name(f"{run.name}-blockB")
         if name == "semi" and args.burn_in is not None:
             run = run.with_name(f"{run.name}-burn{args.burn_in:g}")
+        if name == "semi" and args.cutmix is not None:
+            run = run.with_name(f"{run.name}-cutmix{args.cutmix:g}")
         if args.epochs != 30:  # another run than the 30-epoch one (resume would extend it)
             run = run.with_name(f"{run.name}-e{args.epochs}")
         if args.seed:

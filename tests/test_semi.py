@@ -121,6 +121,47 @@ def test_weak_and_strong_views_line_up_on_a_checkerboard(tmp_path: Path) -> None
     np.testing.assert_array_equal(same["weak"].numpy(), same["strong"].numpy())
 
 
+def test_cutmix_mixes_the_student_view_and_the_teacher_maps_alike(tmp_path: Path) -> None:
+    """With CutMix the teacher's maps still line up with the student's (mixed) view, pixel for pixel."""
+    from types import SimpleNamespace
+
+    from geoseg.train.dataset import collate
+    from geoseg.train.semi import MeanTeacher
+
+    (tmp_path / "u" / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_raster(tmp_path / "u" / "images" / f"c{i}.tif", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+                     "EPSG:32636", from_origin(0, 0, 1, 1))
+    stats = BandStats(mean=(120.0, 120.0, 120.0), std=(60.0, 60.0, 60.0), dtype="uint8")
+    ds = UnlabelledChips([tmp_path / "u"], stats, crop=None, strong=QUIET, seed=0, cutmix=1.0)
+    batch = collate([ds[0], ds[1]])
+    assert abs(float((~batch["mix"]).float().mean()) - 0.5) < 0.05  # half of each sample is the other's
+
+    class Maps(torch.nn.Module):  # a "model" whose maps are its input: any misalignment shows
+        def forward(self, x: torch.Tensor, budget: float = 1.0) -> SimpleNamespace:
+            return SimpleNamespace(logits=x * 3.0)
+
+    cfg = SemiConfig(unlabelled=[str(tmp_path / "u")], consistency="soft", cutmix=1.0, strong=QUIET)
+    mt = MeanTeacher(cfg, stats, None, 2, seed=0)
+    loss, _ = mt.loss(Maps(), Maps(), batch, None, 0.0)
+    assert float(loss) == 0.0  # the student's mixed view and the teacher's mixed maps agree everywhere
+    seen: list[torch.Tensor] = []
+
+    class Spy(Maps):
+        def forward(self, x: torch.Tensor, budget: float = 1.0) -> SimpleNamespace:
+            seen.append(x)
+            return super().forward(x)
+
+    mt.loss(Spy(), Maps(), batch, None, 0.0)
+    box = ~batch["mix"][0]
+    assert torch.equal(seen[0][0][:, box], batch["strong"][1][:, box])  # the box is the next sample's
+    assert torch.equal(seen[0][0][:, ~box], batch["strong"][0][:, ~box])
+    from geoseg.train.pseudo import soft_consistency
+
+    assert float(soft_consistency(seen[0] * 3.0, batch["weak"] * 3.0, batch["valid"])) > 0  # unmixed: misaligned
+
+
 def test_unlabelled_chips_are_read_at_the_labelled_gsd(tmp_path: Path) -> None:
     """A 0.25 m scene for a model of 0.5 m chips is read at 0.5 m, as predict would read it."""
     board = ((np.indices((64, 64)) // 8).sum(0) % 2).astype(np.uint8) * 150 + 50  # 8-px squares at 0.25 m

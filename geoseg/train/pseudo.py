@@ -1,13 +1,16 @@
 """The mean teacher's targets for the student: hard pseudo-targets or a soft consistency.
 
 Both take the fused logits of the teacher on the weak view and of the student on the
-strong view of the same pixels (see :mod:`geoseg.train.semi`).
+strong view of the same pixels (see :mod:`geoseg.train.semi`); :func:`cutmix` mixes the
+views and the teacher's maps of two samples alike.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from geoseg.models.config import BOUNDARY, CONTACT, EXTENT, FIRST_CLASS
@@ -136,3 +139,42 @@ def soft_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     diff = (probs(student_logits) - probs(teacher_logits.detach())) ** 2
     weight = valid[:, None].to(diff.dtype)
     return (diff * weight).sum() / (weight.sum() * diff.shape[1]).clamp_min(1.0)
+
+
+def mix_mask(shape: tuple[int, int], p: float, rng: np.random.Generator) -> np.ndarray:
+    """CutMix's mask: False in a box of half the area (aspect 1:2 to 2:1, anywhere) with probability ``p``.
+
+    Examples:
+        >>> m = mix_mask((40, 40), 1.0, np.random.default_rng(0))
+        >>> m.dtype, bool(abs((~m).mean() - 0.5) < 0.05)
+        (dtype('bool'), True)
+        >>> bool(mix_mask((40, 40), 0.0, np.random.default_rng(0)).all())
+        True
+    """
+    h, w = shape
+    mask = np.ones(shape, dtype=bool)
+    if rng.random() >= p:
+        return mask
+    aspect = math.exp(rng.uniform(-math.log(2), math.log(2)))
+    bh, bw = min(h, round(h * math.sqrt(0.5 * aspect))), min(w, round(w * math.sqrt(0.5 / aspect)))
+    y, x = int(rng.integers(h - bh + 1)), int(rng.integers(w - bw + 1))
+    mask[y:y + bh, x:x + bw] = False
+    return mask
+
+
+def cutmix(mix: torch.Tensor, *maps: torch.Tensor) -> list[torch.Tensor]:
+    """Each map (B, ..., H, W) where ``mix`` (B, H, W) is True, the next sample's (cyclically) elsewhere.
+
+    Student inputs, the teacher's maps and the valid masks mixed by one rule, so that the
+    targets still line up with the student's view pixel for pixel (French et al., 2020).
+
+    Examples:
+        >>> x = torch.arange(2.0).reshape(2, 1, 1, 1).expand(2, 1, 1, 2)
+        >>> cutmix(torch.tensor([[[True, False]], [[True, True]]]), x)[0].flatten().tolist()
+        [0.0, 1.0, 1.0, 1.0]
+    """
+    out = []
+    for m in maps:
+        keep = mix.reshape(mix.shape[0], *([1] * (m.dim() - 3)), *mix.shape[1:])
+        out.append(torch.where(keep, m, m.roll(1, dims=0)))
+    return out

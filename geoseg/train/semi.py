@@ -13,7 +13,10 @@ beside the labelled batch:
 2. a weak view (one of the 8 flips/90° rotations) goes to the teacher, a strong view of
    the same pixels (the weak view plus photometric satellite augmentations: haze, clouds,
    radiometry, blur, resolution loss, noise, JPEG; nothing that moves a pixel) to the
-   student, so the teacher's maps line up with the student's pixel for pixel;
+   student, so the teacher's maps line up with the student's pixel for pixel; with
+   ``cutmix`` (a share of the samples), a box of half the student's view comes from the
+   next sample's strong view, and the teacher's maps and valid masks are mixed alike
+   (French et al., 2020: a stronger perturbation for segmentation);
 3. ``consistency: hard`` (the default): the teacher's fused maps (PV + FF at
    ``teacher_budget``) become hard pseudo-targets (extent, boundary, contact > 0.5; the
    class of highest probability), kept where the data is valid and the teacher is most
@@ -59,7 +62,7 @@ from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
 from geoseg.io.encoding import band_scaling, describe
 from geoseg.io.rasters import GSD_TOLERANCE
 from geoseg.train.augment import AugmentConfig, build_augment
-from geoseg.train.pseudo import pseudo_targets, soft_consistency
+from geoseg.train.pseudo import cutmix, mix_mask, pseudo_targets, soft_consistency
 from geoseg.train.scale import read_scaled, scaled_window
 
 #: Consecutive steps in which the teacher keeps no pixel before a warning (hard consistency).
@@ -91,6 +94,9 @@ class SemiConfig(Strict):
                             "difference of the fused probabilities on every valid pixel")
     strong: AugmentConfig = Field(default_factory=lambda: STRONG.model_copy(),
                                   description="the student's extra, photometric, augmentation")
+    cutmix: float = Field(
+        0.0, ge=0, le=1, description="share of the student's samples that are a CutMix: a box of half the area "
+                                     "from the next sample of the batch, the teacher's maps mixed the same way")
 
     @model_validator(mode="after")
     def _no_geometry_in_strong(self) -> SemiConfig:
@@ -228,6 +234,9 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
         seed: crops, D4 elements and strong augmentations are f(seed, epoch, index).
         gsd, gsd_range: the labelled chips' GSD and the scale augmentation's range (None:
             off): the grid the chips are read on (:func:`chip_grid`).
+        cutmix: when > 0, each sample also holds ``mix`` (H, W) bool: with this
+            probability a box of half the area is False (those pixels come from the next
+            sample of the batch, :func:`cutmix`), else all True.
 
     Raises:
         ConfigError: a folder without chips, or chips of another band count, data type or
@@ -236,7 +245,7 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
 
     def __init__(self, roots: Sequence[str | Path], stats: BandStats, crop: int | None,
                  strong: AugmentConfig, seed: int = 0, gsd: float | None = None,
-                 gsd_range: tuple[float, float] | None = None) -> None:
+                 gsd_range: tuple[float, float] | None = None, cutmix: float = 0.0) -> None:
         grids = {Path(r): chip_grid(Path(r), gsd, gsd_range) for r in roots}
         self.chips = [c for grid in grids.values() for c, _ in grid]
         self.factors = [f for grid in grids.values() for _, f in grid]
@@ -254,7 +263,7 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
                     raise ConfigError(f"unlabelled chips in {root} declare {describe(declared)} but the labelled "
                                       f"ones {describe(stats.scaling)}: their stored values mean another quantity; "
                                       "tile scenes of the same sensor and processing")
-        self.stats, self.crop, self.seed, self.epoch = stats, crop, seed, 0
+        self.stats, self.crop, self.seed, self.epoch, self.cutmix = stats, crop, seed, 0, cutmix
         self.strong = build_augment(strong, stats.bands, seed=seed)
 
     def __len__(self) -> int:
@@ -281,8 +290,11 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
         self.strong.reseed(int(rng.integers(2**31)))
         strong, maps = self.strong(weak.copy(), {"valid": valid.copy()})
         valid = valid & maps["valid"].astype(bool)
-        return {"weak": self._tensor(weak, valid), "strong": self._tensor(strong, valid),
-                "valid": torch.from_numpy(np.ascontiguousarray(valid))}
+        out = {"weak": self._tensor(weak, valid), "strong": self._tensor(strong, valid),
+               "valid": torch.from_numpy(np.ascontiguousarray(valid))}
+        if self.cutmix > 0:  # drawn after the rest: runs without cutmix draw as before
+            out["mix"] = torch.from_numpy(mix_mask(valid.shape, self.cutmix, rng))
+        return out
 
     @staticmethod
     def _tensor(unit: np.ndarray, valid: np.ndarray) -> torch.Tensor:
@@ -318,7 +330,7 @@ class MeanTeacher:
         self.cfg = cfg
         self.batch_size = max(1, round(cfg.ratio * batch_size))
         check_unlabelled_batch(self.batch_size, world)
-        self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed, gsd, gsd_range)
+        self.data = UnlabelledChips(cfg.unlabelled, stats, crop, cfg.strong, seed, gsd, gsd_range, cfg.cutmix)
         if patches is not None:
             warn_if_overlapping_val(cfg.unlabelled, patches)
         self.seed, self.rank, self.world, self.empty, self.reduce = seed, rank, world, 0, reduce
@@ -349,12 +361,14 @@ class MeanTeacher:
         with torch.no_grad():
             t_out = teacher(batch["weak"], budget=self.cfg.teacher_budget)
         teacher.train(was_training)
-        out = student(batch["strong"])
+        strong, t_logits, valid = batch["strong"], t_out.logits, batch["valid"]
+        if "mix" in batch:  # CutMix: the student's view and the teacher's maps mixed alike
+            strong, t_logits, valid = cutmix(batch["mix"], strong, t_logits, valid)
+        out = student(strong)
         if self.cfg.consistency == "soft":
-            total = soft_consistency(out.logits, t_out.logits, batch["valid"])
+            total = soft_consistency(out.logits, t_logits, valid)
             return total, {"unsup": float(total.detach()), "confident": 1.0}
-        targets, share = pseudo_targets(t_out.logits, batch["valid"], self.cfg.threshold,
-                                        self.cfg.keep_share, self.reduce)
+        targets, share = pseudo_targets(t_logits, valid, self.cfg.threshold, self.cfg.keep_share, self.reduce)
         self.empty = self.empty + 1 if share < 1e-3 and self.cfg.threshold is not None else 0
         if self.empty == EMPTY_STEPS:  # once per run of empty steps
             warnings.warn(f"semi: the teacher kept no unlabelled pixel in {EMPTY_STEPS} steps (extent max(p, 1-p) "
