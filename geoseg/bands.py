@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.io.encoding import Scaling, recorded_scaling
+from geoseg.io.encoding import Scaling, recorded_meaning, recorded_scaling
 from geoseg.io.rasters import FILL
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -40,6 +40,8 @@ class BandStats:
     #: the bands' declared (scale, offset) in the tiled scenes (:mod:`geoseg.io.encoding`);
     #: None: not recorded (tiled before geoseg recorded them)
     scaling: Scaling | None = None
+    #: what each band declared it holds in the tiled scenes (``"red"``, ``"b04"``, ``""``); None: not recorded
+    meaning: tuple[str, ...] | None = None
 
     @property
     def bands(self) -> int:
@@ -51,13 +53,14 @@ class BandStats:
         """From the mapping of ``stats.json`` (or a checkpoint)."""
         return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
                    classes=tuple(d.get("classes", ("object",))), dtype=str(d.get("dtype", "")),
-                   scaling=recorded_scaling(d))
+                   scaling=recorded_scaling(d), meaning=recorded_meaning(d))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (for checkpoints)."""
         return {"mean": list(self.mean), "std": list(self.std), "classes": list(self.classes),
                 "dtype": self.dtype, "bands": self.bands,
-                "scaling": None if self.scaling is None else [list(p) for p in self.scaling]}
+                "scaling": None if self.scaling is None else [list(p) for p in self.scaling],
+                "meaning": None if self.meaning is None else list(self.meaning)}
 
 
 def load_stats(root: str | Path) -> BandStats:

@@ -202,3 +202,87 @@ def test_resume_on_chips_of_another_declared_encoding_is_refused(tmp_path: Path)
     with pytest.raises(ConfigError, match="scaling"):
         same_chips({"stats": record, "classes": None}, {**record, "scaling": [[0.0001, -0.1]] * 3},
                    tmp_path, tmp_path / "last.pt")
+
+
+def colours(path: Path, *names: str, descriptions: tuple[str, ...] = ()) -> Path:
+    """Declare each band's colour interpretation (and description), as gdal_edit.py -colorinterp_N does."""
+    from rasterio.enums import ColorInterp
+
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp[n] for n in names]
+        for i, d in enumerate(descriptions, 1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def test_band_meanings_are_read_from_colour_and_description(tmp_path: Path) -> None:
+    assert inspect_scene(scene(tmp_path / "rgb.tif")).meaning == ("red", "green", "blue")  # a 3-band Byte GeoTIFF
+    s2 = colours(scene(tmp_path / "s2.tif", bands=4), "gray", "undefined", "undefined", "undefined",
+                 descriptions=("B02", "B03", "B04", "Band 4"))
+    assert inspect_scene(s2).meaning == ("b02", "b03", "b04", "")  # a number is no meaning
+
+
+def test_tile_refuses_scenes_declaring_their_bands_in_another_order(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    a = scene(tmp_path / "s" / "a.tif")
+    b = colours(scene(tmp_path / "s" / "b.tif", seed=1), "blue", "green", "red")
+    labels = labels_for(a, tmp_path / "l.gpkg", BOXES)
+    res = CliRunner().invoke(cli, ["tile", str(tmp_path / "s"), "--labels", str(labels),
+                                   "--out", str(tmp_path / "out"), "--size", "32", "--overlap", "0"])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("geoseg: error:")]
+    assert res.exit_code != 0 and len(errors) == 1, res.output
+    assert "b.tif declares its bands as blue, green, red" in errors[0] and "red, green, blue" in errors[0]
+    assert f"gdal_translate -b 3 -b 2 -b 1 {b}" in errors[0], errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    plain = colours(scene(tmp_path / "plain.tif", seed=2), "gray", "undefined", "undefined")
+    with pytest.raises(InputRasterError, match="b.tif declares its bands as blue, green, red but .*a.tif as red"):
+        tile([plain, a, b], labels, tmp_path / "out", TileConfig(size=32, overlap=0), scheduler="sync")
+    colours(b, "gray", "undefined", "undefined")  # declares nothing: not compared
+    summary = tile([b, a], labels, tmp_path / "ok", TileConfig(size=32, overlap=0), scheduler="sync")
+    assert summary.chips_train + summary.chips_val > 0  # the order of the scene that declares one:
+    assert json.loads((tmp_path / "ok" / "stats.json").read_text())["meaning"] == ["red", "green", "blue"]
+
+
+def test_predict_refuses_bands_in_another_order_and_says_which_to_read(tiny_run: Path, tmp_path: Path) -> None:
+    from geoseg.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tiny_run / "checkpoints" / "best.pt")["stats"]["meaning"] == ["red", "green", "blue"]
+    bgr = colours(scene(tmp_path / "bgr.tif"), "blue", "green", "red")
+    cfg = PredictConfig(block=32, watershed_halo=16, budget=1.0)
+    with pytest.raises(InputRasterError, match=r"bgr.tif declares the bands read as blue, green, red but the model "
+                                               r"was trained on red, green, blue .*--bands 3,2,1$"):
+        predict([bgr], tiny_run, tmp_path / "o.gpkg", cfg, progress=False)
+    assert not (tmp_path / "o.gpkg").exists()
+    assert predict([bgr], tiny_run, tmp_path / "o.gpkg", cfg.model_copy(update={"band_indexes": (3, 2, 1)}),
+                   progress=False).polygons > 0
+    bgrn = colours(scene(tmp_path / "bgrn.tif", bands=4), "blue", "green", "red", "undefined",
+                   descriptions=("", "", "", "nir"))
+    with pytest.raises(InputRasterError, match=r"--bands 3,2,1$"):  # the first three, in their own order
+        predict([bgrn], tiny_run, tmp_path / "p.gpkg", cfg.model_copy(update={"band_indexes": (1, 2, 3)}),
+                progress=False)
+
+
+def test_undeclared_bands_and_models_of_earlier_versions_are_not_ordered(tmp_path: Path) -> None:
+    bgr = inspect_scene(colours(scene(tmp_path / "bgr.tif"), "blue", "green", "red"))
+    plain = inspect_scene(colours(scene(tmp_path / "plain.tif"), "gray", "undefined", "undefined"))
+    stats = BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8", meaning=("red", "green", "blue"))
+    check_for_model([(plain, [1, 2, 3])], stats)  # the scene declares nothing
+    check_for_model([(bgr, [1, 2, 3])], BandStats(mean=(1.0,) * 3, std=(1.0,) * 3, dtype="uint8"))  # unrecorded
+    check_for_model([(bgr, [3, 2, 1])], stats)  # read in the training order
+    check_for_model([(bgr, [1, 1, 1])], stats)  # not the training bands reordered: the user's choice
+    with pytest.raises(InputRasterError, match="--bands 3,2,1"):
+        check_for_model([(bgr, [1, 2, 3])], stats)
+
+
+def test_chips_keep_what_their_scene_declares_each_band_holds(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    bgr = colours(scene(tmp_path / "s" / "bgr.tif"), "blue", "green", "red")
+    tile([bgr], labels_for(bgr, tmp_path / "l.gpkg", BOXES), tmp_path / "p", TileConfig(size=32, overlap=0),
+         scheduler="sync")
+    chip = next((tmp_path / "p" / "images").glob("*.tif"))
+    with rasterio.open(chip) as src:  # QGIS shows the chip in the scene's colours
+        assert [c.name for c in src.colorinterp] == ["blue", "green", "red"]
+    s2 = colours(scene(tmp_path / "s2.tif", bands=4), "gray", "undefined", "undefined", "undefined",
+                 descriptions=("B02", "B03", "B04", "B08"))
+    tile([s2], None, tmp_path / "q", TileConfig(size=32, overlap=0), scheduler="sync")
+    assert inspect_scene(next((tmp_path / "q" / "images").glob("*.tif"))).meaning == ("b02", "b03", "b04", "b08")

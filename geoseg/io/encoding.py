@@ -1,4 +1,4 @@
-"""What a stored pixel value means: the bands' data type, scale and offset.
+"""What a stored pixel value means: the bands' data type, scale and offset, and their order.
 
 GDAL lets a band declare that its stored values stand for ``stored * scale + offset``
 (Sentinel-2 L2A since processing baseline 04.00: reflectance x 10000 + 1000, declared as
@@ -8,11 +8,16 @@ as the model saw them. Two scenes whose stored values mean different things ther
 cannot share one tile run (one set of statistics), and a scene cannot be predicted by a
 model trained on another encoding: either would give a wrong result without a word. This
 module says when, in one line that names the files and the conversion.
+
+The same holds for the order of the bands where the files declare it (colour
+interpretation red/green/blue..., or band descriptions such as ``B04``): a scene of blue,
+green, red bands read by a model of red, green, blue ones gives wrong polygons with exit 0.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +31,11 @@ log = logging.getLogger(__name__)
 
 #: Per data band ``(scale, offset)``; empty when every band stores its values as they are.
 Scaling = tuple[tuple[float, float], ...]
+
+#: Colour interpretations that say nothing of what a band holds (GDAL's defaults).
+_SILENT = frozenset({"undefined", "gray", "grey", "alpha", "palette"})
+#: Descriptions that only number the band.
+_NUMBERED = re.compile(r"(band)?[\s_]*\d+", re.IGNORECASE)
 
 _UNSCALE = "gdal_translate -unscale -ot Float32 IN OUT stores the values the declarations stand for"
 
@@ -43,6 +53,49 @@ def band_scaling(scales: Iterable[float | None], offsets: Iterable[float | None]
     pairs = tuple((1.0 if s is None else float(s), 0.0 if o is None else float(o))
                   for s, o in zip(scales, offsets, strict=True))
     return selected(pairs, bands)
+
+
+def band_meaning(colorinterp: Iterable[Any], descriptions: Iterable[str | None], count: int) -> tuple[str, ...]:
+    """What each of the first ``count`` bands declares it holds; ``""`` where it says nothing.
+
+    A band's colour interpretation when it names one (red, green, blue; GDAL 3.10's nir,
+    swir...), else its description (``B04``) unless that only numbers it, lower-cased.
+
+    Examples:
+        >>> from rasterio.enums import ColorInterp as C
+        >>> band_meaning([C.blue, C.green, C.red], [None] * 3, 3)
+        ('blue', 'green', 'red')
+        >>> band_meaning([C.gray, C.undefined, C.undefined], ["B04", "Band 2", None], 3)
+        ('b04', '', '')
+    """
+    out = []
+    for ci, desc in zip(list(colorinterp)[:count], list(descriptions)[:count], strict=True):
+        name = str(getattr(ci, "name", ci)).lower()
+        text = (desc or "").strip()
+        out.append(name if name not in _SILENT else "" if _NUMBERED.fullmatch(text) else text.lower())
+    return tuple(out)
+
+
+def bands_for(declared: Sequence[str], wanted: Sequence[str]) -> tuple[int, ...] | None:
+    """The 1-based bands of a file declaring ``declared`` that hold ``wanted``, in its order.
+
+    None unless both declare every band, without repeats, and ``declared`` holds all of ``wanted``.
+
+    Examples:
+        >>> bands_for(("blue", "green", "red", "nir"), ("red", "green", "blue"))
+        (3, 2, 1)
+        >>> bands_for(("red", "", "blue"), ("red", "green", "blue")) is None
+        True
+    """
+    if not wanted or not all(wanted) or not all(declared) or len(set(wanted)) < len(wanted) \
+            or len(set(declared)) < len(declared) or not set(wanted) <= set(declared):
+        return None
+    return tuple(list(declared).index(m) + 1 for m in wanted)
+
+
+def declared_order(scenes: Sequence[SceneInfo]) -> SceneInfo:
+    """The first scene that declares what every band holds (else the first): the run's band order."""
+    return next((s for s in scenes if s.meaning and all(s.meaning)), scenes[0])
 
 
 def catalogued(declared: Scaling | None, bands: int) -> Scaling:
@@ -67,6 +120,12 @@ def recorded_scaling(stats: Mapping[str, Any]) -> Scaling | None:
     if raw is None:
         return None
     return tuple((float(s), float(o)) for s, o in raw)
+
+
+def recorded_meaning(stats: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The band meanings a ``stats.json`` (or a checkpoint's stats) records; None when unrecorded."""
+    raw = stats.get("meaning")
+    return None if not isinstance(raw, list) else tuple(str(m) for m in raw)
 
 
 def describe(scaling: Scaling) -> str:
@@ -111,6 +170,15 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
             f"scenes are of different data types ({_groups(scenes, lambda s: s.dtype, str)}): one set of "
             "band statistics cannot normalise both ranges; tile them into separate folders, or convert "
             "them to one type and range first (gdal_translate -ot TYPE -scale SRC_MIN SRC_MAX DST_MIN DST_MAX)")
+    first = declared_order(scenes)
+    for s in scenes:
+        order = bands_for(s.meaning, first.meaning) if len(s.meaning) == len(first.meaning) else None
+        if order is not None and order != tuple(range(1, len(order) + 1)):
+            raise InputRasterError(
+                f"{s.source} declares its bands as {', '.join(s.meaning)} but {first.source} as "
+                f"{', '.join(first.meaning)}: the same bands in another order, which one set of statistics and one "
+                f"model cannot serve; reorder it first (gdal_translate {' '.join(f'-b {b}' for b in order)} "
+                f"{s.source} {s.name}_reordered.tif)")
     if len({s.scaling for s in scenes}) > 1:
         raise InputRasterError(
             f"scenes declare different band scales/offsets ({_groups(scenes, lambda s: s.scaling, describe)}): "
@@ -136,14 +204,24 @@ def selected(scaling: Scaling, bands: Sequence[int]) -> Scaling:
 def check_for_model(reads: Sequence[tuple[SceneInfo, Sequence[int]]], stats: BandStats) -> None:
     """Check the bands read of each scene (``(scene, bands)``) against the training chips' encoding.
 
-    Another data type warns (a Float32 copy of byte imagery is common and harmless); other
-    declared scales/offsets are refused. Unrecorded (models of earlier versions): not compared.
+    Bands the scene declares in another order than the training scenes did are refused,
+    with the ``--bands`` that reads them in the training order. Another data type warns (a
+    Float32 copy of byte imagery is common and harmless); other declared scales/offsets are
+    refused. Unrecorded (models of earlier versions): not compared.
 
     Raises:
-        InputRasterError: a scene whose declared scale/offset differ from the training chips'.
+        InputRasterError: a scene whose declared scale/offset differ from the training chips', or
+            whose bands read are the training bands in another order.
     """
-    trained, dtype = stats.scaling, stats.dtype
+    trained, dtype, meant = stats.scaling, stats.dtype, stats.meaning or ()
     for s, bands in reads:
+        read = tuple(s.meaning[b - 1] for b in bands) if s.meaning else ()
+        order = bands_for(s.meaning, meant) if sorted(read) == sorted(meant) else None  # the same bands, reordered
+        if order is not None and order != tuple(bands):
+            raise InputRasterError(
+                f"{s.source} declares the bands read as {', '.join(s.meaning[b - 1] for b in bands)} but the model "
+                f"was trained on {', '.join(meant)} (as their scenes declared them): read them in the "
+                f"training order with --bands {','.join(map(str, order))}")
         declared = selected(s.scaling, bands)
         if trained is not None and declared != trained:
             if len(set(trained)) > 1:

@@ -26,7 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
-from geoseg.io.encoding import Scaling, band_scaling, catalogued
+from geoseg.io.encoding import Scaling, band_meaning, band_scaling, catalogued
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
@@ -71,6 +71,7 @@ class SceneInfo:
             size: :func:`geoseg.io.sources.remote_identity`); reads in a process that saw
             another version at the URL drop GDAL's cache first. Empty for local files.
         scaling: the data bands' declared (scale, offset); () when none (:mod:`geoseg.io.encoding`).
+        meaning: what each data band declares it holds (``"red"``, ``"b04"``; ``""``: nothing).
     """
 
     source: str
@@ -87,6 +88,7 @@ class SceneInfo:
     resample: float = 1.0
     identity: str = ""
     scaling: Scaling = ()
+    meaning: tuple[str, ...] = ()
 
     @property
     def path(self) -> Path:
@@ -296,10 +298,9 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 source=path, name=ref.name, width=src.width, height=src.height,
-                count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs),
-                transform=tuple(src.transform)[:6],
+                count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs), transform=tuple(src.transform)[:6],
                 nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity, scaling=scaling,
-            )
+                meaning=band_meaning(src.colorinterp, src.descriptions, count))
     except InputRasterError:
         raise
     except (RasterioError, OSError) as err:
@@ -307,9 +308,8 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
         if remote:
             raise InputRasterError(f"cannot read remote scene {path}: {msg}; {REMOTE_HINT}, or pass "
                                    "--skip-bad") from None
-        raise InputRasterError(
-            f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
-        ) from None
+        raise InputRasterError(f"cannot read raster {path}: {msg}; check the file (gdalinfo) or pass --skip-bad"
+                               ) from None
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from geoseg import __version__
@@ -49,11 +50,20 @@ def chip_profile(scene: SceneInfo, window: Window, compress: str) -> dict[str, A
 
 
 def write_chip(path: Path, profile: dict[str, Any], data: np.ndarray, mask: np.ndarray, scene: SceneInfo) -> None:
-    """Write one chip (atomically): its pixels as stored, the scene's declared scales/offsets, its mask."""
+    """Write one chip (atomically): its pixels as stored, the scene's declarations, its mask.
+
+    Declarations: the bands' scales/offsets and what each holds (colour interpretation or description).
+    """
     with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         if scene.scaling:  # what the stored values stand for, as in the scene (QGIS shows them)
             dst.scales, dst.offsets = zip(*scene.scaling, strict=True)
+        if any(scene.meaning):  # what each band holds, as the scene declares it (a BGR scene stays BGR)
+            names = ColorInterp.__members__
+            dst.colorinterp = [names[m] if m in names else ColorInterp.undefined for m in scene.meaning]
+            for i, m in enumerate(scene.meaning, 1):
+                if m and m not in names:
+                    dst.set_band_description(i, m)
         if scene.nodata is None and (scene.has_mask or not mask.all()):
             dst.write_mask(mask)  # NaN/inf pixels too: invalid in the chip
 

@@ -35,6 +35,7 @@ from geoseg import __version__, metrics
 from geoseg.errors import GeoSegWarning, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.datums import to_crs
+from geoseg.io.encoding import declared_order
 from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
@@ -250,6 +251,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
                                f"std {std.tolist()}); check the scenes for extreme values")
     write_json(out / "stats.json", {
         "bands": count, "dtype": scenes[0].dtype, "scaling": [list(p) for p in scenes[0].scaling],
+        "meaning": list(declared_order(scenes).meaning),
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
         "tile": cfg.model_dump(mode="json"), **gsd_stats(gsds),

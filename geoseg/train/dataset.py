@@ -84,7 +84,7 @@ def read_stats(patches: Path) -> dict[str, Any]:
     scaling = recorded_scaling(raw)  # absent before declared scales/offsets were recorded: None
     return {"bands": stats.bands, "dtype": stats.dtype, "mean": list(stats.mean),
             "std": list(stats.std), "classes": classes, "gsd": float(gsd) if ok else None,
-            "scaling": None if scaling is None else [list(p) for p in scaling]}
+            "scaling": None if scaling is None else [list(p) for p in scaling], "meaning": raw.get("meaning")}
 
 
 def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last: Path) -> None:
@@ -105,7 +105,7 @@ def same_chips(ckpt: dict[str, Any], stats: dict[str, Any], patches: Path, last:
             return bool(a != b)
         return np.shape(a) != np.shape(b) or not np.allclose(a, b, rtol=1e-6, atol=0)
 
-    keys = ("bands", "dtype", "mean", "std", "gsd", "classes", "scaling")
+    keys = ("bands", "dtype", "mean", "std", "gsd", "classes", "scaling", "meaning")
     differ = [k for k in keys  # unrecorded (None): not compared
               if had.get(k) is not None and stats.get(k) is not None
               and changed(had[k], stats[k], k in ("mean", "std", "gsd"))]

@@ -139,7 +139,7 @@ class Trainer:
         """The checkpoint payload (see :mod:`geoseg.models.checkpoint`)."""
         return {
             "config": self.cfg.model_dump(mode="json"),
-            "stats": {k: self.stats[k] for k in ("bands", "dtype", "mean", "std", "gsd", "scaling")},
+            "stats": {k: self.stats.get(k) for k in ("bands", "dtype", "mean", "std", "gsd", "scaling", "meaning")},
             "classes": list(self.stats["classes"]),
             "model": self.net.state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
