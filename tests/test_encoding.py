@@ -286,3 +286,23 @@ def test_chips_keep_what_their_scene_declares_each_band_holds(tmp_path: Path) ->
                  descriptions=("B02", "B03", "B04", "B08"))
     tile([s2], None, tmp_path / "q", TileConfig(size=32, overlap=0), scheduler="sync")
     assert inspect_scene(next((tmp_path / "q" / "images").glob("*.tif"))).meaning == ("b02", "b03", "b04", "b08")
+
+
+def test_calibrate_and_unlabelled_chips_of_another_band_order_are_refused(tiny_run: Path, tiny_patches: Path,
+                                                                          tmp_path: Path) -> None:
+    from geoseg.train.augment import AugmentConfig
+    from geoseg.train.recalibrate import recalibrate
+    from geoseg.train.semi import UnlabelledChips
+
+    (tmp_path / "s").mkdir()
+    scenes = [colours(scene(tmp_path / "s" / f"{n}.tif", seed=i), "blue", "green", "red")
+              for i, n in enumerate(("train", "val"))]
+    tile(scenes, labels_for(scenes[0], tmp_path / "l.gpkg", BOXES), tmp_path / "p",
+         TileConfig(size=32, overlap=0, val_fraction=0.0, val_scenes=("val*",)), scheduler="sync")
+    with pytest.raises(ConfigError, match=r"another order \(read them as 3,2,1"):
+        recalibrate(tiny_run, tmp_path / "p")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeoSegWarning)
+        tile([scenes[0]], None, tmp_path / "u", TileConfig(size=32, overlap=0), scheduler="sync")
+    with pytest.raises(ConfigError, match="bands in another order"):
+        UnlabelledChips([tmp_path / "u"], load_stats(tiny_patches), crop=None, strong=AugmentConfig(), seed=0)

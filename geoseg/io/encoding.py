@@ -93,6 +93,21 @@ def bands_for(declared: Sequence[str], wanted: Sequence[str]) -> tuple[int, ...]
     return tuple(list(declared).index(m) + 1 for m in wanted)
 
 
+def reordered(declared: Sequence[str], wanted: Sequence[str]) -> tuple[int, ...] | None:
+    """The bands (1-based) that put ``declared`` in ``wanted``'s order; None if nothing to reorder.
+
+    Only when both declare the same bands, each once, in different orders.
+
+    Examples:
+        >>> reordered(("blue", "green", "red"), ("red", "green", "blue"))
+        (3, 2, 1)
+        >>> reordered(("red", "green", "blue"), ("red", "green", "blue")) is None
+        True
+    """
+    order = bands_for(declared, wanted) if len(declared) == len(wanted) else None
+    return None if order is None or order == tuple(range(1, len(order) + 1)) else order
+
+
 def declared_order(scenes: Sequence[SceneInfo]) -> SceneInfo:
     """The first scene that declares what every band holds (else the first): the run's band order."""
     return next((s for s in scenes if s.meaning and all(s.meaning)), scenes[0])
@@ -172,8 +187,8 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
             "them to one type and range first (gdal_translate -ot TYPE -scale SRC_MIN SRC_MAX DST_MIN DST_MAX)")
     first = declared_order(scenes)
     for s in scenes:
-        order = bands_for(s.meaning, first.meaning) if len(s.meaning) == len(first.meaning) else None
-        if order is not None and order != tuple(range(1, len(order) + 1)):
+        order = reordered(s.meaning, first.meaning)
+        if order is not None:
             raise InputRasterError(
                 f"{s.source} declares its bands as {', '.join(s.meaning)} but {first.source} as "
                 f"{', '.join(first.meaning)}: the same bands in another order, which one set of statistics and one "

@@ -18,7 +18,7 @@ import torch
 
 from geoseg.bands import BandStats
 from geoseg.errors import CheckpointError, ConfigError
-from geoseg.io.encoding import describe, recorded_scaling
+from geoseg.io.encoding import describe, recorded_meaning, recorded_scaling, reordered
 from geoseg.io.rasters import GSD_TOLERANCE
 
 
@@ -78,6 +78,9 @@ def recalibrate(model: str | Path, patches: str | Path | None = None, device: st
         raise ConfigError(f"the chips in {root} declare {describe(declared)}, the model in "
                           f"{path} was trained on chips of {describe(want.scaling)}: tile scenes like those it "
                           "was trained on")
+    if (order := reordered(recorded_meaning(have) or (), want.meaning or ())) is not None:
+        raise ConfigError(f"the chips in {root} hold the model's bands in another order (read them as "
+                          f"{','.join(map(str, order))} to match {path}): tile scenes like those it was trained on")
     _check_gsd(root, have, ckpt, path)
     d = cfg.data
     ds = ChipDataset(root, "val", crop=None, augment=None, boundary_width=d.boundary_width,

@@ -59,7 +59,7 @@ from torch.utils.data import Dataset
 from geoseg.bands import BandStats, scale_to_unit, unit_to_normalized
 from geoseg.config import Strict
 from geoseg.errors import ConfigError, GeoSegWarning, InputRasterError
-from geoseg.io.encoding import band_scaling, describe
+from geoseg.io.encoding import band_meaning, band_scaling, describe, reordered
 from geoseg.io.rasters import GSD_TOLERANCE
 from geoseg.train.augment import AugmentConfig, build_augment
 from geoseg.train.pseudo import cutmix, mix_mask, pseudo_targets, soft_consistency
@@ -258,6 +258,9 @@ class UnlabelledChips(Dataset[dict[str, Any]]):
                     raise ConfigError(f"unlabelled chips in {root} are {src.dtypes[0]} but the labelled ones "
                                       f"{stats.dtype}: the labelled chips' statistics would normalise them "
                                       "wrongly; tile scenes of the same sensor and processing")
+                if reordered(band_meaning(src.colorinterp, src.descriptions, src.count), stats.meaning or ()):
+                    raise ConfigError(f"unlabelled chips in {root} declare the labelled chips' bands in another "
+                                      "order; tile scenes of the same sensor and band order")
                 declared = band_scaling(src.scales, src.offsets, range(1, src.count + 1))
                 if stats.scaling is not None and declared != stats.scaling:  # chips keep their scenes' own
                     raise ConfigError(f"unlabelled chips in {root} declare {describe(declared)} but the labelled "
