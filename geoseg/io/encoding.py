@@ -37,6 +37,8 @@ _SILENT = frozenset({"undefined", "gray", "grey", "alpha", "palette"})
 #: Descriptions that only number the band.
 _NUMBERED = re.compile(r"(band)?[\s_]*\d+", re.IGNORECASE)
 
+_RELABEL = "gdal_edit.py -colorinterp_1 red ..., or the band descriptions"
+
 _UNSCALE = "gdal_translate -unscale -ot Float32 IN OUT stores the values the declarations stand for"
 
 
@@ -193,7 +195,7 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
                 f"{s.source} declares its bands as {', '.join(s.meaning)} but {first.source} as "
                 f"{', '.join(first.meaning)}: the same bands in another order, which one set of statistics and one "
                 f"model cannot serve; reorder it first (gdal_translate {' '.join(f'-b {b}' for b in order)} "
-                f"{s.source} {s.name}_reordered.tif)")
+                f"{s.source} {s.name}_reordered.tif), or, if it mislabels its bands, correct them ({_RELABEL})")
     if len({s.scaling for s in scenes}) > 1:
         raise InputRasterError(
             f"scenes declare different band scales/offsets ({_groups(scenes, lambda s: s.scaling, describe)}): "
@@ -236,7 +238,8 @@ def check_for_model(reads: Sequence[tuple[SceneInfo, Sequence[int]]], stats: Ban
             raise InputRasterError(
                 f"{s.source} declares the bands read as {', '.join(s.meaning[b - 1] for b in bands)} but the model "
                 f"was trained on {', '.join(meant)} (as their scenes declared them): read them in the "
-                f"training order with --bands {','.join(map(str, order))}")
+                f"training order with --bands {','.join(map(str, order))} (if it mislabels its bands, correct "
+                f"them instead: {_RELABEL})")
         declared = selected(s.scaling, bands)
         if trained is not None and declared != trained:
             if len(set(trained)) > 1:

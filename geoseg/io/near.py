@@ -120,8 +120,11 @@ def read_near(
     near, info = got
     src, _, subset = split_source(path)
     columns = [field] if field is not None and field in list(info["fields"]) else []
-    every = pyogrio.read_dataframe(src, layer=info["layer_name"], columns=columns, read_geometry=False,
-                                   fid_as_index=True, use_arrow=True, where=subset)
+    try:
+        every = pyogrio.read_dataframe(src, layer=info["layer_name"], columns=columns, read_geometry=False,
+                                       fid_as_index=True, use_arrow=True, where=subset)
+    except Exception:  # a driver without Arrow reading: the whole read, as before
+        return None
     if not every.index.is_unique or not near.index.isin(every.index).all():
         return None
     return near, every
