@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from geoseg.errors import ConfigError, InputRasterError
-from geoseg.io.encoding import Scaling, recorded_meaning, recorded_scaling
+from geoseg.io.encoding import Scaling, bands_for, recorded_meaning, recorded_scaling
 from geoseg.io.rasters import FILL
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
@@ -175,8 +175,12 @@ def normalize(image: Array, stats: BandStats, *, channel_axis: int = 0,
 
 
 def band_selection(source: str, count: int, band_indexes: tuple[int, ...] | None, need: int,
-                   model: str = "model") -> tuple[int, ...]:
+                   model: str = "model", declared: Sequence[str] = (), wanted: Sequence[str] = ()) -> tuple[int, ...]:
     """The 1-based bands of a scene to read for a model taking ``need`` bands (``--bands`` or all).
+
+    Where the scene declares what its bands hold (``declared``) and holds all the model's
+    (``wanted``, as its training scenes declared them), a band count that differs names
+    the ``--bands`` that reads them.
 
     Examples:
         >>> band_selection("a.tif", 4, (3, 2, 1), 3)
@@ -194,8 +198,11 @@ def band_selection(source: str, count: int, band_indexes: tuple[int, ...] | None
         raise ConfigError(f"--bands {given} names {len(band_indexes)} bands but the {model} takes {need}; "
                           f"name {need} of {source}'s bands 1..{count}")
     if band_indexes is None and count != need:
+        order = bands_for(declared, wanted)
+        hint = (f"--bands {','.join(map(str, order))} reads its {', '.join(wanted)}" if order else
+                f"e.g. --bands {','.join(['1'] * need)} for a single band")
         raise InputRasterError(f"{source} has {count} bands but the {model} takes {need}; map them with "
-                               f"--bands (e.g. --bands {','.join(['1'] * need)} for a single band)")
+                               f"--bands ({hint})")
     if band_indexes and any(b < 1 or b > count for b in band_indexes):
         raise ConfigError(f"--bands {given} names a band that {source} (bands 1..{count}) does not have")
     return band_indexes or tuple(range(1, count + 1))

@@ -257,6 +257,8 @@ def test_predict_refuses_bands_in_another_order_and_says_which_to_read(tiny_run:
                    progress=False).polygons > 0
     bgrn = colours(scene(tmp_path / "bgrn.tif", bands=4), "blue", "green", "red", "undefined",
                    descriptions=("", "", "", "nir"))
+    with pytest.raises(InputRasterError, match=r"has 4 bands .*--bands \(--bands 3,2,1 reads its red, green, blue\)"):
+        predict([bgrn], tiny_run, tmp_path / "p.gpkg", cfg, progress=False)
     with pytest.raises(InputRasterError, match=r"--bands 3,2,1 "):  # the first three, in their own order
         predict([bgrn], tiny_run, tmp_path / "p.gpkg", cfg.model_copy(update={"band_indexes": (1, 2, 3)}),
                 progress=False)

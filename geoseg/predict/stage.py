@@ -120,7 +120,8 @@ class PredictSummary:
 
 
 def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) -> BlockPlan:
-    band_indexes = band_selection(scene.source, scene.count, cfg.band_indexes, meta.band_count)
+    band_indexes = band_selection(scene.source, scene.count, cfg.band_indexes, meta.band_count,
+                                  declared=scene.meaning, wanted=meta.band_stats.meaning or ())
     if min(scene.width, scene.height) < meta.scale:  # PV reads it at 1/scale: not one pixel left
         raise InputRasterError(
             f"{scene.source} is {scene.width}x{scene.height} pixels"
