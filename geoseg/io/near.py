@@ -76,7 +76,7 @@ def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) 
     """The features of a polygon layer whose geometry meets one of ``areas``' boxes, and the layer's info.
 
     Read through OGR's spatial filter (a GeoPackage's R-tree, a FlatGeobuf's index), indexed
-    by feature id: a subset of what :func:`near_mask` keeps and a superset of what clipping
+    by feature id, in its order: a subset of what :func:`near_mask` keeps and a superset of what clipping
     to the areas keeps. None, and the caller reads the whole file as before, where this
     read could differ from it or saves nothing: GeoParquet, a layer that may hold points or
     lines beside polygons, areas beyond the file's CRS, no feature near them (the caller's
@@ -99,7 +99,7 @@ def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) 
     if not boxes:
         return None
     near = read_vector(path, role, layer, mask=shapely.union_all(boxes))
-    return (near, info) if len(near) else None
+    return (near.sort_index(kind="stable"), info) if len(near) else None  # an R-tree answers in its own order
 
 
 def read_near(
@@ -107,8 +107,8 @@ def read_near(
 ) -> tuple[gpd.GeoDataFrame, pd.DataFrame] | None:
     """The features of a polygon layer near ``areas`` (:func:`near_features`), and one column of every feature.
 
-    Returns ``(near, every)``: ``every`` holds the ``field`` column (when the layer has
-    it) of every feature, indexed by feature id in file order, read without geometries
+    Returns ``(near, every)``: ``near`` in file order; ``every`` holds the ``field`` column
+    (when the layer has it) of every feature, indexed by feature id in file order, read without geometries
     (Arrow): the classes, and the rows in the file that ``label_id`` keeps. None where
     :func:`near_features` is, or the feature ids are not unique.
     """
@@ -127,4 +127,4 @@ def read_near(
         return None
     if not every.index.is_unique or not near.index.isin(every.index).all():
         return None
-    return near, every
+    return near.iloc[np.argsort(every.index.get_indexer(near.index), kind="stable")], every  # in file order
