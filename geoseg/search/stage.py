@@ -99,8 +99,8 @@ class SearchSummary:
                 f"time: {self.seconds:.1f} s"]
 
 
-def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path) -> BlockPlan:
-    idx = band_selection(scene.source, scene.count, cfg.band_indexes, bands, "search model")
+def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path, wanted: Sequence[str] = ()) -> BlockPlan:
+    idx = band_selection(scene.source, scene.count, cfg.band_indexes, bands, "search model", scene.meaning, wanted)
     block = math.ceil(cfg.block / MULTIPLE) * MULTIPLE
     halo = math.ceil(cfg.halo / MULTIPLE) * MULTIPLE
     return BlockPlan(scene=scene, block=block, watershed_halo=min(halo, block), cell=MULTIPLE, scale=1,
@@ -263,7 +263,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     backend = get_search_backend(*key)
     meta = backend.meta
     cache = out.parent / f".{out.name}.geoseg-cache"
-    plans = [_plan(s, cfg, meta.model.bands, cache) for s in infos]
+    plans = [_plan(s, cfg, meta.model.bands, cache, meta.stats.meaning or ()) for s in infos]
     check_for_model([(p.scene, p.band_indexes) for p in plans], meta.stats)  # stored values of another meaning
     temps = templates_for(ex, plans, meta, ex_path)
     kernels = backend.fuse(temps)
