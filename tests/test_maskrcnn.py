@@ -243,3 +243,25 @@ def test_other_backends_and_export_refused(tmp_path: Path) -> None:
     # ONNX export works (tests/test_maskrcnn_export.py); TensorRT engines do not exist for it
     res = CliRunner().invoke(cli, ["export", "--model", str(run), "--format", "tensorrt", "--out", str(tmp_path / "e")])
     assert res.exit_code == 1 and "Mask R-CNN" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_aoi_runs_the_near_blocks_and_keeps_buildings_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--aoi`` with Mask R-CNN: detections on the blocks within the halo of the area only."""
+    from geoseg.backends.torch_backend import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "detect", _oracle_detect)
+    boxes = [(22, 20, 44, 41), (4, 4, 14, 12), (70, 66, 90, 90), (50, 4, 60, 28)]
+    scene = bright_boxes_scene(tmp_path / "s.tif", (96, 96), boxes, crs="EPSG:32633")
+    with rasterio.open(scene) as src:
+        t = src.transform
+    area = shapely.Polygon([t * (0, 0), t * (23, 0), t * (23, 96), t * (0, 96)])  # meets the first box's edge
+    gpd.GeoDataFrame(geometry=[area], crs="EPSG:32633").to_file(tmp_path / "aoi.gpkg")
+    run = _untrained_checkpoint(tmp_path / "run")
+    summary = predict([scene], run, tmp_path / "b.gpkg", PredictConfig(
+        block=32, watershed_halo=32, min_area=0, simplify=0, device="cpu", aoi=str(tmp_path / "aoi.gpkg")),
+        scheduler="sync")
+    assert summary.blocks == 6 and summary.polygons == 2  # block columns 0-1 lie within 32 px of the area
+    gdf = gpd.read_file(tmp_path / "b.gpkg")
+    px = abs(t.a * t.e)
+    small, across = sorted(round(a) for a in gdf.area / px)
+    assert 10 * 8 <= small <= 12 * 10 and 22 * 21 <= across <= 24 * 23  # the box across the edge: whole

@@ -103,11 +103,14 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
                    "or all (one per scene)." + _default("overlaps"))
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
+@click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",
+              help="Vector file of polygons (any CRS): read only the blocks near them and write only the "
+              "objects that meet them, whole.")
 @scheduler_option
 @overwrite_option
 @progress_option
-def predict_cmd(scenes: list[SceneSource], model: Path, out: Path, prob_out: Path | None, scheduler: str,
-                overwrite: bool, progress: bool | None, **options: object) -> None:
+def predict_cmd(scenes: list[SceneSource], model: Path, out: Path, prob_out: Path | None, aoi: Path | None,
+                scheduler: str, overwrite: bool, progress: bool | None, **options: object) -> None:
     """Find objects in SCENES (files, folders, URLs of COGs, STAC items) and write them as polygons.
 
     Routed inference: a cheap pass over every scene picks the cells worth a
@@ -119,6 +122,7 @@ def predict_cmd(scenes: list[SceneSource], model: Path, out: Path, prob_out: Pat
     $ geoseg predict data/sample/kampala_blockB_z20.tif --model runs/b1 --out buildings.gpkg
     $ geoseg predict scenes/ --model export/ --backend onnx --budget 0.25 \\
           --scheduler tcp://10.0.0.5:8786 --out buildings.gpkg --prob-out probs.tif
+    $ geoseg predict mosaic/ --model runs/b1 --aoi district.gpkg --out district_buildings.gpkg
     $ geoseg predict --stac-search https://earth-search.aws.element84.com/v1 \\
           --collection naip --bbox -97.75,30.25,-97.74,30.26 --model runs/b1 --out b.gpkg
     """
@@ -126,7 +130,8 @@ def predict_cmd(scenes: list[SceneSource], model: Path, out: Path, prob_out: Pat
     from geoseg.predict import PredictConfig, predict
 
     # options left out are None: PredictConfig's fields hold the defaults
-    cfg = load_config(PredictConfig, None, {**options, "prob_out": str(prob_out) if prob_out else None})
+    cfg = load_config(PredictConfig, None, {**options, "prob_out": str(prob_out) if prob_out else None,
+                                            "aoi": str(aoi) if aoi else None})
     summary = predict(scenes, model, out, cfg, scheduler=scheduler, overwrite=overwrite,
                       progress=progress)
     for line in summary.lines():

@@ -199,12 +199,15 @@ class PredictArgs(StageArgs):
         params = dict(p.params)
         if isinstance(params.get("prob_out"), str):  # an output: relative to workdir
             params["prob_out"] = str(ctx.out(params["prob_out"]))
+        if isinstance(params.get("aoi"), str):  # an input: relative to the pipeline file
+            params["aoi"] = str(ctx.inp(params["aoi"]))
         pcfg = _params(PredictConfig, "predict.params", None, params, ctx.path)
         given = ctx.scenes(p.scenes)
         a = cls(scenes=ctx.sources(given, p.asset, p.stac_search),
                 model=ctx.made("predict.model", p.model, "train"), out=ctx.out(p.out), cfg=pcfg)
-        return ctx.stage("predict", [*ctx.local(given), a.model], [a.out], a,
-                         params=pcfg.model_dump(mode="json", exclude={"prob_out"}),
+        aoi = [Path(pcfg.aoi)] if pcfg.aoi else []
+        return ctx.stage("predict", [*ctx.local(given), a.model, *aoi], [a.out], a,
+                         params=pcfg.model_dump(mode="json", exclude={"prob_out", "aoi"}),
                          prob_out=ctx.rel(Path(pcfg.prob_out) if pcfg.prob_out else None)[0],
                          **ctx.remote(a.scenes), **ctx.catalog(p.asset, p.stac_search))
 

@@ -39,6 +39,8 @@ class PredictConfig(Strict):
     max_memory: int | None = Field(None, gt=0, description="bytes this run may hold in RAM (e.g. '8GiB'): "
                                    "bounds the FF batch and the Dask threads of a local run")
     prob_out: str | None = Field(None, description="extent probabilities as a COG")
+    aoi: str | None = Field(None, description="vector file of polygons: only the blocks near them are read, "
+                            "and only the objects that meet them are written, whole (geoseg.predict.area)")
     regularize: bool | None = Field(None, description="square building outlines "
                                     "(None: the model's postprocess.regularize)")
     regularize_tolerance: float = Field(1.0, gt=0, description="regularization: steps smaller "

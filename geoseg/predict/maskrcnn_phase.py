@@ -216,13 +216,11 @@ def maskrcnn_graph(plans: list[BlockPlan], model: ModelKey, meta: ModelMeta, cfg
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
     for plan in plans:
-        nbh, nbw = plan.blocks_shape
-        for i in range(nbh):
-            for j in range(nbw):
-                res = delayed(maskrcnn_block, pure=False)(plan, i, j, model, stats, mcfg, meta.classes,
-                                                          cfg.simplify, cfg.min_area, meta.postprocess.min_area)
-                tasks.append(res)
-                final.append((plan, i, j, delayed(_path, pure=False)(res)))
+        for i, j in plan.owned():  # each block reads its own window with the halo: no ring needed
+            res = delayed(maskrcnn_block, pure=False)(plan, i, j, model, stats, mcfg, meta.classes,
+                                                      cfg.simplify, cfg.min_area, meta.postprocess.min_area)
+            tasks.append(res)
+            final.append((plan, i, j, delayed(_path, pure=False)(res)))
     return tasks, final
 
 

@@ -168,10 +168,9 @@ def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     """PV logits of the block core with a ring of one low-res pixel from the neighbours."""
     centre = load_npz(plan.path("pv", bi, bj), "logits")[0].astype(np.float32)
     out = np.pad(centre, ((0, 0), (1, 1), (1, 1)), mode="edge")  # scene edge: clamp
-    nbh, nbw = plan.blocks_shape
     for di, dj in ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)):
         ni, nj = bi + di, bj + dj
-        if not (0 <= ni < nbh and 0 <= nj < nbw):
+        if not plan.computed(ni, nj):  # the scene's edge, or beyond the blocks --aoi computes: clamp
             continue
         nb = load_npz(plan.path("pv", ni, nj), "logits")[0]
         rows = slice(-1, None) if di == -1 else (slice(0, 1) if di == 1 else slice(None))
@@ -272,7 +271,7 @@ def _probs_region(plan: BlockPlan, bi: int, bj: int) -> tuple[np.ndarray, Window
             nr0, nc0 = int(nwin.row_off), int(nwin.col_off)
             nr1, nc1 = nr0 + int(nwin.height), nc0 + int(nwin.width)
             ir0, ic0, ir1, ic1 = max(r0, nr0), max(c0, nc0), min(r1, nr1), min(c1, nc1)
-            if ir0 >= ir1 or ic0 >= ic1:
+            if ir0 >= ir1 or ic0 >= ic1 or not plan.computed(ni, nj):  # not computed: no object there
                 continue
             probs = map_npy(plan.path("probs", ni, nj))  # reads only the rows sliced
             if region is None:

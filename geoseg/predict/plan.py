@@ -37,6 +37,9 @@ class BlockPlan:
         tta: test-time augmentation of the model calls (:mod:`geoseg.predict.tta`).
         dense: every valid cell gets FF (budget 1.0): PV's model call is skipped, and so
             is its upsampling under FF (:func:`geoseg.predict.choose.dense_run`).
+        only: the blocks computed (``--aoi``: those near the area and a ring of context
+            around them; :mod:`geoseg.predict.area`); None: every block.
+        owners: the blocks whose objects are kept, a subset of ``only``; None: every block.
     """
 
     scene: SceneInfo
@@ -50,11 +53,28 @@ class BlockPlan:
     cache: Path
     tta: str = "none"
     dense: bool = False
+    only: frozenset[tuple[int, int]] | None = None
+    owners: frozenset[tuple[int, int]] | None = None
 
     @property
     def blocks_shape(self) -> tuple[int, int]:
         """Rows and columns of blocks."""
         return math.ceil(self.scene.height / self.block), math.ceil(self.scene.width / self.block)
+
+    def blocks(self) -> list[tuple[int, int]]:
+        """The blocks computed, row-major (all of them without ``--aoi``)."""
+        nbh, nbw = self.blocks_shape
+        return [(i, j) for i in range(nbh) for j in range(nbw) if self.only is None or (i, j) in self.only]
+
+    def owned(self) -> list[tuple[int, int]]:
+        """The blocks whose objects are written, row-major (a subset of :meth:`blocks`)."""
+        return [b for b in self.blocks() if self.owners is None or b in self.owners]
+
+    def computed(self, bi: int, bj: int) -> bool:
+        """Whether block (bi, bj) lies in the scene and is computed."""
+        nbh, nbw = self.blocks_shape
+        inside = 0 <= bi < nbh and 0 <= bj < nbw
+        return inside and (self.only is None or (bi, bj) in self.only)
 
     @property
     def cells_shape(self) -> tuple[int, int]:

@@ -66,6 +66,9 @@ def write_probs(plan: BlockPlan, path: Path) -> None:
             for bi in range(nbh):
                 for bj in range(nbw):
                     core = plan.core(bi, bj)
+                    if not plan.computed(bi, bj):  # away from the --aoi: masked
+                        dst.write_mask(np.zeros((int(core.height), int(core.width)), np.uint8), window=core)
+                        continue
                     dst.write(map_npy(plan.path("probs", bi, bj))[0], 1, window=core)
                     mask = src.dataset_mask(window=core)
                     if floating:

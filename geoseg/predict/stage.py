@@ -95,6 +95,10 @@ class PredictSummary:
     """The model family (``maskrcnn``: no cells, no FF; one detection task per block)."""
     ff_batch: str = ""
     """The FF batch used and why (probe, --max-memory, --ff-batch; halved after running out of memory)."""
+    aoi: str = ""
+    """With ``--aoi``: the blocks computed and the scenes skipped."""
+    outside_aoi: int = 0
+    """With ``--aoi``: objects found near the area that do not meet it, dropped."""
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -111,7 +115,8 @@ class PredictSummary:
             if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
-        ] + ([f"overlapping scenes: {self.copies} polygons were copies of an object another scene saw deeper "
+        ] + ([self.aoi + f"; {self.outside_aoi} objects near it that do not meet it dropped"] if self.aoi else []) \
+            + ([f"overlapping scenes: {self.copies} polygons were copies of an object another scene saw deeper "
               "inside, dropped (--overlaps all keeps them)"] if self.copies else []) + [
             f"time: {self.seconds:.1f} s (model {self.model_seconds:.1f} s"
             + (f", test-time augmentation {self.tta}" if self.tta != "none" else "") + ")",
@@ -143,7 +148,8 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
                                                            "ff_batch", "max_memory", "overlaps"}),  # same caches
-               "scenes": [[s.source, input_stamp(s.source)] for s in scenes]}
+               "scenes": [[s.source, input_stamp(s.source)] for s in scenes],
+               "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None}
     return digest(payload)
 
 
@@ -203,8 +209,15 @@ def predict(
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     check_for_model([(p.scene, p.band_indexes) for p in plans], stats)  # stored values of another meaning
+    near = None
+    if cfg.aoi:  # only the blocks near the area are read; scenes it does not come near, not at all
+        from geoseg.predict.area import restrict
+
+        near = restrict(plans, cfg.aoi)
+        plans = near.plans
     probs = prob_paths(cfg, plans)
-    check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model})
+    check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model,
+                                                         "the AOI": cfg.aoi})
     stamp = _stamp(backend.source, cfg, infos)
     ours = probs_written(cache, stamp)  # by a killed run of this same job: replaced, as a resume
     if not overwrite and (old_probs := [p for p in probs if p.exists() and str(p) not in ours]):
@@ -228,6 +241,10 @@ def predict(
 
     summary = PredictSummary(out=out, scenes=len(plans), routing=routing, arch=meta.arch,
                              gsd=gsd_note(native, infos, cfg), tta=cfg.tta)
+    if near is not None:
+        summary.aoi = (f"--aoi {Path(str(cfg.aoi)).name}: {near.computed} of {near.blocks} blocks computed, "
+                       f"{near.owners} near the area"
+                       + (f"; {len(near.outside)} scene(s) away from it skipped" if near.outside else ""))
     tasks: list[Any] = []
     final: list[tuple[BlockPlan, int, int, Any]] = []
     if meta.arch == "maskrcnn":  # one detection task per block, then the same polygons
@@ -237,19 +254,17 @@ def predict(
         summary.blocks = len(final)
         summary.resumed[PHASES["polys"]] = sum(p.path("polys", i, j).exists() for p, i, j, _ in final)
     for plan in plans if meta.arch == "routed" else []:
-        nbh, nbw = plan.blocks_shape
-        summary.blocks += nbh * nbw
+        summary.blocks += len(plan.blocks())
         for kind, phase in PHASES.items():
-            summary.resumed[phase] += sum(plan.path(kind, i, j).exists() for i in range(nbh) for j in range(nbw))
-        pv = {(i, j): delayed(pv_block, pure=False)(plan, i, j, model_key, stats)
-              for i in range(nbh) for j in range(nbw)}
+            summary.resumed[phase] += sum(plan.path(kind, i, j).exists() for i, j in plan.blocks())
+        pv = {(i, j): delayed(pv_block, pure=False)(plan, i, j, model_key, stats) for i, j in plan.blocks()}
         chosen = delayed(choose_cells, pure=False)(list(pv.values()), plan, k_of)
         ff = {}
         for (i, j) in pv:
             nb = [pv[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in pv]
             cells = delayed(cells_of_block, pure=False)(chosen, plan, i, j)
             ff[(i, j)] = delayed(ff_block, pure=False)(plan, i, j, cells, model_key, stats, *nb)
-        for (i, j) in pv:
+        for (i, j) in plan.owned():  # --aoi: the ring around the owners is context only
             nb = [ff[(a, b)] for a in range(i - 1, i + 2) for b in range(j - 1, j + 2) if (a, b) in ff]
             polys = delayed(instances_block, pure=False)(plan, i, j, meta.postprocess, meta.classes,
                                                          cfg.simplify, cfg.min_area, *nb)
@@ -270,16 +285,16 @@ def predict(
         summary.model_seconds = sum(r.model_s for r in results[:len(tasks)])
         k = 0
         for plan in plans:  # one task per block, scene after scene
-            n = math.prod(plan.blocks_shape)
+            n = len(plan.owned())
             if not any(r.any_valid for r in results[k:k + n]):
                 empty.append(plan.scene.name)
             k += n
     for plan in plans if meta.arch == "routed" else []:
-        nbh, nbw = plan.blocks_shape
-        block_results = results[n_pv:n_pv + 2 * nbh * nbw + 1]
+        n_blocks = len(plan.blocks())
+        block_results = results[n_pv:n_pv + 2 * n_blocks + 1]
         n_pv += len(block_results)
-        pvs: list[PvResult] = block_results[:nbh * nbw]
-        ffs: list[FfResult] = block_results[nbh * nbw + 1:]
+        pvs: list[PvResult] = block_results[:n_blocks]
+        ffs: list[FfResult] = block_results[n_blocks + 1:]
         summary.model_seconds += sum(r.model_s for r in pvs) + sum(r.model_s for r in ffs)
         summary.ff_cells += sum(r.cells for r in ffs)
         summary.ff_regions += sum(r.regions for r in ffs)
@@ -288,21 +303,31 @@ def predict(
         if not any(r.allowed.any() for r in pvs):
             empty.append(plan.scene.name)
     if empty:  # a scene outside the imagery of a mosaic, say: no polygon, and the user told why
-        log.warning("%d scene(s) hold no valid pixel (nodata, masked, or NaN everywhere): no polygon from %s",
-                    len(empty), ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else ""))
+        log.warning("%d scene(s) hold no valid pixel (nodata, masked, or NaN everywhere%s): no polygon from %s",
+                    len(empty), " near the --aoi" if near is not None else "",
+                    ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else ""))
     summary.ff_batch = (summary_line(int(model_key.ff_batch), ff_plan.why, min(used, default=None))
                         if meta.arch == "routed" else f"memory: {ff_plan.why}" if ff_plan.threads else "")
     for plan in plans if meta.arch == "routed" else []:
         gh, gw = plan.cells_shape
-        summary.cells += gh * gw
+        per = plan.block // plan.cell
+        summary.cells += (gh * gw if plan.only is None  # --aoi: the cells of the blocks computed
+                          else sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks()))
 
     frames = []
     import geopandas as gpd
 
     target_crs = plans[0].scene.crs
     cut: dict[str, int] = {}
-    for res in results[len(tasks):]:
+    area_of = {id(p): a for p, a in zip(near.plans, near.areas, strict=True)} if near is not None else {}
+    for (plan, _, _, _), res in zip(final, results[len(tasks):], strict=True):
         g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res)
+        if id(plan) in area_of:  # --aoi: the objects that meet the area, whole
+            from geoseg.predict.area import meeting
+
+            n = len(g)
+            g = meeting(g, area_of[id(plan)])
+            summary.outside_aoi += n - len(g)
         if CUT in g:
             for name, k in g.loc[g.pop(CUT).astype(bool), "scene"].value_counts().items():
                 cut[str(name)] = cut.get(str(name), 0) + int(k)

@@ -1,0 +1,147 @@
+"""``geoseg predict --aoi FILE``: only the blocks near an area of interest, only the objects that meet it.
+
+A city's boundary over a country's mosaic: the blocks whose core lies within
+``--watershed-halo`` pixels of the area *own* objects; a ring of one block around them is
+computed too, as their context (the watershed of a block sees ``--watershed-halo`` pixels
+into its neighbours, and FF's fusion reads the edge of its neighbours' PV); no other
+block is read. An object that meets the area has its centroid within half its size of
+it, so a block that owns it is computed whenever the object is under twice the halo
+(the rule the halo has anyway). The objects written are those whose polygon meets the
+area, whole: a roof across a city boundary stays one building. (`geoseg evaluate --aoi`
+clips both sides instead: it compares areas.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from rasterio.windows import Window
+
+from geoseg.io.datums import to_crs
+from geoseg.io.near import area_boxes
+from geoseg.io.rasters import window_footprint
+from geoseg.predict.plan import BlockPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class AoiPlan:
+    """The scenes' plans restricted to an area, and the area in each scene's CRS.
+
+    Attributes:
+        plans: the plans of the scenes the area comes near (``only``/``owners`` set).
+        areas: the area in each plan's scene CRS (clipped to near the scene), same order.
+        outside: names of the scenes the area does not come near (skipped whole).
+        blocks: blocks of all the scenes (``computed`` of them are in ``plans``).
+    """
+
+    plans: list[BlockPlan]
+    areas: list[shapely.Geometry]
+    outside: list[str]
+    blocks: int
+
+    @property
+    def computed(self) -> int:
+        """Blocks computed (owners and their ring)."""
+        return sum(len(p.blocks()) for p in self.plans)
+
+    @property
+    def owners(self) -> int:
+        """Blocks whose objects are written."""
+        return sum(len(p.owned()) for p in self.plans)
+
+
+def area_in_scene(area: gpd.GeoSeries, plan: BlockPlan, what: str) -> shapely.Geometry:
+    """``area`` in the scene's CRS, clipped first to a box around the scene (in the area's CRS).
+
+    The box holds the scene grown by one block and the halo on every side: all that can
+    decide which blocks run. Clipping before reprojecting keeps a country's outline, most
+    of it beyond the scene's projection's domain, from turning into infinities.
+    """
+    s = plan.scene
+    m = plan.block + plan.watershed_halo
+    grown = window_footprint(Window(-m, -m, s.width + 2 * m, s.height + 2 * m), s.affine)
+    geom = area.iloc[0]
+    boxes = area_boxes(area.crs, [(s.crs, grown)])
+    if boxes is not None:
+        geom = shapely.intersection(geom, boxes[0])
+    if shapely.is_empty(geom):
+        return shapely.Polygon()
+    placed = to_crs(gpd.GeoSeries([geom], crs=area.crs), s.crs, what).iloc[0]
+    if not np.isfinite(shapely.bounds(placed)).all():  # beyond the scene CRS's domain
+        return shapely.Polygon()
+    return shapely.make_valid(placed)
+
+
+Blocks = frozenset[tuple[int, int]]
+
+
+def block_sets(plan: BlockPlan, area: shapely.Geometry) -> tuple[Blocks, Blocks]:
+    """``(computed, owners)``: owners lie within ``watershed_halo`` px of ``area`` (scene CRS); computed add a ring."""
+    if shapely.is_empty(area):
+        return frozenset(), frozenset()
+    a, b, c, d, e, f = tuple(~plan.scene.affine)[:6]
+    pixels = shapely.affinity.affine_transform(area, [a, b, d, e, c, f])  # rotated grids too
+    near = shapely.buffer(pixels, plan.watershed_halo) if plan.watershed_halo else pixels
+    nbh, nbw = plan.blocks_shape
+    ids = [(i, j) for i in range(nbh) for j in range(nbw)]
+    cores = []
+    for i, j in ids:
+        w = plan.core(i, j)
+        cores.append(shapely.box(w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height))
+    shapely.prepare(near)
+    hit = shapely.intersects(near, np.array(cores, dtype=object))
+    owners = frozenset(ij for ij, h in zip(ids, hit, strict=True) if h)
+    ring = {(i + di, j + dj) for i, j in owners for di in (-1, 0, 1) for dj in (-1, 0, 1)}
+    computed = frozenset(ij for ij in ring if 0 <= ij[0] < nbh and 0 <= ij[1] < nbw)
+    return computed, owners
+
+
+def restrict(plans: Sequence[BlockPlan], aoi: str | Path) -> AoiPlan:
+    """The plans of the scenes near the AOI file's polygons, each with only its near blocks.
+
+    Raises:
+        InputVectorError: the AOI cannot be read, holds no polygon, or comes near no scene
+            (the message gives both extents: most often a file whose declared CRS is not
+            the one of its coordinates).
+    """
+    from geoseg.aoi import read_aoi
+    from geoseg.errors import InputVectorError
+    from geoseg.io.vectors import bounds_text
+
+    area = read_aoi(aoi)
+    kept, areas, outside = [], [], []
+    for plan in plans:
+        geom = area_in_scene(area, plan, f"--aoi {aoi}")
+        computed, owners = block_sets(plan, geom)
+        if not owners:
+            outside.append(plan.scene.name)
+            continue
+        kept.append(dataclasses.replace(plan, only=computed, owners=owners))
+        areas.append(geom)
+    total = sum(int(np.prod(p.blocks_shape)) for p in plans)
+    if not kept:
+        s = plans[0].scene
+        raise InputVectorError(
+            f"--aoi {aoi} comes near none of the {len(plans)} scene(s) (AOI {bounds_text(area)} in {area.crs}; "
+            f"scene {s.name} {bounds_text([s.footprint])} in {s.crs}); check that the AOI's CRS is the one of its "
+            "coordinates, or pass the scenes that cover it")
+    return AoiPlan(kept, areas, outside, total)
+
+
+def meeting(gdf: gpd.GeoDataFrame, area: shapely.Geometry) -> gpd.GeoDataFrame:
+    """The features of ``gdf`` (in the area's CRS) whose geometry meets ``area``, whole.
+
+    Examples:
+        >>> g = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[shapely.box(0, 0, 2, 2), shapely.box(5, 5, 6, 6)])
+        >>> meeting(g, shapely.box(1, 1, 3, 3))["n"].tolist()
+        [1]
+    """
+    if not len(gdf):
+        return gdf
+    shapely.prepare(area)
+    return gdf.iloc[np.flatnonzero(shapely.intersects(area, gdf.geometry.to_numpy()))]
