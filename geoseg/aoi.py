@@ -20,12 +20,13 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 from rasterio.features import shapes
+from rasterio.windows import Window
 from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.datums import to_crs
-from geoseg.io.near import near_mask
-from geoseg.io.rasters import check_grid, no_georef_warning
+from geoseg.io.near import area_boxes, near_mask
+from geoseg.io.rasters import SceneInfo, check_grid, no_georef_warning, window_footprint
 from geoseg.io.sources import open_raster
 from geoseg.io.vectors import polygonal, polygonal_parts, read_vector
 
@@ -97,6 +98,27 @@ def read_aoi(path: str | Path) -> gpd.GeoSeries:
     if not len(parts):
         raise InputVectorError(f"AOI file {path} holds no polygon; give a file of polygons (any CRS)")
     return gpd.GeoSeries([shapely.union_all(parts)], crs=gdf.crs)
+
+
+def area_on_scene(area: gpd.GeoSeries, scene: SceneInfo, margin: int, what: str) -> shapely.Geometry:
+    """``area`` (:func:`read_aoi`) in ``scene``'s CRS, clipped first to the scene grown by ``margin`` px.
+
+    The clip is done in the area's CRS, on the grown scene's box: a country's outline, most
+    of it beyond the scene's projection's domain, does not turn into infinities. An empty
+    polygon when the area does not come near the scene (or lies beyond its CRS's domain).
+    """
+    grown = window_footprint(Window(-margin, -margin, scene.width + 2 * margin, scene.height + 2 * margin),
+                             scene.affine)
+    geom = area.iloc[0]
+    boxes = area_boxes(area.crs, [(scene.crs, grown)])
+    if boxes is not None:
+        geom = shapely.intersection(geom, boxes[0])
+    if shapely.is_empty(geom):
+        return shapely.Polygon()
+    placed = to_crs(gpd.GeoSeries([geom], crs=area.crs), scene.crs, what).iloc[0]
+    if not np.isfinite(shapely.bounds(placed)).all():  # beyond the scene CRS's domain
+        return shapely.Polygon()
+    return shapely.make_valid(placed)
 
 
 def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 @click.option("--gsd", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Resample every scene to this ground pixel size, so scenes of mixed resolution "
               "train together.  [default: each scene's own]")
+@click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",
+              help="Vector file of the labelled area's polygons (any CRS): tile only the windows that meet it, "
+              "mask the pixels beyond it, keep the labels that meet it.")
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable scenes (listed in the summary) instead of failing.")
 @scheduler_option
 @overwrite_option
@@ -42,7 +45,8 @@ def tile_cmd(scenes: list[SceneSource], labels: Path | None, out: Path, config_p
              size: int | None, overlap: int | None, min_valid: float | None,
              val_fraction: float | None, split_block: int | None, val_scenes: tuple[str, ...],
              class_field: str | None, class_name: str | None, seed: int | None,
-             gsd: float | None, skip_bad: bool, scheduler: str, overwrite: bool, progress: bool | None) -> None:
+             gsd: float | None, aoi: Path | None, skip_bad: bool, scheduler: str, overwrite: bool,
+             progress: bool | None) -> None:
     """Cut SCENES (files or folders of GeoTIFFs, URLs of COGs, STAC items) into chips with COCO instance masks.
 
     Writes OUT/images/<scene>_<row>_<col>.tif, OUT/annotations.json (COCO, RLE masks,
@@ -55,6 +59,7 @@ def tile_cmd(scenes: list[SceneSource], labels: Path | None, out: Path, config_p
           --scheduler tcp://10.0.0.5:8786 --out patches/
     $ geoseg tile https://example.org/cogs/kampala.tif items.json --asset visual \\
           --labels roofs.gpkg --out patches/
+    $ geoseg tile city/ --labels roofs.gpkg --aoi mapped_tasks.gpkg --out patches/
     """
     from geoseg.config import load_config
     from geoseg.tile import TileConfig, tile
@@ -62,7 +67,7 @@ def tile_cmd(scenes: list[SceneSource], labels: Path | None, out: Path, config_p
     overrides = {"size": size, "overlap": overlap, "min_valid": min_valid,
                  "val_fraction": val_fraction, "split_block": split_block,
                  "val_scenes": list(val_scenes) or None, "class_field": class_field,
-                 "class_name": class_name, "seed": seed, "gsd": gsd}
+                 "class_name": class_name, "seed": seed, "gsd": gsd, "aoi": str(aoi) if aoi else None}
     cfg = load_config(TileConfig, config_path, overrides)
     summary = tile(scenes, labels, out, cfg, scheduler=scheduler, overwrite=overwrite,
                    skip_bad=skip_bad, progress=progress)

@@ -151,13 +151,15 @@ class TileArgs(StageArgs):
         from geoseg.tile import TileConfig
 
         t = section
-        cfg = _params(TileConfig, "tile.params", ctx.inp(t.config) if t.config else None,
-                      t.params, ctx.path)
+        params = {**t.params, **({"aoi": str(ctx.inp(t.params["aoi"]))}  # an input: beside the pipeline
+                                 if isinstance(t.params.get("aoi"), str) else {})}
+        cfg = _params(TileConfig, "tile.params", ctx.inp(t.config) if t.config else None, params, ctx.path)
         given = ctx.scenes(t.scenes)
         a = cls(scenes=ctx.sources(given, t.asset, t.stac_search), labels=ctx.inp(t.labels) if t.labels else None,
                 out=ctx.out(t.out), cfg=cfg, skip_bad=t.skip_bad)
-        return ctx.stage("tile", ctx.local(given) + ([a.labels] if a.labels else []), [a.out], a,
-                         skip_bad=t.skip_bad, params=cfg.model_dump(mode="json"), **ctx.remote(a.scenes),
+        inputs = ctx.local(given) + ([a.labels] if a.labels else []) + ([Path(cfg.aoi)] if cfg.aoi else [])
+        return ctx.stage("tile", inputs, [a.out], a, skip_bad=t.skip_bad,
+                         params=cfg.model_dump(mode="json", exclude={"aoi"}), **ctx.remote(a.scenes),
                          **ctx.catalog(t.asset, t.stac_search))
 
 

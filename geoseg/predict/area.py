@@ -20,11 +20,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import shapely
-from rasterio.windows import Window
 
-from geoseg.io.datums import to_crs
-from geoseg.io.near import area_boxes
-from geoseg.io.rasters import window_footprint
 from geoseg.predict.plan import BlockPlan
 
 
@@ -53,28 +49,6 @@ class AoiPlan:
     def owners(self) -> int:
         """Blocks whose objects are written."""
         return sum(len(p.owned()) for p in self.plans)
-
-
-def area_in_scene(area: gpd.GeoSeries, plan: BlockPlan, what: str) -> shapely.Geometry:
-    """``area`` in the scene's CRS, clipped first to a box around the scene (in the area's CRS).
-
-    The box holds the scene grown by one block and the halo on every side: all that can
-    decide which blocks run. Clipping before reprojecting keeps a country's outline, most
-    of it beyond the scene's projection's domain, from turning into infinities.
-    """
-    s = plan.scene
-    m = plan.block + plan.watershed_halo
-    grown = window_footprint(Window(-m, -m, s.width + 2 * m, s.height + 2 * m), s.affine)
-    geom = area.iloc[0]
-    boxes = area_boxes(area.crs, [(s.crs, grown)])
-    if boxes is not None:
-        geom = shapely.intersection(geom, boxes[0])
-    if shapely.is_empty(geom):
-        return shapely.Polygon()
-    placed = to_crs(gpd.GeoSeries([geom], crs=area.crs), s.crs, what).iloc[0]
-    if not np.isfinite(shapely.bounds(placed)).all():  # beyond the scene CRS's domain
-        return shapely.Polygon()
-    return shapely.make_valid(placed)
 
 
 Blocks = frozenset[tuple[int, int]]
@@ -109,14 +83,14 @@ def restrict(plans: Sequence[BlockPlan], aoi: str | Path) -> AoiPlan:
             (the message gives both extents: most often a file whose declared CRS is not
             the one of its coordinates).
     """
-    from geoseg.aoi import read_aoi
+    from geoseg.aoi import area_on_scene, read_aoi
     from geoseg.errors import InputVectorError
     from geoseg.io.vectors import bounds_text
 
     area = read_aoi(aoi)
     kept, areas, outside = [], [], []
     for plan in plans:
-        geom = area_in_scene(area, plan, f"--aoi {aoi}")
+        geom = area_on_scene(area, plan.scene, plan.block + plan.watershed_halo, f"--aoi {aoi}")
         computed, owners = block_sets(plan, geom)
         if not owners:
             outside.append(plan.scene.name)

@@ -6,6 +6,7 @@
 """
 
 from geoseg.tile.config import TileConfig
-from geoseg.tile.stage import TileSummary, tile
+from geoseg.tile.outputs import TileSummary
+from geoseg.tile.stage import tile
 
 __all__ = ["TileConfig", "TileSummary", "tile"]

@@ -22,6 +22,8 @@ class TileConfig(Strict):
     class_name: str = "object"
     gsd: float | None = Field(None, gt=0, description="resample chips to this many metres per "
                               "pixel (None: each scene's own; scenes within 5 % are not resampled)")
+    aoi: str | None = Field(None, description="vector file of the labelled area's polygons: only the "
+                            "windows meeting it are tiled, pixels beyond it masked (geoseg.tile.area)")
     compress: Literal["deflate", "lzw", "zstd", "none"] = "deflate"
     seed: int = Field(0, ge=0, le=MAX_SEED)
 

@@ -91,7 +91,8 @@ Splits = dict[tuple[str, tuple[int, int]], Literal["train", "val"]]
 
 
 def split_scenes(
-    scenes: Sequence[SceneInfo], grids: dict[str, list[list[Window]]], cfg: TileConfig
+    scenes: Sequence[SceneInfo], grids: dict[str, list[list[Window]]], cfg: TileConfig,
+    keep: Mapping[str, set[tuple[int, int]]] | None = None,
 ) -> tuple[int, dict[str, list[tuple[int, int]]], Splits]:
     """Split blocks and their train/val split, with a validation split whenever possible.
 
@@ -101,14 +102,18 @@ def split_scenes(
     (they overlap train chips by at most ``overlap`` pixels at block edges, as before).
     With a single chip in all, val stays empty and a warning says so.
 
+    ``keep``: per scene, the (row, col) of the windows to tile (``--aoi``; None: all);
+    blocks without one are left out.
+
     Returns:
         The block side used, the blocks of each scene (sorted (row, col) of blocks), and
         the split of each (scene, block).
     """
     sb = cfg.split_block
     while True:
-        blocks = {name: sorted({(i // sb, j // sb) for i, row in enumerate(g)
-                                for j in range(len(row))}) for name, g in grids.items()}
+        blocks = {name: sorted({(i // sb, j // sb) for i, row in enumerate(g) for j in range(len(row))
+                                if keep is None or (i, j) in keep[name]}) for name, g in grids.items()
+                  if keep is None or name in keep}
         splits = plan_splits(scenes, blocks, cfg)
         if cfg.val_fraction == 0 or "val" in splits.values() or sb == 1:
             break
@@ -161,7 +166,7 @@ def held_out(grid: list[list[Window]], sb: int, split_of: Mapping[tuple[int, int
     rows = range(max(0, (bi - 1) * sb), min(len(grid), (bi + 2) * sb))
     cols = range(max(0, (bj - 1) * sb), min(len(grid[0]), (bj + 2) * sb))
     mine = [grid[i][j] for i in rows for j in cols if (i // sb, j // sb) == block]
-    return tuple(grid[i][j] for i in rows for j in cols if split_of[(i // sb, j // sb)] == "val"
+    return tuple(grid[i][j] for i in rows for j in cols if split_of.get((i // sb, j // sb)) == "val"
                  and any(windows.intersect(grid[i][j], w) for w in mine))
 
 
@@ -197,7 +202,7 @@ def warn_shared_ground(scenes: Sequence[SceneInfo], grids: dict[str, list[list[W
         names, areas = [], []
         for s in scenes:
             feet = [window_footprint(w, s.affine) for i, row in enumerate(grids[s.name])
-                    for j, w in enumerate(row) if splits[(s.name, (i // sb, j // sb))] == split]
+                    for j, w in enumerate(row) if splits.get((s.name, (i // sb, j // sb))) == split]
             if feet:
                 names.append(s.name)
                 areas.append(gpd.GeoSeries([shapely.union_all(feet)], crs=s.crs).to_crs(4326).iloc[0])

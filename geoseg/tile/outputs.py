@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | Non
         "tile": cfg.model_dump(mode="json"),
         "scenes": [input_stamp(s.source) for s in scenes],
         "labels": input_stamp(labels) if labels is not None else None,
+        "aoi": input_stamp(Path(cfg.aoi).resolve()) if cfg.aoi else None,
     }
 
 
@@ -167,3 +169,39 @@ def done_before(part_path: Path, images_dir: Path) -> dict[str, int] | None:
         log.info("%s lists chips that are missing: tiling them again", part_path.name)
         return None
     return counts
+
+
+@dataclass
+class TileSummary:
+    """What a `geoseg tile` run did."""
+
+    out_dir: Path
+    scenes: int = 0
+    scenes_skipped: list[tuple[str, str]] = field(default_factory=list)
+    chips_written: int = 0
+    chips_done_before: int = 0
+    chips_low_valid: int = 0
+    chips_train: int = 0
+    chips_val: int = 0
+    instances: int = 0
+    labels: int = 0
+    labels_outside: int = 0
+    rewrote_outputs: bool = True
+    split_block: int = 0
+    seconds: float = 0.0
+    aoi: str = ""
+
+    def lines(self) -> list[str]:
+        """Human-readable summary lines."""
+        out = [
+            f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
+            f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
+            f"{self.chips_low_valid} skipped (too little valid data); "
+            f"{self.chips_train} train / {self.chips_val} val (split blocks of "
+            f"{self.split_block}x{self.split_block} chips)",
+            f"instances: {self.instances} in chips; labels: {self.labels}, "
+            f"{self.labels_outside} outside every scene",
+            f"output: {self.out_dir} ({self.seconds:.1f} s)",
+        ] + ([self.aoi] if self.aoi else [])
+        out += [f"skipped {p}: {why}" for p, why in self.scenes_skipped]
+        return out

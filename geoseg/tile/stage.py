@@ -21,7 +21,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,12 +47,14 @@ from geoseg.io.rasters import (
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
+from geoseg.tile.area import outside, place
 from geoseg.tile.config import TileConfig
 from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, warn_shared_ground, window_grid
 from geoseg.tile.inputs import drop_small_scenes, same_kind, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
     PARTS,
+    TileSummary,
     chip_profile,
     done_before,
     gsd_stats,
@@ -87,41 +89,7 @@ class BlockJob:
     min_valid: float
     compress: str
     held: tuple[Window, ...] = ()  # val windows overlapping a train block: masked out of its chips
-
-
-@dataclass
-class TileSummary:
-    """What a `geoseg tile` run did."""
-
-    out_dir: Path
-    scenes: int = 0
-    scenes_skipped: list[tuple[str, str]] = field(default_factory=list)
-    chips_written: int = 0
-    chips_done_before: int = 0
-    chips_low_valid: int = 0
-    chips_train: int = 0
-    chips_val: int = 0
-    instances: int = 0
-    labels: int = 0
-    labels_outside: int = 0
-    rewrote_outputs: bool = True
-    split_block: int = 0
-    seconds: float = 0.0
-
-    def lines(self) -> list[str]:
-        """Human-readable summary lines."""
-        out = [
-            f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
-            f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
-            f"{self.chips_low_valid} skipped (too little valid data); "
-            f"{self.chips_train} train / {self.chips_val} val (split blocks of "
-            f"{self.split_block}x{self.split_block} chips)",
-            f"instances: {self.instances} in chips; labels: {self.labels}, "
-            f"{self.labels_outside} outside every scene",
-            f"output: {self.out_dir} ({self.seconds:.1f} s)",
-        ]
-        out += [f"skipped {p}: {why}" for p, why in self.scenes_skipped]
-        return out
+    area: Any = None  # --aoi in the scene's CRS: pixels beyond it masked
 
 
 def tile_block(job: BlockJob) -> dict[str, int]:
@@ -145,7 +113,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             with read_errors(scene.source, win):
                 data = src.read(list(range(1, scene.count + 1)), window=win)  # not a warp's alpha
                 mask = valid_mask(data, src.dataset_mask(window=win))
-            if job.held and (cut := held_mask(win, job.held)).any():  # val pixels: never trained on
+            cut = held_mask(win, job.held)  # val pixels: never trained on; beyond --aoi: unlabelled
+            if job.area is not None:
+                cut |= outside(win, job.area, scene)
+            if cut.any():
                 mask &= ~cut
                 if scene.nodata is not None:
                     data[:, cut] = scene.nodata
@@ -302,6 +273,9 @@ def tile(
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
     same_kind(good)  # band counts, data types, declared scales/offsets
+    grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
+    area = place(cfg.aoi, good, grids) if cfg.aoi else None  # the labelled area: only its windows are tiled
+    good = [s for s in good if area is None or s.name in area.keep]
     near = [(s.crs, s.footprint) for s in good]  # a country's labels for a few scenes: only theirs are repaired
     gdf = read_labels(labels, cfg.class_field, cfg.class_name, near=near) if labels is not None else None
     classes = (gdf.attrs.get("classes") if gdf is not None else None) or [cfg.class_name]  # of every label
@@ -309,8 +283,11 @@ def tile(
     summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
                           labels=0 if gdf is None else len(gdf) + gdf.attrs["far"])  # far ones: outside
 
-    grids = {s.name: window_grid(s.width, s.height, cfg.size, cfg.overlap) for s in good}
-    sb, blocks, splits = split_scenes(good, grids, cfg)
+    if area is not None:
+        summary.aoi = (f"--aoi {Path(cfg.aoi or '').name}: {sum(map(len, area.keep.values()))} of "
+                       f"{sum(len(r) for s in good for r in grids[s.name])} windows meet it"
+                       + (f"; {len(area.outside)} scene(s) away from it not tiled" if area.outside else ""))
+    sb, blocks, splits = split_scenes(good, grids, cfg, keep=area.keep if area is not None else None)
     warn_shared_ground(good, grids, sb, splits)
     summary.split_block = sb
 
@@ -319,24 +296,28 @@ def tile(
     jobs: list[BlockJob] = []
     beyond = [0, 0]  # chips over a chip away from the labels' extent, chips in all
     for s in good:
+        inside = area.keep[s.name] if area is not None else None
+        kept = [(i, j, w) for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
+                if inside is None or (i, j) in inside]
         if gdf is not None and s.crs not in by_crs:
             g = to_crs(gdf, s.crs, f"--labels {labels}")  # warns where PROJ lacks a datum grid
             by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
         geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
         if sindex is not None:
             touched.update(sindex.query(s.footprint, predicate="intersects").tolist())
-            beyond[0] += chips_beyond_labels(s, [w for row in grids[s.name] for w in row], geoms)
-            beyond[1] += sum(map(len, grids[s.name]))
+            beyond[0] += chips_beyond_labels(s, [w for _, _, w in kept], geoms)
+            beyond[1] += len(kept)
         split_of = {b: splits[(s.name, b)] for b in blocks[s.name]}
         for b in blocks[s.name]:
             held = held_out(grids[s.name], sb, split_of, b) if gdf is not None else ()  # unlabelled: all used
-            block_wins = [w for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
-                          if (i // sb, j // sb) == b]
+            block_wins = [w for i, j, w in kept if (i // sb, j // sb) == b]
             for k in range(0, len(block_wins), TASK_WINDOWS):
                 wins = tuple(block_wins[k:k + TASK_WINDOWS])
                 outline = window_footprint(rasterio.windows.union(*wins), s.affine)
                 idx = (np.sort(sindex.query(outline, predicate="intersects"))
                        if sindex is not None else np.empty(0, dtype=int))
+                if area is not None:  # labels beyond the labelled area are not trusted: those meeting it, whole
+                    idx = idx[shapely.intersects(area.geoms[s.name], geoms[idx])]
                 jobs.append(BlockJob(
                     scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
                     category_ids=np.array([cat_of[c] for c in gdf[CLASS].to_numpy()[idx]], dtype=int)
@@ -346,12 +327,13 @@ def tile(
                     images_dir=out / "images",
                     part_path=out / PARTS / f"{s.name}__{b[0]}_{b[1]}_{k // TASK_WINDOWS}.json",
                     min_valid=cfg.min_valid, compress=cfg.compress, held=held,
+                    area=area.geoms[s.name] if area is not None else None,
                 ))
     summary.labels_outside = summary.labels - len(touched)
     if touched and beyond[0] >= max(4, beyond[1] / 4):
         log.warning("%d of %d chips lie over a chip away from the labels' extent and are written as negatives: if "
-                    "that land is unlabelled rather than empty, tile only the labelled area (crop the scenes: "
-                    "gdal_translate -projwin) or add its labels", beyond[0], beyond[1])
+                    "that land is unlabelled rather than empty, tile only the labelled area (--aoi with its "
+                    "polygons) or add its labels", beyond[0], beyond[1])
     if gdf is not None and len(gdf) and not touched:  # before anything is written
         s = good[0]
         raise InputVectorError(
