@@ -187,7 +187,7 @@ def held_mask(win: Window, held: Sequence[Window]) -> np.ndarray:
 
 
 def warn_shared_ground(scenes: Sequence[SceneInfo], grids: dict[str, list[list[Window]]], sb: int,
-                       splits: Splits) -> None:
+                       splits: Splits, keep: Mapping[str, set[tuple[int, int]]] | None = None) -> None:
     """Warn when train chips of one scene cover the ground of another scene's val chips.
 
     Two zooms or dates of one place, one of them in ``--val-scenes``: the model trains on
@@ -202,7 +202,8 @@ def warn_shared_ground(scenes: Sequence[SceneInfo], grids: dict[str, list[list[W
         names, areas = [], []
         for s in scenes:
             feet = [window_footprint(w, s.affine) for i, row in enumerate(grids[s.name])
-                    for j, w in enumerate(row) if splits.get((s.name, (i // sb, j // sb))) == split]
+                    for j, w in enumerate(row) if splits.get((s.name, (i // sb, j // sb))) == split
+                    and (keep is None or (i, j) in keep[s.name])]  # --aoi: the windows tiled
             if feet:
                 names.append(s.name)
                 areas.append(gpd.GeoSeries([shapely.union_all(feet)], crs=s.crs).to_crs(4326).iloc[0])

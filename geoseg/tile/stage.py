@@ -287,8 +287,9 @@ def tile(
         summary.aoi = (f"--aoi {Path(cfg.aoi or '').name}: {sum(map(len, area.keep.values()))} of "
                        f"{sum(len(r) for s in good for r in grids[s.name])} windows meet it"
                        + (f"; {len(area.outside)} scene(s) away from it not tiled" if area.outside else ""))
-    sb, blocks, splits = split_scenes(good, grids, cfg, keep=area.keep if area is not None else None)
-    warn_shared_ground(good, grids, sb, splits)
+    keep = area.keep if area is not None else None
+    sb, blocks, splits = split_scenes(good, grids, cfg, keep=keep)
+    warn_shared_ground(good, grids, sb, splits, keep)
     summary.split_block = sb
 
     touched: set[int] = set()
