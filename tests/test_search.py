@@ -354,3 +354,18 @@ def test_onnx_export_parity_and_backend(tmp_path: Path, monkeypatch: pytest.Monk
                                                       "model": RefDet(TINY).state_dict()})
     sb.OnnxSearch(tmp_path / "export")
     assert len(warned) == 1 and "which has changed since (retrained)" in warned[0], warned
+
+
+def test_aoi_searches_the_near_blocks_with_examples_beyond_it(tmp_path: Path, blobs: None) -> None:
+    # the 4th square lies in a block near the area, not in it: found, then dropped
+    scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 110, 16), (200, 200, 16), (135, 135, 10)])
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500100, 99892, 500108, 99900)], "EPSG:32636")  # 3rd
+    area = shapely.box(500000, 100000 - 120 * 0.5, 500000 + 120 * 0.5, 100000)  # pixels 0-119: the 2nd crosses it
+    gpd.GeoDataFrame(geometry=[area], crs="EPSG:32636").to_crs(4326).to_file(tmp_path / "aoi.geojson")
+    out = tmp_path / "found.gpkg"
+    summary = search([scene], ex, "model", out, SearchConfig(block=64, halo=32, aoi=str(tmp_path / "aoi.geojson")),
+                     scheduler="sync")
+    got = gpd.read_file(out)
+    assert summary.blocks == 9 and len(got) == 2  # blocks 0-2 of 4 a side lie within 32 px of the area
+    assert "--aoi aoi.geojson: 9 of 16 blocks searched" in summary.lines()
+    assert max(shapely.area(got.geometry.to_numpy())) == pytest.approx(64, rel=0.05)  # 16 px square, whole

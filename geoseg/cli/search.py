@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 @click.option("--block", type=int, help="Block side in pixels (memory bound).  [default: 1024]")
 @click.option("--halo", type=int, help="Pixels read around a block (half the largest object).  [default: 64]")
 @click.option("--bands", "band_indexes", callback=parse_bands, help="1-based bands to read, e.g. 1,1,1.")
+@click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",
+              help="Vector file of polygons (any CRS): search only the blocks near them, keep the boxes meeting them.")
 @scheduler_option
 @overwrite_option
 @progress_option
@@ -55,7 +57,7 @@ def search_cmd(scenes: list[SceneSource], examples: Path, model: Path, out: Path
     from geoseg.config import load_config
     from geoseg.search import SearchConfig, search
 
-    cfg = load_config(SearchConfig, None, options)
+    cfg = load_config(SearchConfig, None, {**options, "aoi": str(options["aoi"]) if options.get("aoi") else None})
     summary = search(list(scenes), examples, model, out, cfg, scheduler=scheduler,
                      overwrite=overwrite, progress=progress)
     for line in summary.lines():

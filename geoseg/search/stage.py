@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -73,6 +74,8 @@ class SearchConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     band_indexes: tuple[int, ...] | None = None
     name: str | None = Field(None, description="name of the example set (default: the file's stem)")
+    aoi: str | None = Field(None, description="vector file of polygons: only the blocks near them are searched, "
+                            "the boxes meeting them kept (geoseg.predict.area)")
 
 
 @dataclass
@@ -88,6 +91,7 @@ class SearchSummary:
     seconds: float = 0.0
     similarity: float | None = None
     calibrated: bool = False
+    aoi: str = ""
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -96,7 +100,7 @@ class SearchSummary:
                 "similarity: " + ("no threshold" if self.similarity is None else
                                   f">= {self.similarity:.3f}" + (" (calibrated in training)" if self.calibrated
                                                                  else "")),
-                f"time: {self.seconds:.1f} s"]
+                f"time: {self.seconds:.1f} s"] + ([self.aoi] if self.aoi else [])
 
 
 def _plan(scene: SceneInfo, cfg: SearchConfig, bands: int, cache: Path, wanted: Sequence[str] = ()) -> BlockPlan:
@@ -234,7 +238,8 @@ def _similarity_gate(cfg: SearchConfig, meta: SearchMeta) -> float | None:
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
     return digest({"model": [str(meta.source), input_stamp(meta.source)],
                    "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
-                   "scenes": [[s.source, input_stamp(s.source)] for s in scenes]})
+                   "scenes": [[s.source, input_stamp(s.source)] for s in scenes],
+                   "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None})
 
 
 def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, model: str | Path, out: str | Path,
@@ -265,8 +270,15 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, cfg, meta.model.bands, cache, meta.stats.meaning or ()) for s in infos]
     check_for_model([(p.scene, p.band_indexes) for p in plans], meta.stats)  # stored values of another meaning
-    temps = templates_for(ex, plans, meta, ex_path)
+    temps = templates_for(ex, plans, meta, ex_path)  # examples may lie beyond the --aoi
     kernels = backend.fuse(temps)
+    areas: dict[int, Any] = {}
+    if cfg.aoi:  # each block reads its own halo: the blocks near the area, without predict's ring
+        from geoseg.predict.area import restrict
+
+        near = restrict(plans, cfg.aoi)
+        plans = [dataclasses.replace(p, only=p.owners) for p in near.plans]
+        areas = {id(p): a for p, a in zip(plans, near.areas, strict=True)}
     stamp = _stamp(meta, cfg, infos, ex_path)
     if cache.exists():
         old = cache / "stamp.json"
@@ -277,21 +289,26 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     gate = _similarity_gate(cfg, meta)
     summary = SearchSummary(out=out, scenes=len(plans), examples=len(temps), similarity=gate,
                             calibrated=cfg.min_similarity == "auto")
+    if cfg.aoi:
+        summary.aoi = (f"--aoi {Path(cfg.aoi).name}: {near.owners} of {near.blocks} blocks searched"
+                       + (f"; {len(near.outside)} scene(s) away from it skipped" if near.outside else ""))
     tasks: list[Any] = []
     spans: list[tuple[BlockPlan, int, int]] = []
     for plan in plans:
         plan.cache.mkdir(exist_ok=True)
-        nbh, nbw = plan.blocks_shape
         start = len(tasks)
-        for i in range(nbh):
-            for j in range(nbw):
-                summary.resumed += _block_path(plan, i, j).exists()
-                tasks.append(delayed(search_block, pure=False)(plan, i, j, key, kernels, cfg, gate))
+        for i, j in plan.blocks():
+            summary.resumed += _block_path(plan, i, j).exists()
+            tasks.append(delayed(search_block, pure=False)(plan, i, j, key, kernels, cfg, gate))
         spans.append((plan, start, len(tasks)))
     summary.blocks = len(tasks)
     results = compute(tasks, scheduler=scheduler, desc="search", progress=progress)
     name = cfg.name or ex_path.stem
     frames = [_scene_frame(plan, results[a:b], cfg, name) for plan, a, b in spans]
+    if areas:  # --aoi: the boxes that meet the area, whole
+        from geoseg.predict.area import meeting
+
+        frames = [meeting(f, areas[id(plan)]) for f, (plan, _, _) in zip(frames, spans, strict=True)]
     target = plans[0].scene.crs
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; boxes are written in %s", target)
