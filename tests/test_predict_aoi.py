@@ -114,3 +114,13 @@ def test_aoi_changes_invalidate_the_cache_and_the_pipeline_reads_it_beside_the_f
         f"predict:\n  scenes: [scene.tif]\n  model: {tiny_run}\n  params: {{aoi: aoi.gpkg, block: 32}}\n")
     stage = load_pipeline(tmp_path / "p.yaml").stages["predict"]
     assert stage.args.cfg.aoi == str(aoi) and aoi in stage.inputs
+
+
+def test_out_naming_the_aoi_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    from geoseg.errors import OutputError
+
+    path, aoi, _ = scene_and_aoi(tmp_path)
+    before = aoi.read_bytes()
+    with pytest.raises(OutputError, match="is the AOI"):
+        predict([path], tiny_run, aoi, cfg(aoi=f"{aoi}|layername=aoi"), overwrite=True)
+    assert aoi.read_bytes() == before

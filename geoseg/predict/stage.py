@@ -47,6 +47,7 @@ from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
+from geoseg.io.vectors import split_layer
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
@@ -217,7 +218,7 @@ def predict(
         plans = near.plans
     probs = prob_paths(cfg, plans)
     check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model,
-                                                         "the AOI": cfg.aoi})
+                                                         "the AOI": split_layer(cfg.aoi)[0] if cfg.aoi else None})
     stamp = _stamp(backend.source, cfg, infos)
     ours = probs_written(cache, stamp)  # by a killed run of this same job: replaced, as a resume
     if not overwrite and (old_probs := [p for p in probs if p.exists() and str(p) not in ours]):

@@ -258,7 +258,8 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)
-    check_outputs({"--out": out}, {"the examples": split_layer(examples)[0]})  # before --overwrite may apply
+    check_outputs({"--out": out}, {"the examples": split_layer(examples)[0],  # before --overwrite may apply
+                                   "the AOI": split_layer(cfg.aoi)[0] if cfg.aoi else None})
     check_replace(out, overwrite)
     check_writable(out, "--out")
     ex_path = Path(examples).resolve()
