@@ -9,6 +9,7 @@ the scene's own labels). Each command runs in a fresh process.
 
     $ python bench/tile_labels.py                 # 500 000 labels
     $ python bench/tile_labels.py --labels 50000  # quick run
+    $ python bench/tile_labels.py --spread        # two scenes 125 km apart, at the file's corners
 """
 
 from __future__ import annotations
@@ -38,37 +39,52 @@ def run(args: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, rss
 
 
-def make(root: Path, labels: int) -> None:
-    """The scene, its labels (``near.gpkg``) and the country's (``country.gpkg``), in ``root``."""
+def make(root: Path, labels: int, spread: bool = False) -> None:
+    """The scene(s), their labels (``near.gpkg``) and the country's (``country.gpkg``), in ``root``.
+
+    ``spread``: a second scene, near the opposite corner of the country's extent from the first.
+    """
     import geopandas as gpd
+    import pandas as pd
     import shapely
     from conftest import bright_boxes_scene, grid_boxes, labels_for
+    from rasterio.transform import from_origin
 
     (root / "s").mkdir()
-    scene = bright_boxes_scene(root / "s" / "scene.tif", (512, 512), grid_boxes((512, 512), step=20))
-    near = gpd.read_file(labels_for(scene, root / "near.gpkg", grid_boxes((512, 512), step=20), crs="EPSG:32636"))
+    boxes = grid_boxes((512, 512), step=20)
+    origins = [(402000.0, -8000.0 + 256), (498000.0 - 256, 88000.0)] if spread else [(450000.0, 40000.0)]
+    parts = []
+    for k, (x0, y0) in enumerate(origins):
+        scene = bright_boxes_scene(root / "s" / f"scene{k}.tif", (512, 512), boxes,
+                                   transform=from_origin(x0, y0, 0.5, 0.5))
+        parts.append(gpd.read_file(labels_for(scene, root / f"near{k}.gpkg", boxes, crs="EPSG:32636")))
+    near = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:32636")
+    near.to_file(root / "near.gpkg")
     rng = np.random.default_rng(0)
     n = labels - len(near)
     x, y = rng.uniform(400000, 500000, n), rng.uniform(-10000, 90000, n)
     far = shapely.box(x, y, x + 8, y + 10)
-    far = far[~shapely.intersects(far, shapely.box(*near.total_bounds).buffer(500))]
+    for p in parts:
+        far = far[~shapely.intersects(far, shapely.box(*p.total_bounds).buffer(500))]
     country = gpd.GeoDataFrame({"class": ["building"] * (len(far) + len(near))},
                                geometry=np.concatenate([far, near.geometry.to_numpy()]), crs="EPSG:32636")
     country.to_file(root / "country.gpkg")
-    print(f"labels: {len(country)} in the file, {len(near)} on the scene")
+    print(f"labels: {len(country)} in the file, {len(near)} on the {len(parts)} scene(s)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--labels", type=int, default=500_000, help="polygons in the country file")
+    ap.add_argument("--spread", action="store_true", help="two scenes at opposite corners of the country")
     ap.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # the data, in a child: RSS stays the tiles'
     a = ap.parse_args()
     if a.make is not None:
-        make(a.make, a.labels)
+        make(a.make, a.labels, a.spread)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        subprocess.run([sys.executable, __file__, "--make", str(root), "--labels", str(a.labels)], check=True)
+        subprocess.run([sys.executable, __file__, "--make", str(root), "--labels", str(a.labels),
+                        *(["--spread"] if a.spread else [])], check=True)
         base = ["tile", str(root / "s"), "--size", "256", "--overlap", "0", "--scheduler", "sync"]
         clipped = run([*base, "--labels", str(root / "near.gpkg"), "--out", str(root / "p1")])
         whole = run([*base, "--labels", str(root / "country.gpkg"), "--out", str(root / "p2")])

@@ -213,7 +213,8 @@ def read_within(
     """
     from geoseg.evaluate import read_polygons
 
-    near = [(area.crs, area.iloc[0]) for _, area in areas[:1]] or None
+    # each part on its own: the footprint of scenes in two cities is one MultiPolygon, whose box spans the country
+    near = [(area.crs, part) for _, area in areas[:1] for part in shapely.get_parts(area.iloc[0])] or None
     return read_polygons(pred, "prediction", near=near), read_polygons(truth, "truth", near=near)
 
 

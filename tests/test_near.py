@@ -150,3 +150,48 @@ def test_evaluate_clip_reads_a_country_truth_near_the_scene_only(tmp_path: Path)
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "m.json").read_text())
     assert (report["tp"], report["fp"], report["fn"]) == (len(near) - 3, 0, 3)
+
+
+def test_scenes_far_apart_are_read_one_group_at_a_time_without_duplicates(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cities: one spatial filter per group of scenes (not their country-wide envelope), same labels."""
+    import geoseg.io.vectors as vectors
+
+    path = tmp_path / "country.gpkg"
+    country(path)
+    other = shapely.box(520_000, 20_000, 522_000, 22_000)  # a second scene among the far buildings
+    road = shapely.Polygon([(500_050, 50), (521_000, 21_000), (521_001, 21_000), (500_051, 50)])  # meets both
+    gpd.GeoDataFrame({"class": ["building"]}, geometry=[road], crs=CRS).to_file(path, mode="a")
+    whole = gpd.read_file(path)
+    areas = [(CRS, AREA), (CRS, other)]
+    masks: list[shapely.Geometry] = []
+    real = vectors.read_vector
+
+    def spy(*args, **kw):
+        if kw.get("mask") is not None:
+            masks.append(kw["mask"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(vectors, "read_vector", spy)
+    labels = read_labels(path, near=areas)
+    assert len(masks) == 2 and all(shapely.area(m) < 10 * shapely.area(other) for m in masks)
+    rows = np.flatnonzero(near_mask(whole.geometry.to_numpy(), CRS, areas))
+    assert labels["label_id"].tolist() == rows.tolist()  # file order, the road once
+    assert len(whole) - 1 in rows and labels.attrs["far"] == len(whole) - len(rows)
+
+
+def test_evaluate_clip_over_scenes_far_apart_reads_near_each(tmp_path: Path) -> None:
+    """The scenes' footprint is one MultiPolygon; its box would span the country between the two scenes."""
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    from geoseg.aoi import areas_of, read_within
+
+    truth = tmp_path / "country.gpkg"
+    whole = country(truth)
+    scenes = [write_raster(tmp_path / f"s{k}.tif", np.full((1, 200, 200), 100, np.uint8), CRS,
+                           from_origin(x, y, 0.5, 0.5)) for k, (x, y) in enumerate([(500_000, 100), (525_000, 25_000)])]
+    _, got = read_within(truth, truth, areas_of(scenes, True, None))
+    boxes = [shapely.box(500_000, 0, 500_100, 100), shapely.box(525_000, 24_900, 525_100, 25_000)]
+    rows = np.flatnonzero(near_mask(whole.geometry.to_numpy(), CRS, [(CRS, b) for b in boxes]))
+    assert len(got) == len(rows) < len(whole) // 5  # not the ~half of the country between them

@@ -23,6 +23,8 @@ from pyproj import CRS
 
 #: Areas (each with its CRS), as the callers hand them: the scenes' footprints.
 Areas = Sequence[tuple[Any, shapely.Geometry]]
+#: Areas whose boxes fill less than 1 / SPREAD of their envelope are read one group at a time.
+SPREAD = 4.0
 #: Layer geometry types whose every feature is a polygon or none (OGR's names, any dimension).
 POLYGONAL = re.compile(r"^(Multi)?Polygon( Z| M| ZM)?$|^(Multi)?Polygon25D$", re.IGNORECASE)
 
@@ -98,7 +100,16 @@ def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) 
     boxes = area_boxes(info["crs"], areas)
     if not boxes:
         return None
-    near = read_vector(path, role, layer, mask=shapely.union_all(boxes))
+    union = shapely.union_all(boxes)
+    parts = shapely.get_parts(union)
+    if len(parts) > 1 and shapely.area(shapely.envelope(union)) > SPREAD * shapely.area(union):
+        # scenes in several cities: OGR's index answers a filter's envelope, which would span the
+        # country between them; one filter per group of scenes, a feature met by two read once
+        frames = [read_vector(path, role, layer, mask=part) for part in parts]
+        near = pd.concat(frames)
+        near = near[~near.index.duplicated()]
+    else:
+        near = read_vector(path, role, layer, mask=union)
     return (near.sort_index(kind="stable"), info) if len(near) else None  # an R-tree answers in its own order
 
 
