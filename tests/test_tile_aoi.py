@@ -92,3 +92,14 @@ def test_pipeline_reads_the_tile_aoi_beside_the_file(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("tile:\n  scenes: [scene.tif]\n  labels: l.gpkg\n  params: {aoi: aoi.gpkg}\n")
     stage = load_pipeline(tmp_path / "p.yaml").stages["tile"]
     assert stage.args.cfg.aoi == str(tmp_path / "aoi.gpkg") and tmp_path / "aoi.gpkg" in stage.inputs
+
+
+def test_an_aoi_that_meets_no_label_is_refused(tmp_path: Path) -> None:
+    """An AOI of another district over the same scene: every chip would be a negative, with exit 0."""
+    path, _, _ = scene_aoi(tmp_path, Affine.translation(450000, 40000) * Affine.scale(0.5, -0.5))
+    empty = shapely.box(450000 + 150 * 0.5, 40000 - 30 * 0.5, 450000 + 190 * 0.5, 40000)  # no label there
+    gpd.GeoDataFrame(geometry=[empty], crs="EPSG:32636").to_file(tmp_path / "other.gpkg")
+    with pytest.raises(InputVectorError, match="none of the 3 labels of .* meets --aoi"):
+        tile([path], tmp_path / "labels.gpkg", tmp_path / "p", cfg(tmp_path / "other.gpkg"), scheduler="sync")
+    assert not (tmp_path / "p").exists()
+    tile([path], None, tmp_path / "n", cfg(tmp_path / "other.gpkg"), scheduler="sync")  # without labels: negatives

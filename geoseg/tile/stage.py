@@ -293,6 +293,7 @@ def tile(
     summary.split_block = sb
 
     touched: set[int] = set()
+    in_area: set[int] = set()
     by_crs: dict[str, Any] = {}
     jobs: list[BlockJob] = []
     beyond = [0, 0]  # chips over a chip away from the labels' extent, chips in all
@@ -319,6 +320,7 @@ def tile(
                        if sindex is not None else np.empty(0, dtype=int))
                 if area is not None:  # labels beyond the labelled area are not trusted: those meeting it, whole
                     idx = idx[shapely.intersects(area.geoms[s.name], geoms[idx])]
+                    in_area.update(idx.tolist())
                 jobs.append(BlockJob(
                     scene=s, block=b, windows=wins, split=splits[(s.name, b)], geoms=geoms[idx],
                     category_ids=np.array([cat_of[c] for c in gdf[CLASS].to_numpy()[idx]], dtype=int)
@@ -341,6 +343,9 @@ def tile(
             f"none of the {len(gdf)} polygons of {labels} touches a scene (in {s.crs}: labels "
             f"{bounds_text(by_crs[s.crs][0])}, scene {s.name} {bounds_text([s.footprint])}); check that the labels' "
             "CRS is the one of their coordinates, or tile without --labels for negative chips only")
+    if area is not None and touched and not in_area:  # an AOI of another district: negatives only, exit 0
+        raise InputVectorError(f"none of the {len(touched)} labels of {labels} on the scenes meets --aoi {cfg.aoi}; "
+                               "check that the AOI is the area those labels were mapped in (and its CRS)")
     manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
     prepare_out_dir(out, manifest, overwrite)
     chip_names = {f"{s.name}_{int(w.row_off)}_{int(w.col_off)}.tif"
