@@ -110,7 +110,7 @@ class PredictSummary:
             f"scenes: {self.scenes}, blocks: {self.blocks} "
             f"(resumed: {', '.join(f'{k} {v}' for k, v in resumed.items())})",
             f"cells: {self.cells}, FF on {self.ff_cells} ({share:.0%}; {self.routing}) "
-            f"in {self.ff_regions} regions"
+            f"in {self.ff_regions} region{'' if self.ff_regions == 1 else 's'}"
             + (f" (FF's maps on the {self.ff_covered - self.ff_cells} other cells they cover too)"
                if self.ff_covered > self.ff_cells else "")
             if routed else f"{self.routing}, detections on every block",
