@@ -8,8 +8,8 @@ stops growing with the number of cells.
 :func:`cover` turns a grid of chosen cells into regions: the grid is cut into aligned
 windows of ``max_side`` (8) cells, and each window runs whole, or is cut in two halves
 (top/bottom or left/right), each half covered the same way recursively down to single
-cells (a guillotine cut), whichever costs fewer input pixels (plus one cell's worth per
-region, for its read and call). Two chosen neighbours thus share one 1x2 region and one
+cells (a guillotine cut), whichever costs fewer input pixels (plus :data:`REGION_COST` of a
+cell's pixels per region, for its read and call). Two chosen neighbours thus share one 1x2 region and one
 halo. A window whose cells are mostly chosen runs whole, so a block that is mostly
 chosen runs as the plain dense sliding window of the FF network (8x8-cell windows with
 one halo), and budget 1.0 *is* that network. Region sides are 1, 2, 4 or 8 cells
@@ -32,6 +32,12 @@ from geoseg.models.cells import pad_for_cells
 
 #: Largest region side in cells (8 x 64 px = 512 px windows, as a plain dense sliding window).
 MAX_SIDE = 8
+#: What a region costs beyond its input pixels (its windowed read, its share of a call), in
+#: cells' worth of pixels. On the CPU, FF costs the same per input pixel from 1x1 to 8x8-cell
+#: regions (1.22-1.32 us a pixel), so covering an unchosen cell to save a region rarely pays:
+#: at a quarter (one cell before), routed auto on the sparse bench scene is 2.94-3.05x the
+#: dense floor against 2.93-2.96x, same F1 (docs/benchmarks.md, "Cheaper regions").
+REGION_COST = 0.25
 
 Rect = tuple[int, int, int, int]  # row, col, rows, cols (in cells)
 
@@ -58,12 +64,12 @@ class Region:
         return int(self.paste.shape[0]), int(self.paste.shape[1])
 
 
-def cost(rects: list[Rect], cell: int, halo: int) -> int:
-    """Input pixels FF reads for ``rects``, plus one cell's worth per region for its read and call.
+def cost(rects: list[Rect], cell: int, halo: int) -> float:
+    """Input pixels FF reads for ``rects``, plus :data:`REGION_COST` cells' worth per region for its read and call.
 
-    ``sum((rows * cell + 2 halo) (cols * cell + 2 halo) + cell²)``.
+    ``sum((rows * cell + 2 halo) (cols * cell + 2 halo) + REGION_COST cell²)``.
     """
-    return sum((h * cell + 2 * halo) * (w * cell + 2 * halo) + cell * cell for _, _, h, w in rects)
+    return sum((h * cell + 2 * halo) * (w * cell + 2 * halo) + REGION_COST * cell * cell for _, _, h, w in rects)
 
 
 def _cut(chosen: np.ndarray, r: int, c: int, h: int, w: int, cell: int, halo: int,
