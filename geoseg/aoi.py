@@ -121,6 +121,19 @@ def area_on_scene(area: gpd.GeoSeries, scene: SceneInfo, margin: int, what: str)
     return shapely.make_valid(placed)
 
 
+def windows_meeting(area: shapely.Geometry, windows: Sequence[Window], transform: Affine) -> np.ndarray:
+    """Whether each window of a grid (``transform``: the scene's) meets ``area`` (the scene's CRS), as bool.
+
+    Through each window's true footprint, so rotated and skewed grids too (tile's chips,
+    predict's and search's blocks grown by their halo: :mod:`geoseg.predict.area`).
+    """
+    if shapely.is_empty(area) or not len(windows):
+        return np.zeros(len(windows), dtype=bool)
+    feet = np.array([window_footprint(w, transform) for w in windows], dtype=object)
+    shapely.prepare(area)
+    return np.asarray(shapely.intersects(area, feet), dtype=bool)
+
+
 def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
     """The parts of ``gdf`` inside ``area``, in ``gdf``'s CRS; features outside are dropped.
 

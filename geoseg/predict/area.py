@@ -1,7 +1,7 @@
 """``geoseg predict --aoi FILE``: only the blocks near an area of interest, only the objects that meet it.
 
-A city's boundary over a country's mosaic: the blocks whose core lies within
-``--watershed-halo`` pixels of the area *own* objects; a ring of one block around them is
+A city's boundary over a country's mosaic: the blocks that, grown by ``--watershed-halo``
+pixels, meet the area *own* objects; a ring of one block around them is
 computed too, as their context (the watershed of a block sees ``--watershed-halo`` pixels
 into its neighbours, and FF's fusion reads the edge of its neighbours' PV); no other
 block is read. An object that meets the area has its centroid within half its size of
@@ -55,20 +55,16 @@ Blocks = frozenset[tuple[int, int]]
 
 
 def block_sets(plan: BlockPlan, area: shapely.Geometry) -> tuple[Blocks, Blocks]:
-    """``(computed, owners)``: owners lie within ``watershed_halo`` px of ``area`` (scene CRS); computed add a ring."""
-    if shapely.is_empty(area):
-        return frozenset(), frozenset()
-    a, b, c, d, e, f = tuple(~plan.scene.affine)[:6]
-    pixels = shapely.affinity.affine_transform(area, [a, b, d, e, c, f])  # rotated grids too
-    near = shapely.buffer(pixels, plan.watershed_halo) if plan.watershed_halo else pixels
+    """``(computed, owners)`` of ``area`` (the scene's CRS).
+
+    Owners are the blocks that, grown by ``watershed_halo`` px, meet it; computed adds a
+    ring of one block around them.
+    """
+    from geoseg.aoi import windows_meeting
+
     nbh, nbw = plan.blocks_shape
     ids = [(i, j) for i in range(nbh) for j in range(nbw)]
-    cores = []
-    for i, j in ids:
-        w = plan.core(i, j)
-        cores.append(shapely.box(w.col_off, w.row_off, w.col_off + w.width, w.row_off + w.height))
-    shapely.prepare(near)
-    hit = shapely.intersects(near, np.array(cores, dtype=object))
+    hit = windows_meeting(area, [plan.grown(i, j, plan.watershed_halo) for i, j in ids], plan.scene.affine)
     owners = frozenset(ij for ij, h in zip(ids, hit, strict=True) if h)
     ring = {(i + di, j + dj) for i, j in owners for di in (-1, 0, 1) for dj in (-1, 0, 1)}
     computed = frozenset(ij for ij in ring if 0 <= ij[0] < nbh and 0 <= ij[1] < nbw)

@@ -20,7 +20,7 @@ import shapely
 from rasterio.features import geometry_mask
 from rasterio.windows import Window, transform
 
-from geoseg.io.rasters import SceneInfo, window_footprint
+from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def place(aoi: str | Path, scenes: Sequence[SceneInfo], grids: dict[str, Grid]) 
             (both extents given: most often a file whose declared CRS is not the one of
             its coordinates).
     """
-    from geoseg.aoi import area_on_scene, read_aoi
+    from geoseg.aoi import area_on_scene, read_aoi, windows_meeting
     from geoseg.errors import InputVectorError
     from geoseg.io.vectors import bounds_text
 
@@ -58,10 +58,9 @@ def place(aoi: str | Path, scenes: Sequence[SceneInfo], grids: dict[str, Grid]) 
     out = TileArea()
     for s in scenes:
         geom = area_on_scene(area, s, 1, f"--aoi {aoi}")
-        wins = [((i, j), w) for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)]
-        feet = np.array([window_footprint(w, s.affine) for _, w in wins], dtype=object)
-        shapely.prepare(geom)
-        keep = {ij for (ij, _), hit in zip(wins, shapely.intersects(geom, feet), strict=True) if hit}
+        ids = [(i, j) for i, row in enumerate(grids[s.name]) for j in range(len(row))]
+        hit = windows_meeting(geom, [grids[s.name][i][j] for i, j in ids], s.affine)
+        keep = {ij for ij, h in zip(ids, hit, strict=True) if h}
         if not keep:
             out.outside.append(s.name)
             continue
