@@ -33,10 +33,11 @@ from geoseg.models.cells import pad_for_cells
 #: Largest region side in cells (8 x 64 px = 512 px windows, as a plain dense sliding window).
 MAX_SIDE = 8
 #: What a region costs beyond its input pixels (its windowed read, its share of a call), in
-#: cells' worth of pixels. On the CPU, FF costs the same per input pixel from 1x1 to 8x8-cell
-#: regions (1.22-1.32 us a pixel), so covering an unchosen cell to save a region rarely pays:
-#: at a quarter (one cell before), routed auto on the sparse bench scene is 2.94-3.05x the
-#: dense floor against 2.93-2.96x, same F1 (docs/benchmarks.md, "Cheaper regions").
+#: cells' worth of pixels. On the CPU, FF costs about the same per input pixel from 1x1 to
+#: 8x8-cell regions (1.11-1.27 us, bench/ff_regions.py), so covering an unchosen cell to save
+#: a region rarely pays: at a quarter (one cell before), routed auto on the sparse bench
+#: scene is 2.94-3.05x the dense floor against 2.93-2.96x, same F1 (docs/benchmarks.md,
+#: "Cheaper regions").
 REGION_COST = 0.25
 
 Rect = tuple[int, int, int, int]  # row, col, rows, cols (in cells)
