@@ -179,17 +179,15 @@ def _floor_probs(plan, bi: int, bj: int, key, stats) -> int:
 
 def dense_floor(scene: Path, model: Path, out: Path, block: int = 2048) -> dict:
     """The plain dense floor: FF windows + predict's instance phase, one Dask graph, no PV, no router."""
-    import geopandas as gpd
-    import pandas as pd
     from dask.delayed import delayed
 
     from geoseg.backends.cache import ModelKey, get_backend
     from geoseg.io.rasters import inspect_scenes
     from geoseg.parallel import compute
     from geoseg.predict import PredictConfig
+    from geoseg.predict.collect import write_polygons
     from geoseg.predict.phases import instances_block
     from geoseg.predict.plan import BlockPlan
-    from geoseg.predict.vectorize import write_vector
 
     t0 = time.perf_counter()
     cfg = PredictConfig()
@@ -212,11 +210,9 @@ def dense_floor(scene: Path, model: Path, out: Path, block: int = 2048) -> dict:
 
         polys = [delayed(regularize_file, pure=False)(p, cfg.regularize_tolerance) for p in polys]
     res = compute(polys, scheduler="threads", desc="floor", progress=False)
-    frames = [g for g in (r if isinstance(r, gpd.GeoDataFrame) else gpd.read_file(r) for r in res) if len(g)]
-    gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
-    write_vector(gdf, out, layer=out.stem)
+    done = write_polygons([(info, r) for r in res], out, [info], once=False)  # as predict writes them
     shutil.rmtree(cache)
-    return {"seconds": time.perf_counter() - t0, "polygons": len(gdf)}
+    return {"seconds": time.perf_counter() - t0, "polygons": done.polygons}
 
 
 def floor_model_seconds(model: Path, side: int) -> float:

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 import geopandas as gpd
+import pandas as pd
 import pyogrio
 import pytest
 import shapely
 
 from geoseg.errors import GeoSegError
-from geoseg.io.formats import DRIVERS, VectorFormatError, vector_driver, write_vector
+from geoseg.io.formats import DRIVERS, VectorFormatError, VectorSink, vector_driver, write_vector
 
 UTM = "EPSG:32636"
 
@@ -104,3 +105,52 @@ def test_geojson_splits_a_roof_on_the_antimeridian(tmp_path: Path) -> None:
 
     r = evaluate_frames(back.assign(score=0.9), frame)
     assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0) and r["mean_iou"] > 0.99
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"])
+def test_a_sink_written_chunk_by_chunk_equals_the_whole_written_at_once(
+        frame: gpd.GeoDataFrame, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ext: str) -> None:
+    """predict streams its polygons block by block: the file is the one write_vector makes of them all."""
+    import geoseg.io.formats as formats
+
+    monkeypatch.setattr(formats, "SINK_ROWS", 2)  # several appends (GeoParquet: row groups)
+    many = gpd.GeoDataFrame(pd.concat([frame.assign(score=frame["score"] - k / 10,
+                                                    geometry=frame.geometry.translate(yoff=30.0 * k))
+                                       for k in range(3)], ignore_index=True), crs=UTM)
+    whole = read_back(write_vector(many, tmp_path / "whole" / f"b{ext}"))
+    out = tmp_path / "sink" / f"b{ext}"
+    with VectorSink(out, many.iloc[:0]) as sink:
+        for chunk in (many.iloc[:4], many.iloc[:0], many.iloc[4:5], many.iloc[5:]):
+            sink.append(chunk)
+        assert not out.exists()  # nothing in place before the commit
+        sink.commit()
+    assert sink.count == 9  # and the same files: the Shapefile's sidecars, no staging left
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in (tmp_path / "whole").iterdir())
+    back = read_back(out)
+    assert back.crs == whole.crs and list(back.columns) == list(whole.columns) and len(back) == 9
+    key = ["score", "area_m2"]
+    a, b = back.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
+    assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
+    assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-9).all()
+    if ext != ".parquet":
+        assert pyogrio.read_info(out)["layer_name"] == "b"
+    else:
+        import pyarrow.parquet as pq
+
+        geo = json.loads(pq.read_schema(out).metadata[b"geo"])["columns"]["geometry"]
+        assert geo["bbox"] == pytest.approx(list(many.total_bounds)) and geo["geometry_types"] == ["Polygon"]
+        assert pq.ParquetFile(out).num_row_groups == 2  # 4 rows, then 1 + 4 buffered
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".parquet"])
+def test_a_sink_left_by_an_error_leaves_nothing_and_the_old_file_whole(frame: gpd.GeoDataFrame, tmp_path: Path,
+                                                                        ext: str) -> None:
+    out = write_vector(frame.iloc[:1], tmp_path / f"b{ext}")
+    with pytest.raises(RuntimeError, match="killed"), VectorSink(out, frame.iloc[:0]) as sink:
+        sink.append(frame)
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == [out.name] and len(read_back(out)) == 1
+    with VectorSink(out, frame.iloc[:0]) as sink:  # no row: the empty layer, with its columns
+        sink.commit()
+    back = read_back(out)
+    assert len(back) == 0 and list(back.columns) == list(frame.columns) and back.crs == frame.crs

@@ -53,3 +53,36 @@ def test_the_deeper_scene_keeps_the_group(tmp_path: Path) -> None:
     for order in (scenes, scenes[::-1]):
         kept, dropped = drop_copies(gdf, order)
         assert dropped == 1 and kept["scene"].tolist() == ["a"]
+
+
+def test_written_block_by_block_only_polygons_near_another_scene_wait_for_the_merge(
+        tmp_path: Path, monkeypatch) -> None:
+    """predict writes polygons as their blocks come; only those that could be copies are held to the end."""
+    import geoseg.predict.overlaps as overlaps
+    from geoseg.predict.collect import write_polygons
+
+    scenes = _scenes(tmp_path)
+    roof_a, roof_b = shapely.box(52, 45, 62, 55), shapely.box(52, 45, 62, 55.5)  # one roof, both scenes
+    alone = {"a": [shapely.box(10, 10, 20, 20), shapely.box(30, 60, 40, 70)],
+             "b": [shapely.box(120, 80, 130, 90)]}
+    def block(scene, geoms):
+        return scene, gpd.GeoDataFrame({"scene": [scene.name] * len(geoms)}, geometry=geoms, crs=UTM)
+
+    blocks = [block(scenes[0], [*alone["a"], roof_a]), block(scenes[1], [roof_b]), block(scenes[1], alone["b"])]
+    seen: list[int] = []
+    real = overlaps.drop_copies
+
+    def spy(gdf, order):
+        seen.append(len(gdf))
+        return real(gdf, order)
+
+    monkeypatch.setattr(overlaps, "drop_copies", spy)
+    out = tmp_path / "b.gpkg"
+    done = write_polygons(blocks, out, scenes, once=True)
+    assert seen == [2]  # the roof's two copies; the objects far from the other scene went straight out
+    back = gpd.read_file(out)
+    assert done.polygons == len(back) == 4 and done.copies == 1
+    assert sorted(back["scene"]) == ["a", "a", "a", "b"]
+    assert any(g.equals(roof_a) for g in back.geometry)  # the copy deeper inside its scene
+    every = write_polygons(blocks, tmp_path / "all.gpkg", scenes, once=False)
+    assert every.polygons == 5 and every.copies == 0 and seen == [2]

@@ -150,23 +150,21 @@ def test_resume_after_interruption_gives_the_same_file(scene, tiny_run: Path, tm
 def test_a_kill_between_prob_out_and_out_resumes_without_overwrite(scene, tiny_run: Path, tmp_path: Path,
                                                                     monkeypatch) -> None:
     """The rerun asked for --overwrite for the probability raster its own killed run had written."""
-    import geoseg.predict.vectorize as vec
+    from geoseg.io.formats import VectorSink
 
     path, _ = scene
     out, prob = tmp_path / "out.gpkg", tmp_path / "p.tif"
-    real = vec.write_vector
 
-    def killed_at_out(gdf, dest, *a, **kw):
-        if Path(dest) == out:
-            raise KeyboardInterrupt("killed")
-        return real(gdf, dest, *a, **kw)
+    def killed_at_out(self):
+        raise KeyboardInterrupt("killed")
 
-    monkeypatch.setattr(vec, "write_vector", killed_at_out)
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(KeyboardInterrupt):
-        predict([path], tiny_run, out, cfg(prob_out="p.tif"), scheduler="sync")
+    with monkeypatch.context() as m:
+        m.setattr(VectorSink, "commit", killed_at_out)
+        m.chdir(tmp_path)
+        with pytest.raises(KeyboardInterrupt):
+            predict([path], tiny_run, out, cfg(prob_out="p.tif"), scheduler="sync")
     assert prob.exists() and not out.exists()
-    monkeypatch.setattr(vec, "write_vector", real)
+    assert [f.name for f in tmp_path.iterdir() if f.name.startswith(".out.gpkg")] == [".out.gpkg.geoseg-cache"]
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path / "sub")  # the same file, named from another directory
     summary = predict([path], tiny_run, out, cfg(prob_out="../p.tif"), scheduler="sync")

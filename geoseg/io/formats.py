@@ -137,25 +137,45 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = No
             if driver != "ESRI Shapefile":
                 options["layer"] = layer or path.stem
             gdf.to_file(staged, driver=driver, engine="pyogrio", **options)
-        files = sorted(folder.iterdir(), key=lambda p: p.name == path.name)  # the main file last
-        if driver == "ESRI Shapefile":  # an old index or sidecar the new file lacks would lie
-            for ext in set(SHAPEFILE_SIDECARS) - {f.suffix.lower() for f in files}:
-                path.with_suffix(ext).unlink(missing_ok=True)
-        for f in files:
-            os.replace(f, path.with_name(f.name))
+        _move_into_place(folder, path, driver)
     return path
+
+
+def _move_into_place(folder: Path, path: Path, driver: str) -> None:
+    """Rename the files staged in ``folder`` over ``path`` (a Shapefile's sidecars first, the main file last)."""
+    files = sorted(folder.iterdir(), key=lambda p: p.name == path.name)  # the main file last
+    if driver == "ESRI Shapefile":  # an old index or sidecar the new file lacks would lie
+        for ext in set(SHAPEFILE_SIDECARS) - {f.suffix.lower() for f in files}:
+            path.with_suffix(ext).unlink(missing_ok=True)
+    for f in files:
+        os.replace(f, path.with_name(f.name))
 
 
 @contextlib.contextmanager
 def _staging_dir(path: Path) -> Iterator[Path]:
     """A temporary folder beside ``path``, removed afterwards; write errors made one line."""
+    folder = _make_staging(path)
+    try:
+        with _write_errors(path):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _make_staging(path: Path) -> Path:
+    """A new temporary folder beside ``path`` (named after it, so a crash leaves a recognisable one)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(prefix=temp_name(path), dir=path.parent))
+        return Path(tempfile.mkdtemp(prefix=temp_name(path), dir=path.parent))
     except OSError as err:
         raise output_error(path, err) from None
+
+
+@contextlib.contextmanager
+def _write_errors(path: Path) -> Iterator[None]:
+    """Errors of writing ``path`` (full disk, read-only folder, pyarrow missing) as one-line OutputErrors."""
     try:
-        yield folder
+        yield
     except Exception as err:
         out_err = as_output_error(path, err)
         if out_err is not None:
@@ -164,5 +184,160 @@ def _staging_dir(path: Path) -> Iterator[Path]:
             raise OutputError(f"cannot write {path}: {err}; install pyarrow "
                               "(pip install -c constraints.txt pyarrow) or choose .gpkg") from None
         raise
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+
+#: Rows :class:`VectorSink` buffers before writing them (a few MB of polygons; a GeoParquet row group).
+SINK_ROWS = 20000
+
+
+class VectorSink:
+    """An output written chunk by chunk, memory bounded by a chunk; moved into place whole on :meth:`commit`.
+
+    Rows are buffered and written :data:`SINK_ROWS` at a time into a staging folder beside the
+    output: GeoParquet as row groups of the file itself (its ``geo`` metadata, geopandas', with
+    the bbox and geometry types of all rows, is added when it is closed); the OGR formats as a
+    GeoPackage, which is the output for ``.gpkg`` and is otherwise converted on commit by
+    streaming (pyogrio's Arrow reader into its Arrow writer). Then the file is renamed into
+    place as :func:`write_vector` does. Leaving the ``with`` block without a commit (an error)
+    removes everything staged: no half-written output.
+
+    Args:
+        path: the output (:data:`DRIVERS`).
+        empty: the frame written when no chunk held a row: its columns and CRS make the layer.
+        layer: layer name (default: the file's stem).
+    """
+
+    def __init__(self, path: str | Path, empty: gpd.GeoDataFrame, layer: str | None = None) -> None:
+        self.path = Path(path)
+        self.driver = vector_driver(self.path)
+        self.layer = layer or self.path.stem
+        self.empty = empty
+        self.count = 0  # rows appended
+        self.folder: Path | None = None
+        self._buffer: list[gpd.GeoDataFrame] = []
+        self._buffered = 0
+        self._parquet: _ParquetRows | None = None
+
+    def __enter__(self) -> VectorSink:
+        self.folder = _make_staging(self.path)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    @property
+    def _stream(self) -> Path:
+        assert self.folder is not None, "VectorSink used outside its with block"
+        return self.folder / (self.path.name if self.driver in ("GPKG", "GeoParquet") else "stream.gpkg")
+
+    def append(self, gdf: gpd.GeoDataFrame) -> None:
+        """Add rows (reprojected to EPSG:4326 for GeoJSON, as :func:`write_vector` does)."""
+        if not len(gdf):
+            return
+        if self.driver == "GeoJSON" and not CRS.from_user_input(gdf.crs).equals(_WGS84):
+            gdf = to_crs(gdf, _WGS84, f"{self.path} (GeoJSON: EPSG:4326)")
+        self._buffer.append(gdf)
+        self._buffered += len(gdf)
+        self.count += len(gdf)
+        if self._buffered >= SINK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the buffered rows: one GDAL open and transaction, or one row group, per buffer."""
+        if not self._buffer:
+            return
+        import pandas as pd
+
+        gdf = self._buffer[0] if len(self._buffer) == 1 else gpd.GeoDataFrame(
+            pd.concat(self._buffer, ignore_index=True), crs=self._buffer[0].crs)
+        with _write_errors(self.path):
+            if self.driver == "GeoParquet":
+                self._parquet = self._parquet or _ParquetRows(self._stream)
+                self._parquet.write(gdf)
+            else:
+                gdf.to_file(self._stream, driver="GPKG", layer=self.layer, engine="pyogrio",
+                            append=self._stream.exists(),  # a spatial index only where it stays: a GeoPackage
+                            **({} if self.driver == "GPKG" else {"SPATIAL_INDEX": "NO"}))
+        self._buffer, self._buffered = [], 0
+
+    def commit(self) -> Path:
+        """Finish the staged file, in the output's format, and rename it into place; returns the path."""
+        self._flush()
+        if not self.count:
+            write_vector(self.empty, self.path, layer=self.layer)
+            return self.path
+        stream = self._stream
+        with _write_errors(self.path):
+            if self._parquet is not None:
+                self._parquet.close()
+            if self.driver not in ("GPKG", "GeoParquet"):
+                final = stream.parent / "out" / self.path.name
+                final.parent.mkdir()
+                _ogr_from(stream, self.layer, final, self.driver)
+                stream = final
+            _move_into_place(stream.parent, self.path, self.driver)
+        return self.path
+
+
+def _ogr_from(stream: Path, layer: str, final: Path, driver: str) -> None:
+    """Copy a staged GeoPackage layer into another OGR format (same layer name), batch by batch."""
+    import pyogrio
+
+    options = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
+    with pyogrio.open_arrow(stream, layer=layer, use_pyarrow=True) as (meta, reader):
+        pyogrio.write_arrow(reader, final, driver=driver, layer=None if driver == "ESRI Shapefile" else layer,
+                            geometry_name=meta["geometry_name"], geometry_type=meta["geometry_type"],
+                            crs=meta["crs"], layer_options=options)
+
+
+class _ParquetRows:
+    """A GeoParquet file written row group by row group (pyarrow), its ``geo`` metadata added on close.
+
+    Each group is encoded by ``geopandas.to_parquet`` (WKB, the CRS as PROJJSON); the file's
+    ``geo`` metadata is the first group's with the bbox and geometry types of all rows, so it
+    is written in the footer when the file is closed (pyarrow's own schema copy is not stored:
+    it would hold the first group's).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: Any = None
+        self.schema: Any = None
+        self.geo: dict[str, Any] = {}
+        self.bounds: list[float] = []
+        self.types: set[str] = set()
+
+    def write(self, gdf: gpd.GeoDataFrame) -> None:
+        import io
+        import json
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        gdf.to_parquet(buf, index=False)
+        table = pq.read_table(buf)
+        if self.writer is None:
+            self.geo = json.loads((table.schema.metadata or {})[b"geo"])
+            self.schema = table.schema.remove_metadata()
+            self.writer = pq.ParquetWriter(self.path, self.schema, store_schema=False)
+        self.writer.write_table(table.cast(self.schema))
+        box = [float(v) for v in gdf.total_bounds]
+        self.bounds = box if not self.bounds else [min(self.bounds[0], box[0]), min(self.bounds[1], box[1]),
+                                                   max(self.bounds[2], box[2]), max(self.bounds[3], box[3])]
+        self.types |= {str(t) for t in gdf.geom_type.dropna().unique()}
+
+    def close(self) -> None:
+        """Write the footer (with the ``geo`` metadata of all rows); safe to call twice."""
+        if self.writer is None:
+            return
+        import json
+
+        column = self.geo["columns"][self.geo["primary_column"]]
+        column["bbox"], column["geometry_types"] = self.bounds, sorted(self.types)
+        self.writer.add_key_value_metadata({"geo": json.dumps(self.geo)})
+        self.writer.close()
+        self.writer = None

@@ -199,11 +199,20 @@ def _one_polygon_per_row(rows: np.ndarray, geoms: np.ndarray, n: int) -> np.ndar
     return result
 
 
-def regularize_file(path: str | Path, tolerance: float) -> gpd.GeoDataFrame:
+def regularize_file(path: str | Path, tolerance: float) -> Path:
     """The polygons of one vector file (a predict block's cache), regularized (:func:`regularize`).
 
     Predict runs it as one Dask task per block, so squaring outlines runs in parallel (on a
     cluster, on the workers) instead of on the whole output at the end.
+
+    Returns:
+        A file beside ``path`` (``<stem>.square.gpkg``) holding the squared polygons; the
+        block's own cache is kept as traced (a rerun with another tolerance starts from it).
     """
+    from geoseg.io.formats import write_vector
+
+    path = Path(path)
     gdf = gpd.read_file(path)
-    return regularize(gdf, tolerance=tolerance) if len(gdf) else gdf
+    squared = path.with_name(f"{path.stem}.square.gpkg")
+    write_vector(regularize(gdf, tolerance=tolerance) if len(gdf) else gdf, squared, layer=path.stem)
+    return squared

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import pandas as pd
 from dask.delayed import delayed
 
 from geoseg import metrics
@@ -42,7 +41,6 @@ from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError
 from geoseg.io.atomic import check_outputs, check_writable, write_json
-from geoseg.io.datums import to_crs
 from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -56,7 +54,7 @@ from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
 from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
-from geoseg.predict.plan import CUT, BlockPlan, warn_cut
+from geoseg.predict.plan import BlockPlan, warn_cut
 from geoseg.predict.probs import PROBS_WRITTEN, prob_paths, probs_written, write_probs
 
 log = logging.getLogger(__name__)
@@ -187,7 +185,7 @@ def predict(
             other layers (:func:`geoseg.io.formats.check_replace`).
     """
     from geoseg.io.formats import check_replace
-    from geoseg.predict.vectorize import vector_driver, write_vector
+    from geoseg.predict.vectorize import vector_driver
 
     t0 = time.perf_counter()
     bound_heap()  # block buffers freed to the system: RSS bounded by the block (predict/heap.py)
@@ -315,46 +313,21 @@ def predict(
         summary.cells += (gh * gw if plan.only is None  # --aoi: the cells of the blocks computed
                           else sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks()))
 
-    frames = []
-    import geopandas as gpd
+    from geoseg.predict.collect import write_polygons
 
-    target_crs = plans[0].scene.crs
-    cut: dict[str, int] = {}
-    area_of = {id(p): a for p, a in zip(near.plans, near.areas, strict=True)} if near is not None else {}
-    for (plan, _, _, _), res in zip(final, results[len(tasks):], strict=True):
-        g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res)
-        if id(plan) in area_of:  # --aoi: the objects that meet the area, whole
-            from geoseg.predict.area import meeting
-
-            n = len(g)
-            g = meeting(g, area_of[id(plan)])
-            summary.outside_aoi += n - len(g)
-        if CUT in g:
-            for name, k in g.loc[g.pop(CUT).astype(bool), "scene"].value_counts().items():
-                cut[str(name)] = cut.get(str(name), 0) + int(k)
-        if len(g):
-            other = g.crs != target_crs
-            frames.append(to_crs(g, target_crs, f"polygons of scenes in {g.crs.to_string()}") if other else g)
-    if frames:
-        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=target_crs)
-    else:
-        gdf = gpd.GeoDataFrame({"class": [], "score": [], "area_m2": [], "scene": []},
-                               geometry=gpd.GeoSeries([], crs=target_crs), crs=target_crs)
-    warn_cut(cut, plans[0], meta.arch)
-    if len({p.scene.crs for p in plans}) > 1:
-        log.info("scenes have several CRSs; polygons are written in %s", target_crs)
-    if cfg.overlaps == "once":
-        from geoseg.predict.overlaps import drop_copies
-
-        gdf, summary.copies = drop_copies(gdf, [p.scene for p in plans])
-    summary.polygons = len(gdf)
-    if squared:
-        summary.regularized = cfg.regularize_tolerance
     for plan, path in zip(plans, probs, strict=False):  # probs: none without --prob-out
         write_probs(plan, path)
         summary.prob_out.append(path)
         write_json(cache / PROBS_WRITTEN, {"stamp": stamp, "paths": [str(p) for p in summary.prob_out]})
-    write_vector(gdf, out, layer=out.stem if out.suffix.lower() == ".gpkg" else None)
+    areas = {p.scene.name: a for p, a in zip(near.plans, near.areas, strict=True)} if near is not None else None
+    done = write_polygons([(f[0].scene, r) for f, r in zip(final, results[len(tasks):], strict=True)], out,
+                          [p.scene for p in plans], once=cfg.overlaps == "once", areas=areas)
+    warn_cut(done.cut, plans[0], meta.arch)
+    if len({p.scene.crs for p in plans}) > 1:
+        log.info("scenes have several CRSs; polygons are written in %s", plans[0].scene.crs)
+    summary.polygons, summary.copies, summary.outside_aoi = done.polygons, done.copies, done.outside_aoi
+    if squared:
+        summary.regularized = cfg.regularize_tolerance
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     metrics.summary({**vars(summary), "ff_share": summary.ff_cells / max(1, summary.cells)})
