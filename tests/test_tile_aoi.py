@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import labels_for, write_raster
 
 from geoseg.cli.main import cli
-from geoseg.errors import InputVectorError, OutputExistsError
+from geoseg.errors import ConfigError, InputVectorError, OutputExistsError
 from geoseg.pipeline import load_pipeline
 from geoseg.tile import TileConfig, tile
 
@@ -103,3 +103,17 @@ def test_an_aoi_that_meets_no_label_is_refused(tmp_path: Path) -> None:
         tile([path], tmp_path / "labels.gpkg", tmp_path / "p", cfg(tmp_path / "other.gpkg"), scheduler="sync")
     assert not (tmp_path / "p").exists()
     tile([path], None, tmp_path / "n", cfg(tmp_path / "other.gpkg"), scheduler="sync")  # without labels: negatives
+
+
+def test_val_scenes_naming_a_scene_the_aoi_leaves_out_says_so(tmp_path: Path) -> None:
+    """The held-out scene is away from the AOI: not 'matches none' (it is right there), but why."""
+    path, aoi, _ = scene_aoi(tmp_path, Affine.translation(450000, 40000) * Affine.scale(0.5, -0.5))
+    far = write_raster(tmp_path / "far_scene.tif", np.full((3, 64, 64), 90, np.uint8), "EPSG:32636",
+                       Affine.translation(470000, 40000) * Affine.scale(0.5, -0.5))
+    with pytest.raises(ConfigError, match=r"'far\*' matches only scenes that are not tiled: "
+                                          r"far_scene \(the --aoi does not meet it\)"):
+        tile([path, far], tmp_path / "labels.gpkg", tmp_path / "p", cfg(aoi, val_scenes=["far*"]), scheduler="sync")
+    with pytest.raises(ConfigError, match="'nowhere' matches none of the scenes tiled"):
+        tile([path, far], tmp_path / "labels.gpkg", tmp_path / "p", cfg(aoi, val_scenes=["nowhere"]),
+             scheduler="sync")
+    assert not (tmp_path / "p").exists()

@@ -51,6 +51,33 @@ def window_grid(width: int, height: int, size: int, overlap: int) -> list[list[W
     return [[Window(c, r, w, h) for c in cols] for r in rows]
 
 
+def check_val_scenes(patterns: Sequence[str], names: Sequence[str], skipped: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``--val-scenes`` pattern that matches none of the scenes tiled.
+
+    A typo would silently give a random split, with the scene meant to be held out in train.
+
+    Args:
+        patterns: the ``val_scenes`` globs.
+        names: the names of the scenes tiled.
+        skipped: scenes given but not tiled, name -> why (``--aoi``, ``--skip-bad``): a
+            pattern matching only those is told so.
+
+    Raises:
+        ConfigError: naming the pattern, the scenes tiled, and the skipped ones it matches.
+    """
+    for pat in patterns:
+        if any(fnmatch.fnmatch(n, pat) for n in names):
+            continue
+        away = [f"{n} ({why})" for n, why in (skipped or {}).items() if fnmatch.fnmatch(n, pat)]
+        if away:
+            raise ConfigError(f"--val-scenes '{pat}' matches only scenes that are not tiled: "
+                              f"{', '.join(away[:4])}{' and more' if len(away) > 4 else ''}; hold out a scene "
+                              "that is tiled, or --val-fraction for blocks of every scene")
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise ConfigError(f"--val-scenes '{pat}' matches none of the scenes tiled ({shown}); patterns match "
+                          "scene names, the file names without extension (case-sensitive)")
+
+
 def plan_splits(
     scenes: Sequence[SceneInfo], blocks: dict[str, list[tuple[int, int]]], cfg: TileConfig
 ) -> dict[tuple[str, tuple[int, int]], Literal["train", "val"]]:
@@ -63,12 +90,7 @@ def plan_splits(
     Raises:
         ConfigError: a ``val_scenes`` pattern that matches no scene.
     """
-    names = [s.name for s in scenes]
-    for pat in cfg.val_scenes:  # a typo would silently give a random split, the held-out scene in train
-        if not any(fnmatch.fnmatch(n, pat) for n in names):
-            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-            raise ConfigError(f"--val-scenes '{pat}' matches none of the scenes tiled ({shown}); patterns match "
-                              "scene names, the file names without extension (case-sensitive)")
+    check_val_scenes(cfg.val_scenes, [s.name for s in scenes])
     out: dict[tuple[str, tuple[int, int]], Literal["train", "val"]] = {}
     pool: list[tuple[str, tuple[int, int]]] = []
     for s in scenes:

@@ -49,7 +49,15 @@ from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
 from geoseg.tile.area import outside, place
 from geoseg.tile.config import TileConfig
-from geoseg.tile.grid import chips_beyond_labels, held_mask, held_out, split_scenes, warn_shared_ground, window_grid
+from geoseg.tile.grid import (
+    check_val_scenes,
+    chips_beyond_labels,
+    held_mask,
+    held_out,
+    split_scenes,
+    warn_shared_ground,
+    window_grid,
+)
 from geoseg.tile.inputs import drop_small_scenes, same_kind, warn_upsampling
 from geoseg.tile.labels import chip_annotations
 from geoseg.tile.outputs import (
@@ -288,6 +296,9 @@ def tile(
                        f"{sum(len(r) for s in good for r in grids[s.name])} windows meet it"
                        + (f"; {len(area.outside)} scene(s) away from it not tiled" if area.outside else ""))
     keep = area.keep if area is not None else None
+    check_val_scenes(cfg.val_scenes, [s.name for s in good], {  # one held out but not tiled: told why
+        **{Path(str(src)).stem: "skipped, --skip-bad" for src, _ in bad},
+        **{n: "the --aoi does not meet it" for n in (area.outside if area is not None else [])}})
     sb, blocks, splits = split_scenes(good, grids, cfg, keep=keep)
     warn_shared_ground(good, grids, sb, splits, keep)
     summary.split_block = sb
