@@ -7,6 +7,8 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
+import pyogrio
 import pytest
 import rasterio
 import shapely
@@ -372,6 +374,16 @@ def test_overwrite_never_deletes_other_layers_of_a_geopackage(tiny_run: Path, tm
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(cli, [*args[:5], str(own), *args[6:]])
     assert res.exit_code == 0 and len(gpd.read_file(own)) > 0, res.output
+    # the style QGIS saved in the file as the layer's default is not another layer: it is kept
+    style = pd.DataFrame({"f_table_catalog": [""], "f_table_schema": [""], "f_table_name": ["own"],
+                          "f_geometry_column": ["geom"], "styleName": ["own"], "styleQML": ["<qgis>red</qgis>"],
+                          "styleSLD": [""], "useAsDefault": [True], "description": [""], "owner": [""],
+                          "ui": [""], "update_time": [pd.Timestamp("2026-12-01 10:00")]})
+    pyogrio.write_dataframe(style, own, layer="layer_styles")
+    res = CliRunner().invoke(cli, [*args[:5], str(own), *args[6:]])
+    assert res.exit_code == 0 and len(gpd.read_file(own, layer="own")) > 0, res.output
+    kept = pyogrio.read_dataframe(own, layer="layer_styles")
+    assert kept["styleQML"].tolist() == ["<qgis>red</qgis>"] and kept["useAsDefault"].tolist() == [True]
 
 
 def test_a_scene_read_far_finer_than_stored_warns_first(tiny_run: Path, tmp_path: Path,

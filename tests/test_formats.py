@@ -154,3 +154,23 @@ def test_a_sink_left_by_an_error_leaves_nothing_and_the_old_file_whole(frame: gp
         sink.commit()
     back = read_back(out)
     assert len(back) == 0 and list(back.columns) == list(frame.columns) and back.crs == frame.crs
+
+
+def test_styles_saved_by_qgis_survive_a_rewrite_of_the_geopackage(frame: gpd.GeoDataFrame, tmp_path: Path) -> None:
+    """Styled in QGIS and saved in the file (layer_styles), then rewritten: the style is carried over."""
+    from geoseg.io.formats import check_replace
+
+    out = write_vector(frame, tmp_path / "b.gpkg")
+    style = pd.DataFrame({"f_table_name": ["b"], "styleName": ["b"], "styleQML": ["<qgis/>"],
+                          "useAsDefault": [True]})
+    pyogrio.write_dataframe(style, out, layer="layer_styles")
+    check_replace(out, overwrite=True)  # not "other layers"
+    write_vector(frame.iloc[:1], out)
+    assert len(gpd.read_file(out, layer="b")) == 1
+    assert pyogrio.read_dataframe(out, layer="layer_styles")["styleQML"].tolist() == ["<qgis/>"]
+    with VectorSink(out, frame.iloc[:0]) as sink:
+        sink.append(frame)
+        sink.commit()
+    assert len(gpd.read_file(out, layer="b")) == 3
+    assert pyogrio.read_dataframe(out, layer="layer_styles")["styleQML"].tolist() == ["<qgis/>"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg"]

@@ -43,6 +43,8 @@ DRIVERS: dict[str, str] = {
 #: Files a Shapefile is made of besides the ``.shp`` (renamed before it).
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx")
 _WGS84 = CRS.from_epsg(4326)
+#: The table where QGIS saves a GeoPackage layer's styles ("Save as default" / in the database).
+STYLES = "layer_styles"
 
 
 class VectorFormatError(GeoSegError, ValueError):
@@ -75,8 +77,9 @@ def check_replace(path: Path, overwrite: bool) -> None:
     """Refuse an existing output unless ``overwrite``, and always one whose other layers would go with it.
 
     Outputs are written whole and renamed over the old file: a GeoPackage that also holds
-    layers geoseg does not write (a QGIS project's roads and parcels, saved styles) would
-    lose them. geoseg's own layer is named after the file's stem.
+    layers geoseg does not write (a QGIS project's roads and parcels) would lose them.
+    geoseg's own layer is named after the file's stem; the styles QGIS saved in the file
+    (:data:`STYLES`) are carried over to the new one.
 
     Raises:
         OutputExistsError: ``path`` exists and not ``overwrite``; or it is a GeoPackage with
@@ -91,7 +94,7 @@ def check_replace(path: Path, overwrite: bool) -> None:
     import pyogrio
 
     try:
-        others = [str(n) for n, _ in pyogrio.list_layers(path) if str(n) != path.stem]
+        others = [str(n) for n, _ in pyogrio.list_layers(path) if str(n) not in (path.stem, STYLES)]
     except Exception:  # not a GeoPackage GDAL reads: nothing readable is lost by replacing it
         return
     if others:
@@ -137,8 +140,30 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = No
             if driver != "ESRI Shapefile":
                 options["layer"] = layer or path.stem
             gdf.to_file(staged, driver=driver, engine="pyogrio", **options)
+        if driver == "GPKG":
+            keep_styles(path, staged)
         _move_into_place(folder, path, driver)
     return path
+
+
+def keep_styles(old: Path, new: Path) -> None:
+    """Copy the styles QGIS saved in GeoPackage ``old`` (:data:`STYLES`) into ``new``, which replaces it.
+
+    A layer styled in QGIS and saved as its default keeps that style when predict rewrites
+    the file with ``--overwrite``. Nothing when ``old`` does not exist or holds no styles.
+    """
+    if not old.exists():
+        return
+    import pyogrio
+
+    try:
+        if STYLES not in {str(n) for n, _ in pyogrio.list_layers(old)}:
+            return
+        styles = pyogrio.read_dataframe(old, layer=STYLES)
+    except Exception as err:  # an unreadable old file: nothing to keep (check_replace let it be replaced)
+        log.warning("the styles saved in %s could not be read (%s); the new file has none", old, err)
+        return
+    pyogrio.write_dataframe(styles, new, layer=STYLES)
 
 
 def _move_into_place(folder: Path, path: Path, driver: str) -> None:
@@ -274,6 +299,8 @@ class VectorSink:
         with _write_errors(self.path):
             if self._parquet is not None:
                 self._parquet.close()
+            if self.driver == "GPKG":
+                keep_styles(self.path, stream)
             if self.driver not in ("GPKG", "GeoParquet"):
                 final = stream.parent / "out" / self.path.name
                 final.parent.mkdir()
