@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,6 +15,7 @@ from conftest import bright_boxes_scene, grid_boxes
 
 from geoseg.cli.main import cli
 from geoseg.errors import InputVectorError
+from geoseg.io.rasters import inspect_scene
 from geoseg.pipeline import load_pipeline
 from geoseg.predict import PredictConfig, predict
 
@@ -124,3 +126,24 @@ def test_out_naming_the_aoi_is_refused(tiny_run: Path, tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="is the AOI"):
         predict([path], tiny_run, aoi, cfg(aoi=f"{aoi}|layername=aoi"), overwrite=True)
     assert aoi.read_bytes() == before
+
+
+def test_a_routed_budget_is_a_share_of_the_cells_near_the_owner_blocks(tiny_run: Path, tmp_path: Path) -> None:
+    """FF on ring cells beyond the halo changes no object written: the budget is not spent there."""
+    from geoseg.predict.area import near_owners
+    from geoseg.predict.plan import BlockPlan
+
+    path, aoi, area = scene_and_aoi(tmp_path)
+    s = predict([path], tiny_run, tmp_path / "b.gpkg", cfg(aoi=str(aoi), budget=0.5))
+    # owners: block columns 0-2 (cells 0-5), grown by the 16-px halo (one 16-px cell): cell columns 0-6,
+    # all 6 cell rows; the ring's column 3 (cells 6-7) is computed, its cell column 7 never runs FF
+    assert s.cells == 42 and s.ff_cells == 21
+    got = gpd.read_file(tmp_path / "b.gpkg")
+    assert len(got) > 0 and got.intersects(area).all()
+    plan = BlockPlan(scene=inspect_scene(path), block=32, watershed_halo=16, cell=16, scale=2, tile_halo=8,
+                     multiple=32, band_indexes=(1, 2, 3), cache=tmp_path,
+                     only=frozenset((i, j) for i in range(3) for j in range(4)),
+                     owners=frozenset((i, j) for i in range(3) for j in range(3)))
+    near = near_owners(plan)
+    assert near is not None and near.shape == (6, 16) and near[:, :7].all() and not near[:, 7:].any()
+    assert near_owners(dataclasses.replace(plan, only=None, owners=None)) is None

@@ -115,3 +115,24 @@ def meeting(gdf: gpd.GeoDataFrame, area: shapely.Geometry) -> gpd.GeoDataFrame:
         return gdf
     shapely.prepare(area)
     return gdf.iloc[np.flatnonzero(shapely.intersects(area, gdf.geometry.to_numpy()))]
+
+
+def near_owners(plan: BlockPlan) -> np.ndarray | None:
+    """Cells FF may run on under ``--aoi``: those of the owner blocks grown by the watershed halo.
+
+    The ring of context blocks is computed for the owners' watershed halo and PV's seams;
+    FF on a ring cell farther than the halo from every owner block changes no object that
+    is written, so the budget (and ``auto``) is spent on the owners' cells only.
+
+    Returns:
+        bool (rows, cols) of the scene's cells; None without ``--aoi`` (every cell).
+    """
+    if plan.owners is None:
+        return None
+    gh, gw = plan.cells_shape
+    per = plan.block // plan.cell
+    grow = -(-plan.watershed_halo // plan.cell)  # the halo in cells, rounded up
+    near = np.zeros((gh, gw), dtype=bool)
+    for i, j in plan.owners:
+        near[max(0, i * per - grow):(i + 1) * per + grow, max(0, j * per - grow):(j + 1) * per + grow] = True
+    return near

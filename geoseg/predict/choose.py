@@ -89,10 +89,15 @@ def _auto_rule(meta: ModelMeta, given: bool = True) -> tuple[Any, str] | None:
 
 
 def choose_cells(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.ndarray:
-    """Scene-wide top-K cells from the per-block utilities; (K, 2) rows and cols."""
+    """Scene-wide top-K cells from the per-block utilities; (K, 2) rows and cols.
+
+    Under ``--aoi`` only the cells near the blocks that own objects compete
+    (:func:`geoseg.predict.area.near_owners`); the budget is a share of those.
+    """
     import torch
 
     from geoseg.models.router import select_topk_scene
+    from geoseg.predict.area import near_owners
 
     gh, gw = plan.cells_shape
     util = np.full((gh, gw), -np.inf, dtype=np.float32)
@@ -102,6 +107,9 @@ def choose_cells(pv_results: list[PvResult], plan: BlockPlan, k_of: Any) -> np.n
         h, w = res.utility.shape
         util[r:r + h, c:c + w] = res.utility
         allowed[r:r + h, c:c + w] = res.allowed
+    near = near_owners(plan)
+    if near is not None:  # --aoi: the owners' cells and their halo; the ring beyond is context only
+        allowed &= near
     k = min(k_of(int(allowed.sum()), util[allowed]), int(allowed.sum()))
     if k <= 0:
         return np.zeros((0, 2), dtype=np.int64)

@@ -48,6 +48,7 @@ from geoseg.io.stamps import digest, input_stamp
 from geoseg.io.vectors import split_layer
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
+from geoseg.predict.area import near_owners
 from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
@@ -310,8 +311,12 @@ def predict(
     for plan in plans if meta.arch == "routed" else []:
         gh, gw = plan.cells_shape
         per = plan.block // plan.cell
-        summary.cells += (gh * gw if plan.only is None  # --aoi: the cells of the blocks computed
-                          else sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks()))
+        if plan.only is None:
+            summary.cells += gh * gw
+        elif plan.dense or (near_cells := near_owners(plan)) is None:  # --aoi: the cells of the blocks computed
+            summary.cells += sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks())
+        else:  # routed --aoi: the cells that compete for FF (predict/area.py)
+            summary.cells += int(near_cells.sum())
 
     from geoseg.predict.collect import write_polygons
 
