@@ -13,8 +13,8 @@ on, becomes an OpenTelemetry span under its scene's (:mod:`geoseg.tracing`).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import dask
 from tqdm.auto import tqdm
@@ -27,6 +27,7 @@ LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 CONNECT_TIMEOUT_S = 5.0
 #: Seconds before a progress bar shows up (short runs stay quiet, as dask's ProgressBar).
 PROGRESS_DELAY_S = 1.0
+T = TypeVar("T")
 
 
 def check_scheduler(scheduler: Any, *, connect: bool = True) -> None:
@@ -116,10 +117,15 @@ class _KeysCallback(TqdmCallback):  # type: ignore[misc]  # tqdm.dask is untyped
                 self.pbar.update(1)
 
 
-def _bar_kwargs(desc: str, progress: bool | None) -> dict[str, Any]:
+def _bar_kwargs(desc: str, progress: bool | None, unit: str = "task") -> dict[str, Any]:
     disable = (not sys.stderr.isatty()) if progress is None else (not progress)
-    return {"desc": desc, "unit": "task", "file": sys.stderr, "disable": disable,
+    return {"desc": desc, "unit": unit, "file": sys.stderr, "disable": disable,
             "delay": PROGRESS_DELAY_S, "dynamic_ncols": True}
+
+
+def progress_bar(items: Sequence[T], desc: str, progress: bool | None, unit: str = "task") -> Iterator[T]:
+    """``items`` with the progress bar :func:`compute` shows (stderr, after a second, on a TTY by default)."""
+    return iter(tqdm(items, total=len(items), **_bar_kwargs(desc, progress, unit)))
 
 
 def compute(

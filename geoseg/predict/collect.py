@@ -14,7 +14,7 @@ where scenes overlap, not with the scenes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import shapely
 from geoseg.io.datums import to_crs
 from geoseg.io.formats import VectorSink
 from geoseg.io.rasters import SceneInfo
+from geoseg.parallel import progress_bar
 from geoseg.predict.plan import CUT
 
 
@@ -68,9 +69,9 @@ def empty_polygons(crs: Any) -> gpd.GeoDataFrame:
                             geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def write_polygons(blocks: Iterable[tuple[SceneInfo, str | Path | gpd.GeoDataFrame]], out: Path,
+def write_polygons(blocks: Sequence[tuple[SceneInfo, str | Path | gpd.GeoDataFrame]], out: Path,
                    scenes: Sequence[SceneInfo], *, once: bool,
-                   areas: dict[str, Any] | None = None) -> Collected:
+                   areas: dict[str, Any] | None = None, progress: bool | None = False) -> Collected:
     """Write the polygons of every block to ``out`` in the first scene's CRS, block by block.
 
     Args:
@@ -81,6 +82,7 @@ def write_polygons(blocks: Iterable[tuple[SceneInfo, str | Path | gpd.GeoDataFra
         once: drop copies of objects seen by overlapping scenes (``--overlaps once``).
         areas: ``--aoi``: per scene name, the area in the scene's CRS; the objects of a block
             that do not meet it are dropped.
+        progress: a progress bar over the blocks (None: on a TTY), as predict's own.
 
     Returns:
         A :class:`Collected`.
@@ -90,7 +92,7 @@ def write_polygons(blocks: Iterable[tuple[SceneInfo, str | Path | gpd.GeoDataFra
     done = Collected()
     held: list[gpd.GeoDataFrame] = []
     with VectorSink(out, empty_polygons(crs), layer=out.stem) as sink:
-        for scene, res in blocks:
+        for scene, res in progress_bar(blocks, "write", progress, unit="block"):
             g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res, use_arrow=True)
             if areas is not None and scene.name in areas:
                 from geoseg.predict.area import meeting

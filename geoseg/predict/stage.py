@@ -326,7 +326,7 @@ def predict(
         write_json(cache / PROBS_WRITTEN, {"stamp": stamp, "paths": [str(p) for p in summary.prob_out]})
     areas = {p.scene.name: a for p, a in zip(near.plans, near.areas, strict=True)} if near is not None else None
     done = write_polygons([(f[0].scene, r) for f, r in zip(final, results[len(tasks):], strict=True)], out,
-                          [p.scene for p in plans], once=cfg.overlaps == "once", areas=areas)
+                          [p.scene for p in plans], once=cfg.overlaps == "once", areas=areas, progress=progress)
     warn_cut(done.cut, plans[0], meta.arch)
     if len({p.scene.crs for p in plans}) > 1:
         log.info("scenes have several CRSs; polygons are written in %s", plans[0].scene.crs)
