@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -132,6 +133,12 @@ def test_a_sink_written_chunk_by_chunk_equals_the_whole_written_at_once(
     a, b = back.sort_values(key).reset_index(drop=True), whole.sort_values(key).reset_index(drop=True)
     assert a.drop(columns="geometry").equals(b.drop(columns="geometry"))
     assert a.geometry.geom_equals_exact(b.geometry, tolerance=1e-9).all()
+    if ext == ".gpkg":  # QGIS's "zoom to layer" reads the extent of gpkg_contents: of every chunk
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(out)) as db:
+            extent = db.execute("SELECT min_x, min_y, max_x, max_y FROM gpkg_contents WHERE table_name = 'b'")
+            assert list(extent.fetchone()) == pytest.approx(list(many.total_bounds))
     if ext != ".parquet":
         assert pyogrio.read_info(out)["layer_name"] == "b"
     else:
