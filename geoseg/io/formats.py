@@ -8,6 +8,8 @@ table, GeoJSON ``name``, FlatGeobuf header, Shapefile) is named after the output
 never after a temporary name. A Shapefile's sidecars (``.shx``, ``.dbf``, ``.prj``,
 ``.cpg``) are renamed first and the ``.shp`` last. FlatGeobuf files carry a spatial
 index, so their features are stored in the index's (Hilbert) order, not the frame's.
+:class:`VectorSink` writes an output chunk by chunk (predict's polygons, block by block)
+with the same guarantees and memory bounded by a chunk.
 """
 
 from __future__ import annotations
