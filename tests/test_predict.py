@@ -317,3 +317,18 @@ def test_budget_auto_uses_the_calibrated_threshold_and_says_why(scene, tiny_run:
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
                                    str(tmp_path / "c.gpkg"), "--budget", "most"])
     assert res.exit_code == 2 and "neither a number in (0, 1] nor 'auto'" in res.output
+
+
+@pytest.mark.parametrize("maps", [3, 4])
+def test_pv_upsampling_gives_the_models_values_in_either_layout(maps: int) -> None:
+    """ff_block upsamples 3 maps channels-last (faster on the CPU): the values are the model's fusion's."""
+    import torch
+    import torch.nn.functional as F
+
+    from geoseg.predict.phases import upsampled
+
+    pv = torch.randn(maps, 37, 29, generator=torch.Generator().manual_seed(maps))
+    ref = F.interpolate(pv[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
+    got = upsampled(pv, 4)
+    assert got.shape == (maps, 148, 116) and torch.equal(got, ref)
+    assert (got.stride(0) == 1) == (maps == 3)  # channels-last for 3 maps: channels adjacent

@@ -164,6 +164,20 @@ def _probabilities_u8(logits: torch.Tensor) -> np.ndarray:
     return np.asarray(u8.numpy())
 
 
+def upsampled(pv: torch.Tensor, scale: int) -> torch.Tensor:
+    """PV's maps (C, h, w) upsampled ``scale`` times, bilinear (``align_corners=False``), as the model fuses them.
+
+    torch's CPU kernel takes twice as long on 3 contiguous maps (one class: extent,
+    boundary, contact) as on the same maps channels-last, which give the same values
+    (``python bench/upsample.py``; ``tests/test_predict.py``); with more maps the layouts
+    cost about the same and differ in the last bits, so those stay contiguous.
+    """
+    x = pv[None]
+    if pv.shape[0] == 3 and not pv.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)[0]
+
+
 def _pv_neighbourhood(plan: BlockPlan, bi: int, bj: int) -> np.ndarray:
     """PV logits of the block core with a ring of one low-res pixel from the neighbours."""
     centre = load_npz(plan.path("pv", bi, bj), "logits")[0].astype(np.float32)
@@ -207,8 +221,7 @@ def ff_block(plan: BlockPlan, bi: int, bj: int, chosen: np.ndarray, model: Model
         n_out = get_backend(model).meta.n_outputs
         logits = torch.full((n_out, int(core.height), int(core.width)), NO_PV_LOGIT)
     else:
-        pv = torch.from_numpy(_pv_neighbourhood(plan, bi, bj))[None]
-        up = F.interpolate(pv, scale_factor=s, mode="bilinear", align_corners=False)[0]
+        up = upsampled(torch.from_numpy(_pv_neighbourhood(plan, bi, bj)), s)
         logits = up[:, s:s + int(core.height), s:s + int(core.width)]  # a view: FF pastes into it
     model_s = 0.0
     n_regions = covered = 0
