@@ -106,6 +106,12 @@ def test_geojson_splits_a_roof_on_the_antimeridian(tmp_path: Path) -> None:
 
     r = evaluate_frames(back.assign(score=0.9), frame)
     assert (r["tp"], r["fp"], r["fn"]) == (1, 0, 0) and r["mean_iou"] > 0.99
+    # predict's streamed output (staged in a GeoPackage, then copied into GeoJSON) cuts it the same way
+    with VectorSink(tmp_path / "streamed.geojson", frame.iloc[:0]) as sink:
+        sink.append(frame)
+        sink.commit()
+    streamed = gpd.read_file(tmp_path / "streamed.geojson").geometry.iloc[0]
+    assert streamed.geom_type == "MultiPolygon" and streamed.normalize().equals_exact(geom.normalize(), 1e-9)
 
 
 @pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"])
