@@ -28,6 +28,7 @@ from geoseg.io.datums import to_crs
 from geoseg.io.formats import VectorSink
 from geoseg.io.rasters import SceneInfo
 from geoseg.parallel import progress_bar
+from geoseg.predict.area import meeting
 from geoseg.predict.plan import CUT
 
 
@@ -95,8 +96,6 @@ def write_polygons(blocks: Sequence[tuple[SceneInfo, str | Path | gpd.GeoDataFra
         for scene, res in progress_bar(blocks, "write", progress, unit="block"):
             g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res, use_arrow=True)
             if areas is not None and scene.name in areas:
-                from geoseg.predict.area import meeting
-
                 n = len(g)
                 g = meeting(g, areas[scene.name])
                 done.outside_aoi += n - len(g)

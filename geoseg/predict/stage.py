@@ -311,12 +311,13 @@ def predict(
     for plan in plans if meta.arch == "routed" else []:
         gh, gw = plan.cells_shape
         per = plan.block // plan.cell
-        if plan.only is None:
-            summary.cells += gh * gw
-        elif plan.dense or (near_cells := near_owners(plan)) is None:  # --aoi: the cells of the blocks computed
-            summary.cells += sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks())
-        else:  # routed --aoi: the cells that compete for FF (predict/area.py)
+        near_cells = None if plan.dense else near_owners(plan)  # routed --aoi: the cells that compete for FF
+        if near_cells is not None:
             summary.cells += int(near_cells.sum())
+        elif plan.only is None:
+            summary.cells += gh * gw
+        else:  # dense --aoi: the cells of the blocks computed
+            summary.cells += sum(min(per, gh - i * per) * min(per, gw - j * per) for i, j in plan.blocks())
 
     from geoseg.predict.collect import write_polygons
 
