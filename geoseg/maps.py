@@ -110,15 +110,17 @@ def _splits(n: int, chunk: int) -> tuple[int, ...]:
 
 def _burn(block_info: dict[Any, Any] | None = None, *, tree: Any, transform: Any) -> np.ndarray:
     """One chunk of :func:`instance_map`: the polygons that touch it, rasterized with their ids."""
-    import shapely
     from rasterio.features import rasterize
-    from rasterio.windows import Window, bounds
+    from rasterio.windows import Window
     from rasterio.windows import transform as window_transform
+
+    from geoseg.io.rasters import window_footprint
 
     assert block_info is not None
     (r0, r1), (c0, c1) = block_info[None]["array-location"]
     win = Window(c0, r0, c1 - c0, r1 - r0)
-    hit = np.sort(tree.query(shapely.box(*bounds(win, transform)), predicate="intersects"))
+    # the chunk's four corners through the full affine (a rotated grid's chunk is no box)
+    hit = np.sort(tree.query(window_footprint(win, transform), predicate="intersects"))
     if not len(hit):
         return np.zeros((r1 - r0, c1 - c0), np.int32)
     return rasterize(((tree.geometries[i], int(i) + 1) for i in hit), out_shape=(r1 - r0, c1 - c0),

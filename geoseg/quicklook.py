@@ -10,12 +10,14 @@ Agg canvas directly (no pyplot state, safe in threads) and the PNG is written at
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import shapely
+from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
@@ -99,12 +101,23 @@ def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
     return np.split(coords, np.flatnonzero(np.diff(idx)) + 1)
 
 
-Canvas = tuple[np.ndarray, Any, tuple[float, float, float, float], str, tuple[int, int]]
+#: The image, its CRS, the affine from that CRS to the drawing's coordinates, the image's
+#: extent there (left, right, bottom, top), its interpolation and the PNG's (height, width).
+Canvas = tuple[np.ndarray, Any, Affine, tuple[float, float, float, float], str, tuple[int, int]]
+
+
+def _apply(affine: Affine, xy: np.ndarray) -> np.ndarray:
+    """``affine`` applied to (n, 2) coordinates (for ``shapely.transform``)."""
+    a, b, c, d, e, f = affine[:6]
+    x, y = xy[:, 0], xy[:, 1]
+    return np.column_stack([a * x + b * y + c, d * x + e * y + f])
 
 
 def _read_scene(scene: str, max_side: int, placed: bool) -> Canvas:
-    """The scene stretched to RGB, its CRS, bounds, interpolation and (height, width) of the PNG.
+    """The scene stretched to RGB, drawn in its own pixel grid (see :data:`Canvas`).
 
+    Polygons are drawn through the inverse of the scene's affine, so a rotated, skewed or
+    south-up scene shows them on its pixels (a map-coordinate box would misplace them).
     With ``placed`` (polygons are drawn on it), a scene that is not on a georeferenced grid is
     an error (:func:`~geoseg.io.rasters.check_grid`): the polygons would be misplaced.
     """
@@ -120,10 +133,10 @@ def _read_scene(scene: str, max_side: int, placed: bool) -> Canvas:
             indexes = [1, 2, 3] if src.count >= 3 else [1]
             data = src.read(indexes, out_shape=(len(indexes), *shape),
                             resampling=Resampling.average, masked=True)
-            crs, bounds = src.crs, tuple(src.bounds)
+            crs, to_pixels, size = src.crs, ~src.transform, (float(src.width), float(src.height))
     except RasterioError as err:
         raise InputRasterError(f"cannot read scene {scene}: {err}; check the file (gdalinfo)") from None
-    return (stretch(data), crs, (bounds[0], bounds[1], bounds[2], bounds[3]),
+    return (stretch(data), crs, to_pixels, (0.0, size[0], size[1], 0.0),
             "nearest" if shape[0] < height else "antialiased", (height, width))
 
 
@@ -138,7 +151,7 @@ def _blank(layers: list[tuple[gpd.GeoSeries, Any, str]], max_side: int) -> Canva
     left, bottom, right, top = left - pad, bottom - pad, right + pad, top + pad
     scale = max_side / max(right - left, top - bottom)
     shape = (max(1, round((top - bottom) * scale)), max(1, round((right - left) * scale)))
-    return np.full((1, 1, 3), 0.25, np.float32), crs, (left, bottom, right, top), "nearest", shape
+    return np.full((1, 1, 3), 0.25, np.float32), crs, Affine.identity(), (left, right, bottom, top), "nearest", shape
 
 
 def quicklook(
@@ -183,26 +196,27 @@ def quicklook(
     if scene is None:
         if not layers:
             raise InputVectorError("a quick-look needs a scene or polygons to draw")
-        img, crs, (left, bottom, right, top), interp, (height, width) = _blank(layers, max_side)
+        img, crs, to_canvas, extent, interp, (height, width) = _blank(layers, max_side)
         label = "polygons"
     else:
         scene = str(scene)  # a URL keeps its two slashes
-        img, crs, (left, bottom, right, top), interp, (height, width) = _read_scene(scene, max_side, bool(layers))
+        img, crs, to_canvas, extent, interp, (height, width) = _read_scene(scene, max_side, bool(layers))
         label = scene.rsplit("/", 1)[-1].split("?")[0]
 
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
-    ax.imshow(img, extent=(left, right, bottom, top), aspect="auto", interpolation=interp)
+    ax.imshow(img, extent=extent, aspect="auto", interpolation=interp)
+    frame = shapely.box(min(extent[:2]), min(extent[2:]), max(extent[:2]), max(extent[2:]))
     handles = []
     for geoms, color, name in layers:
-        g = geoms.to_crs(crs).to_numpy()
-        g = g[shapely.intersects(g, shapely.box(left, bottom, right, top))]  # those on the scene
+        g = shapely.transform(geoms.to_crs(crs).to_numpy(), partial(_apply, to_canvas))
+        g = g[shapely.intersects(g, frame)]  # those on the scene
         rgb = (color[0] / 255, color[1] / 255, color[2] / 255)
         ax.add_collection(LineCollection(outline_segments(g), colors=[rgb], linewidths=1.5))
         handles.append(Line2D([], [], color=rgb, linewidth=2, label=f"{name} ({len(g)})"))
-    ax.set_xlim(left, right)
-    ax.set_ylim(bottom, top)
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
     ax.set_axis_off()
     if handles:
         ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.8)

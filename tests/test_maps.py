@@ -71,6 +71,20 @@ def test_instance_map_reprojects_polygons_and_numbers_them(tmp_path: Path) -> No
     assert inst[4:10, 4:10].min() == 1 and inst[50:60, 40:60].min() == 2
 
 
+def test_instance_map_on_a_rotated_grid_burns_each_chunk_it_covers(tmp_path: Path) -> None:
+    from affine import Affine
+
+    transform = Affine.translation(450000, 40000) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
+    grid = write_raster(tmp_path / "r.tif", np.zeros((1, 64, 96), np.uint8), "EPSG:32636", transform)
+    like = open_maps(grid).probability
+    # pixel columns 30..50, rows 10..20: it crosses the chunks' seam at column 32 (chunks of 32)
+    roof = shapely.Polygon([transform * (c, r) for c, r in ((30, 10), (50, 10), (50, 20), (30, 20))])
+    inst = instance_map(gpd.GeoDataFrame(geometry=[roof], crs="EPSG:32636"), like, chunks=32).values
+    expected = np.zeros((64, 96), bool)
+    expected[10:20, 30:50] = True
+    assert ((inst == 1) == expected).all()  # the axis-aligned box of a chunk's two corners missed it
+
+
 def test_unreadable_probabilities_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.tif"
     bad.write_text("not a tiff")

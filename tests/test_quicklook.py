@@ -98,3 +98,27 @@ def test_without_scene_polygons_on_grey(tmp_path: Path) -> None:
     assert colour_mask(png, PRED_COLOR)[:, 160:].sum() > 20 and colour_mask(png, TRUTH_COLOR)[:, :140].sum() > 20
     with pytest.raises(InputVectorError, match="scene or polygons"):
         quicklook(None, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("grid", ["rotated", "south-up"])
+def test_outlines_on_their_pixels_on_rotated_and_south_up_scenes(tmp_path: Path, grid: str) -> None:
+    from affine import Affine
+
+    h, w = 200, 300
+    ramp = (np.add.outer(np.arange(h), np.arange(w)) / (h + w) * 200 + 20).astype("uint8")
+    transform = (Affine.translation(450000, 40000) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
+                 if grid == "rotated" else Affine.translation(450000, 40000) * Affine.scale(0.5, 0.5))
+    scene = tmp_path / "s.tif"
+    with rasterio.open(scene, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
+                       crs="EPSG:32636", transform=transform) as dst:
+        dst.write(np.repeat(ramp[None], 3, axis=0))
+    # a polygon over pixel columns 150..250, rows 20..80, in map coordinates (through the affine)
+    roof = shapely.Polygon([transform * (c, r) for c, r in ((150, 20), (250, 20), (250, 80), (150, 80))])
+    pred = gpd.GeoDataFrame(geometry=[roof], crs="EPSG:32636")
+    png = mpimg.imread(quicklook(scene, tmp_path / "r.png", pred=pred, max_side=300, title=""))
+    assert png.shape[:2] == (200, 300)
+    cyan = colour_mask(png, PRED_COLOR)
+    assert cyan[14:26, 150:250].sum() > 50 and cyan[74:86, 150:250].sum() > 50  # top and bottom edges
+    assert cyan[14:86, 144:156].sum() > 30 and cyan[14:86, 244:256].sum() > 30  # left and right edges
+    assert cyan[30:70, 165:235].sum() == 0  # inside the roof
+    assert cyan[100:150].sum() == 0 and cyan[:150, :130].sum() == 0  # nowhere else (the legend: lower right)
