@@ -234,6 +234,20 @@ def test_mask_nms_and_threshold() -> None:
     assert inst.labels[5, 5] == 1 and inst.labels[25, 25] == 2 and inst.labels[5, 45] == 0
 
 
+def test_nodata_inside_a_detection_joins_it_not_elsewhere() -> None:
+    cfg = MaskRCNNConfig(score_threshold=0.5)
+    det = {"boxes": torch.tensor([[0.0, 0, 10, 10], [20.0, 20, 30, 30]]), "scores": torch.tensor([0.9, 0.8]),
+           "labels": torch.tensor([1, 1]), "masks": torch.ones(2, 1, 28, 28)}
+    plain = detections_to_instances(det, (40, 60), cfg)
+    top = int(np.flatnonzero((plain.labels == 2).any(axis=1))[0])  # the second mask's first row
+    valid = np.ones((40, 60), bool)
+    valid[4:6, 4:6] = False  # inside the first mask: joins it
+    valid[top:top + 2, 24:26] = False  # on the second mask's edge (reaches the background): stays out
+    inst = detections_to_instances(det, (40, 60), cfg, valid=valid)
+    assert (inst.labels[4:6, 4:6] == 1).all() and (inst.labels[top:top + 2, 24:26] == 0).all()
+    assert inst.area.tolist() == [plain.area[0], plain.area[1] - 4]
+
+
 def test_other_backends_and_export_refused(tmp_path: Path) -> None:
     run = _untrained_checkpoint(tmp_path / "run")
     scene = bright_boxes_scene(tmp_path / "s.tif", (32, 32), [(4, 4, 12, 12)])

@@ -332,3 +332,33 @@ def test_pv_upsampling_gives_the_models_values_in_either_layout(maps: int) -> No
     got = upsampled(pv, 4)
     assert got.shape == (maps, 148, 116) and torch.equal(got, ref)
     assert (got.stride(0) == 1) == (maps == 3)  # channels-last for 3 maps: channels adjacent
+
+
+def test_nodata_pixels_inside_a_roof_leave_no_hole(scene, tiny_run: Path, tmp_path: Path) -> None:
+    """Saturated pixels read as nodata (NEON's ``nodata=255``), or a tiler's transparent ones, inside
+    roofs: the polygons cover them, as the roofs do (before: a hole in every roof)."""
+    path, truth = scene
+    boxes = [b for b in grid_boxes(SHAPE, step=20, seed=5)
+             if shapely.box(*b).distance(shapely.box(*SEAM_BOX)) > 3 and min(b[2] - b[0], b[3] - b[1]) >= 8]
+    with rasterio.open(path) as src:
+        img, profile = src.read(), src.profile
+    img[img == 255] = 254
+    for c0, r0, c1, r1 in boxes:  # a 2x2 patch of saturated pixels in the middle of each roof
+        rm, cm = (r0 + r1) // 2, (c0 + c1) // 2
+        img[:, rm - 1:rm + 1, cm - 1:cm + 1] = 255
+    holed = tmp_path / "saturated.tif"
+    with rasterio.open(holed, "w", **{**profile, "nodata": 255}) as dst:
+        dst.write(img)
+    with rasterio.open(holed) as src:
+        assert (src.dataset_mask() == 0).sum() == 4 * len(boxes)
+    got = run(holed, tiny_run, tmp_path / "s.gpkg")
+    plain = run(path, tiny_run, tmp_path / "p.gpkg")
+    with rasterio.open(path) as src:
+        t = src.transform
+    roofs = [shapely.box(*(t * (c0, r1)), *(t * (c1, r0))) for c0, r0, c1, r1 in boxes]
+    on_roofs = got[got.intersects(shapely.union_all(roofs))]
+    assert len(on_roofs) >= len(boxes)
+    assert (shapely.get_num_interior_rings(on_roofs.geometry.to_numpy()) == 0).all()
+    assert len(got) == len(plain)  # no roof split or lost by its nodata pixels
+    rep = evaluate_frames(got, gpd.read_file(truth), iou=0.5)
+    assert rep["f1"] > 0.9, rep

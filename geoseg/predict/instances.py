@@ -143,6 +143,7 @@ def watershed_instances(
     seed_threshold: float = 0.7,
     min_area: int = 8,
     min_seed_area: int = 4,
+    no_data: np.ndarray | None = None,
 ) -> Instances:
     """Cut instances out of probability maps by marker-controlled watershed.
 
@@ -165,13 +166,20 @@ def watershed_instances(
         min_area: instances with fewer pixels are dropped.
         min_seed_area: seeds with fewer pixels are ignored (noise); their pixels are
             flooded from the neighbouring seeds, or become an instance of their own.
+        no_data: bool (H, W); pixels known to hold no data (outside ``valid`` because the
+            scene masks them, not because they were not looked at). A patch of them that
+            one instance encloses (every 4-neighbour of the patch is that instance's, and the
+            patch does not touch the window's edge) joins it: a tiler's transparent shadow
+            pixels or saturated pixels read as nodata inside a roof leave no hole in it. Other
+            patches stay background, so an object never grows into a nodata collar.
 
     Returns:
         :class:`Instances` with labels 1..n, numbered piece by piece in raster order of
         the pieces' first pixels (in a piece: seeded instances in raster order of their
         seeds, then unseeded ones), and per instance the mean extent probability
         (``score``), the class of highest mean probability (``class_index``, 0 without
-        ``class_probs``) and the pixel count (``area``).
+        ``class_probs``) and the pixel count (``area``, filled ``no_data`` pixels
+        included; the score and the class are means over the pixels with data).
 
     Raises:
         ValueError: the maps do not have matching 2-D shapes.
@@ -240,7 +248,47 @@ def watershed_instances(
         class_index = means.argmax(axis=0).astype(np.int64)
     else:
         class_index = np.zeros(n, dtype=np.int64)
+    if no_data is not None and n:
+        area_all += fill_enclosed(labels, no_data.astype(bool), n)
     return Instances(labels=labels, score=score, class_index=class_index, area=area_all)
+
+
+def fill_enclosed(labels: np.ndarray, holes: np.ndarray, n: int) -> np.ndarray:
+    """Give each 4-connected patch of ``holes`` (background there) that one instance encloses its label, in place.
+
+    A patch is enclosed when every pixel 4-adjacent to it belongs to the same instance
+    and it does not touch the window's edge (beyond which the enclosing is unknown).
+
+    Returns:
+        int64 (n,): pixels added to each instance 1..n.
+
+    Examples:
+        >>> lab = np.zeros((5, 7), np.int32); lab[:, :5] = 1; lab[2, 2] = 0; lab[2, 4] = 0
+        >>> holes = np.zeros((5, 7), bool); holes[2, 2] = holes[2, 4] = True
+        >>> fill_enclosed(lab, holes, 1).tolist(), lab[2].tolist()
+        ([1], [1, 1, 1, 1, 0, 0, 0])
+    """
+    patches, n_patches = ndimage.label(holes & (labels == 0), structure=_FOUR)
+    if not n_patches:
+        return np.zeros(n, np.int64)
+    lo = np.full(n_patches + 1, np.iinfo(np.int32).max, np.int64)
+    hi = np.full(n_patches + 1, -1, np.int64)
+    for here, there in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                        ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
+        for a, b in ((here, there), (there, here)):  # each pixel's neighbour on either side
+            own, near = patches[a], patches[b]
+            at = (own > 0) & (near != own)  # a neighbour outside the patch (patches are 4-separated)
+            ids, values = own[at], labels[b][at]
+            np.minimum.at(lo, ids, values)
+            np.maximum.at(hi, ids, values)
+    edge = np.unique(np.concatenate([patches[0], patches[-1], patches[:, 0], patches[:, -1]]))
+    enclosed = (lo == hi) & (lo > 0)
+    enclosed[edge] = False
+    enclosed[0] = False
+    lut = np.where(enclosed, lo, 0).astype(np.int32)
+    filled = patches > 0
+    labels[filled] = lut[patches[filled]]
+    return np.bincount(lut[patches[filled]], minlength=n + 1)[1:].astype(np.int64)
 
 
 def _flood_piece(piece: np.ndarray, extent: np.ndarray, boundary: np.ndarray, contact: np.ndarray,
@@ -264,11 +312,18 @@ def _flood_piece(piece: np.ndarray, extent: np.ndarray, boundary: np.ndarray, co
 
 
 def instances_from_probs(
-    probs: np.ndarray, cfg: PostprocessConfig, valid: np.ndarray | None = None
+    probs: np.ndarray, cfg: PostprocessConfig, valid: np.ndarray | None = None,
+    no_data: np.ndarray | None = None,
 ) -> Instances:
-    """Watershed instances from probability maps (C, H, W) as made by :func:`probabilities`."""
+    """Watershed instances from probability maps (C, H, W) as made by :func:`probabilities`.
+
+    ``no_data``: see :func:`watershed_instances` (None: ``~valid``, every invalid pixel
+    having been looked at).
+    """
+    if no_data is None and valid is not None:
+        no_data = ~valid.astype(bool)
     return watershed_instances(
         probs[0], probs[1], probs[2], probs[3:] if probs.shape[0] > 3 else None,
         valid=valid, extent_threshold=cfg.extent_threshold, seed_threshold=cfg.seed_threshold,
-        min_area=cfg.min_area, min_seed_area=cfg.min_seed_area,
+        min_area=cfg.min_area, min_seed_area=cfg.min_seed_area, no_data=no_data,
     )

@@ -38,7 +38,7 @@ from geoseg.models.maskrcnn import MaskRCNNConfig
 from geoseg.models.meta import ModelMeta
 from geoseg.predict.config import PredictConfig
 from geoseg.predict.heap import releasing
-from geoseg.predict.instances import Instances
+from geoseg.predict.instances import Instances, fill_enclosed
 from geoseg.predict.phases import owned_polygons
 from geoseg.predict.plan import BlockPlan, read_window
 
@@ -104,7 +104,9 @@ def detections_to_instances(det: dict[str, torch.Tensor], shape: tuple[int, int]
         shape: (H, W) of the window.
         cfg: the model's thresholds.
         min_area: smallest instance in pixels.
-        valid: bool (H, W); invalid pixels belong to no instance.
+        valid: bool (H, W); invalid pixels belong to no instance, except a patch of them
+            that one instance encloses, which joins it (as in the watershed:
+            :func:`~geoseg.predict.instances.fill_enclosed`).
 
     Returns:
         :class:`~geoseg.predict.instances.Instances`: ``score`` the detection score,
@@ -143,8 +145,11 @@ def detections_to_instances(det: dict[str, torch.Tensor], shape: tuple[int, int]
         score.append(float(scores[k]))
         cls.append(int(det["labels"][k]) - 1)
         area.append(int(new.sum()))
+    areas = np.asarray(area, dtype=np.int64)
+    if valid is not None and len(score):
+        areas += fill_enclosed(labels, ~valid.astype(bool), len(score))
     return Instances(labels=labels, score=np.asarray(score, dtype=np.float64),
-                     class_index=np.asarray(cls, dtype=np.int64), area=np.asarray(area, dtype=np.int64))
+                     class_index=np.asarray(cls, dtype=np.int64), area=areas)
 
 
 @releasing

@@ -320,8 +320,8 @@ def instances_block(plan: BlockPlan, bi: int, bj: int, post: PostprocessConfig, 
     probs, win = _probs_region(plan, bi, bj)
     with open_scene(plan.scene) as src, read_errors(plan, win):
         # a pixel joins an instance only where the extent clears its threshold: validity is read there
-        valid = valid_where(src, plan, win, above(probs[0], post.extent_threshold))
-    inst = instances_from_probs(probs, post, valid)
+        valid, no_data = valid_where(src, plan, win, above(probs[0], post.extent_threshold))
+    inst = instances_from_probs(probs, post, valid, no_data)
     return owned_polygons(plan, bi, bj, inst, win, classes, simplify, min_area)
 
 

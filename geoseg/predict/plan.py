@@ -141,7 +141,7 @@ def read_window(src: Any, plan: BlockPlan, win: Window, pad_mode: str = "reflect
 VALID_TILE = 256
 
 
-def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> np.ndarray:
+def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validity (dataset mask, and finite values in float scenes) of ``win`` where ``need``.
 
     Only the :data:`VALID_TILE`-sided parts of ``win`` holding a needed pixel are read;
@@ -151,9 +151,11 @@ def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> np.
     as much as reading the whole scene.
 
     Returns:
-        (h, w) bool, ``win``'s shape.
+        ``(valid, no_data)``: (h, w) bool each, ``win``'s shape; ``no_data`` marks the
+        invalid pixels of the parts read (known to hold no data), never those not read.
     """
     valid = np.zeros(need.shape, dtype=bool)
+    looked = np.zeros(need.shape, dtype=bool)
     floating = np.issubdtype(np.dtype(plan.scene.dtype), np.floating)
     rows, cols = need.shape
     for r in range(0, rows, VALID_TILE):
@@ -166,7 +168,8 @@ def valid_where(src: Any, plan: BlockPlan, win: Window, need: np.ndarray) -> np.
             # NaN/inf pixels are invalid too: float scenes need their values
             valid[r:r + h, c:c + w] = (valid_mask(src.read(plan.band_indexes, window=part), mask)
                                        if floating else mask > 0)
-    return valid
+            looked[r:r + h, c:c + w] = True
+    return valid, looked & ~valid
 
 
 #: Column of a block's cached polygons: the object reaches the edge of the window the instance
