@@ -268,27 +268,33 @@ def fill_enclosed(labels: np.ndarray, holes: np.ndarray, n: int) -> np.ndarray:
         >>> fill_enclosed(lab, holes, 1).tolist(), lab[2].tolist()
         ([1], [1, 1, 1, 1, 0, 0, 0])
     """
-    patches, n_patches = ndimage.label(holes & (labels == 0), structure=_FOUR)
-    if not n_patches:
+    if not holes.any():  # most scenes: no mask inside the imagery
         return np.zeros(n, np.int64)
-    lo = np.full(n_patches + 1, np.iinfo(np.int32).max, np.int64)
+    patches, n_patches = ndimage.label(holes & (labels == 0), structure=_FOUR)
+    at = np.flatnonzero(patches)  # the patches' pixels only, from here on
+    if not len(at):
+        return np.zeros(n, np.int64)
+    h, w = labels.shape
+    own = patches.ravel()[at]
+    rows, cols = np.divmod(at, w)
+    lo = np.full(n_patches + 1, np.iinfo(np.int64).max, np.int64)
     hi = np.full(n_patches + 1, -1, np.int64)
-    for here, there in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-                        ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
-        for a, b in ((here, there), (there, here)):  # each pixel's neighbour on either side
-            own, near = patches[a], patches[b]
-            at = (own > 0) & (near != own)  # a neighbour outside the patch (patches are 4-separated)
-            ids, values = own[at], labels[b][at]
-            np.minimum.at(lo, ids, values)
-            np.maximum.at(hi, ids, values)
-    edge = np.unique(np.concatenate([patches[0], patches[-1], patches[:, 0], patches[:, -1]]))
-    enclosed = (lo == hi) & (lo > 0)
-    enclosed[edge] = False
+    edge = np.zeros(n_patches + 1, bool)
+    for dr, dc in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        r, c = rows + dr, cols + dc
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        edge[own[~inside]] = True  # touches the window's edge: never enclosed
+        near = r[inside] * w + c[inside]
+        other = patches.ravel()[near] != own[inside]  # a neighbour outside the patch (patches are 4-separated)
+        ids, values = own[inside][other], labels.ravel()[near][other]
+        np.minimum.at(lo, ids, values)
+        np.maximum.at(hi, ids, values)
+    enclosed = (lo == hi) & (lo > 0) & ~edge
     enclosed[0] = False
     lut = np.where(enclosed, lo, 0).astype(np.int32)
-    filled = patches > 0
-    labels[filled] = lut[patches[filled]]
-    return np.bincount(lut[patches[filled]], minlength=n + 1)[1:].astype(np.int64)
+    got = lut[own]
+    labels[np.unravel_index(at, labels.shape)] = got
+    return np.bincount(got, minlength=n + 1)[1:].astype(np.int64)
 
 
 def _flood_piece(piece: np.ndarray, extent: np.ndarray, boundary: np.ndarray, contact: np.ndarray,
