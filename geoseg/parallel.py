@@ -13,6 +13,7 @@ on, becomes an OpenTelemetry span under its scene's (:mod:`geoseg.tracing`).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -155,7 +156,12 @@ def compute(
         return []
     spans = tracing.task_spans(desc, tasks, scheduler)  # a no-op unless tracing is on
     try:
-        results = _compute(tasks, scheduler, _bar_kwargs(desc, progress), retries, spans)
+        # warnings.catch_warnings is not thread-safe, and libraries enter it in the tasks
+        # (rasterio's rasterize sets "ignore" for every warning inside): two threads that
+        # enter and leave it interleaved leave the process's filters at the inner state, so
+        # every later warning of the run was lost. The filters are put back as they were.
+        with warnings.catch_warnings():
+            results = _compute(tasks, scheduler, _bar_kwargs(desc, progress), retries, spans)
     except Exception as err:
         metrics.error(type(err).__name__)
         spans.end(err)

@@ -105,3 +105,41 @@ def test_distributed_client_bar(bars):
                             dashboard_address=None) as client:
         assert compute(_tasks(3), scheduler=client, desc="dist", progress=True) == [2, 3, 4]
     assert [(b.desc, b.total, b.n) for b in bars] == [("dist", 3, 3)]
+
+
+def _interleaved(i: int, a_in, b_in, a_out) -> int:  # noqa: ANN001
+    """Task 0 enters catch_warnings, then task 1, then task 0 leaves, then task 1: the unsafe order."""
+    import warnings
+
+    if i == 1:
+        assert a_in.wait(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # as rasterio's rasterize does inside
+        if i == 0:
+            a_in.set()
+            assert b_in.wait(10)
+        else:
+            b_in.set()
+            assert a_out.wait(10)
+    if i == 0:
+        a_out.set()
+    return i
+
+
+def test_warnings_after_threads_that_caught_warnings_interleaved_are_shown():
+    """Threads entering and leaving warnings.catch_warnings interleaved left "ignore" as the process's
+    filter, so every later warning of the run was lost (a GeoSegWarning of tile, exit 0 and no word)."""
+    import threading
+    import warnings
+
+    from dask.delayed import delayed
+
+    from geoseg.errors import GeoSegWarning
+
+    events = [threading.Event() for _ in range(3)]
+    with dask.config.set(num_workers=2):
+        tasks = [delayed(_interleaved, pure=False)(i, *events) for i in range(2)]
+        with pytest.warns(GeoSegWarning, match="still said"):
+            assert compute(tasks, scheduler="threads", progress=False) == [0, 1]
+            warnings.warn("still said", GeoSegWarning, stacklevel=1)
+    assert all(e.is_set() for e in events)
