@@ -67,7 +67,7 @@ def floor_read_write(scene: Path, out: Path, size: int, overlap: int) -> tuple[f
 
     from geoseg.io.rasters import inspect_scene
     from geoseg.tile.grid import window_grid
-    from geoseg.tile.stage import _chip_profile
+    from geoseg.tile.outputs import chip_profile as _chip_profile
 
     info = inspect_scene(scene)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ from geoseg.cli.main import cli
 from geoseg.errors import (
     ConfigError,
     EmptyLabelsWarning,
+    GeoSegWarning,
     InputRasterError,
     InputVectorError,
     OutputExistsError,
@@ -461,3 +462,32 @@ def test_openstreetmap_buildings_through_layer_and_subset(tmp_path: Path) -> Non
     assert "labels: 1, 0 outside every scene" in res.output  # the grass is not a building
     coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
     assert len(coco["annotations"]) > 0 and {a["label_id"] for a in coco["annotations"]} == {0}
+
+
+def test_labels_under_a_pixel_are_counted_and_warned(tmp_path: Path) -> None:
+    """Roofs of 7 m on a 10 m grid: about half cover no pixel centre, so they are in no mask and train as
+    background. Tile says how many, once over all chips (a label cut at a chip edge that has pixels in the
+    next chip is not one of them), and a resumed run says the same."""
+    t = from_origin(500000, 4000000, 10, 10)
+    write_raster(tmp_path / "s2.tif", np.full((3, 128, 128), 90, np.uint8), "EPSG:32636", t)
+    roofs = [shapely.box(500000 + x, 4000000 - y - 7, 500000 + x + 7, 4000000 - y)
+             for x in range(13, 1200, 37) for y in range(17, 1200, 41)]
+    rasterized = rasterize([(g, 1) for g in roofs], out_shape=(128, 128), transform=t,
+                           merge_alg=rasterio.enums.MergeAlg.add)  # no two roofs share a pixel
+    with_px = sum(int(rasterize([(g, 1)], out_shape=(128, 128), transform=t).any()) for g in roofs)
+    assert 0 < with_px < len(roofs) and rasterized.max() == 1
+    # across the seam of the chips at column 64 (x = 500640): a sliver in the left chip, pixels in the right one
+    roofs.append(shapely.box(500639.5, 3999300, 500665, 3999330))
+    gpd.GeoDataFrame(geometry=roofs, crs="EPSG:32636").to_file(tmp_path / "roofs.gpkg")
+    cfg = TileConfig(size=64, overlap=0, split_block=1, val_fraction=0.25)
+    with pytest.warns(GeoSegWarning, match=rf"{len(roofs) - 1 - with_px} of the {len(roofs)} labels .* cover no pixel "
+                      r"centre of any chip at 10 m"):
+        s = tile([tmp_path / "s2.tif"], tmp_path / "roofs.gpkg", tmp_path / "p", cfg)
+    assert s.labels_small == len(roofs) - 1 - with_px
+    assert "covering no pixel centre" in "\n".join(s.lines())
+    stats = json.loads((tmp_path / "p" / "stats.json").read_text())
+    assert stats["labels_under_a_pixel"] == s.labels_small
+    ids = {a["label_id"] for a in json.loads((tmp_path / "p" / "annotations.json").read_text())["annotations"]}
+    assert len(ids) == with_px + 1
+    again = tile([tmp_path / "s2.tif"], tmp_path / "roofs.gpkg", tmp_path / "p", cfg)  # resumed: the same count
+    assert not again.rewrote_outputs and again.labels_small == s.labels_small

@@ -95,6 +95,7 @@ def chip_annotations(
     transform: Affine,
     shape: tuple[int, int],
     tree: shapely.STRtree | None = None,
+    met: set[int] | None = None,
 ) -> list[dict[str, Any]]:
     """COCO annotations of the instance parts inside one chip.
 
@@ -110,6 +111,9 @@ def chip_annotations(
         transform: the chip's affine transform.
         shape: (height, width) of the chip.
         tree: an STRtree over ``geoms`` (built here when None).
+        met: when given, the ``label_ids`` of the polygons with an area in the chip are
+            added to it, whether or not they cover a pixel centre (so the caller can tell
+            the labels smaller than the pixels).
 
     Returns:
         Annotations without ``id``/``image_id`` (assigned when COCO is assembled).
@@ -124,6 +128,8 @@ def chip_annotations(
     parts, which = shapely.get_parts(shapely.intersection(geoms[hits], chip_box), return_index=True)
     keep = (shapely.get_type_id(parts) == shapely.GeometryType.POLYGON) & (shapely.area(parts) > 0)
     parts, src = parts[keep], hits[which[keep]]
+    if met is not None:
+        met.update(np.asarray(label_ids)[src].tolist())
     # Parts that touch or overlap no other part can share one rasterize call (same pixels
     # as alone); the others are rasterized one by one so each keeps its own mask.
     pairs = shapely.STRtree(parts).query(parts, predicate="intersects")

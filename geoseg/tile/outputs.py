@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from geoseg import __version__
-from geoseg.errors import OutputExistsError
+from geoseg.errors import GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo
 from geoseg.io.stamps import input_stamp
@@ -186,6 +187,7 @@ class TileSummary:
     instances: int = 0
     labels: int = 0
     labels_outside: int = 0
+    labels_small: int = 0  # labels in chips that cover no pixel centre of any (under the GSD)
     rewrote_outputs: bool = True
     split_block: int = 0
     seconds: float = 0.0
@@ -200,8 +202,27 @@ class TileSummary:
             f"{self.chips_train} train / {self.chips_val} val (split blocks of "
             f"{self.split_block}x{self.split_block} chips)",
             f"instances: {self.instances} in chips; labels: {self.labels}, "
-            f"{self.labels_outside} outside every scene",
+            f"{self.labels_outside} outside every scene"
+            + (f", {self.labels_small} covering no pixel centre" if self.labels_small else ""),
             f"output: {self.out_dir} ({self.seconds:.1f} s)",
         ] + ([self.aoi] if self.aoi else [])
         out += [f"skipped {p}: {why}" for p, why in self.scenes_skipped]
         return out
+
+
+def warn_small_labels(summary: TileSummary, gsds: list[float]) -> None:
+    """Warn when 1 % or more of the labels on the scenes cover no pixel centre of any chip.
+
+    They are in no chip's masks, so their pixels train as background: buildings mapped
+    from 50 cm imagery tiled at 10 m, or points buffered by a few centimetres.
+    """
+    on = summary.labels - summary.labels_outside
+    n = summary.labels_small
+    if not n or n < 0.01 * on:
+        return
+    gsd = f"{min(gsds):.3g} m" if gsds and min(gsds) == max(gsds) else (
+        f"{min(gsds):.3g}-{max(gsds):.3g} m" if gsds else "the chips' ground pixel size")
+    warnings.warn(f"{n} of the {on} labels on the scenes ({100 * n / on:.0f} %) cover no pixel centre of any chip "
+                  f"at {gsd} (objects of about a pixel or less): they are in no mask and their pixels train as "
+                  "background; tile at a finer --gsd (imagery that shows them), or leave such objects out of "
+                  "the labels", GeoSegWarning, stacklevel=3)

@@ -69,10 +69,9 @@ from geoseg.tile.outputs import (
     manifest_of,
     prepare_out_dir,
     remove_leftovers,
+    warn_small_labels,
     write_chip,
 )
-
-_chip_profile = chip_profile  # the name bench/tile.py imports
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +115,7 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     sums = np.zeros(scene.count)
     sumsq = np.zeros(scene.count)
     npix = 0
+    met: set[int] = set()  # labels with an area in a chip: those without an annotation are under a pixel
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), open_scene(scene) as src:
         for win in job.windows:
             with read_errors(scene.source, win):
@@ -150,7 +150,7 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             shape = (int(win.height), int(win.width))
             local = len(images)
             for ann in chip_annotations(job.geoms, job.category_ids, job.label_ids,
-                                        profile["transform"], shape, tree):
+                                        profile["transform"], shape, tree, met):
                 ann["image"] = local
                 anns.append(ann)
             images.append({
@@ -161,10 +161,9 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             })
     counts["chips"] = len(images)
     counts["instances"] = len(anns)
-    part = {"images": images, "annotations": anns,
-            "stats": {"sum": sums.tolist(), "sumsq": sumsq.tolist(), "count": npix},
-            "counts": counts}
-    write_json(job.part_path, part)
+    write_json(job.part_path, {"images": images, "annotations": anns, "counts": counts,
+                               "stats": {"sum": sums.tolist(), "sumsq": sumsq.tolist(), "count": npix},
+                               "unrasterized": sorted(met - {a["label_id"] for a in anns})})
     return counts
 
 
@@ -178,6 +177,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
     offsets: list[int] = []
     chips_of: dict[str, int] = {}
     gsds: list[float] = []
+    small: set[int] = set()  # labels in chips that cover no pixel centre in any
     categories = [{"id": i + 1, "name": c, "supercategory": "object"}
                   for i, c in enumerate(classes)]
     with atomic_path(out / "annotations.json") as tmp, tmp.open("w", encoding="utf-8") as f:
@@ -197,6 +197,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             sumsq[job.split] += st["sumsq"]
             npix[job.split] += st["count"]
             chips_of[job.scene.name] = chips_of.get(job.scene.name, 0) + len(part["images"])
+            small.update(part.get("unrasterized", ()))  # absent in parts of earlier versions
             if job.split == "train" or not gsds:
                 gsds += [job.scene.gsd] * len(part["images"])
         if npix["train"] + npix["val"] == 0:
@@ -218,9 +219,11 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
             for ann in part["annotations"]:
                 n_ann += 1
                 ann["image_id"] = off + 1 + ann.pop("image")
+                small.discard(ann["label_id"])  # it has pixels in another block's chips
                 f.write(("," if n_ann > 1 else "") + json.dumps({"id": n_ann, **ann}))
         f.write("]}")
-    summary.instances = n_ann
+    summary.instances, summary.labels_small = n_ann, len(small)
+    warn_small_labels(summary, gsds)
     src = "train" if npix["train"] > 0 else "val"
     n = npix[src]
     mean = sums[src] / n
@@ -233,6 +236,7 @@ def _assemble(out: Path, jobs: Sequence[BlockJob], classes: list[str], cfg: Tile
         "meaning": list(declared_order(scenes).meaning),
         "mean": mean.tolist(), "std": std.tolist(), "pixels": int(npix[src]), "stats_split": src,
         "classes": classes, "chips": {"train": summary.chips_train, "val": summary.chips_val},
+        "labels_under_a_pixel": summary.labels_small,
         "tile": cfg.model_dump(mode="json"), **gsd_stats(gsds),
     }, indent=2)
 
@@ -386,6 +390,7 @@ def tile(
         summary.rewrote_outputs = False
         stats = json.loads((out / "stats.json").read_text())
         summary.chips_train, summary.chips_val = stats["chips"]["train"], stats["chips"]["val"]
+        summary.labels_small = int(stats.get("labels_under_a_pixel", 0))
         with (out / "annotations.json").open() as f:
             summary.instances = len(json.load(f)["annotations"])
     summary.seconds = time.perf_counter() - t0
