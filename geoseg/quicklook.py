@@ -10,7 +10,6 @@ Agg canvas directly (no pyplot state, safe in threads) and the PNG is written at
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +103,6 @@ def outline_segments(geoms: np.ndarray) -> list[np.ndarray]:
 #: The image, its CRS, the affine from that CRS to the drawing's coordinates, the image's
 #: extent there (left, right, bottom, top), its interpolation and the PNG's (height, width).
 Canvas = tuple[np.ndarray, Any, Affine, tuple[float, float, float, float], str, tuple[int, int]]
-
-
-def _apply(affine: Affine, xy: np.ndarray) -> np.ndarray:
-    """``affine`` applied to (n, 2) coordinates (for ``shapely.transform``)."""
-    a, b, c, d, e, f = affine[:6]
-    x, y = xy[:, 0], xy[:, 1]
-    return np.column_stack([a * x + b * y + c, d * x + e * y + f])
 
 
 def _read_scene(scene: str, max_side: int, placed: bool) -> Canvas:
@@ -208,9 +200,10 @@ def quicklook(
     ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
     ax.imshow(img, extent=extent, aspect="auto", interpolation=interp)
     frame = shapely.box(min(extent[:2]), min(extent[2:]), max(extent[:2]), max(extent[2:]))
+    m = np.asarray(to_canvas, dtype=np.float64).reshape(3, 3)[:2]  # rows (a, b, c), (d, e, f)
     handles = []
     for geoms, color, name in layers:
-        g = shapely.transform(geoms.to_crs(crs).to_numpy(), partial(_apply, to_canvas))
+        g = shapely.transform(geoms.to_crs(crs).to_numpy(), lambda xy: xy @ m[:, :2].T + m[:, 2])
         g = g[shapely.intersects(g, frame)]  # those on the scene
         rgb = (color[0] / 255, color[1] / 255, color[2] / 255)
         ax.add_collection(LineCollection(outline_segments(g), colors=[rgb], linewidths=1.5))
