@@ -17,6 +17,12 @@ missing GPU, package or time budget skips a section with its reason, never fails
   TensorRT FP16, with F1@0.5 of each against the truth.
 
     python bench/gpu_check.py --out report.json [--budget-s 420] [--side 8192]
+    python bench/gpu_check.py --out dry.json --cpu    # the same code on the CPU, toy sizes
+
+``--cpu`` is a dry run for a machine without a GPU: every section that does not need
+CUDA itself (all but ``triton`` and ``tensorrt``) runs its code on the CPU at toy sizes, so
+a broken call is found before a GPU is lent (``tests/test_gpu_check.py``). Its figures
+mean nothing.
 """
 
 from __future__ import annotations
@@ -42,11 +48,16 @@ Section = dict[str, Any]
 class Check:
     """Runs sections under one time budget and collects the report."""
 
-    def __init__(self, budget_s: float, work: Path, out: Path, only: set[str] | None = None) -> None:
+    def __init__(self, budget_s: float, work: Path, out: Path, only: set[str] | None = None,
+                 cpu: bool = False) -> None:
         self.t0, self.budget_s, self.work, self.out = time.perf_counter(), budget_s, work, out
         self.only = only
+        self.cpu = cpu
+        self.device = "cpu" if cpu else "cuda"
         self.report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                        "budget_s": budget_s, "sections": {}}
+        if cpu:
+            self.report["dry_run"] = "--cpu: the sections' code on the CPU at toy sizes; the figures mean nothing"
         self.state: dict[str, Any] = {}
 
     def left(self) -> float:
@@ -94,7 +105,7 @@ class Skip(Exception):
     """A section cannot run here (its reason is the message)."""
 
 
-def env() -> Section:
+def env(chk: Check) -> Section:
     import torch
 
     from geoseg.models.triton_cells import available as triton_available
@@ -115,6 +126,8 @@ def env() -> Section:
         out["tensorrt"] = str(import_tensorrt().__version__)
     except Exception as err:  # noqa: BLE001
         out["tensorrt"] = f"unavailable: {err}"
+    if chk.cpu:
+        return out
     if not torch.cuda.is_available():
         raise Skip(f"torch {torch.__version__} (CUDA build: {torch.version.cuda}) sees no CUDA GPU; "
                    f"onnxruntime: {out.get('onnxruntime')}; tensorrt: {out['tensorrt']}")
@@ -132,8 +145,11 @@ def train_amp(chk: Check) -> Section:
 
     patches = prepare_data(chk.work)
     epochs = 3
+    data: dict[str, Any] = {"samples_per_epoch": 128, "workers": 4}
+    if chk.cpu:  # toy sizes: the code path, not the figures
+        epochs, data = 2, {"samples_per_epoch": 4, "batch_size": 2, "crop": 128, "workers": 0}
     cfg = load_config(TrainConfig, REPO / "configs" / "buildings-gpu.yaml", {
-        "device": "cuda", "data": {"samples_per_epoch": 128, "workers": 4},
+        "device": chk.device, "data": data,
         "val": {"every": epochs}, "model": {"pv": {"encoder_weights": None}, "ff": {"encoder_weights": None}}})
     res = train(cfg, patches, chk.work / "run", epochs=epochs, overwrite=True)
     with (chk.work / "run" / "metrics.csv").open() as f:
@@ -166,36 +182,40 @@ def predict_model(chk: Check, epochs: int) -> Section:
 def _cuda_ms(fn: Callable[[], object], repeats: int = 20) -> float:
     import torch
 
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(repeats):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) * 1000 / repeats
 
 
-def kornia() -> Section:
+def kornia(chk: Check) -> Section:
     import torch
 
     from geoseg.train.augment import AugmentConfig, GpuAugment
 
-    aug = GpuAugment(AugmentConfig(d4=1.0, brightness_contrast_gamma=0.5, blur=0.2, noise=0.2)).cuda()
-    x = torch.randn(16, 3, 512, 512, device="cuda")
-    tg = {"extent": torch.rand(16, 512, 512, device="cuda") > 0.5,
-          "valid": torch.ones(16, 512, 512, dtype=torch.bool, device="cuda")}
+    n, side = (2, 128) if chk.cpu else (16, 512)
+    aug = GpuAugment(AugmentConfig(d4=1.0, brightness_contrast_gamma=0.5, blur=0.2, noise=0.2)).to(chk.device)
+    x = torch.randn(n, 3, side, side, device=chk.device)
+    tg = {"extent": torch.rand(n, side, side, device=chk.device) > 0.5,
+          "valid": torch.ones(n, side, side, dtype=torch.bool, device=chk.device)}
     img, out = aug(x, tg)
-    assert img.is_cuda and out["extent"].dtype == torch.bool
-    return {"batch": list(x.shape), "ms_per_batch": _cuda_ms(lambda: aug(x, tg))}
+    assert img.device == x.device and out["extent"].dtype == torch.bool
+    return {"batch": list(x.shape), "ms_per_batch": _cuda_ms(lambda: aug(x, tg), 2 if chk.cpu else 20)}
 
 
-def triton_kernels() -> Section:
+def triton_kernels(chk: Check) -> Section:
     import torch
 
     from geoseg.models.cells import pack_cells, paste_cells
     from geoseg.models.regions import pack_regions
     from geoseg.models.triton_cells import available, pack_cells_triton, pack_regions_triton, paste_cells_triton
 
+    if chk.cpu:
+        raise Skip("the Triton kernels run on CUDA only (their CPU twins are tests/test_triton_cells.py)")
     if not available():
         raise Skip("triton does not import")
     x = torch.randn(2, 3, 2048, 2048, device="cuda")
@@ -232,29 +252,34 @@ def ort_cuda(chk: Check) -> Section:
 
     rep = _onnx(chk)
     try:
-        be = open_backend(chk.work / "onnx", "onnx", "cuda")
+        be = open_backend(chk.work / "onnx", "onnx", chk.device)
     except Exception as err:  # noqa: BLE001 - DependencyError without the CUDA provider
         raise Skip(str(err)) from None
-    ref = open_backend(chk.state["run"], "torch", "cuda")
-    rng = np.random.default_rng(0)
-    tiles = rng.standard_normal((8, 3, 544, 544), dtype=np.float32)
+    ref = open_backend(chk.state["run"], "torch", chk.device)
+    m = ref.meta
+    rows = 2 if chk.cpu else min(8, be.region_side)  # a region as predict runs them: rows x rows cells + one halo
+    side = rows * m.cell + 2 * m.tile_halo  # 544 for the GPU preset (cell 64, halo 16), 528 for the CPU one
+    n, repeats = (2, 1) if chk.cpu else (8, 5)
+    tiles = np.random.default_rng(0).standard_normal((n, m.band_count, side, side), dtype=np.float32)
     diff = float(np.abs(be.ff(tiles) - ref.ff(tiles)).max())
     t0 = time.perf_counter()
-    for _ in range(5):
+    for _ in range(repeats):
         be.ff(tiles)
-    ort_s = (time.perf_counter() - t0) / 5
+    ort_s = (time.perf_counter() - t0) / repeats
     t0 = time.perf_counter()
-    for _ in range(5):
+    for _ in range(repeats):
         ref.ff(tiles)
     return {"providers": getattr(be, "providers", None), "export_max_abs_diff_cpu": rep.max_abs_diff,
-            "ff_max_abs_diff_vs_torch": diff,
-            "ff_s_ort": ort_s, "ff_s_torch": (time.perf_counter() - t0) / 5}
+            "tiles": list(tiles.shape), "ff_max_abs_diff_vs_torch": diff,
+            "ff_s_ort": ort_s, "ff_s_torch": (time.perf_counter() - t0) / repeats}
 
 
 def tensorrt(chk: Check) -> Section:
     from geoseg.backends.tensorrt_backend import import_tensorrt
     from geoseg.export.tensorrt import export_tensorrt
 
+    if chk.cpu:
+        raise Skip("TensorRT engines are built and run on CUDA only")
     try:
         trt = import_tensorrt()
     except Exception as err:  # noqa: BLE001
@@ -276,7 +301,7 @@ def predict_throughput(chk: Check, side: int) -> Section:
 
     scene, warm = chk.work / f"sparse{side}.tif", chk.work / "warm.tif"
     boxes_scene(scene, side, 0.12, seed=2)
-    boxes_scene(warm, 1024, 0.12, seed=3)  # warm-up runs (CUDA context, cudnn, compile) on a small scene
+    boxes_scene(warm, min(side, 1024), 0.12, seed=3)  # warm-up runs (CUDA context, cudnn, compile): a small scene
     truth = gpd.read_file(scene.with_suffix(".gpkg"))
     km2 = (side * 0.3) ** 2 / 1e6
     run = chk.state["run"]
@@ -307,12 +332,16 @@ def predict_throughput(chk: Check, side: int) -> Section:
         res["torch_fp32"]["phases_auto"] = phases(run, scene, chk.work, "auto", warmup=False)
         chk.partial("predict", res)
     if chk.left() > 60:  # FP16 + torch.compile: the cached backend of this process, swapped in
-        key = cache.ModelKey(str(Path(run).resolve()), "torch", "auto", PredictConfig().ff_batch)
-        fast = TorchBackend(run, "cuda", precision="fp16", compile=True)
+        cfg = PredictConfig()
+        key = cache.ModelKey(str(Path(run).resolve()), cfg.backend, cfg.device, cfg.ff_batch)  # predict's own key
+        # --cpu: no compile (minutes of C++ builds for nothing), and fp16 is off on the CPU; the swap still runs
+        fast = TorchBackend(run, chk.device, precision="fp16", compile=not chk.cpu)
         with cache._LOCK:
             cache._BACKENDS[(key, cache._model_mtime(key.model))] = fast
         # warmed up on the scene itself: a compiled graph meets the scene's batch shapes before the timed run
         res["torch_fp16_compile"] = {"routed_0.25": one(run, 0.25, warmup=scene)}
+        if cache.get_backend(key) is not fast:
+            raise RuntimeError("predict did not run the FP16 backend swapped into its cache: its key changed")
         chk.partial("predict", res)
         with cache._LOCK:
             cache._BACKENDS.clear()
@@ -334,20 +363,25 @@ def main() -> None:
                          "ort_cuda/tensorrt/predict: one that finds the boxes (train_amp's few steps do not)")
     ap.add_argument("--sections", default=None,
                     help="comma-separated sections to run (default all; the ones they need must be listed too)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="a dry run without a GPU: the sections' code on the CPU at toy sizes (figures meaningless)")
     args = ap.parse_args()
+    if args.cpu and args.side == ap.get_default("side"):
+        args.side = 1024
     work = args.work or args.out.parent / "gpu-check-work"
     work.mkdir(parents=True, exist_ok=True)
-    chk = Check(args.budget_s, work, args.out, set(args.sections.split(",")) if args.sections else None)
+    chk = Check(args.budget_s, work, args.out, set(args.sections.split(",")) if args.sections else None,
+                cpu=args.cpu)
     if args.model is not None:
         chk.state["run"] = args.model
     model_from = ("env",) if args.model is not None else ("train_amp",)
-    chk.run("env", env, min_s=0)
+    chk.run("env", lambda: env(chk), min_s=0)
     if args.model_epochs and args.model is None:
         chk.run("model", lambda: predict_model(chk, args.model_epochs), needs=("env",), min_s=60)
         model_from = ("model",)
     chk.run("train_amp", lambda: train_amp(chk), needs=("env",), min_s=120)
-    chk.run("kornia", kornia, needs=("env",))
-    chk.run("triton", triton_kernels, needs=("env",))
+    chk.run("kornia", lambda: kornia(chk), needs=("env",))
+    chk.run("triton", lambda: triton_kernels(chk), needs=("env",))
     chk.run("ort_cuda", lambda: ort_cuda(chk), needs=model_from)
     chk.run("tensorrt", lambda: tensorrt(chk), needs=model_from, min_s=120)
     chk.run("predict", lambda: predict_throughput(chk, args.side), needs=model_from, min_s=60)
