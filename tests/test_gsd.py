@@ -185,3 +185,58 @@ def test_bad_gsd_option_is_one_line(tiny_run: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--out",
                                    str(tmp_path / "o.gpkg"), "--gsd", "-1"])
     assert res.exit_code != 0 and "gsd" in res.output and "Traceback" not in res.output
+
+
+def wide_pixel_scene(root: Path) -> tuple[Path, Path, list[tuple[int, int, int, int]]]:
+    """EPSG:4326 at 60° N with equal steps in degrees: pixels half as wide as tall on the ground.
+
+    Its boxes are squares on the ground (0.558 m x 1.11 m pixels): twice as many columns as rows.
+    """
+    boxes = [(c, r, c + 2 * s, r + s) for (c, r, s) in
+             ((8, 6, 10), (60, 30, 8), (120, 70, 12), (190, 10, 9), (30, 90, 11), (200, 95, 10))]
+    path = bright_boxes_scene(root / "wide.tif", (128, 256), boxes, seed=3, crs="EPSG:4326",
+                              transform=from_origin(10.0, 60.01, 1e-5, 1e-5))
+    return path, labels_for(path, root / "truth.gpkg", boxes), boxes
+
+
+def _square_components(mask: np.ndarray) -> list[tuple[int, int]]:
+    from scipy import ndimage
+
+    return [(s[1].stop - s[1].start, s[0].stop - s[0].start) for s in ndimage.find_objects(ndimage.label(mask)[0])]
+
+
+def test_pixels_not_square_on_the_ground_are_read_square(tmp_path: Path) -> None:
+    """Read as stored, a model would see every roof twice as wide as it is (F1 0.58 -> 0.50 on Kampala)."""
+    path, _, _ = wide_pixel_scene(tmp_path)
+    scene = inspect_scene(path)
+    width_m, height_m = scene.sides or (0, 0)
+    assert width_m / height_m == pytest.approx(0.5, abs=0.01) and scene.gsd == pytest.approx(height_m)
+    square = scene.at_gsd(None)  # the scene's own GSD (no --gsd): square pixels of its larger side
+    assert (square.width, square.height, square.stretch) == (128, 128, (2.0, 1.0))
+    assert square.pixel_text == f"{square.gsd:.3g}" and " x " in scene.pixel_text
+    assert scene.at_gsd(0.5).sides == pytest.approx((0.5, 0.5), rel=0.01)
+    with open_scene(square) as src:
+        img = src.read(1)
+    sides = _square_components(img > 120)
+    assert len(sides) == 6 and all(abs(w - h) <= 1 for w, h in sides), sides
+
+
+def test_tile_makes_square_chips_of_pixels_not_square_on_the_ground(tmp_path: Path) -> None:
+    path, labels, _ = wide_pixel_scene(tmp_path)
+    tile([path], labels, tmp_path / "p", TileConfig(size=64, overlap=0, val_fraction=0.0), scheduler="sync")
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    assert len(coco["images"]) == 4  # 128 x 128 square pixels: 2 x 2 chips of 64
+    with rasterio.open(tmp_path / "p" / "images" / coco["images"][0]["file_name"]) as src:
+        assert src.res == pytest.approx((2e-5, 1e-5))  # degrees: square on the ground at 60° N
+    whole = [a["bbox"] for a in coco["annotations"]  # not cut by a chip's edge
+             if a["bbox"][0] > 0 and a["bbox"][1] > 0 and a["bbox"][0] + a["bbox"][2] < 64
+             and a["bbox"][1] + a["bbox"][3] < 64]
+    assert len(whole) == 5 and all(abs(w - h) <= 1 for _, _, w, h in whole), whole
+
+
+def test_predict_reads_pixels_not_square_on_the_ground_square(tiny_run: Path, tmp_path: Path) -> None:
+    path, truth, _ = wide_pixel_scene(tmp_path)
+    base = {"block": 32, "watershed_halo": 16, "simplify": 0.0, "min_area": 1.0, "budget": 1.0}
+    summary = predict([path], tiny_run, tmp_path / "n.gpkg", PredictConfig(gsd="native", **base))
+    assert "(square pixels of the scene's own GSD) for 1 of 1 scenes (native 0.558 x 1.11 m/px)" in summary.gsd
+    assert _f1(tmp_path / "n.gpkg", truth) > 0.9

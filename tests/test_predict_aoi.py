@@ -47,9 +47,9 @@ def same_polygons(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> bool:
 @pytest.mark.parametrize("rotated", [False, True])
 def test_aoi_keeps_the_objects_meeting_it_whole_and_computes_only_near_blocks(tiny_run: Path, tmp_path: Path,
                                                                               rotated: bool) -> None:
-    tr = Affine.translation(450000, 40000) * Affine.rotation(20) * Affine.scale(0.5, -0.6) if rotated else None
+    tr = Affine.translation(450000, 40000) * Affine.rotation(20) * Affine.scale(0.5, -0.5) if rotated else None
     path, aoi, area = scene_and_aoi(tmp_path, tr)
-    full = predict([path], tiny_run, tmp_path / "full.gpkg", cfg(gsd="native"))  # 0.6 m rows: not resampled
+    full = predict([path], tiny_run, tmp_path / "full.gpkg", cfg(gsd="native"))  # the scene's own grid
     near = predict([path], tiny_run, tmp_path / "near.gpkg", cfg(gsd="native", aoi=str(aoi)))
     everything, part = gpd.read_file(tmp_path / "full.gpkg"), gpd.read_file(tmp_path / "near.gpkg")
     expected = everything[everything.intersects(area)]

@@ -27,6 +27,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
 from geoseg.io.encoding import Scaling, band_meaning, band_scaling, catalogued
+from geoseg.io.ground import check_ground_pixel, rectangular
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
@@ -64,9 +65,13 @@ class SceneInfo:
         has_mask: whether some pixels can be invalid (nodata, per-dataset mask or alpha).
         gsd: ground sampling distance in metres of this grid's pixel (geodesic, the larger
             side at the centre); NaN when not measured.
-        resample: this grid's pixel side over the file's (1.0: the file's own grid). Above
-            1 the scene is read coarser than stored, below 1 finer; see :meth:`at_gsd` and
-            :func:`open_scene`. ``width``, ``height`` and ``transform`` are this grid's.
+        sides: ground width and height in metres of this grid's pixel (None: square, of
+            ``gsd``); they differ for pixels that are not square on the ground (EPSG:4326
+            with equal steps in degrees far from the equator), see :mod:`geoseg.io.ground`.
+        stretch: this grid's pixel width and height over the file's ((1, 1): the file's own
+            grid). Above 1 the scene is read coarser than stored, below 1 finer; see
+            :meth:`at_gsd` and :func:`open_scene`. ``width``, ``height`` and ``transform``
+            are this grid's.
         identity: of a remote file, its version when inspected (ETag, Last-Modified,
             size: :func:`geoseg.io.sources.remote_identity`); reads in a process that saw
             another version at the URL drop GDAL's cache first. Empty for local files.
@@ -85,7 +90,8 @@ class SceneInfo:
     nodata: float | None
     has_mask: bool
     gsd: float = float("nan")
-    resample: float = 1.0
+    sides: tuple[float, float] | None = None
+    stretch: tuple[float, float] = (1.0, 1.0)
     identity: str = ""
     scaling: Scaling = ()
     meaning: tuple[str, ...] = ()
@@ -116,13 +122,32 @@ class SceneInfo:
         """The scene's true outline in its CRS (rotated or skewed grids included)."""
         return window_footprint(Window(0, 0, self.width, self.height), self.affine)
 
-    def at_gsd(self, gsd: float | None, tolerance: float = GSD_TOLERANCE) -> SceneInfo:
-        """This scene on a grid of ``gsd`` metres per pixel (same CRS, origin and rotation).
+    @property
+    def resample(self) -> float:
+        """This grid's pixel side over the file's (the geometric mean of :attr:`stretch`'s two)."""
+        return math.sqrt(self.stretch[0] * self.stretch[1])
 
-        ``None``, an unmeasured scene, or a GSD within ``tolerance`` (relative) of the
-        scene's own return the scene as it is: resampling by 2 % costs a warp and gains
-        nothing. The new grid covers the whole scene (its last row and column may pass
-        the edge by less than one pixel; :func:`open_scene` marks that part invalid).
+    @property
+    def moved(self) -> bool:
+        """Whether this grid is not the file's own (the scene is read through a warp)."""
+        return self.stretch != (1.0, 1.0)
+
+    @property
+    def pixel_text(self) -> str:
+        """The ground pixel for messages: ``0.3`` (m, square), or ``0.18 x 0.3`` (width x height)."""
+        w, h = self.sides or (self.gsd, self.gsd)
+        return f"{self.gsd:.3g}" if abs(w / h - 1.0) <= GSD_TOLERANCE else f"{w:.3g} x {h:.3g}"
+
+    def at_gsd(self, gsd: float | None, tolerance: float = GSD_TOLERANCE) -> SceneInfo:
+        """This scene on a grid of square ground pixels of ``gsd`` metres (same CRS, origin and rotation).
+
+        ``None`` is the scene's own GSD (the larger side of its pixel). A scene whose pixel
+        sides are both within ``tolerance`` (relative) of the GSD, or an unmeasured scene,
+        is returned as it is: resampling by 2 % costs a warp and gains nothing. A pixel that
+        is not square on the ground (:mod:`geoseg.io.ground`) is resampled along each side
+        to the GSD, so no model sees its objects stretched, even at ``None``. The new grid
+        covers the whole scene (its last row and column may pass the edge by less than
+        one pixel; :func:`open_scene` marks that part invalid).
 
         Examples:
             >>> from rasterio.transform import from_origin
@@ -131,17 +156,25 @@ class SceneInfo:
             >>> t = s.at_gsd(0.5)
             >>> (t.width, t.height, round(t.transform[0], 3), round(t.resample, 3))
             (300, 180, 0.5, 3.333)
-            >>> s.at_gsd(0.152) is s
-            True
+            >>> s.at_gsd(0.152) is s, s.at_gsd(None) is s
+            (True, True)
+            >>> wide = replace(s, sides=(0.075, 0.15))  # pixels half as wide as tall on the ground
+            >>> t = wide.at_gsd(None)
+            >>> (t.width, t.height, t.stretch, t.sides)
+            (500, 600, (2.0, 1.0), (0.15, 0.15))
         """
-        if gsd is None or not np.isfinite(self.gsd) or abs(self.gsd / gsd - 1.0) <= tolerance:
+        if not np.isfinite(self.gsd):
             return self
-        f = _snap_ratio(gsd / self.gsd)
+        target = self.gsd if gsd is None else float(gsd)
+        w, h = self.sides or (self.gsd, self.gsd)
+        if abs(w / target - 1.0) <= tolerance and abs(h / target - 1.0) <= tolerance:
+            return self
+        fx, fy = _snap_ratio(target / w), _snap_ratio(target / h)
         return replace(
-            self, width=max(1, math.ceil(self.width / f - 1e-6)),
-            height=max(1, math.ceil(self.height / f - 1e-6)),
-            transform=tuple(self.affine * Affine.scale(f))[:6], gsd=float(gsd),
-            resample=self.resample * f)
+            self, width=max(1, math.ceil(self.width / fx - 1e-6)),
+            height=max(1, math.ceil(self.height / fy - 1e-6)),
+            transform=tuple(self.affine * Affine.scale(fx, fy))[:6], gsd=target,
+            sides=(w * fx, h * fy), stretch=(self.stretch[0] * fx, self.stretch[1] * fy))
 
 
 def _snap_ratio(f: float, tolerance: float = 0.01) -> float:
@@ -168,10 +201,10 @@ def open_scene(scene: SceneInfo) -> Iterator[Any]:
     an alpha band when the file has no nodata).
     """
     with open_raster(scene.source, scene.identity) as src:
-        if scene.resample == 1.0:
+        if not scene.moved:
             yield src
             return
-        method = Resampling.average if scene.resample > 1 else Resampling.bilinear
+        method = Resampling.average if max(scene.stretch) > 1 else Resampling.bilinear
         extra: dict[str, Any] = ({"nodata": src.nodata} if src.nodata is not None
                                  else {"add_alpha": True})
         with WarpedVRT(src, crs=src.crs, transform=scene.affine, width=scene.width,
@@ -295,11 +328,12 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             scaling = band_scaling(src.scales, src.offsets, range(1, count + 1)) or catalogued(ref.scaling, count)
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
-            gsd = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
+            sides = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 source=path, name=ref.name, width=src.width, height=src.height,
                 count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs), transform=tuple(src.transform)[:6],
-                nodata=src.nodata, has_mask=has_mask, gsd=gsd, identity=identity, scaling=scaling,
+                nodata=src.nodata, has_mask=has_mask, gsd=max(sides), identity=identity, scaling=scaling,
+                sides=sides if rectangular(src.transform, src.crs, (src.height, src.width)) else None,
                 meaning=band_meaning(src.colorinterp, src.descriptions, count))
     except InputRasterError:
         raise
@@ -331,50 +365,6 @@ def read_errors(path: str | Path, win: Window) -> Iterator[None]:
             f"{path}: cannot read pixels {int(win.col_off)},{int(win.row_off)} "
             f"{int(win.width)}x{int(win.height)} ({first}); the file is damaged or truncated: "
             "re-create or re-download it (gdalinfo -checksum finds the bad part)") from None
-
-
-def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
-    """Ground length in metres of the larger side of the pixel at the centre of a raster.
-
-    Geodesic (WGS84 ellipsoid), whatever the CRS; NaN where the centre does not map to
-    the Earth (a geotransform outside the CRS's domain).
-
-    Examples:
-        >>> from rasterio.transform import from_origin
-        >>> round(metres_per_pixel(from_origin(500000, 100, 0.5, 0.5), "EPSG:32636", (10, 10)), 4)
-        0.5002
-    """
-    from pyproj import CRS as ProjCRS
-    from pyproj import Geod, Transformer
-
-    r, c = shape_hw[0] / 2, shape_hw[1] / 2
-    pts = np.array([transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)])
-    to_lonlat = Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
-    lon, lat = to_lonlat.transform(pts[:, 0], pts[:, 1])
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        return float("nan")
-    d = Geod(ellps="WGS84").inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])[2]
-    return float(np.max(d))
-
-
-def check_ground_pixel(path: str | Path, transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
-    """The ground pixel size of a scene in metres; an error where it is not a length.
-
-    A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
-    UTM, or at the pole in Web Mercator) has no ground pixel size: every metric of the
-    scene (areas, simplify tolerances) would be infinite or zero.
-
-    Raises:
-        InputRasterError: the pixel size is not finite and positive.
-    """
-    size = metres_per_pixel(transform, crs, shape_hw)
-    if not (np.isfinite(size) and size > 0):
-        x, y = transform @ (shape_hw[1] / 2, shape_hw[0] / 2)
-        raise InputRasterError(
-            f"{path}: its geotransform puts the scene centre at ({x:.6g}, {y:.6g}), outside the "
-            f"valid area of its CRS {crs_to_string(CRS.from_user_input(crs))}; fix its "
-            "georeferencing (gdalinfo shows it)")
-    return size
 
 
 def inspect_scenes(

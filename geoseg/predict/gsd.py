@@ -52,13 +52,14 @@ def model_grid(gsd: float | None, gsd_range: Sequence[float] | None, scene_gsd: 
 
 def gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> str:
     """The summary's line on resampling ('' when every scene was read on its own grid)."""
-    moved = [(a, b) for a, b in zip(before, after, strict=True) if b.resample != 1.0]
+    moved = [(a, b) for a, b in zip(before, after, strict=True) if b.moved]
     if not moved:
         return ""
-    native = sorted({round(a.gsd, 3) for a, _ in moved})
-    why = "the model's training GSD" if cfg.gsd == "model" else "--gsd"
+    native = sorted({a.pixel_text for a, _ in moved})
+    why = {"model": "the model's training GSD", "native": "square pixels of the scene's own GSD"}.get(
+        str(cfg.gsd), "--gsd")
     return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
-            f"(native {', '.join(f'{g:g}' for g in native)} m/px)")
+            f"(native {', '.join(native)} m/px)")
 
 
 def warn_upsampling(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> None:

@@ -130,7 +130,7 @@ def _plan(scene: SceneInfo, meta: ModelMeta, cfg: PredictConfig, cache: Path) ->
     if min(scene.width, scene.height) < meta.scale:  # PV reads it at 1/scale: not one pixel left
         raise InputRasterError(
             f"{scene.source} is {scene.width}x{scene.height} pixels"
-            + (f" read at {scene.gsd:.3g} m/px (--gsd)" if scene.resample != 1.0 else "")
+            + (f" read at {scene.gsd:.3g} m/px (--gsd)" if scene.moved else "")
             + f", too small for the model (at least {meta.scale}x{meta.scale}, its PV scale); "
             + ("read it at a finer --gsd" if scene.resample > 1.0 else "remove it from the inputs"))
     block = math.ceil(cfg.block / meta.multiple) * meta.multiple

@@ -32,7 +32,7 @@ from geoseg.io.formats import DRIVERS as DRIVERS
 from geoseg.io.formats import VectorFormatError as VectorFormatError
 from geoseg.io.formats import vector_driver as vector_driver
 from geoseg.io.formats import write_vector as write_vector
-from geoseg.io.rasters import metres_per_pixel
+from geoseg.io.ground import metres_per_pixel
 from geoseg.io.vectors import polygonal_parts
 
 log = logging.getLogger(__name__)

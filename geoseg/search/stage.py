@@ -265,6 +265,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     ex_path = Path(examples).resolve()
     ex = read_examples(ex_path)
     infos, _ = inspect_scenes(list_scenes(scenes))
+    infos = [s.at_gsd(None) for s in infos]  # pixels not square on the ground: read square, as tile and predict do
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta

@@ -53,7 +53,7 @@ def drop_small_scenes(
         if min(s.width, s.height) >= MIN_SCENE_SIDE:
             keep.append(s)
             continue
-        at = f" at {s.gsd:.3g} m/px (--gsd)" if s.resample != 1.0 else ""
+        at = f" at {s.gsd:.3g} m/px (--gsd)" if s.moved else ""
         fix = "tile it at a finer --gsd, or pass --skip-bad" if s.resample > 1.0 else "remove it or pass --skip-bad"
         msg = (f"{s.source} is {s.width}x{s.height} pixels{at}, too small for a chip (at least "
                f"{MIN_SCENE_SIDE}x{MIN_SCENE_SIDE}); {fix}")
@@ -70,6 +70,13 @@ def warn_upsampling(before: Sequence[SceneInfo], after: Sequence[SceneInfo]) -> 
     (and the disk), and a model trained on them learns blur at the scale it will be asked
     to find sharp roofs at.
     """
+    square = [(a, b) for a, b in zip(before, after, strict=True) if b.moved and a.pixel_text != b.pixel_text
+              and " x " in a.pixel_text]
+    if square:
+        a, b = square[0]
+        log.info("%d scene(s) have pixels that are not square on the ground, e.g. %s: %s m (width x height); "
+                 "their chips are on square pixels of %.3g m, as predict reads such scenes", len(square), a.name,
+                 a.pixel_text, b.gsd)
     far = [(a, b) for a, b in zip(before, after, strict=True) if b.resample < 1 / UPSAMPLE_WARN]
     if far:
         a, b = far[0]

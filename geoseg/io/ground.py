@@ -1,0 +1,101 @@
+"""Ground size of a raster's pixels, in metres, whatever its CRS.
+
+A pixel's two sides can differ on the ground: a scene in EPSG:4326 with equal steps in
+degrees has pixels ``cos(latitude)`` as wide as they are tall (0.64 at 50° N), and some
+products store rectangular pixels. geoseg reads such scenes on square ground pixels
+(:meth:`geoseg.io.rasters.SceneInfo.at_gsd`); a model never sees its objects stretched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+
+from geoseg.errors import InputRasterError
+
+
+def _steps(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic forward azimuths and lengths of the centre pixel's column and row steps (NaN: off the Earth)."""
+    from pyproj import CRS as ProjCRS
+    from pyproj import Geod, Transformer
+
+    r, c = shape_hw[0] / 2, shape_hw[1] / 2
+    pts = np.array([transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)])
+    to_lonlat = Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
+    lon, lat = to_lonlat.transform(pts[:, 0], pts[:, 1])
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        return np.full(2, np.nan), np.full(2, np.nan)
+    az, _, dist = Geod(ellps="WGS84").inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])
+    return np.asarray(az), np.asarray(dist)
+
+
+def ground_sides(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> tuple[float, float]:
+    """Ground lengths in metres of the centre pixel's column step and row step (its width, its height).
+
+    Geodesic (WGS84 ellipsoid), whatever the CRS; NaN where the centre does not map to the
+    Earth (a geotransform outside the CRS's domain).
+
+    Examples:
+        >>> from rasterio.transform import from_origin
+        >>> [round(s, 4) for s in ground_sides(from_origin(500000, 100, 0.5, 0.5), "EPSG:32636", (10, 10))]
+        [0.5002, 0.5002]
+        >>> w, h = ground_sides(from_origin(10, 60.001, 1e-5, 1e-5), "EPSG:4326", (10, 10))  # 60° N
+        >>> round(w / h, 3)
+        0.501
+    """
+    dist = _steps(transform, crs, shape_hw)[1]
+    return float(dist[0]), float(dist[1])
+
+
+def rectangular(transform: Affine, crs: object, shape_hw: tuple[int, int], tolerance_deg: float = 2.0) -> bool:
+    """Whether the centre pixel's sides meet at a right angle on the ground (within ``tolerance_deg``).
+
+    North-up and rotated grids do; a sheared (skewed) geotransform does not, and
+    resampling its two sides to one length would not make its pixels square.
+
+    Examples:
+        >>> from rasterio.transform import from_origin
+        >>> t = from_origin(500000, 100, 0.5, 0.5)
+        >>> rectangular(t, "EPSG:32636", (10, 10)), rectangular(t * Affine.shear(20, 0), "EPSG:32636", (10, 10))
+        (True, False)
+    """
+    az = _steps(transform, crs, shape_hw)[0]
+    angle = abs((float(az[1] - az[0]) + 180.0) % 360.0 - 180.0)  # between the two sides, 0-180
+    return abs(angle - 90.0) <= tolerance_deg
+
+
+def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> float:
+    """Ground length in metres of the larger side of the pixel at the centre of a raster (NaN: off the Earth).
+
+    Examples:
+        >>> from rasterio.transform import from_origin
+        >>> round(metres_per_pixel(from_origin(500000, 100, 0.5, 0.5), "EPSG:32636", (10, 10)), 4)
+        0.5002
+    """
+    return max(ground_sides(transform, crs, shape_hw))
+
+
+def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
+                       shape_hw: tuple[int, int]) -> tuple[float, float]:
+    """The ground sides of a scene's pixel in metres (:func:`ground_sides`); an error where they are not lengths.
+
+    A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
+    UTM, or at the pole in Web Mercator) has no ground pixel size: every metric of the
+    scene (areas, simplify tolerances) would be infinite or zero.
+
+    Raises:
+        InputRasterError: a side is not finite and positive.
+    """
+    sides = ground_sides(transform, crs, shape_hw)
+    if not all(np.isfinite(s) and s > 0 for s in sides):
+        from geoseg.io.rasters import crs_to_string
+
+        x, y = transform @ (shape_hw[1] / 2, shape_hw[0] / 2)
+        raise InputRasterError(
+            f"{path}: its geotransform puts the scene centre at ({x:.6g}, {y:.6g}), outside the "
+            f"valid area of its CRS {crs_to_string(CRS.from_user_input(crs))}; fix its "
+            "georeferencing (gdalinfo shows it)")
+    return sides
