@@ -31,3 +31,66 @@ def test_file_stamp_and_missing(tmp_path: Path) -> None:
     assert s == {"name": "scene.tif", "bytes": 3, "mtime_ns": f.stat().st_mtime_ns}
     assert input_stamp(tmp_path / "gone.tif") is None
     assert digest({"a": s}) == digest({"a": dict(s)}) != digest({"a": None})
+
+
+def _mosaic(root: Path, tiles: Path) -> Path:
+    """A GDAL VRT in ``root`` over two 16x32 tiles in another folder ``tiles`` (a mosaic of 32x32)."""
+    import numpy as np
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    tiles.mkdir(parents=True, exist_ok=True)
+    for i in (0, 1):
+        write_raster(tiles / f"t{i}.tif", np.full((1, 32, 16), 50 * (i + 1), np.uint8), "EPSG:32636",
+                     from_origin(450000 + 8 * i, 40000, 0.5, 0.5))
+    sources = "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="0">{tiles / f"t{i}.tif"}</SourceFilename>'
+        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="16" ySize="32"/>'
+        f'<DstRect xOff="{16 * i}" yOff="0" xSize="16" ySize="32"/></SimpleSource>' for i in (0, 1))
+    vrt = root / "mosaic.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="32" rasterYSize="32"><SRS>EPSG:32636</SRS>'
+                   f'<GeoTransform>450000, 0.5, 0, 40000, 0, -0.5</GeoTransform>'
+                   f'<VRTRasterBand dataType="Byte" band="1">{sources}</VRTRasterBand></VRTDataset>')
+    return vrt
+
+
+def test_a_mosaic_tile_reprocessed_in_place_changes_the_mosaic_and_its_folder(tmp_path: Path) -> None:
+    """A VRT's stamp was the VRT file's alone: predict's cache and `geoseg run` reused a changed mosaic."""
+    (tmp_path / "scenes").mkdir()
+    vrt = _mosaic(tmp_path / "scenes", tmp_path / "tiles")
+    before, folder = input_stamp(vrt), input_stamp(tmp_path / "scenes")
+    assert before is not None and before["bytes"] > vrt.stat().st_size  # the tiles count
+    t1 = tmp_path / "tiles" / "t1.tif"
+    os.utime(t1, ns=(t1.stat().st_atime_ns, t1.stat().st_mtime_ns + 2_000_000_000))
+    assert input_stamp(vrt) != before and input_stamp(tmp_path / "scenes") != folder
+
+
+def test_an_external_mask_or_overviews_change_the_scene_stamp(tmp_path: Path) -> None:
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"xyz")
+    before = input_stamp(scene)
+    (tmp_path / "scene.tif.msk").write_bytes(b"m" * 5)
+    after = input_stamp(scene)
+    assert after is not None and after["bytes"] == 8 and after != before
+    (tmp_path / "scene.tif.aux.xml").write_bytes(b"<PAMDataset/>")  # QGIS's statistics: not pixels
+    assert input_stamp(scene) == after
+
+
+def test_a_pipeline_on_a_mosaic_reruns_when_a_tile_changes(tmp_path: Path) -> None:
+    import yaml
+    from conftest import labels_for
+
+    from geoseg.pipeline.run import run_pipeline
+
+    vrt = _mosaic(tmp_path, tmp_path / "tiles")
+    labels_for(vrt, tmp_path / "l.gpkg", [(4, 4, 12, 12), (20, 20, 28, 28)])
+    spec = {"tile": {"scenes": ["mosaic.vrt"], "labels": "l.gpkg", "out": "patches",
+                     "params": {"size": 16, "overlap": 0, "val_fraction": 0.0}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    (first,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    (again,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert first.ran and not again.ran, again.why
+    t0 = tmp_path / "tiles" / "t0.tif"
+    os.utime(t0, ns=(t0.stat().st_atime_ns, t0.stat().st_mtime_ns + 2_000_000_000))
+    (third,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    assert third.ran, third.why

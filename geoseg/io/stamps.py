@@ -2,7 +2,9 @@
 
 A stamp is the name, size and newest modification time of a file, or of a folder and
 everything in it (a run directory whose ``checkpoints/best.pt`` was rewritten counts as
-changed even though the folder's own mtime did not move); a remote scene's stamp is its
+changed even though the folder's own mtime did not move); a raster's stamp covers the
+files it is read from too (a VRT mosaic's tiles, wherever they lie, an external mask or
+overviews: :func:`raster_parts`); a remote scene's stamp is its
 size, ETag and Last-Modified (:func:`geoseg.io.sources.remote_stamp`). Tile's manifest, predict's block
 cache, the per-process backend cache and ``geoseg run``'s skip rules all compare stamps
 from here.
@@ -49,6 +51,7 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     newest, size = st.st_mtime_ns, (0 if p.is_dir() else st.st_size)
+    parts = [] if p.is_dir() else raster_parts(p)
     if p.is_dir():
         for top, dirs, files in os.walk(p):
             for name in dirs + files:
@@ -57,7 +60,49 @@ def input_stamp(path: str | Path) -> dict[str, Any] | None:
                     newest = max(newest, s.st_mtime_ns)
                     if name in files:
                         size += s.st_size
+                        parts += vrt_sources(Path(top, name))  # a mosaic's tiles may lie outside the folder
+    for part in parts:  # a mosaic's tile re-processed in place changes the mosaic
+        with contextlib.suppress(FileNotFoundError):
+            s = part.stat()
+            newest, size = max(newest, s.st_mtime_ns), size + s.st_size
     return {"name": p.name, "bytes": size, "mtime_ns": newest}
+
+
+#: Files GDAL reads beside a raster ``x.tif`` when present: its external mask and overviews.
+#: ``x.tif.aux.xml`` is left out: QGIS writes display statistics there on opening a scene.
+SIDECARS = (".msk", ".ovr")
+
+
+def raster_parts(path: Path) -> list[Path]:
+    """The other local files whose pixels a raster file is read from: sidecars (:data:`SIDECARS`), a VRT's sources.
+
+    Examples:
+        >>> raster_parts(Path("/nonexistent/x.tif"))
+        []
+    """
+    return [q for q in (path.with_name(path.name + ext) for ext in SIDECARS) if q.exists()] + vrt_sources(path)
+
+
+def vrt_sources(path: Path) -> list[Path]:
+    """The local files a GDAL VRT (``.vrt``) reads, its sources' sidecars included; [] for anything else.
+
+    A VRT that does not open as a raster (an OGR vector VRT, a broken file) has none here:
+    reading it fails later with its own error.
+    """
+    if path.suffix.lower() != ".vrt":
+        return []
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    from geoseg.io.sources import is_remote
+
+    try:
+        with rasterio.open(path) as src:
+            files = list(src.files)[1:]
+    except (RasterioError, OSError):
+        return []
+    local = [Path(f) for f in files if not is_remote(f)]
+    return local + [q for f in local for q in raster_parts(f) if q not in local]
 
 
 def file_sha256(path: str | Path) -> str:

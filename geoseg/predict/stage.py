@@ -148,7 +148,8 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
                                                            "ff_batch", "max_memory", "overlaps"}),  # same caches
-               "scenes": [[s.source, input_stamp(s.source)] for s in scenes],
+               # the grid read: another revision's grid for the same file and options never resumes
+               "scenes": [[s.source, input_stamp(s.source), [s.width, s.height, *s.transform]] for s in scenes],
                "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None}
     return digest(payload)
 

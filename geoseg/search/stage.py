@@ -238,7 +238,7 @@ def _similarity_gate(cfg: SearchConfig, meta: SearchMeta) -> float | None:
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
     return digest({"model": [str(meta.source), input_stamp(meta.source)],
                    "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
-                   "scenes": [[s.source, input_stamp(s.source)] for s in scenes],
+                   "scenes": [[s.source, input_stamp(s.source), [s.width, s.height, *s.transform]] for s in scenes],
                    "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None})
 
 
