@@ -94,3 +94,14 @@ def test_a_pipeline_on_a_mosaic_reruns_when_a_tile_changes(tmp_path: Path) -> No
     os.utime(t0, ns=(t0.stat().st_atime_ns, t0.stat().st_mtime_ns + 2_000_000_000))
     (third,) = run_pipeline(tmp_path / "p.yaml", scheduler="sync")
     assert third.ran, third.why
+
+
+def test_a_folder_with_a_mosaic_beside_its_tiles_gives_the_mosaic_once(tmp_path: Path, caplog) -> None:
+    """`gdalbuildvrt mosaic.vrt *.tif` in the scenes folder: every object would come twice."""
+    from geoseg.io.sources import list_scenes
+
+    _mosaic(tmp_path, tmp_path)  # the tiles beside the mosaic
+    assert [s.name for s in list_scenes([tmp_path])] == ["mosaic"]
+    assert "2 raster(s) read by the VRT mosaic mosaic.vrt are left out" in caplog.text
+    assert [s.name for s in list_scenes([tmp_path / "t0.tif", tmp_path / "t1.tif"])] == ["t0", "t1"]  # named: kept
+    assert [s.name for s in list_scenes([str(tmp_path / "t*.tif")])] == ["t0", "t1"]

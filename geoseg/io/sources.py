@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import glob
+import logging
 import os
 import urllib.error
 import urllib.parse
@@ -34,6 +35,8 @@ from rasterio.errors import RasterioError
 
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.encoding import Scaling
+
+log = logging.getLogger(__name__)
 
 #: Extensions taken from a directory (explicit files may have any extension GDAL reads).
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
@@ -293,16 +296,33 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
                     raise InputRasterError(
                         f"{path} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}); "
                         "pass the folder of your scenes or the files themselves")
-                out.extend(SceneSource(str(p.resolve()), p.stem) for p in found)
+                out.extend(SceneSource(str(p.resolve()), p.stem) for p in without_mosaic_tiles(found, path))
             elif path.exists():
                 out.append(SceneSource(str(path.resolve()), path.stem))
             elif glob.has_magic(s):  # a pattern the shell did not expand (quoted, or in a pipeline YAML)
                 hits = matching_files(s)
                 if not hits:
                     raise InputRasterError(f"{s} matches no file; check the pattern")
-                out.extend(SceneSource(str(h.resolve()), h.stem) for h in hits)
+                out.extend(SceneSource(str(h.resolve()), h.stem) for h in without_mosaic_tiles(hits, s))
             else:
                 raise InputRasterError(f"{path} does not exist; check the path")
     out = list(dict.fromkeys(out))  # a file given twice (a folder and a file in it) is one scene
     check_unique_names(out)
     return out
+
+
+def without_mosaic_tiles(found: list[Path], where: str | Path) -> list[Path]:
+    """``found`` without the rasters that a GDAL VRT among them reads (the mosaic stands for them).
+
+    A folder that holds a mosaic beside its tiles (``gdalbuildvrt mosaic.vrt *.tif``)
+    would give every object twice, and train and validate on the same ground.
+    """
+    from geoseg.io.stamps import vrt_sources
+
+    read = {q.resolve() for p in found for q in vrt_sources(p)}
+    kept = [p for p in found if p.resolve() not in read]
+    if len(kept) < len(found):
+        mosaics = [p.name for p in found if p.suffix.lower() == ".vrt"]
+        log.warning("%s: %d raster(s) read by the VRT mosaic %s are left out (the mosaic stands for them); name "
+                 "the files to take them alone", where, len(found) - len(kept), ", ".join(mosaics))
+    return kept
