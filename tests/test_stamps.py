@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -105,3 +106,19 @@ def test_a_folder_with_a_mosaic_beside_its_tiles_gives_the_mosaic_once(tmp_path:
     assert "2 raster(s) read by the VRT mosaic mosaic.vrt are left out" in caplog.text
     assert [s.name for s in list_scenes([tmp_path / "t0.tif", tmp_path / "t1.tif"])] == ["t0", "t1"]  # named: kept
     assert [s.name for s in list_scenes([str(tmp_path / "t*.tif")])] == ["t0", "t1"]
+
+
+def test_a_pipeline_scenes_pattern_over_a_mosaic_and_its_tiles_gives_the_mosaic(tmp_path: Path) -> None:
+    import yaml
+    from conftest import labels_for
+
+    from geoseg.pipeline.run import run_pipeline
+
+    vrt = _mosaic(tmp_path, tmp_path)
+    labels_for(vrt, tmp_path / "l.gpkg", [(4, 4, 12, 12), (20, 20, 28, 28)])
+    spec = {"tile": {"scenes": ["*.[tv][ir][ft]"], "labels": "l.gpkg", "out": "patches",  # *.tif and *.vrt
+                     "params": {"size": 16, "overlap": 0, "val_fraction": 0.0}}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    images = json.loads((tmp_path / "patches" / "annotations.json").read_text())["images"]
+    assert {im["scene"] for im in images} == {"mosaic"} and len(images) == 4

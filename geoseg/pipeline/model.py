@@ -279,7 +279,7 @@ class _Resolver:
         A pattern (``scenes/*.tif``) gives the files it matches now, so a file added to
         it changes the stage's parameters and runs the stage again.
         """
-        from geoseg.io.sources import is_remote, matching_files
+        from geoseg.io.sources import is_remote, matching_files, without_mosaic_tiles
 
         out: list[str] = []
         for s in items:
@@ -290,7 +290,7 @@ class _Resolver:
             if not hits:
                 raise ConfigError(f"scenes pattern {s} (relative to the pipeline file's folder) matches no file; "
                                   "check the pattern")
-            out.extend(map(str, hits))
+            out.extend(map(str, without_mosaic_tiles(hits, s)))  # as list_scenes treats a pattern
         return out
 
     @staticmethod
