@@ -369,3 +369,21 @@ def test_aoi_searches_the_near_blocks_with_examples_beyond_it(tmp_path: Path, bl
     assert summary.blocks == 9 and len(got) == 2  # blocks 0-2 of 4 a side lie within 32 px of the area
     assert "--aoi aoi.geojson: 9 of 16 blocks searched" in summary.lines()
     assert max(shapely.area(got.geometry.to_numpy())) == pytest.approx(64, rel=0.05)  # 16 px square, whole
+
+
+def test_search_on_pixels_not_square_on_the_ground_reads_the_grid_it_plans(tmp_path: Path, blobs: None) -> None:
+    """Scenes are planned on square ground pixels (tile and predict too): the crops and blocks read that grid."""
+    data = np.zeros((3, 256, 512), np.uint8)
+    squares = [(40, 60, 20), (150, 300, 20), (200, 420, 20)]  # row, col, side in 0.5 m rows: 10 m squares
+    for r, c, s in squares:
+        data[:, r:r + s, c:c + 2 * s] = 200
+    scene = write_raster(tmp_path / "wide.tif", data, "EPSG:32636", from_origin(500000, 100000, 0.25, 0.5))
+    want = [shapely.box(500000 + c * 0.25, 100000 - (r + s) * 0.5, 500000 + (c + 2 * s) * 0.25, 100000 - r * 0.5)
+            for r, c, s in squares]
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [want[0].bounds], "EPSG:32636")
+    summary = search([scene], ex, "model", tmp_path / "found.gpkg", SearchConfig(block=128, halo=32, min_score=0.5),
+                     scheduler="sync")
+    got = gpd.read_file(tmp_path / "found.gpkg")
+    assert summary.blocks == 4 and len(got) == 3  # 256 x 256 square pixels of 0.5 m: 2 x 2 blocks
+    for w in want:
+        assert max(w.intersection(g).area / w.union(g).area for g in got.geometry) > 0.9

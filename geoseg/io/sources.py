@@ -323,6 +323,6 @@ def without_mosaic_tiles(found: list[Path], where: str | Path) -> list[Path]:
     kept = [p for p in found if p.resolve() not in read]
     if len(kept) < len(found):
         mosaics = [p.name for p in found if p.suffix.lower() == ".vrt"]
-        log.warning("%s: %d raster(s) read by the VRT mosaic %s are left out (the mosaic stands for them); name "
-                 "the files to take them alone", where, len(found) - len(kept), ", ".join(mosaics))
+        log.warning("%s: %d raster(s) read by the VRT mosaic %s are left out (the mosaic stands for them); "
+                    "name the files to take them alone", where, len(found) - len(kept), ", ".join(mosaics))
     return kept

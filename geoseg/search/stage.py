@@ -46,8 +46,8 @@ from geoseg.io.datums import to_crs
 from geoseg.io.encoding import check_for_model
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
-from geoseg.io.rasters import SceneInfo, inspect_scenes
-from geoseg.io.sources import SceneSource, list_scenes, open_raster
+from geoseg.io.rasters import SceneInfo, inspect_scenes, open_scene
+from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp
 from geoseg.io.vectors import read_vector, split_layer
 from geoseg.models.refdet import MULTIPLE
@@ -145,7 +145,7 @@ def templates_for(examples: gpd.GeoDataFrame, plans: Sequence[BlockPlan], meta: 
         geoms = to_crs(examples.geometry, s.crs, "the examples").to_numpy()
         px = shapely.affinity.affine_transform
         inv = (~s.affine).to_shapely()
-        with open_raster(s.source, s.identity) as src:
+        with open_scene(s) as src:  # on the grid planned (square ground pixels)
             for i, g in enumerate(geoms):
                 if taken[i] or g is None or not s.footprint.contains(g.centroid):
                     continue
@@ -184,7 +184,7 @@ def search_block(plan: BlockPlan, bi: int, bj: int, key: tuple[str, str, str],
     side_h = math.ceil((core.height + 2 * h) / MULTIPLE) * MULTIPLE
     side_w = math.ceil((core.width + 2 * h) / MULTIPLE) * MULTIPLE
     win = Window(core.col_off - h, core.row_off - h, side_w, side_h)
-    with open_raster(plan.scene.source, plan.scene.identity) as src:
+    with open_scene(plan.scene) as src:
         raw, valid = read_window(src, plan, win)
     x = normalize(raw, backend.meta.stats, valid=valid)[None].astype(np.float32)
     boxes = np.zeros((0, 4), np.float32)
