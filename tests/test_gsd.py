@@ -240,3 +240,20 @@ def test_predict_reads_pixels_not_square_on_the_ground_square(tiny_run: Path, tm
     summary = predict([path], tiny_run, tmp_path / "n.gpkg", PredictConfig(gsd="native", **base))
     assert "(square pixels of the scene's own GSD) for 1 of 1 scenes (native 0.558 x 1.11 m/px)" in summary.gsd
     assert _f1(tmp_path / "n.gpkg", truth) > 0.9
+
+
+def test_a_rotated_grid_of_rectangular_pixels_is_read_square(tmp_path: Path) -> None:
+    """The sides are resampled along the grid's own axes: a rotated scene stays rotated, its pixels square."""
+    from scipy import ndimage
+
+    boxes = [(c, r, c + 2 * s, r + s) for (c, r, s) in ((8, 6, 10), (60, 30, 8), (120, 70, 12), (200, 95, 10))]
+    tr = Affine.translation(450000, 40000) * Affine.rotation(30) * Affine.scale(0.25, -0.5)
+    scene = inspect_scene(bright_boxes_scene(tmp_path / "rot.tif", (128, 256), boxes, seed=3, transform=tr))
+    square = scene.at_gsd(None)
+    a = square.affine
+    assert square.stretch == (2.0, 1.0) and np.degrees(np.arctan2(a.d, a.a)) == pytest.approx(30)  # columns' axis
+    with open_scene(square) as src:
+        img = src.read(1)
+    found = ndimage.find_objects(ndimage.label(img > 120)[0])
+    assert sorted((s[1].stop - s[1].start, s[0].stop - s[0].start) for s in found) == [(8, 8), (10, 10), (10, 10),
+                                                                                     (12, 12)]
