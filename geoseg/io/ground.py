@@ -62,7 +62,11 @@ def rectangular(transform: Affine, crs: object, shape_hw: tuple[int, int], toler
         >>> rectangular(t, "EPSG:32636", (10, 10)), rectangular(t * Affine.shear(20, 0), "EPSG:32636", (10, 10))
         (True, False)
     """
-    az = _steps(transform, crs, shape_hw)[0]
+    return _right_angle(_steps(transform, crs, shape_hw)[0], tolerance_deg)
+
+
+def _right_angle(az: np.ndarray, tolerance_deg: float = 2.0) -> bool:
+    """Whether two azimuths (degrees) are perpendicular within ``tolerance_deg``."""
     angle = abs((float(az[1] - az[0]) + 180.0) % 360.0 - 180.0)  # between the two sides, 0-180
     return abs(angle - 90.0) <= tolerance_deg
 
@@ -79,8 +83,10 @@ def metres_per_pixel(transform: Affine, crs: object, shape_hw: tuple[int, int]) 
 
 
 def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
-                       shape_hw: tuple[int, int]) -> tuple[float, float]:
-    """The ground sides of a scene's pixel in metres (:func:`ground_sides`); an error where they are not lengths.
+                       shape_hw: tuple[int, int]) -> tuple[tuple[float, float], bool]:
+    """A scene pixel's ground sides in metres and whether they meet at a right angle; an error where not lengths.
+
+    One geodesic computation gives both (:func:`ground_sides`, :func:`rectangular`).
 
     A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
     UTM, or at the pole in Web Mercator) has no ground pixel size: every metric of the
@@ -89,7 +95,8 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
     Raises:
         InputRasterError: a side is not finite and positive.
     """
-    sides = ground_sides(transform, crs, shape_hw)
+    az, dist = _steps(transform, crs, shape_hw)
+    sides = (float(dist[0]), float(dist[1]))
     if not all(np.isfinite(s) and s > 0 for s in sides):
         from geoseg.io.rasters import crs_to_string
 
@@ -98,4 +105,4 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
             f"{path}: its geotransform puts the scene centre at ({x:.6g}, {y:.6g}), outside the "
             f"valid area of its CRS {crs_to_string(CRS.from_user_input(crs))}; fix its "
             "georeferencing (gdalinfo shows it)")
-    return sides
+    return sides, _right_angle(az)

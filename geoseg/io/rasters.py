@@ -27,7 +27,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
 from geoseg.io.encoding import Scaling, band_meaning, band_scaling, catalogued
-from geoseg.io.ground import check_ground_pixel, rectangular
+from geoseg.io.ground import check_ground_pixel
 from geoseg.io.sources import (
     REMOTE_HINT,
     SceneSource,
@@ -328,12 +328,12 @@ def inspect_scene(scene: str | Path | SceneSource) -> SceneInfo:
             scaling = band_scaling(src.scales, src.offsets, range(1, count + 1)) or catalogued(ref.scaling, count)
             # Touch the first block so that a truncated file fails here, not mid-run.
             src.read(1, window=((0, min(1, src.height)), (0, min(1, src.width))))
-            sides = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
+            sides, right_angle = check_ground_pixel(path, src.transform, src.crs, (src.height, src.width))
             return SceneInfo(
                 source=path, name=ref.name, width=src.width, height=src.height,
                 count=count, dtype=src.dtypes[0], crs=crs_to_string(src.crs), transform=tuple(src.transform)[:6],
                 nodata=src.nodata, has_mask=has_mask, gsd=max(sides), identity=identity, scaling=scaling,
-                sides=sides if rectangular(src.transform, src.crs, (src.height, src.width)) else None,
+                sides=sides if right_angle else None,  # a sheared grid's pixels stay as stored
                 meaning=band_meaning(src.colorinterp, src.descriptions, count))
     except InputRasterError:
         raise
