@@ -15,8 +15,9 @@ from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
+from geoseg.errors import OutputExistsError
 from geoseg.evaluate import evaluate_frames
-from geoseg.io.rasters import inspect_scene, open_scene
+from geoseg.io.rasters import SceneInfo, inspect_scene, open_scene
 from geoseg.models.meta import ModelMeta
 from geoseg.predict import PredictConfig, predict
 from geoseg.predict.gsd import target_gsd
@@ -232,6 +233,20 @@ def test_tile_makes_square_chips_of_pixels_not_square_on_the_ground(tmp_path: Pa
              if a["bbox"][0] > 0 and a["bbox"][1] > 0 and a["bbox"][0] + a["bbox"][2] < 64
              and a["bbox"][1] + a["bbox"][3] < 64]
     assert len(whole) == 5 and all(abs(w - h) <= 1 for _, _, w, h in whole), whole
+
+
+def test_chips_tiled_on_another_grid_of_the_same_file_never_resume(tmp_path: Path, monkeypatch) -> None:
+    """Chips an earlier revision cut from the file's own (stretched) grid, same file and options."""
+    path, labels, _ = wide_pixel_scene(tmp_path)
+    cfg = TileConfig(size=64, overlap=0, val_fraction=0.0)
+    with monkeypatch.context() as m:
+        m.setattr(SceneInfo, "at_gsd", lambda self, gsd, tolerance=0.0: self)  # the revision that read as stored
+        tile([path], labels, tmp_path / "p", cfg, scheduler="sync")
+    assert len(json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]) == 8  # 256 x 128 stretched
+    with pytest.raises(OutputExistsError, match="other parameters or inputs"):
+        tile([path], labels, tmp_path / "p", cfg, scheduler="sync")
+    tile([path], labels, tmp_path / "p", cfg, scheduler="sync", overwrite=True)
+    assert len(json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]) == 4
 
 
 def test_predict_reads_pixels_not_square_on_the_ground_square(tiny_run: Path, tmp_path: Path) -> None:

@@ -71,10 +71,15 @@ def write_chip(path: Path, profile: dict[str, Any], data: np.ndarray, mask: np.n
 
 
 def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
-    """What a rerun must match to resume: parameters and input stamps."""
+    """What a rerun must match to resume: parameters, input stamps and the grid each scene is read on.
+
+    The grid (size and transform) is in it so that chips tiled on another grid of the same file and
+    options (another geoseg revision squaring or resampling it otherwise) never resume.
+    """
     return {
         "tile": cfg.model_dump(mode="json"),
         "scenes": [input_stamp(s.source) for s in scenes],
+        "grids": [[s.width, s.height, *s.transform] for s in scenes],
         "labels": input_stamp(labels) if labels is not None else None,
         "aoi": input_stamp(Path(cfg.aoi).resolve()) if cfg.aoi else None,
     }
