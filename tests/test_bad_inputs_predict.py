@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -120,8 +121,6 @@ def _with_alpha(rgb: Path, out: Path, transparent_from: int) -> Path:
 def test_an_alpha_band_is_the_mask_not_a_band(tiny_run: Path, tmp_path: Path) -> None:
     """RGBA scenes: a 3-band model predicts them as they are, nothing where alpha is 0; tile writes RGB chips
     (once: 4-band chips and an alpha 'band' in stats.json, and predict asked for --bands)."""
-    import json
-
     from geoseg.tile import TileConfig, tile
 
     rgb = bright_boxes_scene(tmp_path / "rgb.tif", SHAPE, BOXES, seed=4)
@@ -165,6 +164,24 @@ def test_an_alpha_band_is_the_mask_not_a_band(tiny_run: Path, tmp_path: Path) ->
     with pytest.warns(GeoSegWarning, match="band 4 is marked alpha but holds other values"):
         (info,), _ = inspect_scenes(list_scenes([tmp_path / "rgbn.tif"]))
     assert info.count == 4
+
+
+def test_chips_an_earlier_revision_cut_with_the_alpha_as_a_band_never_resume(tmp_path: Path, monkeypatch) -> None:
+    """Same RGBA file, same options: a rerun reading it otherwise (3 bands and a mask) retiles, never resumes."""
+    from geoseg.errors import OutputExistsError
+    from geoseg.tile import TileConfig, tile
+
+    rgba = _with_alpha(bright_boxes_scene(tmp_path / "rgb.tif", SHAPE, BOXES, seed=4), tmp_path / "rgba.tif",
+                       transparent_from=48)
+    tcfg = TileConfig(size=32, overlap=0, min_valid=0.0)
+    with monkeypatch.context() as m:
+        m.setattr("geoseg.io.rasters.alpha_bands", lambda src, path: [])  # the revision that read alpha as data
+        tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync")
+    assert json.loads((tmp_path / "chips" / "stats.json").read_text())["bands"] == 4
+    with pytest.raises(OutputExistsError, match="other parameters or inputs"):
+        tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync")
+    tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync", overwrite=True)
+    assert json.loads((tmp_path / "chips" / "stats.json").read_text())["bands"] == 3
 
 
 def test_truncated_tiff_names_file_and_window(tiny_run: Path, tmp_path: Path) -> None:

@@ -15,9 +15,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geoseg.io.rasters import SceneInfo
 
 
 def input_stamp(path: str | Path) -> dict[str, Any] | None:
@@ -119,6 +124,28 @@ def changed_since(checkpoint: str | Path | None, sha256: str | None) -> bool:
     """
     path = Path(checkpoint) if checkpoint else None
     return bool(sha256) and path is not None and path.is_file() and file_sha256(path) != sha256
+
+
+def read_stamp(scene: SceneInfo) -> dict[str, Any]:
+    """How a scene is read, JSON-ready: its grid (size, transform, CRS), bands, dtype, validity, encoding.
+
+    Kept beside the file's :func:`input_stamp` by tile's manifest and predict's and search's
+    caches: the same file with the same options, read otherwise (another geoseg revision's
+    grid, or its handling of an alpha band or of nodata), never resumes their outputs.
+
+    Examples:
+        >>> from geoseg.io.rasters import SceneInfo
+        >>> s = SceneInfo("a.tif", "a", 4, 2, 3, "uint8", "EPSG:32636", (1.0, 0, 0, 0, -1.0, 0), float("nan"), True)
+        >>> read_stamp(s)["nodata"], read_stamp(s)["gsd"], read_stamp(s)["transform"]
+        ('nan', None, [1.0, 0, 0, 0, -1.0, 0])
+    """
+    fields = asdict(scene)
+    for key in ("source", "name", "identity"):  # the file's stamp says which file and version
+        fields.pop(key)
+    fields["nodata"] = None if scene.nodata is None else str(scene.nodata)  # NaN and inf are not JSON
+    fields["gsd"] = None if math.isnan(scene.gsd) else scene.gsd
+    loaded: dict[str, Any] = json.loads(json.dumps(fields))  # tuples as lists: equal to a manifest read back
+    return loaded
 
 
 def digest(payload: Any) -> str:

@@ -44,7 +44,7 @@ from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
-from geoseg.io.stamps import digest, input_stamp
+from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.io.vectors import split_layer
 from geoseg.models.meta import ModelMeta
 from geoseg.parallel import check_scheduler, compute
@@ -148,8 +148,8 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
                                                            "ff_batch", "max_memory", "overlaps"}),  # same caches
-               # the grid read: another revision's grid for the same file and options never resumes
-               "scenes": [[s.source, input_stamp(s.source), [s.width, s.height, *s.transform]] for s in scenes],
+               # how it is read: another revision reading the same file with the same options never resumes
+               "scenes": [[s.source, input_stamp(s.source), read_stamp(s)] for s in scenes],
                "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None}
     return digest(payload)
 

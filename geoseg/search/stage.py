@@ -48,7 +48,7 @@ from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.npy import load_npz
 from geoseg.io.rasters import SceneInfo, inspect_scenes, open_scene
 from geoseg.io.sources import SceneSource, list_scenes
-from geoseg.io.stamps import digest, input_stamp
+from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.io.vectors import read_vector, split_layer
 from geoseg.models.refdet import MULTIPLE
 from geoseg.parallel import check_scheduler, compute
@@ -238,7 +238,7 @@ def _similarity_gate(cfg: SearchConfig, meta: SearchMeta) -> float | None:
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
     return digest({"model": [str(meta.source), input_stamp(meta.source)],
                    "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
-                   "scenes": [[s.source, input_stamp(s.source), [s.width, s.height, *s.transform]] for s in scenes],
+                   "scenes": [[s.source, input_stamp(s.source), read_stamp(s)] for s in scenes],
                    "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None})
 
 

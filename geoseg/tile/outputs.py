@@ -21,7 +21,7 @@ from geoseg import __version__
 from geoseg.errors import GeoSegWarning, OutputExistsError
 from geoseg.io.atomic import atomic_path, write_json
 from geoseg.io.rasters import SceneInfo
-from geoseg.io.stamps import input_stamp
+from geoseg.io.stamps import input_stamp, read_stamp
 from geoseg.tile.config import TileConfig
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,16 @@ def write_chip(path: Path, profile: dict[str, Any], data: np.ndarray, mask: np.n
 
 
 def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
-    """What a rerun must match to resume: parameters, input stamps and the grid each scene is read on.
+    """What a rerun must match to resume: parameters, input stamps and how each scene is read.
 
-    The grid (size and transform) is in it so that chips tiled on another grid of the same file and
-    options (another geoseg revision squaring or resampling it otherwise) never resume.
+    How a scene is read (:func:`~geoseg.io.stamps.read_stamp`: its grid, bands, validity) is in
+    it so that chips another geoseg revision cut otherwise from the same file with the same
+    options (a stretched grid not squared, an alpha band read as data) never resume.
     """
     return {
         "tile": cfg.model_dump(mode="json"),
         "scenes": [input_stamp(s.source) for s in scenes],
-        "grids": [[s.width, s.height, *s.transform] for s in scenes],
+        "read": [read_stamp(s) for s in scenes],
         "labels": input_stamp(labels) if labels is not None else None,
         "aoi": input_stamp(Path(cfg.aoi).resolve()) if cfg.aoi else None,
     }
