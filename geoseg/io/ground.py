@@ -8,28 +8,41 @@ products store rectangular pixels. geoseg reads such scenes on square ground pix
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import GeoSegWarning, InputRasterError
 
 
-def _steps(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Geodesic forward azimuths and lengths of the centre pixel's column and row steps (NaN: off the Earth)."""
+def _steps(transform: Affine, crs: object, shape_hw: tuple[int, int],
+           at: tuple[tuple[float, float], ...] = ((0.5, 0.5),)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Geodesic forward azimuths and lengths of a pixel's column and row steps (NaN: off the Earth).
+
+    ``at`` are pixel positions as fractions (row, column) of the raster's height and width
+    (the centre by default). Returns azimuths and lengths, each (len(at), 2): column step,
+    row step; and the positions' (longitude, latitude), (len(at), 2).
+    """
     from pyproj import CRS as ProjCRS
     from pyproj import Geod, Transformer
 
-    r, c = shape_hw[0] / 2, shape_hw[1] / 2
-    pts = np.array([transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)])
+    pts = []
+    for fr, fc in at:
+        r, c = min(fr * shape_hw[0], shape_hw[0] - 1), min(fc * shape_hw[1], shape_hw[1] - 1)
+        pts += [transform @ (c, r), transform @ (c + 1, r), transform @ (c, r + 1)]
+    xy = np.array(pts)
     to_lonlat = Transformer.from_crs(ProjCRS.from_user_input(crs), ProjCRS.from_epsg(4326), always_xy=True)
-    lon, lat = to_lonlat.transform(pts[:, 0], pts[:, 1])
+    lon, lat = (np.asarray(v).reshape(len(at), 3) for v in to_lonlat.transform(xy[:, 0], xy[:, 1]))
+    where = np.stack([lon[:, 0], lat[:, 0]], axis=1)
     if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
-        return np.full(2, np.nan), np.full(2, np.nan)
-    az, _, dist = Geod(ellps="WGS84").inv(lon[[0, 0]], lat[[0, 0]], lon[1:], lat[1:])
-    return np.asarray(az), np.asarray(dist)
+        nan = np.full((len(at), 2), np.nan)
+        return nan, nan, where
+    az, _, dist = Geod(ellps="WGS84").inv(lon[:, [0, 0]].ravel(), lat[:, [0, 0]].ravel(),
+                                          lon[:, 1:].ravel(), lat[:, 1:].ravel())
+    return np.asarray(az).reshape(-1, 2), np.asarray(dist).reshape(-1, 2), where
 
 
 def ground_sides(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> tuple[float, float]:
@@ -46,7 +59,7 @@ def ground_sides(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> t
         >>> round(w / h, 3)
         0.501
     """
-    dist = _steps(transform, crs, shape_hw)[1]
+    dist = _steps(transform, crs, shape_hw)[1][0]
     return float(dist[0]), float(dist[1])
 
 
@@ -59,10 +72,10 @@ def rectangular(transform: Affine, crs: object, shape_hw: tuple[int, int], toler
     Examples:
         >>> from rasterio.transform import from_origin
         >>> t = from_origin(500000, 100, 0.5, 0.5)
-        >>> rectangular(t, "EPSG:32636", (10, 10)), rectangular(t * Affine.shear(20, 0), "EPSG:32636", (10, 10))
+        >>> rectangular(t, "EPSG:32636", (10, 10)), rectangular(t @ Affine.shear(20, 0), "EPSG:32636", (10, 10))
         (True, False)
     """
-    return _right_angle(_steps(transform, crs, shape_hw)[0], tolerance_deg)
+    return _right_angle(_steps(transform, crs, shape_hw)[0][0], tolerance_deg)
 
 
 def _right_angle(az: np.ndarray, tolerance_deg: float = 2.0) -> bool:
@@ -95,8 +108,8 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
     Raises:
         InputRasterError: a side is not finite and positive.
     """
-    az, dist = _steps(transform, crs, shape_hw)
-    sides = (float(dist[0]), float(dist[1]))
+    az, dist, where = _steps(transform, crs, shape_hw, _CENTRE_AND_CORNERS)
+    sides = (float(dist[0, 0]), float(dist[0, 1]))
     if not all(np.isfinite(s) and s > 0 for s in sides):
         from geoseg.io.rasters import crs_to_string
 
@@ -105,4 +118,40 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
             f"{path}: its geotransform puts the scene centre at ({x:.6g}, {y:.6g}), outside the "
             f"valid area of its CRS {crs_to_string(CRS.from_user_input(crs))}; fix its "
             "georeferencing (gdalinfo shows it)")
-    return sides, _right_angle(az)
+    _warn_if_pixels_vary(path, dist, where)
+    return sides, _right_angle(az[0])
+
+
+#: Where a scene's pixel is measured: its centre first, then its four corners.
+_CENTRE_AND_CORNERS = ((0.5, 0.5), (0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0))
+
+#: Relative change of a pixel side's ground length, centre to corner, above which a scene is said to vary.
+VARIES = 0.05
+
+
+def _warn_if_pixels_vary(path: str | Path, dist: np.ndarray, where: np.ndarray) -> None:
+    """Warn when a pixel side's ground length at a corner is more than :data:`VARIES` off the centre's.
+
+    A scene is read on one grid of square pixels sized at its centre; in a CRS whose scale
+    changes over the scene (EPSG:4326 or Web Mercator over degrees of latitude) objects far
+    from the centre are then seen stretched or scaled.
+    """
+    corners = dist[1:][np.isfinite(dist[1:]).all(axis=1)]
+    if not len(corners):
+        return
+    change = np.abs(corners / dist[0] - 1.0).max(axis=0)  # per side: column step, row step
+    if change.max() <= VARIES:
+        return
+    lon, lat = where[0]
+    zone = int((lon + 180.0) // 6.0) % 60 + 1
+    utm = f"EPSG:{32600 + zone if lat >= 0 else 32700 + zone}"
+    w, h = dist[:, 0], dist[:, 1]
+    aspect = w / h
+    seen = ("stretched" if np.nanmax(np.abs(aspect / aspect[0] - 1.0)) > VARIES
+            else f"at {w[0] / np.nanmax(w):.2f}-{w[0] / np.nanmin(w):.2f}x their size")
+    warnings.warn(
+        f"{path}: its pixels' ground size changes over the scene by up to {100 * change.max():.0f} % (width "
+        f"{np.nanmin(w):.3g}-{np.nanmax(w):.3g} m, height {np.nanmin(h):.3g}-{np.nanmax(h):.3g} m; its CRS's scale "
+        "varies over its extent): it is read on one grid of square pixels sized at its centre, so objects near its "
+        f"edges are seen {seen}; warp it to a local projected CRS first (gdalwarp -t_srs {utm} -r bilinear, "
+        "UTM at its centre)", GeoSegWarning, stacklevel=4)
