@@ -63,10 +63,10 @@ def scene_footprint(path: str | Path, max_side: int = MASK_SIDE) -> gpd.GeoSerie
             mask = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest)
     except RasterioError as err:
         raise InputRasterError(f"cannot read scene {path}: {err}; check the file (gdalinfo)") from None
-    outline = shapely.Polygon([tr * (0, 0), tr * (w, 0), tr * (w, h), tr * (0, h)])
+    outline = shapely.Polygon([tr @ (0, 0), tr @ (w, 0), tr @ (w, h), tr @ (0, h)])
     mask = remove_small_holes(mask > 0, max_size=int(SPECK * mask.size))  # masked specks count as valid
     if not mask.all():
-        small = tr * Affine.scale(w / shape[1], h / shape[0])
+        small = tr @ Affine.scale(w / shape[1], h / shape[0])
         valid = [shapely.geometry.shape(g) for g, v in shapes(mask.astype(np.uint8), mask=mask, transform=small)
                  if v]
         outline = outline.intersection(shapely.union_all(valid)) if valid else shapely.Polygon()

@@ -257,6 +257,23 @@ def test_predict_reads_pixels_not_square_on_the_ground_square(tiny_run: Path, tm
     assert _f1(tmp_path / "n.gpkg", truth) > 0.9
 
 
+def test_the_read_at_note_says_why_each_scene_was_resampled() -> None:
+    """A scene inside the model's GSD range that is only squared is not said to be read at the training GSD."""
+    from geoseg.predict.gsd import gsd_note
+
+    wide = SceneInfo("w.tif", "w", 256, 128, 3, "uint8", "EPSG:4326", (1e-5, 0, 10, 0, -1e-5, 60), None, False,
+                     gsd=1.11, sides=(0.558, 1.11))
+    fine = SceneInfo("f.tif", "f", 100, 100, 3, "uint8", "EPSG:32636", (0.25, 0, 0, 0, -0.25, 0), None, False,
+                     gsd=0.25)
+    squared = wide.at_gsd(None)
+    coarse = fine.at_gsd(0.5)
+    model = PredictConfig()  # --gsd model
+    assert gsd_note([wide], [squared], model).startswith("1.11 m/px (square pixels of the scene's own GSD) for 1")
+    assert "(the model's training GSD) for 1 of 1" in gsd_note([fine], [coarse], model)
+    both = gsd_note([fine, wide], [coarse, squared], model)
+    assert "(the model's training GSD; square pixels of the scene's own GSD) for 2 of 2" in both, both
+
+
 def test_a_rotated_grid_of_rectangular_pixels_is_read_square(tmp_path: Path) -> None:
     """The sides are resampled along the grid's own axes: a rotated scene stays rotated, its pixels square."""
     from scipy import ndimage
@@ -272,3 +289,18 @@ def test_a_rotated_grid_of_rectangular_pixels_is_read_square(tmp_path: Path) -> 
     found = ndimage.find_objects(ndimage.label(img > 120)[0])
     assert sorted((s[1].stop - s[1].start, s[0].stop - s[0].start) for s in found) == [(8, 8), (10, 10), (10, 10),
                                                                                      (12, 12)]
+
+
+@pytest.mark.parametrize(("crs", "transform", "seen"), [
+    ("EPSG:4326", from_origin(10.0, 58.0, 0.6, 0.6), "stretched"),  # 4.8° of latitude: widths differ by 6 %
+    ("EPSG:3857", from_origin(3e6, -7e6, 2.5e5, 2.5e5), "at 0.8"),  # Web Mercator over 16° S: size, not shape
+])
+def test_a_scene_whose_crs_scale_varies_over_it_warns_with_the_utm_zone(tmp_path: Path, crs, transform, seen) -> None:
+    """One grid of square pixels sized at the centre: a user is told, with the warp that fixes it."""
+    from geoseg.errors import GeoSegWarning
+
+    write_raster(tmp_path / "big.tif", np.zeros((1, 8, 8), np.uint8), crs, transform)
+    with pytest.warns(GeoSegWarning, match=rf"up to \d+ %.*seen {seen}.*gdalwarp -t_srs EPSG:32(633|736) "):
+        inspect_scene(tmp_path / "big.tif")
+    write_raster(tmp_path / "town.tif", np.zeros((1, 8, 8), np.uint8), crs, transform * Affine.scale(1e-3))
+    inspect_scene(tmp_path / "town.tif")  # a town's extent: no warning (pytest makes it an error)

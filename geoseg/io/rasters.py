@@ -173,7 +173,7 @@ class SceneInfo:
         return replace(
             self, width=max(1, math.ceil(self.width / fx - 1e-6)),
             height=max(1, math.ceil(self.height / fy - 1e-6)),
-            transform=tuple(self.affine * Affine.scale(fx, fy))[:6], gsd=target,
+            transform=tuple(self.affine @ Affine.scale(fx, fy))[:6], gsd=target,
             sides=(w * fx, h * fy), stretch=(self.stretch[0] * fx, self.stretch[1] * fy))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from geoseg.io.rasters import SceneInfo
+from geoseg.io.rasters import GSD_TOLERANCE, SceneInfo
 from geoseg.models.meta import ModelMeta
 from geoseg.predict.config import PredictConfig
 
@@ -56,10 +56,16 @@ def gsd_note(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: Predi
     if not moved:
         return ""
     native = sorted({a.pixel_text for a, _ in moved})
-    why = {"model": "the model's training GSD", "native": "square pixels of the scene's own GSD"}.get(
-        str(cfg.gsd), "--gsd")
-    return (f"{moved[0][1].gsd:.3g} m/px ({why}) for {len(moved)} of {len(after)} scenes "
+    whys = dict.fromkeys(_why(a, b, cfg) for a, b in moved)  # in scene order, once each
+    return (f"{moved[0][1].gsd:.3g} m/px ({'; '.join(whys)}) for {len(moved)} of {len(after)} scenes "
             f"(native {', '.join(native)} m/px)")
+
+
+def _why(before: SceneInfo, after: SceneInfo, cfg: PredictConfig) -> str:
+    """Why one scene is read on another grid: squared at its own GSD, or resampled to the model's or --gsd."""
+    if str(cfg.gsd) == "native" or abs(after.gsd / before.gsd - 1.0) <= GSD_TOLERANCE:
+        return "square pixels of the scene's own GSD"  # a scene inside the model's range, only squared
+    return "the model's training GSD" if str(cfg.gsd) == "model" else "--gsd"
 
 
 def warn_upsampling(before: Sequence[SceneInfo], after: Sequence[SceneInfo], cfg: PredictConfig) -> None:

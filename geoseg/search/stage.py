@@ -218,7 +218,7 @@ def _scene_frame(plan: BlockPlan, paths: list[Path], cfg: SearchConfig, name: st
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, s_info.width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, s_info.height)
     px = shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3])
-    geo = shapely.transform(px, lambda c: np.stack(s_info.affine * (c[:, 0], c[:, 1]), 1))
+    geo = shapely.transform(px, lambda c: np.stack(s_info.affine @ (c[:, 0], c[:, 1]), 1))
     return gpd.GeoDataFrame({"score": s.astype(float), "similarity": sim.astype(float), "scene": s_info.name,
                              "examples": name},
                             geometry=geo, crs=s_info.crs)
