@@ -57,6 +57,11 @@ def test_regularize_squares_boxes_and_keeps_f1(scene: tuple[Path, Path], tiny_ru
     assert evaluate_frames(b, t)["f1"] >= evaluate_frames(a, t)["f1"] - 0.05
     b = b.sort_values("area_m2").reset_index(drop=True)
     np.testing.assert_allclose(b["area_m2"], b.geometry.area / 0.9996**2, rtol=0.01)  # recomputed
+    # a tolerance under two of the scene's 0.5 m pixels is raised to them, and the summary says so
+    low = predict([path], tiny_run, tmp_path / "low.gpkg", cfg(regularize=True, regularize_tolerance=0.3))
+    assert low.regularized == pytest.approx(1.0, rel=0.01) and low.regularized_raised
+    assert any("tolerance 1 m, raised to two of a scene's pixels" in line for line in low.lines()), low.lines()
+    assert not sq.regularized_raised
 
 
 def test_cli_regularize_flags_and_formats(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:

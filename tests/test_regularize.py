@@ -156,3 +156,19 @@ def test_a_courtyard_is_not_filled_and_its_moments_count_the_hole() -> None:
     ragged = shapely.union(ring, shapely.box(X0 + 19.9, Y0 + 4, X0 + 20.4, Y0 + 4.5))
     out = regularize(gpd.GeoDataFrame(geometry=[ragged], crs=UTM), rectangle=0.6).geometry.iloc[0]
     assert len(out.interiors) == 1 and out.area == pytest.approx(ragged.area, rel=0.02)
+
+
+def test_the_tolerance_is_at_least_two_pixels_of_the_scene() -> None:
+    """A 1 m tolerance on 10 m pixels kept every step of the staircase (142 corners; 24 s for a 644-vertex blob)."""
+    from dataclasses import replace
+
+    from geoseg.io.rasters import SceneInfo
+    from geoseg.predict.regularize import square_tolerance
+
+    big = aff.scale(L_SHAPE, 20, 20, origin=(X0, Y0))  # 400 x 320 m, rotated 30°
+    traced = gpd.GeoDataFrame(geometry=[staircase(big, px=10.0)], crs=UTM)
+    scene = SceneInfo("s.tif", "s", 64, 64, 3, "uint8", UTM, (10.0, 0, X0, 0, -10.0, Y0), None, False, 10.0)
+    assert square_tolerance(1.0, scene) == 20.0 and square_tolerance(1.0, replace(scene, gsd=0.3)) == 1.0
+    assert corners(regularize(traced, tolerance=1.0, rectangle=1.0).geometry.iloc[0]) > 100  # as traced
+    got = regularize(traced, tolerance=square_tolerance(1.0, scene), rectangle=1.0).geometry.iloc[0]
+    assert corners(got) <= 8 and got.intersection(big).area / got.union(big).area > 0.9

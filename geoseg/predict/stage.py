@@ -87,7 +87,10 @@ class PredictSummary:
     routing: str = ""
     prob_out: list[Path] = field(default_factory=list)
     regularized: float | None = None
-    """The regularization tolerance in metres when outlines were squared, else None."""
+    """The regularization tolerance in metres when outlines were squared (the largest, where a scene's
+    pixel raised it: :func:`~geoseg.predict.regularize.square_tolerance`), else None."""
+    regularized_raised: bool = False
+    """Whether a scene's pixel raised the tolerance above ``--regularize-tolerance``."""
     gsd: str = ""
     """How scenes were read: at which ground pixel size, from which (empty: all native)."""
     tta: str = "none"
@@ -114,7 +117,9 @@ class PredictSummary:
                if self.ff_covered > self.ff_cells else "")
             if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
-            + (f" (regularized, tolerance {self.regularized:g} m)" if self.regularized else ""),
+            + (f" (regularized, tolerance {self.regularized:.3g} m"
+               + (", raised to two of a scene's pixels" if self.regularized_raised else "") + ")"
+               if self.regularized else ""),
         ] + ([self.aoi + f"; {self.outside_aoi} objects near it that do not meet it dropped"] if self.aoi else []) \
             + ([f"overlapping scenes: {self.copies} polygons were copies of an object another scene saw deeper "
               "inside, dropped (--overlaps all keeps them)"] if self.copies else []) + [
@@ -274,9 +279,10 @@ def predict(
     outputs = [f[3] for f in final]
     squared = meta.postprocess.regularize if cfg.regularize is None else cfg.regularize
     if squared:  # per block, in parallel: each outline is squared alone
-        from geoseg.predict.regularize import regularize_file
+        from geoseg.predict.regularize import regularize_file, square_tolerance
 
-        outputs = [delayed(regularize_file, pure=False)(o, cfg.regularize_tolerance) for o in outputs]
+        outputs = [delayed(regularize_file, pure=False)(f[3], square_tolerance(cfg.regularize_tolerance, f[0].scene))
+                   for f in final]
     with dask.config.set(num_workers=ff_plan.threads) if ff_plan.threads else contextlib.nullcontext():
         results = compute(tasks + outputs, scheduler=scheduler, desc="predict", progress=progress)
     n_pv = 0
@@ -334,7 +340,8 @@ def predict(
         log.info("scenes have several CRSs; polygons are written in %s", plans[0].scene.crs)
     summary.polygons, summary.copies, summary.outside_aoi = done.polygons, done.copies, done.outside_aoi
     if squared:
-        summary.regularized = cfg.regularize_tolerance
+        summary.regularized = max(square_tolerance(cfg.regularize_tolerance, p.scene) for p in plans)
+        summary.regularized_raised = summary.regularized > cfg.regularize_tolerance
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     metrics.summary({**vars(summary), "ff_share": summary.ff_cells / max(1, summary.cells)})
