@@ -340,7 +340,8 @@ def predict(
         log.info("scenes have several CRSs; polygons are written in %s", plans[0].scene.crs)
     summary.polygons, summary.copies, summary.outside_aoi = done.polygons, done.copies, done.outside_aoi
     if squared:
-        summary.regularized = max(square_tolerance(cfg.regularize_tolerance, p.scene) for p in plans)
+        summary.regularized = max((square_tolerance(cfg.regularize_tolerance, p.scene) for p in plans),
+                                 default=cfg.regularize_tolerance)
         summary.regularized_raised = summary.regularized > cfg.regularize_tolerance
     shutil.rmtree(cache, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
