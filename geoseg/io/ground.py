@@ -63,21 +63,6 @@ def ground_sides(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> t
     return float(dist[0]), float(dist[1])
 
 
-def rectangular(transform: Affine, crs: object, shape_hw: tuple[int, int], tolerance_deg: float = 2.0) -> bool:
-    """Whether the centre pixel's sides meet at a right angle on the ground (within ``tolerance_deg``).
-
-    North-up and rotated grids do; a sheared (skewed) geotransform does not, and
-    resampling its two sides to one length would not make its pixels square.
-
-    Examples:
-        >>> from rasterio.transform import from_origin
-        >>> t = from_origin(500000, 100, 0.5, 0.5)
-        >>> rectangular(t, "EPSG:32636", (10, 10)), rectangular(t @ Affine.shear(20, 0), "EPSG:32636", (10, 10))
-        (True, False)
-    """
-    return _right_angle(_steps(transform, crs, shape_hw)[0][0], tolerance_deg)
-
-
 def _right_angle(az: np.ndarray, tolerance_deg: float = 2.0) -> bool:
     """Whether two azimuths (degrees) are perpendicular within ``tolerance_deg``."""
     angle = abs((float(az[1] - az[0]) + 180.0) % 360.0 - 180.0)  # between the two sides, 0-180
@@ -99,7 +84,10 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
                        shape_hw: tuple[int, int]) -> tuple[tuple[float, float], bool]:
     """A scene pixel's ground sides in metres and whether they meet at a right angle; an error where not lengths.
 
-    One geodesic computation gives both (:func:`ground_sides`, :func:`rectangular`).
+    One geodesic computation gives both, and warns when the sides change over the scene.
+    North-up and rotated grids meet at a right angle (within 2°); a sheared (skewed)
+    geotransform does not, and resampling its two sides to one length would not make its
+    pixels square.
 
     A geotransform that puts the scene outside its CRS's domain (an origin at 1e12 m in
     UTM, or at the pole in Web Mercator) has no ground pixel size: every metric of the
@@ -107,6 +95,14 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
 
     Raises:
         InputRasterError: a side is not finite and positive.
+
+    Examples:
+        >>> from rasterio.transform import from_origin
+        >>> t = from_origin(500000, 100, 0.5, 0.5)
+        >>> check_ground_pixel("a.tif", t, "EPSG:32636", (10, 10))[1]
+        True
+        >>> check_ground_pixel("a.tif", t @ Affine.shear(20, 0), "EPSG:32636", (10, 10))[1]
+        False
     """
     az, dist, where = _steps(transform, crs, shape_hw, _CENTRE_AND_CORNERS)
     sides = (float(dist[0, 0]), float(dist[0, 1]))
