@@ -178,7 +178,7 @@ def test_chips_an_earlier_revision_cut_with_the_alpha_as_a_band_never_resume(tmp
         m.setattr("geoseg.io.rasters.alpha_bands", lambda src, path: [])  # the revision that read alpha as data
         tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync")
     assert json.loads((tmp_path / "chips" / "stats.json").read_text())["bands"] == 4
-    with pytest.raises(OutputExistsError, match="other parameters or inputs"):
+    with pytest.raises(OutputExistsError, match=r"inputs \(how the scenes are read"):
         tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync")
     tile([rgba], None, tmp_path / "chips", tcfg, scheduler="sync", overwrite=True)
     assert json.loads((tmp_path / "chips" / "stats.json").read_text())["bands"] == 3

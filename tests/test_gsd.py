@@ -243,7 +243,7 @@ def test_chips_tiled_on_another_grid_of_the_same_file_never_resume(tmp_path: Pat
         m.setattr(SceneInfo, "at_gsd", lambda self, gsd, tolerance=0.0: self)  # the revision that read as stored
         tile([path], labels, tmp_path / "p", cfg, scheduler="sync")
     assert len(json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]) == 8  # 256 x 128 stretched
-    with pytest.raises(OutputExistsError, match="other parameters or inputs"):
+    with pytest.raises(OutputExistsError, match=r"inputs \(how the scenes are read: another geoseg"):
         tile([path], labels, tmp_path / "p", cfg, scheduler="sync")
     tile([path], labels, tmp_path / "p", cfg, scheduler="sync", overwrite=True)
     assert len(json.loads((tmp_path / "p" / "annotations.json").read_text())["images"]) == 4

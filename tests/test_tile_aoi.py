@@ -83,7 +83,7 @@ def test_aoi_meeting_no_scene_and_a_changed_aoi(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "far.gpkg" in res.output and "CRS" in res.output, res.output
     tile([path], tmp_path / "labels.gpkg", tmp_path / "p", cfg(aoi), scheduler="sync")
     gpd.GeoDataFrame(geometry=[area.buffer(-5)], crs="EPSG:32636").to_file(aoi)  # the same file, redrawn
-    with pytest.raises(OutputExistsError):
+    with pytest.raises(OutputExistsError, match=r"inputs \(the --aoi file\)"):
         tile([path], tmp_path / "labels.gpkg", tmp_path / "p", cfg(aoi), scheduler="sync")
 
 

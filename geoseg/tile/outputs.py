@@ -86,6 +86,11 @@ def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | Non
     }
 
 
+#: What differs between a manifest and a rerun's, in the words of tile's refusal.
+_DIFFERS = {"tile": "tile options", "scenes": "the scene files", "labels": "the labels", "aoi": "the --aoi file",
+            "read": "how the scenes are read: another geoseg revision, or their grid, bands or mask changed"}
+
+
 def prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
     """Check that ``out`` is empty or an earlier run with the same manifest; create it.
 
@@ -106,8 +111,12 @@ def prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
         except (OSError, json.JSONDecodeError):
             old = None
         if old is None or old.get("params") != manifest:
+            params = old.get("params") if isinstance(old, dict) else None
+            before = params if isinstance(params, dict) else {}
+            what = ([_DIFFERS[k] for k in _DIFFERS if before.get(k) != manifest.get(k)] if before
+                    else [f"an unreadable {MANIFEST}"])
             raise OutputExistsError(
-                f"{out} holds chips tiled with other parameters or inputs; "
+                f"{out} holds chips tiled with other parameters or inputs ({', '.join(what)}); "
                 "pass --overwrite to replace them, or choose another --out"
             )
     elif out.exists() and any(out.iterdir()):
