@@ -507,3 +507,56 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: 
     finally:
         shared.close()
     assert dict(os.environ) == before
+
+
+def read_otherwise(monkeypatch: pytest.MonkeyPatch, names: set[str]) -> None:
+    """Another geoseg revision: the same unchanged files of ``names`` opened with another validity."""
+    import dataclasses
+
+    import geoseg.io.rasters as rasters
+
+    real = rasters.inspect_scene
+
+    def inspect(scene: Any) -> Any:
+        info = real(scene)
+        return dataclasses.replace(info, has_mask=not info.has_mask) if info.name in names else info
+
+    monkeypatch.setattr(rasters, "inspect_scene", inspect)
+
+
+@pytest.mark.parametrize(("names", "expected"), [({"c"}, ["predict", "evaluate"]), ({"a"}, ALL)])
+def test_scenes_read_otherwise_rerun_their_stage(project: Path, fakes: Fakes, monkeypatch: pytest.MonkeyPatch,
+                                                 names: set[str], expected: list[str]) -> None:
+    """Unchanged files read otherwise after an upgrade: chips or polygons of the old reading are not kept."""
+    run(project)
+    age(project)
+    fakes.calls.clear()
+    with monkeypatch.context() as m:
+        read_otherwise(m, names)
+        res = run(project)
+        assert ran(res) == expected
+        assert "read otherwise than when it ran (another geoseg revision" in res[expected[0]].why
+        if expected == ALL:
+            assert fakes.kwargs("tile")["overwrite"] is True  # old chips replaced, not resumed
+            assert res["train"].why == f"input {project / 'out' / 'patches'} rebuilt by tile"
+        age(project)
+        assert ran(run(project)) == []  # the new reading is recorded
+    age(project)
+    assert ran(run(project))[:1] == expected[:1]  # and the old one is a change again
+
+
+def test_a_stamp_without_reads_adopts_the_reading_now(project: Path, fakes: Fakes,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stamps of a revision that did not record the reading: skipped, then held to it."""
+    run(project)
+    for name in ("tile", "predict"):
+        path = project / "out" / ".stamps" / f"{name}.json"
+        stamp = json.loads(path.read_text())
+        assert stamp["reads"]
+        path.write_text(json.dumps({k: v for k, v in stamp.items() if k != "reads"}))
+    age(project)
+    assert ran(run(project)) == []
+    assert json.loads((project / "out" / ".stamps" / "predict.json").read_text())["reads"]
+    assert "reads" not in json.loads((project / "out" / ".stamps" / "train.json").read_text())  # no scenes
+    read_otherwise(monkeypatch, {"c"})
+    assert ran(run(project)) == ["predict", "evaluate"]

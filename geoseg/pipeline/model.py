@@ -41,6 +41,7 @@ STAMPS = ".stamps"
 # Why a stage runs (StageRun.code); stage functions pick overwrite/resume from it.
 FORCE, FROM, FIRST, UNFINISHED, PARAMS = "force", "from", "first", "unfinished", "params"
 UPSTREAM, OUTPUT_MISSING, INPUT_MISSING, INPUT_NEWER = "upstream", "output", "input", "newer"
+READ = "read"  # the scenes are read otherwise than when the stage ran (another geoseg revision)
 UP_TO_DATE = "ok"
 
 

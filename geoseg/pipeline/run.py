@@ -32,7 +32,7 @@ from geoseg.parallel import check_scheduler
 from geoseg.pipeline.model import FORCE, FROM, UP_TO_DATE, Pipeline, Stage, StageResult, load_pipeline, show
 from geoseg.pipeline.scheduler import SharedScheduler
 from geoseg.pipeline.stages import StageRun, run_stage
-from geoseg.pipeline.stamps import _decide, _read_stamp, _recorded, newest_mtime
+from geoseg.pipeline.stamps import _decide, _read_stamp, _recorded, newest_mtime, scene_reads
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,9 @@ def run_pipeline(
             code, why = ((FORCE, "--force") if force else (FROM, f"--from {from_stage}") if forcing
                          else _decide(stage, stamp, rebuilt, root))
             if code == UP_TO_DATE:
+                if stamp is not None and "reads" not in stamp and (reads := scene_reads(stage)) is not None:
+                    # a stamp of a revision that did not record it: the scenes' reading now is adopted
+                    write_json(pipe.stamp_path(name), {**stamp, "reads": reads}, indent=2)
                 outs = _recorded(stamp, root) or stage.outputs
                 result = StageResult(name, False, why, 0.0, outs)
             else:
@@ -105,7 +108,8 @@ def _run_stage(pipe: Pipeline, stage: Stage[Any], run: StageRun, why: str,
     stamp_path = pipe.stamp_path(stage.name)
     times = [t for t in map(newest_mtime, stage.inputs) if t is not None]
     record = {"stage": stage.name, "digest": stage.digest, "config": stage.config,
-              "geoseg_version": __version__, "inputs_mtime_ns": max(times, default=0)}
+              "geoseg_version": __version__, "inputs_mtime_ns": max(times, default=0),
+              **({"reads": reads} if (reads := scene_reads(stage)) is not None else {})}
     write_json(stamp_path, {**record, "status": "running"}, indent=2)
     t0 = time.perf_counter()
     try:

@@ -24,6 +24,7 @@ from geoseg.pipeline.model import (
     FROM,
     INPUT_NEWER,
     PARAMS,
+    READ,
     UNFINISHED,
     UPSTREAM,
     EvaluateArgs,
@@ -53,8 +54,8 @@ class StageRun:
 
     @property
     def changed(self) -> bool:
-        """Parameters, inputs or upstream outputs changed, or a rerun was asked for."""
-        return self.code in (FORCE, FROM, PARAMS, UPSTREAM, INPUT_NEWER)
+        """Parameters, inputs, their reading or upstream outputs changed, or a rerun was asked for."""
+        return self.code in (FORCE, FROM, PARAMS, UPSTREAM, INPUT_NEWER, READ)
 
     @property
     def unfinished(self) -> bool:

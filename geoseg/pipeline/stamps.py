@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from geoseg.io.stamps import input_stamp
+from geoseg.errors import GeoSegError
+from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.pipeline.model import (
     FIRST,
     INPUT_MISSING,
     INPUT_NEWER,
     OUTPUT_MISSING,
     PARAMS,
+    READ,
     UNFINISHED,
     UP_TO_DATE,
     UPSTREAM,
@@ -56,7 +59,39 @@ def _decide(stage: Stage[Any], stamp: dict[str, Any] | None, rebuilt: dict[Path,
     for p, t in times.items():
         if t is not None and t > oldest:
             return INPUT_NEWER, f"input {show(p)} newer than the outputs"
+    if "reads" in stamp and stamp["reads"] != scene_reads(stage):  # a stamp without: adopted (run.py)
+        return READ, ("its scenes are read otherwise than when it ran (another geoseg revision, "
+                      "or their grid, bands or mask changed)")
     return UP_TO_DATE, "up to date"
+
+
+def scene_reads(stage: Stage[Any]) -> str | None:
+    """A digest of how the stage's scenes are read now; None for a stage without scenes.
+
+    Each scene's :func:`~geoseg.io.stamps.read_stamp` (its grid, bands, validity as geoseg
+    opens it; None for one it cannot open, which the stage reports or skips). Recorded in
+    the stamp when the stage runs: after an upgrade that reads the same unchanged files
+    otherwise, the stage runs again rather than leaving outputs of the old reading
+    (chips, polygons) to the stages after it.
+    """
+    scenes = getattr(stage.args, "scenes", None)
+    if not scenes:
+        return None
+    from geoseg.io import rasters
+    from geoseg.io.sources import list_scenes
+
+    def one(src: Any) -> list[Any]:
+        try:
+            return [src.source, read_stamp(rasters.inspect_scene(src))]
+        except GeoSegError:
+            return [src.source, None]
+
+    try:
+        found = list_scenes(scenes)
+    except GeoSegError:
+        return "unlisted"  # the stage says why when it runs
+    with ThreadPoolExecutor(max_workers=min(8, len(found) or 1)) as pool:  # remote headers: in parallel
+        return digest(list(pool.map(one, found)))
 
 
 def _recorded(stamp: dict[str, Any] | None, root: Path) -> list[Path]:
