@@ -560,3 +560,15 @@ def test_a_stamp_without_reads_adopts_the_reading_now(project: Path, fakes: Fake
     assert "reads" not in json.loads((project / "out" / ".stamps" / "train.json").read_text())  # no scenes
     read_otherwise(monkeypatch, {"c"})
     assert ran(run(project)) == ["predict", "evaluate"]
+
+
+def test_a_moved_project_stays_up_to_date(project: Path, fakes: Fakes, tmp_path: Path) -> None:
+    """Digests and stamps hold paths relative to the pipeline file: moving the folder reruns nothing."""
+    run(project)
+    age(project)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    project.rename(moved)
+    fakes.calls.clear()
+    res = run(moved)
+    assert ran(res) == [] and fakes.names() == []
+    assert res["predict"].outputs == [moved / "out" / "buildings.gpkg"]

@@ -80,11 +80,11 @@ def scene_reads(stage: Stage[Any]) -> str | None:
     from geoseg.io import rasters
     from geoseg.io.sources import list_scenes
 
-    def one(src: Any) -> list[Any]:
+    def one(src: Any) -> dict[str, Any] | None:  # not its path: a moved project stays up to date
         try:
-            return [src.source, read_stamp(rasters.inspect_scene(src))]
+            return read_stamp(rasters.inspect_scene(src))
         except GeoSegError:
-            return [src.source, None]
+            return None
 
     try:
         found = list_scenes(scenes)
