@@ -64,6 +64,23 @@ def test_regularize_squares_boxes_and_keeps_f1(scene: tuple[Path, Path], tiny_ru
     assert not sq.regularized_raised
 
 
+def test_regularize_squares_the_classes_it_names(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
+    """A list (the buildings presets' ``[building]``) squares those classes; a tree model's crowns stay as traced."""
+    path, _ = scene
+    raw = predict([path], tiny_run, tmp_path / "raw.gpkg", cfg(regularize=False))
+    trees = predict([path], tiny_run, tmp_path / "trees.gpkg", cfg(regularize=("tree",)))  # tiny_run: building
+    assert trees.regularized is None and not any("regularized" in line for line in trees.lines())
+    a, t = gpd.read_file(tmp_path / "raw.gpkg"), gpd.read_file(tmp_path / "trees.gpkg")
+    assert len(a) == raw.polygons > 0 and shapely.equals(a.geometry.to_numpy(), t.geometry.to_numpy()).all()
+    named = predict([path], tiny_run, tmp_path / "named.gpkg", cfg(regularize=("building", "tree")))
+    assert named.regularized == 1.0 and named.regularized_classes is None  # every class of the model
+    assert np.median(corners(gpd.read_file(tmp_path / "named.gpkg").geometry.to_numpy())) == 4
+    from geoseg.predict.stage import PredictSummary
+
+    some = PredictSummary(out=tmp_path / "x.gpkg", regularized=1.0, regularized_classes=("building",))
+    assert "(regularized, tolerance 1 m, building only)" in "\n".join(some.lines())  # a subset is named
+
+
 def test_cli_regularize_flags_and_formats(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
     path, _ = scene
     for name, flag in (("a.shp", "--no-regularize"), ("b.parquet", "--regularize")):

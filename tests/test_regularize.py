@@ -172,3 +172,32 @@ def test_the_tolerance_is_at_least_two_pixels_of_the_scene() -> None:
     assert corners(regularize(traced, tolerance=1.0, rectangle=1.0).geometry.iloc[0]) > 100  # as traced
     got = regularize(traced, tolerance=square_tolerance(1.0, scene), rectangle=1.0).geometry.iloc[0]
     assert corners(got) <= 8 and got.intersection(big).area / got.union(big).area > 0.9
+
+
+def test_regularize_file_squares_only_the_classes_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A tree crown beside a roof: the buildings presets' ``[building]`` squares the roof only."""
+    from geoseg.models.postprocess import check_regularize, squared_classes
+    from geoseg.predict.regularize import regularize_file
+
+    crown = staircase(shapely.Point(X0 + 80, Y0 + 10).buffer(5))  # round: rectangularity pi/4 > 0.75
+    gdf = gpd.GeoDataFrame({"class": ["building", "tree"], "score": [0.9, 0.8], "area_m2": [1.0, 2.0]},
+                           geometry=[staircase(RECT), crown], crs=UTM)
+    gdf.to_file(tmp_path / "block.gpkg")
+    every = gpd.read_file(regularize_file(tmp_path / "block.gpkg", 1.0))
+    assert corners(every.geometry[1]) == 4  # True squares every class: the crown became a rectangle
+    named = gpd.read_file(regularize_file(tmp_path / "block.gpkg", 1.0, classes=["building"]))
+    assert corners(named.geometry[0]) == 4 and named.geometry[0].equals(every.geometry[0])
+    assert named.geometry[1].equals(gdf.geometry[1]) and named["area_m2"][1] == 2.0  # as traced, untouched
+    assert named["area_m2"][0] == pytest.approx(named.geometry[0].area / 0.9996**2, rel=0.01)  # recomputed
+    assert list(named["class"]) == ["building", "tree"]
+    assert squared_classes(("building",), ["tree"]) == [] and squared_classes(False, ["tree"]) == []
+    check_regularize(True, ["tree"])  # every class: nothing to say
+
+
+def test_a_list_naming_no_class_of_the_chips_warns(caplog: pytest.LogCaptureFixture) -> None:
+    from geoseg.models.postprocess import check_regularize
+
+    with caplog.at_level("WARNING"):
+        check_regularize(("building",), ["tree"])
+    assert "postprocess.regularize names building, not a class of the chips (tree): predict will square " \
+        "no outline" in caplog.text

@@ -243,3 +243,19 @@ def test_set_null_applies_and_cli_options_win(tmp_path: Path) -> None:
     assert load_config(TrainConfig, cfg_file, sets=["patches=null"]).patches is None
     both = load_config(TrainConfig, cfg_file, {"epochs": 7, "seed": None}, sets=["epochs=3", "seed=5"])
     assert both.epochs == 7 and both.seed == 5  # an explicit option beats --set, which beats the file
+
+
+def test_a_preset_squaring_a_class_the_chips_lack_warns(tiny_patches: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The buildings presets' ``regularize: [building]`` on chips of trees: said when training starts."""
+    from geoseg.train.loop import Trainer
+
+    for names, warned in ((["tree"], True), (["building"], False), (True, False)):
+        cfg = load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml", {"postprocess": {"regularize": names}})
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            Trainer(cfg, tiny_patches, tmp_path / "run", torch.device("cpu"))
+        assert ("postprocess.regularize names tree, not a class of the chips (building): predict will square "
+                "no outline" in caplog.text) is warned, caplog.text
+    with pytest.raises(ConfigError, match="regularize"):
+        load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml", {"postprocess": {"regularize": [" "]}})

@@ -81,8 +81,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.option("--simplify", type=float, help="Tolerance in metres." + _default("simplify"))
 @click.option("--min-area", type=float, help="Smallest polygon in m²." + _default("min_area"))
 @click.option("--regularize/--no-regularize", default=None,
-              help="Square building outlines to their dominant directions.  "
-              "[default: the model's postprocess.regularize; on in the buildings presets]")
+              help="Square the outlines of every class to their dominant directions (--no-regularize: none).  "
+              "[default: the model's postprocess.regularize; the buildings presets square 'building']")
 @click.option("--regularize-tolerance", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Steps smaller than this are squared away." + _default("regularize_tolerance"))
 @click.option("--gsd", callback=_gsd, metavar="native|model|METRES",

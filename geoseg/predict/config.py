@@ -41,8 +41,9 @@ class PredictConfig(Strict):
     prob_out: str | None = Field(None, description="extent probabilities as a COG")
     aoi: str | None = Field(None, description="vector file of polygons: only the blocks near them are read, "
                             "and only the objects that meet them are written, whole (geoseg.predict.area)")
-    regularize: bool | None = Field(None, description="square building outlines "
-                                    "(None: the model's postprocess.regularize)")
+    regularize: bool | tuple[str, ...] | None = Field(
+        None, description="square outlines: true for every class, or the classes to square "
+        "(None: the model's postprocess.regularize)")
     regularize_tolerance: float = Field(1.0, gt=0, description="regularization: steps smaller "
                                         "than this are squared away, in metres")
     overlaps: Literal["once", "all"] = Field(

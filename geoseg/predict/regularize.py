@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,8 +229,11 @@ def square_tolerance(tolerance: float, scene: SceneInfo) -> float:
 PIXELS_SQUARED = 2.0
 
 
-def regularize_file(path: str | Path, tolerance: float) -> Path:
+def regularize_file(path: str | Path, tolerance: float, classes: Collection[str] | None = None) -> Path:
     """The polygons of one vector file (a predict block's cache), regularized (:func:`regularize`).
+
+    With ``classes``, only the rows of those classes (column ``class``) are squared; the
+    others keep their traced outline (a tree crown is not a rectangle).
 
     Predict runs it as one Dask task per block, so squaring outlines runs in parallel (on a
     cluster, on the workers) instead of on the whole output at the end.
@@ -243,5 +247,13 @@ def regularize_file(path: str | Path, tolerance: float) -> Path:
     path = Path(path)
     gdf = gpd.read_file(path)
     squared = path.with_name(f"{path.stem}.square.gpkg")
-    write_vector(regularize(gdf, tolerance=tolerance) if len(gdf) else gdf, squared, layer=path.stem)
+    pick = np.ones(len(gdf), bool) if classes is None else gdf["class"].isin(list(classes)).to_numpy()
+    if pick.any():
+        done = regularize(gdf[pick], tolerance=tolerance)
+        geoms = gdf.geometry.to_numpy().copy()
+        geoms[pick] = done.geometry.to_numpy()
+        gdf[gdf.geometry.name] = gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs)
+        if "area_m2" in gdf.columns:
+            gdf.loc[pick, "area_m2"] = done["area_m2"].to_numpy()
+    write_vector(gdf, squared, layer=path.stem)
     return squared

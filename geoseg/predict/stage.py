@@ -47,6 +47,7 @@ from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.io.vectors import split_layer
 from geoseg.models.meta import ModelMeta
+from geoseg.models.postprocess import squared_classes
 from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.area import near_owners
 from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
@@ -91,6 +92,8 @@ class PredictSummary:
     pixel raised it: :func:`~geoseg.predict.regularize.square_tolerance`), else None."""
     regularized_raised: bool = False
     """Whether a scene's pixel raised the tolerance above ``--regularize-tolerance``."""
+    regularized_classes: tuple[str, ...] | None = None
+    """The classes squared when not every class of the model was (``postprocess.regularize``)."""
     gsd: str = ""
     """How scenes were read: at which ground pixel size, from which (empty: all native)."""
     tta: str = "none"
@@ -118,7 +121,8 @@ class PredictSummary:
             if routed else f"{self.routing}, detections on every block",
             f"polygons: {self.polygons} -> {self.out}"
             + (f" (regularized, tolerance {self.regularized:.3g} m"
-               + (", raised to two of a scene's pixels" if self.regularized_raised else "") + ")"
+               + (", raised to two of a scene's pixels" if self.regularized_raised else "")
+               + (f", {', '.join(self.regularized_classes)} only" if self.regularized_classes else "") + ")"
                if self.regularized else ""),
         ] + ([self.aoi + f"; {self.outside_aoi} objects near it that do not meet it dropped"] if self.aoi else []) \
             + ([f"overlapping scenes: {self.copies} polygons were copies of an object another scene saw deeper "
@@ -277,12 +281,15 @@ def predict(
             final.append((plan, i, j, polys))
         tasks += list(pv.values()) + [chosen] + list(ff.values())
     outputs = [f[3] for f in final]
-    squared = meta.postprocess.regularize if cfg.regularize is None else cfg.regularize
-    if squared:  # per block, in parallel: each outline is squared alone
+    squared = squared_classes(meta.postprocess.regularize if cfg.regularize is None else cfg.regularize,
+                              meta.classes)
+    if squared:  # per block, in parallel: each outline is squared alone (those of the classes squared)
         from geoseg.predict.regularize import regularize_file, square_tolerance
 
-        outputs = [delayed(regularize_file, pure=False)(f[3], square_tolerance(cfg.regularize_tolerance, f[0].scene))
-                   for f in final]
+        only = None if len(squared) == len(meta.classes) else tuple(squared)
+        outputs = [delayed(regularize_file, pure=False)(
+            f[3], square_tolerance(cfg.regularize_tolerance, f[0].scene), classes=only) for f in final]
+        summary.regularized_classes = only
     with dask.config.set(num_workers=ff_plan.threads) if ff_plan.threads else contextlib.nullcontext():
         results = compute(tasks + outputs, scheduler=scheduler, desc="predict", progress=progress)
     n_pv = 0

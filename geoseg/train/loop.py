@@ -33,6 +33,7 @@ from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.io.atomic import atomic_path, check_writable, write_text
 from geoseg.models.checkpoint import inference_payload, load_checkpoint, save_checkpoint
 from geoseg.models.config import ModelConfig
+from geoseg.models.postprocess import check_regularize
 from geoseg.models.routed import RoutedModel
 from geoseg.train import distributed
 from geoseg.train.augment import build_augment
@@ -82,6 +83,7 @@ class Trainer:
         self.patches, self.run_dir, self.device, self.progress, self.dist = patches, run_dir, device, progress, dist
         self.hooks = list(hooks)
         self.stats = read_stats(patches)
+        check_regularize(cfg.postprocess.regularize, self.stats["classes"])  # a preset's [building] on trees
         model_cfg = cfg.model.model_copy(update={
             "in_channels": int(self.stats["bands"]), "classes": tuple(self.stats["classes"])})
         self.cfg = cfg.model_copy(update={"model": model_cfg, "patches": str(patches)})
