@@ -572,3 +572,14 @@ def test_a_moved_project_stays_up_to_date(project: Path, fakes: Fakes, tmp_path:
     res = run(moved)
     assert ran(res) == [] and fakes.names() == []
     assert res["predict"].outputs == [moved / "out" / "buildings.gpkg"]
+
+
+def test_deciding_reads_the_scenes_without_their_warnings(project: Path, fakes: Fakes) -> None:
+    """The stage warns about its scenes when it runs; the skip rules open them silently (pytest: warnings fail)."""
+    with rasterio.open(project / "data" / "c.tif", "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(10.0, 58.0, 0.6, 0.6)) as dst:  # 4.8° of latitude
+        dst.write(np.full((3, 8, 8), 90, np.uint8))
+    assert ran(run(project)) == ALL
+    age(project)
+    assert ran(run(project)) == []
+    assert json.loads((project / "out" / ".stamps" / "predict.json").read_text())["reads"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import GeoSegError
+from geoseg.errors import GeoSegError, GeoSegWarning
 from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.pipeline.model import (
     FIRST,
@@ -86,12 +87,14 @@ def scene_reads(stage: Stage[Any]) -> str | None:
         except GeoSegError:
             return None
 
-    try:
-        found = list_scenes(scenes)
-    except GeoSegError:
-        return "unlisted"  # the stage says why when it runs
-    with ThreadPoolExecutor(max_workers=min(8, len(found) or 1)) as pool:  # remote headers: in parallel
-        return digest(list(pool.map(one, found)))
+    with warnings.catch_warnings():  # the stage warns about its scenes when it runs; restored after the pool
+        warnings.simplefilter("ignore", GeoSegWarning)
+        try:
+            found = list_scenes(scenes)
+        except GeoSegError:
+            return "unlisted"  # the stage says why when it runs
+        with ThreadPoolExecutor(max_workers=min(8, len(found) or 1)) as pool:  # remote headers: in parallel
+            return digest(list(pool.map(one, found)))
 
 
 def _recorded(stamp: dict[str, Any] | None, root: Path) -> list[Path]:
