@@ -22,12 +22,14 @@ install: $(STAMP)
 demo: install
 	$(BIN)/geoseg run pipelines/kampala.yaml
 
-## Lint (ruff + mypy), then the whole test suite (what CI runs).
+## Lint (ruff + mypy), then the whole test suite (what CI runs), one pytest-xdist worker per
+## core (at most 4; a module's tests stay on one worker, with its fixtures).
+XDIST := -n auto --maxprocesses 4 --dist loadfile
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff check geoseg tests bench notebooks

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -409,7 +408,6 @@ def test_real_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
-    t0 = time.perf_counter()
     res = CliRunner().invoke(cli, ["run", str(path)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "out"
@@ -421,7 +419,6 @@ def test_real_tiny_pipeline_end_to_end(tmp_path: Path) -> None:
     again = CliRunner().invoke(cli, ["run", str(path)])
     assert again.exit_code == 0, again.output
     assert again.stdout.count("skipped up to date") == 4, again.stdout
-    assert time.perf_counter() - t0 < 300
 
 
 def test_stage_without_outputs_is_skipped_until_an_input_changes(project: Path, fakes: Fakes) -> None:
