@@ -83,7 +83,8 @@ class Trainer:
         self.patches, self.run_dir, self.device, self.progress, self.dist = patches, run_dir, device, progress, dist
         self.hooks = list(hooks)
         self.stats = read_stats(patches)
-        check_regularize(cfg.postprocess.regularize, self.stats["classes"])  # a preset's [building] on trees
+        if dist.main:  # a preset's [building] on trees: said once
+            check_regularize(cfg.postprocess.regularize, self.stats["classes"])
         model_cfg = cfg.model.model_copy(update={
             "in_channels": int(self.stats["bands"]), "classes": tuple(self.stats["classes"])})
         self.cfg = cfg.model_copy(update={"model": model_cfg, "patches": str(patches)})
