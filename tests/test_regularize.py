@@ -176,7 +176,7 @@ def test_the_tolerance_is_at_least_two_pixels_of_the_scene() -> None:
 
 def test_regularize_file_squares_only_the_classes_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A tree crown beside a roof: the buildings presets' ``[building]`` squares the roof only."""
-    from geoseg.models.postprocess import check_regularize, squared_classes
+    from geoseg.models.postprocess import squared_classes
     from geoseg.predict.regularize import regularize_file
 
     crown = staircase(shapely.Point(X0 + 80, Y0 + 10).buffer(5))  # round: rectangularity pi/4 > 0.75
@@ -191,7 +191,6 @@ def test_regularize_file_squares_only_the_classes_named(tmp_path) -> None:  # ty
     assert named["area_m2"][0] == pytest.approx(named.geometry[0].area / 0.9996**2, rel=0.01)  # recomputed
     assert list(named["class"]) == ["building", "tree"]
     assert squared_classes(("building",), ["tree"]) == [] and squared_classes(False, ["tree"]) == []
-    check_regularize(True, ["tree"])  # every class: nothing to say
 
 
 def test_a_list_naming_no_class_of_the_chips_warns(caplog: pytest.LogCaptureFixture) -> None:
