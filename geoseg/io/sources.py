@@ -38,9 +38,6 @@ from geoseg.io.encoding import Scaling
 
 log = logging.getLogger(__name__)
 
-#: Extensions taken from a directory (explicit files may have any extension GDAL reads).
-RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc"})
-
 #: URL schemes and the GDAL virtual file system each is read through.
 SCHEMES = {"http": "/vsicurl/", "https": "/vsicurl/", "s3": "/vsis3/", "gs": "/vsigs/",
            "az": "/vsiaz/", "abfs": "/vsiaz/"}
@@ -277,6 +274,7 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
         InputVectorError: a STAC document is unreadable or an item lacks the asset.
     """
     from geoseg.io import stac
+    from geoseg.io.folders import folder_rasters
 
     out: list[SceneSource] = []
     for item in inputs:
@@ -291,11 +289,7 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
         else:
             path = Path(s)
             if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
-                if not found:
-                    raise InputRasterError(
-                        f"{path} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}); "
-                        "pass the folder of your scenes or the files themselves")
+                found = folder_rasters(path)
                 out.extend(SceneSource(str(p.resolve()), p.stem) for p in without_mosaic_tiles(found, path))
             elif path.exists():
                 out.append(SceneSource(str(path.resolve()), path.stem))

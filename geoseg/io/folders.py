@@ -1,0 +1,99 @@
+"""The scenes a folder holds: rasters by extension, and images georeferenced beside them.
+
+GeoTIFFs, VRTs, JPEG 2000, Erdas Imagine, netCDF and NITF files are scenes by their
+extension. A PNG, JPEG or WebP is a scene when GDAL finds it on a grid: a world file
+(``x.jgw``, ``x.pgw``, ``x.jpgw``, ``x.wld``) or a ``x.jpg.aux.xml`` beside it, as municipal
+orthophotos are often delivered. Images without one (web-map tiles named ``z/x/y``, photos,
+quick-looks) and formats this GDAL has no driver for (ECW, MrSID) are left out with a
+warning that names them and what to do: before, every one of them was left out without
+a word, so predict wrote the polygons of the other scenes only, and tile trained on less.
+A folder whose rasters all lie in subfolders is refused with the recursive pattern to pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+from geoseg.errors import InputRasterError
+
+log = logging.getLogger(__name__)
+
+#: Extensions taken from a folder as they are (explicit files may have any extension GDAL reads).
+RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".gtiff", ".vrt", ".jp2", ".img", ".nc", ".ntf", ".nitf"})
+#: Image formats taken from a folder when they are georeferenced (a world file or ``.aux.xml``).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+#: Raster formats of aerial deliveries that the GDAL in rasterio's wheels cannot read.
+NO_DRIVER_SUFFIXES = frozenset({".ecw", ".sid"})
+
+
+def georeferenced(path: Path, stems: Counter[str]) -> bool:
+    """Whether GDAL reads an image on a grid (a geotransform, GCPs or RPCs) from it or its sidecars.
+
+    Only images with another file of their stem beside them (a world file; ``stems``
+    counts the folder's) or a ``.aux.xml`` are opened: a folder of ten thousand web-map
+    tiles costs a listing.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    if stems[path.stem.lower()] < 2 and not path.with_name(path.name + ".aux.xml").exists():
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return not src.transform.is_identity or bool(src.gcps[0]) or bool(src.rpcs)
+    except (RasterioError, OSError):
+        return True  # a damaged image with a sidecar: taken, so that reading it says what is wrong
+
+
+def folder_rasters(folder: Path) -> list[Path]:
+    """The scenes of a folder (not its subfolders), sorted; warns of the images it leaves out.
+
+    Raises:
+        InputRasterError: the folder holds none, naming what it holds instead (images
+            without georeferencing, rasters in subfolders and the pattern that takes them).
+
+    Examples:
+        >>> sorted(RASTER_SUFFIXES & IMAGE_SUFFIXES)
+        []
+    """
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    found = [p for p in files if p.suffix.lower() in RASTER_SUFFIXES]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    stems = Counter(p.stem.lower() for p in files)
+    plain = [p for p in images if not georeferenced(p, stems)]
+    found = sorted(found + [p for p in images if p not in plain])
+    unread = [p for p in files if p.suffix.lower() in NO_DRIVER_SUFFIXES]
+    if plain:
+        log.warning("%s: %d image(s) without georeferencing left out (%s): give each its grid, a world file or "
+                    "gdal_translate -a_srs EPSG:nnnn -a_ullr ulx uly lrx lry x.png x.tif (web-map tiles: "
+                    "their bounds follow from z/x/y)", folder, len(plain), shown(plain))
+    if unread:
+        log.warning("%s: %d raster(s) left out (%s): this GDAL has no ECW or MrSID driver; convert them to "
+                    "GeoTIFF with a GDAL that has (QGIS's: gdal_translate -of COG x.sid x.tif)",
+                    folder, len(unread), shown(unread))
+    if found:
+        return found
+    deeper = sorted({Path(top).relative_to(folder) for top, _, names in os.walk(folder)
+                     if top != str(folder) and any(Path(n).suffix.lower() in RASTER_SUFFIXES for n in names)})
+    hint = (f"; its subfolders hold rasters ({', '.join(map(str, deeper[:3]))}{' ...' if len(deeper) > 3 else ''}): "
+            f"pass '{folder}/**/*.tif' (quoted) to take them" if deeper else
+            "; pass the folder of your scenes or the files themselves")
+    raise InputRasterError(f"{folder} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}, or a georeferenced "
+                           f"{'/'.join(s[1:] for s in sorted(IMAGE_SUFFIXES))}){hint}")
+
+
+def shown(paths: list[Path], most: int = 3) -> str:
+    """The first names of ``paths``, and how many more.
+
+    Examples:
+        >>> shown([Path("a.png"), Path("b.png")]), shown([Path(f"{i}.png") for i in range(5)])
+        ('a.png, b.png', '0.png, 1.png, 2.png and 2 more')
+    """
+    names = ", ".join(p.name for p in paths[:most])
+    return names + (f" and {len(paths) - most} more" if len(paths) > most else "")
