@@ -284,6 +284,8 @@ def evaluate_frames(
         log.warning("the predictions (bounds %s) and the truth (bounds %s; both in %s) do not "
                     "overlap: nothing can match; check that each file's CRS is the one its coordinates are in",
                     bounds_text(pred), bounds_text(truth), pred.crs.to_string())
+    elif len(pg) and len(tg):
+        warn_beyond(pg, tg)
     # pairs below both thresholds can never match: skip them early
     pi, ti, pair_iou = candidate_pairs(pg, tg, pcls, tcls, min_iou=min(iou, THRESHOLDS[0]) - 2 * EPS)
     matched = match_by_iou(pi, ti, pair_iou, iou)
@@ -313,6 +315,29 @@ def evaluate_frames(
                     "match regardless of class with --class-field none",
                     sorted(set(pcls))[:5], sorted(set(tcls))[:5])
     return report
+
+
+def warn_beyond(pg: np.ndarray, tg: np.ndarray, share: float = 0.05) -> None:
+    """Warn when many objects of one side lie far beyond the other side's extent (in metres).
+
+    Truth mapped over one district against predictions over the whole scene: the
+    predictions beyond count as false positives and precision is too low; truth over a
+    city against one scene's predictions: recall is too low. Far is a tenth of the other
+    side's extent (its box's diagonal) beyond its box; more than ``share`` of a side, and
+    at least 5 objects, warns.
+    """
+    for side, other, text in (
+            (pg, tg, "predictions lie over %.0f m beyond the truth's extent: if the truth was mapped only there, "
+                     "they count as false positives and precision is too low; evaluate inside the mapped area "
+                     "with --aoi AREA_FILE"),
+            (tg, pg, "truth polygons lie over %.0f m beyond the predictions' extent: if the scenes predicted do "
+                     "not reach them, they count as misses and recall is too low; clip the truth to the scenes "
+                     "with --scenes SCENES --clip")):
+        x0, y0, x1, y1 = shapely.total_bounds(other)
+        margin = 0.1 * float(np.hypot(x1 - x0, y1 - y0))
+        far = int((~shapely.intersects(side, shapely.box(x0, y0, x1, y1).buffer(margin))).sum())
+        if far >= max(5, share * len(side)):
+            log.warning("%d of %d " + text, far, len(side), margin)
 
 
 def evaluate(

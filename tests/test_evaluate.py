@@ -159,6 +159,37 @@ def test_truth_with_a_wrong_crs_warns_that_nothing_overlaps(caplog):
     assert "do not overlap" not in caplog.text
 
 
+def test_objects_far_beyond_the_other_sides_extent_warn(caplog, tmp_path):
+    """Truth mapped over one district, predictions over the whole scene: precision is right for the
+    inputs but not what the user wants to know; the warning says so and how to evaluate inside."""
+    district, scene = grid(6), grid(30)  # the same squares; the truth stops after the sixth
+    with caplog.at_level("WARNING"):
+        r = evaluate_frames(scene, district)
+    assert (r["tp"], r["fp"], r["fn"]) == (6, 24, 0)
+    assert "23 of 30 predictions lie over 11 m beyond the truth's extent" in caplog.text
+    assert "--aoi AREA_FILE" in caplog.text and "truth polygons lie" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_frames(district, scene)
+    assert "23 of 30 truth polygons lie over 11 m beyond the predictions' extent" in caplog.text
+    assert "--scenes SCENES --clip" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_frames(grid(6, dx=1.5), district)  # one area, shifted outlines
+        evaluate_frames(grid(7), district)  # one more object, at the edge
+    assert "beyond" not in caplog.text
+    # the advice: evaluate inside the mapped area
+    scene.to_file(tmp_path / "p.gpkg")
+    district.to_file(tmp_path / "t.gpkg")
+    gpd.GeoDataFrame(geometry=[shapely.box(*district.total_bounds).buffer(1)], crs=UTM).to_file(tmp_path / "a.gpkg")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"),
+                                       "--aoi", str(tmp_path / "a.gpkg"), "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["fp"] == 0 and "beyond" not in caplog.text
+
+
 def test_a_class_field_neither_input_has_is_refused(caplog):
     with pytest.raises(InputVectorError, match="column 'kind'"):
         evaluate_frames(grid(3), grid(3), class_field="kind")
