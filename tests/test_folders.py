@@ -96,6 +96,8 @@ def test_a_folder_without_scenes_says_what_it_holds(tmp_path: Path, layout: str)
     if layout == "subfolders":
         (root / "2023").mkdir(parents=True)
         bright_boxes_scene(root / "2023" / "a.tif", SHAPE, BOXES)
+        bright_boxes_scene(root / "2023" / "b.tif", SHAPE, BOXES)
+        (root / "2023" / "B02.jp2").write_bytes(b"")  # the pattern names the most common extension
         expect = f"its subfolders hold rasters (2023): pass '{root}/**/*.tif' (quoted)"
     else:  # web-map tiles: PNGs named z/x/y, no georeferencing
         root.mkdir()
@@ -106,5 +108,5 @@ def test_a_folder_without_scenes_says_what_it_holds(tmp_path: Path, layout: str)
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert f"geoseg: error: {root} holds no raster" in res.output and expect in res.output, res.output
     if layout == "subfolders":
-        assert [s.name for s in list_scenes([f"{root}/**/*.tif"])] == ["a"]
+        assert [s.name for s in list_scenes([f"{root}/**/*.tif"])] == ["a", "b"]
     assert not (tmp_path / "p").exists()

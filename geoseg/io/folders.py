@@ -79,10 +79,16 @@ def folder_rasters(folder: Path) -> list[Path]:
                     folder, len(unread), shown(unread))
     if found:
         return found
-    deeper = sorted({Path(top).relative_to(folder) for top, _, names in os.walk(folder)
-                     if top != str(folder) and any(Path(n).suffix.lower() in RASTER_SUFFIXES for n in names)})
+    kinds: Counter[str] = Counter()  # the extensions of the rasters in subfolders (a SAFE's .jp2)
+    deeper = []
+    for top, _, names in os.walk(folder):
+        found_here = [Path(n).suffix for n in names if Path(n).suffix.lower() in RASTER_SUFFIXES]
+        if found_here and top != str(folder):
+            deeper.append(Path(top).relative_to(folder))
+            kinds.update(found_here)
+    deeper.sort()
     hint = (f"; its subfolders hold rasters ({', '.join(map(str, deeper[:3]))}{' ...' if len(deeper) > 3 else ''}): "
-            f"pass '{folder}/**/*.tif' (quoted) to take them" if deeper else
+            f"pass '{folder}/**/*{kinds.most_common(1)[0][0]}' (quoted) to take them" if deeper else
             "; pass the folder of your scenes or the files themselves")
     raise InputRasterError(f"{folder} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}, or a georeferenced "
                            f"{'/'.join(s[1:] for s in sorted(IMAGE_SUFFIXES))}){hint}")
