@@ -787,6 +787,28 @@ def test_features_without_a_class_are_refused(tmp_path: Path) -> None:
     assert [c["name"] for c in cats] == ["house", "shed"]
 
 
+def test_blank_classes_are_refused_and_spellings_of_one_class_warn(tmp_path: Path) -> None:
+    """'' was a class of its own (a COCO category without a name); 'House' beside 'house ' two classes
+    that split one kind of object, with exit 0 and no word."""
+    scene, labels = _two_layer_labels(tmp_path)
+    gdf = gpd.read_file(labels, layer="checked")
+    gdf["kind"] = ["house", " ", "shed", "house"]
+    kinds = tmp_path / "kinds.gpkg"
+    gdf.to_file(kinds)
+    args = ["tile", str(scene), "--labels", str(kinds), "--class-field", "kind", "--out", str(tmp_path / "out"),
+            "--size", "32", "--overlap", "0"]
+    line = one_error_line(CliRunner().invoke(cli, args), kinds.name)
+    assert "1 of 4 features have no value in 'kind'" in line and "features 2)" in line
+    gdf["kind"] = ["house", "House", "shed", "house "]
+    gdf.to_file(kinds)
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert ("classes 'house'/'House'/'house ' differ only in case or spaces: each is a class of its own" in res.output
+            and 'lower(trim("kind"))' in res.output), res.output
+    cats = json.loads((tmp_path / "out" / "annotations.json").read_text())["categories"]
+    assert [c["name"] for c in cats] == ["House", "house", "house ", "shed"]  # as given: the warning says why
+
+
 def test_local_engineering_crs_is_refused(tmp_path: Path) -> None:
     """A site grid (LOCAL_CS, drone surveys in local coordinates) has no place on the Earth: the CRS
     transformations crashed with 'unexpected ProjError', a bug-report line."""

@@ -283,14 +283,23 @@ def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
         ['a', '2']
     """
     col = gdf[field]
-    missing = np.flatnonzero(col.isna().to_numpy())
+    text = col.astype(str)
+    missing = np.flatnonzero((col.isna() | (text.str.strip() == "")).to_numpy())  # '' or '  ': no class either
     if len(missing):
         rows = ", ".join(str(int(r) + 1) for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise InputVectorError(
             f"{what}: {len(missing)} of {len(gdf)} features have no value in '{field}' (the class field; "
             f"features {rows}); give them a class or remove them (QGIS: Field Calculator), or pass another "
             "--class-field (none: one class for every feature)")
-    return np.asarray(col.astype(str).to_numpy(), dtype=object)
+    spellings: dict[str, list[str]] = {}
+    for name in text.unique():
+        spellings.setdefault(str(name).strip().casefold(), []).append(str(name))
+    clash = [names for names in spellings.values() if len(names) > 1]
+    if clash:  # 'Building' beside 'building ': two classes that split one kind of object
+        log.warning("%s: classes %s differ only in case or spaces: each is a class of its own; give each "
+                    "kind one spelling (QGIS Field Calculator: lower(trim(\"%s\")))", what,
+                    " and ".join("/".join(repr(n) for n in names) for names in clash[:3]), field)
+    return np.asarray(text.to_numpy(), dtype=object)
 
 
 def read_labels(
