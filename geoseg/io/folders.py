@@ -57,10 +57,6 @@ def folder_rasters(folder: Path) -> list[Path]:
     Raises:
         InputRasterError: the folder holds none, naming what it holds instead (images
             without georeferencing, rasters in subfolders and the pattern that takes them).
-
-    Examples:
-        >>> sorted(RASTER_SUFFIXES & IMAGE_SUFFIXES)
-        []
     """
     files = sorted(p for p in folder.iterdir() if p.is_file())
     found = [p for p in files if p.suffix.lower() in RASTER_SUFFIXES]
@@ -75,7 +71,7 @@ def folder_rasters(folder: Path) -> list[Path]:
                     "their bounds follow from z/x/y)", folder, len(plain), shown(plain))
     if unread:
         log.warning("%s: %d raster(s) left out (%s): this GDAL has no ECW or MrSID driver; convert them to "
-                    "GeoTIFF with a GDAL that has (QGIS's: gdal_translate -of COG x.sid x.tif)",
+                    "GeoTIFF with a GDAL that has one (QGIS's: gdal_translate -of COG x.sid x.tif)",
                     folder, len(unread), shown(unread))
     if found:
         return found
