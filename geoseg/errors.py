@@ -8,6 +8,11 @@ Messages name the file or value at fault and say what to do.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+
 
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an error's message (its type when empty), for a one-line error.
@@ -94,3 +99,23 @@ class EmptyLabelsWarning(GeoSegWarning):
 
 class SkippedInputWarning(GeoSegWarning):
     """An input was skipped (``--skip-bad``)."""
+
+
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """Silence geoseg's warnings, both kinds: :class:`GeoSegWarning` and the ``geoseg`` loggers' warnings.
+
+    For work done twice in one command, such as ``geoseg run`` opening a stage's scenes to
+    decide whether it is up to date: the stage gives its warnings when it runs, once. The
+    warnings filter and the logger's level are process-wide: no other thread should warn
+    meanwhile.
+    """
+    logger = logging.getLogger("geoseg")
+    level = logger.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeoSegWarning)
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)

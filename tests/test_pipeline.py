@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -580,3 +581,23 @@ def test_deciding_reads_the_scenes_without_their_warnings(project: Path, fakes: 
     age(project)
     assert ran(run(project)) == []
     assert json.loads((project / "out" / ".stamps" / "predict.json").read_text())["reads"]
+
+
+def test_deciding_lists_a_scenes_folder_without_its_warnings(project: Path, fakes: Fakes, caplog) -> None:
+    """A scenes folder that leaves a file out (a quick-look PNG) warned once more on every `geoseg run`,
+    also with every stage up to date: the skip rules list the folder too."""
+    folder = project / "data" / "predict"
+    scene(folder / "c.tif")
+    rasterio.open(folder / "look.png", "w", driver="PNG", width=8, height=8, count=3, dtype="uint8").close()
+    spec = yaml.safe_load((project / "pipe" / "p.yaml").read_text())
+    spec["predict"]["scenes"] = ["../data/predict"]
+    (project / "pipe" / "p.yaml").write_text(yaml.safe_dump(spec))
+    left_out = "image(s) without georeferencing left out (look.png)"
+    with caplog.at_level(logging.WARNING):
+        assert ran(run(project)) == ALL
+    assert caplog.text.count(left_out) == 1  # by the stage, not by the skip rules before it
+    caplog.clear()
+    age(project)
+    with caplog.at_level(logging.WARNING):
+        assert ran(run(project)) == []
+    assert left_out not in caplog.text

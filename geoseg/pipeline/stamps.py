@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from geoseg.errors import GeoSegError, GeoSegWarning
+from geoseg.errors import GeoSegError, quietly
 from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.pipeline.model import (
     FIRST,
@@ -87,8 +86,7 @@ def scene_reads(stage: Stage[Any]) -> str | None:
         except GeoSegError:
             return None
 
-    with warnings.catch_warnings():  # the stage warns about its scenes when it runs; restored after the pool
-        warnings.simplefilter("ignore", GeoSegWarning)
+    with quietly():  # the stage warns about its scenes when it runs (the listing's left-out files too)
         try:
             found = list_scenes(scenes)
         except GeoSegError:
