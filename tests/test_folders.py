@@ -42,13 +42,14 @@ def orthophotos(root: Path) -> Path:
     as_image(root / "east.tif", scenes / "east.jpg")
     as_image(root / "east.tif", scenes / "quicklook.png", world=False)
     (scenes / "old_delivery.ecw").write_bytes(b"\0" * 64)
+    (scenes / "._north.tif").write_bytes(b"\0\5\26\7" + b"\0" * 60)  # macOS's AppleDouble file, on a shared drive
     return scenes
 
 
 def test_a_folder_takes_georeferenced_images_and_names_what_it_leaves_out(tmp_path: Path, caplog) -> None:
     scenes = orthophotos(tmp_path)
     assert sorted(p.name for p in scenes.iterdir()) == [
-        "east.jpg", "east.jpg.aux.xml", "east.wld", "north.tif", "old_delivery.ecw", "quicklook.png"]
+        "._north.tif", "east.jpg", "east.jpg.aux.xml", "east.wld", "north.tif", "old_delivery.ecw", "quicklook.png"]
     with caplog.at_level(logging.WARNING, logger="geoseg.io.folders"):
         got = list_scenes([scenes])
     assert [s.name for s in got] == ["east", "north"]

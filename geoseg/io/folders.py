@@ -8,6 +8,8 @@ quick-looks) and formats this GDAL has no driver for (ECW, MrSID) are left out w
 warning that names them and what to do: before, every one of them was left out without
 a word, so predict wrote the polygons of the other scenes only, and tile trained on less.
 A folder whose rasters all lie in subfolders is refused with the recursive pattern to pass.
+Hidden files (``._x.tif``, the AppleDouble files macOS leaves on shared drives) are not
+scenes, as a glob's ``*`` skips them.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def folder_rasters(folder: Path) -> list[Path]:
         InputRasterError: the folder holds none, naming what it holds instead (images
             without georeferencing, rasters in subfolders and the pattern that takes them).
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    # hidden files are not scenes, as a shell's or glob's '*' skips them: macOS's '._x.tif' (AppleDouble)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     found = [p for p in files if p.suffix.lower() in RASTER_SUFFIXES]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     stems = Counter(p.stem.lower() for p in files)
