@@ -166,6 +166,26 @@ def test_an_alpha_band_is_the_mask_not_a_band(tiny_run: Path, tmp_path: Path) ->
     assert info.count == 4
 
 
+def test_an_alpha_band_scene_read_at_another_gsd(tiny_run: Path, tmp_path: Path) -> None:
+    """An RGBA scene read on another grid (the model's GSD, `tile --gsd`) stopped with 'unexpected
+    WarpOptionsError: The VRT already has an alpha band': the warped view added a second one."""
+    from geoseg.tile import TileConfig, tile
+
+    fine = [(2 * c0, 2 * r0, 2 * c1, 2 * r1) for c0, r0, c1, r1 in BOXES]  # the tiny scene at 0.25 m
+    rgb = bright_boxes_scene(tmp_path / "rgb.tif", (2 * SHAPE[0], 2 * SHAPE[1]), fine, seed=4,
+                             transform=from_origin(450000, 40000, 0.25, 0.25))
+    rgba = _with_alpha(rgb, tmp_path / "rgba.tif", transparent_from=96)
+    summary = predict([rgba], tiny_run, tmp_path / "p.gpkg", cfg(), progress=False)
+    assert "read at 0.5 m/px" in "\n".join(summary.lines())  # the model's GSD: a warped view
+    got = gpd.read_file(tmp_path / "p.gpkg")
+    x_clear = 450000 + 96 * 0.25
+    opaque = [b for b in fine if b[2] <= 96]
+    assert len(got) >= 0.8 * len(opaque) and not got.intersects(shapely.box(x_clear + 0.5, -1e9, 1e9, 1e9)).any()
+    tile([rgba], None, tmp_path / "chips", TileConfig(size=32, overlap=0, min_valid=0.0, gsd=0.5), scheduler="sync")
+    stats = json.loads((tmp_path / "chips" / "stats.json").read_text())
+    assert stats["bands"] == 3 and max(stats["mean"]) < 200 and stats["gsd"] == pytest.approx(0.5, rel=1e-3)
+
+
 def test_chips_an_earlier_revision_cut_with_the_alpha_as_a_band_never_resume(tmp_path: Path, monkeypatch) -> None:
     """Same RGBA file, same options: a rerun reading it otherwise (3 bands and a mask) retiles, never resumes."""
     from geoseg.errors import OutputExistsError

@@ -198,15 +198,15 @@ def open_scene(scene: SceneInfo) -> Iterator[Any]:
     :class:`rasterio.vrt.WarpedVRT` with the scene's transform and size, so windows,
     decimated reads and masks work as on a file: ``average`` resampling when reading
     coarser, ``bilinear`` when finer; pixels past the file's edge are invalid (nodata, or
-    an alpha band when the file has no nodata).
+    an alpha band when the file has no nodata: its own, warped, or one added).
     """
     with open_raster(scene.source, scene.identity) as src:
         if not scene.moved:
             yield src
             return
         method = Resampling.average if max(scene.stretch) > 1 else Resampling.bilinear
-        extra: dict[str, Any] = ({"nodata": src.nodata} if src.nodata is not None
-                                 else {"add_alpha": True})
+        extra: dict[str, Any] = ({"nodata": src.nodata} if src.nodata is not None else  # an alpha band: warped too
+                                 {} if ColorInterp.alpha in src.colorinterp else {"add_alpha": True})
         with WarpedVRT(src, crs=src.crs, transform=scene.affine, width=scene.width,
                        height=scene.height, resampling=method, **extra) as vrt:
             yield vrt
