@@ -86,3 +86,44 @@ def test_written_block_by_block_only_polygons_near_another_scene_wait_for_the_me
     assert any(g.equals(roof_a) for g in back.geometry)  # the copy deeper inside its scene
     every = write_polygons(blocks, tmp_path / "all.gpkg", scenes, once=False)
     assert every.polygons == 5 and every.copies == 0 and seen == [2]
+
+
+def test_scenes_that_abut_warn_that_objects_across_the_seam_are_cut(tiny_run: Path, tmp_path: Path, caplog) -> None:
+    """Tiles of a mosaic cut edge to edge (a municipality's orthophoto tiles): a roof across the seam came out
+    as two polygons, a piece from each scene, without a word. The warning's advice, a VRT mosaic, finds it whole."""
+    import logging
+
+    import rasterio
+    from conftest import bright_boxes_scene
+
+    from geoseg.predict import PredictConfig, predict
+
+    boxes = [(6, 6, 16, 16), (40, 20, 56, 32), (70, 40, 80, 50)]  # the second across column 48
+    whole = bright_boxes_scene(tmp_path / "whole.tif", (64, 96), boxes, seed=4)
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    with rasterio.open(whole) as src:
+        data, t = src.read(), src.transform
+    for k, col in enumerate((0, 48)):
+        write_raster(tiles / f"t{k}.tif", data[:, :, col:col + 48], UTM, t * t.translation(col, 0))
+    cfg = PredictConfig(block=32, watershed_halo=16, simplify=0.0, min_area=1.0, budget=1.0)
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.overlaps"):
+        predict([tiles], tiny_run, tmp_path / "cut.gpkg", cfg, progress=False)
+    assert "scenes t0 and t1 abut without overlap (1 such pairs): an object across a seam is cut in two" in caplog.text
+    seam = shapely.LineString([t * (48, 0), t * (48, 64)])
+    cut = gpd.read_file(tmp_path / "cut.gpkg")
+    assert len(cut) == 4 and sorted(cut[cut.intersects(seam.buffer(0.3))]["scene"]) == ["t0", "t1"]
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}">' + "".join(
+            f'<SimpleSource><SourceFilename relativeToVRT="1">t{k}.tif</SourceFilename><SourceBand>{b}</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="48" ySize="64"/><DstRect xOff="{48 * k}" yOff="0" xSize="48" '
+            f'ySize="64"/></SimpleSource>' for k in (0, 1)) + "</VRTRasterBand>" for b in (1, 2, 3))
+    (tiles / "mosaic.vrt").write_text(f'<VRTDataset rasterXSize="96" rasterYSize="64"><SRS>{UTM}</SRS><GeoTransform>'
+                                      f'{t.c}, {t.a}, 0, {t.f}, 0, {t.e}</GeoTransform>{bands}</VRTDataset>')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.overlaps"):
+        predict([tiles], tiny_run, tmp_path / "whole.gpkg", cfg, progress=False)  # the folder gives the mosaic
+    got = gpd.read_file(tmp_path / "whole.gpkg")
+    assert "abut without overlap" not in caplog.text and len(got) == 3 and set(got["scene"]) == {"mosaic"}
+    across = got[got.intersects(seam)].geometry
+    assert len(across) == 1 and across.iloc[0].area > 0.8 * 16 * 12 * 0.25  # the whole roof, 16 x 12 px of 0.5 m

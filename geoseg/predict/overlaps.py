@@ -24,6 +24,7 @@ each object once per scene.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import geopandas as gpd
@@ -32,6 +33,8 @@ import shapely
 from pyproj import CRS
 
 from geoseg.io.rasters import SceneInfo
+
+log = logging.getLogger(__name__)
 
 #: Two polygons of different scenes are copies of one object above this intersection / smaller area.
 SAME_OBJECT = 0.5
@@ -50,6 +53,46 @@ def overlapping(scenes: Sequence[SceneInfo], crs: CRS | str) -> list[int]:
     left, right = tree.query(quads, predicate="intersects")
     pairs = [(int(i), int(j)) for i, j in zip(left, right, strict=True) if i < j]
     return sorted({k for i, j in pairs if shapely.intersection(quads[i], quads[j]).area > 0 for k in (i, j)})
+
+
+def abutting(scenes: Sequence[SceneInfo], crs: CRS | str) -> list[tuple[int, int]]:
+    """Pairs of scenes whose outlines share an edge without overlapping: tiles of a mosaic cut edge to edge.
+
+    An object across their seam is cut in two, a piece from each scene, and the pieces do
+    not overlap, so :func:`drop_copies` cannot join them. "Share" allows for the float
+    noise of reprojecting the outlines (a millionth of a scene's side); a shared corner is
+    not an edge.
+
+    Examples:
+        >>> from geoseg.io.rasters import SceneInfo
+        >>> def at(x): return SceneInfo(f"{x}.tif", f"s{x}", 8, 8, 3, "uint8", "EPSG:32636",
+        ...                             (1.0, 0, 450000 + x, 0, -1.0, 40000), None, False)
+        >>> abutting([at(0), at(8), at(16), at(4), at(100)], "EPSG:32636")  # s4 overlaps s0 and s8
+        [(0, 1), (1, 2)]
+    """
+    quads = np.array([outline(s, crs) for s in scenes], dtype=object)
+    side = np.sqrt(shapely.area(quads))
+    left, right = shapely.STRtree(quads).query(quads, predicate="dwithin", distance=1e-6 * float(side.max()))
+    out = []
+    for i, j in zip(left.tolist(), right.tolist(), strict=True):
+        d = 1e-6 * float(min(side[i], side[j]))
+        if i >= j or shapely.intersection(quads[i], quads[j]).area > d * float(side[i] + side[j]):
+            continue  # the same pair twice, or an overlap: drop_copies' work
+        seam = shapely.intersection(shapely.buffer(quads[i], d), shapely.buffer(quads[j], d))
+        if seam.length > 200 * d:  # a strip along an edge, not the blob of a shared corner
+            out.append((i, j))
+    return sorted(out)
+
+
+def warn_abutting(scenes: Sequence[SceneInfo], crs: CRS | str) -> None:
+    """Warn that objects across the seams of scenes that abut are cut in two, and how to predict them whole."""
+    pairs = abutting(scenes, crs) if len(scenes) > 1 else []
+    if pairs:
+        names = [scenes[k].name for k in sorted({k for p in pairs for k in p})]
+        log.warning("scenes %s and %s abut without overlap (%d such pairs): an object across a seam is cut in two, "
+                    "a piece from each scene; to find such objects whole, predict one mosaic of the %d scenes: "
+                    "gdalbuildvrt mosaic.vrt <their files> (read by windows like one scene; in the scenes' folder "
+                    "it stands for them)", scenes[pairs[0][0]].name, scenes[pairs[0][1]].name, len(pairs), len(names))
 
 
 def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd.GeoDataFrame, int]:

@@ -55,6 +55,7 @@ from geoseg.predict.config import PredictConfig
 from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
 from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
+from geoseg.predict.overlaps import warn_abutting
 from geoseg.predict.phases import FfResult, ModelKey, PvResult, ff_block, instances_block, pv_block
 from geoseg.predict.plan import BlockPlan, warn_cut
 from geoseg.predict.probs import PROBS_WRITTEN, prob_paths, probs_written, write_probs
@@ -216,6 +217,7 @@ def predict(
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     warn_upsampling(native, infos, cfg)
+    warn_abutting(infos, infos[0].crs)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     check_for_model([(p.scene, p.band_indexes) for p in plans], stats)  # stored values of another meaning
