@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import bright_boxes_scene, grid_boxes, labels_for
+from conftest import SHARED_DATA, bright_boxes_scene, grid_boxes, labels_for, requires_shared_data
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
@@ -111,3 +112,53 @@ def test_a_folder_without_scenes_says_what_it_holds(tmp_path: Path, layout: str)
     if layout == "subfolders":
         assert [s.name for s in list_scenes([f"{root}/**/*.tif"])] == ["a", "b"]
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.shared_data
+@requires_shared_data
+def test_web_map_tiles_with_world_files_and_their_mosaic_read_as_the_scene_they_were_cut_from(tmp_path: Path) -> None:
+    """The 16 RGBA PNG tiles of Kampala block B (zoom 21) given world files, and a VRT mosaic of them: read at
+    twice their pixel (as the demo's model reads them) they give the pixels and mask of the GeoTIFF scene made
+    from the same tiles. Before, the mosaic (4 bands, one alpha) stopped on the warped view's second alpha band."""
+    import re
+
+    from rasterio.windows import Window
+
+    from geoseg.io.rasters import inspect_scene, open_scene
+
+    kampala = SHARED_DATA / "kampala_oam_buildings"
+    scene = inspect_scene(kampala / "scenes" / "kampala_blockB_z21.tif")
+    left, top = scene.affine.c, scene.affine.f
+    half = 2 * 20037508.342789244 / 2**21  # a zoom-21 tile's side in Web Mercator metres
+    sources = []
+    for png in sorted((kampala / "tiles").glob("OAM-*-21.png")):
+        x, y, _ = map(int, re.findall(r"\d+", png.name))
+        ulx, uly = -20037508.342789244 + x * half, 20037508.342789244 - y * half
+        col, row = round((ulx - left) / (half / 256)), round((top - uly) / (half / 256))
+        if 0 <= col < scene.width and 0 <= row < scene.height:
+            (tmp_path / png.name).write_bytes(png.read_bytes())
+            px = half / 256  # a world file: the centre of the upper-left pixel
+            (tmp_path / png.name).with_suffix(".pgw").write_text(f"{px}\n0\n0\n{-px}\n{ulx + px / 2}\n{uly - px / 2}\n")
+            (tmp_path / f"{png.name}.aux.xml").write_text("<PAMDataset><SRS>EPSG:3857</SRS></PAMDataset>")
+            sources.append((png.name, col, row))
+    assert len(sources) == 16 and [s.name for s in list_scenes([tmp_path])][0].startswith("OAM-")
+    band = ('<VRTRasterBand dataType="Byte" band="{b}"><ColorInterp>{ci}</ColorInterp>' + "".join(
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{name}</SourceFilename><SourceBand>{{b}}</SourceBand>'
+        f'<SrcRect xOff="0" yOff="0" xSize="256" ySize="256"/><DstRect xOff="{col}" yOff="{row}" xSize="256" '
+        f'ySize="256"/></SimpleSource>' for name, col, row in sources) + "</VRTRasterBand>")
+    a = scene.affine
+    (tmp_path / "mosaic.vrt").write_text(
+        f'<VRTDataset rasterXSize="{scene.width}" rasterYSize="{scene.height}"><SRS>EPSG:3857</SRS><GeoTransform>'
+        f'{a.c!r}, {a.a!r}, 0, {a.f!r}, 0, {a.e!r}</GeoTransform>'
+        + "".join(band.format(b=b, ci=ci) for b, ci in ((1, "Red"), (2, "Green"), (3, "Blue"), (4, "Alpha")))
+        + "</VRTDataset>")  # as gdalbuildvrt writes it over RGBA tiles
+    (mosaic,) = list_scenes([tmp_path])  # the mosaic stands for its tiles
+    coarse = 2 * scene.gsd
+    reads = []
+    for info in (scene, inspect_scene(mosaic)):
+        moved = info.at_gsd(coarse)
+        assert moved.count == 3 and moved.moved
+        with open_scene(moved) as src:
+            win = Window(0, 0, moved.width, moved.height)
+            reads.append((src.read((1, 2, 3), window=win), src.read_masks(1, window=win)))
+    assert np.array_equal(reads[0][0], reads[1][0]) and np.array_equal(reads[0][1] > 0, reads[1][1] > 0)
