@@ -188,8 +188,10 @@ def test_an_output_never_replaces_an_input(scene: tuple[Path, Path], tiny_run: P
     common = ("--model", tiny_run, "--scheduler", "sync", "--budget", "1.0")
     text, code = run("predict", src, "--out", out, "--prob-out", src, *common)
     one_error_line(text, code, f"--prob-out {src} is a scene", "would be overwritten")
-    text, code = run("predict", src, "--out", out, "--prob-out", out, *common)
-    one_error_line(text, code, "--prob-out", "also --out's output")
+    text, code = run("predict", src, "--out", out, "--prob-out", out, *common)  # a GeoTIFF's name, never --out's
+    one_error_line(text, code, "invalid value for '--prob-out': should end in .tif or .tiff")
+    text, code = run("predict", src, "--out", out, "--prob-out", tmp_path / "probs", *common)  # QGIS lists no such
+    one_error_line(text, code, "invalid value for '--prob-out': should end in .tif or .tiff")
     assert not out.exists()
     text, code = run("predict", src, "--out", out, "--prob-out", tmp_path / "p.tif", *common)
     assert code == 0, text

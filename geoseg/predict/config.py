@@ -50,6 +50,14 @@ class PredictConfig(Strict):
         "once", description="objects where scenes overlap: 'once' (the polygon of the scene that sees "
         "it deeper inside; geoseg.predict.overlaps) or 'all' (one polygon per scene)")
 
+    @field_validator("prob_out")
+    @classmethod
+    def _geotiff(cls, value: str | None) -> str | None:
+        """A GeoTIFF's name: a name without ``.tif`` wrote a file QGIS's raster dialog does not list."""
+        if value and not value.lower().endswith((".tif", ".tiff")):
+            raise ValueError("should end in .tif or .tiff: the probabilities are written as a GeoTIFF")
+        return value
+
     @field_validator("max_memory", mode="before")
     @classmethod
     def _size(cls, value: object) -> object:

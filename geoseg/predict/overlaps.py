@@ -92,7 +92,8 @@ def warn_abutting(scenes: Sequence[SceneInfo], crs: CRS | str) -> None:
         log.warning("scenes %s and %s abut without overlap (%d such pairs): an object across a seam is cut in two, "
                     "a piece from each scene; to find such objects whole, predict one mosaic of the %d scenes: "
                     "gdalbuildvrt mosaic.vrt <their files>, or QGIS: Raster > Miscellaneous > Build Virtual Raster "
-                    "(read by windows like one scene; in the scenes' folder it stands for them)", scenes[pairs[0][0]].name, scenes[pairs[0][1]].name, len(pairs), len(names))
+                    "(read by windows like one scene; in the scenes' folder it stands for them)",
+                    scenes[pairs[0][0]].name, scenes[pairs[0][1]].name, len(pairs), len(names))
 
 
 def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd.GeoDataFrame, int]:
