@@ -387,3 +387,20 @@ def test_search_on_pixels_not_square_on_the_ground_reads_the_grid_it_plans(tmp_p
     assert summary.blocks == 4 and len(got) == 3  # 256 x 256 square pixels of 0.5 m: 2 x 2 blocks
     for w in want:
         assert max(w.intersection(g).area / w.union(g).area for g in got.geometry) > 0.9
+
+
+def test_search_on_scenes_that_abut_warns_that_objects_across_a_seam_are_cut(tmp_path: Path, blobs: None,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    data = np.zeros((3, 128, 256), np.uint8)
+    data[:, 40:60, 118:138] = 200  # a square across column 128
+    data[:, 80:100, 20:40] = 200  # the example, inside t0
+    for k, col in enumerate((0, 128)):
+        write_raster(tmp_path / f"t{k}.tif", data[:, :, col:col + 128], "EPSG:32636",
+                     from_origin(500000 + col * 0.5, 100000, 0.5, 0.5))
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500010, 99950, 500020, 99960)], "EPSG:32636")
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.overlaps"):
+        search([tmp_path / "t0.tif", tmp_path / "t1.tif"], ex, "model", tmp_path / "found.gpkg",
+               SearchConfig(block=128, halo=32, min_score=0.5), scheduler="sync")
+    assert "scenes t0 and t1 abut without overlap (1 such pairs)" in caplog.text

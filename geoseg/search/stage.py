@@ -52,6 +52,7 @@ from geoseg.io.stamps import digest, input_stamp, read_stamp
 from geoseg.io.vectors import read_vector, split_layer
 from geoseg.models.refdet import MULTIPLE
 from geoseg.parallel import check_scheduler, compute
+from geoseg.predict.overlaps import warn_abutting
 from geoseg.predict.plan import BlockPlan, read_window
 from geoseg.search.backend import SearchMeta, get_search_backend
 from geoseg.search.boxes import MIN_SCORE, detections
@@ -266,6 +267,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     ex = read_examples(ex_path)
     infos, _ = inspect_scenes(list_scenes(scenes))
     infos = [s.at_gsd(None) for s in infos]  # pixels not square on the ground: read square, as tile and predict do
+    warn_abutting(infos, infos[0].crs)  # boxes across a seam are cut, as predict's polygons
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta
