@@ -84,16 +84,16 @@ def abutting(scenes: Sequence[SceneInfo], crs: CRS | str) -> list[tuple[int, int
     return sorted(out)
 
 
-def warn_abutting(scenes: Sequence[SceneInfo], crs: CRS | str) -> None:
+def warn_abutting(scenes: Sequence[SceneInfo], crs: CRS | str, verb: str = "predict") -> None:
     """Warn that objects across the seams of scenes that abut are cut in two, and how to predict them whole."""
     pairs = abutting(scenes, crs) if len(scenes) > 1 else []
     if pairs:
         names = [scenes[k].name for k in sorted({k for p in pairs for k in p})]
         log.warning("scenes %s and %s abut without overlap (%d such pairs): an object across a seam is cut in two, "
-                    "a piece from each scene; to find such objects whole, predict one mosaic of the %d scenes: "
+                    "a piece from each scene; to find such objects whole, %s one mosaic of the %d scenes: "
                     "gdalbuildvrt mosaic.vrt <their files>, or QGIS: Raster > Miscellaneous > Build Virtual Raster "
                     "(read by windows like one scene; in the scenes' folder it stands for them)",
-                    scenes[pairs[0][0]].name, scenes[pairs[0][1]].name, len(pairs), len(names))
+                    scenes[pairs[0][0]].name, scenes[pairs[0][1]].name, len(pairs), verb, len(names))
 
 
 def drop_copies(gdf: gpd.GeoDataFrame, scenes: Sequence[SceneInfo]) -> tuple[gpd.GeoDataFrame, int]:

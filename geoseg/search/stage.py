@@ -267,7 +267,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     ex = read_examples(ex_path)
     infos, _ = inspect_scenes(list_scenes(scenes))
     infos = [s.at_gsd(None) for s in infos]  # pixels not square on the ground: read square, as tile and predict do
-    warn_abutting(infos, infos[0].crs)  # boxes across a seam are cut, as predict's polygons
+    warn_abutting(infos, infos[0].crs, "search")  # boxes across a seam are cut, as predict's polygons
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta
