@@ -186,6 +186,33 @@ def test_an_alpha_band_scene_read_at_another_gsd(tiny_run: Path, tmp_path: Path)
     assert stats["bands"] == 3 and max(stats["mean"]) < 200 and stats["gsd"] == pytest.approx(0.5, rel=1e-3)
 
 
+def test_an_alpha_band_beside_a_nodata_value_is_the_mask_and_rasterio_is_not_repeated(
+        tiny_run: Path, tmp_path: Path) -> None:
+    """A raster that declares nodata and has an alpha band: its mask is the alpha band's (rasterio's dataset
+    mask prefers it), read on its own grid and warped to the model's GSD; a transparent fill of other values
+    than the nodata value is not predicted on. rasterio's NodataShadowWarning (which says the opposite) was
+    printed by predict at every place that reads a mask: the CLI no longer shows it."""
+    for name, px in (("native", 0.5), ("fine", 0.25)):  # 0.25 m: read warped to the model's 0.5 m
+        k = round(0.5 / px)
+        rgb = bright_boxes_scene(tmp_path / f"{name}_rgb.tif", (SHAPE[0] * k, SHAPE[1] * k),
+                                 [tuple(k * v for v in b) for b in BOXES], seed=4,
+                                 transform=from_origin(450000, 40000, px, px))
+        with rasterio.open(rgb) as src:
+            data, profile = src.read(), src.profile
+        data[:, :, 48 * k:] = 230  # the transparent half: a bright fill, not the nodata value
+        alpha = np.full((1, *data.shape[1:]), 255, np.uint8)
+        alpha[:, :, 48 * k:] = 0
+        profile.update(count=4, photometric="RGB", alpha="YES", nodata=0)
+        with rasterio.open(tmp_path / f"{name}.tif", "w", **profile) as dst:
+            dst.write(np.concatenate([data, alpha]))
+        out = tmp_path / f"{name}.gpkg"
+        res = CliRunner().invoke(cli, ["predict", str(tmp_path / f"{name}.tif"), "--model", str(tiny_run), "--out",
+                                       str(out), "--block", "32", "--min-area", "1", "--budget", "1"])
+        assert res.exit_code == 0 and "NodataShadowWarning" not in res.output, res.output
+        got = gpd.read_file(out)
+        assert len(got) > 0 and not got.intersects(shapely.box(450000 + 24 + 0.5, -1e9, 1e9, 1e9)).any(), name
+
+
 def test_chips_an_earlier_revision_cut_with_the_alpha_as_a_band_never_resume(tmp_path: Path, monkeypatch) -> None:
     """Same RGBA file, same options: a rerun reading it otherwise (3 bands and a mask) retiles, never resumes."""
     from geoseg.errors import OutputExistsError

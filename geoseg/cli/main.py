@@ -99,6 +99,10 @@ def setup_logging(verbosity: int, fmt: str) -> None:
     # an HTTP client's retries are its business: the error line names the URL when they fail
     logging.getLogger("urllib3").setLevel(max(level, logging.ERROR) if verbosity < 2 else level)
     logging.captureWarnings(True)
+    # rasterio warns at every mask read of a raster with both a nodata value and an alpha band that the
+    # nodata value decides; its dataset mask, which geoseg reads, is the alpha band's (tests/
+    # test_bad_inputs_predict.py -k nodata_value): a warning per block about nothing to fix (NodataShadowWarning)
+    warnings.filterwarnings("ignore", message="The dataset's nodata attribute is shadowing the alpha band")
     if not getattr(warnings.showwarning, "geoseg", False):
         warnings.showwarning = _show_warning(warnings.showwarning)
 
