@@ -272,7 +272,14 @@ def test_raster_without_crs_is_an_error(tmp_path: Path) -> None:
     with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
                        transform=from_origin(0, 10, 1, 1)) as dst:
         dst.write(np.zeros((1, 10, 10), np.uint8))
-    with pytest.raises(InputRasterError, match="nocrs.tif has no CRS"):
+    with pytest.raises(InputRasterError, match="nocrs.tif has no CRS; assign one \\(e.g. gdal_edit.py -a_srs EPSG"):
+        tile([path], None, tmp_path / "out")
+    # a delivery's ESRI .prj beside it (GDAL does not read it for a GeoTIFF): the line names it and its CRS
+    from pyproj import CRS
+
+    (tmp_path / "nocrs.prj").write_text(CRS.from_epsg(32636).to_wkt("WKT1_ESRI"))
+    with pytest.raises(InputRasterError, match=r"nocrs.prj beside it holds EPSG:32636 \(WGS 84 / UTM zone 36N\), "
+                                               r"which GDAL does not read for it: gdal_edit.py -a_srs .*nocrs.prj"):
         tile([path], None, tmp_path / "out")
 
 

@@ -102,3 +102,26 @@ def shown(paths: list[Path], most: int = 3) -> str:
     """
     names = ", ".join(p.name for p in paths[:most])
     return names + (f" and {len(paths) - most} more" if len(paths) > most else "")
+
+
+def prj_hint(path: str) -> str:
+    """How to give a scene without CRS its CRS: from a ``.prj`` beside it when one holds a CRS.
+
+    A GeoTIFF delivered with a world file (``.tfw``) often has its CRS in an ESRI ``.prj``
+    beside it, which GDAL does not read for a GeoTIFF (nor QGIS, through GDAL).
+
+    Examples:
+        >>> prj_hint("/nonexistent/x.tif")
+        'e.g. gdal_edit.py -a_srs EPSG:32636 /nonexistent/x.tif'
+    """
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    prj = Path(path).with_suffix(".prj")
+    try:
+        crs = CRS.from_user_input(prj.read_text(errors="replace"))
+    except (OSError, CRSError):
+        return f"e.g. gdal_edit.py -a_srs EPSG:32636 {path}"
+    code = crs.to_epsg()
+    held = f"EPSG:{code} ({crs.name})" if code else f"'{crs.name}'"
+    return f"{prj.name} beside it holds {held}, which GDAL does not read for it: gdal_edit.py -a_srs {prj} {path}"

@@ -27,6 +27,7 @@ from rasterio.windows import Window
 from geoseg.errors import InputRasterError, first_line
 from geoseg.io.alpha import alpha_bands
 from geoseg.io.encoding import Scaling, band_meaning, band_scaling, catalogued
+from geoseg.io.folders import prj_hint
 from geoseg.io.ground import check_ground_pixel
 from geoseg.io.sources import (
     REMOTE_HINT,
@@ -290,7 +291,7 @@ def check_grid(path: str | Path, src: Any) -> None:
         raise InputRasterError(f"{path} has no geotransform; georeference it first (QGIS's Georeferencer, "
                                f"or gdal_translate -a_ullr XMIN YMAX XMAX YMIN -a_srs EPSG:... {path} out.tif)")
     if src.crs is None:
-        raise InputRasterError(f"{path} has no CRS; assign one (e.g. gdal_edit.py -a_srs EPSG:32636 {path})")
+        raise InputRasterError(f"{path} has no CRS; assign one ({prj_hint(path)})")
     crs = ProjCRS.from_wkt(src.crs.to_wkt())
     if crs.is_engineering:  # LOCAL_CS: a site grid with no place on the Earth
         raise InputRasterError(
