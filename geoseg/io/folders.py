@@ -104,7 +104,7 @@ def shown(paths: list[Path], most: int = 3) -> str:
     return names + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
-def prj_hint(path: str) -> str:
+def prj_hint(path: str | Path) -> str:
     """How to give a scene without CRS its CRS: from a ``.prj`` beside it when one holds a CRS.
 
     A GeoTIFF delivered with a world file (``.tfw``) often has its CRS in an ESRI ``.prj``
