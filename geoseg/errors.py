@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
@@ -40,6 +40,17 @@ def first_line(err: BaseException, limit: int = 200) -> str:
         return head[:end]
     return head[:head.rfind(" ")].rstrip(",;:") + "..." if " " in head else head + "..."
 
+
+
+def listed(names: Iterable[object], most: int = 8) -> str:
+    """The first ``most`` names, comma-separated, and how many more: the lists in geoseg's messages.
+
+    Examples:
+        >>> listed(["a.png", "b.png"]), listed(range(5), most=3)
+        ('a.png, b.png', '0, 1, 2 and 2 more')
+    """
+    items = [str(n) for n in names]
+    return ", ".join(items[:most]) + (f" and {len(items) - most} more" if len(items) > most else "")
 
 class GeoSegError(Exception):
     """Root of every geoseg error."""

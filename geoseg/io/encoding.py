@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import InputRasterError, listed
 
 if TYPE_CHECKING:  # both import this module
     from geoseg.bands import BandStats
@@ -170,8 +170,7 @@ def _groups(scenes: Sequence[SceneInfo], key: Any, say: Any) -> str:
         by.setdefault(key(s), []).append(s.source)
     parts = []
     for k, names in by.items():
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        parts.append(f"{shown}: {say(k)}")
+        parts.append(f"{listed(names, 3)}: {say(k)}")
     return "; ".join(parts)
 
 

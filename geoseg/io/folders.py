@@ -9,7 +9,8 @@ warning that names them and what to do: before, every one of them was left out w
 a word, so predict wrote the polygons of the other scenes only, and tile trained on less.
 A folder whose rasters all lie in subfolders is refused with the recursive pattern to pass.
 Hidden files (``._x.tif``, the AppleDouble files macOS leaves on shared drives) are not
-scenes, as a glob's ``*`` skips them.
+scenes, as a glob's ``*`` skips them. The files beside a scene also answer a scene without
+CRS (:func:`prj_hint`): an ESRI ``.prj`` that GDAL does not read for a GeoTIFF.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import InputRasterError, listed
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,11 @@ def folder_rasters(folder: Path) -> list[Path]:
     if plain:
         log.warning("%s: %d image(s) without georeferencing left out (%s): give each its grid, a world file or "
                     "gdal_translate -a_srs EPSG:nnnn -a_ullr ulx uly lrx lry x.png x.tif (web-map tiles: "
-                    "their bounds follow from z/x/y)", folder, len(plain), shown(plain))
+                    "their bounds follow from z/x/y)", folder, len(plain), listed((p.name for p in plain), 3))
     if unread:
         log.warning("%s: %d raster(s) left out (%s): this GDAL has no ECW or MrSID driver; convert them to "
                     "GeoTIFF with a GDAL that has one (QGIS's: gdal_translate -of COG x.sid x.tif)",
-                    folder, len(unread), shown(unread))
+                    folder, len(unread), listed((p.name for p in unread), 3))
     if found:
         return found
     kinds: Counter[str] = Counter()  # the extensions of the rasters in subfolders (a SAFE's .jp2)
@@ -91,17 +92,6 @@ def folder_rasters(folder: Path) -> list[Path]:
             "; pass the folder of your scenes or the files themselves")
     raise InputRasterError(f"{folder} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}, or a georeferenced "
                            f"{'/'.join(s[1:] for s in sorted(IMAGE_SUFFIXES))}){hint}")
-
-
-def shown(paths: list[Path], most: int = 3) -> str:
-    """The first names of ``paths``, and how many more.
-
-    Examples:
-        >>> shown([Path("a.png"), Path("b.png")]), shown([Path(f"{i}.png") for i in range(5)])
-        ('a.png, b.png', '0.png, 1.png, 2.png and 2 more')
-    """
-    names = ", ".join(p.name for p in paths[:most])
-    return names + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def prj_hint(path: str | Path) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import geopandas as gpd
 from pyproj import CRS
 
-from geoseg.errors import GeoSegError, OutputError, OutputExistsError
+from geoseg.errors import GeoSegError, OutputError, OutputExistsError, listed
 from geoseg.io.atomic import as_output_error, output_error, temp_name
 from geoseg.io.datums import to_crs
 from geoseg.io.vectors import check_vector_name
@@ -100,7 +100,7 @@ def check_replace(path: Path, overwrite: bool) -> None:
     except Exception:  # not a GeoPackage GDAL reads: nothing readable is lost by replacing it
         return
     if others:
-        shown = ", ".join(others[:6]) + (f" and {len(others) - 6} more" if len(others) > 6 else "")
+        shown = listed(others, 6)
         raise OutputExistsError(
             f"{path} holds other layers ({shown}) that --overwrite would delete with the file; write to a new "
             "file (QGIS shows it beside them) or move those layers out first")

@@ -12,7 +12,7 @@ import numpy as np
 import pyogrio
 import shapely
 
-from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line
+from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line, listed
 from geoseg.io.near import Areas, near_mask, read_near
 from geoseg.matching import DUPLICATE_IOU, duplicates
 
@@ -74,16 +74,13 @@ def pick_layer(path: Path, role: str, layer: str | None) -> str | None:
     names = [n for n, _ in layers]
     spatial = [n for n, g in layers if g is not None]
 
-    def shown(names: list[str]) -> str:
-        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-
     if layer is not None:
         if layer not in names:
-            raise InputVectorError(f"{role} file {path} has no layer '{layer}'; its layers: {shown(names)}")
+            raise InputVectorError(f"{role} file {path} has no layer '{layer}'; its layers: {listed(names)}")
         return layer
     if len(spatial) > 1:
         raise InputVectorError(
-            f"{role} file {path} holds {len(spatial)} geometry layers ({shown(spatial)}); name the one to read "
+            f"{role} file {path} holds {len(spatial)} geometry layers ({listed(spatial)}); name the one to read "
             f"as '{path}{LAYER_SEP}{spatial[0]}' (QGIS's syntax for a layer of a file)")
     return spatial[0] if spatial and len(layers) > 1 else layer
 

@@ -39,7 +39,7 @@ from dask.delayed import delayed
 from geoseg import metrics
 from geoseg.backends.cache import adopt, get_backend
 from geoseg.bands import band_selection
-from geoseg.errors import InputRasterError, OutputExistsError
+from geoseg.errors import InputRasterError, OutputExistsError, listed
 from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
 from geoseg.io.rasters import SceneInfo, inspect_scenes
@@ -217,7 +217,6 @@ def predict(
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     warn_upsampling(native, infos, cfg)
-    warn_abutting(infos, infos[0].crs)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     check_for_model([(p.scene, p.band_indexes) for p in plans], stats)  # stored values of another meaning
@@ -227,6 +226,7 @@ def predict(
 
         near = restrict(plans, cfg.aoi)
         plans = near.plans
+    warn_abutting([p.scene for p in plans], infos[0].crs)  # scenes the --aoi leaves out are not read: no seam
     probs = prob_paths(cfg, plans)
     check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model,
                                                          "the AOI": split_layer(cfg.aoi)[0] if cfg.aoi else None})
@@ -321,7 +321,7 @@ def predict(
     if empty:  # a scene outside the imagery of a mosaic, say: no polygon, and the user told why
         log.warning("%d scene(s) hold no valid pixel (nodata, masked, or NaN everywhere%s): no polygon from %s",
                     len(empty), " near the --aoi" if near is not None else "",
-                    ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else ""))
+                    listed(empty, 5))
     summary.ff_batch = (summary_line(int(model_key.ff_batch), ff_plan.why, min(used, default=None))
                         if meta.arch == "routed" else f"memory: {ff_plan.why}" if ff_plan.threads else "")
     for plan in plans if meta.arch == "routed" else []:

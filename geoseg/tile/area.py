@@ -20,6 +20,7 @@ import shapely
 from rasterio.features import geometry_mask
 from rasterio.windows import Window, transform
 
+from geoseg.errors import listed
 from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def place(aoi: str | Path, scenes: Sequence[SceneInfo], grids: dict[str, Grid]) 
             "coordinates, or pass the scenes that cover it")
     if out.outside:
         log.info("%d scene(s) lie away from --aoi %s and are not tiled: %s", len(out.outside), aoi,
-                 ", ".join(out.outside[:5]) + (f" and {len(out.outside) - 5} more" if len(out.outside) > 5 else ""))
+                 listed(out.outside, 5))
     return out
 
 

@@ -13,7 +13,7 @@ import shapely
 from rasterio import windows
 from rasterio.windows import Window
 
-from geoseg.errors import ConfigError, GeoSegWarning
+from geoseg.errors import ConfigError, GeoSegWarning, listed
 from geoseg.io.rasters import SceneInfo, window_footprint
 from geoseg.tile.config import TileConfig
 
@@ -73,7 +73,7 @@ def check_val_scenes(patterns: Sequence[str], names: Sequence[str], skipped: Map
             raise ConfigError(f"--val-scenes '{pat}' matches only scenes that are not tiled: "
                               f"{', '.join(away[:4])}{' and more' if len(away) > 4 else ''}; hold out a scene "
                               "that is tiled, or --val-fraction for blocks of every scene")
-        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        shown = listed(names)
         raise ConfigError(f"--val-scenes '{pat}' matches none of the scenes tiled ({shown}); patterns match "
                           "scene names, the file names without extension (case-sensitive)")
 
