@@ -404,3 +404,17 @@ def test_search_on_scenes_that_abut_warns_that_objects_across_a_seam_are_cut(tmp
         search([tmp_path / "t0.tif", tmp_path / "t1.tif"], ex, "model", tmp_path / "found.gpkg",
                SearchConfig(block=128, halo=32, min_score=0.5), scheduler="sync")
     assert "scenes t0 and t1 abut without overlap (1 such pairs)" in caplog.text
+    caplog.clear()  # an --aoi far from the seam: t1 is not read, so nothing is cut
+    far = tmp_path / "far"
+    far.mkdir()
+    wide = np.zeros((3, 128, 1024), np.uint8)
+    wide[:, 80:100, 20:40] = 200
+    for k, col in enumerate((0, 512)):
+        write_raster(far / f"t{k}.tif", wide[:, :, col:col + 512], "EPSG:32636",
+                     from_origin(500000 + col * 0.5, 100000, 0.5, 0.5))
+    gpd.GeoDataFrame(geometry=[shapely.box(500005, 99950, 500025, 99970)], crs="EPSG:32636").to_file(far / "aoi.gpkg")
+    with caplog.at_level(logging.WARNING, logger="geoseg.predict.overlaps"):
+        summary = search([far / "t0.tif", far / "t1.tif"], ex, "model", far / "found.gpkg",
+                         SearchConfig(block=128, halo=32, min_score=0.5, aoi=str(far / "aoi.gpkg")), scheduler="sync")
+    assert "1 scene(s) away from it skipped" in " ".join(summary.lines())
+    assert "abut" not in caplog.text

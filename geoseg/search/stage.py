@@ -267,7 +267,6 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     ex = read_examples(ex_path)
     infos, _ = inspect_scenes(list_scenes(scenes))
     infos = [s.at_gsd(None) for s in infos]  # pixels not square on the ground: read square, as tile and predict do
-    warn_abutting(infos, infos[0].crs, "search")  # boxes across a seam are cut, as predict's polygons
     key = (str(Path(model).resolve()), cfg.backend, cfg.device)
     backend = get_search_backend(*key)
     meta = backend.meta
@@ -283,6 +282,8 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
         near = restrict(plans, cfg.aoi)
         plans = [dataclasses.replace(p, only=p.owners) for p in near.plans]
         areas = {id(p): a for p, a in zip(plans, near.areas, strict=True)}
+    # boxes across a seam are cut, as predict's polygons (scenes the --aoi leaves out are not read: no seam)
+    warn_abutting([p.scene for p in plans], infos[0].crs, "search")
     stamp = _stamp(meta, cfg, infos, ex_path)
     if cache.exists():
         old = cache / "stamp.json"

@@ -71,7 +71,7 @@ def check_val_scenes(patterns: Sequence[str], names: Sequence[str], skipped: Map
         away = [f"{n} ({why})" for n, why in (skipped or {}).items() if fnmatch.fnmatch(n, pat)]
         if away:
             raise ConfigError(f"--val-scenes '{pat}' matches only scenes that are not tiled: "
-                              f"{', '.join(away[:4])}{' and more' if len(away) > 4 else ''}; hold out a scene "
+                              f"{listed(away, 4)}; hold out a scene "
                               "that is tiled, or --val-fraction for blocks of every scene")
         shown = listed(names)
         raise ConfigError(f"--val-scenes '{pat}' matches none of the scenes tiled ({shown}); patterns match "
