@@ -53,7 +53,7 @@ from geoseg.errors import InputVectorError
 from geoseg.io.datums import to_crs
 from geoseg.io.near import Areas, near_features
 from geoseg.io.vectors import NO_FIELD, bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
-from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, duplicates, greedy, match_by_iou
+from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, class_mismatch, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
 log = logging.getLogger(__name__)
@@ -310,10 +310,8 @@ def evaluate_frames(
     aps = np.mean(class_aps, axis=0) if class_aps else np.zeros(len(THRESHOLDS))
     report = _summary(np.flatnonzero(matched), pair_iou, biou, len(pred), len(truth), aps, shape)
     report["per_class"] = per_class if by_class else {}
-    if by_class and not (set(pcls) & set(tcls)) and len(pred) and len(truth):
-        log.warning("no class is in both inputs (%s vs %s): nothing can match; check the class field, or "
-                    "match regardless of class with --class-field none",
-                    sorted(set(pcls))[:5], sorted(set(tcls))[:5])
+    if by_class and (why := class_mismatch(pcls, tcls)):
+        log.warning("%s", why)
     return report
 
 

@@ -10,6 +10,8 @@ taken when neither its prediction nor its truth is taken yet, at IoU >= a thresh
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import shapely
 
@@ -18,6 +20,31 @@ EPS = 1e-9
 
 #: Two polygons of one class overlapping at this IoU or more are one object drawn twice.
 DUPLICATE_IOU = 0.9
+
+
+def class_mismatch(pred: Iterable[str], truth: Iterable[str]) -> str | None:
+    """Why classes of the predictions cannot match those of the truth, or None.
+
+    Matches are made within a class: a class spelled ``building`` by the model and
+    ``Building`` by the truth gives that class F1 0 and counts its objects as misses.
+
+    Examples:
+        >>> print(class_mismatch(["building", "tree"], ["Building ", "tree"])[:61])
+        classes differ only in case or spaces between the predictions
+        >>> class_mismatch(["building"], ["building", "tree"]) is None
+        True
+    """
+    p, t = set(pred), set(truth)
+    pairs = [(a, b) for a in sorted(p - t) for b in sorted(t - p) if a.strip().casefold() == b.strip().casefold()]
+    if pairs:
+        shown = ", ".join(f"{a!r} and {b!r}" for a, b in pairs[:3])
+        return (f"classes differ only in case or spaces between the predictions and the truth ({shown}): they never "
+                "match each other; give both one spelling (QGIS Field Calculator), or match regardless of class with "
+                "--class-field none")
+    if p and t and not p & t:
+        return (f"no class is in both inputs ({sorted(p)[:5]} vs {sorted(t)[:5]}): nothing can match; check the "
+                "class field, or match regardless of class with --class-field none")
+    return None
 
 
 def greedy(pi: np.ndarray, ti: np.ndarray, order: np.ndarray) -> np.ndarray:

@@ -214,6 +214,25 @@ def test_per_class_matches_within_class():
     assert r["tp"] == 4 and r["per_class"] == {}
 
 
+def test_classes_that_cannot_match_across_the_inputs_warn(caplog):
+    # the model's 'building' against the truth's 'Building': that class scores 0, with a warning naming both
+    truth = grid(4, **{"class": ["Building", "Building", "shed", "shed"]})
+    pred = grid(4, **{"class": ["building", "building", "shed", "shed"]})
+    with caplog.at_level("WARNING"):
+        r = evaluate_frames(pred, truth)
+    assert (r["tp"], r["fp"], r["fn"]) == (2, 2, 2)
+    assert "differ only in case or spaces between the predictions and the truth ('building' and 'Building')" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate_frames(pred, grid(4, **{"class": ["yes"] * 4}))  # OpenStreetMap's building=yes
+    assert "no class is in both inputs (['building', 'shed'] vs ['yes'])" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        r = evaluate_frames(pred, truth.assign(**{"class": pred["class"]}))
+    assert r["tp"] == 4 and "class" not in caplog.text
+
+
 def test_invalid_and_empty_geometries(caplog):
     truth = grid(2)
     bowtie = shapely.Polygon([(X0, Y0), (X0 + 10, Y0 + 10), (X0 + 10, Y0), (X0, Y0 + 10)])
