@@ -33,8 +33,9 @@ the overall ``ap*`` are the mean over the classes that have truth (as COCO). A r
 with a zero denominator is 0.0 (scikit-learn's ``zero_division=0``).
 
 Lengths and areas are computed in the CRS of the predictions (truth is reprojected to
-it), or in the UTM zone of the data when that CRS is geographic or a (non-transverse)
-Mercator, whose metres are not ground metres.
+it) when it is projected in metres, or in the UTM zone of the data when that CRS is
+geographic, in feet, or a (non-transverse) Mercator, whose metres are not ground metres
+(:func:`geoseg.io.ground.metric_crs`; a compound CRS is judged by its horizontal part).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from pyproj import CRS
 
 from geoseg.errors import InputVectorError
 from geoseg.io.datums import to_crs
+from geoseg.io.ground import metric_crs
 from geoseg.io.near import Areas, near_features
 from geoseg.io.vectors import NO_FIELD, bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, class_mismatch, duplicates, greedy, match_by_iou
@@ -82,15 +84,6 @@ def read_polygons(path: str | Path, role: str = "polygon", near: Areas | None = 
     gdf = got[0].reset_index(drop=True) if got is not None else read_vector(path, role)
     require_polygons(gdf, split_layer(path)[0], role)
     return gdf
-
-
-def _metric_crs(pred: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> CRS:
-    crs = CRS.from_user_input(pred.crs)
-    method = crs.coordinate_operation.method_name if crs.coordinate_operation else ""
-    if crs.is_projected and not ("Mercator" in method and "Transverse" not in method):
-        return crs
-    ref = pred if len(pred) else truth
-    return CRS.from_user_input(ref.estimate_utm_crs()) if len(ref) else crs
 
 
 #: ``multipart`` values: each part an object (as tile trains), or each feature one object.
@@ -246,7 +239,7 @@ def evaluate_frames(
     for role, gdf in (("prediction", pred), ("truth", truth)):
         if gdf.crs is None:
             raise InputVectorError(f"the {role} polygons have no CRS; set one with gdf.set_crs(...)")
-    crs = _metric_crs(pred, truth)
+    crs = metric_crs(pred if len(pred) else truth, pred.crs)  # ground metres: the boundary width, outlines
     pred, truth = _prepare(pred, crs, "prediction", multipart), _prepare(truth, crs, "truth", multipart)
     if boundary_width is not None:
         boundary_width /= crs.axis_info[0].unit_conversion_factor  # metres -> CRS units

@@ -62,6 +62,13 @@ def merc_rgb(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def compound_rgb(tmp_path: Path) -> Path:
+    """3-band uint8 scene in a drone survey's compound CRS: UTM 36N + EGM96 heights, 0.05 m."""
+    data = np.random.default_rng(3).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    return write_raster(tmp_path / "drone.tif", data, "EPSG:32636+5773", from_origin(450000, 40000, 0.05, 0.05))
+
+
+@pytest.fixture
 def nodata_4band(tmp_path: Path) -> Path:
     """4-band float32 scene with nodata=-9999 on its left third, UTM 36N."""
     rng = np.random.default_rng(2)

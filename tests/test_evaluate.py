@@ -190,6 +190,18 @@ def test_objects_far_beyond_the_other_sides_extent_warn(caplog, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["fp"] == 0 and "m beyond the" not in caplog.text
 
 
+@pytest.mark.parametrize("crs", ["EPSG:3857", "EPSG:3857+5773", "EPSG:4326"])
+def test_boundary_width_is_ground_metres_in_mercator_compound_and_degrees(crs):
+    # at 60° N a Web Mercator metre is half a ground metre; a drone survey's compound CRS
+    # (Web Mercator + EGM96 heights) hides its projection in its horizontal part
+    x = 600_000 + np.arange(5) * 30.0
+    truth = gpd.GeoDataFrame(geometry=shapely.box(x, 6_650_000, x + 12, 6_650_008), crs="EPSG:32632")
+    pred = truth.translate(0.6, 0.4).to_frame("geometry")
+    expected = evaluate_frames(pred, truth, boundary_width=1.0)["boundary_iou"]
+    r = evaluate_frames(pred.to_crs(crs), truth.to_crs(crs), boundary_width=1.0)
+    assert r["tp"] == 5 and r["boundary_iou"] == pytest.approx(expected, abs=1e-3)
+
+
 def test_a_class_field_neither_input_has_is_refused(caplog):
     with pytest.raises(InputVectorError, match="column 'kind'"):
         evaluate_frames(grid(3), grid(3), class_field="kind")

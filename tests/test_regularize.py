@@ -63,7 +63,7 @@ def test_staircase_rectangle_and_l_shape(noisy: gpd.GeoDataFrame) -> None:
     assert out["area_m2"].iloc[0] == pytest.approx(rect.area / 0.9996**2, rel=0.01)
 
 
-@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857"])
+@pytest.mark.parametrize("crs", ["EPSG:4326", "EPSG:3857", "EPSG:3857+5773"])  # + EGM96 heights: compound
 def test_tolerance_is_metres_in_degrees_and_web_mercator(noisy: gpd.GeoDataFrame, crs: str) -> None:
     there = noisy.to_crs(crs)
     assert metric_crs(there).to_epsg() == 32636

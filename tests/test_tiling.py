@@ -56,7 +56,7 @@ def test_window_grid_small_raster_gives_one_smaller_window() -> None:
     assert (grid[0][0].width, grid[0][0].height) == (100, 60)
 
 
-@pytest.mark.parametrize("fixture", ["utm_uint16", "merc_rgb", "nodata_4band"])
+@pytest.mark.parametrize("fixture", ["utm_uint16", "merc_rgb", "nodata_4band", "compound_rgb"])
 def test_instance_masks_equal_rasterized_truth(fixture: str, request, tmp_path: Path) -> None:
     scene: Path = request.getfixturevalue(fixture)
     # an overlapping pair, a touching pair, and one alone: each keeps its own mask

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -61,6 +62,33 @@ def ground_sides(transform: Affine, crs: object, shape_hw: tuple[int, int]) -> t
     """
     dist = _steps(transform, crs, shape_hw)[1][0]
     return float(dist[0]), float(dist[1])
+
+
+def metric_crs(data: Any, crs: Any = None) -> Any:
+    """A CRS whose units are ground metres near ``data``: ``crs`` (default: the data's), or the local UTM zone.
+
+    ``crs`` is kept when it is projected in metres and not a Mercator (whose metres are
+    ground metres only at the equator: 2 ground metres are 1 at 60°); else the UTM zone of
+    ``data`` (a GeoDataFrame or GeoSeries with a CRS; ``crs`` itself when it is empty). A
+    compound CRS (a drone survey's "UTM zone 33N + EGM96 height") is judged by its
+    horizontal part.
+
+    Examples:
+        >>> import geopandas as gpd, shapely
+        >>> g = gpd.GeoSeries([shapely.box(32.58, 0.31, 32.581, 0.311)], crs="EPSG:4326")
+        >>> [metric_crs(g.to_crs(c)).to_epsg() for c in ("EPSG:4326", "EPSG:3857+5773", "EPSG:32636")]
+        [32636, 32636, 32636]
+    """
+    from pyproj import CRS as ProjCRS
+
+    crs = ProjCRS.from_user_input(data.crs if crs is None else crs)
+    flat = crs.to_2d() if crs.is_compound else crs  # a compound CRS has no coordinate operation itself
+    method = flat.coordinate_operation.method_name if flat.coordinate_operation else ""
+    unit = flat.axis_info[0].unit_name if flat.axis_info else ""
+    mercator = "Mercator" in method and "Transverse" not in method
+    if (flat.is_projected and unit in ("metre", "meter") and not mercator) or not len(data):
+        return crs
+    return ProjCRS.from_user_input(data.estimate_utm_crs())
 
 
 def _right_angle(az: np.ndarray, tolerance_deg: float = 2.0) -> bool:

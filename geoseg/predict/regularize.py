@@ -13,8 +13,9 @@ staircase. Regularization (``geoseg predict --regularize``) squares them, each a
   and numpy: the algorithm of ArcGIS's "Regularize Building Footprint"), so an L keeps its
   6 corners.
 
-Both run in a metric CRS: the polygons' own when it is projected in metres and not a Mercator (whose
-metres are not ground metres), else the local UTM zone, so the tolerance is ground metres
+Both run in a metric CRS (:func:`geoseg.io.ground.metric_crs`): the polygons' own when it is projected
+in metres and not a Mercator (whose metres are not ground metres; a compound CRS is judged by its
+horizontal part), else the local UTM zone, so the tolerance is ground metres
 whatever the CRS; the result is mapped back. Each row keeps its attributes (``area_m2``
 is recomputed). Squaring never moves an outline far from what the model saw: a
 rectangle that overlaps the traced outline by IoU < ``min_iou`` (0.8) gives way to the
@@ -38,6 +39,7 @@ import numpy as np
 import shapely
 from pyproj import CRS
 
+from geoseg.io.ground import metric_crs
 from geoseg.io.vectors import polygonal_parts
 from geoseg.outlines import rectangularity
 
@@ -45,23 +47,6 @@ if TYPE_CHECKING:
     from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
-
-
-def metric_crs(gdf: gpd.GeoDataFrame) -> CRS:
-    """A CRS whose units are ground metres near the data: its own, or the local UTM zone.
-
-    Examples:
-        >>> g = gpd.GeoDataFrame(geometry=[shapely.box(32.58, 0.31, 32.581, 0.311)], crs="EPSG:4326")
-        >>> metric_crs(g).to_epsg()
-        32636
-    """
-    crs = CRS.from_user_input(gdf.crs)
-    method = crs.coordinate_operation.method_name if crs.coordinate_operation else ""
-    unit = crs.axis_info[0].unit_name if crs.axis_info else ""
-    mercator = "Mercator" in method and "Transverse" not in method
-    if crs.is_projected and unit in ("metre", "meter") and not mercator:
-        return crs
-    return CRS.from_user_input(gdf.estimate_utm_crs())
 
 
 def regularize(
