@@ -111,8 +111,8 @@ def area_on_scene(area: gpd.GeoSeries, scene: SceneInfo, margin: int, what: str)
                              scene.affine)
     geom = area.iloc[0]
     boxes = area_boxes(area.crs, [(scene.crs, grown)])
-    if boxes is not None:
-        geom = shapely.intersection(geom, boxes[0])
+    if boxes is not None:  # two boxes for a scene across the antimeridian in a geographic area's CRS
+        geom = shapely.intersection(geom, shapely.union_all(boxes))
     if shapely.is_empty(geom):
         return shapely.Polygon()
     placed = to_crs(gpd.GeoSeries([geom], crs=area.crs), scene.crs, what).iloc[0]

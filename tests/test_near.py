@@ -195,3 +195,26 @@ def test_evaluate_clip_over_scenes_far_apart_reads_near_each(tmp_path: Path) -> 
     boxes = [shapely.box(500_000, 0, 500_100, 100), shapely.box(525_000, 24_900, 525_100, 25_000)]
     rows = np.flatnonzero(near_mask(whole.geometry.to_numpy(), CRS, [(CRS, b) for b in boxes]))
     assert len(got) == len(rows) < len(whole) // 5  # not the ~half of the country between them
+
+
+def test_a_scene_across_the_antimeridian_keeps_its_labels_on_both_sides(tmp_path: Path) -> None:
+    # Taveuni (Fiji), which the 180th meridian crosses: a scene in UTM 60S, a country's labels in
+    # degrees, 10 on the scene (5 each side of 180°) and 20 elsewhere on the island group's latitudes.
+    # The scene's bounds in degrees come west > east; one box from west to east spanned the
+    # globe but the scene, so only the far labels were read (and a few of the scene's, by chance).
+    utm = "EPSG:32760"
+    x0, y0 = 819_661.0, 8_140_276.0
+    on = [shapely.box(x0 + 20 + i * 22, y0 - 108 - (i % 3) * 30, x0 + 28 + i * 22, y0 - 100 - (i % 3) * 30)
+          for i in range(10)]
+    mine = gpd.GeoSeries(on, crs=utm).to_crs(4326)
+    lon = shapely.get_coordinates(mine.to_numpy())[:, 0].reshape(10, -1)
+    assert (lon.min(axis=1) > 179.99).sum() == 5 and (lon.max(axis=1) < -179.99).sum() == 5
+    far = [shapely.box(179.3 + i * 1e-3, -16.8, 179.30005 + i * 1e-3, -16.79995) for i in range(20)]
+    path = tmp_path / "fiji.gpkg"
+    gpd.GeoDataFrame({"class": ["building"] * 30}, geometry=[*mine, *far], crs=4326).to_file(path)
+    scene = [(utm, shapely.box(x0, y0 - 256, x0 + 256, y0))]
+    whole = gpd.read_file(path)
+    assert near_mask(whole.geometry.to_numpy(), whole.crs, scene).tolist() == [True] * 10 + [False] * 20
+    labels = read_labels(path, near=scene)
+    kept = shapely.STRtree(labels.to_crs(utm).geometry.to_numpy())
+    assert all(len(kept.query(g, predicate="intersects")) for g in on)  # every label of the scene

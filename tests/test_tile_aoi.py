@@ -117,3 +117,22 @@ def test_val_scenes_naming_a_scene_the_aoi_leaves_out_says_so(tmp_path: Path) ->
         tile([path, far], tmp_path / "labels.gpkg", tmp_path / "p", cfg(aoi, val_scenes=["nowhere"]),
              scheduler="sync")
     assert not (tmp_path / "p").exists()
+
+
+def test_an_aoi_across_the_antimeridian_covers_both_halves_of_the_scene(tmp_path: Path) -> None:
+    # Taveuni (Fiji): the 180th meridian crosses the scene (UTM 60S); the AOI in degrees is split
+    # at 180°, as RFC 7946 and QGIS write it. Clipping it to the scene's box in degrees (west > east)
+    # kept the globe but the scene.
+    from rasterio.transform import from_origin
+
+    from geoseg.aoi import area_on_scene, read_aoi
+    from geoseg.io.rasters import inspect_scene
+
+    x0, y0 = 819_661.0, 8_140_276.0
+    path = write_raster(tmp_path / "taveuni.tif", np.zeros((3, 256, 256), np.uint8), "EPSG:32760",
+                        from_origin(x0, y0, 1.0, 1.0))
+    halves = [shapely.box(179.99, -16.81, 180.0, -16.79), shapely.box(-180.0, -16.81, -179.99, -16.79)]
+    gpd.GeoDataFrame(geometry=halves, crs=4326).to_file(tmp_path / "aoi.gpkg")
+    scene = inspect_scene(path)
+    area = area_on_scene(read_aoi(tmp_path / "aoi.gpkg"), scene, 8, "--aoi aoi.gpkg")
+    assert area.covers(scene.footprint.buffer(-1e-6))

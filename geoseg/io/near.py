@@ -30,11 +30,19 @@ POLYGONAL = re.compile(r"^(Multi)?Polygon( Z| M| ZM)?$|^(Multi)?Polygon25D$", re
 
 
 def area_boxes(crs: Any, areas: Areas) -> list[shapely.Geometry] | None:
-    """Each area's bounding box in ``crs``, grown by 1 % of its larger side.
+    """The areas' bounding boxes in ``crs``, each grown by 1 % of its larger side.
 
     The bounds are reprojected with their edges densified (a footprint's sides curve when
-    reprojected). None when an area cannot be placed in ``crs`` (beyond its domain): the
-    caller cannot judge nearness and keeps everything.
+    reprojected). An area across the antimeridian (a scene of Fiji's Taveuni in UTM 60S)
+    has two boxes in a geographic ``crs``, one each side of 180°: GDAL gives its bounds
+    west > east, and one box from west to east would span the globe but the area. None
+    when an area cannot be placed in ``crs`` (beyond its domain): the caller cannot judge
+    nearness and keeps everything.
+
+    Examples:
+        >>> taveuni = ("EPSG:32760", shapely.box(819000, 8140000, 820000, 8141000))
+        >>> [[round(v, 3) for v in b.bounds] for b in area_boxes("EPSG:4326", [taveuni])]
+        [[179.992, -16.802, 180.0, -16.792], [-180.0, -16.802, -179.998, -16.792]]
     """
     from rasterio.warp import transform_bounds
 
@@ -48,6 +56,11 @@ def area_boxes(crs: Any, areas: Areas) -> list[shapely.Geometry] | None:
             return None
         if not np.isfinite([x0, y0, x1, y1]).all():
             return None
+        if x0 > x1 and dst.is_geographic:  # across the antimeridian
+            pad = 0.01 * max(x1 + 360.0 - x0, y1 - y0)
+            boxes += [shapely.box(x0 - pad, y0 - pad, 180.0, y1 + pad),
+                      shapely.box(-180.0, y0 - pad, x1 + pad, y1 + pad)]
+            continue
         pad = 0.01 * max(x1 - x0, y1 - y0)
         boxes.append(shapely.box(x0 - pad, y0 - pad, x1 + pad, y1 + pad))
     return boxes
