@@ -213,7 +213,8 @@ class TileSummary:
         out = [
             f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
             f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
-            f"{self.chips_low_valid} skipped (too little valid data); "
+            f"{self.chips_low_valid} skipped (under min_valid usable pixels: nodata, or held for validation"
+            f"{' or beyond --aoi' if self.aoi else ''}); "
             f"{self.chips_train} train / {self.chips_val} val (split blocks of "
             f"{self.split_block}x{self.split_block} chips)",
             f"instances: {self.instances} in chips; labels: {self.labels}, "
