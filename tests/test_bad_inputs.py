@@ -618,6 +618,27 @@ def test_val_scene_on_the_ground_of_a_train_scene_warns(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "cover" not in res.output, res.output
 
 
+def test_scenes_beside_one_across_the_antimeridian_tile_and_warn_only_of_shared_ground(tmp_path: Path) -> None:
+    """Taveuni (Fiji), which the 180th meridian crosses, beside a scene 50 km west: its footprint in
+    degrees was an invalid polygon spanning the globe, and tile stopped with 'unexpected GEOSException'."""
+    utm, x0, y0 = "EPSG:32760", 819_760.0, 8_140_276.0  # the meridian runs through the scene (x 819 789)
+    for name, x in (("taveuni_2023", x0), ("taveuni_2024", x0 + 10), ("vanua", x0 - 53_000)):
+        write_raster(tmp_path / f"{name}.tif", np.full((3, 64, 64), 60, np.uint8), utm, from_origin(x, y0, 1, 1))
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame({"class": ["b", "b"]}, geometry=[shapely.box(x0 + 20, y0 - 30, x0 + 30, y0 - 20),
+                                                       shapely.box(x0 - 52_980, y0 - 30, x0 - 52_970, y0 - 20)],
+                     crs=utm).to_crs(4326).to_file(labels)
+    base = ["tile", "--labels", str(labels), "--size", "32", "--overlap", "0", "--val-fraction", "0"]
+    res = CliRunner().invoke(cli, [*base, str(tmp_path / "taveuni_2023.tif"), str(tmp_path / "vanua.tif"),
+                                   "--val-scenes", "vanua", "--out", str(tmp_path / "p")])
+    assert res.exit_code == 0 and "cover" not in res.output, res.output
+    res = CliRunner().invoke(cli, [*base, str(tmp_path / "taveuni_2023.tif"), str(tmp_path / "taveuni_2024.tif"),
+                                   "--val-scenes", "taveuni_2024", "--out", str(tmp_path / "p2")])
+    assert res.exit_code == 0, res.output
+    assert "train chips of scene taveuni_2023 cover 84% of the ground of scene taveuni_2024's validation chips" \
+        in res.output, res.output
+
+
 def test_tile_gsd_far_off_the_scenes_says_so(tmp_path: Path) -> None:
     """--gsd 100 on a 1 m scene said 'remove it' (the scene is fine, the option is not), and
     --gsd 0.2 tiled 25 times the pixels without a word."""

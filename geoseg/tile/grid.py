@@ -216,35 +216,42 @@ def warn_shared_ground(scenes: Sequence[SceneInfo], grids: dict[str, list[list[W
     the very roofs it is validated on, and the validation scores (the best checkpoint,
     ``calibrate``'s threshold) are optimistic. Within one scene the val blocks' pixels are
     masked out of the train chips (:func:`held_mask`); across scenes tile can only say so.
-    Shares are measured in EPSG:4326 (a ratio of nearby areas, so degrees do).
+    Pairs are found on the footprints' boxes in degrees (two for a footprint across the
+    antimeridian, :func:`geoseg.io.near.area_boxes`); the share is measured in the val
+    scene's CRS, where a footprint across 180° stays one polygon.
     """
     import geopandas as gpd
 
-    def ground(split: str) -> tuple[list[str], np.ndarray]:
-        names, areas = [], []
+    from geoseg.io.near import area_boxes
+
+    def ground(split: str) -> list[tuple[str, str, shapely.Geometry, list[shapely.Geometry]]]:
+        out = []
         for s in scenes:
             feet = [window_footprint(w, s.affine) for i, row in enumerate(grids[s.name])
                     for j, w in enumerate(row) if splits.get((s.name, (i // sb, j // sb))) == split
                     and (keep is None or (i, j) in keep[s.name])]  # --aoi: the windows tiled
             if feet:
-                names.append(s.name)
-                areas.append(gpd.GeoSeries([shapely.union_all(feet)], crs=s.crs).to_crs(4326).iloc[0])
-        return names, np.array(areas, dtype=object)
+                foot = shapely.union_all(feet)
+                out.append((s.name, s.crs, foot, area_boxes("EPSG:4326", [(s.crs, foot)]) or []))
+        return out
 
-    val_names, val = ground("val")
-    if not len(val):
+    val, train = ground("val"), ground("train")
+    boxes = [(k, b) for k, t in enumerate(train) for b in t[3]]
+    if not val or not boxes:
         return
-    train_names, train = ground("train")
-    if not len(train):
-        return
-    vi, ti = shapely.STRtree(train).query(val, predicate="intersects")
-    other = np.array([val_names[a] != train_names[b] for a, b in zip(vi, ti, strict=True)], dtype=bool)
-    vi, ti = vi[other], ti[other]
-    shared = shapely.area(shapely.intersection(val[vi], train[ti]))
-    big = shared > 0.01 * shapely.area(val[vi])
-    if big.any():
-        k = int(np.flatnonzero(big)[0])
+    tree = shapely.STRtree([b for _, b in boxes])
+    pairs = sorted({(i, boxes[j][0]) for i, v in enumerate(val) for b in v[3] for j in tree.query(b, "intersects")})
+    found = []
+    for i, k in pairs:
+        (vname, vcrs, vfoot, _), (tname, tcrs, tfoot, _) = val[i], train[k]
+        if vname != tname:
+            there = tfoot if tcrs == vcrs else gpd.GeoSeries([tfoot], crs=tcrs).to_crs(vcrs).iloc[0]
+            share = shapely.area(shapely.intersection(vfoot, there)) / shapely.area(vfoot)
+            if share > 0.01:
+                found.append((tname, share, vname))
+    if found:
+        tname, share, vname = found[0]
         log.warning("train chips of scene %s cover %.0f%% of the ground of scene %s's validation chips (%d such "
                     "pairs): the model would be validated on roofs it trained on (another zoom or date of one "
-                    "place?); put every scene of a place in one split (--val-scenes)", train_names[ti[k]],
-                    100 * shared[k] / shapely.area(val[vi[k]]), val_names[vi[k]], int(big.sum()))
+                    "place?); put every scene of a place in one split (--val-scenes)", tname, 100 * share, vname,
+                    len(found))
