@@ -135,9 +135,12 @@ def windows_meeting(area: shapely.Geometry, windows: Sequence[Window], transform
 
 
 def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
-    """The parts of ``gdf`` inside ``area``, in ``gdf``'s CRS; features outside are dropped.
+    """The parts of ``gdf`` inside ``area``; features outside are dropped.
 
-    Geometries are repaired first (:func:`~geoseg.io.vectors.polygonal`); features without
+    The clip is made in ``area``'s CRS when it is projected (a scene's), else in ``gdf``'s,
+    and the result is in that CRS: a scene across the antimeridian, drawn in degrees, would
+    be a polygon spanning the globe but the scene (GeoJSON predictions, RFC 7946, are in
+    degrees). Geometries are repaired first (:func:`~geoseg.io.vectors.polygonal`); features without
     a polygonal part are dropped.
 
     Examples:
@@ -147,6 +150,8 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
         >>> out["n"].tolist(), out.area.tolist()
         ([1], [2.0])
     """
+    if area.crs != gdf.crs and area.crs.is_projected:
+        gdf = to_crs(gdf, area.crs, "the polygons")
     region = to_crs(area, gdf.crs, "the area of interest") if area.crs != gdf.crs else area
     geoms = polygonal(gdf.geometry.to_numpy())  # GEOS cannot clip an invalid polygon (OSM has some)
     keep = np.flatnonzero([g is not None for g in geoms])
@@ -267,6 +272,10 @@ def restrict(
     areas = areas if areas is not None else areas_of(scenes, clip, aoi)
     for _, area in areas:  # a country's truth for a few scenes: only what may be kept is repaired
         pred, truth = _near(pred, area), _near(truth, area)
+    work = next((area.crs for _, area in areas if area.crs.is_projected), None)  # a scene's: see clip_to
+    if work is not None:  # before the parts: a polygon that RFC 7946 split at 180° is one again there
+        pred, truth = (g if g.crs == work else to_crs(g, work, f"the {role} polygons")
+                       for g, role in ((pred, "prediction"), (truth, "truth")))
     if multipart == "parts" and areas:
         pred, truth = _one_part_each(pred), _one_part_each(truth)
     for note, area in areas:

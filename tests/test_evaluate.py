@@ -408,3 +408,31 @@ def test_class_field_none_matches_regardless_of_class(tmp_path) -> None:
                                    "--class-field", "none", "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["f1"] == 1.0
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_geojson_predictions_across_the_antimeridian_clip_and_match_whole(tmp_path, clip):
+    # Taveuni (Fiji): predict's GeoJSON (RFC 7946, degrees) splits a roof on the 180th meridian into
+    # two parts; --clip drew the scene (UTM 60S) in degrees, a polygon spanning the globe: "unexpected
+    # GEOSException". Clipped in the scene's CRS, the two parts are one roof again and match it.
+    from conftest import write_raster
+    from rasterio.transform import from_origin
+
+    from geoseg.io.formats import write_vector
+
+    utm, x0, y0 = "EPSG:32760", 819_661.0, 8_140_276.0  # the meridian: x 819 789
+    scene = write_raster(tmp_path / "taveuni.tif", np.full((3, 256, 256), 60, np.uint8), utm,
+                         from_origin(x0, y0, 1.0, 1.0))
+    roofs = gpd.GeoDataFrame({"class": ["building"] * 3, "score": [0.9] * 3},
+                             geometry=[shapely.box(819_784, 8_140_200, 819_794, 8_140_210),  # on the meridian
+                                       shapely.box(819_700, 8_140_100, 819_710, 8_140_110),
+                                       shapely.box(819_850, 8_140_100, 819_860, 8_140_108)], crs=utm)
+    write_vector(roofs, tmp_path / "pred.geojson")
+    assert gpd.read_file(tmp_path / "pred.geojson").geom_type.tolist()[0] == "MultiPolygon"  # split at 180°
+    roofs.to_file(tmp_path / "truth.gpkg")
+    args = ["evaluate", str(tmp_path / "pred.geojson"), str(tmp_path / "truth.gpkg"),
+            "--json", str(tmp_path / "r.json")]
+    res = CliRunner().invoke(cli, args + (["--scenes", str(scene), "--clip"] if clip else []))
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert (r["tp"], r["fp"], r["fn"]) == (3, 0, 0) and r["mean_iou"] > 0.99
