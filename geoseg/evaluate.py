@@ -33,8 +33,9 @@ the overall ``ap*`` are the mean over the classes that have truth (as COCO). A r
 with a zero denominator is 0.0 (scikit-learn's ``zero_division=0``).
 
 Lengths and areas are computed in the CRS of the predictions (truth is reprojected to
-it; after ``--clip`` or a projected ``--aoi``, in the area's CRS) when it is projected in metres, or in the UTM zone of the data when that CRS is
-geographic, in feet, or a (non-transverse) Mercator, whose metres are not ground metres
+it; after ``--clip`` or a projected ``--aoi``, in the area's CRS) when it is projected in
+metres, or in the UTM zone of the data when that CRS is geographic, in feet, or a
+(non-transverse) Mercator, whose metres are not ground metres
 (:func:`geoseg.io.ground.metric_crs`; a compound CRS is judged by its horizontal part).
 """
 
