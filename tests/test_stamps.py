@@ -122,3 +122,23 @@ def test_a_pipeline_scenes_pattern_over_a_mosaic_and_its_tiles_gives_the_mosaic(
     run_pipeline(tmp_path / "p.yaml", scheduler="sync")
     images = json.loads((tmp_path / "patches" / "annotations.json").read_text())["images"]
     assert {im["scene"] for im in images} == {"mosaic"} and len(images) == 4
+
+
+def test_rasters_in_subfolders_of_a_scenes_folder_are_told_unless_a_mosaic_reads_them(tmp_path: Path, caplog) -> None:
+    """`scenes/extra.tif` beside `scenes/2024/*.tif` read the first only, without a word."""
+    import shutil
+
+    from geoseg.io.sources import list_scenes
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    _mosaic(scenes, scenes / "tiles")  # gdalbuildvrt mosaic.vrt tiles/*.tif: the tiles are read
+    (scenes / ".predict-cache").mkdir()  # hidden: not scenes
+    shutil.copy(scenes / "tiles" / "t0.tif", scenes / ".predict-cache" / "x.tif")
+    assert [s.name for s in list_scenes([scenes])] == ["mosaic"]
+    assert "subfolders" not in caplog.text
+    (scenes / "2024").mkdir()
+    shutil.copy(scenes / "tiles" / "t1.tif", scenes / "2024" / "b.tif")
+    assert [s.name for s in list_scenes([scenes])] == ["mosaic"]
+    assert f"rasters in its subfolders are not read (2024); pass '{scenes}/**/*.tif' (quoted)" in caplog.text
+    assert [s.name for s in list_scenes([f"{scenes}/**/*.tif"])] == ["b", "t0", "t1"]

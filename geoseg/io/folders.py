@@ -78,6 +78,7 @@ def folder_rasters(folder: Path) -> list[Path]:
                     "GeoTIFF with a GDAL that has one (QGIS's: gdal_translate -of COG x.sid x.tif)",
                     folder, len(unread), listed((p.name for p in unread), 3))
     if found:
+        warn_subfolders(folder, found)
         return found
     kinds: Counter[str] = Counter()  # the extensions of the rasters in subfolders (a SAFE's .jp2)
     deeper = []
@@ -92,6 +93,27 @@ def folder_rasters(folder: Path) -> list[Path]:
             "; pass the folder of your scenes or the files themselves")
     raise InputRasterError(f"{folder} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}, or a georeferenced "
                            f"{'/'.join(s[1:] for s in sorted(IMAGE_SUFFIXES))}){hint}")
+
+
+def warn_subfolders(folder: Path, found: list[Path]) -> None:
+    """Warn of the subfolders of ``folder`` (one level) holding rasters that its scenes ``found`` do not read.
+
+    ``scenes/extra.tif`` beside ``scenes/2024/*.tif`` reads the first only: predict's polygons
+    or tile's chips would lack the others, exit 0. Hidden folders (predict's caches) and the
+    tiles of a VRT mosaic among ``found`` (``gdalbuildvrt mosaic.vrt tiles/*.tif``) are not told.
+    """
+    from geoseg.io.stamps import vrt_sources
+
+    below = {d: [f for f in d.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES]
+             for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    below = {d: files for d, files in below.items() if files}
+    if below:
+        read = {q.resolve() for p in found for q in vrt_sources(p)}
+        unread = [d.name for d, files in below.items() if any(f.resolve() not in read for f in files)]
+        if unread:
+            ext = Counter(f.suffix for files in below.values() for f in files).most_common(1)[0][0]
+            log.warning("%s: rasters in its subfolders are not read (%s); pass '%s/**/*%s' (quoted) to take them too",
+                        folder, listed(unread, 3), folder, ext)
 
 
 def prj_hint(path: str | Path) -> str:
