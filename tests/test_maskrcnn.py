@@ -111,9 +111,11 @@ def test_tiny_maskrcnn_overfits(patches: Path, tmp_path: Path) -> None:
     finally:
         torch.set_num_threads(threads)
     last = res.history[-1]
-    # every val box found and matched (AP50, F1, IoU); the mask AP@[.5:.95] of the few boxes
-    # hangs on a pixel or two at the high IoU thresholds: 0.78-0.8+ on different CPUs
-    assert last["ap50"] > 0.95 and last["f1"] > 0.9 and last["iou"] > 0.85 and last["ap"] > 0.7, last
+    # the val boxes found and matched (AP50, F1, IoU), all of them or all but one of the 11: which
+    # one box a CPU's float rounding leaves out at the last epoch differs (an AMD EPYC with AVX-512:
+    # AP50 0.901, F1 0.952; the reference machine: all found). The mask AP@[.5:.95] of the few
+    # boxes hangs on a pixel or two at the high IoU thresholds: 0.78-0.8+ on different CPUs
+    assert last["ap50"] > 0.85 and last["f1"] > 0.85 and last["iou"] > 0.85 and last["ap"] > 0.7, last
     assert last["loss"] < 0.3 * res.history[0]["loss"], (last["loss"], res.history[0]["loss"])
     for key in ("classifier", "box_reg", "mask", "objectness", "rpn_box_reg", "ap50", "iou", "lr"):
         assert key in last, key
