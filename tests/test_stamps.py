@@ -135,6 +135,8 @@ def test_rasters_in_subfolders_of_a_scenes_folder_are_told_unless_a_mosaic_reads
     _mosaic(scenes, scenes / "tiles")  # gdalbuildvrt mosaic.vrt tiles/*.tif: the tiles are read
     (scenes / ".predict-cache").mkdir()  # hidden: not scenes
     shutil.copy(scenes / "tiles" / "t0.tif", scenes / ".predict-cache" / "x.tif")
+    (scenes / "__MACOSX").mkdir()  # a zip made on macOS: AppleDouble files, no rasters
+    (scenes / "__MACOSX" / "._mosaic.tif").write_bytes(b"\x00\x05\x16\x07")
     assert [s.name for s in list_scenes([scenes])] == ["mosaic"]
     assert "subfolders" not in caplog.text
     (scenes / "2024").mkdir()

@@ -104,7 +104,8 @@ def warn_subfolders(folder: Path, found: list[Path]) -> None:
     """
     from geoseg.io.stamps import vrt_sources
 
-    below = {d: [f for f in d.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES]
+    below = {d: [f for f in d.iterdir() if f.is_file() and f.suffix.lower() in RASTER_SUFFIXES
+                 and not f.name.startswith(".")]  # a zip's __MACOSX/._x.tif is no raster
              for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     below = {d: files for d, files in below.items() if files}
     if below:
