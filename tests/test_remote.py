@@ -145,7 +145,7 @@ def test_a_stac_item_file_and_item_collection_url_as_scenes(served, tmp_path: Pa
         stac_scenes(str(served.root / "item.json"), "nir")
 
 
-def test_a_stac_api_search(served) -> None:
+def test_a_stac_api_search(served, tmp_path: Path) -> None:
     pytest.importorskip("pystac_client")
     bright_boxes_scene(served.root / "found.tif", (40, 40), [(5, 5, 15, 15)])
     base = served.base
@@ -163,6 +163,9 @@ def test_a_stac_api_search(served) -> None:
     assert src.name == "s2-1" and src.source == f"{base}/found.tif"
     body = json.loads(served.posted[-1])
     assert body["bbox"] == [32.5, 0.3, 32.6, 0.4] and body["datetime"].startswith("2024-01-01")
+    res = CliRunner().invoke(cli, ["tile", "--stac-search", f"{base}/api.json", "--bbox", "179.8,-17,-179.8,-16.6",
+                                   "--out", str(tmp_path / "p")])  # across the antimeridian, as STAC reads it
+    assert json.loads(served.posted[-1])["bbox"] == [179.8, -17, -179.8, -16.6], res.output
     with pytest.raises(InputRasterError, match=f"STAC search at {base}/nope failed"):
         search_scenes(f"{base}/nope")
 
@@ -259,6 +262,10 @@ def test_cli_scene_options_usage_errors(served, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["tile", "--stac-search", served.url("api.json"), "--bbox", "3,2,1", "--out",
                               str(tmp_path / "p")])
     assert res.exit_code == 2 and "west,south,east,north" in res.output
+    for bad in ("32.6,0.3,32.5,0.4", "32.5,0.3,32.6,91"):  # swapped longitudes; a latitude off the Earth
+        res = runner.invoke(cli, ["tile", "--stac-search", served.url("api.json"), "--bbox", bad, "--out",
+                                  str(tmp_path / "p")])
+        assert res.exit_code == 2 and ("west > east" in res.output or "west,south" in res.output), res.output
     bright_boxes_scene(served.root / "v.tif", (40, 40), [(5, 5, 15, 15)])
     (served.root / "item.json").write_text(json.dumps(_item("it", "v.tif")))
     res = runner.invoke(cli, ["tile", served.url("item.json"), "--asset", "nir", "--out", str(tmp_path / "p")])

@@ -44,15 +44,25 @@ def parse_bands(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _bbox(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    """Click callback of ``--bbox``: ``"32.5,0.3,32.6,0.4"`` -> four floats."""
+    """Click callback of ``--bbox``: ``"32.5,0.3,32.6,0.4"`` -> four floats.
+
+    West > east is a box across the antimeridian, as the STAC API specification reads it
+    (``179.8,-17,-179.8,-16.6``: Fiji's Taveuni); one that would span over half the globe
+    that way is taken for swapped longitudes and refused.
+    """
     if value is None:
         return None
     try:
         box = tuple(float(v) for v in value.split(","))
     except ValueError:
         box = ()
-    if len(box) != 4 or box[0] > box[2] or box[1] > box[3]:
+    if len(box) != 4 or box[1] > box[3] or not all(-180 <= v <= 180 for v in box[::2]) \
+            or not all(-90 <= v <= 90 for v in box[1::2]):
         raise click.BadParameter(f"'{value}' is not west,south,east,north in degrees, e.g. 32.55,0.30,32.62,0.36")
+    if box[0] > box[2] and box[2] + 360 - box[0] > 180:  # west > east crosses 180°; over half the globe: swapped
+        raise click.BadParameter(f"'{value}' has west > east: it spans {box[2] + 360 - box[0]:.0f}° of longitude "
+                                 f"across the antimeridian; give {box[2]},{box[1]},{box[0]},{box[3]}, or a box "
+                                 "across 180° such as 179.8,-17,-179.8,-16.6 (Taveuni) as it is")
     return box
 
 
