@@ -218,7 +218,8 @@ def evaluate_frames(
         truth: true polygons, in any CRS (reprojected to that of ``pred``).
         iou: IoU at which a pair counts as a match for tp/fp/fn.
         class_field: class column; per-class numbers when both frames have it; ``"none"``: classes ignored.
-        score_field: confidence column of ``pred`` (all 1 when absent).
+        score_field: confidence column of ``pred`` (all 1 when absent, with a warning: AP
+            then ranks the predictions in file order).
         boundary_width: band width of boundary IoU in metres; None: 2 % of each pair's
             bounding-box diagonal.
         multipart: ``parts``: each part of a MultiPolygon is an object, as tile trains;
@@ -251,8 +252,13 @@ def evaluate_frames(
         except (ValueError, TypeError):
             raise InputVectorError(f"prediction column '{score_field}' is not numeric; "
                                    "give each polygon a numeric confidence") from None
-    else:
+    else:  # another tool's predictions: AP would rank them in file order
         scores = np.ones(len(pred))
+        if len(pred):
+            likely = [c for c in pred.columns if str(c).lower() in ("confidence", "conf", "prob", "probability")]
+            log.warning("the predictions have no '%s' column: ap, ap50 and ap75 rank them in file order (F1 and the "
+                        "others stand); name their confidence column with --score-field%s", score_field,
+                        f" ({likely[0]}?)" if likely else "")
     rank = np.empty(len(pred), dtype=np.int64)
     rank[np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")] = np.arange(len(pred))
 

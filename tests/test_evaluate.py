@@ -436,3 +436,23 @@ def test_geojson_predictions_across_the_antimeridian_clip_and_match_whole(tmp_pa
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "r.json").read_text())
     assert (r["tp"], r["fp"], r["fn"]) == (3, 0, 0) and r["mean_iou"] > 0.99
+
+
+def test_predictions_without_a_score_column_warn_and_score_field_names_theirs(tmp_path):
+    # another tool's predictions, confidence in 'confidence': the two false ones first in the file
+    truth = grid(4)
+    false = grid(2, dx=500.0)
+    pred = gpd.GeoDataFrame({"confidence": [0.2, 0.3, 0.9, 0.9, 0.9, 0.9]},
+                            geometry=[*false.geometry, *truth.geometry], crs=UTM)
+    pred.to_file(tmp_path / "p.gpkg")
+    truth.to_file(tmp_path / "t.gpkg")
+    base = ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"), "--json", str(tmp_path / "r.json")]
+    res = CliRunner().invoke(cli, base)
+    assert res.exit_code == 0, res.output
+    assert "no 'score' column: ap, ap50 and ap75 rank them in file order" in res.output
+    assert "--score-field (confidence?)" in res.output
+    in_file_order = json.loads((tmp_path / "r.json").read_text())
+    res = CliRunner().invoke(cli, [*base, "--score-field", "confidence"])
+    ranked = json.loads((tmp_path / "r.json").read_text())
+    assert res.exit_code == 0 and "file order" not in res.output, res.output
+    assert ranked["f1"] == in_file_order["f1"] and ranked["ap50"] == 1.0 > in_file_order["ap50"]

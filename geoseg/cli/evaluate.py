@@ -16,6 +16,8 @@ import click
               help="Also write the numbers to this JSON file (same key names).")
 @click.option("--class-field", default="class", show_default=True,
               help="Class column; per-class numbers when both files have it; none: match regardless of class.")
+@click.option("--score-field", default="score", show_default=True,
+              help="Confidence column of PRED that ranks it for AP (another tool's: confidence, prob...).")
 @click.option("--boundary-width", type=click.FloatRange(0, min_open=True), metavar="METRES",
               help="Band width of boundary IoU.  [default: 2% of each pair's bbox diagonal]")
 @click.option("--multipart", type=click.Choice(["parts", "whole"]), default="parts", show_default=True,
@@ -29,14 +31,14 @@ import click
               help="Compare only inside the polygons of this vector file (any CRS).")
 @click.option("--quicklook", "quicklook_png", type=click.Path(path_type=Path), metavar="PNG",
               help="Also draw the first scene (or a grey canvas) with both outlines into this PNG.")
-def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, class_field: str,
+def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, class_field: str, score_field: str,
                  boundary_width: float | None, multipart: str, scenes: tuple[str, ...], clip: bool, aoi: Path | None,
                  quicklook_png: Path | None) -> None:
     """Compare predicted polygons PRED with true polygons TRUTH (any vector files, any CRS).
 
     Prints tp, fp, fn, precision, recall, F1 and mean IoU of the matches (one-to-one,
     greedy by IoU, SpaceNet style), COCO-style AP over IoU 0.50:0.05:0.95 ranked by the
-    `score` column (ap, ap50, ap75) and mean boundary IoU, overall and per class, then the
+    `--score-field` column (ap, ap50, ap75) and mean boundary IoU, overall and per class, then the
     outline quality of the matches: median corners per polygon (vertices, truth_vertices,
     vertex_ratio) and mean rectangularity (area over the minimum rotated rectangle's).
 
@@ -64,7 +66,7 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     pred_gdf, truth_gdf = read_within(pred, truth, areas)
     report, pred_gdf, truth_gdf, notes = evaluate_within(
         pred_gdf, truth_gdf, scenes=rasters, clip=clip, aoi=aoi, multipart=multipart, areas=areas, iou=iou,
-        class_field=class_field, boundary_width=boundary_width)
+        class_field=class_field, score_field=score_field, boundary_width=boundary_width)
     click.echo(f"IoU >= {iou:g}: {pred} vs {truth}" + (f" ({', '.join(notes)})" if notes else ""))
     click.echo(format_report(report))
     if json_path is not None:
