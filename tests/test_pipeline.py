@@ -601,3 +601,19 @@ def test_deciding_lists_a_scenes_folder_without_its_warnings(project: Path, fake
     with caplog.at_level(logging.WARNING):
         assert ran(run(project)) == []
     assert left_out not in caplog.text
+
+
+def test_an_evaluate_stage_ranks_another_tools_predictions_by_its_score_field(tmp_path: Path) -> None:
+    # the two false predictions first in the file, with low confidence: AP in file order is < 1
+    utm = "EPSG:32636"
+    boxes = [shapely.box(450000 + 20 * i, 40000, 450010 + 20 * i, 40010) for i in range(4)]
+    far = [shapely.box(451000 + 20 * i, 40000, 451010 + 20 * i, 40010) for i in range(2)]
+    gpd.GeoDataFrame({"confidence": [0.2, 0.3, 0.9, 0.9, 0.9, 0.9]}, geometry=far + boxes,
+                     crs=utm).to_file(tmp_path / "theirs.gpkg")
+    gpd.GeoDataFrame(geometry=boxes, crs=utm).to_file(tmp_path / "truth.gpkg")
+    spec = {"workdir": "out", "evaluate": {"pred": "theirs.gpkg", "truth": "truth.gpkg", "clip": False,
+                                           "quicklook": None, "score_field": "confidence"}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(spec))
+    pl.run_pipeline(tmp_path / "p.yaml", scheduler="sync")
+    report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert report["f1"] == pytest.approx(0.8) and report["ap50"] == 1.0

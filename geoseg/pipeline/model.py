@@ -228,6 +228,7 @@ class EvaluateArgs(StageArgs):
     aoi: Path | None
     iou: float
     class_field: str
+    score_field: str
     boundary_width: float | None
     multipart: str
     max_side: int

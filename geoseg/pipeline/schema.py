@@ -88,6 +88,7 @@ class EvaluateStage(Strict):
     aoi: str | None = Field(None, description="compare only inside the polygons of this vector file")
     iou: float = Field(0.5, gt=0, le=1)
     class_field: str = "class"
+    score_field: str = Field("score", description="the predictions' confidence column, for AP")
     boundary_width: float | None = Field(None, gt=0)
     multipart: Literal["parts", "whole"] = Field("parts", description="a MultiPolygon: one object per part, or one")
     json_out: str | None = Field("evaluation.json", alias="json")

@@ -133,7 +133,8 @@ def run_evaluate(stage: Stage[EvaluateArgs], run: StageRun) -> tuple[list[Path],
     pred, truth = read_within(a.pred, a.truth, areas)
     report, pred, truth, notes = evaluate_within(pred, truth, scenes=scenes, clip=a.clip, aoi=a.aoi,
                                                  multipart=a.multipart, areas=areas, iou=a.iou,
-                                                 class_field=a.class_field, boundary_width=a.boundary_width)
+                                                 class_field=a.class_field, score_field=a.score_field,
+                                                 boundary_width=a.boundary_width)
     outputs: list[Path] = []
     if a.json_out is not None:
         write_json(a.json_out, report, indent=2)
