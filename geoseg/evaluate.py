@@ -252,13 +252,8 @@ def evaluate_frames(
         except (ValueError, TypeError):
             raise InputVectorError(f"prediction column '{score_field}' is not numeric; "
                                    "give each polygon a numeric confidence") from None
-    else:  # another tool's predictions: AP would rank them in file order
+    else:  # another tool's predictions: AP ranks them in file order (said at the end, once the inputs passed)
         scores = np.ones(len(pred))
-        if len(pred):
-            likely = [c for c in pred.columns if str(c).lower() in ("confidence", "conf", "prob", "probability")]
-            log.warning("the predictions have no '%s' column: ap, ap50 and ap75 rank them in file order (F1 and the "
-                        "others stand); name their confidence column with --score-field%s", score_field,
-                        f" ({likely[0]}?)" if likely else "")
     rank = np.empty(len(pred), dtype=np.int64)
     rank[np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")] = np.arange(len(pred))
 
@@ -312,6 +307,11 @@ def evaluate_frames(
     report["per_class"] = per_class if by_class else {}
     if by_class and (why := class_mismatch(pcls, tcls)):
         log.warning("%s", why)
+    if score_field not in pred.columns and len(pred):
+        likely = [c for c in pred.columns if str(c).lower() in ("confidence", "conf", "prob", "probability")]
+        log.warning("the predictions have no '%s' column: ap, ap50 and ap75 rank them in file order (F1 and the "
+                    "others stand); name their confidence column with --score-field%s", score_field,
+                    f" ({likely[0]}?)" if likely else "")
     return report
 
 
