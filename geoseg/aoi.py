@@ -135,13 +135,10 @@ def windows_meeting(area: shapely.Geometry, windows: Sequence[Window], transform
 
 
 def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
-    """The parts of ``gdf`` inside ``area``; features outside are dropped.
+    """The parts of ``gdf`` inside ``area``, in ``gdf``'s CRS; features outside are dropped.
 
-    The clip is made in ``area``'s CRS when it is projected (a scene's), else in ``gdf``'s,
-    and the result is in that CRS: a scene across the antimeridian, drawn in degrees, would
-    be a polygon spanning the globe but the scene (GeoJSON predictions, RFC 7946, are in
-    degrees). Geometries are repaired first (:func:`~geoseg.io.vectors.polygonal`); features without
-    a polygonal part are dropped.
+    Geometries are repaired first (:func:`~geoseg.io.vectors.polygonal`); features without
+    a polygonal part are dropped. :func:`restrict` gives it ``gdf`` in a projected area's CRS.
 
     Examples:
         >>> g = gpd.GeoDataFrame({"n": [1, 2]}, geometry=[shapely.box(0, 0, 2, 2), shapely.box(5, 5, 6, 6)],
@@ -150,8 +147,6 @@ def clip_to(gdf: gpd.GeoDataFrame, area: gpd.GeoSeries) -> gpd.GeoDataFrame:
         >>> out["n"].tolist(), out.area.tolist()
         ([1], [2.0])
     """
-    if area.crs != gdf.crs and area.crs.is_projected:
-        gdf = to_crs(gdf, area.crs, "the polygons")
     region = to_crs(area, gdf.crs, "the area of interest") if area.crs != gdf.crs else area
     geoms = polygonal(gdf.geometry.to_numpy())  # GEOS cannot clip an invalid polygon (OSM has some)
     keep = np.flatnonzero([g is not None for g in geoms])
@@ -261,7 +256,8 @@ def restrict(
         areas: :func:`areas_of` ``(scenes, clip, aoi)``, when the caller has them already.
 
     Returns:
-        ``(pred, truth, notes)``; the notes say what was applied, for the report's header.
+        ``(pred, truth, notes)``; the notes say what was applied, for the report's header. The
+        frames are in the first projected area's CRS (the scenes'), else as given.
 
     Raises:
         InputRasterError: ``clip`` without scenes, or a scene that cannot be read.
@@ -272,8 +268,11 @@ def restrict(
     areas = areas if areas is not None else areas_of(scenes, clip, aoi)
     for _, area in areas:  # a country's truth for a few scenes: only what may be kept is repaired
         pred, truth = _near(pred, area), _near(truth, area)
-    work = next((area.crs for _, area in areas if area.crs.is_projected), None)  # a scene's: see clip_to
-    if work is not None:  # before the parts: a polygon that RFC 7946 split at 180° is one again there
+    # the clip in a projected area's CRS (the scenes'): a scene across the antimeridian drawn in degrees is
+    # the globe but the scene (predict's GeoJSON is in degrees); before the parts are taken, so that a
+    # polygon that RFC 7946 split at 180° is one again
+    work = next((area.crs for _, area in areas if area.crs.is_projected), None)
+    if work is not None:
         pred, truth = (g if g.crs == work else to_crs(g, work, f"the {role} polygons")
                        for g, role in ((pred, "prediction"), (truth, "truth")))
     if multipart == "parts" and areas:
