@@ -218,3 +218,33 @@ def test_a_scene_across_the_antimeridian_keeps_its_labels_on_both_sides(tmp_path
     labels = read_labels(path, near=scene)
     kept = shapely.STRtree(labels.to_crs(utm).geometry.to_numpy())
     assert all(len(kept.query(g, predicate="intersects")) for g in on)  # every label of the scene
+
+
+def test_a_roof_split_at_the_antimeridian_is_one_training_instance(tmp_path: Path) -> None:
+    # A country's footprints as RFC 7946 GeoJSON (GDAL's writer) split a roof on the 180th meridian
+    # into a MultiPolygon of two halves; tile exploded it into two instances, cut along the meridian.
+    from click.testing import CliRunner
+    from conftest import write_raster
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+
+    from geoseg.cli.main import cli
+
+    utm = "EPSG:32760"
+    x180, y = Transformer.from_crs(4326, utm, always_xy=True).transform(180.0, -16.8)
+    x0, y0 = round(x180) - 64.0, round(y) + 64.0
+    img = np.full((3, 128, 128), 40, np.uint8)
+    img[:, 54:74, 54:74] = 220
+    scene = write_raster(tmp_path / "taveuni.tif", img, utm, from_origin(x0, y0, 1.0, 1.0))
+    roof = shapely.box(x0 + 54, y0 - 74, x0 + 74, y0 - 54)  # 20 m x 20 m across 180°
+    side = shapely.box(x0 + 10, y0 - 20, x0 + 20, y0 - 10)  # all west of 180° (in UTM 60S: lower x)
+    gpd.GeoDataFrame({"class": ["building"] * 2}, geometry=[roof, side], crs=utm).to_file(
+        tmp_path / "fiji.geojson", driver="GeoJSON", RFC7946="YES")
+    written = gpd.read_file(tmp_path / "fiji.geojson")
+    assert written.geometry.iloc[0].geom_type == "MultiPolygon"  # the split, as users receive it
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(tmp_path / "fiji.geojson"), "--out",
+                                   str(tmp_path / "p"), "--size", "128", "--overlap", "0", "--val-fraction", "0"])
+    assert res.exit_code == 0, res.output
+    coco = json.loads((tmp_path / "p" / "annotations.json").read_text())
+    areas = sorted(a["area"] for a in coco["annotations"])
+    assert len(areas) == 2 and areas[1] == pytest.approx(400, abs=20), areas

@@ -87,6 +87,39 @@ def near_mask(geoms: np.ndarray, crs: Any, areas: Areas) -> np.ndarray:
     return hit
 
 
+def rejoin_antimeridian(geoms: np.ndarray, crs: Any) -> np.ndarray:
+    """Polygons that were split at 180° (RFC 7946 GeoJSON, ``ogr2ogr -wrapdateline``) made whole again.
+
+    In a geographic ``crs``, a feature whose parts touch both 180° and -180° has its western
+    parts moved east by 360° and is unioned: its halves, which share the cut, are one polygon
+    (with longitudes past 180°, which PROJ wraps when it reprojects). Its parts would
+    otherwise be two objects (two training instances cut along the meridian). Other
+    features, and every feature in a projected ``crs``, are returned as they are.
+
+    Examples:
+        >>> halves = shapely.MultiPolygon([shapely.box(179.9, 0, 180, 1), shapely.box(-180, 0, -179.9, 1)])
+        >>> [round(v, 6) for v in rejoin_antimeridian(np.array([halves]), "EPSG:4326")[0].bounds]
+        [179.9, 0.0, 180.1, 1.0]
+    """
+    out = np.array(geoms, dtype=object)
+    if crs is None or not CRS.from_user_input(crs).is_geographic or not len(out):
+        return out
+    live = ~(shapely.is_missing(out) | shapely.is_empty(out))
+    bounds = np.full((len(out), 4), np.nan)
+    bounds[live] = shapely.bounds(out[live])
+    for i in np.flatnonzero(live & (bounds[:, 0] <= -180.0 + 1e-9) & (bounds[:, 2] >= 180.0 - 1e-9)):
+        parts = shapely.get_parts(out[i])
+        if len(parts) < 2:  # one polygon around the globe: not a split
+            continue
+        lo, hi = shapely.bounds(parts)[:, 0], shapely.bounds(parts)[:, 2]
+        west = hi <= 0.0
+        if not (west & (lo <= -180.0 + 1e-9)).any() or not (~west & (hi >= 180.0 - 1e-9)).any():
+            continue
+        parts[west] = shapely.transform(parts[west], lambda xy: xy + (360.0, 0.0))
+        out[i] = shapely.union_all(parts)
+    return out
+
+
 def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) -> tuple[gpd.GeoDataFrame, Any] | None:
     """The features of a polygon layer whose geometry meets one of ``areas``' boxes, and the layer's info.
 

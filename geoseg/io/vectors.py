@@ -13,7 +13,7 @@ import pyogrio
 import shapely
 
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line, listed
-from geoseg.io.near import Areas, near_mask, read_near
+from geoseg.io.near import Areas, near_mask, read_near, rejoin_antimeridian
 from geoseg.matching import DUPLICATE_IOU, duplicates
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,7 @@ def read_labels(
         classes = class_values(table, class_field, f"label file {path}")
     else:
         classes = np.full(len(table), class_name, dtype=object)
-    geoms = gdf.geometry.to_numpy()
+    geoms = rejoin_antimeridian(gdf.geometry.to_numpy(), gdf.crs)  # a roof that RFC 7946 split at 180°: one instance
     present = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
     if every is not None:  # a polygon layer, read near the areas: rows of the file from feature ids
         rows = every.index.get_indexer(gdf.index)[present]
