@@ -326,6 +326,25 @@ def test_scene_outside_its_crs_is_one_line_for_tile_and_predict(origin: tuple[fl
     assert sorted(p.name for p in tmp_path.iterdir()) == ["far.tif"]
 
 
+def test_scene_in_degrees_past_180_is_one_line_and_a_global_grid_is_not(tiny_run: Path, tmp_path: Path) -> None:
+    """A scene in EPSG:4326 from 179.999 to 180.001 degrees: labels at -179.9995 (as GeoJSON and
+    GeoPackage hold them) missed its eastern half, whose roofs were trained as background."""
+    from geoseg.io.rasters import inspect_scene
+
+    path = bright_boxes_scene(tmp_path / "past.tif", SHAPE, BOXES, crs="EPSG:4326",
+                              transform=from_origin(180.0 - SHAPE[1] / 2 * 1e-5, -16.8, 1e-5, 1e-5))
+    roofs = [shapely.box(-179.9995, -16.8005, -179.9994, -16.8004), shapely.box(179.9994, -16.8005, 179.9995, -16.8004)]
+    gpd.GeoDataFrame(geometry=roofs, crs="EPSG:4326").to_file(tmp_path / "l.gpkg")
+    for args in (["tile", str(path), "--labels", str(tmp_path / "l.gpkg"), "--out", str(tmp_path / "p")],
+                 ["predict", str(path), "--model", str(tiny_run), "--out", str(tmp_path / "o.gpkg")]):
+        line = one_error_line(CliRunner().invoke(cli, args), str(path), "gdalwarp -t_srs EPSG:327")
+        assert "past ±180" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.gpkg", "past.tif"]
+    world = bright_boxes_scene(tmp_path / "world.tif", (10, 180), [], crs="EPSG:4326",  # the equator's band
+                               transform=from_origin(-180.0, 1.0, 2.0000000001, 0.2))
+    assert inspect_scene(world).width == 180  # -180 to 180, but for a step's rounding
+
+
 def test_scene_smaller_than_the_model_scale(tiny_run: Path, tmp_path: Path) -> None:
     path = write_raster(tmp_path / "dot.tif", np.ones((3, 1, 1), np.uint8), "EPSG:32636",
                         from_origin(450000, 40000, 0.5, 0.5))

@@ -132,6 +132,7 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
         >>> check_ground_pixel("a.tif", t @ Affine.shear(20, 0), "EPSG:32636", (10, 10))[1]
         False
     """
+    _check_longitudes(path, transform, crs, shape_hw)
     az, dist, where = _steps(transform, crs, shape_hw, _CENTRE_AND_CORNERS)
     sides = (float(dist[0, 0]), float(dist[0, 1]))
     if not all(np.isfinite(s) and s > 0 for s in sides):
@@ -144,6 +145,39 @@ def check_ground_pixel(path: str | Path, transform: Affine, crs: object,
             "georeferencing (gdalinfo shows it)")
     _warn_if_pixels_vary(path, dist, where)
     return sides, _right_angle(az[0])
+
+
+def _check_longitudes(path: str | Path, transform: Affine, crs: object, shape_hw: tuple[int, int]) -> None:
+    """An error for a scene in degrees whose grid runs past ±180° (a mosaic from 179.9° to 180.1°).
+
+    Labels, truth and areas of interest are written within ±180° (GeoJSON, GeoPackage, a
+    country's footprints), and a geographic CRS does not wrap: those at -179.99° would not
+    meet the scene's pixels at 180.01°, and its objects there would be trained as background.
+
+    Raises:
+        InputRasterError: with the gdalwarp command to a UTM zone of the scene.
+    """
+    import pyproj
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+
+    geo = pyproj.CRS.from_user_input(crs)
+    if not geo.is_geographic or not all("degree" in a.unit_name for a in geo.axis_info):
+        return
+    h, w = shape_hw
+    xs = [(transform * (c, r))[0] for c, r in ((0, 0), (w, 0), (0, h), (w, h))]
+    pad = (abs(transform.a) + abs(transform.b)) / 2 + 1e-9  # a global grid's rounding
+    lo, hi = min(xs), max(xs)
+    if lo >= -180.0 - pad and hi <= 180.0 + pad:
+        return
+    cx, cy = transform * (w / 2, h / 2)
+    cx = (cx + 180.0) % 360.0 - 180.0
+    zones = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(cx, cy, cx, cy))
+    target = f"EPSG:{zones[0].code}" if zones else "a projected CRS of the place"
+    raise InputRasterError(
+        f"{path}: its longitudes run from {lo:.6g} to {hi:.6g} degrees, past ±180, where labels, truth and "
+        "areas (written within ±180) miss its pixels; warp it to a projected CRS first: "
+        f"gdalwarp -t_srs {target} {path} projected.tif")
 
 
 #: Where a scene's pixel is measured: its centre first, then its four corners.
