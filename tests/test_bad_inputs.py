@@ -782,6 +782,15 @@ def test_labels_and_truth_of_points_or_lines_are_refused(tmp_path: Path) -> None
                                    str(tmp_path / "e.json")])
     assert res.exit_code == 0 and "1 truth features have no polygonal area" in res.output, res.output
     assert json.loads((tmp_path / "e.json").read_text())["tp"] == 4
+    # tile left them out without a word: an outline drawn as a closed line is a roof the chips lose
+    mixed = tmp_path / "mixed.geojson"
+    ring = shapely.LineString(polys.geometry.iloc[3].exterior.coords)
+    gpd.GeoDataFrame(geometry=[*polys.geometry[:3], polys.centroid.iloc[0], ring], crs=polys.crs).to_file(mixed)
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(mixed), "--out", str(tmp_path / "out"),
+                                   "--size", "32", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "2 of 5 label features have no area" in res.output and "feature 4 first" in res.output
+    assert "1 of them closed lines" in res.output and "Lines to polygons" in res.output
 
 
 def test_features_without_a_class_are_refused(tmp_path: Path) -> None:

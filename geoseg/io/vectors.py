@@ -299,6 +299,22 @@ def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
     return np.asarray(text.to_numpy(), dtype=object)
 
 
+def _warn_arealess(path: Path, geoms: np.ndarray, used: np.ndarray, rows: np.ndarray) -> None:
+    """Warn of the features beside polygons that give no polygon (points, lines, rings drawn as lines).
+
+    ``used``: the index (in ``geoms``) of every polygon kept; ``rows``: each geometry's row in the file.
+    """
+    lost = np.setdiff1d(np.arange(len(geoms)), used)
+    if not len(lost):
+        return
+    lines = shapely.get_parts(geoms[lost])
+    rings = int((shapely.is_closed(lines) & (shapely.get_type_id(lines) == shapely.GeometryType.LINESTRING)).sum())
+    log.warning("%s: %d of %d label features have no area (points, lines, collapsed polygons; feature %d first, "
+                "counting from 1) and are not used%s", path, len(lost), len(geoms), int(rows[lost[0]]) + 1,
+                f"; {rings} of them closed lines (outlines drawn as lines?): QGIS's Lines to polygons makes "
+                "polygons of them" if rings else "")
+
+
 def read_labels(
     path: str | Path, class_field: str = CLASS, class_name: str = "object", layer: str | None = None,
     near: Areas | None = None,
@@ -359,6 +375,7 @@ def read_labels(
             present &= close
         rows = np.flatnonzero(present)
     parts, idx = polygonal_parts(geoms[present])
+    _warn_arealess(path, geoms[present], idx, rows)
     out = gpd.GeoDataFrame(
         {CLASS: classes[rows[idx]], "label_id": rows[idx]}, geometry=parts, crs=gdf.crs
     )
