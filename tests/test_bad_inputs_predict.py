@@ -345,6 +345,26 @@ def test_scene_in_degrees_past_180_is_one_line_and_a_global_grid_is_not(tiny_run
     assert inspect_scene(world).width == 180  # -180 to 180, but for a step's rounding
 
 
+def test_a_scene_of_the_training_type_in_another_range_warns_with_a_rescale(tiny_run: Path, tmp_path: Path) -> None:
+    """uint8 like the chips, but stretched otherwise (a 12-bit product divided by 16): the model saw it
+    flat grey at its clip and found nothing, exit 0, without a word."""
+    bright = bright_boxes_scene(tmp_path / "bright.tif", SHAPE, BOXES)
+    with rasterio.open(bright) as src:
+        profile, data = src.profile, src.read()
+    dark = tmp_path / "dark.tif"
+    with rasterio.open(dark, "w", **profile) as dst:
+        dst.write(data // 16)
+    for scene, far in ((bright, False), (dark, True)):
+        res = CliRunner().invoke(cli, ["predict", str(scene), "--model", str(tiny_run), "--out",
+                                       str(tmp_path / f"{scene.stem}.gpkg"), "--no-progress"])
+        assert res.exit_code == 0, res.output
+        said = "hold values far from the training chips'" in res.output
+        assert said == far, res.output
+    assert "band(s) 1,2,3" in res.output and "gdal_translate -scale_1 " in res.output and "-ot uint8" in res.output
+    found = {name: len(gpd.read_file(tmp_path / f"{name}.gpkg")) for name in ("bright", "dark")}
+    assert found["bright"] >= len(BOXES) - 1 and found["dark"] < found["bright"] / 2, found  # what the warning is for
+
+
 def test_scene_smaller_than_the_model_scale(tiny_run: Path, tmp_path: Path) -> None:
     path = write_raster(tmp_path / "dot.tif", np.ones((3, 1, 1), np.uint8), "EPSG:32636",
                         from_origin(450000, 40000, 0.5, 0.5))

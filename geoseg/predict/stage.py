@@ -42,6 +42,7 @@ from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError, listed
 from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
+from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.stamps import digest, input_stamp, read_stamp
@@ -235,6 +236,7 @@ def predict(
     if not overwrite and (old_probs := [p for p in probs if p.exists() and str(p) not in ours]):
         raise OutputExistsError(f"--prob-out {old_probs[0]} exists; pass --overwrite to replace it",
                                 path=str(old_probs[0]))
+    warn_out_of_range([(p.scene, p.band_indexes) for p in plans], stats)  # the inputs passed: a sample of each
     ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
     model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
     k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)
