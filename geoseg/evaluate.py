@@ -52,10 +52,11 @@ import shapely
 from pyproj import CRS
 
 from geoseg.errors import InputVectorError
+from geoseg.io.classes import class_values
 from geoseg.io.datums import to_crs
 from geoseg.io.ground import metric_crs
 from geoseg.io.near import Areas, near_features
-from geoseg.io.vectors import NO_FIELD, bounds_text, class_values, polygonal, read_vector, require_polygons, split_layer
+from geoseg.io.vectors import NO_FIELD, bounds_text, polygonal, read_vector, require_polygons, split_layer
 from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, class_mismatch, duplicates, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 

@@ -793,6 +793,27 @@ def test_labels_and_truth_of_points_or_lines_are_refused(tmp_path: Path) -> None
     assert "1 of them closed lines" in res.output and "Lines to polygons" in res.output
 
 
+def test_an_identifier_as_class_field_is_refused(tmp_path: Path) -> None:
+    """--class-field osm_id (or fid): 60 classes of one roof each, tiled and trained without a word."""
+    scene = write_raster(tmp_path / "s.tif", np.ones((1, 128, 128), np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    squares = [(c, r, c + 6, r + 6) for r in range(4, 120, 15) for c in range(4, 120, 15)][:60]
+    labels = labels_for(scene, tmp_path / "l.gpkg", squares, crs=CRS)
+    gdf = gpd.read_file(labels)
+    gdf["osm_id"] = np.arange(len(gdf)) * 1000.0 + 12345
+    gdf["kind"] = ["house", "shed", "school"] * 20
+    gdf.to_file(labels)
+    for args in (["tile", str(scene), "--labels", str(labels), "--class-field", "osm_id", "--out", str(tmp_path / "p")],
+                 ["evaluate", str(labels), str(labels), "--class-field", "osm_id"]):
+        line = one_error_line(CliRunner().invoke(cli, args), "'osm_id' gives 60 classes to 60 features")
+        assert args[0] == "evaluate" or "l.gpkg" in line
+        assert "--class-field" in line and "none" in line
+    assert not (tmp_path / "p").exists()
+    res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--class-field", "kind", "--out",
+                                   str(tmp_path / "p"), "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["classes"] == ["house", "school", "shed"]
+
+
 def test_features_without_a_class_are_refused(tmp_path: Path) -> None:
     """A null in --class-field crashed tile ('unexpected TypeError', pandas keeps NaN through astype(str)),
     and evaluate scored it as a class of its own."""

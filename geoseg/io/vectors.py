@@ -13,6 +13,7 @@ import pyogrio
 import shapely
 
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line, listed
+from geoseg.io.classes import class_values
 from geoseg.io.near import Areas, near_mask, read_near, rejoin_antimeridian
 from geoseg.matching import DUPLICATE_IOU, duplicates
 
@@ -259,44 +260,6 @@ def require_polygons(gdf: gpd.GeoDataFrame, path: str | Path, role: str) -> None
         f"{role} file {path} holds {len(present)} features and no polygon "
         f"({', '.join(f'{n} {k}' for k, n in zip(kinds, counts, strict=True))}); geoseg needs object outlines: "
         "buffer points or lines into polygons first (QGIS: Vector > Geoprocessing Tools > Buffer)")
-
-
-def class_values(gdf: gpd.GeoDataFrame, field: str, what: str) -> np.ndarray:
-    """The class of each feature as a string; features without one are an error.
-
-    pandas keeps missing values through ``astype(str)``: a null class would become a class
-    of its own (or break sorting the classes), so the file is refused instead.
-
-    Args:
-        gdf: the features.
-        field: the class column (present in ``gdf``).
-        what: the input, for the message (``"label file x.gpkg"``).
-
-    Raises:
-        InputVectorError: a feature has no value in ``field``.
-
-    Examples:
-        >>> class_values(gpd.GeoDataFrame({"k": ["a", 2]}, geometry=[None, None]), "k", "labels").tolist()
-        ['a', '2']
-    """
-    col = gdf[field]
-    text = col.astype(str)
-    missing = np.flatnonzero((col.isna() | (text.str.strip() == "")).to_numpy())  # '' or '  ': no class either
-    if len(missing):
-        rows = ", ".join(str(int(r) + 1) for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise InputVectorError(
-            f"{what}: {len(missing)} of {len(gdf)} features have no value in '{field}' (the class field; "
-            f"features {rows}); give them a class or remove them (QGIS: Field Calculator), or pass another "
-            "--class-field (none: one class for every feature)")
-    spellings: dict[str, list[str]] = {}
-    for name in text.unique():
-        spellings.setdefault(str(name).strip().casefold(), []).append(str(name))
-    clash = [names for names in spellings.values() if len(names) > 1]
-    if clash:  # 'Building' beside 'building ': two classes that split one kind of object
-        log.warning("%s: classes %s differ only in case or spaces: each is a class of its own; give each "
-                    "kind one spelling (QGIS Field Calculator: lower(trim(\"%s\")))", what,
-                    " and ".join("/".join(repr(n) for n in names) for names in clash[:3]), field)
-    return np.asarray(text.to_numpy(), dtype=object)
 
 
 def _warn_arealess(path: Path, geoms: np.ndarray, used: np.ndarray, rows: np.ndarray) -> None:
