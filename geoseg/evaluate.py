@@ -85,6 +85,7 @@ def read_polygons(path: str | Path, role: str = "polygon", near: Areas | None = 
     got = near_features(path, role, None, near) if near else None
     gdf = got[0].reset_index(drop=True) if got is not None else read_vector(path, role)
     require_polygons(gdf, split_layer(path)[0], role)
+    gdf.attrs["source"] = str(path)  # for the messages of evaluate_frames (pandas carries attrs along)
     return gdf
 
 
@@ -266,8 +267,9 @@ def evaluate_frames(
     if named and not by_class and (class_field in pred.columns or class_field in truth.columns):
         (log.warning if class_field != "class" else log.info)(
             "only one input has a '%s' column: matching ignores classes", class_field)
-    pcls = class_values(pred, class_field, "predictions") if by_class else np.zeros(len(pred), dtype=str)
-    tcls = class_values(truth, class_field, "truth") if by_class else np.zeros(len(truth), dtype=str)
+    sources = [f"{role} {g.attrs.get('source', '')}".strip() for g, role in ((pred, "predictions"), (truth, "truth"))]
+    pcls = class_values(pred, class_field, sources[0]) if by_class else np.zeros(len(pred), dtype=str)
+    tcls = class_values(truth, class_field, sources[1]) if by_class else np.zeros(len(truth), dtype=str)
     twice = duplicates(truth.geometry.to_numpy(), tcls)
     if len(twice):  # one object mapped twice: a prediction can match one of them only
         log.warning("%d truth polygons repeat another of their class (IoU >= %g) and count once", len(twice),

@@ -805,7 +805,7 @@ def test_an_identifier_as_class_field_is_refused(tmp_path: Path) -> None:
     for args in (["tile", str(scene), "--labels", str(labels), "--class-field", "osm_id", "--out", str(tmp_path / "p")],
                  ["evaluate", str(labels), str(labels), "--class-field", "osm_id"]):
         line = one_error_line(CliRunner().invoke(cli, args), "'osm_id' gives 60 classes to 60 features")
-        assert args[0] == "evaluate" or "l.gpkg" in line
+        assert "l.gpkg" in line
         assert "--class-field" in line and "none" in line
     assert not (tmp_path / "p").exists()
     res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--class-field", "kind", "--out",
