@@ -238,3 +238,20 @@ def load_config(
 def dump_yaml(model: BaseModel) -> str:
     """The resolved config as YAML text (JSON-compatible values only)."""
     return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False)
+
+
+def differences(given: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys whose values differ between two nested mappings, with both values.
+
+    Examples:
+        >>> differences({"optim": {"lr": 0.001, "wd": 0}, "epochs": 3}, {"optim": {"lr": 0.01, "wd": 0}, "epochs": 3})
+        [('optim.lr', 0.001, 0.01)]
+    """
+    out: list[tuple[str, Any, Any]] = []
+    for key in dict.fromkeys([*given, *saved]):
+        a, b = given.get(key), saved.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out

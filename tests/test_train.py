@@ -141,6 +141,25 @@ def test_cli_train_and_resume_errors(patches: Path, tmp_path: Path) -> None:
     assert "Traceback" not in res.output
 
 
+def test_resume_names_the_edits_of_config_it_ignores(patches: Path, tmp_path: Path) -> None:
+    """A run resumes with its own config: an lr edited in CONFIG since was ignored without a word."""
+    cfg, run = tmp_path / "c.yaml", tmp_path / "run"
+    shutil.copy(TINY, cfg)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", str(cfg), "--patches", str(patches), "--out", str(run), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["train", str(cfg), "--patches", str(patches), "--out", str(run), "--resume",
+                              "--epochs", "2"])
+    assert res.exit_code == 0 and "differs from the one of the run" not in res.output, res.output
+    cfg.write_text(cfg.read_text().replace("halo: 4", "halo: 8").replace("lr: 0.003", "lr: 0.0015"))
+    res = runner.invoke(cli, ["train", str(cfg), "--patches", str(patches), "--out", str(run), "--resume",
+                              "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert "model.halo (8 given, 4 in the run), optim.lr (0.0015 given, 0.003 in the run)" in res.output
+    assert "--resume continues with the run's, so these edits are ignored" in res.output
+    assert load_config(TrainConfig, run / "config.yaml").model.halo == 4  # what it says it did
+
+
 def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     shutil.copy(TINY, cfg)

@@ -39,9 +39,10 @@ from geoseg.train import distributed
 from geoseg.train.augment import build_augment
 from geoseg.train.config import TrainConfig
 from geoseg.train.curves import plot_curves
-from geoseg.train.dataset import ChipDataset, collate, read_stats, same_chips
+from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
 from geoseg.train.ranks import report
+from geoseg.train.resume import resumed_config
 from geoseg.train.runtime import lr_lambda, mean_teacher_of, resolve_device, seed_everything, seed_worker
 
 log = logging.getLogger(__name__)
@@ -362,9 +363,8 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
                                 "--overwrite to start again")
     ckpt = load_checkpoint(last) if resume and last.exists() else None
     if ckpt is not None:
-        saved = validate(TrainConfig, ckpt["config"], str(last))
+        saved = resumed_config(cfg, ckpt, patches, last)  # the chips checked, the config given compared
         cfg = saved.model_copy(update={"epochs": cfg.epochs, "devices": devices or saved.devices})
-        same_chips(ckpt, read_stats(patches), patches, last)
     rank = distributed.start(cfg, train, {"cfg": cfg, "patches": patches, "run_dir": run_dir, "resume": resume,
                                           "overwrite": overwrite, "progress": progress, "hooks": list(hooks),
                                           "max_memory": max_memory},
