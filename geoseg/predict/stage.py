@@ -42,6 +42,7 @@ from geoseg.bands import band_selection
 from geoseg.errors import InputRasterError, OutputExistsError, listed
 from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
+from geoseg.io.frames import warn_zero_frames
 from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -237,6 +238,7 @@ def predict(
         raise OutputExistsError(f"--prob-out {old_probs[0]} exists; pass --overwrite to replace it",
                                 path=str(old_probs[0]))
     warn_out_of_range([(p.scene, p.band_indexes) for p in plans], stats)  # the inputs passed: a sample of each
+    warn_zero_frames([p.scene for p in plans])
     ff_plan = plan_ff(backend, cfg, plans, scheduler)  # the batch kept for the run (halved on OOM)
     model_key = adopt(model_key._replace(ff_batch=ff_plan.batch), backend)
     k_of, routing = (k_rule(cfg.model_copy(update={"ff_batch": model_key.ff_batch}), meta, backend)

@@ -36,6 +36,7 @@ from geoseg.errors import GeoSegWarning, InputRasterError, InputVectorError
 from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.datums import to_crs
 from geoseg.io.encoding import declared_order
+from geoseg.io.frames import warn_zero_frames
 from geoseg.io.rasters import (
     SceneInfo,
     inspect_scenes,
@@ -305,6 +306,7 @@ def tile(
         **{n: "the --aoi does not meet it" for n in (area.outside if area is not None else [])}})
     sb, blocks, splits = split_scenes(good, grids, cfg, keep=keep)
     warn_shared_ground(good, grids, sb, splits, keep)
+    warn_zero_frames(good)  # corners of 0 the scenes do not declare nodata
     summary.split_block = sb
 
     touched: set[int] = set()
