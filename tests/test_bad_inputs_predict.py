@@ -343,6 +343,11 @@ def test_scene_in_degrees_past_180_is_one_line_and_a_global_grid_is_not(tiny_run
     world = bright_boxes_scene(tmp_path / "world.tif", (10, 180), [], crs="EPSG:4326",  # the equator's band
                                transform=from_origin(-180.0, 1.0, 2.0000000001, 0.2))
     assert inspect_scene(world).width == 180  # -180 to 180, but for a step's rounding
+    from geoseg.errors import InputRasterError
+    from geoseg.io.ground import check_ground_pixel
+
+    with pytest.raises(InputRasterError, match="past ±180"):  # degrees with heights: its third axis is metres
+        check_ground_pixel("h.tif", from_origin(179.9, -16.7, 1e-4, 1e-4), "EPSG:4979", (100, 2000))
 
 
 def test_a_scene_of_the_training_type_in_another_range_warns_with_a_rescale(tiny_run: Path, tmp_path: Path) -> None:
@@ -360,7 +365,7 @@ def test_a_scene_of_the_training_type_in_another_range_warns_with_a_rescale(tiny
         assert res.exit_code == 0, res.output
         said = "hold values far from the training chips'" in res.output
         assert said == far, res.output
-    assert "band(s) 1,2,3" in res.output and "gdal_translate -scale_1 " in res.output and "-ot uint8" in res.output
+    assert "band(s) 1,2,3" in res.output and "gdal_translate -scale_1 " in res.output and "-ot Byte " in res.output
     found = {name: len(gpd.read_file(tmp_path / f"{name}.gpkg")) for name in ("bright", "dark")}
     assert found["bright"] >= len(BOXES) - 1 and found["dark"] < found["bright"] / 2, found  # what the warning is for
 

@@ -162,7 +162,7 @@ def _check_longitudes(path: str | Path, transform: Affine, crs: object, shape_hw
     from pyproj.database import query_utm_crs_info
 
     geo = pyproj.CRS.from_user_input(crs)
-    if not geo.is_geographic or not all("degree" in a.unit_name for a in geo.axis_info):
+    if not geo.is_geographic or not all("degree" in a.unit_name for a in geo.axis_info[:2]):  # 3-D: metres up
         return
     h, w = shape_hw
     xs = [(transform * (c, r))[0] for c, r in ((0, 0), (w, 0), (0, h), (w, h))]

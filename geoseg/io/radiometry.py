@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rasterio.dtypes import dtype_rev, typename_fwd
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -117,7 +118,8 @@ def rescale_command(source: str, mean: np.ndarray, std: np.ndarray, stats: BandS
     parts = []
     for b, (m, s, tm, ts) in enumerate(zip(mean, std, stats.mean, stats.std, strict=True), 1):
         parts.append(f"-scale_{b} {m - 2 * s:.6g} {m + 2 * s:.6g} {tm - 2 * ts:.6g} {tm + 2 * ts:.6g}")
-    return f"gdal_translate {' '.join(parts)} -ot {stats.dtype or 'Float32'} {source} rescaled.tif"
+    gdal_type = typename_fwd.get(dtype_rev.get(stats.dtype, 6), "Float32")  # GDAL's names: uint8 is Byte
+    return f"gdal_translate {' '.join(parts)} -ot {gdal_type} {source} rescaled.tif"
 
 
 def warn_out_of_range(reads: Sequence[tuple[SceneInfo, Sequence[int]]], stats: BandStats) -> None:
