@@ -25,6 +25,7 @@ from skimage.morphology import remove_small_holes
 
 from geoseg.errors import InputRasterError, InputVectorError
 from geoseg.io.datums import to_crs
+from geoseg.io.frames import warn_zero_frames
 from geoseg.io.near import area_boxes, near_mask
 from geoseg.io.rasters import SceneInfo, check_grid, no_georef_warning, window_footprint
 from geoseg.io.sources import open_raster
@@ -195,6 +196,8 @@ def evaluate_within(
 
     pred, truth, notes = restrict(pred, truth, scenes=scenes, clip=clip, aoi=aoi, multipart=multipart, areas=areas)
     report = evaluate_frames(pred, truth, multipart="whole" if notes else multipart, **options)
+    if clip:  # the footprint is where the scenes declare data: a frame of zeros they do not is inside it
+        warn_zero_frames(scenes)
     return report, pred, truth, notes
 
 

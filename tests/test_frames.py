@@ -37,6 +37,12 @@ def test_an_undeclared_frame_of_zeros_is_named_and_a_declared_one_is_not(tmp_pat
         res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--out", str(tmp_path / name),
                                        "--size", "48", "--overlap", "0"])
         assert res.exit_code == 0 and "corners of 0" not in res.output, res.output
+    # evaluate --clip: the footprint holds the frame, where the truth counts as missed
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(labels), "--scenes", str(framed), "--clip"])
+    assert res.exit_code == 0 and "1 scene(s) have corners of 0" in res.output, res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(labels), "--scenes", str(tmp_path / "nodata.tif"),
+                                   "--clip"])
+    assert res.exit_code == 0 and "corners of 0" not in res.output, res.output
     plain = write_raster(tmp_path / "plain.tif", np.full((3, 96, 96), 80, np.uint8), CRS,
                          from_origin(450000, 40000, 1, 1))
     plain_dark_corner = tmp_path / "corner.tif"

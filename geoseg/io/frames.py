@@ -45,18 +45,23 @@ def zero_corners(src: Any) -> int:
 def warn_zero_frames(scenes: Sequence[Any]) -> None:
     """Warn once of the scenes with :data:`FRAMED` or more corners of 0 that declare no invalid pixel.
 
-    ``scenes``: :class:`geoseg.io.rasters.SceneInfo` (no nodata, mask or alpha: ``has_mask`` False).
+    ``scenes``: :class:`geoseg.io.rasters.SceneInfo` (``has_mask`` False: no nodata, mask
+    or alpha), or paths and URLs (evaluate's ``--scenes``: their mask flags are read).
     """
+    from rasterio.enums import MaskFlags
+
     from geoseg.io.sources import open_raster
 
     framed = []
     for s in scenes:
-        if s.has_mask:
+        source, identity = (s.source, s.identity) if hasattr(s, "source") else (str(s), "")
+        if getattr(s, "has_mask", False):
             continue
         try:
-            with open_raster(s.source, s.identity) as src:
-                if zero_corners(src) >= FRAMED:
-                    framed.append(s.source)
+            with open_raster(source, identity) as src:
+                declared = any(MaskFlags.all_valid not in f for f in src.mask_flag_enums)
+                if not declared and zero_corners(src) >= FRAMED:
+                    framed.append(source)
         except RasterioError:  # a damaged file: the work's own read names it and the window
             continue
     if framed:
