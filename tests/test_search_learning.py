@@ -71,3 +71,22 @@ def test_tiny_model_finds_the_kind_of_its_examples(tmp_path: Path) -> None:
     assert res["auto"]["recall"] >= 0.75 and res["auto"]["precision"] > res["-1"]["precision"], res
     if res["auto"]["precision"] < 0.8 or res["auto"]["other_returned"] >= 0.1:
         pytest.xfail(f"the other kind still passes the calibrated threshold (docs/benchmarks.md): {res}")
+
+
+def test_resume_continues_with_the_run_config_and_names_the_edits(tmp_path: Path) -> None:
+    """A search run resumed with an edited model (fpn_channels) stopped with 'unexpected RuntimeError:
+    size mismatch'; an edited lr applied silently. It continues with the run's config, as geoseg train does."""
+    scene = draw_scene(tmp_path / "scenes" / "s0.tif", 192, 8, seed=0)
+    scene.objects.to_file(tmp_path / "labels.gpkg")
+    _cli("tile", tmp_path / "scenes", "--labels", tmp_path / "labels.gpkg", "--class-field", "kind",
+         "--size", "96", "--overlap", "0", "--out", tmp_path / "patches")
+    (tmp_path / "cfg.yaml").write_text(CONFIG.format(epochs=1, steps=2).replace("val_episodes: 16", "val_episodes: 2"))
+    _cli("train", tmp_path / "cfg.yaml", "--patches", tmp_path / "patches", "--out", tmp_path / "run")
+    edited = (tmp_path / "cfg.yaml").read_text().replace("fpn_channels: 32", "fpn_channels: 24")
+    (tmp_path / "cfg.yaml").write_text(edited.replace("lr: 0.003", "lr: 0.001"))
+    out = _cli("train", tmp_path / "cfg.yaml", "--patches", tmp_path / "patches", "--out", tmp_path / "run",
+               "--resume", "--epochs", "2")
+    assert "model.fpn_channels (24 given, 32 in the run), optim.lr (0.001 given, 0.003 in the run)" in out
+    assert "trained 2 epochs" in out
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["epoch"] == 2 and last["config"]["model"]["fpn_channels"] == 32 and last["config"]["epochs"] == 2

@@ -33,6 +33,7 @@ from geoseg.search.episodes import Episode, EpisodeConfig, EpisodeSource, draw_e
 from geoseg.search.losses import SearchLossConfig, kind_contrast, object_embeddings, search_loss
 from geoseg.train.augment import AugmentConfig, build_augment
 from geoseg.train.loop import TrainResult
+from geoseg.train.resume import warn_ignored
 from geoseg.train.runtime import lr_lambda, resolve_device
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ def _write_metrics(run: Path, history: list[dict[str, float]]) -> None:
         log.warning("curves.png not drawn: %s", err)
 
 
+#: Keys that --resume takes from the command line, or that training fills in from the chips: not said to be ignored.
+SEARCH_OWN = frozenset({"epochs", "device", "seed", "patches", "model.bands"})
+
+
 def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *, epochs: int | None = None,
                  resume: bool = False, overwrite: bool = False, device: str | None = None,
                  seed: int | None = None, progress: bool | None = None) -> SearchTrainResult:
@@ -193,6 +198,11 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
     if last.exists() and not resume and not overwrite:
         raise OutputExistsError(f"{run} holds a run; pass --resume to continue it or --overwrite to replace it")
     check_writable(run, "--out", directory=True)
+    ck = load_checkpoint(last) if resume and last.exists() else None
+    if ck is not None:  # the run's own config, as geoseg train resumes (a model edited since would not load)
+        saved = validate_config(type(cfg), ck["config"], str(last))
+        warn_ignored(cfg.model_dump(mode="json"), saved.model_dump(mode="json"), run, SEARCH_OWN)
+        cfg = saved.model_copy(update={"epochs": cfg.epochs, "device": cfg.device})
     stats = load_stats(patches)
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"bands": stats.bands})})
     dev = resolve_device(device or cfg.device)
@@ -207,8 +217,7 @@ def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"metric": "ap50", "value": -1.0, "epoch": 0}
     start = 1
-    if resume and last.exists():
-        ck = load_checkpoint(last)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         start, best, history = int(ck["epoch"]) + 1, dict(ck["best"]), list(ck["history"])

@@ -30,13 +30,18 @@ def resumed_config(given: TrainConfig, ckpt: dict[str, Any], patches: Path, last
     """
     saved = validate(TrainConfig, ckpt["config"], str(last))
     same_chips(ckpt, read_stats(patches), patches, last)
-    ignored = [(k, a, b) for k, a, b in differences(given.model_dump(mode="json"), saved.model_dump(mode="json"))
-               if k not in RESUME_OWN and not (k == "data.batch_size" and a == "auto")]  # auto: the run's number
+    warn_ignored(given.model_dump(mode="json"), saved.model_dump(mode="json"), last.parent.parent, RESUME_OWN)
+    return saved
+
+
+def warn_ignored(given: dict[str, Any], saved: dict[str, Any], run: Path, own: frozenset[str]) -> None:
+    """Warn of the keys of the config given that differ from the run's (but ``own``): --resume ignores them."""
+    ignored = [(k, a, b) for k, a, b in differences(given, saved)
+               if k not in own and not (k == "data.batch_size" and a == "auto")]  # auto: the run's number
     if ignored:
         log.warning("the config given differs from the one of the run in %s in %s: --resume continues with the "
-                    "run's, so %s ignored; train a new --out to use %s", last.parent.parent,
+                    "run's, so %s ignored; train a new --out to use %s", run,
                     ", ".join(f"{k} ({a!r} given, {b!r} in the run)" for k, a, b in ignored[:4])
                     + (f" and {len(ignored) - 4} more" if len(ignored) > 4 else ""),
                     "these edits are" if len(ignored) > 1 else "this edit is",
                     "them" if len(ignored) > 1 else "it")
-    return saved
