@@ -153,11 +153,13 @@ def test_resume_names_the_edits_of_config_it_ignores(patches: Path, tmp_path: Pa
     assert res.exit_code == 0 and "differs from the one of the run" not in res.output, res.output
     cfg.write_text(cfg.read_text().replace("halo: 4", "halo: 8").replace("lr: 0.003", "lr: 0.0015"))
     res = runner.invoke(cli, ["train", str(cfg), "--patches", str(patches), "--out", str(run), "--resume",
-                              "--epochs", "3"])
+                              "--epochs", "3", "--device", "auto", "--seed", "7"])
     assert res.exit_code == 0, res.output
     assert "model.halo (8 given, 4 in the run), optim.lr (0.0015 given, 0.003 in the run)" in res.output
+    assert "seed (7 given, 0 in the run)" in res.output and "device" not in res.output  # --device is taken
     assert "--resume continues with the run's, so these edits are ignored" in res.output
-    assert load_config(TrainConfig, run / "config.yaml").model.halo == 4  # what it says it did
+    resumed = load_config(TrainConfig, run / "config.yaml")
+    assert resumed.model.halo == 4 and resumed.seed == 0 and resumed.device == "auto"  # what it says it did
 
 
 def test_unknown_config_key_is_one_line(patches: Path, tmp_path: Path) -> None:

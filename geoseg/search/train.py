@@ -177,7 +177,7 @@ def _write_metrics(run: Path, history: list[dict[str, float]]) -> None:
 
 
 #: Keys that --resume takes from the command line, or that training fills in from the chips: not said to be ignored.
-SEARCH_OWN = frozenset({"epochs", "device", "seed", "patches", "model.bands"})
+SEARCH_OWN = frozenset({"epochs", "device", "patches", "model.bands"})
 
 
 def train_search(cfg: SearchTrainConfig, patches: str | Path, out: str | Path, *, epochs: int | None = None,

@@ -364,7 +364,7 @@ def train(cfg: TrainConfig, patches: str | Path, run_dir: str | Path, *, epochs:
     ckpt = load_checkpoint(last) if resume and last.exists() else None
     if ckpt is not None:
         saved = resumed_config(cfg, ckpt, patches, last)  # the chips checked, the config given compared
-        cfg = saved.model_copy(update={"epochs": cfg.epochs, "devices": devices or saved.devices})
+        cfg = saved.model_copy(update={"epochs": cfg.epochs, "device": cfg.device, "devices": devices or saved.devices})
     rank = distributed.start(cfg, train, {"cfg": cfg, "patches": patches, "run_dir": run_dir, "resume": resume,
                                           "overwrite": overwrite, "progress": progress, "hooks": list(hooks),
                                           "max_memory": max_memory},

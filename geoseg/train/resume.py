@@ -12,9 +12,10 @@ from geoseg.train.dataset import read_stats, same_chips
 
 log = logging.getLogger("geoseg.train")
 
-#: Keys that ``--resume`` takes from the command line, and keys the trainer fills in from the chips
-#: (``patches``, bands, classes): never said to be ignored.
-RESUME_OWN = frozenset({"epochs", "device", "devices", "seed", "patches", "model.in_channels", "model.classes"})
+#: Keys that ``--resume`` takes from the command line (the epochs to reach, where to train), and keys the
+#: trainer fills in from the chips (``patches``, bands, classes): never said to be ignored. The seed is
+#: the run's: a resumed run draws what the uninterrupted one would.
+RESUME_OWN = frozenset({"epochs", "device", "devices", "patches", "model.in_channels", "model.classes"})
 
 
 def resumed_config(given: TrainConfig, ckpt: dict[str, Any], patches: Path, last: Path) -> TrainConfig:
