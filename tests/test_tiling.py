@@ -56,6 +56,18 @@ def test_window_grid_small_raster_gives_one_smaller_window() -> None:
     assert (grid[0][0].width, grid[0][0].height) == (100, 60)
 
 
+def test_an_unset_overlap_follows_a_small_size(merc_rgb: Path, tmp_path: Path) -> None:
+    """`--size 64` alone tiles with overlap 8 (before: 'overlap (64) must be smaller than size (64)'
+    for an option not given); the default stays 64 from 512 up, and a set overlap is kept or refused."""
+    assert (TileConfig().overlap, TileConfig(size=1024).overlap, TileConfig(size=64).overlap) == (64, 64, 8)
+    assert TileConfig(size=64, overlap=0).overlap == 0
+    with pytest.raises(ValueError, match="overlap"):
+        TileConfig(size=64, overlap=64)
+    res = CliRunner().invoke(cli, ["tile", str(merc_rgb), "--out", str(tmp_path / "p"), "--size", "64"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["tile"]["overlap"] == 8
+
+
 @pytest.mark.parametrize("fixture", ["utm_uint16", "merc_rgb", "nodata_4band", "compound_rgb"])
 def test_instance_masks_equal_rasterized_truth(fixture: str, request, tmp_path: Path) -> None:
     scene: Path = request.getfixturevalue(fixture)

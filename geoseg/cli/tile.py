@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="YAML with tile parameters; options given here win.")
 @click.option("--size", type=int, help="Chip side in pixels.  [default: 512]")
-@click.option("--overlap", type=int, help="Pixels shared by neighbouring chips.  [default: 64]")
+@click.option("--overlap", type=int, help="Pixels shared by neighbouring chips.  "
+              "[default: 64, or --size / 8 under 512]")
 @click.option("--min-valid", type=float, help="Skip chips with a smaller share of valid pixels.  [default: 0.5]")
 @click.option("--val-fraction", type=float, help="Share of split blocks in validation.  [default: 0.2]")
 @click.option("--split-block", type=int, help="Side of a split block in chips.  [default: 4]")
