@@ -438,6 +438,18 @@ def test_geojson_predictions_across_the_antimeridian_clip_and_match_whole(tmp_pa
     assert (r["tp"], r["fp"], r["fn"]) == (3, 0, 0) and r["mean_iou"] > 0.99
 
 
+def test_scenes_without_clip_or_quicklook_is_refused(tmp_path):
+    """--scenes alone was read for nothing: the truth beyond the scenes counted as missed, exit 0."""
+    grid(3).to_file(tmp_path / "p.gpkg")
+    grid(3).to_file(tmp_path / "t.gpkg")
+    base = ["evaluate", str(tmp_path / "p.gpkg"), str(tmp_path / "t.gpkg"), "--scenes", str(SAMPLE)]
+    res = CliRunner().invoke(cli, [*base, "--json", str(tmp_path / "r.json")])
+    assert res.exit_code == 2 and "add --clip" in res.output, res.output
+    assert not (tmp_path / "r.json").exists()
+    res = CliRunner().invoke(cli, [*base, "--quicklook", str(tmp_path / "q.png")])  # the background: fine
+    assert res.exit_code == 0, res.output
+
+
 def test_predictions_without_a_score_column_warn_and_score_field_names_theirs(tmp_path):
     # another tool's predictions, confidence in 'confidence': the two false ones first in the file
     truth = grid(4)

@@ -54,6 +54,9 @@ def evaluate_cmd(pred: Path, truth: Path, iou: float, json_path: Path | None, cl
     from geoseg.io.sources import list_scenes, scene_name
     from geoseg.quicklook import png_path
 
+    if scenes and not clip and quicklook_png is None:  # before: read for nothing, the truth beyond them missed
+        raise click.UsageError("--scenes is read by --clip and --quicklook only: add --clip to compare only "
+                               "where the scenes hold data (else the truth beyond them counts as missed)")
     for path, what in ((json_path, "--json"), (quicklook_png, "--quicklook")):
         if path is not None:
             check_writable(path, what)
