@@ -39,10 +39,10 @@ def test_json_log_format_carries_summary_and_error_lines(tmp_path) -> None:
     assert any(o["message"].startswith("chips: 4 written") for o in objs)
     assert {o["logger"] for o in objs} == {"geoseg.tile"} and {"time", "level"} <= set(objs[0])
     res = CliRunner().invoke(cli, ["--log-format", "json", "tile", str(scene), "--out", str(tmp_path / "q"),
-                                   "--size", "32"])
+                                   "--size", "32", "--overlap", "32"])
     assert res.exit_code == 1
     (err,) = [jsonlib.loads(line) for line in res.output.splitlines() if line.strip()]
-    assert err["level"] == "ERROR" and err["message"].startswith("geoseg: error: overlap (64)")
+    assert err["level"] == "ERROR" and err["message"].startswith("geoseg: error: overlap (32)")
 
 
 def test_our_warnings_are_one_line_without_our_source(tmp_path) -> None:
