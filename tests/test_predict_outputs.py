@@ -108,3 +108,33 @@ def test_probability_cog_scale_offset_and_mask(tiny_run: Path, tmp_path: Path) -
         mask = p.dataset_mask()
         assert (mask[:, :16] == 0).all() and (mask[:, 16:] == 255).all()
         assert p.read(1, masked=True).max() * p.scales[0] <= 1.0
+
+
+def test_crs_writes_every_scene_in_the_crs_asked(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path) -> None:
+    """--crs: two scenes in two UTM zones in one output CRS; without it, the first scene's.
+
+    The second scene is the same pixels georeferenced in UTM 37N (east of the first's zone 36N):
+    each scene's polygons lie on its own footprint, whatever the output CRS.
+    """
+    path, _ = scene
+    with rasterio.open(path) as src:
+        data = src.read()
+    east = write_raster(tmp_path / "east.tif", data, "EPSG:32637", from_origin(300000, 40000, 0.5, 0.5))
+    first = predict([path, east], tiny_run, tmp_path / "first.gpkg", cfg())
+    asked = predict([path, east], tiny_run, tmp_path / "asked.gpkg", cfg(crs="EPSG:4326"))
+    a, b = gpd.read_file(tmp_path / "first.gpkg"), gpd.read_file(tmp_path / "asked.gpkg")
+    assert a.crs.to_epsg() == 32636 and b.crs.to_epsg() == 4326
+    assert first.polygons == asked.polygons == len(b) > 0 and set(b["scene"]) == {"scene", "east"}
+    np.testing.assert_allclose(a.sort_values("area_m2")["area_m2"], b.sort_values("area_m2")["area_m2"])
+    from geoseg.aoi import scene_footprint
+
+    for name, src in (("scene", path), ("east", east)):
+        foot = scene_footprint(src).to_crs(4326).iloc[0].buffer(1e-6)
+        assert b[b["scene"] == name].within(foot).all()
+    # a CRS PROJ does not know, and another CRS with RFC 7946 GeoJSON, are refused before any work
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--crs", "EPSG:99999",
+                                   "--out", str(tmp_path / "x.gpkg")])
+    assert res.exit_code == 1 and "'EPSG:99999' is not a CRS" in res.output and "--crs" in res.output
+    res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--crs", "EPSG:32636",
+                                   "--out", str(tmp_path / "x.geojson")])
+    assert res.exit_code == 1 and "RFC 7946" in res.output and not (tmp_path / "x.geojson").exists()

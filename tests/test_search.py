@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from geoseg.bands import BandStats
 from geoseg.cli.main import cli
+from geoseg.errors import ConfigError
 from geoseg.models.checkpoint import save_checkpoint
 from geoseg.models.refdet import STRIDE, RefDet, RefDetConfig, decode, xcorr_depthwise
 from geoseg.search import SearchConfig, search
@@ -249,6 +250,18 @@ def test_max_results_and_min_score(tmp_path: Path, blobs: None) -> None:
     out = tmp_path / "found.geojson"
     search([scene], ex, "model", out, SearchConfig(block=256, max_results=2), scheduler="sync")
     assert len(gpd.read_file(out)) == 2
+
+
+def test_crs_writes_the_boxes_in_the_crs_asked(tmp_path: Path, blobs: None) -> None:
+    scene = _scene(tmp_path / "s.tif", [(20, 20, 16), (100, 100, 16)])
+    ex = _examples(tmp_path / "ex.gpkg", "EPSG:32636", [(500010, 99980, 500018, 99988)], "EPSG:32636")
+    search([scene], ex, "model", tmp_path / "a.gpkg", SearchConfig(block=256), scheduler="sync")
+    search([scene], ex, "model", tmp_path / "b.gpkg", SearchConfig(block=256, crs="EPSG:4326"), scheduler="sync")
+    a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")
+    assert (a.crs.to_epsg(), b.crs.to_epsg()) == (32636, 4326) and len(a) == len(b) == 2
+    assert b.to_crs(a.crs).geom_equals_exact(a.geometry, tolerance=1e-3).all()
+    with pytest.raises(ConfigError, match="RFC 7946"):
+        search([scene], ex, "model", tmp_path / "c.geojson", SearchConfig(crs="EPSG:32636"), scheduler="sync")
 
 
 def _tiny_run(tmp_path: Path) -> Path:

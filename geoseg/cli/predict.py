@@ -101,6 +101,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 @click.option("--overlaps", type=click.Choice(["once", "all"]),
               help="Objects where scenes overlap: once (the polygon of the scene that sees it deeper inside) "
                    "or all (one per scene)." + _default("overlaps"))
+@click.option("--crs", metavar="CRS", help="CRS the polygons are written in (EPSG:4326, EPSG:32636, a WKT): one "
+              "chosen for scenes far apart.  [default: the first scene's]")
 @click.option("--prob-out", type=click.Path(path_type=Path),
               help="Also write extent probabilities as a Cloud-Optimized GeoTIFF.")
 @click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",

@@ -37,12 +37,14 @@ if TYPE_CHECKING:
 @click.option("--bands", "band_indexes", callback=parse_bands, help="1-based bands to read, e.g. 1,1,1.")
 @click.option("--aoi", type=click.Path(path_type=Path), metavar="FILE",
               help="Vector file of polygons (any CRS): search only the blocks near them, keep the boxes meeting them.")
+@click.option("--crs", metavar="CRS", help="CRS the boxes are written in (EPSG:4326, EPSG:32636, a WKT).  "
+              "[default: the first scene's]")
 @scheduler_option
 @overwrite_option
 @progress_option
 def search_cmd(scenes: list[SceneSource], examples: Path, model: Path, out: Path, scheduler: str,
                overwrite: bool, progress: bool | None, **options: Any) -> None:
-    """Find more objects like the EXAMPLES in SCENES, as boxes in the scene CRS.
+    """Find more objects like the EXAMPLES in SCENES, as boxes in the scene CRS (or --crs).
 
     The chips under the examples are the templates of a reference detector trained
     with `geoseg train` on a `task: search` config; every box has score, similarity

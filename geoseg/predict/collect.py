@@ -72,8 +72,9 @@ def empty_polygons(crs: Any) -> gpd.GeoDataFrame:
 
 def write_polygons(blocks: Sequence[tuple[SceneInfo, str | Path | gpd.GeoDataFrame]], out: Path,
                    scenes: Sequence[SceneInfo], *, once: bool,
-                   areas: dict[str, Any] | None = None, progress: bool | None = False) -> Collected:
-    """Write the polygons of every block to ``out`` in the first scene's CRS, block by block.
+                   areas: dict[str, Any] | None = None, progress: bool | None = False,
+                   crs: Any = None) -> Collected:
+    """Write the polygons of every block to ``out`` in ``crs`` (the first scene's), block by block.
 
     Args:
         blocks: per output block, its scene and its polygons (a cache file or a frame), in order.
@@ -84,14 +85,21 @@ def write_polygons(blocks: Sequence[tuple[SceneInfo, str | Path | gpd.GeoDataFra
         areas: ``--aoi``: per scene name, the area in the scene's CRS; the objects of a block
             that do not meet it are dropped.
         progress: a progress bar over the blocks (None: on a TTY), as predict's own.
+        crs: the output's CRS (``--crs``); None: the first scene's. Copies are found in the
+            first scene's either way.
 
     Returns:
         A :class:`Collected`.
     """
-    crs = scenes[0].crs
-    near = _NearOthers(scenes, crs) if once else None
+    work = scenes[0].crs
+    crs = work if crs is None else crs
+    near = _NearOthers(scenes, work) if once else None
     done = Collected()
     held: list[gpd.GeoDataFrame] = []
+
+    def output(g: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+        return g if g.crs == crs else to_crs(g, crs, "the polygons (--crs)")
+
     with VectorSink(out, empty_polygons(crs), layer=out.stem) as sink:
         for scene, res in progress_bar(blocks, "write", progress, unit="block"):
             g = res if isinstance(res, gpd.GeoDataFrame) else gpd.read_file(res, use_arrow=True)
@@ -104,18 +112,18 @@ def write_polygons(blocks: Sequence[tuple[SceneInfo, str | Path | gpd.GeoDataFra
                     done.cut[str(name)] = done.cut.get(str(name), 0) + int(k)
             if not len(g):
                 continue
-            if g.crs != crs:
-                g = to_crs(g, crs, f"polygons of scenes in {g.crs.to_string()}")
+            if g.crs != work:
+                g = to_crs(g, work, f"polygons of scenes in {g.crs.to_string()}")
             if near is not None:
                 g, hold = near.split(g)
                 if len(hold):
                     held.append(hold)
-            sink.append(g)
+            sink.append(output(g))
         if held:
             from geoseg.predict.overlaps import drop_copies
 
-            kept, done.copies = drop_copies(gpd.GeoDataFrame(pd.concat(held, ignore_index=True), crs=crs), scenes)
-            sink.append(kept)
+            kept, done.copies = drop_copies(gpd.GeoDataFrame(pd.concat(held, ignore_index=True), crs=work), scenes)
+            sink.append(output(kept))
         sink.commit()
     done.polygons = sink.count
     return done

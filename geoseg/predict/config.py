@@ -50,6 +50,16 @@ class PredictConfig(Strict):
         "once", description="objects where scenes overlap: 'once' (the polygon of the scene that sees "
         "it deeper inside; geoseg.predict.overlaps) or 'all' (one polygon per scene)")
 
+    crs: str | None = Field(None, description="CRS the polygons are written in (EPSG:4326, a UTM zone, a WKT); "
+                            "None: the first scene's (geoseg.io.outcrs)")
+
+    @field_validator("crs")
+    @classmethod
+    def _crs(cls, value: str | None) -> str | None:
+        from geoseg.io.outcrs import check_crs
+
+        return check_crs(value)
+
     @field_validator("prob_out")
     @classmethod
     def _geotiff(cls, value: str | None) -> str | None:

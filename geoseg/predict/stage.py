@@ -43,6 +43,7 @@ from geoseg.errors import InputRasterError, OutputExistsError, listed
 from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
 from geoseg.io.frames import warn_zero_frames
+from geoseg.io.outcrs import output_crs
 from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -159,7 +160,7 @@ def _stamp(model_path: Path, cfg: PredictConfig, scenes: Sequence[SceneInfo]) ->
     # changes it even though the folder's own mtime does not move
     payload = {"model": [str(model_path), input_stamp(model_path)],
                "cfg": cfg.model_dump(mode="json", exclude={"prob_out", "regularize", "regularize_tolerance",
-                                                           "ff_batch", "max_memory", "overlaps"}),  # same caches
+                                                           "ff_batch", "max_memory", "overlaps", "crs"}),  # same caches
                # how it is read: another revision reading the same file with the same options never resumes
                "scenes": [[s.source, input_stamp(s.source), read_stamp(s)] for s in scenes],
                "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None}
@@ -207,6 +208,7 @@ def predict(
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)  # unknown extension: fail before any work
+    out_crs = output_crs(cfg.crs, out)
     check_replace(out, overwrite)
     check_writable(out, "--out")
     if cfg.prob_out:
@@ -347,10 +349,12 @@ def predict(
         write_json(cache / PROBS_WRITTEN, {"stamp": stamp, "paths": [str(p) for p in summary.prob_out]})
     areas = {p.scene.name: a for p, a in zip(near.plans, near.areas, strict=True)} if near is not None else None
     done = write_polygons([(f[0].scene, r) for f, r in zip(final, results[len(tasks):], strict=True)], out,
-                          [p.scene for p in plans], once=cfg.overlaps == "once", areas=areas, progress=progress)
+                          [p.scene for p in plans], once=cfg.overlaps == "once", areas=areas, progress=progress,
+                          crs=out_crs)
     warn_cut(done.cut, plans[0], meta.arch)
-    if len({p.scene.crs for p in plans}) > 1:
-        log.info("scenes have several CRSs; polygons are written in %s", plans[0].scene.crs)
+    if out_crs is None and len({p.scene.crs for p in plans}) > 1:
+        log.info("scenes have several CRSs; polygons are written in the first's, %s (--crs to choose)",
+                 plans[0].scene.crs)
     summary.polygons, summary.copies, summary.outside_aoi = done.polygons, done.copies, done.outside_aoi
     if squared:
         summary.regularized = max((square_tolerance(cfg.regularize_tolerance, p.scene) for p in plans),

@@ -34,7 +34,7 @@ import numpy as np
 import shapely
 import torch
 from dask.delayed import delayed
-from pydantic import Field
+from pydantic import Field, field_validator
 from rasterio.windows import Window
 from torchvision.ops import nms
 
@@ -47,6 +47,7 @@ from geoseg.io.encoding import check_for_model
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.frames import warn_zero_frames
 from geoseg.io.npy import load_npz
+from geoseg.io.outcrs import output_crs
 from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes, open_scene
 from geoseg.io.sources import SceneSource, list_scenes
@@ -79,6 +80,14 @@ class SearchConfig(Strict):
     name: str | None = Field(None, description="name of the example set (default: the file's stem)")
     aoi: str | None = Field(None, description="vector file of polygons: only the blocks near them are searched, "
                             "the boxes meeting them kept (geoseg.predict.area)")
+    crs: str | None = Field(None, description="CRS the boxes are written in; None: the first scene's")
+
+    @field_validator("crs")
+    @classmethod
+    def _crs(cls, value: str | None) -> str | None:
+        from geoseg.io.outcrs import check_crs
+
+        return check_crs(value)
 
 
 @dataclass
@@ -240,7 +249,8 @@ def _similarity_gate(cfg: SearchConfig, meta: SearchMeta) -> float | None:
 
 def _stamp(meta: SearchMeta, cfg: SearchConfig, scenes: Sequence[SceneInfo], examples: Path) -> str:
     return digest({"model": [str(meta.source), input_stamp(meta.source)],
-                   "cfg": cfg.model_dump(mode="json"), "examples": [str(examples), input_stamp(examples)],
+                   "cfg": cfg.model_dump(mode="json", exclude={"crs"}),  # the boxes' CRS: the same caches
+                   "examples": [str(examples), input_stamp(examples)],
                    "scenes": [[s.source, input_stamp(s.source), read_stamp(s)] for s in scenes],
                    "aoi": [str(Path(cfg.aoi).resolve()), input_stamp(cfg.aoi)] if cfg.aoi else None})
 
@@ -261,6 +271,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
     check_scheduler(scheduler)
     out = Path(out).resolve()
     vector_driver(out)
+    out_crs = output_crs(cfg.crs, out)
     check_outputs({"--out": out}, {"the examples": split_layer(examples)[0],  # before --overwrite may apply
                                    "the AOI": split_layer(cfg.aoi)[0] if cfg.aoi else None})
     check_replace(out, overwrite)
@@ -318,12 +329,11 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
         from geoseg.predict.area import meeting
 
         frames = [meeting(f, areas[id(plan)]) for f, (plan, _, _) in zip(frames, spans, strict=True)]
-    target = plans[0].scene.crs
-    if len({p.scene.crs for p in plans}) > 1:
-        log.info("scenes have several CRSs; boxes are written in %s", target)
-    gdf = gpd.GeoDataFrame(
-        gpd.pd.concat([f.to_crs(target) if f.crs != target else f for f in frames], ignore_index=True),
-        crs=target)
+    target = plans[0].scene.crs if out_crs is None else out_crs
+    if out_crs is None and len({p.scene.crs for p in plans}) > 1:
+        log.info("scenes have several CRSs; boxes are written in the first's, %s (--crs to choose)", target)
+    gdf = gpd.GeoDataFrame(gpd.pd.concat([to_crs(f, target, "the boxes") if f.crs != target else f for f in frames],
+                                         ignore_index=True), crs=target)
     gdf = gdf.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
     if cfg.max_results is not None:
         gdf = gdf.head(cfg.max_results)
