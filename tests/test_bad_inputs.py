@@ -87,8 +87,8 @@ def _check_instances_match_scene_rasterize(scene: Path, labels: Path, out: Path,
         assert abs(int(pasted[k].sum()) - int(truth.sum())) <= max(2, truth.sum() // 50), k
 
 
-ROTATED = Affine.translation(450000, 40000) * Affine.rotation(30) * Affine.scale(0.5, -0.5)
-SKEWED = Affine.translation(450000, 40000) * Affine.shear(20, 10) * Affine.scale(0.5, -0.5)
+ROTATED = Affine.translation(450000, 40000) @ Affine.rotation(30) @ Affine.scale(0.5, -0.5)
+SKEWED = Affine.translation(450000, 40000) @ Affine.shear(20, 10) @ Affine.scale(0.5, -0.5)
 CENTRES = [(20.0, 20.0), (100.0, 30.0), (60.0, 90.0), (150.0, 100.0), (31.5, 33.5), (120.0, 70.0)]
 
 
@@ -919,3 +919,31 @@ def test_chips_far_beyond_the_labels_are_said_to_be_negatives(tmp_path: Path) ->
     assert "16 of 32 chips lie over a chip away from the labels' extent and are written as negatives" in res.output
     res = CliRunner().invoke(cli, ["tile", str(scene), *args, "--out", str(tmp_path / "b")])
     assert res.exit_code == 0 and "labels' extent" not in res.output, res.output
+
+
+def test_scenes_of_other_band_counts_are_refused_with_the_vrt_that_reads_the_same_bands(tmp_path: Path) -> None:
+    """An RGB drone scene beside an RGBN aerial one: one line with the gdalbuildvrt that reads the
+    first three bands of the 4-band scene; that VRT, beside it in the folder, stands for it."""
+    rng = np.random.default_rng(0)
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_raster(scenes / "drone.tif", rng.integers(0, 255, (3, 64, 64), dtype=np.uint8), "EPSG:32636",
+                 from_origin(450000, 40000, 0.5, 0.5))
+    write_raster(scenes / "aerial.tif", rng.integers(0, 255, (4, 64, 64), dtype=np.uint8), "EPSG:32636",
+                 from_origin(450100, 40000, 0.5, 0.5))
+    res = CliRunner().invoke(cli, ["tile", str(scenes), "--out", str(tmp_path / "p"), "--size", "32"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("geoseg: error:"), res.output
+    assert "aerial: 4; drone: 3" in lines[0] or "drone: 3" in lines[0] and "aerial: 4" in lines[0]
+    assert f"gdalbuildvrt -b 1 -b 2 -b 3 aerial_b123.vrt {scenes / 'aerial.tif'}" in lines[0]
+    assert not (tmp_path / "p").exists()
+    # what that command writes: the VRT reads bands 1-3 of aerial.tif, and the folder then tiles
+    (scenes / "aerial_b123.vrt").write_text(
+        '<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32636</SRS>'
+        "<GeoTransform>450100, 0.5, 0, 40000, 0, -0.5</GeoTransform>" + "".join(
+            f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">'
+            f"aerial.tif</SourceFilename><SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+            for b in (1, 2, 3)) + "</VRTDataset>")
+    res = CliRunner().invoke(cli, ["tile", str(scenes), "--out", str(tmp_path / "p"), "--size", "32"])
+    assert res.exit_code == 0 and "read by the VRT mosaic aerial_b123.vrt are left out" in res.output, res.output
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["bands"] == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from geoseg.errors import InputRasterError
+from geoseg.errors import InputRasterError, listed
 from geoseg.io.encoding import one_encoding
 from geoseg.io.rasters import SceneInfo
 
@@ -30,8 +30,18 @@ def same_kind(scenes: Sequence[SceneInfo]) -> None:
         InputRasterError: naming the scenes of each kind and what to do.
     """
     if len({s.count for s in scenes}) > 1:
-        desc = ", ".join(f"{s.name}: {s.count}" for s in scenes)
-        raise InputRasterError(f"scenes have different band counts ({desc}); tile them into separate folders")
+        n = min(s.count for s in scenes)
+        more = next(s for s in scenes if s.count > n)
+        bands = " ".join(f"-b {b}" for b in range(1, n + 1))
+        by: dict[int, list[str]] = {}
+        for s in scenes:
+            by.setdefault(s.count, []).append(s.name)
+        desc = "; ".join(f"{listed(names, 3)}: {c}" for c, names in sorted(by.items()))
+        raise InputRasterError(
+            f"scenes have different band counts ({desc}); tile them into separate folders, or read the same "
+            f"bands of each: a VRT beside each scene of more bands, such as gdalbuildvrt {bands} "
+            f"{more.name}_b{''.join(str(b) for b in range(1, n + 1))}.vrt {more.source} (in the scenes' folder "
+            "it stands for the scene)")
     one_encoding(scenes)
 
 
