@@ -10,6 +10,11 @@ the scene's own labels). Each command runs in a fresh process.
     $ python bench/tile_labels.py                 # 500 000 labels
     $ python bench/tile_labels.py --labels 50000  # quick run
     $ python bench/tile_labels.py --spread        # two scenes 125 km apart, at the file's corners
+    $ python bench/tile_labels.py --parquet       # the country as GeoParquet, as Overture ships it
+
+``--parquet``: the country's file is GeoParquet sorted in space (Hilbert order) in row groups
+of 50 000, with a bbox covering (GeoParquet 1.1: Overture's), and the same without one (read
+whole: what geoseg did with any GeoParquet before its covering was read).
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ def make(root: Path, labels: int, spread: bool = False) -> None:
     country = gpd.GeoDataFrame({"class": ["building"] * (len(far) + len(near))},
                                geometry=np.concatenate([far, near.geometry.to_numpy()]), crs="EPSG:32636")
     country.to_file(root / "country.gpkg")
+    country = country.iloc[np.argsort(country.geometry.hilbert_distance(), kind="stable")]
+    for name, covering in (("country.parquet", True), ("nocover.parquet", False)):
+        country.to_parquet(root / name, write_covering_bbox=covering, row_group_size=50_000)
     print(f"labels: {len(country)} in the file, {len(near)} on the {len(parts)} scene(s)")
 
 
@@ -76,6 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--labels", type=int, default=500_000, help="polygons in the country file")
     ap.add_argument("--spread", action="store_true", help="two scenes at opposite corners of the country")
+    ap.add_argument("--parquet", action="store_true", help="the country as GeoParquet, with and without a covering")
     ap.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # the data, in a child: RSS stays the tiles'
     a = ap.parse_args()
     if a.make is not None:
@@ -86,18 +95,22 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "--make", str(root), "--labels", str(a.labels),
                         *(["--spread"] if a.spread else [])], check=True)
         base = ["tile", str(root / "s"), "--size", "256", "--overlap", "0", "--scheduler", "sync"]
+        files = [("the country's labels (GeoParquet with a bbox covering)", "country.parquet"),
+                 ("the country's labels (GeoParquet, no covering: read whole)", "nocover.parquet")] if a.parquet \
+            else [("the country's labels", "country.gpkg")]
         clipped = run([*base, "--labels", str(root / "near.gpkg"), "--out", str(root / "p1")])
-        whole = run([*base, "--labels", str(root / "country.gpkg"), "--out", str(root / "p2")])
         print(f"labels clipped to the scene first: {clipped[0]:.1f} s, {clipped[1]:.0f} MB peak RSS")
-        print(f"the country's labels:              {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS")
-        print(f"ratio (country / clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
+        for k, (what, name) in enumerate(files):
+            whole = run([*base, "--labels", str(root / name), "--out", str(root / f"p{k + 2}")])
+            print(f"{what}: {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS; ratio (country / clipped): "
+                  f"time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
         ev = ["evaluate", str(root / "near.gpkg"), "--scenes", str(root / "s"), "--clip"]
         clipped = run([*ev[:2], str(root / "near.gpkg"), *ev[2:]])
-        whole = run([*ev[:2], str(root / "country.gpkg"), *ev[2:]])
         print(f"evaluate --clip, truth clipped first: {clipped[0]:.1f} s, {clipped[1]:.0f} MB peak RSS")
-        print(f"evaluate --clip, the country's truth: {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS")
-        print(f"ratio (country / clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
-
+        for what, name in files:
+            whole = run([*ev[:2], str(root / name), *ev[2:]])
+            print(f"evaluate --clip, {what}: {whole[0]:.1f} s, {whole[1]:.0f} MB peak RSS; ratio (country / "
+                  f"clipped): time {whole[0] / clipped[0]:.2f}x, peak RSS {whole[1] / clipped[1]:.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -153,6 +153,13 @@ def test_a_sink_written_chunk_by_chunk_equals_the_whole_written_at_once(
         geo = json.loads(pq.read_schema(out).metadata[b"geo"])["columns"]["geometry"]
         assert geo["bbox"] == pytest.approx(list(many.total_bounds)) and geo["geometry_types"] == ["Polygon"]
         assert pq.ParquetFile(out).num_row_groups == 2  # 4 rows, then 1 + 4 buffered
+        from geoseg.io.parquet import _groups_near, parquet_info
+
+        info = parquet_info(out)  # a bbox covering (GeoParquet 1.1): evaluate --clip reads the groups near it
+        assert info is not None and geo["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+        # the groups' bbox statistics: rows 0-3 lie at y 35000-35042, rows 4-8 at 35030-35072
+        assert _groups_near(info, [shapely.box(*many.iloc[:3].total_bounds)]) == [0]
+        assert _groups_near(info, [shapely.box(*many.iloc[6:].total_bounds)]) == [1]
 
 
 @pytest.mark.parametrize("ext", [".gpkg", ".parquet"])

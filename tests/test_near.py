@@ -77,6 +77,39 @@ def test_other_indexed_formats_keep_rows_of_their_own_file_order(tmp_path: Path,
         assert lab.geometry.equals(whole.geometry.iloc[lab["label_id"]])
 
 
+@pytest.mark.parametrize("covering", [True, False])
+def test_geoparquet_with_a_bbox_covering_reads_the_row_groups_near_only(tmp_path: Path, covering: bool) -> None:
+    """Overture's buildings (GeoParquet 1.1, sorted in space, a bbox column): the row groups whose
+    bbox statistics meet the area are read, rows of the file kept as label_id; without a covering,
+    the whole file is read, to the same labels."""
+    from geoseg.io.parquet import _groups_near, parquet_info
+
+    gdf = country(tmp_path / "c.gpkg", classes=["building"] * 299 + ["garage"])
+    gdf = gdf.iloc[np.argsort(gdf.geometry.bounds["minx"].to_numpy(), kind="stable")].reset_index(drop=True)
+    path = tmp_path / "country.parquet"
+    gdf.to_parquet(path, write_covering_bbox=covering, row_group_size=20)
+    whole = gpd.read_parquet(path)
+    got = read_near(path, "label", None, [(CRS, AREA)], "class")
+    labels = read_labels(path, near=[(CRS, AREA)])
+    rows = expected(whole)
+    assert labels["label_id"].tolist() == rows.tolist() and len(rows) > 0
+    for _, lab in labels.iterrows():
+        assert lab.geometry.equals(whole.geometry.iloc[lab["label_id"]])
+    assert labels.attrs["classes"] == ["building", "garage"]  # the far garage's class too
+    assert labels.attrs["far"] == len(whole) - len(rows)
+    if not covering:
+        assert got is None and parquet_info(path) is None
+        return
+    assert got is not None
+    near, every = got
+    assert len(every) == len(whole) and list(every.columns) == ["class"] and len(near) == len(rows)
+    info = parquet_info(path)
+    assert info is not None and len(_groups_near(info, [AREA])) <= 3 < info["file"].metadata.num_row_groups
+    # another layer name, or a subset, is left to the whole read, which names the problem
+    with pytest.raises(InputVectorError, match="GeoParquet"):
+        read_labels(f"{path}|layername=roofs", near=[(CRS, AREA)])
+
+
 def test_the_area_in_another_crs_and_a_far_only_class(tmp_path: Path) -> None:
     path = tmp_path / "country.gpkg"
     classes = ["building"] * 300

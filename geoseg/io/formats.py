@@ -136,7 +136,7 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = No
     with _staging_dir(path) as folder:
         staged = folder / path.name
         if driver == "GeoParquet":
-            gdf.to_parquet(staged, index=False)
+            gdf.to_parquet(staged, index=False, write_covering_bbox=True)  # GeoParquet 1.1: read near an area
         else:
             options: dict[str, Any] = {"RFC7946": "YES"} if driver == "GeoJSON" else {}
             if driver != "ESRI Shapefile":
@@ -347,7 +347,7 @@ class _ParquetRows:
         import pyarrow.parquet as pq
 
         buf = io.BytesIO()
-        gdf.to_parquet(buf, index=False)
+        gdf.to_parquet(buf, index=False, write_covering_bbox=True)
         table = pq.read_table(buf)
         if self.writer is None:
             self.geo = json.loads((table.schema.metadata or {})[b"geo"])

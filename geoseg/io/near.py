@@ -120,21 +120,39 @@ def rejoin_antimeridian(geoms: np.ndarray, crs: Any) -> np.ndarray:
     return out
 
 
+def _near_parquet(src: Path, named: str | None, subset: str | None,
+                  areas: Areas) -> tuple[gpd.GeoDataFrame, Any] | None:
+    """:func:`near_features` of a GeoParquet file with a bbox covering (:mod:`geoseg.io.parquet`)."""
+    from geoseg.io.parquet import near_rows, parquet_info
+
+    if (named is not None and named != src.stem) or subset is not None:  # the whole read's error says why
+        return None
+    info = parquet_info(src)
+    boxes = area_boxes(info["crs"], areas) if info is not None else None
+    if info is None or not boxes:
+        return None
+    near = near_rows(src, info, boxes)
+    return (near, info) if len(near) else None
+
+
 def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) -> tuple[gpd.GeoDataFrame, Any] | None:
     """The features of a polygon layer whose geometry meets one of ``areas``' boxes, and the layer's info.
 
     Read through OGR's spatial filter (a GeoPackage's R-tree, a FlatGeobuf's index), indexed
     by feature id, in its order: a subset of what :func:`near_mask` keeps and a superset of what clipping
-    to the areas keeps. None, and the caller reads the whole file as before, where this
-    read could differ from it or saves nothing: GeoParquet, a layer that may hold points or
+    to the areas keeps; a GeoParquet file's by its bbox covering, indexed by row
+    (:mod:`geoseg.io.parquet`). None, and the caller reads the whole file as before, where this
+    read could differ from it or saves nothing: GeoParquet without a covering, a layer that may hold points or
     lines beside polygons, areas beyond the file's CRS, no feature near them (the caller's
     diagnosis needs them all), or a file that does not open (the whole read's error names it).
     """
     from geoseg.io.vectors import pick_layer, read_vector, split_source
 
-    src, named, _ = split_source(path)
-    if src.suffix.lower() == ".parquet" or not src.exists():
+    src, named, subset = split_source(path)
+    if not src.exists():
         return None
+    if src.suffix.lower() == ".parquet":
+        return _near_parquet(src, layer if layer is not None else named, subset, areas)
     try:
         info = pyogrio.read_info(src, layer=pick_layer(src, role, layer if layer is not None else named))
         if info.get("crs") is None or CRS.from_user_input(info["crs"]).is_engineering:
@@ -177,6 +195,11 @@ def read_near(
     near, info = got
     src, _, subset = split_source(path)
     columns = [field] if field is not None and field in list(info["fields"]) else []
+    if "file" in info:  # GeoParquet: the row groups' column, not OGR
+        from geoseg.io.parquet import every_row
+
+        every = every_row(info, columns)
+        return near.iloc[np.argsort(near.index.to_numpy(), kind="stable")], every
     try:
         every = pyogrio.read_dataframe(src, layer=info["layer_name"], columns=columns, read_geometry=False,
                                        fid_as_index=True, use_arrow=True, where=subset)
