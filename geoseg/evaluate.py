@@ -57,7 +57,7 @@ from geoseg.io.datums import to_crs
 from geoseg.io.ground import metric_crs
 from geoseg.io.near import Areas, near_features
 from geoseg.io.vectors import NO_FIELD, bounds_text, polygonal, read_vector, require_polygons, split_layer
-from geoseg.matching import DUPLICATE_IOU, EPS, candidate_pairs, class_mismatch, duplicates, greedy, match_by_iou
+from geoseg.matching import EPS, candidate_pairs, class_mismatch, counted_once, greedy, match_by_iou
 from geoseg.outlines import OUTLINE_KEYS, pair_measures, summarize
 
 log = logging.getLogger(__name__)
@@ -270,12 +270,8 @@ def evaluate_frames(
     sources = [f"{role} {g.attrs.get('source', '')}".strip() for g, role in ((pred, "predictions"), (truth, "truth"))]
     pcls = class_values(pred, class_field, sources[0]) if by_class else np.zeros(len(pred), dtype=str)
     tcls = class_values(truth, class_field, sources[1]) if by_class else np.zeros(len(truth), dtype=str)
-    twice = duplicates(truth.geometry.to_numpy(), tcls)
-    if len(twice):  # one object mapped twice: a prediction can match one of them only
-        log.warning("%d truth polygons repeat another of their class (IoU >= %g) and count once", len(twice),
-                    DUPLICATE_IOU)
-        keep = np.setdiff1d(np.arange(len(truth)), twice)
-        truth, tcls = truth.iloc[keep].reset_index(drop=True), tcls[keep]
+    keep = counted_once(truth.geometry.to_numpy(), tcls, "truth")  # an object mapped twice counts once
+    truth, tcls = truth.iloc[keep].reset_index(drop=True), tcls[keep]
 
     pg, tg = pred.geometry.to_numpy(), truth.geometry.to_numpy()
     if len(pg) and len(tg) and not shapely.box(*pred.total_bounds).intersects(shapely.box(*truth.total_bounds)):

@@ -1,7 +1,8 @@
 """Greedy one-to-one matching of predicted and true objects, shared by evaluation and training.
 
 :func:`candidate_pairs` finds the polygon pairs worth matching (IoU computed vectorised);
-:func:`duplicates` uses it to find the labels drawn twice.
+:func:`duplicates` uses it to find the labels drawn twice, :func:`overlapping` those mostly
+inside another.
 
 Both :mod:`geoseg.evaluate` (polygons) and :mod:`geoseg.train.metrics` (masks of val
 chips) count a match the SpaceNet way: candidate pairs sorted by IoU descending, each
@@ -153,3 +154,63 @@ def duplicates(geoms: np.ndarray, classes: np.ndarray | None = None, iou: float 
     i, j, _ = candidate_pairs(geoms, geoms, classes, classes, min_iou=iou - EPS)
     later = j > i
     return np.unique(j[later]).astype(np.int64)
+
+
+#: Two polygons of one class (not duplicates) whose intersection covers over this share of
+#: the smaller one: one lies mostly inside the other.
+NESTED_SHARE = 0.5
+
+
+def overlapping(geoms: np.ndarray, classes: np.ndarray | None = None,
+                share: float = NESTED_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(i, j)``, ``i < j``, of one class whose intersection covers over ``share`` of the smaller.
+
+    Footprints of two sources merged (OpenStreetMap over Microsoft's, one building offset by
+    a metre in one of them), or a building's parts drawn over it: each is a training instance
+    and their shared pixels are taught as contact between two objects; in evaluation a
+    prediction matches one of them only. Polygons that merely touch or share a sliver (row
+    houses, neighbouring crowns) are not such pairs; run after :func:`duplicates`.
+
+    Examples:
+        >>> big, inside, beside = shapely.box(0, 0, 10, 10), shapely.box(2, 2, 6, 6), shapely.box(9, 0, 19, 10)
+        >>> [p.tolist() for p in overlapping(np.array([big, inside, beside]))]
+        [[0], [1]]
+    """
+    if len(geoms) < 2:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    keep = i < j
+    if classes is not None:
+        keep &= classes[i] == classes[j]
+    i, j = i[keep], j[keep]
+    area = shapely.area(geoms)
+    small = np.minimum(area[i], area[j])
+    bi, bj = shapely.bounds(geoms[i]), shapely.bounds(geoms[j])
+    box = (np.clip(np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0]), 0, None)
+           * np.clip(np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1]), 0, None))
+    hope = box > share * small  # the intersection is at most the boxes' overlap
+    i, j, small = i[hope], j[hope], small[hope]
+    inter = shapely.area(shapely.intersection(geoms[i], geoms[j])) if len(i) else np.zeros(0)
+    over = inter > share * small
+    return i[over].astype(np.int64), j[over].astype(np.int64)
+
+
+def counted_once(geoms: np.ndarray, classes: np.ndarray, role: str) -> np.ndarray:
+    """Indices of ``geoms`` to evaluate, each object once.
+
+    A polygon repeating another of its class (:func:`duplicates`) is dropped; both that and
+    polygons mostly inside another (:func:`overlapping`) are warned of.
+    """
+    import logging
+
+    log = logging.getLogger("geoseg.evaluate")
+    twice = duplicates(geoms, classes)
+    if len(twice):  # one object mapped twice: a prediction can match one of them only
+        log.warning("%d %s polygons repeat another of their class (IoU >= %g) and count once", len(twice), role,
+                    DUPLICATE_IOU)
+    keep = np.setdiff1d(np.arange(len(geoms)), twice)
+    _, j = overlapping(geoms[keep], classes[keep])
+    if len(j):
+        log.warning("%d %s polygons lie over half inside another of their class: a prediction can match one of "
+                    "each pair only; if a pair is one object (two sources merged), keep one", len(np.unique(j)), role)
+    return keep

@@ -583,6 +583,34 @@ def test_a_building_mapped_twice_is_one_instance_and_one_truth(tmp_path: Path) -
     report = json.loads((tmp_path / "e.json").read_text())
     assert (report["tp"], report["fn"], report["fp"]) == (3, 0, 0)
     assert "1 truth polygons repeat another" in res.output
+    assert "inside another" not in res.output  # the neighbour touching nothing, the copy dropped: no pair
+
+
+def test_a_building_mostly_inside_another_is_warned_of_in_labels_and_truth(tmp_path: Path) -> None:
+    """Two sources merged (OSM over Microsoft's footprints, offset by 3 m: IoU 0.5), and a part drawn
+    over its building: each pair is two instances sharing pixels taught as contact, exit 0 without a word."""
+    scene = write_raster(tmp_path / "s.tif", np.full((3, 64, 64), 50, np.uint8), CRS, from_origin(450000, 40000, 1, 1))
+    roofs = [shapely.box(450004, 39940, 450016, 39952), shapely.box(450007, 39940, 450019, 39952),  # offset 3 m
+             shapely.box(450030, 39940, 450050, 39960), shapely.box(450034, 39944, 450040, 39950),  # a part inside
+             shapely.box(450004, 39960, 450014, 39970), shapely.box(450014, 39960, 450024, 39970),  # row houses
+             shapely.box(450042, 39952, 450048, 39958)]  # another class over a roof: not a pair
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame({"class": ["b"] * 6 + ["tree"]}, geometry=roofs, crs=CRS).to_file(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one chip: no validation split
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(labels), "--out", str(tmp_path / "p"),
+                                       "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0, res.output
+    assert "2 label polygons lie over half inside another of their class (features 1 and 2 first" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", str(labels), str(labels), "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0 and "2 truth polygons lie over half inside another" in res.output, res.output
+    gpd.GeoDataFrame({"class": ["b"] * 4}, geometry=[roofs[0], roofs[2], roofs[4], roofs[5]], crs=CRS).to_file(
+        tmp_path / "clean.gpkg")  # touching row houses, one of each pair: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(cli, ["tile", str(scene), "--labels", str(tmp_path / "clean.gpkg"), "--out",
+                                       str(tmp_path / "q"), "--size", "64", "--overlap", "0"])
+    assert res.exit_code == 0 and "inside another" not in res.output, res.output
 
 
 def test_a_quoted_scenes_pattern_is_expanded(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import shapely
 from geoseg.errors import EmptyLabelsWarning, InputVectorError, OutputError, first_line, listed
 from geoseg.io.classes import class_values
 from geoseg.io.near import Areas, near_mask, read_near, rejoin_antimeridian
-from geoseg.matching import DUPLICATE_IOU, duplicates
+from geoseg.matching import DUPLICATE_IOU, duplicates, overlapping
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,14 @@ def read_labels(
                     "counting from 1) and are used once; remove the duplicates from the file to silence this",
                     path, len(twice), DUPLICATE_IOU, int(out["label_id"].iloc[twice[0]]) + 1)
         out = out.drop(index=out.index[twice]).reset_index(drop=True)
+    i, j = overlapping(out.geometry.to_numpy(), out[CLASS].to_numpy())
+    if len(i):  # two sources merged: their shared pixels would train as contact between two objects
+        ids = out["label_id"].to_numpy()
+        log.warning("%s: %d label polygons lie over half inside another of their class (features %d and %d first, "
+                    "counting from 1): two sources merged, or parts drawn over their building? Each is an object "
+                    "and their shared pixels train as contact between two; keep one of each pair that is one "
+                    "object (objects that do overlap, such as tree crowns, are right as they are)", path,
+                    len(np.unique(j)), int(ids[i[0]]) + 1, int(ids[j[0]]) + 1)
     out.attrs.update(classes=everything, far=far)
     if len(out) == 0:
         warnings.warn(
