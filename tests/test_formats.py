@@ -112,6 +112,17 @@ def test_geojson_splits_a_roof_on_the_antimeridian(tmp_path: Path) -> None:
         sink.commit()
     streamed = gpd.read_file(tmp_path / "streamed.geojson").geometry.iloc[0]
     assert streamed.geom_type == "MultiPolygon" and streamed.normalize().equals_exact(geom.normalize(), 1e-9)
+    # any format in degrees (predict --crs EPSG:4326, a scene in EPSG:4326 first): cut the same way; before,
+    # a GeoPackage held the polygon round the globe, from -179.9999 to 179.9999, exit 0
+    degrees = frame.to_crs(4326)
+    assert degrees.total_bounds[2] - degrees.total_bounds[0] > 359  # what to_crs gives
+    for ext in (".gpkg", ".fgb", ".parquet"):
+        whole = read_back(write_vector(degrees, tmp_path / f"whole{ext}")).geometry.iloc[0]
+        with VectorSink(tmp_path / f"sink{ext}", degrees.iloc[:0]) as sink:
+            sink.append(degrees)
+            sink.commit()
+        for got in (whole, read_back(tmp_path / f"sink{ext}").geometry.iloc[0]):
+            assert got.geom_type == "MultiPolygon" and got.normalize().equals_exact(geom.normalize(), 1e-6), ext
 
 
 @pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb", ".shp", ".parquet"])

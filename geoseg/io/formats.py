@@ -29,6 +29,7 @@ from pyproj import CRS
 from geoseg.errors import GeoSegError, OutputError, OutputExistsError, listed
 from geoseg.io.atomic import as_output_error, output_error, temp_name
 from geoseg.io.datums import to_crs
+from geoseg.io.near import split_antimeridian
 from geoseg.io.vectors import check_vector_name
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def write_vector(gdf: gpd.GeoDataFrame, path: str | Path, layer: str | None = No
     if driver == "GeoJSON" and not CRS.from_user_input(gdf.crs).equals(_WGS84):
         log.info("writing %s in EPSG:4326 (RFC 7946 GeoJSON); source CRS was %s", path, gdf.crs.to_string())
         gdf = to_crs(gdf, _WGS84, f"{path} (GeoJSON: EPSG:4326)")
+    gdf = split_antimeridian(gdf)  # in degrees: a roof on 180° in two parts, not a polygon round the globe
     with _staging_dir(path) as folder:
         staged = folder / path.name
         if driver == "GeoParquet":
@@ -267,6 +269,7 @@ class VectorSink:
             return
         if self.driver == "GeoJSON" and not CRS.from_user_input(gdf.crs).equals(_WGS84):
             gdf = to_crs(gdf, _WGS84, f"{self.path} (GeoJSON: EPSG:4326)")
+        gdf = split_antimeridian(gdf)
         self._buffer.append(gdf)
         self._buffered += len(gdf)
         self.count += len(gdf)

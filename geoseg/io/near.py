@@ -208,3 +208,41 @@ def read_near(
     if not every.index.is_unique or not near.index.isin(every.index).all():
         return None
     return near.iloc[np.argsort(every.index.get_indexer(near.index), kind="stable")], every  # in file order
+
+
+def split_antimeridian(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Polygons reprojected into degrees across 180° cut there into parts, as RFC 7946 writes them.
+
+    A roof of a scene in UTM 60S (Fiji's Taveuni) on the meridian, reprojected to EPSG:4326,
+    has corners at 179.9999° and -179.9999°: read as written, a polygon round the globe
+    (what predict's GeoPackage held with ``--crs EPSG:4326``, exit 0). Each polygon whose
+    longitudes span over 180° is unwrapped east of 180° and cut into its part east of the
+    meridian and its part west of it, one MultiPolygon feature (:func:`rejoin_antimeridian`
+    makes it whole again on reading). Frames in a projected CRS, and other features, are
+    returned as they are.
+
+    Examples:
+        >>> roof = shapely.Polygon([(179.9, 0), (-179.9, 0), (-179.9, 1), (179.9, 1)])
+        >>> out = split_antimeridian(gpd.GeoDataFrame(geometry=[roof], crs="EPSG:4326"))
+        >>> sorted(tuple(round(v, 6) for v in p.bounds) for p in shapely.get_parts(out.geometry.iloc[0]))
+        [(-180.0, 0.0, -179.9, 1.0), (179.9, 0.0, 180.0, 1.0)]
+    """
+    if gdf.crs is None or not CRS.from_user_input(gdf.crs).is_geographic or not len(gdf):
+        return gdf
+    geoms = gdf.geometry.to_numpy()
+    live = ~(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    bounds = np.full((len(geoms), 4), np.nan)
+    bounds[live] = shapely.bounds(geoms[live])
+    wide = np.flatnonzero(live & (bounds[:, 2] - bounds[:, 0] > 180.0))
+    if not len(wide):
+        return gdf
+    out = geoms.copy()
+    for i in wide:
+        east = shapely.transform(geoms[i], lambda xy: np.where(xy[:, :1] < 0, xy + (360.0, 0.0), xy))
+        here = shapely.intersection(east, shapely.box(-180.0, -90.0, 180.0, 90.0))
+        over = shapely.affinity.translate(shapely.intersection(east, shapely.box(180.0, -90.0, 540.0, 90.0)), -360.0)
+        parts = [p for g in (here, over) for p in shapely.get_parts(g) if p.geom_type == "Polygon" and p.area > 0]
+        out[i] = shapely.MultiPolygon(parts) if parts else geoms[i]
+    gdf = gdf.copy()
+    gdf[gdf.geometry.name] = gpd.GeoSeries(out, index=gdf.index, crs=gdf.crs)
+    return gdf
