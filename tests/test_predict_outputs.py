@@ -138,3 +138,30 @@ def test_crs_writes_every_scene_in_the_crs_asked(scene: tuple[Path, Path], tiny_
     res = CliRunner().invoke(cli, ["predict", str(path), "--model", str(tiny_run), "--crs", "EPSG:32636",
                                    "--out", str(tmp_path / "x.geojson")])
     assert res.exit_code == 1 and "RFC 7946" in res.output and not (tmp_path / "x.geojson").exists()
+
+
+def test_crs_far_from_a_scene_is_warned_of(scene: tuple[Path, Path], tmp_path: Path, caplog) -> None:
+    """--crs EPSG:3857 over Antarctica, a UTM zone of another continent: the polygons are written,
+    distorted past use (Web Mercator's y of -240 000 km); a warning names the scenes beyond the CRS's area."""
+    from pyproj import CRS
+
+    from geoseg.io.outcrs import warn_beyond_use
+    from geoseg.io.rasters import inspect_scenes
+    from geoseg.io.sources import list_scenes
+
+    path, _ = scene
+    with rasterio.open(path) as src:
+        data = src.read()
+    pole = write_raster(tmp_path / "pole.tif", data, "EPSG:3031", from_origin(0, 1000, 0.5, 0.5))
+    infos, _ = inspect_scenes(list_scenes([path, pole]))  # Uganda (32.5° E, 0.4° N) and the South Pole
+    said = {}
+    for crs in ("EPSG:4326", "EPSG:32636", "EPSG:32637", "EPSG:3857", "EPSG:32618"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="geoseg.io.outcrs"):
+            warn_beyond_use(CRS.from_user_input(crs), infos[:1] if crs != "EPSG:3857" else infos)
+        said[crs] = caplog.text
+    assert not said["EPSG:4326"] and not said["EPSG:32636"] and not said["EPSG:32637"]  # a neighbour zone: fine
+    merc = said["EPSG:3857"]
+    assert "--crs EPSG:3857" in merc and "beyond it: pole (" in merc and "scene (32" not in merc
+    assert "1 scene(s) lie beyond it: scene (32.6, 0.4)" in said["EPSG:32618"]
+    warn_beyond_use(None, infos)  # no --crs: the first scene's, nothing to say

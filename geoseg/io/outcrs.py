@@ -10,15 +10,23 @@ GeoJSON is always EPSG:4326 (RFC 7946), so another ``--crs`` with a ``.geojson``
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from pyproj import CRS
+from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from geoseg.errors import ConfigError
 from geoseg.io.formats import vector_driver
 
+log = logging.getLogger(__name__)
+
 _WGS84 = CRS.from_epsg(4326)
+#: Degrees of longitude and latitude around a CRS's area of use where its scenes are not warned
+#: of (a UTM zone's neighbour; a northern zone's scenes just south of the equator).
+_MARGIN = (6.0, 3.0)
 
 
 def check_crs(value: str | None) -> str | None:
@@ -58,3 +66,28 @@ def output_crs(value: str | None, out: str | Path) -> CRS | None:
         raise ConfigError(f"--crs {value} with the GeoJSON output {out}: RFC 7946 GeoJSON is always in "
                           "EPSG:4326; drop --crs, or write .gpkg, .fgb or .parquet to keep another CRS")
     return crs
+
+
+def warn_beyond_use(crs: CRS | None, scenes: Sequence[Any], what: str = "polygons") -> None:
+    """Warn of the scenes whose centre lies outside ``crs``'s area of use (``--crs``; None: nothing to say).
+
+    Web Mercator over Antarctica (y of -240 000 km), a UTM zone on another continent: the
+    polygons of such a scene are written, but distorted past use or where no tool expects
+    them. A scene a little beyond a UTM zone's edge (its neighbour's) is inside the margin.
+    """
+    if crs is None or crs.area_of_use is None:
+        return
+    (mx, my), area = _MARGIN, crs.area_of_use
+    west, south, east, north = area.west - mx, area.south - my, area.east + mx, area.north + my
+    away = []
+    for s in scenes:
+        c = s.footprint.centroid
+        lon, lat = Transformer.from_crs(s.crs, _WGS84, always_xy=True).transform(c.x, c.y)
+        inside_lon = west <= lon <= east if west <= east else (lon >= west or lon <= east)  # across 180°
+        if not (inside_lon and south <= lat <= north):
+            away.append(f"{s.name} ({lon:.1f}, {lat:.1f})")
+    if away:
+        log.warning("--crs %s is made for %.1f..%.1f° E, %.1f..%.1f° N (%s), and the %s of %d scene(s) lie beyond it: "
+                    "%s; they are written, distorted or where no map expects them: choose a CRS for every scene "
+                    "(EPSG:4326, or one per run of scenes of one region)", crs.to_string(), area.west, area.east,
+                    area.south, area.north, area.name, what, len(away), ", ".join(away[:3]))

@@ -43,7 +43,7 @@ from geoseg.errors import InputRasterError, OutputExistsError, listed
 from geoseg.io.atomic import check_outputs, check_writable, write_json
 from geoseg.io.encoding import check_for_model
 from geoseg.io.frames import warn_zero_frames
-from geoseg.io.outcrs import output_crs
+from geoseg.io.outcrs import output_crs, warn_beyond_use
 from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes
 from geoseg.io.sources import SceneSource, list_scenes
@@ -231,6 +231,7 @@ def predict(
         near = restrict(plans, cfg.aoi)
         plans = near.plans
     warn_abutting([p.scene for p in plans], infos[0].crs)  # scenes the --aoi leaves out are not read: no seam
+    warn_beyond_use(out_crs, [p.scene for p in plans], "polygons")
     probs = prob_paths(cfg, plans)
     check_outputs({"--out": out, "--prob-out": probs}, {"a scene": [s.source for s in native], "the model": model,
                                                          "the AOI": split_layer(cfg.aoi)[0] if cfg.aoi else None})

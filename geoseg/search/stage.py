@@ -47,7 +47,7 @@ from geoseg.io.encoding import check_for_model
 from geoseg.io.formats import check_replace, vector_driver, write_vector
 from geoseg.io.frames import warn_zero_frames
 from geoseg.io.npy import load_npz
-from geoseg.io.outcrs import output_crs
+from geoseg.io.outcrs import output_crs, warn_beyond_use
 from geoseg.io.radiometry import warn_out_of_range
 from geoseg.io.rasters import SceneInfo, inspect_scenes, open_scene
 from geoseg.io.sources import SceneSource, list_scenes
@@ -297,6 +297,7 @@ def search(scenes: Sequence[str | Path | SceneSource], examples: str | Path, mod
         areas = {id(p): a for p, a in zip(plans, near.areas, strict=True)}
     # boxes across a seam are cut, as predict's polygons (scenes the --aoi leaves out are not read: no seam)
     warn_abutting([p.scene for p in plans], infos[0].crs, "search")
+    warn_beyond_use(out_crs, [p.scene for p in plans], "boxes")
     warn_out_of_range([(p.scene, p.band_indexes) for p in plans], meta.stats)  # the inputs passed: a sample
     warn_zero_frames([p.scene for p in plans])
     stamp = _stamp(meta, cfg, infos, ex_path)
