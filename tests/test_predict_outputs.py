@@ -153,7 +153,7 @@ def test_crs_far_from_a_scene_is_warned_of(scene: tuple[Path, Path], tmp_path: P
     with rasterio.open(path) as src:
         data = src.read()
     pole = write_raster(tmp_path / "pole.tif", data, "EPSG:3031", from_origin(0, 1000, 0.5, 0.5))
-    infos, _ = inspect_scenes(list_scenes([path, pole]))  # Uganda (32.5° E, 0.4° N) and the South Pole
+    infos, _ = inspect_scenes(list_scenes([path, pole]))  # Uganda (32.6° E, 0.4° N) and the South Pole
     said = {}
     for crs in ("EPSG:4326", "EPSG:32636", "EPSG:32637", "EPSG:3857", "EPSG:32618"):
         caplog.clear()
