@@ -110,6 +110,31 @@ def test_geoparquet_with_a_bbox_covering_reads_the_row_groups_near_only(tmp_path
         read_labels(f"{path}|layername=roofs", near=[(CRS, AREA)])
 
 
+def test_geoparquet_with_geometry_types_undeclared_reads_near_polygons_only(tmp_path: Path) -> None:
+    """Overture's files (written by Spark) declare no geometry types ([]: any): read near the area
+    all the same; where nothing near is a polygon, the whole read says what the file holds."""
+    import pyarrow.parquet as pq
+
+    def undeclared(gdf: gpd.GeoDataFrame, path: Path) -> Path:
+        gdf.to_parquet(path, write_covering_bbox=True, row_group_size=20)
+        table = pq.read_table(path)
+        geo = json.loads(table.schema.metadata[b"geo"])
+        geo["columns"]["geometry"]["geometry_types"] = []
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"geo": json.dumps(geo).encode()}),
+                       path, row_group_size=20)
+        return path
+
+    whole = country(tmp_path / "c.gpkg")
+    path = undeclared(whole, tmp_path / "any.parquet")
+    got = read_near(path, "label", None, [(CRS, AREA)], "class")
+    assert got is not None and len(got[0]) == len(expected(whole))
+    assert read_labels(path, near=[(CRS, AREA)])["label_id"].tolist() == expected(whole).tolist()
+    points = undeclared(whole.set_geometry(whole.centroid), tmp_path / "points.parquet")
+    assert read_near(points, "label", None, [(CRS, AREA)], "class") is None
+    with pytest.raises(InputVectorError, match="no polygon"):
+        read_labels(points, near=[(CRS, AREA)])
+
+
 def test_the_area_in_another_crs_and_a_far_only_class(tmp_path: Path) -> None:
     path = tmp_path / "country.gpkg"
     classes = ["building"] * 300

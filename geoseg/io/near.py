@@ -132,7 +132,9 @@ def _near_parquet(src: Path, named: str | None, subset: str | None,
     if info is None or not boxes:
         return None
     near = near_rows(src, info, boxes)
-    return (near, info) if len(near) else None
+    if not np.isin(shapely.get_type_id(near.geometry.to_numpy()), (3, 6)).any():  # no polygon near: the whole
+        return None  # read's diagnosis (geometry types undeclared: points only, or polygons elsewhere)
+    return near, info
 
 
 def near_features(path: str | Path, role: str, layer: str | None, areas: Areas) -> tuple[gpd.GeoDataFrame, Any] | None:

@@ -42,8 +42,9 @@ def parquet_info(src: Path) -> dict[str, Any] | None:
     """What :func:`near_rows` needs of ``src``: its primary column, CRS, covering, columns and row groups.
 
     None for a file this reader leaves to the whole read: no GeoParquet metadata, a geometry
-    encoding other than WKB, geometry types that are not all polygons (or not declared), no
-    bbox covering, or no CRS (``"crs": null``: the whole read says so).
+    encoding other than WKB, declared geometry types that are not all polygons (none declared,
+    ``[]``, is any type: :func:`geoseg.io.near.near_features` then reads the whole file when no
+    polygon is near), no bbox covering, or no CRS (``"crs": null``: the whole read says so).
     """
     try:
         pf = pq.ParquetFile(src)
@@ -58,7 +59,7 @@ def parquet_info(src: Path) -> dict[str, Any] | None:
         return None
     types = meta.get("geometry_types") or []
     cov = _covering(meta)
-    if not types or not all(_POLYGONS.match(str(t)) for t in types) or cov is None:
+    if not all(_POLYGONS.match(str(t)) for t in types) or cov is None:  # [] is "any": Overture's, Spark's
         return None
     if "crs" in meta and meta["crs"] is None:
         return None
