@@ -975,3 +975,42 @@ def test_scenes_of_other_band_counts_are_refused_with_the_vrt_that_reads_the_sam
     res = CliRunner().invoke(cli, ["tile", str(scenes), "--out", str(tmp_path / "p"), "--size", "32"])
     assert res.exit_code == 0 and "read by the VRT mosaic aerial_b123.vrt are left out" in res.output, res.output
     assert json.loads((tmp_path / "p" / "stats.json").read_text())["bands"] == 3
+
+
+def test_the_band_files_of_one_product_are_refused_with_the_vrt_that_stacks_them(tmp_path: Path) -> None:
+    """A Landsat 9 product unpacked: one file per band. Each was a one-band scene: tile mixed red and
+    near-infrared chips into one model, exit 0. Two scenes of other places named like bands are scenes."""
+    rng = np.random.default_rng(0)
+    product = tmp_path / "landsat"
+    product.mkdir()
+    stem = "LC09_L2SP_171060_20240101_20240102_02_T1"
+    for b in (2, 3, 4, 5):
+        write_raster(product / f"{stem}_SR_B{b}.TIF", rng.integers(7000, 20000, (1, 48, 48), dtype=np.uint16),
+                     "EPSG:32636", from_origin(450000, 40000, 30, 30))
+    res = CliRunner().invoke(cli, ["tile", str(product), "--out", str(tmp_path / "p"), "--size", "16"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("geoseg: error:"), res.output
+    assert f"look like the bands of one product, one file each ({stem}: bands 2, 3, 4, 5" in lines[0]
+    b = {k: str(product / f"{stem}_SR_B{k}.TIF") for k in (2, 3, 4)}
+    assert f"gdalbuildvrt -separate {stem}_rgb.vrt {b[4]} {b[3]} {b[2]} (red, green, blue)" in lines[0]
+    assert not (tmp_path / "p").exists()
+    # what that command writes, passed alone: a 3-band scene
+    vrt = product / f"{stem}_rgb.vrt"
+    vrt.write_text('<VRTDataset rasterXSize="48" rasterYSize="48"><SRS>EPSG:32636</SRS>'
+                   "<GeoTransform>450000, 30, 0, 40000, 0, -30</GeoTransform>" + "".join(
+                       f'<VRTRasterBand dataType="UInt16" band="{i}"><SimpleSource><SourceFilename>{b[k]}'
+                       "</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>"
+                       for i, k in enumerate((4, 3, 2), 1)) + "</VRTDataset>")
+    res = CliRunner().invoke(cli, ["tile", str(vrt), "--out", str(tmp_path / "p"), "--size", "16"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "p" / "stats.json").read_text())["bands"] == 3
+    # two blocks of a survey named B1 and B2, each its own place: scenes, not bands
+    other = tmp_path / "survey"
+    other.mkdir()
+    for k in (1, 2):
+        write_raster(other / f"area_B{k}.tif", rng.integers(0, 255, (1, 48, 48), dtype=np.uint8), "EPSG:32636",
+                     from_origin(450000 + 1000 * k, 40000, 0.5, 0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = CliRunner().invoke(cli, ["tile", str(other), "--out", str(tmp_path / "q"), "--size", "16"])
+    assert res.exit_code == 0, res.output

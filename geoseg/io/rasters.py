@@ -377,7 +377,8 @@ def inspect_scenes(
         The good scenes, and (source, reason) of those skipped (only with ``skip_bad``).
 
     Raises:
-        InputRasterError: the first bad scene, unless ``skip_bad``.
+        InputRasterError: the first bad scene, unless ``skip_bad``; the band files of one product
+            (:func:`geoseg.io.bandfiles.check_band_files`).
     """
     good: list[SceneInfo] = []
     bad: list[tuple[str, str]] = []
@@ -388,4 +389,7 @@ def inspect_scenes(
             if not skip_bad:
                 raise
             bad.append((p.source if isinstance(p, SceneSource) else str(p), str(err)))
+    from geoseg.io.bandfiles import check_band_files
+
+    check_band_files(good)  # a Landsat folder: one file per band, each not a scene
     return good, bad
