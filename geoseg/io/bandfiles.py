@@ -18,15 +18,16 @@ from geoseg.io.rasters import SceneInfo
 
 #: A band file's stem: the product, an optional Landsat level prefix, ``B`` and the band, an
 #: optional Sentinel-2 L2A resolution suffix.
-BAND_FILE = re.compile(r"^(?P<product>.+?)[_.-](?:SR_|ST_)?B(?P<band>\d{1,2}|8A)(?P<res>_\d+m)?$", re.IGNORECASE)
+BAND_FILE = re.compile(r"^(?:(?P<product>.+?)[_.-])?(?:SR_|ST_)?B(?P<band>\d{1,2}|8A)(?P<res>_\d+m)?$",
+                       re.IGNORECASE)
 #: Red, green and blue of the products whose band numbers geoseg can name (name prefix).
 _RGB = {"LC08": ("4", "3", "2"), "LC09": ("4", "3", "2"), "LO08": ("4", "3", "2"), "LO09": ("4", "3", "2"),
         "LT05": ("3", "2", "1"), "LE07": ("3", "2", "1"), "LT04": ("3", "2", "1")}
 _S2 = re.compile(r"^(T\d{2}[A-Z]{3}_|S2[ABC]_)", re.IGNORECASE)
 
 
-def _rgb(product: str) -> tuple[str, str, str] | None:
-    if _S2.match(product):
+def _rgb(product: str, tokens: Sequence[str]) -> tuple[str, str, str] | None:
+    if _S2.match(product) or any(t.startswith("0") for t in tokens):  # Sentinel-2 pads its band numbers
         return ("4", "3", "2")
     return _RGB.get(product[:4].upper())
 
@@ -42,31 +43,32 @@ def check_band_files(scenes: Sequence[SceneInfo]) -> None:
         '4'
         >>> BAND_FILE.match("T36NXF_20240101T080000_B8A_20m").group("product", "band", "res")
         ('T36NXF_20240101T080000', '8A', '_20m')
-        >>> BAND_FILE.match("kampala_blockB_z20") is None
-        True
+        >>> BAND_FILE.match("B04")["band"], BAND_FILE.match("kampala_blockB_z20") is None
+        ('04', True)
     """
     groups: dict[tuple[object, ...], list[tuple[str, SceneInfo]]] = {}
     for s in scenes:
         m = BAND_FILE.match(s.name)
         if m is None or s.count != 1:
             continue
-        key = (m["product"].lower(), (m["res"] or "").lower(), str(s.crs), tuple(s.transform), s.width, s.height)
+        product = (m["product"] or "").lower()
+        key = (product, (m["res"] or "").lower(), str(s.crs), tuple(s.transform), s.width, s.height)
         groups.setdefault(key, []).append((m["band"].upper().lstrip("0") or "0", s))
     for members in groups.values():
         bands = {b for b, _ in members}
         if len(bands) < 2:
             continue
-        first = BAND_FILE.match(members[0][1].name)
-        assert first is not None
-        product = first["product"]
+        found = [BAND_FILE.match(s.name) for _, s in members]
+        product = (found[0]["product"] if found[0] else None) or "bands"
         by_band = {b: s for b, s in members}
-        rgb = _rgb(product)
+        rgb = _rgb(product, [m["band"] for m in found if m])
         files = [by_band[b].source for b in rgb] if rgb and all(b in by_band for b in rgb) else None
         how = (f"gdalbuildvrt -separate {product}_rgb.vrt {' '.join(files)} (red, green, blue)" if files else
                f"gdalbuildvrt -separate {product}_stack.vrt BAND_FILES... (the bands the model should see, "
                "in the order it should see them)")
         raise InputRasterError(
             f"{listed([s.name for _, s in members], 4)} look like the bands of one product, one file each "
-            f"({product}: bands {', '.join(sorted(bands, key=lambda b: (len(b), b)))} on one grid), so each "
+            f"({'' if product == 'bands' else product + ': '}bands {', '.join(sorted(bands, key=lambda b: (len(b), b)))} "
+            "on one grid), so each "
             f"would be a one-band scene of its own; stack them into one raster first: {how}, and pass it "
             "(beside the band files in their folder it stands for them)")
