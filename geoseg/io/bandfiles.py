@@ -66,9 +66,9 @@ def check_band_files(scenes: Sequence[SceneInfo]) -> None:
         how = (f"gdalbuildvrt -separate {product}_rgb.vrt {' '.join(files)} (red, green, blue)" if files else
                f"gdalbuildvrt -separate {product}_stack.vrt BAND_FILES... (the bands the model should see, "
                "in the order it should see them)")
+        numbers = ", ".join(sorted(bands, key=lambda b: (len(b), b)))
         raise InputRasterError(
             f"{listed([s.name for _, s in members], 4)} look like the bands of one product, one file each "
-            f"({'' if product == 'bands' else product + ': '}bands {', '.join(sorted(bands, key=lambda b: (len(b), b)))} "
-            "on one grid), so each "
+            f"({'' if product == 'bands' else product + ': '}bands {numbers} on one grid), so each "
             f"would be a one-band scene of its own; stack them into one raster first: {how}, and pass it "
             "(beside the band files in their folder it stands for them)")
