@@ -92,10 +92,18 @@ def test_predict_writes_the_polygons_of_a_jpeg_orthophoto(tiny_run: Path, tmp_pa
     assert left <= x0 and x1 <= right and bottom <= y0 and y1 <= top  # on the world file's ground
 
 
-@pytest.mark.parametrize("layout", ["subfolders", "tiles"])
+@pytest.mark.parametrize("layout", ["subfolders", "tiles", "zipped"])
 def test_a_folder_without_scenes_says_what_it_holds(tmp_path: Path, layout: str) -> None:
     root = tmp_path / "scenes"
-    if layout == "subfolders":
+    if layout == "zipped":  # orthophotos delivered zipped, not yet extracted
+        import zipfile
+
+        root.mkdir()
+        bright_boxes_scene(tmp_path / "a.tif", SHAPE, BOXES)
+        with zipfile.ZipFile(root / "ortho_2024.zip", "w") as z:
+            z.write(tmp_path / "a.tif", "a.tif")
+        expect = "it holds archives (ortho_2024.zip): extract them first"
+    elif layout == "subfolders":
         (root / "2023").mkdir(parents=True)
         bright_boxes_scene(root / "2023" / "a.tif", SHAPE, BOXES)
         bright_boxes_scene(root / "2023" / "b.tif", SHAPE, BOXES)
@@ -112,6 +120,15 @@ def test_a_folder_without_scenes_says_what_it_holds(tmp_path: Path, layout: str)
     if layout == "subfolders":
         assert [s.name for s in list_scenes([f"{root}/**/*.tif"])] == ["a", "b"]
     assert not (tmp_path / "p").exists()
+    if layout == "zipped":  # the archive named, and GDAL's path into it: one line each, not 'does not exist'
+        for given, said in ((root / "ortho_2024.zip", "is an archive, not a raster: extract it first"),
+                            (f"/vsizip/{root}/ortho_2024.zip/a.tif", "archive and in-memory paths (vsizip)")):
+            res = CliRunner().invoke(cli, ["tile", str(given), "--out", str(tmp_path / "p")])
+            lines = res.output.strip().splitlines()
+            assert res.exit_code == 1 and len(lines) == 1 and said in lines[0], res.output
+        (tmp_path / "a.tif").rename(root / "a.tif")  # one extracted beside it: tiled, the archive named as left out
+        res = CliRunner().invoke(cli, ["tile", str(root), "--out", str(tmp_path / "p"), "--size", "32"])
+        assert res.exit_code == 0 and "1 archive(s) left out (ortho_2024.zip)" in res.output, res.output
 
 
 @pytest.mark.shared_data

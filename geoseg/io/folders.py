@@ -23,6 +23,9 @@ from pathlib import Path
 
 from geoseg.errors import InputRasterError, listed
 
+#: Archives a scenes folder is often delivered as: extracted first (GDAL's /vsizip/ paths are not scenes).
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".7z", ".rar")
+
 log = logging.getLogger(__name__)
 
 #: Extensions taken from a folder as they are (explicit files may have any extension GDAL reads).
@@ -69,6 +72,7 @@ def folder_rasters(folder: Path) -> list[Path]:
     plain = [p for p in images if not georeferenced(p, stems)]
     found = sorted(found + [p for p in images if p not in plain])
     unread = [p for p in files if p.suffix.lower() in NO_DRIVER_SUFFIXES]
+    packed = [p for p in files if p.name.lower().endswith(ARCHIVES)]  # orthophotos are often delivered zipped
     if plain:
         log.warning("%s: %d image(s) without georeferencing left out (%s): give each its grid, a world file or "
                     "gdal_translate -a_srs EPSG:nnnn -a_ullr ulx uly lrx lry x.png x.tif (web-map tiles: "
@@ -78,6 +82,9 @@ def folder_rasters(folder: Path) -> list[Path]:
                     "GeoTIFF with a GDAL that has one (QGIS's: gdal_translate -of COG x.sid x.tif)",
                     folder, len(unread), listed((p.name for p in unread), 3))
     if found:
+        if packed:
+            log.warning("%s: %d archive(s) left out (%s): extract them to take their rasters", folder, len(packed),
+                        listed((p.name for p in packed), 3))
         warn_subfolders(folder, found)
         return found
     kinds: Counter[str] = Counter()  # the extensions of the rasters in subfolders (a SAFE's .jp2)
@@ -88,7 +95,9 @@ def folder_rasters(folder: Path) -> list[Path]:
             deeper.append(Path(top).relative_to(folder))
             kinds.update(found_here)
     deeper.sort()
-    hint = (f"; its subfolders hold rasters ({', '.join(map(str, deeper[:3]))}{' ...' if len(deeper) > 3 else ''}): "
+    hint = (f"; it holds archives ({listed((p.name for p in packed), 3)}): extract them first and pass the folder "
+            "of their rasters" if packed else
+            f"; its subfolders hold rasters ({', '.join(map(str, deeper[:3]))}{' ...' if len(deeper) > 3 else ''}): "
             f"pass '{folder}/**/*{kinds.most_common(1)[0][0]}' (quoted) to take them" if deeper else
             "; pass the folder of your scenes or the files themselves")
     raise InputRasterError(f"{folder} holds no raster ({', '.join(sorted(RASTER_SUFFIXES))}, or a georeferenced "

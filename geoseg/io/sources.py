@@ -273,7 +273,7 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
             scenes share a name.
         InputVectorError: a STAC document is unreadable or an item lacks the asset.
     """
-    from geoseg.io import stac
+    from geoseg.io import folders, stac
     from geoseg.io.folders import folder_rasters
 
     out: list[SceneSource] = []
@@ -286,8 +286,14 @@ def list_scenes(inputs: Iterable[str | Path | SceneSource], asset: str | None = 
             out.extend(stac.stac_scenes(s, asset))
         elif is_remote(s):
             out.append(SceneSource(s, scene_name(s)))
+        elif s.startswith("/vsi"):  # /vsizip/, /vsitar/, /vsimem/: no file of its own to stamp or resume by
+            raise InputRasterError(f"{s}: GDAL's archive and in-memory paths ({s.split('/')[1]}) are not read as "
+                                   "scenes; extract the archive and pass its files or folder")
         else:
             path = Path(s)
+            if path.is_file() and path.name.lower().endswith(folders.ARCHIVES):
+                raise InputRasterError(f"{path} is an archive, not a raster: extract it first (unzip {path.name} "
+                                       f"-d {path.name.split('.')[0]}/, or tar xf for a .tar) and pass the folder")
             if path.is_dir():
                 found = folder_rasters(path)
                 out.extend(SceneSource(str(p.resolve()), p.stem) for p in without_mosaic_tiles(found, path))
