@@ -107,12 +107,23 @@ def test_instance_masks_equal_rasterized_truth(fixture: str, request, tmp_path: 
             assert a["iscrowd"] == 0 and len(a["bbox"]) == 4
 
 
+def test_chips_skipped_for_the_other_splits_pixels_are_counted_apart(merc_rgb: Path, tmp_path: Path) -> None:
+    """Chips overlapping val windows lose those pixels: under min_valid they are skipped as held, not as
+    nodata (the summary counted both as one number, 'nodata, or held for validation')."""
+    labels = labels_for(merc_rgb, tmp_path / "l.gpkg", BOXES)  # labelled: val pixels are held out of train chips
+    s = tile([merc_rgb], labels, tmp_path / "out", TileConfig(size=64, overlap=32, split_block=1, val_fraction=0.5,
+                                                              min_valid=0.9, seed=1), scheduler="sync")
+    assert s.chips_low_valid == 0 and s.chips_held > 0 and s.chips_train + s.chips_val == s.chips_written
+    assert f"skipped (0 mostly nodata, {s.chips_held} mostly the other split's pixels)" in s.lines()[1]
+
+
 def test_nodata_chips_skipped_and_stats_over_valid_pixels(nodata_4band: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     s = tile([nodata_4band], None, out, TileConfig(size=60, overlap=0, min_valid=0.5,
                                                    val_fraction=0.0), scheduler="sync")
     # 3 columns of 60 px, the first all nodata: one third of the chips skipped
-    assert s.chips_low_valid == 2 and s.chips_written == 4
+    assert s.chips_low_valid == 2 and s.chips_held == 0 and s.chips_written == 4
+    assert "2 skipped (2 mostly nodata, 0 mostly the other split's pixels)" in s.lines()[1]
     stats = json.loads((out / "stats.json").read_text())
     with rasterio.open(nodata_4band) as src:
         data = src.read()

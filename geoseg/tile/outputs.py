@@ -196,7 +196,8 @@ class TileSummary:
     scenes_skipped: list[tuple[str, str]] = field(default_factory=list)
     chips_written: int = 0
     chips_done_before: int = 0
-    chips_low_valid: int = 0
+    chips_low_valid: int = 0  # under min_valid valid pixels (nodata, NaN, masked)
+    chips_held: int = 0  # valid, but under min_valid once another split's pixels (or beyond --aoi) are cut
     chips_train: int = 0
     chips_val: int = 0
     instances: int = 0
@@ -213,8 +214,8 @@ class TileSummary:
         out = [
             f"scenes: {self.scenes} tiled, {len(self.scenes_skipped)} skipped",
             f"chips: {self.chips_written} written, {self.chips_done_before} already done, "
-            f"{self.chips_low_valid} skipped (under min_valid usable pixels: nodata, or held for validation"
-            f"{' or beyond --aoi' if self.aoi else ''}); "
+            f"{self.chips_low_valid + self.chips_held} skipped ({self.chips_low_valid} mostly nodata, "
+            f"{self.chips_held} mostly the other split's pixels{' or beyond --aoi' if self.aoi else ''}); "
             f"{self.chips_train} train / {self.chips_val} val (split blocks of "
             f"{self.split_block}x{self.split_block} chips)",
             f"instances: {self.instances} in chips; labels: {self.labels}, "

@@ -37,14 +37,7 @@ from geoseg.io.atomic import atomic_path, check_writable, write_json
 from geoseg.io.datums import to_crs
 from geoseg.io.encoding import declared_order
 from geoseg.io.frames import warn_zero_frames
-from geoseg.io.rasters import (
-    SceneInfo,
-    inspect_scenes,
-    open_scene,
-    read_errors,
-    valid_mask,
-    window_footprint,
-)
+from geoseg.io.rasters import SceneInfo, inspect_scenes, open_scene, read_errors, valid_mask, window_footprint
 from geoseg.io.sources import SceneSource, list_scenes
 from geoseg.io.vectors import CLASS, bounds_text, read_labels
 from geoseg.parallel import check_scheduler, compute
@@ -106,9 +99,10 @@ def tile_block(job: BlockJob) -> dict[str, int]:
     Chips that exist already (complete: they are renamed into place) are not rewritten.
 
     Returns:
-        Counts: ``written``, ``existing``, ``low_valid``, ``chips``, ``instances``.
+        Counts: ``written``, ``existing``, ``low_valid`` (mostly invalid pixels), ``held`` (valid, but
+        mostly another split's or beyond ``--aoi``), ``chips``, ``instances``.
     """
-    counts = {"written": 0, "existing": 0, "low_valid": 0, "chips": 0, "instances": 0}
+    counts = {"written": 0, "existing": 0, "low_valid": 0, "held": 0, "chips": 0, "instances": 0}
     scene = job.scene
     tree = shapely.STRtree(job.geoms)
     images: list[dict[str, Any]] = []
@@ -125,13 +119,14 @@ def tile_block(job: BlockJob) -> dict[str, int]:
             cut = held_mask(win, job.held)  # val pixels: never trained on; beyond --aoi: unlabelled
             if job.area is not None:
                 cut |= outside(win, job.area, scene)
+            whole = float(mask.mean())  # valid before the cut: mostly nodata, or mostly held
             if cut.any():
                 mask &= ~cut
                 if scene.nodata is not None:
                     data[:, cut] = scene.nodata
             frac = float(mask.mean())
             if frac < job.min_valid:
-                counts["low_valid"] += 1
+                counts["low_valid" if whole < job.min_valid else "held"] += 1
                 continue
             row, col = int(win.row_off), int(win.col_off)
             name = f"{scene.name}_{row}_{col}.tif"
@@ -378,12 +373,14 @@ def tile(
         else:
             summary.chips_done_before += done["chips"]
             summary.chips_low_valid += done["low_valid"]
+            summary.chips_held += done.get("held", 0)  # part files of before the split count both as low_valid
     log.info("%d blocks to tile (%d done before)", len(pending), len(jobs) - len(pending))
     tasks = [delayed(tile_block, pure=False)(j) for j in pending]
     for c in compute(tasks, scheduler=scheduler, desc="tile", progress=progress):
         summary.chips_written += c["written"]
         summary.chips_done_before += c["existing"]
         summary.chips_low_valid += c["low_valid"]
+        summary.chips_held += c["held"]
 
     finished = (out / "annotations.json").exists() and (out / "stats.json").exists()
     if pending or not finished:
