@@ -15,7 +15,7 @@ import rasterio
 import shapely
 from affine import Affine
 from click.testing import CliRunner
-from conftest import bright_boxes_scene, grid_boxes, write_raster
+from conftest import bright_boxes_scene, grid_boxes, labels_for, write_raster
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
@@ -348,6 +348,24 @@ def test_scene_in_degrees_past_180_is_one_line_and_a_global_grid_is_not(tiny_run
 
     with pytest.raises(InputRasterError, match="past ±180"):  # degrees with heights: its third axis is metres
         check_ground_pixel("h.tif", from_origin(179.9, -16.7, 1e-4, 1e-4), "EPSG:4979", (100, 2000))
+
+
+def test_metres_under_a_degrees_label_are_one_line_for_scenes_labels_and_predictions(tiny_run: Path,
+                                                                                       tmp_path: Path) -> None:
+    """A scene, labels or predictions in metres whose file says EPSG:4326 (a CRS assigned by mistake):
+    the labels stopped tile with 'unexpected GEOSException', evaluate with 'unexpected RuntimeError:
+    Unable to determine UTM CRS', and the scene was told to be warped across 180°."""
+    scene = bright_boxes_scene(tmp_path / "s.tif", SHAPE, BOXES)
+    utm = labels_for(scene, tmp_path / "utm.gpkg", BOXES, crs="EPSG:32636")
+    gpd.read_file(utm).set_crs(4326, allow_override=True).to_file(tmp_path / "deg.gpkg")
+    wrong = bright_boxes_scene(tmp_path / "w.tif", SHAPE, BOXES, crs="EPSG:4326")  # 450000 "degrees" east
+    cases = [(["tile", str(scene), "--labels", str(tmp_path / "deg.gpkg"), "--out", str(tmp_path / "p")], "deg.gpkg"),
+             (["evaluate", str(tmp_path / "deg.gpkg"), str(utm)], "deg.gpkg"),
+             (["predict", str(wrong), "--model", str(tiny_run), "--out", str(tmp_path / "o.gpkg")], str(wrong))]
+    for args, name in cases:
+        line = one_error_line(CliRunner().invoke(cli, args), name, "not degrees")
+        assert "-a_srs" in line and "unexpected" not in line
+    assert not (tmp_path / "p").exists() and not (tmp_path / "o.gpkg").exists()
 
 
 def test_a_scene_of_the_training_type_in_another_range_warns_with_a_rescale(tiny_run: Path, tmp_path: Path) -> None:

@@ -168,6 +168,12 @@ def _check_longitudes(path: str | Path, transform: Affine, crs: object, shape_hw
     xs = [(transform * (c, r))[0] for c, r in ((0, 0), (w, 0), (0, h), (w, h))]
     pad = (abs(transform.a) + abs(transform.b)) / 2 + 1e-9  # a global grid's rounding
     lo, hi = min(xs), max(xs)
+    ys = [(transform * (c, r))[1] for c, r in ((0, 0), (w, 0), (0, h), (w, h))]
+    if max(abs(lo), abs(hi)) > 360.0 or max(abs(y) for y in ys) > 90.0 + pad:  # metres under a degrees label
+        raise InputRasterError(
+            f"{path} declares {geo.to_string()} (degrees), but its grid runs over x {lo:.6g} to {hi:.6g}, y "
+            f"{min(ys):.6g} to {max(ys):.6g}: its coordinates are not degrees (metres of a projected CRS?); "
+            "assign the CRS they are in (gdal_edit.py -a_srs EPSG:nnnn, or QGIS: Layer Properties > Source)")
     if lo >= -180.0 - pad and hi <= 180.0 + pad:
         return
     cx, cy = transform * (w / 2, h / 2)

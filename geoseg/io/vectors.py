@@ -234,7 +234,30 @@ def read_vector(
         raise InputVectorError(
             f"{role} file {path} has a local engineering CRS ('{gdf.crs.name}'), which has no place on the Earth; "
             f"assign its real CRS (ogr2ogr -a_srs EPSG:... fixed.gpkg {path})")
+    if gdf.crs.is_geographic and len(gdf):
+        _check_degrees(gdf, path, role)
     return gdf
+
+
+def _check_degrees(gdf: gpd.GeoDataFrame, path: Path, role: str) -> None:
+    """Refuse a file in degrees whose coordinates are not (metres under an EPSG:4326 label).
+
+    Reprojected, they gave infinite coordinates: tile stopped with 'unexpected GEOSException',
+    evaluate with 'unexpected RuntimeError: Unable to determine UTM CRS'. Longitudes up to ±360
+    pass (a 0-360° product), latitudes up to ±90.
+    """
+    geoms = gdf.geometry.to_numpy()
+    live = np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms)))
+    b = shapely.bounds(geoms[live])
+    off = (np.abs(b[:, [0, 2]]) > 360.0).any(axis=1) | (np.abs(b[:, [1, 3]]) > 90.0 + 1e-9).any(axis=1)
+    if off.any():
+        first = int(np.flatnonzero(off)[0])
+        raise InputVectorError(
+            f"{role} file {path} declares {gdf.crs.to_string()} (degrees), but {int(off.sum())} of its {len(live)} "
+            f"features lie beyond ±360° / ±90° (feature {int(live[first]) + 1}, counting from 1: "
+            f"{', '.join(f'{v:.6g}' for v in b[first])}): its coordinates are not degrees (metres of a projected "
+            f"CRS?); assign the CRS they are in (ogr2ogr -a_srs EPSG:nnnn fixed.gpkg {path}; QGIS: Layer "
+            "Properties > Source > Assigned Coordinate Reference System)")
 
 
 def require_polygons(gdf: gpd.GeoDataFrame, path: str | Path, role: str) -> None:
