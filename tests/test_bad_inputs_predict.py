@@ -366,6 +366,21 @@ def test_metres_under_a_degrees_label_are_one_line_for_scenes_labels_and_predict
         line = one_error_line(CliRunner().invoke(cli, args), name, "not degrees")
         assert "-a_srs" in line and "unexpected" not in line
     assert not (tmp_path / "p").exists() and not (tmp_path / "o.gpkg").exists()
+    # UTM offset by 10^12 m (outside what the CRS covers): reprojected to the scene's, inf
+    far = gpd.read_file(utm)
+    far.geometry = far.geometry.translate(1e12, 1e12)
+    far.to_file(tmp_path / "far.gpkg")
+    wm = bright_boxes_scene(tmp_path / "wm.tif", SHAPE, BOXES, crs="EPSG:3857")
+    args = ["tile", str(wm), "--labels", str(tmp_path / "far.gpkg"), "--out", str(tmp_path / "p")]
+    assert "outside what EPSG:32636 covers" in one_error_line(CliRunner().invoke(cli, args), "far.gpkg", "-a_srs")
+    # a prediction file of features without geometry: evaluated as none (stopped with 'unexpected ValueError')
+    nothing = gpd.read_file(utm)
+    gpd.GeoDataFrame(nothing.drop(columns="geometry"), geometry=gpd.GeoSeries([None] * len(nothing)),
+                     crs="EPSG:4326").to_file(tmp_path / "none.gpkg")
+    res = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "none.gpkg"), str(utm),
+                                   "--json", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "e.json").read_text())["fn"] == len(BOXES)
 
 
 def test_a_scene_of_the_training_type_in_another_range_warns_with_a_rescale(tiny_run: Path, tmp_path: Path) -> None:

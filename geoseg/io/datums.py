@@ -101,4 +101,30 @@ def to_crs(geo: G, crs: Any, what: str) -> G:
                 warnings.warn(f"{what} ({a.to_string()}) reprojected to {b.to_string()}: {gap}",
                               GeoSegWarning, stacklevel=2)
     frame: Any = geo
-    return cast(G, frame.to_crs(crs))
+    out = frame.to_crs(crs)
+    _check_placed(geo, out, what)
+    return cast(G, out)
+
+
+def _check_placed(before: Any, after: Any, what: str) -> None:
+    """Refuse features that reprojection gave non-finite coordinates: they lie outside their CRS's domain.
+
+    Coordinates far outside what their CRS covers (metres under a degrees label the other way
+    round, a UTM file offset by 10^12 m) come out of PROJ as inf: clipped and repaired, they
+    stopped tile with 'unexpected GEOSException: Shell empty after removing invalid points'.
+    """
+    import shapely
+
+    geoms = (after.geometry if hasattr(after, "geometry") else after).to_numpy()
+    live = np.flatnonzero(~(shapely.is_missing(geoms) | shapely.is_empty(geoms)))
+    bad = live[~np.isfinite(shapely.bounds(geoms[live])).all(axis=1)]
+    if len(bad):
+        from geoseg.errors import InputVectorError
+
+        src = (before.geometry if hasattr(before, "geometry") else before).to_numpy()
+        a, b = CRS.from_user_input(before.crs).to_string(), CRS.from_user_input(after.crs).to_string()
+        at = ", ".join(f"{v:.6g}" for v in shapely.bounds(src[bad[0]]))
+        raise InputVectorError(
+            f"{what}: {len(bad)} of {len(live)} features have no place in {b} (one at {at} in {a}): their "
+            f"coordinates lie outside what {a} covers; check that the file's CRS is the one of its coordinates "
+            "(ogr2ogr -a_srs EPSG:nnnn; QGIS: Layer Properties > Source > Assigned Coordinate Reference System)")

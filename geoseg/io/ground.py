@@ -69,7 +69,8 @@ def metric_crs(data: Any, crs: Any = None) -> Any:
 
     ``crs`` is kept when it is projected in metres and not a Mercator (whose metres are
     ground metres only at the equator: 2 ground metres are 1 at 60°); else the UTM zone of
-    ``data`` (a GeoDataFrame or GeoSeries with a CRS; ``crs`` itself when it is empty). A
+    ``data`` (a GeoDataFrame or GeoSeries with a CRS; ``crs`` itself when none of its features
+    has a geometry). A
     compound CRS (a drone survey's "UTM zone 33N + EGM96 height") is judged by its
     horizontal part.
 
@@ -86,9 +87,11 @@ def metric_crs(data: Any, crs: Any = None) -> Any:
     method = flat.coordinate_operation.method_name if flat.coordinate_operation else ""
     unit = flat.axis_info[0].unit_name if flat.axis_info else ""
     mercator = "Mercator" in method and "Transverse" not in method
-    if (flat.is_projected and unit in ("metre", "meter") and not mercator) or not len(data):
+    geoms = data.geometry if hasattr(data, "geometry") else data
+    placed = geoms[~(geoms.isna() | geoms.is_empty)]  # features without geometry have no place to judge by
+    if (flat.is_projected and unit in ("metre", "meter") and not mercator) or not len(placed):
         return crs
-    return ProjCRS.from_user_input(data.estimate_utm_crs())
+    return ProjCRS.from_user_input(placed.estimate_utm_crs())
 
 
 def _right_angle(az: np.ndarray, tolerance_deg: float = 2.0) -> bool:

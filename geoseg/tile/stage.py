@@ -276,7 +276,7 @@ def tile(
     out = check_writable(Path(out).resolve(), "--out", directory=True)
     good, bad = inspect_scenes(list_scenes(scenes), skip_bad=skip_bad)
     good, native = [s.at_gsd(cfg.gsd) for s in good], good  # --gsd: chips of every scene at one scale
-    warn_upsampling(native, good)
+    read_at = (native, good)  # warned of once the labels passed their checks
     good = drop_small_scenes(good, skip_bad, bad)
     if not good:
         raise InputRasterError("no readable scene to tile; check the inputs")
@@ -288,6 +288,12 @@ def tile(
     gdf = read_labels(labels, cfg.class_field, cfg.class_name, near=near) if labels is not None else None
     classes = (gdf.attrs.get("classes") if gdf is not None else None) or [cfg.class_name]  # of every label
     cat_of = {c: i + 1 for i, c in enumerate(classes)}
+    by_crs: dict[str, Any] = {}  # the labels in each scene's CRS, before any warning: a reprojection may refuse them
+    for s in good:
+        if gdf is not None and s.crs not in by_crs:
+            g = to_crs(gdf, s.crs, f"--labels {labels}")  # warns where PROJ lacks a datum grid
+            by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
+    warn_upsampling(*read_at)
     summary = TileSummary(out_dir=out, scenes=len(good), scenes_skipped=bad,
                           labels=0 if gdf is None else len(gdf) + gdf.attrs["far"])  # far ones: outside
 
@@ -306,16 +312,12 @@ def tile(
 
     touched: set[int] = set()
     in_area: set[int] = set()
-    by_crs: dict[str, Any] = {}
     jobs: list[BlockJob] = []
     beyond = [0, 0]  # chips over a chip away from the labels' extent, chips in all
     for s in good:
         inside = area.keep[s.name] if area is not None else None
         kept = [(i, j, w) for i, row in enumerate(grids[s.name]) for j, w in enumerate(row)
                 if inside is None or (i, j) in inside]
-        if gdf is not None and s.crs not in by_crs:
-            g = to_crs(gdf, s.crs, f"--labels {labels}")  # warns where PROJ lacks a datum grid
-            by_crs[s.crs] = (g.geometry.to_numpy(), g.sindex)
         geoms, sindex = by_crs.get(s.crs, (np.empty(0, dtype=object), None))
         if sindex is not None:
             touched.update(sindex.query(s.footprint, predicate="intersects").tolist())
