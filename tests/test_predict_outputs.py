@@ -165,3 +165,17 @@ def test_crs_far_from_a_scene_is_warned_of(scene: tuple[Path, Path], tmp_path: P
     assert "--crs EPSG:3857" in merc and "beyond it: pole (" in merc and "scene (32" not in merc
     assert "1 scene(s) lie beyond it: scene (32.6, 0.4)" in said["EPSG:32618"]
     warn_beyond_use(None, infos)  # no --crs: the first scene's, nothing to say
+
+
+def test_a_simplify_tolerance_of_many_pixels_is_warned_of(scene: tuple[Path, Path], tiny_run: Path, tmp_path: Path,
+                                                          caplog) -> None:
+    """--simplify 50 (centimetres meant) on 0.5 m pixels: objects collapse and are dropped, exit 0."""
+    path, _ = scene
+    with caplog.at_level("WARNING", logger="geoseg.predict.gsd"):
+        fine = predict([path], tiny_run, tmp_path / "a.gpkg", cfg(simplify=0.5))
+    assert "--simplify" not in caplog.text
+    with caplog.at_level("WARNING", logger="geoseg.predict.gsd"):
+        coarse = predict([path], tiny_run, tmp_path / "b.gpkg", cfg(simplify=50.0))
+    assert "--simplify 50 m is 100 pixels of the 0.5 m grid scene is read on" in caplog.text
+    a, b = gpd.read_file(tmp_path / "a.gpkg"), gpd.read_file(tmp_path / "b.gpkg")  # what the warning is for:
+    assert coarse.polygons <= fine.polygons and b["area_m2"].sum() < 0.8 * a["area_m2"].sum()  # boxes lose corners

@@ -55,7 +55,7 @@ from geoseg.parallel import check_scheduler, compute
 from geoseg.predict.area import near_owners
 from geoseg.predict.choose import cells_of_block, choose_cells, dense_run, k_rule
 from geoseg.predict.config import PredictConfig
-from geoseg.predict.gsd import gsd_note, target_gsd, warn_upsampling
+from geoseg.predict.gsd import gsd_note, target_gsd, warn_coarse_simplify, warn_upsampling
 from geoseg.predict.heap import bound_heap
 from geoseg.predict.memory import plan_ff, summary_line
 from geoseg.predict.overlaps import warn_abutting
@@ -221,6 +221,7 @@ def predict(
     native = infos
     infos = [s.at_gsd(target_gsd(cfg, meta, s.gsd)) for s in infos]  # windows, cells, polygons on this grid
     warn_upsampling(native, infos, cfg)
+    warn_coarse_simplify(infos, cfg)
     cache = out.parent / f".{out.name}.geoseg-cache"
     plans = [_plan(s, meta, cfg, cache) for s in infos]  # bad bands fail before anything is written
     check_for_model([(p.scene, p.band_indexes) for p in plans], stats)  # stored values of another meaning
