@@ -327,7 +327,7 @@ def test_the_block_estimate_covers_the_watershed_peak(tmp_path: Path) -> None:
         probs[0, r:r + h, c:c + w] = 0.95
         probs[1, r, c:c + w] = 0.6
     valid = np.ones((n, n), bool)
-    path = bright_boxes_scene(tmp_path / "s.tif", (32, 32), [(4, 4, 12, 12)])
+    path = bright_boxes_scene(tmp_path / "s.tif", (n, n), [(4, 4, 12, 12)])  # the estimate ends at its edge
     (info,), _ = inspect_scenes([path])
 
     class Meta:  # what block_bytes reads
@@ -342,3 +342,23 @@ def test_the_block_estimate_covers_the_watershed_peak(tmp_path: Path) -> None:
     peak = int(governor._status_kib("VmHWM") or 0) - base
     assert len(inst) > 300
     assert probs.nbytes + peak <= estimate, (peak, estimate)
+
+
+def test_a_block_larger_than_the_scene_is_estimated_at_the_scene(tmp_path: Path) -> None:
+    """--block 100000 on a 512 px scene warned of a block task of 1016 GiB: blocks end at the scene's edge."""
+    from geoseg.io.rasters import inspect_scenes
+    from geoseg.predict.plan import BlockPlan
+
+    path = bright_boxes_scene(tmp_path / "s.tif", (48, 80), [(4, 4, 12, 12)])
+    (info,), _ = inspect_scenes([path])
+
+    class Meta:  # what block_bytes reads
+        n_outputs = 3
+
+    def plan(block: int, halo: int) -> BlockPlan:
+        return BlockPlan(scene=info, block=block, watershed_halo=halo, cell=16, scale=2, tile_halo=4, multiple=16,
+                         band_indexes=(1, 2, 3), cache=tmp_path)
+
+    whole = block_bytes([plan(100_000, 256)], Meta())  # type: ignore[arg-type]
+    assert whole == block_bytes([plan(96, 0)], Meta()) == 48 * 80 * (4 * 3 + 96)  # type: ignore[arg-type]
+    assert block_bytes([plan(32, 0)], Meta()) == 32 * 32 * (4 * 3 + 96)  # type: ignore[arg-type]

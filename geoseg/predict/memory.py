@@ -100,14 +100,17 @@ def block_bytes(plans: Sequence[BlockPlan], meta: ModelMeta) -> int:
     FF phase, per pixel of the block: fused logits, upsampled PV and probabilities in
     float32, plus the windowed reads; instance phase, per pixel of the block with its
     watershed halo on each side: probabilities in float32, and the watershed's energy
-    (float64), markers, labels and queue, and the polygon tracing, about 96 bytes.
+    (float64), markers, labels and queue, and the polygon tracing, about 96 bytes. Both
+    windows end at the scene's edge: a scene smaller than a block is one block its size.
     """
     c = meta.n_outputs
     most = 0
-    for p in plans:
+    for p in plans:  # a block, and the watershed's window, end at the scene's edge (--block 100000 on 512 px)
+        h, w = p.scene.height, p.scene.width
         bands = len(p.band_indexes)
-        ff = p.block ** 2 * (16 * c + 4 * bands + 8)
-        inst = (p.block + 2 * p.watershed_halo) ** 2 * (4 * c + 96)
+        ff = min(p.block, h) * min(p.block, w) * (16 * c + 4 * bands + 8)
+        side = p.block + 2 * p.watershed_halo
+        inst = min(side, h) * min(side, w) * (4 * c + 96)
         most = max(most, ff, inst)
     return most
 
