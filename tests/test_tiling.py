@@ -186,6 +186,31 @@ def test_split_by_blocks_not_chips(utm_uint16: Path, tmp_path: Path) -> None:
     assert "train" in splits and "val" in splits
 
 
+def test_the_val_share_counts_chips_not_blocks(tmp_path: Path) -> None:
+    """The bundled sample's two scenes gave two split blocks, of 12 chips and of 1: one went to val at
+    random, so `geoseg tile data/sample` (the help's first example) put 12 of 13 chips in val for
+    half the seeds and trained on one. Val now takes blocks while its chips stay within the share."""
+    from geoseg.tile.grid import plan_splits
+
+    big = write_raster(tmp_path / "big.tif", np.ones((3, 96, 128), np.uint8), "EPSG:32636",
+                       from_origin(450000, 40000, 0.5, 0.5))  # 3 x 4 chips of 32: one block of 4 x 4 chips
+    small = write_raster(tmp_path / "small.tif", np.ones((3, 32, 32), np.uint8), "EPSG:32636",
+                         from_origin(460000, 40000, 0.5, 0.5))
+    for seed in range(6):
+        s = tile([big, small], None, tmp_path / f"o{seed}", TileConfig(size=32, overlap=0, seed=seed),
+                 scheduler="sync")
+        assert (s.chips_train, s.chips_val) == (12, 1), seed
+    # equal blocks: round(val_fraction x blocks) of them, as before; a share no block fits: the smallest
+    cfg = TileConfig(val_fraction=0.2)
+    blocks = {"a": [(0, k) for k in range(10)]}
+    scene = type("S", (), {"name": "a"})()
+    splits = plan_splits([scene], blocks, cfg, {("a", (0, k)): 16 for k in range(10)})  # type: ignore[list-item]
+    assert list(splits.values()).count("val") == 2
+    sizes = {("a", (0, 0)): 30, ("a", (0, 1)): 9, ("a", (0, 2)): 30}
+    splits = plan_splits([scene], {"a": [(0, 0), (0, 1), (0, 2)]}, cfg, sizes)  # type: ignore[list-item]
+    assert [k for k, v in splits.items() if v == "val"] == [("a", (0, 1))]
+
+
 @pytest.mark.parametrize("fixture", ["utm_uint16", "nodata_4band"])
 def test_train_chips_never_hold_a_val_pixel(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Neighbouring chips overlap: the train chips at a val block's edge held a strip of its

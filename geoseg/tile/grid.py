@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -79,13 +80,17 @@ def check_val_scenes(patterns: Sequence[str], names: Sequence[str], skipped: Map
 
 
 def plan_splits(
-    scenes: Sequence[SceneInfo], blocks: dict[str, list[tuple[int, int]]], cfg: TileConfig
+    scenes: Sequence[SceneInfo], blocks: dict[str, list[tuple[int, int]]], cfg: TileConfig,
+    sizes: Mapping[tuple[str, tuple[int, int]], int] | None = None,
 ) -> dict[tuple[str, tuple[int, int]], Literal["train", "val"]]:
     """Assign each split block to train or val.
 
-    Scenes matching ``val_scenes`` go wholly to val. Of the other blocks,
-    ``round(val_fraction × n)`` chosen by a seeded shuffle go to val; when that rounds to
-    0 with ``val_fraction`` > 0, no forced val scene and at least two blocks, one does.
+    Scenes matching ``val_scenes`` go wholly to val. Of the other blocks, taken in a seeded
+    shuffle, each goes to val while the val chips stay within ``round(val_fraction × chips)``
+    (``sizes``: chips per block; None: one each); when none fits, with ``val_fraction`` > 0,
+    no forced val scene and at least two blocks, the first of the smallest does. Counting
+    chips, not blocks: a scene of 12 chips in one block beside one of 1 chip put 12 of 13
+    chips in val (one block of two, drawn at random), and trained on one.
 
     Raises:
         ConfigError: a ``val_scenes`` pattern that matches no scene.
@@ -100,12 +105,18 @@ def plan_splits(
                 out[(s.name, b)] = "val"
             else:
                 pool.append((s.name, b))
-    n_val = round(cfg.val_fraction * len(pool))
-    if cfg.val_fraction > 0 and len(pool) >= 2 and not any(v == "val" for v in out.values()):
-        n_val = max(n_val, 1)
+    size = [1 if sizes is None else sizes[k] for k in pool]
+    target = round(cfg.val_fraction * sum(size))
     order = np.random.default_rng(cfg.seed).permutation(len(pool))
-    for rank, k in enumerate(order):
-        out[pool[k]] = "val" if rank < n_val else "train"
+    val, chips = set(), 0
+    for k in order:
+        if chips + size[k] <= target:
+            val.add(int(k))
+            chips += size[k]
+    if not val and cfg.val_fraction > 0 and len(pool) >= 2 and not any(v == "val" for v in out.values()):
+        val.add(int(min(order, key=lambda k: size[k])))  # the first of the smallest, in the shuffle
+    for k, key in enumerate(pool):
+        out[key] = "val" if k in val else "train"
     return out
 
 
@@ -136,7 +147,9 @@ def split_scenes(
         blocks = {name: sorted({(i // sb, j // sb) for i, row in enumerate(g) for j in range(len(row))
                                 if keep is None or (i, j) in keep[name]}) for name, g in grids.items()
                   if keep is None or name in keep}
-        splits = plan_splits(scenes, blocks, cfg)
+        sizes = Counter((name, (i // sb, j // sb)) for name, g in grids.items() for i, row in enumerate(g)
+                        for j in range(len(row)) if keep is None or (name in keep and (i, j) in keep[name]))
+        splits = plan_splits(scenes, blocks, cfg, sizes)
         if cfg.val_fraction == 0 or "val" in splits.values() or sb == 1:
             break
         sb = max(1, sb // 2)
