@@ -200,6 +200,12 @@ def test_the_val_share_counts_chips_not_blocks(tmp_path: Path) -> None:
         s = tile([big, small], None, tmp_path / f"o{seed}", TileConfig(size=32, overlap=0, seed=seed),
                  scheduler="sync")
         assert (s.chips_train, s.chips_val) == (12, 1), seed
+    # an output of a revision that drew the split otherwise is not resumed: its held pixels follow its split
+    manifest = json.loads((tmp_path / "o0" / "tile.json").read_text())
+    manifest["params"].pop("split")
+    (tmp_path / "o0" / "tile.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputExistsError, match="the train/val split: another geoseg revision"):
+        tile([big, small], None, tmp_path / "o0", TileConfig(size=32, overlap=0, seed=0), scheduler="sync")
     # equal blocks: round(val_fraction x blocks) of them, as before; a share no block fits: the smallest
     cfg = TileConfig(val_fraction=0.2)
     blocks = {"a": [(0, k) for k in range(10)]}

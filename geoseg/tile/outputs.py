@@ -7,7 +7,7 @@ import logging
 import re
 import shutil
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,14 +70,19 @@ def write_chip(path: Path, profile: dict[str, Any], data: np.ndarray, mask: np.n
             dst.write_mask(mask)  # NaN/inf pixels too: invalid in the chip
 
 
-def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None) -> dict[str, Any]:
-    """What a rerun must match to resume: parameters, input stamps and how each scene is read.
+def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | None,
+                split: tuple[int, Mapping[tuple[str, tuple[int, int]], str]] | None = None) -> dict[str, Any]:
+    """What a rerun must match to resume: parameters, input stamps, how each scene is read, the split.
 
     How a scene is read (:func:`~geoseg.io.stamps.read_stamp`: its grid, bands, validity) is in
     it so that chips another geoseg revision cut otherwise from the same file with the same
-    options (a stretched grid not squared, an alpha band read as data) never resume.
+    options (a stretched grid not squared, an alpha band read as data) never resume; so is the
+    train/val split (the block side and the val blocks), which another revision may draw
+    otherwise: resumed, its chips' held pixels would follow one split and the new ones another.
     """
+    sb, splits = split if split is not None else (0, {})
     return {
+        "split": {"block": sb, "val": sorted(f"{n}:{b[0]},{b[1]}" for (n, b), v in splits.items() if v == "val")},
         "tile": cfg.model_dump(mode="json"),
         "scenes": [input_stamp(s.source) for s in scenes],
         "read": [read_stamp(s) for s in scenes],
@@ -88,7 +93,8 @@ def manifest_of(cfg: TileConfig, scenes: Sequence[SceneInfo], labels: Path | Non
 
 #: What differs between a manifest and a rerun's, in the words of tile's refusal.
 _DIFFERS = {"tile": "tile options", "scenes": "the scene files", "labels": "the labels", "aoi": "the --aoi file",
-            "read": "how the scenes are read: another geoseg revision, or their grid, bands or mask changed"}
+            "read": "how the scenes are read: another geoseg revision, or their grid, bands or mask changed",
+            "split": "the train/val split: another geoseg revision draws it otherwise"}
 
 
 def prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> None:
@@ -115,6 +121,7 @@ def prepare_out_dir(out: Path, manifest: dict[str, Any], overwrite: bool) -> Non
             before = params if isinstance(params, dict) else {}
             what = ([_DIFFERS[k] for k in _DIFFERS if before.get(k) != manifest.get(k)] if before
                     else [f"an unreadable {MANIFEST}"])
+            what = what[:-1] if len(what) > 1 and what[-1] == _DIFFERS["split"] else what  # follows the others
             raise OutputExistsError(
                 f"{out} holds chips tiled with other parameters or inputs ({', '.join(what)}); "
                 "pass --overwrite to replace them, or choose another --out"

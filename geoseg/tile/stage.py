@@ -360,7 +360,7 @@ def tile(
     if area is not None and touched and not in_area:  # an AOI of another district: negatives only, exit 0
         raise InputVectorError(f"none of the {len(touched)} labels of {labels} on the scenes meets --aoi {cfg.aoi}; "
                                "check that the AOI is the area those labels were mapped in (and its CRS)")
-    manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None)
+    manifest = manifest_of(cfg, good, Path(labels).resolve() if labels is not None else None, (sb, splits))
     prepare_out_dir(out, manifest, overwrite)
     chip_names = {f"{s.name}_{int(w.row_off)}_{int(w.col_off)}.tif"
                   for s in good for row in grids[s.name] for w in row}
