@@ -280,3 +280,20 @@ def test_a_preset_squaring_a_class_the_chips_lack_warns(tiny_patches: Path, tmp_
                 "no outline" in caplog.text) is warned, caplog.text
     with pytest.raises(ConfigError, match="regularize"):
         load_config(TrainConfig, REPO / "tests" / "conf" / "tiny.yaml", {"postprocess": {"regularize": [" "]}})
+
+
+def test_a_warmup_longer_than_the_run_is_warned_of(caplog) -> None:
+    """--set optim.warmup_epochs=100 with 2 epochs: the learning rate never reached optim.lr, without a word."""
+    from types import SimpleNamespace
+
+    from geoseg.train.runtime import lr_lambda, warmup_steps
+
+    o = SimpleNamespace(warmup_epochs=100.0, lr=1e-3)
+    with caplog.at_level("WARNING", logger="geoseg.train"):
+        assert warmup_steps(o, 4, 8) == 400
+    assert "optim.warmup_epochs (100: 400 steps) is longer than the run (8 steps)" in caplog.text
+    assert max(lr_lambda(s, 8, 400, 0.05) for s in range(8)) < 0.05  # what it warns of
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geoseg.train"):
+        warmup_steps(SimpleNamespace(warmup_epochs=1.0, lr=1e-3), 4, 4)  # a 1-epoch run of a preset: peaks at its end
+    assert not caplog.text

@@ -43,7 +43,7 @@ from geoseg.train.dataset import ChipDataset, collate, read_stats
 from geoseg.train.losses import RoutedLoss
 from geoseg.train.ranks import report
 from geoseg.train.resume import resumed_config
-from geoseg.train.runtime import lr_lambda, mean_teacher_of, resolve_device, seed_everything, seed_worker
+from geoseg.train.runtime import lr_lambda, mean_teacher_of, resolve_device, seed_everything, seed_worker, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Trainer:
         self.loss = RoutedLoss(self.cfg.loss)
         o = self.cfg.optim
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        warmup = int(o.warmup_epochs * self.steps_per_epoch)
+        warmup = warmup_steps(o, self.steps_per_epoch, self.total_steps)  # warns when it outlasts the run
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, self.total_steps, warmup, o.min_lr_ratio))
         decay = (self.cfg.semi.teacher_decay or o.ema_decay) if self.cfg.semi.enabled else o.ema_decay

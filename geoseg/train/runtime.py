@@ -50,6 +50,23 @@ def lr_lambda(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def warmup_steps(optim: Any, steps_per_epoch: int, total: int) -> int:
+    """The warm-up steps of ``optim.warmup_epochs``; warns when they outlast the run.
+
+    ``--set optim.warmup_epochs=100`` with 2 epochs: the learning rate rises for the whole run
+    and never reaches ``optim.lr``, without a word before.
+    """
+    warmup = int(optim.warmup_epochs * steps_per_epoch)
+    if warmup > total > 0:
+        import logging
+
+        logging.getLogger("geoseg.train").warning(
+            "optim.warmup_epochs (%g: %d steps) is longer than the run (%d steps): the learning rate rises "
+            "throughout and never reaches optim.lr (%g); lower optim.warmup_epochs or train more epochs",
+            optim.warmup_epochs, warmup, total, optim.lr)
+    return warmup
+
+
 def mean_teacher_of(cfg: Any, has_ema: bool, batch: int, dist: Any = None) -> Any:
     """The :class:`~geoseg.train.semi.MeanTeacher` of ``cfg.semi`` (a TrainConfig), or None.
 
