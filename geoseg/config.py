@@ -141,9 +141,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror}; check the path") from None
+    try:  # UTF-8, with or without a byte-order mark; UTF-16 as Windows' Notepad may save it
+        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}: {raw[err.start:err.start + 1]!r}); "
+                          "save it as UTF-8") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader (duplicate keys refused)
     except DuplicateKeyError as err:

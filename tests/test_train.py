@@ -297,3 +297,17 @@ def test_a_warmup_longer_than_the_run_is_warned_of(caplog) -> None:
     with caplog.at_level("WARNING", logger="geoseg.train"):
         warmup_steps(SimpleNamespace(warmup_epochs=1.0, lr=1e-3), 4, 4)  # a 1-epoch run of a preset: peaks at its end
     assert not caplog.text
+
+
+def test_a_config_in_another_encoding_is_read_or_named(tmp_path: Path) -> None:
+    """A config saved as UTF-16 (Windows' Notepad) or with a byte-order mark is read; Latin-1 text is one
+    line naming the file (it stopped with 'unexpected UnicodeDecodeError')."""
+    from geoseg.config import read_yaml
+
+    (tmp_path / "u16.yaml").write_bytes("epochs: 3\n".encode("utf-16"))
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfepochs: 3\n")
+    assert read_yaml(tmp_path / "u16.yaml") == read_yaml(tmp_path / "bom.yaml") == {"epochs": 3}
+    (tmp_path / "latin.yaml").write_bytes("# caf\xe9\nepochs: 3\n".encode("latin-1"))
+    res = CliRunner().invoke(cli, ["train", str(tmp_path / "latin.yaml"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "latin.yaml is not UTF-8 text (byte 5" in res.output, res.output
+    assert "unexpected" not in res.output and not (tmp_path / "r").exists()
