@@ -28,8 +28,15 @@ def first_line(err: BaseException, limit: int = 200) -> str:
         'failed finding central directory'
         >>> first_line(KeyError())
         'KeyError'
+        >>> try:
+        ...     raise OSError("Read failed. See previous exception for details.") from OSError("x.tif: No such file")
+        ... except OSError as err:
+        ...     first_line(err)
+        'x.tif: No such file'
     """
     text = str(err).strip()
+    if "See previous exception" in text and err.__cause__ is not None:  # rasterio's read: GDAL's reason is the cause
+        return first_line(err.__cause__, limit)
     line = text.splitlines()[0] if text else type(err).__name__
     line = line.split(" Please feel free to request support")[0].rstrip(" .")  # the caller punctuates
     if len(line) <= limit:

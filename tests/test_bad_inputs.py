@@ -1014,3 +1014,16 @@ def test_the_band_files_of_one_product_are_refused_with_the_vrt_that_stacks_them
         warnings.simplefilter("ignore")
         res = CliRunner().invoke(cli, ["tile", str(other), "--out", str(tmp_path / "q"), "--size", "16"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_mosaic_whose_tile_is_missing_names_the_tile(tmp_path: Path) -> None:
+    """A VRT mosaic moved without one of its tiles said 'Read failed. See previous exception for details'."""
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text('<VRTDataset rasterXSize="64" rasterYSize="64"><SRS>EPSG:32636</SRS><GeoTransform>450000, 0.5, 0, '
+                   '40000, 0, -0.5</GeoTransform><VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename '
+                   'relativeToVRT="1">gone.tif</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand>'
+                   "</VRTDataset>")
+    res = CliRunner().invoke(cli, ["tile", str(vrt), "--out", str(tmp_path / "p"), "--size", "32"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 1 and len(lines) == 1 and str(tmp_path / "gone.tif") in lines[0], res.output
+    assert "previous exception" not in lines[0] and not (tmp_path / "p").exists()
