@@ -99,6 +99,18 @@ def match_by_iou(pi: np.ndarray, ti: np.ndarray, iou: np.ndarray, threshold: flo
     return greedy(pi, ti, order)
 
 
+def _box_overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Area of the overlap of each pair's bounding boxes: a bound on their intersection, without GEOS.
+
+    Examples:
+        >>> _box_overlap(np.array([shapely.box(0, 0, 4, 4)]), np.array([shapely.box(2, 3, 9, 9)])).tolist()
+        [2.0]
+    """
+    ba, bb = shapely.bounds(a), shapely.bounds(b)
+    return np.asarray(np.clip(np.minimum(ba[:, 2], bb[:, 2]) - np.maximum(ba[:, 0], bb[:, 0]), 0, None)
+                      * np.clip(np.minimum(ba[:, 3], bb[:, 3]) - np.maximum(ba[:, 1], bb[:, 1]), 0, None))
+
+
 def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray | None = None,
                     truth_class: np.ndarray | None = None, *,
                     min_iou: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -123,10 +135,8 @@ def candidate_pairs(pred: np.ndarray, truth: np.ndarray, pred_class: np.ndarray 
         pi, ti = pi[same], ti[same]
     area_p, area_t = shapely.area(pred), shapely.area(truth)
     if min_iou > 0 and len(pi):
-        bp, bt = shapely.bounds(pred[pi]), shapely.bounds(truth[ti])
-        box = (np.clip(np.minimum(bp[:, 2], bt[:, 2]) - np.maximum(bp[:, 0], bt[:, 0]), 0, None)
-               * np.clip(np.minimum(bp[:, 3], bt[:, 3]) - np.maximum(bp[:, 1], bt[:, 1]), 0, None))
-        most = np.minimum(box, np.minimum(area_p[pi], area_t[ti]))  # the intersection is at most this
+        # the intersection is at most the smaller area and the overlap of the boxes
+        most = np.minimum(_box_overlap(pred[pi], truth[ti]), np.minimum(area_p[pi], area_t[ti]))
         hope = most >= min_iou * (area_p[pi] + area_t[ti] - most) * (1 - 1e-9)
         pi, ti = pi[hope], ti[hope]
     inter = shapely.area(shapely.intersection(pred[pi], truth[ti]))
@@ -185,10 +195,7 @@ def overlapping(geoms: np.ndarray, classes: np.ndarray | None = None,
     i, j = i[keep], j[keep]
     area = shapely.area(geoms)
     small = np.minimum(area[i], area[j])
-    bi, bj = shapely.bounds(geoms[i]), shapely.bounds(geoms[j])
-    box = (np.clip(np.minimum(bi[:, 2], bj[:, 2]) - np.maximum(bi[:, 0], bj[:, 0]), 0, None)
-           * np.clip(np.minimum(bi[:, 3], bj[:, 3]) - np.maximum(bi[:, 1], bj[:, 1]), 0, None))
-    hope = box > share * small  # the intersection is at most the boxes' overlap
+    hope = _box_overlap(geoms[i], geoms[j]) > share * small  # the intersection is at most the boxes' overlap
     i, j, small = i[hope], j[hope], small[hope]
     inter = shapely.area(shapely.intersection(geoms[i], geoms[j])) if len(i) else np.zeros(0)
     over = inter > share * small

@@ -45,3 +45,19 @@ def test_kampala_z21_tiles_every_building_of_block_b(tmp_path: Path) -> None:
 def test_geojson_and_geopackage_copies_evaluate_as_identical() -> None:
     rep = evaluate(KAMPALA / "labels" / "labels.geojson", KAMPALA / "labels" / "buildings.gpkg")
     assert rep["f1"] == 1.0 and rep["tp"] >= 205
+
+
+def test_real_labels_hold_no_pair_mostly_inside_another() -> None:
+    """The 'mostly inside another' warning stays quiet on real labels that touch or overlap: Kampala's
+    roofs, NEON's crown boxes (docs/errors.md says so)."""
+    import geopandas as gpd
+    import shapely
+
+    from geoseg.matching import overlapping
+
+    for path in (KAMPALA / "labels" / "buildings.gpkg", NEON / "OSBS_029_boxes.gpkg"):
+        g = gpd.read_file(path)
+        geoms = (g.to_crs(g.estimate_utm_crs()) if g.crs.is_geographic else g).geometry.to_numpy()
+        i, j = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+        assert (i < j).sum() > 0, path  # pairs that touch or overlap are there
+        assert len(overlapping(geoms)[0]) == 0, path
