@@ -962,7 +962,7 @@ def test_scenes_of_other_band_counts_are_refused_with_the_vrt_that_reads_the_sam
     res = CliRunner().invoke(cli, ["tile", str(scenes), "--out", str(tmp_path / "p"), "--size", "32"])
     lines = res.output.strip().splitlines()
     assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("geoseg: error:"), res.output
-    assert "aerial: 4; drone: 3" in lines[0] or "drone: 3" in lines[0] and "aerial: 4" in lines[0]
+    assert f"{scenes / 'aerial.tif'}: 4" in lines[0] and f"{scenes / 'drone.tif'}: 3" in lines[0]
     assert f"gdalbuildvrt -b 1 -b 2 -b 3 aerial_b123.vrt {scenes / 'aerial.tif'}" in lines[0]
     assert not (tmp_path / "p").exists()
     # what that command writes: the VRT reads bands 1-3 of aerial.tif, and the folder then tiles

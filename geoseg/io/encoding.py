@@ -164,7 +164,8 @@ def describe(scaling: Scaling) -> str:
             f"{', '.join(f'{o:g}' for _, o in scaling)}")
 
 
-def _groups(scenes: Sequence[SceneInfo], key: Any, say: Any) -> str:
+def grouped(scenes: Sequence[SceneInfo], key: Any, say: Any) -> str:
+    """The scenes grouped by ``key``, each group as ``'a.tif, b.tif: say(key)'``, groups joined by '; '."""
     by: dict[Any, list[str]] = {}
     for s in scenes:
         by.setdefault(key(s), []).append(s.source)
@@ -183,7 +184,7 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
     """
     if len({s.dtype for s in scenes}) > 1:
         raise InputRasterError(
-            f"scenes are of different data types ({_groups(scenes, lambda s: s.dtype, str)}): one set of "
+            f"scenes are of different data types ({grouped(scenes, lambda s: s.dtype, str)}): one set of "
             "band statistics cannot normalise both ranges; tile them into separate folders, or convert "
             "them to one type and range first (gdal_translate -ot TYPE -scale SRC_MIN SRC_MAX DST_MIN DST_MAX)")
     first = declared_order(scenes)
@@ -197,7 +198,7 @@ def one_encoding(scenes: Sequence[SceneInfo]) -> None:
                 f"{s.source} {s.name}_reordered.tif), or, if it mislabels its bands, correct them ({_RELABEL})")
     if len({s.scaling for s in scenes}) > 1:
         raise InputRasterError(
-            f"scenes declare different band scales/offsets ({_groups(scenes, lambda s: s.scaling, describe)}): "
+            f"scenes declare different band scales/offsets ({grouped(scenes, lambda s: s.scaling, describe)}): "
             "the same stored value means another quantity in each; tile them into separate folders, or "
             f"bring them to one encoding first ({_UNSCALE})")
 

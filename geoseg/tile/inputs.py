@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from geoseg.errors import InputRasterError, listed
-from geoseg.io.encoding import one_encoding
+from geoseg.errors import InputRasterError
+from geoseg.io.encoding import grouped, one_encoding
 from geoseg.io.rasters import SceneInfo
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,9 @@ def same_kind(scenes: Sequence[SceneInfo]) -> None:
         n = min(s.count for s in scenes)
         more = next(s for s in scenes if s.count > n)
         bands = " ".join(f"-b {b}" for b in range(1, n + 1))
-        by: dict[int, list[str]] = {}
-        for s in scenes:
-            by.setdefault(s.count, []).append(s.name)
-        desc = "; ".join(f"{listed(names, 3)}: {c}" for c, names in sorted(by.items()))
+        counts = grouped(scenes, lambda s: s.count, str)
         raise InputRasterError(
-            f"scenes have different band counts ({desc}); tile them into separate folders, or read the same "
+            f"scenes have different band counts ({counts}); tile them into separate folders, or read the same "
             f"bands of each: a VRT beside each scene of more bands, such as gdalbuildvrt {bands} "
             f"{more.name}_b{''.join(str(b) for b in range(1, n + 1))}.vrt {more.source} (in the scenes' folder "
             "it stands for the scene)")
